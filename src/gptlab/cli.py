@@ -1,0 +1,259 @@
+"""`gptlab <verb>`: every verb has --help with an example. Errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from . import GptlabError, __version__
+
+
+def _fmt(x, nd=4):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _parser(sub, name: str, help_: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_,
+                          epilog="example:\n" + textwrap.indent(example.strip(), "  "),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# ---- verbs ---------------------------------------------------------------------------------
+
+
+def cmd_prepare(a) -> int:
+    from .data.prepare import prepare, unigram_loss
+
+    meta = prepare(a.sources or ["bundled"], a.out, text_field=a.text_field, val_frac=a.val_frac,
+                   test_frac=a.test_frac, shard_tokens=a.shard_tokens, workers=a.workers, progress=not a.quiet)
+    for split, info in meta["splits"].items():
+        print(f"{split:<6} {info['tokens']:>12,} tokens  {info['documents']:>8,} documents  {len(info['shards'])} shard(s)")
+    print(f"unigram baseline (test loss of a unigram model fitted on train): {unigram_loss(a.out):.4f}")
+    print(f"wrote {a.out}/meta.json")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(a.config, a.set)
+    if a.quiet:
+        cfg.train.progress = False
+    run_dir = Path(a.run_dir or Path(cfg.out_dir) / cfg.name)
+    final = train(cfg, run_dir, resume=a.resume, stop_after=a.stop_after)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if "stopped_at" in final:
+            print(f"stopped at step {final['stopped_at']}/{final['total_steps']}; continue with --resume")
+        else:
+            print_result_table([final], unigram=_unigram(cfg.data.dir))
+            print(f"run directory: {run_dir}")
+    return 0
+
+
+def _unigram(data_dir: str):
+    try:
+        from .data.prepare import unigram_loss
+
+        return unigram_loss(data_dir)
+    except Exception:  # the baseline is informative only
+        return None
+
+
+def print_result_table(rows: list[dict], unigram: float | None = None) -> None:
+    print(f"{'run':<28} {'params':>11} {'tokens':>11} {'train':>7} {'val':>7} {'test':>7} {'test ppl':>9} {'tok/s':>9}")
+    for r in rows:
+        print(f"{r.get('name', '?'):<28} {r['params']:>11,} {r['tokens']:>11,} {_fmt(r.get('train_loss'), 3):>7} "
+              f"{_fmt(r.get('val_loss'), 3):>7} {_fmt(r.get('test_loss'), 3):>7} {r.get('test_perplexity', 0):>9.1f} "
+              f"{r.get('tokens_per_s') or 0:>9,.0f}")
+    if unigram is not None:
+        import math
+
+        print(f"{'unigram baseline':<28} {'':>11} {'':>11} {'':>7} {'':>7} {unigram:>7.3f} {math.exp(unigram):>9.1f}")
+
+
+def cmd_eval(a) -> int:
+    from .data.loader import TokenDataset
+    from .train import evaluate_loss, load_run_model, resolve_device, resolve_precision
+
+    model, cfg = load_run_model(a.run, a.device)
+    e = cfg.eval
+    split = a.split or e.split
+    data_dir = a.data or cfg.data.dir
+    ds = TokenDataset(data_dir, split)
+    offset = e.offset if a.offset is None else a.offset
+    batches = e.batches if a.batches is None else a.batches
+    bs = a.batch_size or e.batch_size
+    dev = resolve_device(a.device)
+    loss = evaluate_loss(model, ds, cfg.model.context_length, bs, dev, resolve_precision("auto", dev),
+                         offset=offset, n_batches=batches)
+    import math
+
+    out = {"run": str(a.run), "split": split, "loss": loss, "perplexity": math.exp(loss), "offset": offset,
+           "batches": batches, "batch_size": bs}
+    print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from .generate import generate_text
+    from .train import load_run_model
+
+    model, _ = load_run_model(a.run, a.device)
+    text = generate_text(model, a.prompt, a.max_new_tokens, a.temperature, a.top_k or None, a.seed)
+    print(a.prompt + text)
+    return 0
+
+
+def cmd_interventions(a) -> int:
+    from .interventions import describe
+
+    print(describe())
+    return 0
+
+
+def cmd_config(a) -> int:
+    from .config import load_config
+    from .model import GPTModel, count_params
+
+    cfg = load_config(a.config, a.set)
+    print(cfg.to_toml())
+    import torch
+
+    with torch.device("meta"):
+        n = count_params(GPTModel(cfg.model))
+    from .flops import flops_per_token
+
+    tokens = cfg.train.tokens or int(cfg.train.tokens_per_param * n)
+    print(f"# params {n:,}  tokens {tokens:,}  FLOPs/token {flops_per_token(cfg.model):.3e}  "
+          f"total FLOPs {flops_per_token(cfg.model) * tokens:.3e}  config hash {cfg.hash()}")
+    return 0
+
+
+def cmd_experiment(a) -> int:
+    from .experiment import run_experiment
+
+    return run_experiment(a.spec, out=a.out, dry_run=a.dry_run, parallel=a.parallel, overrides=a.set,
+                          quiet=a.quiet)
+
+
+def cmd_report(a) -> int:
+    from .report import format_table, write_report
+
+    res = write_report(a.exp_dir, baseline=a.baseline)
+    print(format_table(res["rows"]))
+    print(f"wrote {res['markdown']} and {res['html']}")
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gptlab", description="Train GPT-2-class base models from scratch and find out, with honest "
+                                "statistics, which recipe changes really help.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="start here:\n  gptlab prepare --out data/shakespeare\n"
+                                       "  gptlab train --config configs/tiny-cpu.toml\n"
+                                       "  gptlab experiment configs/experiments/seed-interventions.toml")
+    p.add_argument("--version", action="version", version=f"gptlab {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    s = _parser(sub, "prepare", "tokenise text into uint16 shards with a train/val/test split by document",
+                "gptlab prepare --out data/shakespeare                     # the bundled corpus\n"
+                "gptlab prepare ~/fineweb/sample/10BT --out data/fineweb    # a folder of parquet files\n"
+                "gptlab prepare notes.jsonl --text-field body --out data/notes")
+    s.add_argument("sources", nargs="*", help="files or folders (.txt, .jsonl, .parquet, .bin) or 'bundled' (default)")
+    s.add_argument("--out", required=True, help="output folder for shards + meta.json")
+    s.add_argument("--text-field", default="text", help="jsonl field / parquet column holding the text")
+    s.add_argument("--val-frac", type=float, default=0.05)
+    s.add_argument("--test-frac", type=float, default=0.05)
+    s.add_argument("--shard-tokens", type=int, default=100_000_000)
+    s.add_argument("--workers", type=int, default=0, help="tokeniser processes (0 = all cores)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_prepare)
+
+    s = _parser(sub, "train", "train a model (one process, or many under torchrun)",
+                "gptlab train --config configs/tiny-cpu.toml\n"
+                "gptlab train --config configs/tiny-cpu.toml --set train.lr=1e-3 --set model.drop_rate=0\n"
+                "gptlab train --config configs/tiny-cpu.toml --run-dir runs/tiny-cpu --resume\n"
+                "torchrun --nproc_per_node 8 -m gptlab train --config configs/gpt2-small-baseline.toml")
+    s.add_argument("--config", help="TOML config (defaults if omitted)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
+    s.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME from the config)")
+    s.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    s.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_train)
+
+    s = _parser(sub, "eval", "loss and perplexity of a run's latest checkpoint on a split",
+                "gptlab eval runs/tiny-cpu --split test\ngptlab eval runs/tiny-cpu --split val --batches 20 --json")
+    s.add_argument("run")
+    s.add_argument("--split", choices=["train", "val", "test"])
+    s.add_argument("--data", help="prepared data folder (default: the run's data.dir)")
+    s.add_argument("--offset", type=int, help="first token (default: the run's eval.offset)")
+    s.add_argument("--batches", type=int, help="number of batches (0 = whole split)")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_eval)
+
+    s = _parser(sub, "generate", "sample text from a run's latest checkpoint",
+                'gptlab generate runs/tiny-cpu --prompt "To be, or not" --max-new-tokens 40 --temperature 0.8 --top-k 50')
+    s.add_argument("run")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--max-new-tokens", type=int, default=50)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(fn=cmd_generate)
+
+    s = _parser(sub, "interventions", "list the registered interventions with their parameters and sources",
+                "gptlab interventions")
+    s.set_defaults(fn=cmd_interventions)
+
+    s = _parser(sub, "config", "print the resolved config, parameter count and FLOPs",
+                "gptlab config configs/gpt2-small-baseline.toml\ngptlab config configs/tiny-cpu.toml --set interventions=[\"qkv_bias\"]")
+    s.add_argument("config", nargs="?")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.set_defaults(fn=cmd_config)
+
+    s = _parser(sub, "experiment", "run a matrix of variants x seeds, record results.sqlite, write the report",
+                "gptlab experiment configs/experiments/seed-interventions.toml\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --dry-run\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --parallel 2")
+    s.add_argument("spec", help="experiment TOML")
+    s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
+    s.add_argument("--dry-run", action="store_true", help="print the matrix, tokens, FLOPs and estimated time")
+    s.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_experiment)
+
+    s = _parser(sub, "report", "statistics, plots and verdicts for an experiment folder",
+                "gptlab report experiments/seed-interventions")
+    s.add_argument("exp_dir")
+    s.add_argument("--baseline", default="baseline")
+    s.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except GptlabError as e:
+        print(f"gptlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gptlab: interrupted (completed checkpoints are kept; re-run with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""FLOPs per token, MFU and token budgets.
+
+Training FLOPs per token follow PaLM (Chowdhery et al. 2022, appendix B): 6 * N_matmul + 12 * L * d * T,
+where N_matmul counts the weights that take part in matrix multiplies (every Linear including out_head,
+not the embedding lookups) and the second term is attention's QK^T and AV over a context of T.
+"""
+
+from __future__ import annotations
+
+from .config import ModelConfig
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets (without sparsity).
+PEAK_FLOPS: dict[str, float] = {
+    "A100": 312e12,
+    "H100": 989e12,  # SXM
+    "H200": 989e12,
+    "RTX3090": 71e12,  # GA102 dense fp16/bf16 with fp32 accumulate
+    "RTX4090": 165e12,
+    "L4": 121e12,
+    "A10G": 125e12,
+}
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    d, L, V = cfg.emb_dim, cfg.n_layers, cfg.vocab_size
+    attn = 4 * d * d
+    if cfg.mlp == "swiglu":
+        hidden = int(8 * d / 3 + 7) // 8 * 8
+        mlp = 3 * d * hidden
+    else:
+        mlp = 8 * d * d
+    return L * (attn + mlp) + d * V  # + out_head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training (forward + backward) FLOPs per token."""
+    T = seq_len or cfg.context_length
+    return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layers * cfg.emb_dim * T
+
+
+def tokens_for_flops(cfg: ModelConfig, flops: float) -> int:
+    return int(flops // flops_per_token(cfg))
+
+
+def gpu_peak(name: str) -> float | None:
+    key = name.upper().replace(" ", "").replace("NVIDIA", "").replace("GEFORCE", "")
+    for k, v in PEAK_FLOPS.items():
+        if k in key:
+            return v
+    return None
+
+
+def device_peak_flops(device) -> float | None:
+    """Peak bf16 FLOP/s of a CUDA device by name, or None (CPU: measure instead, see benchmarks/)."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
+        return None
+    return gpu_peak(torch.cuda.get_device_name(device))
+
+
+def mfu(cfg: ModelConfig, tokens_per_s: float, peak: float | None, seq_len: int | None = None) -> float | None:
+    if not peak:
+        return None
+    return flops_per_token(cfg, seq_len) * tokens_per_s / peak
