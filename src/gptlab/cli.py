@@ -89,8 +89,10 @@ def cmd_eval(a) -> int:
     batches = e.batches if a.batches is None else a.batches
     bs = a.batch_size or e.batch_size
     dev = resolve_device(a.device)
+    from .vocab import load_vocab_map
+
     loss = evaluate_loss(model, ds, cfg.model.context_length, bs, dev, resolve_precision("auto", dev),
-                         offset=offset, n_batches=batches)
+                         offset=offset, n_batches=batches, vocab_map=load_vocab_map(a.run))
     import math
 
     out = {"run": str(a.run), "split": split, "loss": loss, "perplexity": math.exp(loss), "offset": offset,
@@ -102,9 +104,11 @@ def cmd_eval(a) -> int:
 def cmd_generate(a) -> int:
     from .generate import generate_text
     from .train import load_run_model
+    from .vocab import load_vocab_map
 
     model, _ = load_run_model(a.run, a.device)
-    text = generate_text(model, a.prompt, a.max_new_tokens, a.temperature, a.top_k or None, a.seed)
+    text = generate_text(model, a.prompt, a.max_new_tokens, a.temperature, a.top_k or None, a.seed,
+                         vocab_map=load_vocab_map(a.run))
     print(a.prompt + text)
     return 0
 

@@ -62,6 +62,7 @@ class DataConfig:
     dir: str = "data/shakespeare"  # folder with meta.json + token shards (`gptlab prepare`)
     source: str = ""  # if dir has no meta.json, train prepares it from this source (e.g. "bundled")
     data_seed: int = 1234  # order of training sequences: same for every run of an experiment
+    vocab: str = "gpt2"  # "gpt2" (all 50,257 ids) or "corpus" (only ids that occur in the data; see vocab.py)
 
 
 @dataclass
@@ -306,6 +307,7 @@ def validate(cfg: RunConfig, where: str = "<config>") -> None:
         (t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)"),
         (0 <= t.warmup_frac < 1, "train.warmup_frac", "must be in [0, 1)"),
         (t.tokens >= 0, "train.tokens", "must be >= 0 (0 = tokens_per_param x params)"),
+        (cfg.data.vocab in ("gpt2", "corpus"), "data.vocab", "expected 'gpt2' or 'corpus'"),
         (e.split in ("train", "val", "test"), "eval.split", "expected train, val or test"),
         (e.offset >= 0, "eval.offset", "must be >= 0"),
         (e.batch_size > 0, "eval.batch_size", "must be > 0"),

@@ -35,12 +35,16 @@ def generate_ids(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, temper
 
 
 def generate_text(model: GPTModel, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0,
-                  top_k: int | None = None, seed: int | None = None) -> str:
+                  top_k: int | None = None, seed: int | None = None, vocab_map=None) -> str:
+    """Continue `prompt`. With a corpus vocabulary (vocab.VocabMap) ids are mapped in and out."""
     device = next(model.parameters()).device
-    ids = encode(prompt) or [EOT_ID]
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    idx = torch.tensor([encode(prompt) or [EOT_ID]], dtype=torch.long)
+    eos = EOT_ID
+    if vocab_map is not None:
+        idx = vocab_map.to_compact(idx)
+        eos = int(vocab_map.lut[EOT_ID])
     gen = None
     if seed is not None:
         gen = torch.Generator(device=device).manual_seed(seed)
-    out = list(generate_ids(model, idx, max_new_tokens, temperature, top_k, generator=gen))
-    return decode(out)
+    out = list(generate_ids(model, idx.to(device), max_new_tokens, temperature, top_k, eos_id=eos, generator=gen))
+    return decode(vocab_map.to_gpt2(out) if vocab_map is not None else out)

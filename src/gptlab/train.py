@@ -297,7 +297,7 @@ def load_checkpoint(ck: Path, model, opts, rank: int) -> dict:
 
 @torch.no_grad()
 def evaluate_loss(model, dataset, context_length: int, batch_size: int, device: torch.device, precision: str,
-                  offset: int = 0, n_batches: int = 0, dist_: Dist | None = None) -> float:
+                  offset: int = 0, n_batches: int = 0, dist_: Dist | None = None, vocab_map=None) -> float:
     """Mean cross-entropy (nats/token) over sequential windows; sharded over ranks when distributed."""
     from .data.loader import eval_batches
 
@@ -307,6 +307,8 @@ def evaluate_loss(model, dataset, context_length: int, batch_size: int, device: 
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for x, y in eval_batches(dataset, context_length, batch_size, offset=offset, n_batches=n_batches,
                              rank=rank, world=world):
+        if vocab_map is not None:
+            x, y = vocab_map.to_compact(x), vocab_map.to_compact(y)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast_ctx(precision, device):
             logits = model(x)
@@ -385,6 +387,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after:
 
 
 def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, TokenDataset) -> dict:
+    _ensure_data(cfg, dist_)
+    vmap = None
+    if cfg.data.vocab == "corpus":
+        from .vocab import corpus_vocab
+
+        vmap = corpus_vocab(cfg.data.dir)
+        cfg.model.vocab_size = len(vmap)
     cfg = prepare_run_dir(cfg, run_dir, resume)
     t, m = cfg.train, cfg.model
     final_file = run_dir / "final.json"
@@ -404,12 +413,11 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
         torch.backends.cuda.matmul.allow_tf32 = t.tf32
         torch.backends.cudnn.allow_tf32 = t.tf32
 
-    _ensure_data(cfg, dist_)
     train_ds = TokenDataset(cfg.data.dir, "train")
     val_ds = TokenDataset(cfg.data.dir, "val")
     T = m.context_length
     sampler = SequenceSampler(train_ds, T, cfg.data.data_seed)
-    if train_ds.meta.get("vocab_size", 50257) > m.vocab_size:
+    if vmap is None and train_ds.meta.get("vocab_size", 50257) > m.vocab_size:
         raise GptlabError(f"model.vocab_size: {m.vocab_size} is smaller than the data's vocabulary "
                           f"({train_ds.meta['vocab_size']})")
 
@@ -435,6 +443,8 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
             scaler.load_state_dict(state["scaler"])
     if dist_.main:
         if ck is None:
+            if vmap is not None:
+                vmap.save(run_dir)
             save_config(cfg, run_dir / "config.toml")
             atomic_write_json(run_dir / "meta.json", {
                 "environment": environment(), "seed": t.seed, "params": n_params, "world_size": world,
@@ -476,7 +486,8 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     tok_count, recent = 0, []
     log_t0, log_tokens = time.time(), 0
     if dist_.main and start_step == 0 and t.eval_interval:
-        vl = evaluate_loss(model, val_ds, T, t.micro_batch_size, device, precision, n_batches=t.eval_batches)
+        vl = evaluate_loss(model, val_ds, T, t.micro_batch_size, device, precision, n_batches=t.eval_batches,
+                           vocab_map=vmap)
         append_jsonl(metrics_path, {"step": 0, "tokens": 0, "val_loss": vl})
     seq_warm_steps = int(t.seq_len_warmup_frac * total_steps)
     step = start_step
@@ -493,6 +504,8 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
             x, y = sampler.batch_at(step, micro, rank, world, t.micro_batch_size, t.global_batch_size)
             if cur_T < T:
                 x, y = x[:, :cur_T], y[:, :cur_T]
+            if vmap is not None:
+                x, y = vmap.to_compact(x), vmap.to_compact(y)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = contextlib.nullcontext()
             if dist_.enabled and micro < accum - 1:
@@ -563,7 +576,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
                 bar.update(1)
         if t.eval_interval and done % t.eval_interval == 0 and done != total_steps:
             vl = evaluate_loss(model, val_ds, T, t.micro_batch_size, device, precision, n_batches=t.eval_batches,
-                               dist_=dist_)
+                               dist_=dist_, vocab_map=vmap)
             if dist_.main:
                 append_jsonl(metrics_path, {"step": done, "tokens": done * step_tokens, "val_loss": vl})
         if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == total_steps \
@@ -581,11 +594,11 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     from .data.loader import TokenDataset as _DS
 
     val_loss = evaluate_loss(model, val_ds, T, t.micro_batch_size, device, precision, n_batches=t.eval_batches,
-                             dist_=dist_)
+                             dist_=dist_, vocab_map=vmap)
     e = cfg.eval
     test_ds = _DS(cfg.data.dir, e.split)
     test_loss = evaluate_loss(model, test_ds, T, e.batch_size, device, precision, offset=e.offset,
-                              n_batches=e.batches, dist_=dist_)
+                              n_batches=e.batches, dist_=dist_, vocab_map=vmap)
     rows = read_jsonl(metrics_path) if dist_.main else []
     train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
     final = {

