@@ -244,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("exp_dir")
     s.add_argument("--baseline", default="baseline")
     s.set_defaults(fn=cmd_report)
+
+    from . import finetune as _ft
+    from . import judge as _judge
+    from . import serve as _serve
+
+    for mod in (_ft, _serve, _judge):
+        mod.register_cli(sub, _parser)
     return p
 
 

@@ -1,0 +1,267 @@
+"""The OpenAI-compatible server over real HTTP (urllib) on 127.0.0.1: models, completions, chat, SSE streaming,
+stop strings, seeds, every 4xx case, the API key (and that it never reaches the logs), responsiveness."""
+
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest_ft import Running, make_tiny_run, record_vocab
+
+from gptlab import GptlabError
+from gptlab.finetune import format_prompt
+from gptlab.generate import generate_text
+from gptlab.serve import make_server
+from gptlab.tokenizer import encode
+from gptlab.train import load_run_model
+
+KEY = "sk-test-0123456789abcdef-SECRET"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("serve") / "tiny")  # full GPT-2 vocabulary, context 64
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    srv = make_server(run, port=0, max_tokens_limit=512, model_name="tiny-sft", device="cpu")
+    with Running(srv) as u:
+        yield srv, u
+
+
+@pytest.fixture(scope="module")
+def url(server):
+    return server[1]
+
+
+def call(url, path, body=None, method=None, key=None, raw: bytes | None = None, headers=None):
+    """(status, parsed JSON body or raw text, response headers)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"))
+    req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            status, text, hdrs = r.status, r.read().decode(), r.headers
+    except urllib.error.HTTPError as e:
+        status, text, hdrs = e.code, e.read().decode(), e.headers
+    try:
+        return status, json.loads(text), hdrs
+    except json.JSONDecodeError:
+        return status, text, hdrs
+
+
+def sse(text: str) -> list:
+    """Parse a text/event-stream body into its data payloads (JSON objects, or the string "[DONE]")."""
+    assert text.endswith("\n\n")
+    out = []
+    for event in text.strip("\n").split("\n\n"):
+        assert event.startswith("data: "), event
+        payload = event[len("data: "):]
+        out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def test_models(url):
+    status, body, _ = call(url, "/v1/models")
+    assert status == 200 and body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["tiny-sft"] and body["data"][0]["context_length"] == 64
+    assert call(url, "/v1/models/tiny-sft")[1]["id"] == "tiny-sft"
+    assert call(url, "/v1/models/other")[0] == 404
+    assert call(url, "/health")[1]["status"] == "ok"
+
+
+def test_completion_matches_generate_text(url, run):
+    prompt = "The opposite of hot is"
+    status, body, _ = call(url, "/v1/completions", {"model": "x", "prompt": prompt, "max_tokens": 6,
+                                                    "temperature": 0})
+    assert status == 200 and body["object"] == "text_completion" and body["model"] == "tiny-sft"
+    choice = body["choices"][0]
+    model, _ = load_run_model(run, "cpu")
+    assert choice["text"] == generate_text(model, prompt, 6, temperature=0.0)  # greedy, same as `gptlab generate`
+    u = body["usage"]
+    assert u["prompt_tokens"] == len(encode(prompt)) and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    assert (choice["finish_reason"], u["completion_tokens"]) in (("length", 6),) or choice["finish_reason"] == "stop"
+    # token-id prompts are accepted too
+    assert call(url, "/v1/completions", {"prompt": encode(prompt), "max_tokens": 6, "temperature": 0})[1][
+        "choices"][0]["text"] == choice["text"]
+
+
+def test_seed_makes_sampling_reproducible_and_top_p_is_noted(url):
+    body = {"prompt": "Hello", "max_tokens": 8, "temperature": 1.0, "top_k": 50, "seed": 7}
+    a, b = call(url, "/v1/completions", body)[1], call(url, "/v1/completions", body)[1]
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+    status, c, hdrs = call(url, "/v1/completions", dict(body, top_p=0.9))
+    assert status == 200 and "top_p" in c["warnings"][0] and "top_p" in hdrs["X-Gptlab-Warning"]
+    assert "warnings" not in call(url, "/v1/completions", dict(body, top_p=1))[1]
+
+
+def test_chat_uses_the_book_template(url):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    status, body, _ = call(url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 5, "temperature": 0})
+    assert status == 200 and body["object"] == "chat.completion"
+    msg = body["choices"][0]["message"]
+    assert msg["role"] == "assistant"
+    prompt = format_prompt({"instruction": "Be brief.\n\nName a colour.", "input": ""})
+    same = call(url, "/v1/completions", {"prompt": prompt, "max_tokens": 5, "temperature": 0})[1]
+    assert msg["content"] == same["choices"][0]["text"]
+    assert body["usage"]["prompt_tokens"] == len(encode(prompt))
+    # earlier turns are ignored; content parts are joined
+    multi = [{"role": "user", "content": "old"}, {"role": "assistant", "content": "reply"},
+             {"role": "system", "content": "Be brief."},
+             {"role": "user", "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}]}]
+    assert call(url, "/v1/chat/completions", {"messages": multi, "max_tokens": 5, "temperature": 0})[1][
+        "choices"][0]["message"]["content"] == msg["content"]
+
+
+def test_streaming_completion_and_chat(url):
+    body = {"prompt": "Once upon a time", "max_tokens": 10, "temperature": 0}
+    plain = call(url, "/v1/completions", body)[1]
+    status, text, hdrs = call(url, "/v1/completions", dict(body, stream=True, stream_options={"include_usage": True}))
+    assert status == 200 and hdrs["Content-Type"] == "text/event-stream"
+    events = sse(text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == plain["choices"][0]["text"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    plain = call(url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 7, "temperature": 0})[1]
+    events = sse(call(url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 7, "temperature": 0,
+                                                    "stream": True})[1])
+    assert events[-1] == "[DONE]"
+    deltas = [e["choices"][0]["delta"] for e in events[:-1]]
+    assert deltas[0] == {"role": "assistant", "content": ""} and deltas[-1] == {}
+    assert "".join(d.get("content", "") for d in deltas) == plain["choices"][0]["message"]["content"]
+    assert events[-2]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_stop_strings(url):
+    body = {"prompt": "The", "max_tokens": 12, "temperature": 0}
+    full = call(url, "/v1/completions", body)[1]["choices"][0]["text"]
+    assert len(full) > 6
+    stop = full[3:5]
+    cut = full[:full.find(stop)]
+    got = call(url, "/v1/completions", dict(body, stop=[stop, "\u2603never"]))[1]
+    assert got["choices"][0]["text"] == cut and got["choices"][0]["finish_reason"] == "stop"
+    events = sse(call(url, "/v1/completions", dict(body, stop=stop, stream=True))[1])
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == cut
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+def _err(status_body, status, param=None, match=None):
+    st, body, _ = status_body
+    assert st == status, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    if param is not None:
+        assert err["param"] == param
+    if match:
+        assert match in err["message"]
+    return err
+
+
+def test_4xx_errors_in_openai_shape(url):
+    _err(call(url, "/v1/completions", raw=b"{not json"), 400, match="parse the JSON")
+    _err(call(url, "/v1/completions", raw=b"[1, 2]"), 400, match="must be an object")
+    _err(call(url, "/v1/completions", {"prompt": "x", "frequency_penalty": 1}), 400, "frequency_penalty",
+         "frequency_penalty")
+    _err(call(url, "/v1/completions", {"prompt": "x", "max_tokens": "5"}), 400, "max_tokens")
+    _err(call(url, "/v1/completions", {"prompt": "x", "temperature": True}), 400, "temperature")
+    _err(call(url, "/v1/completions", {"prompt": "x", "stream": "yes"}), 400, "stream")
+    _err(call(url, "/v1/completions", {"prompt": 5}), 400, "prompt")
+    _err(call(url, "/v1/completions", {"max_tokens": 3}), 400, "prompt")
+    _err(call(url, "/v1/completions", {"prompt": "x", "max_tokens": 513}), 400, "max_tokens", "at most 512")
+    long_prompt = "word " * 80  # > 64 tokens
+    assert _err(call(url, "/v1/completions", {"prompt": long_prompt}), 400, "prompt")["code"] == \
+        "context_length_exceeded"
+    _err(call(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": long_prompt}]}), 400, "messages")
+    _err(call(url, "/v1/chat/completions", {"messages": "hi"}), 400, "messages")
+    _err(call(url, "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}), 400,
+         "messages[0].role")
+    _err(call(url, "/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}), 400, "messages",
+         "no user message")
+    _err(call(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "tone": 1}]}), 400,
+         "messages[0].tone")
+    _err(call(url, "/v1/chat/completions", {"prompt": "x"}), 400, "prompt")
+    assert _err(call(url, "/v1/completions", raw=b" " * ((1 << 20) + 1)), 413)["code"] == \
+        "request_too_large"
+    _err(call(url, "/v1/nothing"), 404)
+    _err(call(url, "/v1/completions"), 405)
+    _err(call(url, "/v1/models", {"x": 1}), 405)
+    _err(call(url, "/v1/models", method="DELETE"), 405)
+    # the server still works after all that
+    assert call(url, "/v1/completions", {"prompt": "x", "max_tokens": 1})[0] == 200
+
+
+def test_api_key_required_and_never_logged(run, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    srv = make_server(run, port=0, api_key=KEY, device="cpu")
+    bodies = []
+    with Running(srv) as u:
+        for key in (None, "wrong-key", KEY + "x"):
+            err = _err(call(u, "/v1/models", key=key), 401)
+            bodies.append(json.dumps(err))
+            _err(call(u, "/v1/completions", {"prompt": "x"}, key=key), 401)
+        assert call(u, "/v1/models", key=KEY)[0] == 200
+        status, body, _ = call(u, "/v1/completions", {"prompt": "x", "max_tokens": 2}, key=KEY)
+        assert status == 200
+        bodies.append(json.dumps(body))
+        assert call(u, "/health")[0] == 200  # health checks need no key
+    out, err = capfd.readouterr()
+    logged = caplog.text + out + err
+    assert "POST /v1/completions" in caplog.text  # requests are logged ...
+    assert KEY not in logged and "wrong-key" not in logged  # ... keys never
+    assert not any(KEY in b or "wrong-key" in b for b in bodies)
+
+
+def test_generation_is_serialised_but_server_stays_responsive(server):
+    """While the model is busy (its lock held, as during a long generation), /v1/models still answers and a
+    completion waits for its turn."""
+    srv, url = server
+    done = {}
+
+    def complete():
+        done["status"] = call(url, "/v1/completions", {"prompt": "x", "max_tokens": 2})[0]
+
+    with srv.lm.lock:
+        status, models, _ = call(url, "/v1/models")
+        assert status == 200 and models["data"][0]["id"] == "tiny-sft"
+        t = threading.Thread(target=complete)
+        t.start()
+        t.join(timeout=0.5)
+        assert t.is_alive() and not done  # queued behind the lock
+    t.join(timeout=60)
+    assert done["status"] == 200
+
+
+def test_compact_vocabulary_run(tmp_path):
+    run = make_tiny_run(tmp_path / "compact", vocab_ids=record_vocab())
+    srv = make_server(run, port=0, device="cpu")
+    with Running(srv) as u:
+        body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+        plain = call(u, "/v1/completions", body)[1]
+        text = plain["choices"][0]["text"]
+        vocab = set(record_vocab())
+        assert set(encode(text)) <= vocab  # decoded through the vocabulary map
+        events = sse(call(u, "/v1/completions", dict(body, stream=True))[1])
+        assert "".join(e["choices"][0]["text"] for e in events[:-1]) == text
+        assert plain["usage"]["prompt_tokens"] == len(encode(body["prompt"]))
+
+
+def test_bad_server_arguments(run, tmp_path):
+    with pytest.raises(GptlabError, match="not a run directory"):
+        make_server(tmp_path, port=0)
+    with pytest.raises(GptlabError, match="max_tokens_limit"):
+        make_server(run, port=0, max_tokens_limit=0)
+    with pytest.raises(GptlabError, match="empty key"):
+        make_server(run, port=0, api_key="  ")
