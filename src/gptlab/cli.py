@@ -124,7 +124,10 @@ def cmd_config(a) -> int:
     from .config import load_config
     from .model import GPTModel, count_params
 
+    from .vocab import resolve_corpus_vocab
+
     cfg = load_config(a.config, a.set)
+    resolve_corpus_vocab(cfg)
     print(cfg.to_toml())
     import torch
 

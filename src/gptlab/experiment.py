@@ -180,8 +180,11 @@ def dry_run(spec: Spec, extra: dict) -> None:
           f"{len(spec.matrix())} runs  (base {spec.base})")
     print(f"{'run':<34} {'params':>12} {'tokens':>14} {'FLOPs':>10} {'published':>9}  interventions")
     total_flops = 0.0
+    from .vocab import resolve_corpus_vocab
+
     for v, s in spec.matrix():
         cfg = _resolve(spec, v, s, extra)
+        resolve_corpus_vocab(cfg)
         with torch.device("meta"):
             n = count_params(GPTModel(cfg.model))
         tokens = cfg.train.tokens or int(cfg.train.tokens_per_param * n)
@@ -192,7 +195,10 @@ def dry_run(spec: Spec, extra: dict) -> None:
         ref = f"{v.reference:.3f}" if v.reference is not None else ""
         print(f"{spec.run_id(v.name, s):<34} {n:>12,} {tokens:>14,} {fl:>10.2e} {ref:>9}  "
               f"{', '.join(v.interventions) or '-'}")
-    rate = _measure_flops(_resolve(spec, spec.variants[0], spec.seeds[0], extra))
+    cfg0 = _resolve(spec, spec.variants[0], spec.seeds[0], extra)
+    if cfg0.data.vocab == "corpus" and resolve_corpus_vocab(cfg0) is None:
+        print(f"(data.vocab = 'corpus' but {cfg0.data.dir} is not prepared yet: sizes above use the full vocabulary)")
+    rate = _measure_flops(cfg0)
     est = total_flops / rate if rate else float("nan")
     print(f"total {total_flops:.3e} FLOPs; this machine trains the base model at ~{rate:.2e} FLOP/s "
           f"-> estimated {est / 60:.1f} min run one after another")

@@ -388,12 +388,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after:
 
 def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, TokenDataset) -> dict:
     _ensure_data(cfg, dist_)
-    vmap = None
-    if cfg.data.vocab == "corpus":
-        from .vocab import corpus_vocab
+    from .vocab import resolve_corpus_vocab
 
-        vmap = corpus_vocab(cfg.data.dir)
-        cfg.model.vocab_size = len(vmap)
+    vmap = resolve_corpus_vocab(cfg)
     cfg = prepare_run_dir(cfg, run_dir, resume)
     t, m = cfg.train, cfg.model
     final_file = run_dir / "final.json"

@@ -91,3 +91,12 @@ def load_vocab_map(run_dir: str | Path) -> VocabMap | None:
         return VocabMap(np.load(p, allow_pickle=False))
     except (ValueError, OSError) as e:
         raise GptlabError(f"{p}: unreadable vocabulary map ({e})") from None
+
+
+def resolve_corpus_vocab(cfg) -> VocabMap | None:
+    """For `data.vocab = "corpus"` with prepared data: set cfg.model.vocab_size and return the map."""
+    if cfg.data.vocab != "corpus" or not (Path(cfg.data.dir) / "meta.json").exists():
+        return None
+    vm = corpus_vocab(cfg.data.dir)
+    cfg.model.vocab_size = len(vm)
+    return vm

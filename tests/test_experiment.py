@@ -1,0 +1,103 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import tomli_w
+
+from conftest import tiny_overrides
+from gptlab import GptlabError
+from gptlab.config import parse_overrides
+from gptlab.experiment import load_spec, run_experiment
+
+
+def write_spec(tmp_path, data, seeds=(1, 2), tokens=8 * 32 * 6, variants=None):
+    base = parse_overrides(tiny_overrides(data, **{"train.tokens": tokens, "train.checkpoint_interval": 2}))
+    (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
+    spec = {"name": "t", "base": "base.toml", "seeds": list(seeds), "baseline": "baseline",
+            "variants": variants or [{"name": "baseline", "interventions": []},
+                                     {"name": "no_dropout", "interventions": ["no_dropout"], "reference": 3.641}]}
+    p = tmp_path / "exp.toml"
+    p.write_text(tomli_w.dumps(spec))
+    return p
+
+
+def rows(exp_dir):
+    with sqlite3.connect(exp_dir / "results.sqlite") as c:
+        return c.execute("select run_id, variant, seed, test_loss from runs order by run_id").fetchall()
+
+
+def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path, capsys):
+    spec = write_spec(tmp_path, small_data)
+    out = tmp_path / "exp"
+    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
+    r = rows(out)
+    assert [x[0] for x in r] == ["baseline-s1", "baseline-s2", "no_dropout-s1", "no_dropout-s2"]
+    assert all(x[3] is not None and 0 < x[3] < 12 for x in r)
+    with sqlite3.connect(out / "results.sqlite") as c:
+        n_metrics = c.execute("select count(*) from metrics where run_id='baseline-s1'").fetchone()[0]
+        hashes = c.execute("select count(distinct config_hash) from runs").fetchone()[0]
+    assert n_metrics >= 6 and hashes == 4
+    for f in ["report.md", "report.html", "plots/loss_curves.png", "plots/test_loss.png"]:
+        assert (out / f).exists(), f
+    printed = capsys.readouterr().out
+    assert "no_dropout" in printed and "baseline" in printed
+    # same seed, same data order: the seed changes the model init only
+    assert r[0][3] != r[1][3]
+    # re-running does nothing new and keeps one row per run
+    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
+    assert "0 to run" in capsys.readouterr().out
+    assert len(rows(out)) == 4
+
+
+def test_killed_experiment_resumes_with_each_run_once(small_data, tmp_path):
+    spec = write_spec(tmp_path, small_data, seeds=(1, 2, 3), tokens=8 * 32 * 10)
+    out = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (out / "results.sqlite").exists() and len(rows(out)) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # runner and its training child die mid-matrix
+    proc.wait()
+    before = rows(out)
+    assert 2 <= len(before) < 6
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    after = rows(out)
+    assert [x[0] for x in after] == sorted(f"{v}-s{s}" for v in ("baseline", "no_dropout") for s in (1, 2, 3))
+    assert {x[0]: x[3] for x in before}.items() <= {x[0]: x[3] for x in after}.items()
+
+
+def test_dry_run_prints_matrix(small_data, tmp_path, capsys):
+    spec = write_spec(tmp_path, small_data)
+    assert run_experiment(str(spec), dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "2 variants x 2 seeds = 4 runs" in out and "no_dropout-s2" in out and "3.641" in out
+    assert "estimated" in out and "FLOPs" in out
+    assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.parametrize("variants,match", [
+    ([{"name": "baseline"}, {"name": "x", "interventions": ["grad_clipp"]}], r"unknown intervention 'grad_clipp'"),
+    ([{"name": "baseline", "interventions": []}, {"name": "baseline"}], r"duplicate name baseline"),
+    ([{"name": "a b"}], r"variants\[0\]\.name"),
+    ([{"name": "v", "interventions": []}], r"baseline: 'baseline' is not one of the variants \(v\)"),
+])
+def test_bad_specs(small_data, tmp_path, variants, match):
+    spec = write_spec(tmp_path, small_data, variants=variants)
+    with pytest.raises(GptlabError, match=match):
+        load_spec(spec)
+
+
+def test_shipped_experiment_specs_resolve():
+    for name in ["seed-interventions", "gpt2-small-interventions"]:
+        spec = load_spec(f"configs/experiments/{name}.toml")
+        assert spec.baseline == "baseline" and len(spec.seeds) >= 3
+    spec = load_spec("configs/experiments/seed-interventions.toml")
+    assert [v.name for v in spec.variants] == ["baseline", "grad_clip", "no_dropout", "qkv_bias", "clip+nodrop+qkv"]
