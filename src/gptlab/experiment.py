@@ -34,7 +34,7 @@ from pathlib import Path
 import tomli_w
 
 from . import GptlabError
-from .config import deep_merge, load_config, parse_overrides, read_toml
+from .config import deep_merge, parse_overrides, read_toml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 

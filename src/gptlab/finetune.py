@@ -25,10 +25,8 @@ checkpoints/latest -> the best-validation weights, so `load_run_model(OUT)`, `gp
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -40,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import GptlabError
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, commit_dir, file_sha256
 from .tokenizer import EOT_ID, encode
 
 PROMPT_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
@@ -182,12 +180,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = file_sha256
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,14 +204,7 @@ def _write_ckpt(out_dir: Path, step: int, model, opt, state: dict) -> str:
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, tmp / "rng.pt")
     atomic_write_json(tmp / "state.json", state)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(ckdir)
+    commit_dir(tmp, final)
     return name
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -207,15 +208,13 @@ def save_checkpoint(run_dir: Path, step: int, model, opts, extra: dict, keep: in
     `latest` at it. Every rank saves its RNG state; rank 0 saves the rest."""
     from safetensors.torch import save_model
 
-    from .io import fsync_dir
+    from .io import commit_dir
 
     ckdir = run_dir / "checkpoints"
     final = ckdir / f"step_{step:07d}"
     tmp = ckdir / f".tmp_step_{step:07d}"
     if rank == 0:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     dist_.barrier()
@@ -229,21 +228,10 @@ def save_checkpoint(run_dir: Path, step: int, model, opts, extra: dict, keep: in
         atomic_write_json(tmp / "state.json", dict(extra, step=step, world=world))
     dist_.barrier()
     if rank == 0:
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(ckdir)
+        commit_dir(tmp, final)
         atomic_write_text(ckdir / "latest", final.name + "\n")
         old = sorted(p for p in ckdir.glob("step_*") if p.is_dir())
         for p in old[:-keep] if keep > 0 else []:
-            import shutil
-
             shutil.rmtree(p, ignore_errors=True)
     dist_.barrier()
 

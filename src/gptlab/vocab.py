@@ -55,8 +55,6 @@ class VocabMap:
         return [int(self.ids[i]) for i in ids]
 
     def save(self, run_dir: str | Path) -> None:
-        from .io import atomic_write
-
         _save_npy(Path(run_dir) / RUN_FILE, self.ids)
 
 

@@ -10,7 +10,6 @@ needs the sample index.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import GptlabError
+from ..io import file_sha256
 from ..tokenizer import tokenizer_hash
 
 SPLITS = ("train", "val", "test")
@@ -56,12 +56,7 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
     return meta
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = file_sha256
 
 
 class TokenDataset:

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import GptlabError
-from ..io import atomic_write_json, fsync_dir
+from ..io import atomic_write_json, file_sha256, fsync_dir
 from ..tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer, tokenizer_hash
 
 SPLITS = ("train", "val", "test")
@@ -379,12 +379,7 @@ class _ShardWriter:
             self._f = None
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_file_sha256 = file_sha256
 
 
 def _check_args(val_frac, test_frac, shard_tokens, workers, max_docs, text_field) -> None:
