@@ -78,7 +78,7 @@ def test_dry_run_prints_matrix(small_data, tmp_path, capsys):
     spec = write_spec(tmp_path, small_data)
     assert run_experiment(str(spec), dry_run=True) == 0
     out = capsys.readouterr().out
-    assert "2 variants x 2 seeds = 4 runs" in out and "no_dropout-s2" in out and "3.641" in out
+    assert "2 variants, 4 runs" in out and "no_dropout-s2" in out and "3.641" in out
     assert "estimated" in out and "FLOPs" in out
     assert not (tmp_path / "experiments").exists()
 

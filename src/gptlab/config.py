@@ -239,6 +239,23 @@ def read_toml(path: str | Path) -> dict:
         raise GptlabError(f"{p}: not UTF-8 text") from None
 
 
+def read_config_toml(path: str | Path, _seen: tuple = ()) -> dict:
+    """A config file; `base = "other.toml"` (relative to the file) is read first and this file merged over it."""
+    p = Path(path).resolve()
+    if p in _seen:
+        raise GptlabError(f"{path}: base: circular inheritance ({' -> '.join(str(x) for x in _seen + (p,))})")
+    raw = read_toml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise GptlabError(f"{path}: base: expected a path to another config TOML")
+    bp = Path(path).parent / base
+    if not bp.is_file():
+        raise GptlabError(f"{path}: base: {base} not found (looked for {bp})")
+    return deep_merge(read_config_toml(bp, _seen + (p,)), raw)
+
+
 def _parse_value(text: str) -> Any:
     """A --set value: TOML literal if it parses (numbers, booleans, lists, quoted strings), else a string."""
     try:
@@ -321,7 +338,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 extra: dict | None = None, apply_interventions: bool = True) -> RunConfig:
     """Read a TOML file (or defaults), merge `extra` (dict) and `--set` overrides, resolve the preset,
     apply the listed interventions, validate. Returns the resolved config."""
-    raw: dict = read_toml(path) if path else {}
+    raw: dict = read_config_toml(path) if path else {}
     where = str(path) if path else "<defaults>"
     if extra:
         raw = deep_merge(raw, extra)

@@ -34,7 +34,7 @@ from pathlib import Path
 import tomli_w
 
 from . import GptlabError
-from .config import deep_merge, parse_overrides, read_toml
+from .config import deep_merge, parse_overrides, read_config_toml, read_toml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -44,6 +44,7 @@ class Variant:
     name: str
     interventions: list[str] = field(default_factory=list)
     reference: float | None = None
+    seeds: list[int] | None = None  # this variant's own seeds (default: the spec's)
 
 
 @dataclass
@@ -60,10 +61,10 @@ class Spec:
         return f"{variant}-s{seed}"
 
     def matrix(self) -> list[tuple[Variant, int]]:
-        return [(v, s) for v in self.variants for s in self.seeds]
+        return [(v, s) for v in self.variants for s in (v.seeds or self.seeds)]
 
     def raw_config(self, variant: Variant, seed: int, extra: dict | None = None) -> dict:
-        raw = read_toml(self.base)
+        raw = read_config_toml(self.base)
         raw = deep_merge(raw, self.overrides)
         if extra:
             raw = deep_merge(raw, extra)
@@ -71,6 +72,14 @@ class Spec:
                                "train": {"seed": seed, "progress": False}})
         raw["interventions"] = list(raw.get("interventions", [])) + list(variant.interventions)
         return raw
+
+
+def _seed_list(seeds, where: str) -> list[int]:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise GptlabError(f"{where}: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise GptlabError(f"{where}: duplicate seeds in {seeds}")
+    return seeds
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -89,25 +98,23 @@ def load_spec(path: str | Path) -> Spec:
     base = (p.parent / d["base"]).resolve()
     if not base.is_file():
         raise GptlabError(f"{where}: base: {d['base']} not found (looked for {base})")
-    seeds = d.get("seeds", [1, 2, 3])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise GptlabError(f"{where}: seeds: expected a non-empty list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise GptlabError(f"{where}: seeds: duplicate seeds in {seeds}")
+    seeds = _seed_list(d.get("seeds", [1, 2, 3]), f"{where}: seeds")
     variants = []
     for i, v in enumerate(d.get("variants", [])):
         if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not _NAME_RE.match(v["name"]):
             raise GptlabError(f"{where}: variants[{i}].name: expected a name of letters, digits, _ . + -")
-        extra = set(v) - {"name", "interventions", "reference"}
+        extra = set(v) - {"name", "interventions", "reference", "seeds"}
         if extra:
-            raise GptlabError(f"{where}: variants[{i}].{sorted(extra)[0]}: unknown key (name, interventions, reference)")
+            raise GptlabError(f"{where}: variants[{i}].{sorted(extra)[0]}: unknown key "
+                              f"(name, interventions, reference, seeds)")
+        vseeds = _seed_list(v["seeds"], f"{where}: variants[{i}].seeds") if "seeds" in v else None
         ivs = v.get("interventions", [])
         if not isinstance(ivs, list) or not all(isinstance(x, str) for x in ivs):
             raise GptlabError(f"{where}: variants[{i}].interventions: expected a list of strings")
         ref = v.get("reference")
         if ref is not None and not isinstance(ref, (int, float)):
             raise GptlabError(f"{where}: variants[{i}].reference: expected a number")
-        variants.append(Variant(v["name"], ivs, float(ref) if ref is not None else None))
+        variants.append(Variant(v["name"], ivs, float(ref) if ref is not None else None, vseeds))
     if not variants:
         raise GptlabError(f"{where}: variants: at least one [[variants]] entry is needed")
     names = [v.name for v in variants]
@@ -176,9 +183,9 @@ def dry_run(spec: Spec, extra: dict) -> None:
     from .flops import flops_per_token
     from .model import GPTModel, count_params
 
-    print(f"experiment {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds = "
-          f"{len(spec.matrix())} runs  (base {spec.base})")
-    print(f"{'run':<34} {'params':>12} {'tokens':>14} {'FLOPs':>10} {'published':>9}  interventions")
+    print(f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})")
+    print(f"{'run':<30} {'params':>12} {'tokens':>14} {'FLOPs':>9} {'lr':>8} {'wd':>7} {'clip':>5} {'drop':>5} "
+          f"{'sched':>8} {'prec':>5} {'published':>9}  interventions")
     total_flops = 0.0
     from .vocab import resolve_corpus_vocab
 
@@ -187,21 +194,32 @@ def dry_run(spec: Spec, extra: dict) -> None:
         resolve_corpus_vocab(cfg)
         with torch.device("meta"):
             n = count_params(GPTModel(cfg.model))
-        tokens = cfg.train.tokens or int(cfg.train.tokens_per_param * n)
-        steps = math.ceil(tokens / (cfg.train.global_batch_size * cfg.model.context_length))
-        tokens = steps * cfg.train.global_batch_size * cfg.model.context_length
+        t = cfg.train
+        tokens = t.tokens or int(t.tokens_per_param * n)
+        steps = math.ceil(tokens / (t.global_batch_size * cfg.model.context_length))
+        tokens = steps * t.global_batch_size * cfg.model.context_length
         fl = flops_per_token(cfg.model) * tokens
         total_flops += fl
         ref = f"{v.reference:.3f}" if v.reference is not None else ""
-        print(f"{spec.run_id(v.name, s):<34} {n:>12,} {tokens:>14,} {fl:>10.2e} {ref:>9}  "
-              f"{', '.join(v.interventions) or '-'}")
+        sched = t.schedule if not t.warmup_frac else f"{t.schedule}+w"
+        print(f"{spec.run_id(v.name, s):<30} {n:>12,} {tokens:>14,} {fl:>9.2e} {t.lr:>8.2g} "
+              f"{t.weight_decay:>7.5g} {t.grad_clip or '-':>5} {cfg.model.drop_rate:>5.2g} {sched:>8} "
+              f"{t.precision:>5} {ref:>9}  {', '.join(v.interventions) or '-'}")
     cfg0 = _resolve(spec, spec.variants[0], spec.seeds[0], extra)
     if cfg0.data.vocab == "corpus" and resolve_corpus_vocab(cfg0) is None:
         print(f"(data.vocab = 'corpus' but {cfg0.data.dir} is not prepared yet: sizes above use the full vocabulary)")
-    rate = _measure_flops(cfg0)
-    est = total_flops / rate if rate else float("nan")
-    print(f"total {total_flops:.3e} FLOPs; this machine trains the base model at ~{rate:.2e} FLOP/s "
-          f"-> estimated {est / 60:.1f} min run one after another")
+    with torch.device("meta"):
+        n0 = count_params(GPTModel(cfg0.model))
+    if torch.cuda.is_available() or n0 < 50_000_000:
+        rate = _measure_flops(cfg0)
+        print(f"total {total_flops:.3e} FLOPs; this machine trains the base model at ~{rate:.2e} FLOP/s "
+              f"-> estimated {total_flops / rate / 60:.1f} min run one after another")
+    else:
+        from .flops import PEAK_FLOPS
+
+        node = 8 * PEAK_FLOPS["A100"] * 0.40
+        print(f"total {total_flops:.3e} FLOPs; at 40% MFU on 8x A100 (bf16 peak 312 TFLOP/s each): "
+              f"~{total_flops / node / 3600:.1f} node-hours (not measured: no GPU here)")
 
 
 def _measure_flops(cfg) -> float:
