@@ -141,6 +141,27 @@ def cmd_config(a) -> int:
     return 0
 
 
+def cmd_plan(a) -> int:
+    from .config import load_config
+    from .flops import PEAK_FLOPS, flops_per_token
+    from .plan import format_plan, plan
+    from .vocab import resolve_corpus_vocab
+
+    cfg = load_config(a.config, a.set)
+    resolve_corpus_vocab(cfg)
+    budget = a.flops
+    if a.gpu_hours:
+        key = a.gpu_type.upper().split("-")[0]
+        if key not in PEAK_FLOPS:
+            raise GptlabError(f"--gpu-type: unknown '{a.gpu_type}'; choose from {', '.join(PEAK_FLOPS)}")
+        budget = a.gpu_hours * 3600 * PEAK_FLOPS[key] * a.mfu
+    if budget:
+        cfg.train.tokens = int(budget // flops_per_token(cfg.model))
+        print(f"FLOP budget {budget:.3e} -> {cfg.train.tokens:,} tokens")
+    print(format_plan(plan(cfg, a.gpus, a.gpu_type, a.mfu, a.price, a.fsdp)))
+    return 0
+
+
 def cmd_experiment(a) -> int:
     from .experiment import run_experiment
 
@@ -229,6 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_config)
+
+    s = _parser(sub, "plan", "what a config costs: FLOPs, tokens, wall time, price, memory per GPU, grad accumulation",
+                "gptlab plan configs/gpt2-small-baseline.toml --gpus 8 --gpu-type A100\n"
+                "gptlab plan configs/gpt2-small-baseline.toml --gpus 1 --gpu-type RTX3090 --gpu-hours 48   # the seed's 2 days")
+    s.add_argument("config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--gpus", type=int, default=1)
+    s.add_argument("--gpu-type", default="H100", help="A100, A100-80, H100, H200, RTX3090, RTX4090, L4, A10G")
+    s.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    s.add_argument("--price", type=float, help="USD per GPU-hour")
+    s.add_argument("--fsdp", action="store_true", help="shard weights/grads/optimizer state over the GPUs")
+    s.add_argument("--flops", type=float, help="FLOP budget: set the token budget from it")
+    s.add_argument("--gpu-hours", type=float, help="FLOP budget as GPU-hours of --gpu-type at --mfu")
+    s.set_defaults(fn=cmd_plan)
 
     s = _parser(sub, "experiment", "run a matrix of variants x seeds, record results.sqlite, write the report",
                 "gptlab experiment configs/experiments/seed-interventions.toml\n"
