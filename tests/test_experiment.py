@@ -47,6 +47,15 @@ def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path,
     assert "no_dropout" in printed and "baseline" in printed
     # same seed, same data order: the seed changes the model init only
     assert r[0][3] != r[1][3]
+    # the leaderboard over this experiment folder
+    from gptlab.leaderboard import format_leaderboard, leaderboard
+
+    lb = leaderboard([str(out)])
+    assert [r["variant"] for r in lb][0] == "baseline" and {r["variant"] for r in lb} == {"baseline", "no_dropout"}
+    assert all(r["experiment"] == "t" and r["n"] == 2 for r in lb)
+    assert "no_dropout" in format_leaderboard(lb) and format_leaderboard(lb, "markdown").startswith("| experiment")
+    with pytest.raises(GptlabError, match="no results.sqlite"):
+        leaderboard([str(out / "runs")])
     # re-running does nothing new and keeps one row per run
     assert run_experiment(str(spec), out=str(out), quiet=True) == 0
     assert "0 to run" in capsys.readouterr().out

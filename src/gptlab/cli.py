@@ -162,6 +162,13 @@ def cmd_plan(a) -> int:
     return 0
 
 
+def cmd_leaderboard(a) -> int:
+    from .leaderboard import format_leaderboard, leaderboard
+
+    print(format_leaderboard(leaderboard(a.paths or ["experiments"]), "markdown" if a.markdown else "text"))
+    return 0
+
+
 def cmd_experiment(a) -> int:
     from .experiment import run_experiment
 
@@ -173,7 +180,7 @@ def cmd_report(a) -> int:
     from .report import format_table, write_report
 
     res = write_report(a.exp_dir, baseline=a.baseline)
-    print(format_table(res["rows"]))
+    print(format_table(res["rows"], style="text"))
     print(f"wrote {res['markdown']} and {res['html']}")
     return 0
 
@@ -276,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_experiment)
+
+    s = _parser(sub, "leaderboard", "every variant of every experiment: loss, CI, delta vs its baseline, verdict",
+                "gptlab leaderboard\ngptlab leaderboard experiments/modern --markdown")
+    s.add_argument("paths", nargs="*", help="experiment folders or results.sqlite files (default: experiments/)")
+    s.add_argument("--markdown", action="store_true")
+    s.set_defaults(fn=cmd_leaderboard)
 
     s = _parser(sub, "report", "statistics, plots and verdicts for an experiment folder",
                 "gptlab report experiments/seed-interventions")

@@ -339,7 +339,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
     except GptlabError as e:
         print(f"report not written: {e}", file=sys.stderr)
         return 1
-    print(format_table(res["rows"]))
+    print(format_table(res["rows"], style="text"))
     print(f"report: {res['markdown']}  {res['html']}")
     if failures:
         print(f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",

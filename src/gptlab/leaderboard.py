@@ -1,0 +1,66 @@
+"""`gptlab leaderboard`: every variant of every experiment found under the given folders (or results.sqlite
+files), with mean test loss, CI, difference to its own experiment's baseline, tokens/s and the verdict.
+Variants are compared only with the baseline of the same experiment (same budget, data order and test set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import GptlabError
+
+
+def find_databases(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(p.rglob("results.sqlite"))
+        else:
+            raise GptlabError(f"{p}: no such file or folder")
+    if not out:
+        raise GptlabError(f"no results.sqlite under {', '.join(paths)}; run `gptlab experiment` first")
+    return out
+
+
+def _baseline_of(db: Path) -> str:
+    spec = db.parent / "spec.toml"
+    if spec.is_file():
+        from .config import read_toml
+
+        return str(read_toml(spec).get("baseline", "baseline"))
+    return "baseline"
+
+
+def leaderboard(paths: list[str]) -> list[dict]:
+    from .report import build_rows
+    from .results import ResultsDB
+
+    rows = []
+    for dbp in find_databases(paths):
+        with ResultsDB(dbp, create=False) as db:
+            runs = db.runs()
+            judge = db.judge_summary()
+        for exp in sorted({r["experiment"] for r in runs}):
+            exp_runs = [r for r in runs if r["experiment"] == exp]
+            for r in build_rows(exp_runs, _baseline_of(dbp), judge):
+                rows.append(dict(r, experiment=exp))
+    return rows
+
+
+def format_leaderboard(rows: list[dict], style: str = "text") -> str:
+    def f(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    headers = ["experiment", "variant", "n", "mean test loss", "95% CI", "Δ vs baseline", "p (Welch)", "tokens/s",
+               "verdict"]
+    body = [[r["experiment"], r["variant"], str(r["n"]), f(r["mean"], ".4f"),
+             "-" if r["ci_low"] is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f(r["diff"], "+.4f"),
+             "-" if r["p"] is None else ("<0.0001" if r["p"] < 1e-4 else f"{r['p']:.4f}"),
+             f(r.get("tokens_per_s"), ",.0f"), r["verdict"]] for r in rows]
+    if style == "markdown":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body])
+    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(headers)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(c) for c in body])
