@@ -4,7 +4,6 @@ Everything is local (random-init models, HF_HUB_OFFLINE=1); the only fake is the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -159,6 +158,13 @@ def test_export_refuses_compact_vocabulary(tmp_path):
     np.save(tmp_path / "run" / "vocab_map.npy", np.arange(299).tolist() + [50256])
     with pytest.raises(GptlabError, match="compact corpus vocabulary"):
         export_run(tmp_path / "run", tmp_path / "hf")
+    if hasattr(RunConfig().data, "vocab"):  # refused from the config alone too
+        make_run(tmp_path / "run2", nano())
+        cfg = config_from_run(tmp_path / "run2")
+        cfg.data.vocab = "corpus"
+        save_config(cfg, tmp_path / "run2" / "config.toml")
+        with pytest.raises(GptlabError, match="compact corpus vocabulary"):
+            export_run(tmp_path / "run2", tmp_path / "hf")
 
 
 def test_export_refuses_foreign_files_in_out_dir(tmp_path):

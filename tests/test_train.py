@@ -176,3 +176,29 @@ def test_ddp_torchrun_two_processes_matches_single(small_data, tmp_path):
           if "train_loss" in x]
     assert len(l1) == len(l2) == 12
     assert max(abs(a - b) for a, b in zip(l1, l2)) < 2e-4
+
+
+def _torchrun(run_dir, over, *extra, nproc=2):
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "gptlab", "train", "--run-dir", str(run_dir), "--quiet", *extra]
+    for o in over:
+        args += ["--set", o]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_fsdp2_two_processes_matches_single_and_reshards_to_one(small_data, tmp_path):
+    """FSDP2 (fully_shard) on 2 gloo ranks trains like 1 process; its sharded checkpoint
+    (torch.distributed.checkpoint) resumes on 1 process and finishes like the uninterrupted run."""
+    over = tiny_overrides(small_data, **{"model.drop_rate": 0.0, "train.fsdp": True, "train.checkpoint_interval": 0})
+    single = train(load_config(None, over), tmp_path / "one")
+    r = _torchrun(tmp_path / "fsdp", over)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads((tmp_path / "fsdp" / "final.json").read_text())
+    assert two["world_size"] == 2 and two["test_loss"] == pytest.approx(single["test_loss"], abs=2e-4)
+    assert (latest_checkpoint(tmp_path / "fsdp") / "dcp").is_dir()
+    # 2 ranks -> stop at step 6 -> resume on 1 rank from the sharded checkpoint
+    r = _torchrun(tmp_path / "reshard", over, "--stop-after", "6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert latest_checkpoint(tmp_path / "reshard").name == "step_0000006"
+    res = train(load_config(None, over), tmp_path / "reshard", resume=True)
+    assert res["world_size"] == 1 and res["test_loss"] == pytest.approx(single["test_loss"], abs=1e-3)

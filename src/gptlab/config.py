@@ -98,6 +98,7 @@ class TrainConfig:
     nan_policy: str = "stop"  # stop | skip (skip the batch and halve the lr, at most max_skips times)
     max_skips: int = 5
     activation_checkpointing: bool = False
+    fsdp: bool = False  # FSDP2 (fully_shard per block) under torchrun; checkpoints via torch.distributed.checkpoint
     progress: bool = True
 
 

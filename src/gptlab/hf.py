@@ -131,8 +131,8 @@ def _check_exportable(run_dir: Path) -> RunConfig:
     cfg = config_from_run(run_dir)
     from .vocab import RUN_FILE
 
-    if (run_dir / RUN_FILE).exists():
-        raise GptlabError(f"{run_dir / RUN_FILE}: cannot export to Hugging Face GPT-2: the run uses a compact corpus "
+    if (run_dir / RUN_FILE).exists() or getattr(cfg.data, "vocab", "gpt2") == "corpus":
+        raise GptlabError(f"{run_dir}: cannot export to Hugging Face GPT-2: the run uses a compact corpus "
                           "vocabulary (data.vocab = \"corpus\"); only full GPT-2 vocabulary runs can be exported")
     why = _refusal(cfg.model, str(run_dir / "config.toml"))
     if why:
@@ -169,7 +169,7 @@ def _write_tokenizer(out: Path, context_length: int) -> None:
     atomic_write_json(out / "special_tokens_map.json", special)
 
 
-def _model_card(run_dir: Path, cfg: RunConfig, ck: Path, n_params: int) -> str:
+def _model_card(run_dir: Path, cfg: RunConfig, ck: Path | None, n_params: int) -> str:
     final: dict = {}
     fp = run_dir / "final.json"
     if fp.is_file():
@@ -189,7 +189,7 @@ def _model_card(run_dir: Path, cfg: RunConfig, ck: Path, n_params: int) -> str:
     e = cfg.eval
     test_spec = (f"split `{e.split}` of `{cfg.data.dir}`, offset {e.offset}, "
                  f"{'all' if not e.batches else e.batches} batches of {e.batch_size} x {cfg.model.context_length} tokens")
-    status = "finished" if final else f"not finished (exported checkpoint `{ck.name}`)"
+    status = "finished" if final else f"not finished (exported checkpoint `{ck.name if ck else '?'}`)"
     m = cfg.model
     lines = [
         "---",
@@ -254,13 +254,10 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, push: str
         token = _hub_token(push)
     cfg = _check_exportable(run_dir)
     _check_out_dir(out, run_dir)
-    from .train import latest_checkpoint, load_model_weights
+    from .train import latest_checkpoint, load_run_model
 
+    model, _ = load_run_model(run_dir, "cpu")  # refuses a run without a checkpoint
     ck = latest_checkpoint(run_dir)
-    if ck is None:
-        raise GptlabError(f"{run_dir}: no checkpoint yet (checkpoints/latest missing)")
-    model = GPTModel(cfg.model)
-    load_model_weights(model, ck / "model.safetensors")
     sd = to_hf_state_dict(model)
     from .model import count_params
 

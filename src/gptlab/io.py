@@ -101,10 +101,12 @@ def commit_dir(tmp: str | Path, final: str | Path) -> None:
     import shutil
 
     tmp, final = Path(tmp), Path(final)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
+    for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+        for f in d.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(d)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -203,9 +203,11 @@ def unwrap(model: torch.nn.Module) -> GPTModel:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, opts, extra: dict, keep: int, rank: int, world: int,
-                    dist_: Dist) -> None:
+                    dist_: Dist, fsdp: bool = False) -> None:
     """Write checkpoints/step_N atomically: everything into a temp folder, fsync, rename, then point
-    `latest` at it. Every rank saves its RNG state; rank 0 saves the rest."""
+    `latest` at it. Every rank saves its RNG state; rank 0 saves the rest. With FSDP the model and optimizer
+    are also saved sharded with torch.distributed.checkpoint (loadable on any number of ranks), and rank 0
+    writes the gathered full weights as model.safetensors for eval/generation/export."""
     from safetensors.torch import save_model
 
     from .io import commit_dir
@@ -222,10 +224,23 @@ def save_checkpoint(run_dir: Path, step: int, model, opts, extra: dict, keep: in
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, tmp / f"rng_rank{rank}.pt")
-    if rank == 0:
+    if fsdp:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+        base = unwrap(model)
+        msd, osd = get_state_dict(base, opts)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
+        full = get_model_state_dict(base, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            plain = GPTModel(base.cfg)
+            plain.load_state_dict(full)
+            save_model(plain, str(tmp / "model.safetensors"))
+    elif rank == 0:
         save_model(unwrap(model), str(tmp / "model.safetensors"))
         torch.save([o.state_dict() for o in opts], tmp / "optimizer.pt")
-        atomic_write_json(tmp / "state.json", dict(extra, step=step, world=world))
+    if rank == 0:
+        atomic_write_json(tmp / "state.json", dict(extra, step=step, world=world, fsdp=fsdp))
     dist_.barrier()
     if rank == 0:
         commit_dir(tmp, final)
@@ -261,11 +276,31 @@ def load_model_weights(model: GPTModel, path: Path) -> None:
 
 
 def load_checkpoint(ck: Path, model, opts, rank: int) -> dict:
-    load_model_weights(unwrap(model), ck / "model.safetensors")
+    """Restore model, optimizer and this rank's RNG. A sharded (FSDP, torch.distributed.checkpoint) checkpoint
+    loads on any number of ranks, with or without FSDP; a full one (model.safetensors + optimizer.pt) too."""
+    if (ck / "dcp").is_dir():
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        base = unwrap(model)
+        msd, osd = get_state_dict(base, opts)
+        state = {"model": msd, "optim": osd}
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # loading on one process without a process group is intended
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.load(state, checkpoint_id=str(ck / "dcp"))
+        except Exception as e:  # DCP raises several types (CheckpointException, RuntimeError, ...)
+            raise GptlabError(f"{ck / 'dcp'}: unreadable sharded checkpoint ({str(e).splitlines()[0][:200]})") from None
+        set_state_dict(base, opts, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:
+        load_model_weights(unwrap(model), ck / "model.safetensors")
     try:
-        states = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
-        for o, s in zip(opts, states):
-            o.load_state_dict(s)
+        if not (ck / "dcp").is_dir():
+            states = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
+            for o, s in zip(opts, states):
+                o.load_state_dict(s)
         rng_file = ck / f"rng_rank{rank}.pt"
         if rng_file.exists():
             rng = torch.load(rng_file, weights_only=True)
@@ -406,13 +441,21 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
         raise GptlabError(f"model.vocab_size: {m.vocab_size} is smaller than the data's vocabulary "
                           f"({train_ds.meta['vocab_size']})")
 
-    torch.manual_seed(t.seed + rank)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = GPTModel(m).to(device)
+    torch.manual_seed(t.seed * 1000 + rank + 1)  # dropout masks differ between ranks
     model.activation_checkpointing = t.activation_checkpointing
     n_params = count_params(model)
     tokens_budget = t.tokens or int(t.tokens_per_param * n_params)
     step_tokens = t.global_batch_size * T
     total_steps = max(1, math.ceil(tokens_budget / step_tokens))
+    use_fsdp = t.fsdp and dist_.enabled
+    if use_fsdp:  # FSDP2: parameters, gradients and optimizer state sharded over ranks, one unit per block
+        from torch.distributed.fsdp import fully_shard
+
+        for blk in model.trf_blocks:
+            fully_shard(blk)
+        fully_shard(model)
     opts = build_optimizers(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
 
@@ -421,9 +464,8 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     if ck is not None:
         state = load_checkpoint(ck, model, opts, rank)
         start_step, skips, lr_scale = state["step"], state.get("skips", 0), state.get("lr_scale", 1.0)
-        if state.get("world", world) != world:
-            raise GptlabError(f"{ck}: checkpoint was written by {state['world']} ranks; resume with the same "
-                              f"number (global batch order depends on it)")
+        # the global batch of a step does not depend on the number of ranks, so resuming on another
+        # number of ranks continues the same data order (dropout RNG of new ranks starts fresh)
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
     if dist_.main:
@@ -445,7 +487,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     train_model = model
     if t.compile:
         train_model = torch.compile(model)
-    if dist_.enabled:
+    if dist_.enabled and not use_fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -458,7 +500,12 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
         extra = {"skips": skips, "lr_scale": lr_scale, "tokens": step * step_tokens}
         if scaler.is_enabled():
             extra["scaler"] = scaler.state_dict()
-        save_checkpoint(run_dir, step, train_model, opts, extra, t.keep_checkpoints, rank, world, dist_)
+        save_checkpoint(run_dir, step, train_model, opts, extra, t.keep_checkpoints, rank, world, dist_, use_fsdp)
+
+    def run_eval(ds, batch_size: int, offset: int = 0, n_batches: int = 0) -> float:
+        # FSDP: every rank runs every batch (its forward needs all ranks); else batches are split over ranks
+        return evaluate_loss(model, ds, T, batch_size, device, precision, offset=offset, n_batches=n_batches,
+                             dist_=None if use_fsdp else dist_, vocab_map=vmap)
 
     bar = None
     if dist_.main and t.progress:
@@ -470,10 +517,10 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     t0 = time.time()
     tok_count, recent = 0, []
     log_t0, log_tokens = time.time(), 0
-    if dist_.main and start_step == 0 and t.eval_interval:
-        vl = evaluate_loss(model, val_ds, T, t.micro_batch_size, device, precision, n_batches=t.eval_batches,
-                           vocab_map=vmap)
-        append_jsonl(metrics_path, {"step": 0, "tokens": 0, "val_loss": vl})
+    if start_step == 0 and t.eval_interval:
+        vl = run_eval(val_ds, t.micro_batch_size, n_batches=t.eval_batches)
+        if dist_.main:
+            append_jsonl(metrics_path, {"step": 0, "tokens": 0, "val_loss": vl})
     seq_warm_steps = int(t.seq_len_warmup_frac * total_steps)
     step = start_step
     for step in range(start_step, total_steps):
@@ -493,7 +540,9 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
                 x, y = vmap.to_compact(x), vmap.to_compact(y)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = contextlib.nullcontext()
-            if dist_.enabled and micro < accum - 1:
+            if use_fsdp:
+                model.set_requires_gradient_sync(micro == accum - 1)
+            elif dist_.enabled and micro < accum - 1:
                 sync = train_model.no_sync()
             with sync:
                 with autocast_ctx(precision, device):
@@ -512,6 +561,8 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
             scaler.unscale_(o)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"),
                                                foreach=True)
+        if hasattr(gnorm, "full_tensor"):  # DTensor under FSDP
+            gnorm = gnorm.full_tensor()
         stats[1] = (~torch.isfinite(gnorm)).float() if not scaler.is_enabled() else 0.0
         dist_.all_reduce_sum(stats)
         step_loss = (stats[0] / world).item()
@@ -560,8 +611,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
             if bar:
                 bar.update(1)
         if t.eval_interval and done % t.eval_interval == 0 and done != total_steps:
-            vl = evaluate_loss(model, val_ds, T, t.micro_batch_size, device, precision, n_batches=t.eval_batches,
-                               dist_=dist_, vocab_map=vmap)
+            vl = run_eval(val_ds, t.micro_batch_size, n_batches=t.eval_batches)
             if dist_.main:
                 append_jsonl(metrics_path, {"step": done, "tokens": done * step_tokens, "val_loss": vl})
         if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == total_steps \
@@ -578,12 +628,10 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     # final evaluation on val (eval_batches) and the test spec
     from .data.loader import TokenDataset as _DS
 
-    val_loss = evaluate_loss(model, val_ds, T, t.micro_batch_size, device, precision, n_batches=t.eval_batches,
-                             dist_=dist_, vocab_map=vmap)
+    val_loss = run_eval(val_ds, t.micro_batch_size, n_batches=t.eval_batches)
     e = cfg.eval
     test_ds = _DS(cfg.data.dir, e.split)
-    test_loss = evaluate_loss(model, test_ds, T, e.batch_size, device, precision, offset=e.offset,
-                              n_batches=e.batches, dist_=dist_, vocab_map=vmap)
+    test_loss = run_eval(test_ds, e.batch_size, offset=e.offset, n_batches=e.batches)
     rows = read_jsonl(metrics_path) if dist_.main else []
     train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
     final = {
