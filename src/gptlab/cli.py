@@ -300,8 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import judge as _judge
     from . import serve as _serve
 
+    from .hf import register_cli as _hf_cli
+
     for mod in (_ft, _serve, _judge):
         mod.register_cli(sub, _parser)
+    _hf_cli(sub, _parser)
     return p
 
 

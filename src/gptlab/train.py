@@ -11,6 +11,7 @@ import fcntl
 import json
 import math
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -166,7 +167,7 @@ def build_optimizers(model: GPTModel, cfg: RunConfig, device: torch.device) -> l
         {"params": [p for n, p in adam_named if not decays(n, p)], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")  # fused AdamW kernels exist for both (CPU: ~7x faster step)
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
                                                            fused=fused)]
     if muon_params:
@@ -308,7 +309,7 @@ def load_checkpoint(ck: Path, model, opts, rank: int) -> dict:
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
         state = json.loads((ck / "state.json").read_text())
-    except (OSError, RuntimeError, ValueError, KeyError, json.JSONDecodeError) as e:
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, json.JSONDecodeError, pickle.UnpicklingError) as e:
         raise GptlabError(f"{ck}: unreadable checkpoint state ({str(e).splitlines()[0][:200]})") from None
     return state
 
@@ -376,6 +377,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _check_eval_spec(cfg: RunConfig, test_ds, T: int) -> None:
+    from .data.loader import eval_batch_count
+
+    e = cfg.eval
+    have = eval_batch_count(test_ds, T, e.batch_size, offset=e.offset)
+    if e.batches and e.batches > have:
+        raise GptlabError(f"eval.batches: the test set spec asks for {e.batches} batches of {e.batch_size} x {T} tokens "
+                          f"from token {e.offset:,} of the {e.split} split, which has room for {have}")
+
+
 def _ensure_data(cfg: RunConfig, dist_: Dist) -> None:
     meta = Path(cfg.data.dir) / "meta.json"
     if meta.exists():
@@ -437,6 +448,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     val_ds = TokenDataset(cfg.data.dir, "val")
     T = m.context_length
     sampler = SequenceSampler(train_ds, T, cfg.data.data_seed)
+    _check_eval_spec(cfg, TokenDataset(cfg.data.dir, cfg.eval.split), T)  # fail before training, not after
     if vmap is None and train_ds.meta.get("vocab_size", 50257) > m.vocab_size:
         raise GptlabError(f"model.vocab_size: {m.vocab_size} is smaller than the data's vocabulary "
                           f"({train_ds.meta['vocab_size']})")

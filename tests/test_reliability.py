@@ -1,0 +1,109 @@
+"""Bad input never crashes with a traceback or executes code: one GptlabError line, nothing overwritten."""
+
+import os
+import pickle
+import string
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import tiny_overrides
+from gptlab import GptlabError
+from gptlab.config import TrainConfig, load_config
+from gptlab.train import latest_checkpoint, load_run_model, train
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _stopped_run(small_data, tmp_path, name="r"):
+    cfg = load_config(None, tiny_overrides(small_data))
+    train(cfg, tmp_path / name, stop_after=4)
+    return cfg, latest_checkpoint(tmp_path / name)
+
+
+def test_malicious_pickle_in_checkpoint_is_not_executed(small_data, tmp_path):
+    cfg, ck = _stopped_run(small_data, tmp_path)
+    marker = tmp_path / "pwned"
+    (ck / "optimizer.pt").write_bytes(pickle.dumps(_Evil(marker)))
+    with pytest.raises(GptlabError, match=r"unreadable checkpoint state"):
+        train(cfg, tmp_path / "r", resume=True)
+    assert not marker.exists()  # weights_only=True refused to run os.system
+
+
+def test_truncated_checkpoint_is_a_clear_error(small_data, tmp_path):
+    cfg, ck = _stopped_run(small_data, tmp_path)
+    data = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(GptlabError, match=r"model\.safetensors: unreadable checkpoint"):
+        train(cfg, tmp_path / "r", resume=True)
+    with pytest.raises(GptlabError, match="unreadable checkpoint"):
+        load_run_model(tmp_path / "r")
+
+
+def test_checkpoint_from_other_architecture_is_refused(small_data, tmp_path):
+    from gptlab.config import ModelConfig
+    from gptlab.model import GPTModel
+    from gptlab.train import load_model_weights
+
+    _, ck = _stopped_run(small_data, tmp_path)
+    other = GPTModel(ModelConfig(vocab_size=100, context_length=32, emb_dim=48, n_heads=2, n_layers=1))
+    with pytest.raises(GptlabError, match=r"checkpoint does not match the model config"):
+        load_model_weights(other, ck / "model.safetensors")
+
+
+def test_impossible_settings(small_data, tmp_path):
+    with pytest.raises(GptlabError, match=r"test split too small to evaluate"):
+        train(load_config(None, tiny_overrides(small_data, **{"eval.offset": 10**9})), tmp_path / "big")
+    with pytest.raises(GptlabError, match=r"eval\.batches: the test set spec asks for 100000 batches"):
+        train(load_config(None, tiny_overrides(small_data, **{"eval.batches": 100000})), tmp_path / "big2")
+    assert not (tmp_path / "big" / "checkpoints").exists()
+    with pytest.raises(GptlabError, match=r"data\.dir: .*has no meta\.json"):
+        train(load_config(None, tiny_overrides(str(tmp_path / "nowhere"))), tmp_path / "nodata")
+    assert not (tmp_path / "nodata" / "config.toml").exists()
+
+
+FLOAT_FIELDS = ["lr", "weight_decay", "grad_clip", "beta1", "min_lr_frac"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(FLOAT_FIELDS), value=st.floats(min_value=1e-6, max_value=0.99, allow_nan=False))
+def test_property_float_overrides_round_trip(field, value):
+    cfg = load_config(None, [f"train.{field}={value!r}"])
+    assert getattr(cfg.train, field) == value
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.text(alphabet=string.ascii_lowercase + "_.", min_size=1, max_size=20),
+       value=st.text(alphabet=string.printable.replace("\n", "").replace("\r", ""), max_size=12))
+def test_property_any_override_is_valid_or_one_line_error(key, value):
+    try:
+        load_config(None, [f"{key}={value}"])
+    except GptlabError as e:
+        assert "\n" not in str(e)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(max_size=200))
+def test_property_any_toml_text_is_valid_or_one_line_error(tmp_path_factory, text):
+    p = tmp_path_factory.mktemp("cfg") / "c.toml"
+    p.write_text(text, encoding="utf-8")
+    try:
+        load_config(p)
+    except GptlabError as e:
+        assert "\n" not in str(e) and "c.toml" in str(e)
+
+
+def test_train_config_field_names_are_unique():
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert len(names) == len(set(names))
+    assert torch.__version__  # torch importable alongside hypothesis
