@@ -151,7 +151,9 @@ def compare(baseline_values: Iterable[float], variant_values: Iterable[float], a
             warnings.simplefilter("ignore", RuntimeWarning)
             res = _st.ttest_ind(b, a, equal_var=False)
         t, p = float(res.statistic), float(res.pvalue)
-        df = se2**2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
+        w1, w2 = v1 / n1, v2 / n2  # Welch-Satterthwaite, scaled by the larger term so tiny variances cannot underflow
+        w1, w2 = w1 / max(w1, w2), w2 / max(w1, w2)
+        df = (w1 + w2) ** 2 / (w1**2 / (n1 - 1) + w2**2 / (n2 - 1))
         half = float(_st.t.ppf(1.0 - alpha / 2.0, df)) * math.sqrt(se2)
         ci = (diff - half, diff + half)
     else:  # every seed gave the identical loss in both groups: the difference is exact
