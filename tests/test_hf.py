@@ -275,3 +275,22 @@ def test_cli_import_hf_and_eval_hf(tmp_path, capsys):
     got = eval_hf(out, data, "test", 0, 0, 2, device="cpu")
     want = evaluate_loss(model, TokenDataset(data, "test"), 64, 2, torch.device("cpu"), "fp32")
     assert abs(got - want) < 1e-4 and np.isfinite(got)
+
+
+def test_cli_eval_hf_dir(tmp_path, capsys):
+    """`gptlab eval --hf-dir DIR --data D`: the seed's yardstick path from the command line."""
+    from gptlab.cli import main
+    from gptlab.data.prepare import prepare
+
+    make_run(tmp_path / "run", nano())
+    out = export_run(tmp_path / "run", tmp_path / "hf")
+    src = tmp_path / "corpus.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Passage {i}: the quality of mercy is not strained. " * 20}) + "\n"
+                           for i in range(30)))
+    prepare([str(src)], str(tmp_path / "d"), val_frac=0.2, test_frac=0.2, workers=1, progress=False)
+    assert main(["eval", "--hf-dir", str(out), "--data", str(tmp_path / "d"), "--batch-size", "2", "--json",
+                 "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["loss"] == pytest.approx(eval_hf(out, tmp_path / "d", "test", 0, 0, 2, device="cpu"), rel=1e-6)
+    assert main(["eval", "--hf-dir", str(out)]) == 2
+    assert "--hf-dir needs --data" in capsys.readouterr().err

@@ -77,24 +77,35 @@ def print_result_table(rows: list[dict], unigram: float | None = None) -> None:
 
 
 def cmd_eval(a) -> int:
+    import math
+
+    if a.hf_dir:  # a local Hugging Face GPT-2 folder (e.g. OpenAI's GPT-2 small): the seed's yardstick
+        from .hf import eval_hf
+
+        if not a.data:
+            raise GptlabError("--hf-dir needs --data (the prepared data folder to evaluate on)")
+        split = a.split or "test"
+        loss = eval_hf(a.hf_dir, a.data, split, a.offset or 0, a.batches or 0, a.batch_size or 8, a.context,
+                       a.device)
+        out = {"hf_dir": a.hf_dir, "split": split, "loss": loss, "perplexity": math.exp(loss)}
+        print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
+        return 0
+    if not a.run:
+        raise GptlabError("eval: give a RUN directory or --hf-dir DIR")
     from .data.loader import TokenDataset
     from .train import evaluate_loss, load_run_model, resolve_device, resolve_precision
+    from .vocab import load_vocab_map
 
     model, cfg = load_run_model(a.run, a.device)
     e = cfg.eval
     split = a.split or e.split
-    data_dir = a.data or cfg.data.dir
-    ds = TokenDataset(data_dir, split)
+    ds = TokenDataset(a.data or cfg.data.dir, split)
     offset = e.offset if a.offset is None else a.offset
     batches = e.batches if a.batches is None else a.batches
     bs = a.batch_size or e.batch_size
     dev = resolve_device(a.device)
-    from .vocab import load_vocab_map
-
     loss = evaluate_loss(model, ds, cfg.model.context_length, bs, dev, resolve_precision("auto", dev),
                          offset=offset, n_batches=batches, vocab_map=load_vocab_map(a.run))
-    import math
-
     out = {"run": str(a.run), "split": split, "loss": loss, "perplexity": math.exp(loss), "offset": offset,
            "batches": batches, "batch_size": bs}
     print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
@@ -226,8 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_train)
 
     s = _parser(sub, "eval", "loss and perplexity of a run's latest checkpoint on a split",
-                "gptlab eval runs/tiny-cpu --split test\ngptlab eval runs/tiny-cpu --split val --batches 20 --json")
-    s.add_argument("run")
+                "gptlab eval runs/tiny-cpu --split test\ngptlab eval runs/tiny-cpu --split val --batches 20 --json\n"
+                "gptlab eval --hf-dir ~/models/gpt2 --data data/fineweb10B --split val --offset 50000000 "
+                "--batches 3200 --batch-size 6   # OpenAI GPT-2 small on the seed's test set")
+    s.add_argument("run", nargs="?", help="run directory")
+    s.add_argument("--hf-dir", help="evaluate a local Hugging Face GPT-2 folder instead of a run")
+    s.add_argument("--context", type=int, help="with --hf-dir: window length (default: the model's n_positions)")
     s.add_argument("--split", choices=["train", "val", "test"])
     s.add_argument("--data", help="prepared data folder (default: the run's data.dir)")
     s.add_argument("--offset", type=int, help="first token (default: the run's eval.offset)")
