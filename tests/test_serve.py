@@ -265,3 +265,40 @@ def test_bad_server_arguments(run, tmp_path):
         make_server(run, port=0, max_tokens_limit=0)
     with pytest.raises(GptlabError, match="empty key"):
         make_server(run, port=0, api_key="  ")
+
+
+def test_bounded_load_mixed_requests(server):
+    """200 requests, 16 at a time, to the real server on 127.0.0.1: valid, malformed and oversized mixed.
+    Every valid one is answered 200, every bad one gets a 4xx, the server is alive after, memory stays bounded."""
+    import resource
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, url = server
+    kinds = ["valid_completion", "valid_chat", "bad_json", "unknown_field", "too_many_tokens", "oversized"]
+
+    def one(i):
+        kind = kinds[i % len(kinds)]
+        if kind == "valid_completion":
+            return kind, call(url, "/v1/completions", {"prompt": f"Hello {i}", "max_tokens": 3, "seed": i})[0]
+        if kind == "valid_chat":
+            return kind, call(url, "/v1/chat/completions",
+                              {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 3})[0]
+        if kind == "bad_json":
+            return kind, call(url, "/v1/completions", raw=b'{"prompt": "x", ')[0]
+        if kind == "unknown_field":
+            return kind, call(url, "/v1/completions", {"prompt": "x", "max_tokens": 2, "bogus": 1})[0]
+        if kind == "too_many_tokens":
+            return kind, call(url, "/v1/completions", {"prompt": "x", "max_tokens": 100_000})[0]
+        return kind, call(url, "/v1/completions", raw=b'{"prompt": "' + b"a" * (2 << 20) + b'"}')[0]
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(200)))
+    valid = [s for k, s in results if k.startswith("valid")]
+    bad = [s for k, s in results if not k.startswith("valid")]
+    assert len(results) == 200 and valid and bad
+    assert all(s == 200 for s in valid), sorted(set(valid))
+    assert all(400 <= s < 500 for s in bad), sorted(set(bad))
+    assert call(url, "/v1/models")[0] == 200  # alive
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mib < 512, grown_mib  # oversized bodies are not buffered whole, threads do not pile up
