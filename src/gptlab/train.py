@@ -493,6 +493,8 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
                 "created": time.time(), "argv": sys.argv})
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         else:  # drop metrics logged after the checkpoint we resume from
+            for stale in (run_dir / "checkpoints").glob(".tmp_step_*"):  # a write cut short by a crash
+                shutil.rmtree(stale, ignore_errors=True)
             rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("step", 0) <= start_step]
             atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -527,7 +529,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
                    file=sys.stderr)
     train_model.train()
     t0 = time.time()
-    tok_count, recent = 0, []
+    tok_count, recent, window = 0, [], []  # window: step losses since the last log line
     log_t0, log_tokens = time.time(), 0
     if start_step == 0 and t.eval_interval:
         vl = run_eval(val_ds, t.micro_batch_size, n_batches=t.eval_batches)
@@ -603,13 +605,15 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
         del grads
         recent.append(step_loss)
         recent = recent[-50:]
+        window.append(step_loss)
         done = step + 1
         log_tokens += step_tokens
         if dist_.main:
             if done % t.log_interval == 0 or done == total_steps:
                 dt = time.time() - log_t0
                 tps = log_tokens / dt if dt > 0 else 0.0
-                row = {"step": done, "tokens": done * step_tokens, "train_loss": step_loss,
+                # train_loss: mean over the steps since the last log line (a single batch is noisy)
+                row = {"step": done, "tokens": done * step_tokens, "train_loss": float(np.mean(window)),
                        "lr": opts[0].param_groups[0]["lr"], "grad_norm": float(gnorm), "tokens_per_s": tps}
                 u = mfu(m, tps, peak * world if peak else None, T)
                 if u is not None:
@@ -617,7 +621,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
                 if len(recent) > 10 and step_loss > 1.5 * float(np.median(recent[:-1])):
                     row["event"] = "loss_spike"
                 append_jsonl(metrics_path, row)
-                log_t0, log_tokens = time.time(), 0
+                log_t0, log_tokens, window = time.time(), 0, []
                 if bar:
                     bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{row['lr']:.2e}")
             if bar:
