@@ -11,7 +11,8 @@ DATA=${2:-}
 PORT=${PORT:-8765}
 mkdir -p "$W"
 # export needs GPT-2's full vocabulary (data.vocab = "gpt2"), so this base run does not use the corpus vocabulary
-gptlab train --config configs/tiny-cpu.toml --set data.vocab='"gpt2"' --set train.tokens=60000 --run-dir "$W/base" --quiet
+gptlab train --config configs/tiny-cpu.toml --set data.vocab='"gpt2"' --set model.context_length=256 \
+  --set train.tokens=60000 --run-dir "$W/base" --quiet  # context 256: the judge prompt must fit when our own server judges
 if [ -z "$DATA" ]; then
   DATA="$W/instructions.json"
   python - "$DATA" <<'PY'
@@ -40,7 +41,7 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && b
 curl -s "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: application/json' \
   -d '{"messages":[{"role":"user","content":"Spell the word backwards: stone"}],"max_tokens":12}'; echo
 gptlab judge "$W/sft" --judge-url "http://127.0.0.1:$PORT/v1" --judge-model self --n 4 --retries 0 \
-  --max-new-tokens 16 --db "$W/results.sqlite" --quiet
+  --max-new-tokens 16 --judge-max-tokens 8 --db "$W/results.sqlite" --quiet
 gptlab export "$W/sft" --out "$W/hf"
 python - "$W/hf" <<'PY'
 import sys
