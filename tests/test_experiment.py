@@ -26,8 +26,11 @@ def write_spec(tmp_path, data, seeds=(1, 2), tokens=8 * 32 * 6, variants=None):
 
 
 def rows(exp_dir):
-    with sqlite3.connect(exp_dir / "results.sqlite") as c:
-        return c.execute("select run_id, variant, seed, test_loss from runs order by run_id").fetchall()
+    try:
+        with sqlite3.connect(exp_dir / "results.sqlite") as c:
+            return c.execute("select run_id, variant, seed, test_loss from runs order by run_id").fetchall()
+    except sqlite3.OperationalError:  # the runner has created the file but not yet its tables
+        return []
 
 
 def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path, capsys):
