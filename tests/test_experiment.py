@@ -86,6 +86,15 @@ def test_killed_experiment_resumes_with_each_run_once(small_data, tmp_path):
     assert {x[0]: x[3] for x in before}.items() <= {x[0]: x[3] for x in after}.items()
 
 
+def test_only_subset_keeps_baseline(small_data, tmp_path, capsys):
+    spec = write_spec(tmp_path, small_data)
+    assert run_experiment(str(spec), dry_run=True, only=["no_dropout"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline-s1" in out and "no_dropout-s2" in out
+    with pytest.raises(GptlabError, match=r"--only: unknown variant 'nope'"):
+        run_experiment(str(spec), dry_run=True, only=["nope"])
+
+
 def test_dry_run_prints_matrix(small_data, tmp_path, capsys):
     spec = write_spec(tmp_path, small_data)
     assert run_experiment(str(spec), dry_run=True) == 0

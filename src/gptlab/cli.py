@@ -183,8 +183,9 @@ def cmd_leaderboard(a) -> int:
 def cmd_experiment(a) -> int:
     from .experiment import run_experiment
 
+    only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else None
     return run_experiment(a.spec, out=a.out, dry_run=a.dry_run, parallel=a.parallel, overrides=a.set,
-                          quiet=a.quiet)
+                          quiet=a.quiet, only=only)
 
 
 def cmd_report(a) -> int:
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print the matrix, tokens, FLOPs and estimated time")
     s.add_argument("--parallel", type=int, default=1, help="runs at a time")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    s.add_argument("--only", metavar="V1,V2", help="run only these variants (and the baseline); re-run later for the rest")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_experiment)
 

@@ -251,11 +251,18 @@ def _measure_flops(cfg) -> float:
 
 
 def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int = 1,
-                   overrides: list[str] | None = None, quiet: bool = False) -> int:
+                   overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None) -> int:
     from .report import format_table, write_report
     from .results import ResultsDB
 
     spec = load_spec(spec_path)
+    if only:
+        names = [v.name for v in spec.variants]
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise GptlabError(f"--only: unknown variant '{unknown[0]}'; variants: {', '.join(names)}")
+        keep = set(only) | {spec.baseline}  # the baseline always runs: every comparison needs it
+        spec.variants = [v for v in spec.variants if v.name in keep]
     extra = parse_overrides(overrides or [])
     if extra:
         for v in spec.variants:
