@@ -177,7 +177,7 @@ def record(db, spec: Spec, v: Variant, seed: int, run_dir: Path) -> dict:
     return row
 
 
-def dry_run(spec: Spec, extra: dict) -> None:
+def print_dry_run(spec: Spec, extra: dict) -> None:
     import torch
 
     from .flops import flops_per_token
@@ -268,7 +268,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
         for v in spec.variants:
             _resolve(spec, v, spec.seeds[0], extra, where=f"--set (variant {v.name})")
     if dry_run:
-        globals()["dry_run"](spec, extra)
+        print_dry_run(spec, extra)
         return 0
     exp_dir = Path(out or Path("experiments") / spec.name)
     exp_dir.mkdir(parents=True, exist_ok=True)

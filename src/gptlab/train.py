@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import GptlabError, __version__
 from .config import RunConfig, config_from_run, save_config
 from .flops import device_peak_flops, flops_per_token, mfu
-from .io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, read_jsonl
+from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from .model import GPTModel, count_params
 
 # --------------------------------------------------------------------------------------------
@@ -404,8 +404,6 @@ def _ensure_data(cfg: RunConfig, dist_: Dist) -> None:
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None) -> dict:
     """Train `cfg` in `run_dir`. `stop_after`: stop (with a checkpoint) after that many optimizer steps —
     used by tests to simulate an interruption. Returns the final metrics (or progress when stopped)."""
-    from .data.loader import SequenceSampler, TokenDataset
-
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
     dist_ = Dist(device.type)
@@ -415,15 +413,16 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after:
         dist_.barrier()
         lock = RunLock(run_dir) if dist_.main else contextlib.nullcontext()
         with lock:
-            return _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, TokenDataset)
+            return _train(cfg, run_dir, resume, stop_after, device, dist_)
     finally:
         dist_.close()
 
 
-def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, TokenDataset) -> dict:
-    _ensure_data(cfg, dist_)
+def _train(cfg, run_dir, resume, stop_after, device, dist_) -> dict:
+    from .data.loader import SequenceSampler, TokenDataset
     from .vocab import resolve_corpus_vocab
 
+    _ensure_data(cfg, dist_)
     vmap = resolve_corpus_vocab(cfg)
     cfg = prepare_run_dir(cfg, run_dir, resume)
     t, m = cfg.train, cfg.model
@@ -448,7 +447,8 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     val_ds = TokenDataset(cfg.data.dir, "val")
     T = m.context_length
     sampler = SequenceSampler(train_ds, T, cfg.data.data_seed)
-    _check_eval_spec(cfg, TokenDataset(cfg.data.dir, cfg.eval.split), T)  # fail before training, not after
+    test_ds = TokenDataset(cfg.data.dir, cfg.eval.split)
+    _check_eval_spec(cfg, test_ds, T)  # fail before training, not after
     if vmap is None and train_ds.meta.get("vocab_size", 50257) > m.vocab_size:
         raise GptlabError(f"model.vocab_size: {m.vocab_size} is smaller than the data's vocabulary "
                           f"({train_ds.meta['vocab_size']})")
@@ -570,7 +570,6 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
             loss_sum += loss.detach()
         tok_count += x.numel() * accum * world
         stats = torch.stack([loss_sum / accum, torch.zeros((), device=device)])
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
         for o in opts:
             scaler.unscale_(o)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"),
@@ -602,7 +601,6 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
         scaler.update()
         for o in opts:
             o.zero_grad(set_to_none=True)
-        del grads
         recent.append(step_loss)
         recent = recent[-50:]
         window.append(step_loss)
@@ -642,11 +640,8 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_, SequenceSampler, Tok
     wall = time.time() - t0
 
     # final evaluation on val (eval_batches) and the test spec
-    from .data.loader import TokenDataset as _DS
-
     val_loss = run_eval(val_ds, t.micro_batch_size, n_batches=t.eval_batches)
     e = cfg.eval
-    test_ds = _DS(cfg.data.dir, e.split)
     test_loss = run_eval(test_ds, e.batch_size, offset=e.offset, n_batches=e.batches)
     rows = read_jsonl(metrics_path) if dist_.main else []
     train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
@@ -686,4 +681,4 @@ def load_run_model(run_dir: str | Path, device: str = "cpu") -> tuple[GPTModel, 
     return model, cfg
 
 
-__all__ = ["train", "evaluate_loss", "load_run_model", "lr_factor", "build_optimizers", "atomic_write"]
+__all__ = ["train", "evaluate_loss", "load_run_model", "lr_factor", "build_optimizers"]
