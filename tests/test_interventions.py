@@ -84,6 +84,37 @@ def test_batch_and_lr_sweeps():
     assert cfg("batch_size:value=4").train.micro_batch_size == 4  # micro never exceeds global
 
 
+def test_batch_scaling_rules():
+    base = cfg().train  # nano defaults: global batch 32, micro 8, lr 4e-4, muon lr 0.02
+    t = cfg("batch_scaling:factor=4").train  # square-root rule (Adam)
+    assert t.global_batch_size == 4 * base.global_batch_size
+    assert t.lr == pytest.approx(2 * base.lr) and t.muon_lr == pytest.approx(2 * base.muon_lr)
+    t = cfg("batch_scaling:factor=0.25,rule=linear").train
+    assert (t.global_batch_size, t.micro_batch_size) == (base.global_batch_size // 4, base.global_batch_size // 4)
+    assert t.lr == pytest.approx(base.lr / 4)
+    assert t.tokens == base.tokens  # same token budget: fewer, larger steps (or more, smaller ones)
+    with pytest.raises(GptlabError, match="rule: expected 'sqrt' or 'linear'"):
+        cfg("batch_scaling:rule=cubic")
+    with pytest.raises(GptlabError, match="not a whole number of sequences"):
+        cfg("batch_scaling:factor=0.3")
+
+
+def test_flop_budget_matches_compute_not_tokens():
+    from gptlab.flops import flops_per_token, token_budget
+
+    budget = ["train.flops=1e12"]
+    for ivs in [(), ("swiglu",), ("weight_tying",), ("rope",)]:
+        c = cfg(*ivs, extra=budget)
+        tokens = token_budget(c, 1)
+        assert abs(tokens * flops_per_token(c.model) - 1e12) <= flops_per_token(c.model)
+    # tying removes parameters but not FLOPs: FLOP-matched means token-matched, unlike tokens_per_param
+    assert token_budget(cfg("weight_tying", extra=budget), 1) == token_budget(cfg(extra=budget), 1)
+    n_untied, n_tied = count_params(model()), count_params(model("weight_tying"))
+    assert token_budget(cfg("weight_tying"), n_tied) < token_budget(cfg(), n_untied)
+    with pytest.raises(GptlabError, match="train.flops: set either train.tokens or train.flops"):
+        cfg(extra=[*budget, "train.tokens=1000"])
+
+
 def test_modern_architecture_interventions():
     assert model("rope").pos_emb is None and model("rope").trf_blocks[0].att.rotary is not None
     assert isinstance(model("rmsnorm").final_norm, torch.nn.RMSNorm)

@@ -144,9 +144,9 @@ def cmd_config(a) -> int:
 
     with torch.device("meta"):
         n = count_params(GPTModel(cfg.model))
-    from .flops import flops_per_token
+    from .flops import flops_per_token, token_budget
 
-    tokens = cfg.train.tokens or int(cfg.train.tokens_per_param * n)
+    tokens = token_budget(cfg, n)
     print(f"# params {n:,}  tokens {tokens:,}  FLOPs/token {flops_per_token(cfg.model):.3e}  "
           f"total FLOPs {flops_per_token(cfg.model) * tokens:.3e}  config hash {cfg.hash()}")
     return 0
@@ -154,7 +154,7 @@ def cmd_config(a) -> int:
 
 def cmd_plan(a) -> int:
     from .config import load_config
-    from .flops import PEAK_FLOPS, flops_per_token
+    from .flops import PEAK_FLOPS, tokens_for_flops
     from .plan import format_plan, plan
     from .vocab import resolve_corpus_vocab
 
@@ -167,7 +167,7 @@ def cmd_plan(a) -> int:
             raise GptlabError(f"--gpu-type: unknown '{a.gpu_type}'; choose from {', '.join(PEAK_FLOPS)}")
         budget = a.gpu_hours * 3600 * PEAK_FLOPS[key] * a.mfu
     if budget:
-        cfg.train.tokens = int(budget // flops_per_token(cfg.model))
+        cfg.train.tokens, cfg.train.flops = tokens_for_flops(cfg.model, budget), 0.0
         print(f"FLOP budget {budget:.3e} -> {cfg.train.tokens:,} tokens")
     print(format_plan(plan(cfg, a.gpus, a.gpu_type, a.mfu, a.price, a.fsdp)))
     return 0

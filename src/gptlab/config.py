@@ -74,7 +74,9 @@ class TrainConfig:
     compile: bool = False
     micro_batch_size: int = 8  # sequences per device per forward pass
     global_batch_size: int = 32  # sequences per optimizer step (all ranks, all accumulation steps)
-    tokens: int = 0  # training token budget; 0 = tokens_per_param * parameters
+    tokens: int = 0  # training token budget; 0 = from `flops` if set, else tokens_per_param * parameters
+    flops: float = 0.0  # training FLOP budget (0 = off): tokens = flops / FLOPs-per-token, so variants that
+    # change the model's size (SwiGLU, tying, ...) get the same compute, not the same tokens
     tokens_per_param: float = 20.0
     optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
     muon_lr: float = 0.02
@@ -325,6 +327,8 @@ def validate(cfg: RunConfig, where: str = "<config>") -> None:
         (t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)"),
         (0 <= t.warmup_frac < 1, "train.warmup_frac", "must be in [0, 1)"),
         (t.tokens >= 0, "train.tokens", "must be >= 0 (0 = tokens_per_param x params)"),
+        (t.flops >= 0, "train.flops", "must be >= 0 (0 = off)"),
+        (not (t.tokens and t.flops), "train.flops", "set either train.tokens or train.flops, not both"),
         (cfg.data.vocab in ("gpt2", "corpus"), "data.vocab", "expected 'gpt2' or 'corpus'"),
         (e.split in ("train", "val", "test"), "eval.split", "expected train, val or test"),
         (e.offset >= 0, "eval.offset", "must be >= 0"),

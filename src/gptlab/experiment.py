@@ -180,7 +180,7 @@ def record(db, spec: Spec, v: Variant, seed: int, run_dir: Path) -> dict:
 def print_dry_run(spec: Spec, extra: dict) -> None:
     import torch
 
-    from .flops import flops_per_token
+    from .flops import flops_per_token, token_budget
     from .model import GPTModel, count_params
 
     print(f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})")
@@ -195,7 +195,7 @@ def print_dry_run(spec: Spec, extra: dict) -> None:
         with torch.device("meta"):
             n = count_params(GPTModel(cfg.model))
         t = cfg.train
-        tokens = t.tokens or int(t.tokens_per_param * n)
+        tokens = token_budget(cfg, n)
         steps = math.ceil(tokens / (t.global_batch_size * cfg.model.context_length))
         tokens = steps * t.global_batch_size * cfg.model.context_length
         fl = flops_per_token(cfg.model) * tokens

@@ -42,6 +42,17 @@ def tokens_for_flops(cfg: ModelConfig, flops: float) -> int:
     return int(flops // flops_per_token(cfg))
 
 
+def token_budget(cfg, n_params: int) -> int:
+    """Training tokens of a RunConfig: train.tokens if set, else train.flops / FLOPs-per-token if set,
+    else train.tokens_per_param x parameters (the seed's ~20 tokens per parameter)."""
+    t = cfg.train
+    if t.tokens:
+        return t.tokens
+    if t.flops:
+        return tokens_for_flops(cfg.model, t.flops)
+    return int(t.tokens_per_param * n_params)
+
+
 def gpu_peak(name: str) -> float | None:
     key = name.upper().replace(" ", "").replace("NVIDIA", "").replace("GEFORCE", "")
     for k, v in PEAK_FLOPS.items():

@@ -115,6 +115,22 @@ def _batch_size(cfg: RunConfig, value: int = 32, micro: int = 0) -> None:
     cfg.train.micro_batch_size = min(cfg.train.micro_batch_size, cfg.train.global_batch_size)
 
 
+@register("batch_scaling", "scale the global batch by `factor` and the lr by a rule: sqrt (Adam) or linear (SGD); "
+          "token budget unchanged", "Malladi et al. 2022 (square-root rule for Adam); Goyal et al. 2017 (linear rule)")
+def _batch_scaling(cfg: RunConfig, factor: float = 2.0, rule: str = "sqrt") -> None:
+    if rule not in ("sqrt", "linear"):
+        raise ValueError(f"rule: expected 'sqrt' or 'linear', got {rule!r}")
+    t = cfg.train
+    new_batch = t.global_batch_size * float(factor)
+    if factor <= 0 or not new_batch.is_integer() or new_batch < 1:
+        raise ValueError(f"factor: {factor} x global_batch_size {t.global_batch_size} is not a whole number of sequences")
+    scale = float(factor) ** 0.5 if rule == "sqrt" else float(factor)
+    t.global_batch_size = int(new_batch)
+    t.micro_batch_size = min(t.micro_batch_size, t.global_batch_size)
+    t.lr *= scale
+    t.muon_lr *= scale
+
+
 # ---- beyond the seed -----------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from .config import RunConfig
-from .flops import PEAK_FLOPS, flops_per_token
+from .flops import PEAK_FLOPS, flops_per_token, token_budget
 
 GPU_MEMORY_GIB = {"A100": 40, "A100-80": 80, "H100": 80, "H200": 141, "RTX3090": 24, "RTX4090": 24, "L4": 24,
                   "A10G": 24}
@@ -51,7 +51,7 @@ def plan(cfg: RunConfig, gpus: int = 1, gpu_type: str = "H100", mfu: float = 0.4
     t = cfg.train
     mem = memory_bytes(cfg, t.micro_batch_size, gpus, fsdp)
     n = mem["params"]
-    tokens = t.tokens or int(t.tokens_per_param * n)
+    tokens = token_budget(cfg, n)
     fpt = flops_per_token(cfg.model)
     total = fpt * tokens
     seconds = total / (peak * gpus * mfu)

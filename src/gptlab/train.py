@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import GptlabError, __version__
 from .config import RunConfig, config_from_run, save_config
-from .flops import device_peak_flops, flops_per_token, mfu
+from .flops import device_peak_flops, flops_per_token, mfu, token_budget
 from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from .model import GPTModel, count_params
 
@@ -458,7 +458,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_) -> dict:
     torch.manual_seed(t.seed * 1000 + rank + 1)  # dropout masks differ between ranks
     model.activation_checkpointing = t.activation_checkpointing
     n_params = count_params(model)
-    tokens_budget = t.tokens or int(t.tokens_per_param * n_params)
+    tokens_budget = token_budget(cfg, n_params)
     step_tokens = t.global_batch_size * T
     total_steps = max(1, math.ceil(tokens_budget / step_tokens))
     use_fsdp = t.fsdp and dist_.enabled
