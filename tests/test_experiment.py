@@ -57,6 +57,9 @@ def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path,
     assert [r["variant"] for r in lb][0] == "baseline" and {r["variant"] for r in lb} == {"baseline", "no_dropout"}
     assert all(r["experiment"] == "t" and r["n"] == 2 for r in lb)
     assert "no_dropout" in format_leaderboard(lb) and format_leaderboard(lb, "markdown").startswith("| experiment")
+    nd = next(r for r in lb if r["variant"] == "no_dropout")
+    assert nd["p_holm"] == pytest.approx(nd["p"])  # one comparison: Holm leaves p as it is
+    assert "p (Holm)" in format_leaderboard(lb, "markdown").splitlines()[0]
     with pytest.raises(GptlabError, match="no results.sqlite"):
         leaderboard([str(out / "runs")])
     # re-running does nothing new and keeps one row per run

@@ -1,5 +1,6 @@
 """`gptlab leaderboard`: every variant of every experiment found under the given folders (or results.sqlite
-files), with mean test loss, CI, difference to its own experiment's baseline, tokens/s and the verdict.
+files), with mean test loss, CI, difference to its own experiment's baseline, Welch's p (raw and Holm-adjusted over the
+experiment's comparisons), tokens/s and the verdict.
 Variants are compared only with the baseline of the same experiment (same budget, data order and test set)."""
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ def format_leaderboard(rows: list[dict], style: str = "text") -> str:
     def f(x, spec):
         return "-" if x is None else format(x, spec)
 
-    headers = ["experiment", "variant", "n", "mean test loss", "95% CI", "Δ vs baseline", "p (Welch)", "tokens/s",
-               "verdict"]
+    def pval(p):
+        return "-" if p is None else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+    headers = ["experiment", "variant", "n", "mean test loss", "95% CI", "Δ vs baseline", "p (Welch)", "p (Holm)",
+               "tokens/s", "verdict"]
     body = [[r["experiment"], r["variant"], str(r["n"]), f(r["mean"], ".4f"),
              "-" if r["ci_low"] is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f(r["diff"], "+.4f"),
-             "-" if r["p"] is None else ("<0.0001" if r["p"] < 1e-4 else f"{r['p']:.4f}"),
-             f(r.get("tokens_per_s"), ",.0f"), r["verdict"]] for r in rows]
+             pval(r["p"]), pval(r.get("p_holm")), f(r.get("tokens_per_s"), ",.0f"), r["verdict"]] for r in rows]
     if style == "markdown":
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body])

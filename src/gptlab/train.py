@@ -91,6 +91,13 @@ def autocast_ctx(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`: pinned first on CUDA, so the non_blocking copy really is asynchronous."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -333,7 +340,7 @@ def evaluate_loss(model, dataset, context_length: int, batch_size: int, device: 
                              rank=rank, world=world):
         if vocab_map is not None:
             x, y = vocab_map.to_compact(x), vocab_map.to_compact(y)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device), to_device(y, device)
         with autocast_ctx(precision, device):
             logits = model(x)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
@@ -552,7 +559,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_) -> dict:
                 x, y = x[:, :cur_T], y[:, :cur_T]
             if vmap is not None:
                 x, y = vmap.to_compact(x), vmap.to_compact(y)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device(x, device), to_device(y, device)
             sync = contextlib.nullcontext()
             if use_fsdp:
                 model.set_requires_gradient_sync(micro == accum - 1)
