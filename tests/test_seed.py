@@ -92,3 +92,49 @@ def test_fp16_gradscaler_trains_without_nans(small_data, tmp_path):
 
     assert "scaler" in json.loads((ck / "state.json").read_text())
     assert Path(tmp_path / "fp16" / "final.json").exists()
+
+
+# ---- the goal past the seed: beat OpenAI's GPT-2 small (3.500) on the seed's budget and test set ----------------
+BEAT_GPT2 = {
+    "model.drop_rate": 0.0, "model.pos_emb": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
+    "model.mlp": "swiglu", "model.zero_init_proj": True, "model.logit_softcap": 30.0, "model.tie_weights": False,
+    "train.precision": "bf16", "train.optimizer": "muon", "train.muon_lr": 0.0018,
+    "train.lr": pytest.approx(0.0014 * 5 ** 0.5), "train.schedule": "linear", "train.warmup_frac": 0.05,
+    "train.min_lr_frac": 0.0, "train.weight_decay": 0.01, "train.decay_matrices_only": True,
+    "train.grad_clip": 1.0, "train.global_batch_size": 480, "train.micro_batch_size": 12,
+}
+
+
+def test_beat_gpt2_resolves_to_the_intended_recipe(capsys):
+    from gptlab.cli import main
+    from gptlab.interventions import REGISTRY
+    from gptlab.yardsticks import GPT2_SMALL, SEED_TEST_SET, SEED_TOKENS
+
+    cfg = load_config("configs/seed/beat_gpt2.toml")
+    assert all(spec.split(":")[0] in REGISTRY for spec in cfg.interventions)  # registered interventions only
+    for k, v in BEAT_GPT2.items():
+        assert get(cfg, k) == v, k
+    # the seed's model, budget, data and test set, untouched
+    assert (cfg.model.emb_dim, cfg.model.n_layers, cfg.model.n_heads, cfg.model.context_length) == (768, 12, 12, 1024)
+    assert cfg.model.vocab_size == 50257 and cfg.data.vocab == "gpt2" and cfg.data.dir == "data/fineweb10B"
+    assert cfg.train.tokens == SEED_TOKENS == 3_260_190_720 and cfg.train.seed == 42
+    for k, v in SEED_TEST_SET.items():
+        if k != "data":
+            assert get(cfg, k) == v, k
+    assert GPT2_SMALL == 3.500
+    # `gptlab config` (the dry run) prints it with the budget: 6,633 steps of 480 x 1,024 tokens
+    assert main(["config", "configs/seed/beat_gpt2.toml"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens 3,260,190,720" in out and 'optimizer = "muon"' in out
+    assert math.ceil(3_260_190_720 / (480 * 1024)) == 6633
+
+
+def test_beat_gpt2_stack_trains(small_data, tmp_path):
+    """The whole intervention stack (Muon, RoPE, RMSNorm, QK-norm, SwiGLU, zero-init, soft-cap, bf16, linear
+    decay to zero) on a 1-layer model for a few steps: finite losses, Muon in the optimizer state."""
+    cfg = load_config("configs/seed/beat_gpt2.toml", tiny_overrides(small_data, **{
+        "train.compile": False, "train.tf32": False, "train.tokens": 40 * 32 * 3, "eval.offset": 0,
+        "eval.batches": 2, "eval.batch_size": 8, "eval.split": "test", "data.dir": small_data}))
+    assert cfg.train.optimizer == "muon" and cfg.train.global_batch_size == 40  # batch_scaling x5 of the tiny 8
+    final = train(cfg, tmp_path / "beat")
+    assert math.isfinite(final["test_loss"]) and final["precision"] == "bf16"

@@ -26,10 +26,18 @@ def _parser(sub, name: str, help_: str, example: str) -> argparse.ArgumentParser
 
 
 def cmd_prepare(a) -> int:
-    from .data.prepare import prepare, unigram_loss
+    from .data.prepare import HFDataset, prepare, unigram_loss
 
-    meta = prepare(a.sources or ["bundled"], a.out, text_field=a.text_field, val_frac=a.val_frac,
-                   test_frac=a.test_frac, shard_tokens=a.shard_tokens, workers=a.workers, progress=not a.quiet)
+    sources = a.sources or ["bundled"]
+    if a.hf_dataset:
+        if a.sources:
+            raise GptlabError("prepare: give either files/folders or --hf-dataset, not both")
+        sources = [HFDataset(a.hf_dataset, a.hf_name, a.hf_split, a.hf_revision,
+                             tuple(a.hf_data_files) if a.hf_data_files else None)]
+    elif a.hf_name or a.hf_revision or a.hf_data_files or a.hf_split != "train":
+        raise GptlabError("prepare: --hf-name/--hf-split/--hf-revision/--hf-data-files need --hf-dataset")
+    meta = prepare(sources, a.out, text_field=a.text_field, val_frac=a.val_frac, test_frac=a.test_frac,
+                   shard_tokens=a.shard_tokens, workers=a.workers, progress=not a.quiet, max_docs=a.max_docs)
     for split, info in meta["splits"].items():
         print(f"{split:<6} {info['tokens']:>12,} tokens  {info['documents']:>8,} documents  {len(info['shards'])} shard(s)")
     print(f"unigram baseline (test loss of a unigram model fitted on train): {unigram_loss(a.out):.4f}")
@@ -189,10 +197,11 @@ def cmd_experiment(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .report import format_table, write_report
+    from .report import format_table, write_report, yardstick_summary
 
     res = write_report(a.exp_dir, baseline=a.baseline)
     print(format_table(res["rows"], style="text"))
+    print(yardstick_summary(res["yardsticks"]))
     print(f"wrote {res['markdown']} and {res['html']}")
     return 0
 
@@ -213,10 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = _parser(sub, "prepare", "tokenise text into uint16 shards with a train/val/test split by document",
                 "gptlab prepare --out data/shakespeare                     # the bundled corpus\n"
                 "gptlab prepare ~/fineweb/sample/10BT --out data/fineweb    # a folder of parquet files\n"
-                "gptlab prepare notes.jsonl --text-field body --out data/notes")
+                "gptlab prepare notes.jsonl --text-field body --out data/notes\n"
+                "gptlab prepare --hf-dataset HuggingFaceFW/fineweb --hf-name sample-10BT --out data/fineweb10B\n"
+                "    # streams FineWeb's 10B sample from the Hub (pip install -e '.[fineweb]')")
     s.add_argument("sources", nargs="*", help="files or folders (.txt, .jsonl, .parquet, .bin) or 'bundled' (default)")
     s.add_argument("--out", required=True, help="output folder for shards + meta.json")
-    s.add_argument("--text-field", default="text", help="jsonl field / parquet column holding the text")
+    s.add_argument("--text-field", default="text", help="jsonl field / parquet or dataset column holding the text")
+    s.add_argument("--hf-dataset", metavar="ID", help="stream a Hugging Face dataset instead of files, e.g. "
+                   "HuggingFaceFW/fineweb (needs the 'datasets' package: pip install -e '.[fineweb]')")
+    s.add_argument("--hf-name", metavar="CONFIG", help="with --hf-dataset: the dataset config, e.g. sample-10BT")
+    s.add_argument("--hf-split", default="train", metavar="SPLIT", help="with --hf-dataset: the split to read "
+                   "(default: train; gptlab makes its own train/val/test split from it)")
+    s.add_argument("--hf-revision", metavar="REV", help="with --hf-dataset: branch, tag or commit (default: main; "
+                   "the commit it resolves to is recorded in meta.json)")
+    s.add_argument("--hf-data-files", action="append", metavar="FILE", help="with --hf-dataset: data files for a "
+                   "packaged builder (e.g. --hf-dataset parquet --hf-data-files a.parquet); repeatable")
+    s.add_argument("--max-docs", type=int, default=0, help="stop after this many documents (0 = all)")
     s.add_argument("--val-frac", type=float, default=0.05)
     s.add_argument("--test-frac", type=float, default=0.05)
     s.add_argument("--shard-tokens", type=int, default=100_000_000)

@@ -252,7 +252,7 @@ def _measure_flops(cfg) -> float:
 
 def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int = 1,
                    overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None) -> int:
-    from .report import format_table, write_report
+    from .report import format_table, write_report, yardstick_summary
     from .results import ResultsDB
 
     spec = load_spec(spec_path)
@@ -347,6 +347,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
         print(f"report not written: {e}", file=sys.stderr)
         return 1
     print(format_table(res["rows"], style="text"))
+    print(yardstick_summary(res["yardsticks"]))
     print(f"report: {res['markdown']}  {res['html']}")
     if failures:
         print(f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",

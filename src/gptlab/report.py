@@ -2,6 +2,8 @@
 
 `write_report(exp_dir)` reads `exp_dir/results.sqlite` and writes, atomically, `report.md`,
 a standalone `report.html` (plots embedded) and `plots/{loss_curves,test_loss,delta}.png`.
+Every report has a "Yardsticks" part: the seed's baseline (3.692) and best stack (3.578) and OpenAI's GPT-2
+small (3.500) beside our numbers, and whether the runs' test set is the seed's (see yardsticks.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from . import GptlabError
 from . import stats as st
 from .io import atomic_write_bytes, atomic_write_text
 from .results import DB_NAME, ResultsDB
+from .yardsticks import YARDSTICKS, Yardstick, comparability, run_test_set
 
 PLOT_NAMES = ("loss_curves.png", "test_loss.png", "delta.png")
 DASH = "—"
@@ -267,6 +270,48 @@ def _warnings(runs: list[dict], rows: list[dict], baseline: str) -> list[str]:
     return out
 
 
+def _run_dir_of(exp_dir: Path, r: dict) -> Path | None:
+    """The run's directory: as recorded, or exp_dir/runs/RUN_ID (a relative path recorded from another cwd)."""
+    for cand in ([Path(r["run_dir"])] if r.get("run_dir") else []) + [exp_dir / "runs" / str(r["run_id"])]:
+        if (cand / "config.toml").is_file():
+            return cand
+    return None
+
+
+def _yardsticks(rows: list[dict], baseline: str, comp: dict) -> dict:
+    """The Yardsticks part: ours (baseline and best mean) beside the seed's published numbers."""
+    ours = []
+    with_mean = [r for r in rows if r["mean"] is not None]
+    base = next((r for r in with_mean if r["variant"] == baseline), None)
+    best = min(with_mean, key=lambda r: r["mean"], default=None)
+    if base is not None:
+        ours.append((f"ours: {baseline} (baseline, n={base['n']})", base["mean"], "this experiment, mean over seeds"))
+    if best is not None and best is not base:
+        ours.append((f"ours: {best['variant']} (lowest mean, n={best['n']})", best["mean"],
+                     "this experiment, mean over seeds"))
+    theirs = [(y.name, y.loss, y.note) for y in YARDSTICKS]
+    body = ours + theirs
+    if comp["comparable"]:
+        body.sort(key=lambda x: -x[1])  # one scale: worst at the top
+    table = [[name, _f(loss, ".3f"), note] for name, loss, note in body]
+    gaps = ""
+    if comp["comparable"] and best is not None:
+        parts = [f"{abs(best['mean'] - y.loss):.3f} {'above' if best['mean'] > y.loss else 'below'} {y.name} "
+                 f"({y.loss:.3f})" for y in YARDSTICKS]
+        gaps = f"Our lowest mean ({best['variant']}, {best['mean']:.3f}) is " + ", ".join(parts) + "."
+    return {"comparable": comp["comparable"], "reasons": comp["reasons"], "text": comp["text"], "gaps": gaps,
+            "headers": ["model", "test loss", "what it is"], "table": table,
+            "lines": [{"name": y.name, "loss": y.loss} for y in YARDSTICKS] if comp["comparable"] else []}
+
+
+def yardstick_summary(yard: dict) -> str:
+    """Terminal lines for the Yardsticks part of a write_report result."""
+    ys = ", ".join(f"{y.name} {y.loss:.3f}" for y in YARDSTICKS)
+    head = "yardsticks (comparable): " if yard["comparable"] else "yardsticks (different test set, orientation only): "
+    return head + ys + ("\n" + yard["gaps"] if yard["gaps"] else "") + (
+        "" if yard["comparable"] else "\n" + "differences from the seed's test set: " + "; ".join(yard["reasons"]))
+
+
 # ============================================================================================
 # Plots (matplotlib Figure objects directly, Agg canvas: no pyplot global state)
 # ============================================================================================
@@ -401,8 +446,14 @@ def plot_loss_curves(metrics: dict[str, list[list[dict]]], order: list[str], col
     return _png(fig)
 
 
-def plot_test_loss(rows: list[dict], baseline: str, colors: dict[str, Any]) -> bytes:
-    """Final test loss per variant: one dot per seed, mean with 95% CI, baseline mean as a line."""
+_YARDSTICK_STYLE = {"seed baseline": ("#8d6e63", ":"), "seed best stack": ("#6a1b9a", ":"),
+                    "OpenAI GPT-2 small": ("#00838f", "-.")}
+
+
+def plot_test_loss(rows: list[dict], baseline: str, colors: dict[str, Any],
+                   yardsticks: Iterable[Yardstick] = ()) -> bytes:
+    """Final test loss per variant: one dot per seed, mean with 95% CI, baseline mean as a line, and the
+    published yardsticks as labelled horizontal lines (pass them only when the test set is the seed's)."""
     n = len(rows)
     fig = _new_figure(min(14.0, max(6.5, 1.1 * n + 2.5)), 5.0)
     ax = fig.subplots()
@@ -432,6 +483,9 @@ def plot_test_loss(rows: list[dict], baseline: str, colors: dict[str, Any]) -> b
     base = next(r for r in rows if r["variant"] == baseline)
     if base["mean"] is not None:
         ax.axhline(base["mean"], color="#222222", ls="--", lw=1, alpha=0.8, label=f"{baseline} mean", zorder=1)
+    for y in yardsticks:
+        color, ls = _YARDSTICK_STYLE.get(y.name, ("#757575", ":"))
+        ax.axhline(y.loss, color=color, ls=ls, lw=1.2, alpha=0.9, label=f"{y.name} {y.loss:.3f}", zorder=1)
     labels = [f"{r['variant']}\n(n={r['n']})" for r in rows]
     ax.set_xticks(range(n))
     long = max(len(r["variant"]) for r in rows) > 12 or n > 6
@@ -571,6 +625,10 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
             raise GptlabError(f"{db_path} holds runs of several experiments ({', '.join(experiments)}); "
                               f"pick one with experiment=...")
         judge = db.judge_summary()
+        test_sets = {}
+        for r in runs:
+            rd = _run_dir_of(exp_dir, r)
+            test_sets[str(r["run_id"])] = run_test_set(rd) if rd is not None else None
         metrics: dict[str, list[list[dict]]] = defaultdict(list)
         for r in runs:
             metrics[str(r.get("variant") or "")].append(db.metrics(r["run_id"]))
@@ -582,13 +640,14 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
     rows = build_rows(runs, baseline, judge=judge, reference=reference, alpha=alpha)
     order = [r["variant"] for r in rows]
     colors = _colors(order, baseline)
+    yard = _yardsticks(rows, baseline, comparability(test_sets))
     exp_name = experiment or (experiments[0] if experiments and experiments[0] != "None" else exp_dir.name)
     title = title or f"Results: {exp_name}"
 
     plots_dir = exp_dir / "plots"
     pngs = {
         "loss_curves.png": plot_loss_curves(metrics, order, colors),
-        "test_loss.png": plot_test_loss(rows, baseline, colors),
+        "test_loss.png": plot_test_loss(rows, baseline, colors, YARDSTICKS if yard["comparable"] else ()),
         "delta.png": plot_delta(rows, baseline, alpha),
     }
     plot_paths = []
@@ -608,12 +667,18 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
     run_headers, run_body = _runs_table(runs, order)
     captions = {
         "loss_curves.png": "Train and validation loss per variant (mean over seeds; band = min..max over seeds).",
-        "test_loss.png": "Final test loss: dots = individual seeds, marker = mean with 95% CI, dashed = baseline mean.",
+        "test_loss.png": "Final test loss: dots = individual seeds, marker = mean with 95% CI, dashed = baseline mean"
+                         + (", dotted = the seed's published yardsticks." if yard["comparable"] else "."),
         "delta.png": "Difference to the baseline with 95% CI; intervals crossing zero are within noise.",
     }
 
     md = [f"# {title}", "", meta, "", "## Verdicts", "", table, "", "## In plain words", ""]
     md += [f"- {s}" for s in sentences]
+    md += ["", "## Yardsticks", "", yard["text"], ""]
+    if yard["gaps"]:
+        md += [yard["gaps"], ""]
+    md += ["| " + " | ".join(yard["headers"]) + " |", "|---|---|---|"]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in yard["table"]]
     md += ["", "## How to read this", "", how, ""]
     if warns:
         md += ["## Warnings", ""] + [f"- {w}" for w in warns] + [""]
@@ -634,7 +699,12 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
          "<h2>Verdicts</h2>", _html_table(headers, body, verdict_col=headers.index("verdict")),
          "<h2>In plain words</h2><ul>"]
     h += [f"<li>{_md_inline_to_html(s)}</li>" for s in sentences]
-    h += ["</ul>", "<h2>How to read this</h2>", f"<p>{_md_inline_to_html(how)}</p>"]
+    h += ["</ul>", "<h2>Yardsticks</h2>",
+          f'<p class="{"meta" if yard["comparable"] else "warn"}">{_html.escape(yard["text"].replace("`", ""))}</p>']
+    if yard["gaps"]:
+        h += [f"<p>{_html.escape(yard['gaps'])}</p>"]
+    h += [_html_table(yard["headers"], yard["table"])]
+    h += ["<h2>How to read this</h2>", f"<p>{_md_inline_to_html(how)}</p>"]
     if warns:
         h += ['<h2>Warnings</h2><div class="warn"><ul>'] + [f"<li>{_html.escape(w)}</li>" for w in warns]
         h += ["</ul></div>"]
@@ -650,4 +720,5 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)
     atomic_write_text(html_path, html_text)
-    return {"markdown": str(md_path), "html": str(html_path), "plots": plot_paths, "table": table, "rows": rows}
+    return {"markdown": str(md_path), "html": str(html_path), "plots": plot_paths, "table": table, "rows": rows,
+            "yardsticks": yard}

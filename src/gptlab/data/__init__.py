@@ -2,7 +2,7 @@
 memory-maps them and serves training sequences in a seeded order and sequential eval batches."""
 
 from .loader import SequenceSampler, TokenDataset, eval_batch_count, eval_batches, read_meta
-from .prepare import iter_documents, prepare, unigram_loss
+from .prepare import HFDataset, iter_documents, prepare, unigram_loss
 
-__all__ = ["prepare", "iter_documents", "unigram_loss", "TokenDataset", "SequenceSampler",
+__all__ = ["prepare", "HFDataset", "iter_documents", "unigram_loss", "TokenDataset", "SequenceSampler",
            "eval_batches", "eval_batch_count", "read_meta"]
