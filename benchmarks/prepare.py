@@ -19,7 +19,8 @@ a rotating order (a busy patch of a shared CPU hits all of them), and the median
 
 MB/s counts UTF-8 bytes of the documents (the same bytes for every method). The ratio printed is
 gptlab / plain (and prepare / plain). "CPU s" is the process CPU time of the method (all threads): above the
-wall time means the threads really ran in parallel; equal to it means only one core was free. Every method's token ids are checked equal to the plain loop's.
+wall time means the threads really ran in parallel; equal to it means only one core was free. Every method's
+token ids are checked equal to the plain loop's.
 
 Loader: SequenceSampler.batch_at (the training order, --micro-batch x --context per call, crossing epochs) and
 eval_batches (sequential windows) over the train split of the folder `prepare` just wrote (a temp dir).

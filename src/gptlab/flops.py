@@ -3,6 +3,12 @@
 Training FLOPs per token follow PaLM (Chowdhery et al. 2022, appendix B): 6 * N_matmul + 12 * L * d * T,
 where N_matmul counts the weights that take part in matrix multiplies (every Linear including out_head,
 not the embedding lookups) and the second term is attention's QK^T and AV over a context of T.
+
+MFU = FLOPs/token x tokens/s / peak FLOP/s. Peaks: PEAK_FLOPS holds GPU datasheet numbers (dense bf16 tensor
+cores), looked up by device name (`gpu_peak`, `device_peak_flops`). A CPU has no such table entry: its peak is
+"CPU measured", `measure_cpu_peak()`, the best rate of a large matmul timed on this machine with torch's threads
+(fp32 by default), so CPU MFU means "fraction of what this CPU's BLAS achieves on one big GEMM right now"; on a
+shared machine it falls with the other processes' load.
 """
 
 from __future__ import annotations
@@ -62,12 +68,34 @@ def gpu_peak(name: str) -> float | None:
 
 
 def device_peak_flops(device) -> float | None:
-    """Peak bf16 FLOP/s of a CUDA device by name, or None (CPU: measure instead, see benchmarks/)."""
+    """Peak bf16 FLOP/s of a CUDA device by name, or None (CPU: see measure_cpu_peak)."""
     import torch
 
     if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
         return None
     return gpu_peak(torch.cuda.get_device_name(device))
+
+
+def measure_cpu_peak(n: int = 2048, dtype=None, repeats: int = 5) -> float:
+    """"CPU measured" peak FLOP/s: the best of `repeats` timed n x n @ n x n matmuls (2 n^3 FLOPs each) in `dtype`
+    (default torch.float32) on the CPU, after one untimed warm-up, with torch's current thread count. Takes about
+    a second for n = 2048 on two cores. Not a datasheet number: what the BLAS achieves here, now."""
+    import time
+
+    import torch
+
+    dtype = dtype or torch.float32
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    c = torch.empty(n, n, dtype=dtype)
+    torch.mm(a, b, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
 
 
 def mfu(cfg: ModelConfig, tokens_per_s: float, peak: float | None, seq_len: int | None = None) -> float | None:
