@@ -96,7 +96,7 @@ class ResultsDB:
             raise GptlabError(f"cannot open results database {self.path}: {e}") from None
         self._con.row_factory = sqlite3.Row
         try:
-            self._init()
+            self._init_retrying()
         except sqlite3.DatabaseError as e:
             self._con.close()
             raise GptlabError(f"{self.path} is not a usable gptlab results database (SQLite said: {e})") from None
@@ -105,6 +105,20 @@ class ResultsDB:
             raise
 
     # ------------------------------------------------------------------ setup
+    def _init_retrying(self) -> None:
+        """_init, retried while another process holds the file: switching a new file to WAL needs an exclusive
+        lock, and SQLite answers "database is locked" there at once instead of waiting out busy_timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.01
+        while True:
+            try:
+                return self._init()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)
+
     def _init(self) -> None:
         c = self._con
         c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
