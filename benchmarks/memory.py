@@ -6,10 +6,9 @@ prints measured / formula for every case (1.000 = exact).
 
 Each case runs in a fresh subprocess (nothing left over from a previous case): the model and AdamW exactly as
 `gptlab train` builds them (build_optimizers: fused AdamW), random token batches, and the training loop's step
-(ACCUM micro-steps of autocast at the precision, logits.flatten(0, 1).float(), F.cross_entropy, backward; then
-clip_grad_norm_, optimizer step, zero_grad(set_to_none=True)), with logits and the loss kept alive across
-micro-steps as train.py keeps them. The first optimizer step (AdamW allocates its moments) is a warm-up. Eager
-mode: torch.compile saves and frees other tensors, which neither this nor the formula models.
+(ACCUM micro-steps of gptlab.train.forward_backward, the function the training loop calls; then
+clip_grad_norm_, optimizer step, zero_grad(set_to_none=True)). The first optimizer step (AdamW allocates its
+moments) is a warm-up. Eager mode: torch.compile saves and frees other tensors, which neither this nor the formula models.
 
   CUDA: torch.cuda.max_memory_allocated() over all `--steps` steps, minus what was allocated before the model
         (everything the caching allocator handed out: weights, grads, AdamW moments, activations, logits,
@@ -85,10 +84,9 @@ def child(a) -> dict:
     import gc
 
     import torch
-    import torch.nn.functional as F
 
     from gptlab.model import GPTModel, count_params
-    from gptlab.train import autocast_ctx, build_optimizers, resolve_device, resolve_precision
+    from gptlab.train import build_optimizers, forward_backward, resolve_device, resolve_precision
 
     cfg = _run_config(a.preset, a.micro_batch, a.precision, a.device, a.dropout, a.attn_impl)
     dev = resolve_device(cfg.train.device)
@@ -109,16 +107,10 @@ def child(a) -> dict:
     model = GPTModel(m).to(dev)
     opts = build_optimizers(model, cfg, dev)
     model.train()
-    logits = lf = loss = None  # the training loop keeps these alive until the next micro-step reassigns them
 
     def step():
-        nonlocal logits, lf, loss
         for _ in range(a.accum):
-            with autocast_ctx(precision, dev):
-                logits = model(x)
-            lf = logits.flatten(0, 1).float()
-            loss = F.cross_entropy(lf, y.flatten())
-            (loss / a.accum).backward()
+            forward_backward(model, x, y, precision, dev, a.accum)
         torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"), foreach=True)
         for o in opts:
             o.step()

@@ -20,8 +20,10 @@ Memory model (`memory_bytes`, per GPU, DDP, AdamW, fp32 master weights; the peak
                under autocast, so there q, k, v take 4 B each and the s x s term is 12 B. Outside the layers:
                (r + e + m) * s * b * d (embedding dropout mask, final-norm input, out-head input). Activation
                checkpointing keeps the r-byte block inputs plus one block's activations.
-  logits       b * s * V * (18 B with 16-bit: logits 2, fp32 copy 4, log-softmax output 4, its gradient 4, the
-               logits' fp32 gradient 4; 16 B in fp32, where the copy is the logits themselves).
+  logits       b * s * V * 12 B: the log-softmax output autograd saves (4 B) and, at the peak in backward, its
+               gradient and the logits' fp32 gradient (4 B each). The training step (train.forward_backward)
+               drops the logits and their fp32 copy before backward; holding on to them would add 4 B (fp32)
+               or 6 B (16-bit).
 The CPU fp32 and CPU bf16-autocast terms were checked against measured peaks with benchmarks/memory.py (see
 benchmarks/results/memory_cpu.txt); the CUDA terms (1-byte masks, fused attention) follow from the same saved
 tensors but have not been measured on a GPU yet (`python benchmarks/memory.py --device cuda`). SwiGLU MLPs are
@@ -73,7 +75,7 @@ def memory_bytes(cfg: RunConfig, micro_batch: int, gpus: int = 1, fsdp: bool = F
     acts = block * L + outside
     if cfg.train.activation_checkpointing:
         acts = r * s * b * d * L + block + outside  # block inputs + one live block
-    logits = (18 if half else 16) * b * s * m.vocab_size
+    logits = 12 * b * s * m.vocab_size
     total = state + casts + acts + logits
     return {"params": n, "state": state, "casts": casts, "activations": acts, "logits": logits, "total": total}
 

@@ -98,6 +98,25 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+def forward_backward(model, x: torch.Tensor, y: torch.Tensor, precision: str, device: torch.device, accum: int = 1,
+                     z_loss: float = 0.0, scale=lambda loss: loss) -> torch.Tensor:
+    """One micro-step: forward under autocast, cross-entropy in fp32 (+ z-loss), backward of loss / accum
+    (through `scale`, the GradScaler's, for fp16). Returns the detached cross-entropy. The logits are let go
+    before backward: autograd keeps only the log-softmax output, so the peak holds 12 B per logit instead of
+    16 (fp32: logits, log-probs, two gradients) or 18 (16-bit: plus the fp32 copy)."""
+    with autocast_ctx(precision, device):
+        logits = model(x)
+    lf = logits.flatten(0, 1).float()
+    del logits
+    loss = F.cross_entropy(lf, y.flatten())
+    full = loss
+    if z_loss:
+        full = loss + z_loss * torch.logsumexp(lf, dim=-1).pow(2).mean()
+    del lf
+    scale(full / accum).backward()
+    return loss.detach()
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -566,15 +585,7 @@ def _train(cfg, run_dir, resume, stop_after, device, dist_) -> dict:
             elif dist_.enabled and micro < accum - 1:
                 sync = train_model.no_sync()
             with sync:
-                with autocast_ctx(precision, device):
-                    logits = train_model(x)
-                lf = logits.flatten(0, 1).float()
-                loss = F.cross_entropy(lf, y.flatten())
-                full = loss
-                if t.z_loss:
-                    full = loss + t.z_loss * torch.logsumexp(lf, dim=-1).pow(2).mean()
-                scaler.scale(full / accum).backward()
-            loss_sum += loss.detach()
+                loss_sum += forward_backward(train_model, x, y, precision, device, accum, t.z_loss, scaler.scale)
         tok_count += x.numel() * accum * world
         stats = torch.stack([loss_sum / accum, torch.zeros((), device=device)])
         for o in opts:
@@ -688,4 +699,4 @@ def load_run_model(run_dir: str | Path, device: str = "cpu") -> tuple[GPTModel, 
     return model, cfg
 
 
-__all__ = ["train", "evaluate_loss", "load_run_model", "lr_factor", "build_optimizers"]
+__all__ = ["train", "evaluate_loss", "load_run_model", "lr_factor", "build_optimizers", "forward_backward"]
