@@ -13,6 +13,8 @@ each round gives tokens/s from its median step time, and the median over rounds 
     python benchmarks/train_step.py                                  # nano and gpt2-small
     python benchmarks/train_step.py --configs nano --steps 30 --batch 16
     python benchmarks/train_step.py --configs gpt2-small --profile   # torch.profiler top ops for one step each
+    python benchmarks/train_step.py --configs nano,tiny --as-trained # each side's own training step
+    python benchmarks/train_step.py --configs nano,tiny --as-trained --compile   # both compiled
 """
 
 from __future__ import annotations
@@ -66,9 +68,30 @@ def build(kind: str, name: str, device: torch.device, drop: float, seq_len: int)
     return model, opt
 
 
-def make_step(kind: str, model, opt, x, y, device):
+def make_step(kind: str, model, opt, x, y, device, as_trained: bool = False):
     ctx = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else torch.autocast(device_type="cpu", enabled=False))
+    if as_trained:
+        # each side's own training step: ours is gptlab train's micro-step (train.forward_backward) with its
+        # optimizer (build_optimizers: fused AdamW); HF's is what its docs and Trainer do: labels= (the loss and
+        # the shift inside the model) and fused AdamW (Trainer's default optim with torch >= 2.8)
+        from gptlab.train import forward_backward
+
+        opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, fused=True)
+        precision = "bf16" if device.type == "cuda" else "fp32"
+
+        def step():
+            if kind == "ours":
+                loss = forward_backward(model, x, y, precision, device)
+            else:
+                with ctx:
+                    loss = model(input_ids=x, labels=x, use_cache=False).loss
+                loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+
+        return step
 
     def step():
         with ctx:
@@ -87,7 +110,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_config(name, device, batch, seq_len, steps, warmup, repeats, drop):
+def bench_config(name, device, batch, seq_len, steps, warmup, repeats, drop, as_trained=False, compile_=False):
     """Both models live side by side; after `warmup` steps each, `repeats` rounds of `steps` timed steps,
     alternating ours/HF step by step (the order flips every step), so a slow patch of a shared CPU hits both.
     Returns {kind: [tokens/s of each round (from its median step time)]} and model info."""
@@ -100,7 +123,9 @@ def bench_config(name, device, batch, seq_len, steps, warmup, repeats, drop):
     for kind in kinds:
         torch.manual_seed(0)
         model, opt = build(kind, name, device, drop, seq_len)
-        fns[kind] = make_step(kind, model, opt, x, y, device)
+        if compile_:  # both compiled the same way; with --as-trained the loss is inside both models' forward
+            model = torch.compile(model)
+        fns[kind] = make_step(kind, model, opt, x, y, device, as_trained)
         info[kind] = {"params": count_params(model)}
         if kind == "hf":
             info[kind]["attn"] = model.config._attn_implementation
@@ -165,6 +190,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler top ops for one step each")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models (warm-up includes compiling)")
+    ap.add_argument("--as-trained", action="store_true",
+                    help="each side's own training step (ours: gptlab's forward_backward; HF: labels= loss) with "
+                         "fused AdamW on both, instead of the same loss and optimizer code around both models")
     a = ap.parse_args(argv)
 
     import transformers
@@ -178,11 +207,15 @@ def main(argv=None) -> int:
     print(f"# torch {torch.__version__}  transformers {transformers.__version__}  python {platform.python_version()}")
     print(f"# device {device}" + (f" ({torch.cuda.get_device_name(device)}, bf16 autocast)" if device.type == "cuda"
                                    else f" ({cpu_name()}, {torch.get_num_threads()} threads, fp32)"))
-    print(f"# cmd: {' '.join(sys.argv)}")
+    print(f"# cmd: {' '.join(sys.argv)}" + ("  (both models torch.compile'd)" if a.compile else ""))
     print(f"# load average at start (other processes share this machine): {os.getloadavg()[0]:.2f}")
     print("# ours: GPTModel, F.scaled_dot_product_attention, untied head, no qkv bias (the book's model)")
     print("# HF:   GPT2LMHeadModel, tie_word_embeddings=False, default attention implementation, use_cache=False")
-    print(f"# dropout {a.dropout} in both; AdamW lr 4e-4 wd 0.1; loss F.cross_entropy outside both models")
+    if a.as_trained:
+        print(f"# dropout {a.dropout} in both; --as-trained: ours gptlab.train.forward_backward, HF model(input_ids, "
+              f"labels=...).loss; fused AdamW lr 4e-4 wd 0.1 on both")
+    else:
+        print(f"# dropout {a.dropout} in both; AdamW lr 4e-4 wd 0.1; loss F.cross_entropy outside both models")
     summary = []
     for name in [c.strip() for c in a.configs.split(",") if c.strip()]:
         if name not in PRESETS:
@@ -192,7 +225,8 @@ def main(argv=None) -> int:
         T = a.seq_len or PRESETS[name]["context_length"]
         print(f"\n## {name}: batch {batch} x seq {T} = {batch * T} tokens/step, {warmup} warm-up step(s) each, "
               f"then {a.repeats} round(s) of {steps} timed step(s) each, ours/HF alternating step by step")
-        res, info = bench_config(name, device, batch, T, steps, warmup, a.repeats, a.dropout)
+        res, info = bench_config(name, device, batch, T, steps, warmup, a.repeats, a.dropout, a.as_trained,
+                                 a.compile)
         ours, hf = statistics.median(res["ours"]), statistics.median(res["hf"])
         print(f"  params: ours {info['ours']['params']:,}  HF {info['hf']['params']:,} "
               f"(HF attention implementation: {info['hf']['attn']})")

@@ -75,3 +75,18 @@ def test_dropout_active_only_in_train_mode():
     assert not torch.allclose(m(x), m(x))
     m.eval()
     assert torch.allclose(m(x), m(x))
+
+
+def test_forward_with_targets_returns_the_training_loss():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = GPTModel(ModelConfig(**{**PRESETS["nano"], "vocab_size": 300}, drop_rate=0.0)).eval()
+    x, y = torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))
+    logits = m(x)
+    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    loss, full = m(x, y)
+    assert torch.equal(loss, full) and torch.allclose(loss, ce)
+    loss, full = m(x, y, z_loss=1e-2)
+    z = torch.logsumexp(logits.flatten(0, 1), dim=-1).pow(2).mean()
+    assert torch.allclose(loss, ce) and torch.allclose(full, ce + 1e-2 * z)

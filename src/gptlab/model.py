@@ -161,7 +161,21 @@ class GPTModel(nn.Module):
                 nn.init.zeros_(blk.att.out_proj.weight)
                 nn.init.zeros_(blk.ff.out_proj.weight)
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, targets: torch.Tensor | None = None, z_loss: float = 0.0):
+        """Logits (b, T, vocab) for `in_idx`, as in the book; with `targets`, the training loss instead:
+        (mean cross-entropy in fp32, the same + z_loss * mean(logsumexp(logits)^2)). Computing the loss here
+        (as nanoGPT does) lets torch.compile fuse it with the output layer, and the logits never outlive the
+        call, so backward holds only what autograd saved."""
+        logits = self._logits(in_idx)
+        if targets is None:
+            return logits
+        lf = logits.flatten(0, 1).float()
+        loss = F.cross_entropy(lf, targets.flatten())
+        if not z_loss:
+            return loss, loss
+        return loss, loss + z_loss * torch.logsumexp(lf, dim=-1).pow(2).mean()
+
+    def _logits(self, in_idx: torch.Tensor) -> torch.Tensor:
         _, seq_len = in_idx.shape
         if seq_len > self.cfg.context_length:
             raise ValueError(f"sequence length {seq_len} exceeds model context_length {self.cfg.context_length}")

@@ -100,19 +100,13 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def forward_backward(model, x: torch.Tensor, y: torch.Tensor, precision: str, device: torch.device, accum: int = 1,
                      z_loss: float = 0.0, scale=lambda loss: loss) -> torch.Tensor:
-    """One micro-step: forward under autocast, cross-entropy in fp32 (+ z-loss), backward of loss / accum
-    (through `scale`, the GradScaler's, for fp16). Returns the detached cross-entropy. The logits are let go
-    before backward: autograd keeps only the log-softmax output, so the peak holds 12 B per logit instead of
-    16 (fp32: logits, log-probs, two gradients) or 18 (16-bit: plus the fp32 copy)."""
+    """One micro-step: forward and loss under autocast (the model computes the loss, so torch.compile fuses it
+    with the output layer), backward of loss / accum through `scale` (the GradScaler's, for fp16). Returns the
+    detached cross-entropy. The logits die inside the model's forward: at the peak in backward autograd holds
+    the log-softmax output and two gradients, 12 B per logit, not 16 (fp32) or 18 (16-bit) as when a caller
+    keeps the logits and their fp32 copy alive."""
     with autocast_ctx(precision, device):
-        logits = model(x)
-    lf = logits.flatten(0, 1).float()
-    del logits
-    loss = F.cross_entropy(lf, y.flatten())
-    full = loss
-    if z_loss:
-        full = loss + z_loss * torch.logsumexp(lf, dim=-1).pow(2).mean()
-    del lf
+        loss, full = model(x, y, z_loss)
     scale(full / accum).backward()
     return loss.detach()
 
