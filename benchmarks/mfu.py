@@ -40,7 +40,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def is_oom(e: BaseException) -> bool:
@@ -93,12 +92,10 @@ class Bench:
             torch.cuda.synchronize(self.dev)
 
     def step(self, model, x, y):
-        from gptlab.train import autocast_ctx
+        """gptlab's training step: train.forward_backward (the loss inside the model, compiled with it)."""
+        from gptlab.train import forward_backward
 
-        with autocast_ctx(self.precision, self.dev):
-            logits = model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        loss.backward()
+        loss = forward_backward(model, x, y, self.precision, self.dev)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"), foreach=True)
         for o in self.opts:
             o.step()

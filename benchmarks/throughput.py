@@ -15,12 +15,11 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 
 from gptlab.config import load_config
 from gptlab.flops import device_peak_flops, flops_per_token, mfu
 from gptlab.model import GPTModel, count_params
-from gptlab.train import autocast_ctx, build_optimizers, resolve_device, resolve_precision
+from gptlab.train import build_optimizers, forward_backward, resolve_device, resolve_precision
 from gptlab.vocab import resolve_corpus_vocab
 
 CONFIGS = {"tiny-cpu": "configs/tiny-cpu.toml", "gpt2-small": "configs/gpt2-small-baseline.toml"}
@@ -42,10 +41,7 @@ def bench(name: str, batch: int | None, steps: int, warmup: int, compile_: bool,
     x = torch.randint(0, cfg.model.vocab_size, (B, T), device=dev)
 
     def step():
-        with autocast_ctx(precision, dev):
-            logits = step_model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten())
-        loss.backward()
+        forward_backward(step_model, x, x, precision, dev)
         for o in opts:
             o.step()
             o.zero_grad(set_to_none=True)
