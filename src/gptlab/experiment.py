@@ -223,27 +223,28 @@ def print_dry_run(spec: Spec, extra: dict) -> None:
 
 
 def _measure_flops(cfg) -> float:
-    """FLOP/s of two training micro-steps of the base model on this machine (for time estimates)."""
+    """FLOP/s of the base model's training step (gptlab's own: forward_backward + its optimizers) on this
+    machine, best of two after one warm-up (for time estimates)."""
     import torch
-    import torch.nn.functional as F
 
     from .flops import flops_per_token
     from .model import GPTModel
-    from .train import resolve_device
+    from .train import build_optimizers, forward_backward, resolve_device, resolve_precision
 
     dev = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, dev)
     torch.manual_seed(0)
     model = GPTModel(cfg.model).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opts = build_optimizers(model, cfg, dev)
     T, B = cfg.model.context_length, cfg.train.micro_batch_size
     x = torch.randint(0, cfg.model.vocab_size, (B, T), device=dev)
     times = []
     for _ in range(3):
         t0 = time.time()
-        loss = F.cross_entropy(model(x).flatten(0, 1), x.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+        forward_backward(model, x, x, precision, dev)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.time() - t0)
