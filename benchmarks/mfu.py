@@ -126,12 +126,16 @@ class Bench:
                 raise
             ok = False
         x = y = None
+        self.release()
+        return ok
+
+    def release(self) -> None:
+        """Free what a failed (out-of-memory) or finished probe left: gradients, garbage, the CUDA cache."""
         for o in self.opts:
             o.zero_grad(set_to_none=True)
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
-        return ok
 
     def search(self, compiled: bool, start: int, cap: int, log) -> int:
         lo, hi, b = 0, None, start
@@ -242,11 +246,7 @@ def main(argv=None) -> int:
         b //= 2
         log(f"  out of memory in the timed configuration: halving to micro-batch {b}")
         x = y = None
-        for o in bench.opts:
-            o.zero_grad(set_to_none=True)
-        gc.collect()
-        if bench.cuda:
-            torch.cuda.empty_cache()
+        bench.release()
         x, y = bench.batch(b)
     if bench.cuda:
         torch.cuda.reset_peak_memory_stats(dev)

@@ -90,3 +90,20 @@ def test_forward_with_targets_returns_the_training_loss():
     loss, full = m(x, y, z_loss=1e-2)
     z = torch.logsumexp(logits.flatten(0, 1), dim=-1).pow(2).mean()
     assert torch.allclose(loss, ce) and torch.allclose(full, ce + 1e-2 * z)
+
+
+def test_rmsnorm_under_bf16_autocast_normalises_in_fp32():
+    import warnings
+
+    torch.manual_seed(0)
+    m = GPTModel(nano(vocab_size=300, norm="rmsnorm", qk_norm=True, drop_rate=0.0)).eval()
+    x = torch.randint(0, 300, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it cannot use the fused kernel (bf16 input, fp32 weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = torch.randn(4, 64).bfloat16()
+            out = m.final_norm(h)
+            logits = m(x)
+    assert out.dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
+    ref = torch.nn.functional.rms_norm(h.float(), (64,), m.final_norm.weight, 1e-5)
+    assert torch.allclose(out.float(), ref, atol=1e-2)

@@ -19,9 +19,18 @@ import torch.nn.functional as F
 from .config import ModelConfig
 
 
+class RMSNorm(nn.RMSNorm):
+    """torch.nn.RMSNorm computed in fp32 and returned in the input's dtype. Under bf16/fp16 autocast the input
+    arrives in 16-bit while the weight stays fp32; torch then falls back from its fused kernel (with a warning)
+    and normalises in low precision. LayerNorm gets fp32 from autocast itself; this gives RMSNorm the same."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight, self.eps).to(x.dtype)
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=1e-5)
+        return RMSNorm(dim, eps=1e-5)
     return nn.LayerNorm(dim, eps=1e-5, bias=cfg.bias)
 
 
@@ -59,8 +68,8 @@ class MultiHeadAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attn_impl = cfg.attn_impl
         self.rotary = Rotary(self.head_dim, context_length) if cfg.pos_emb == "rope" else None
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
         if self.attn_impl == "explicit":
             self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
                                  persistent=False)
