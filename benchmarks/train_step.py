@@ -51,7 +51,8 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def build(kind: str, name: str, device: torch.device, drop: float, seq_len: int):
+def build(kind: str, name: str, device: torch.device, drop: float, seq_len: int, fused: bool | None = None):
+    """The model and its AdamW; fused by default on CUDA only (--as-trained: on both devices)."""
     p = PRESETS[name]
     if kind == "ours":
         model = GPTModel(ModelConfig(**p, drop_rate=drop))
@@ -63,41 +64,36 @@ def build(kind: str, name: str, device: torch.device, drop: float, seq_len: int)
                           attn_pdrop=drop, tie_word_embeddings=False)
         model = GPT2LMHeadModel(conf)
     model.to(device).train()
-    fused = device.type == "cuda"
+    fused = device.type == "cuda" if fused is None else fused
     opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, fused=fused)
     return model, opt
 
 
 def make_step(kind: str, model, opt, x, y, device, as_trained: bool = False):
+    """One training step. Default: the same loss code (F.cross_entropy on the logits) around both models.
+    as_trained: each side's own step, ours gptlab train's micro-step (train.forward_backward), HF's what its
+    docs and Trainer do (labels=, the loss and the shift inside the model)."""
     ctx = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else torch.autocast(device_type="cpu", enabled=False))
-    if as_trained:
-        # each side's own training step: ours is gptlab train's micro-step (train.forward_backward) with its
-        # optimizer (build_optimizers: fused AdamW); HF's is what its docs and Trainer do: labels= (the loss and
-        # the shift inside the model) and fused AdamW (Trainer's default optim with torch >= 2.8)
-        from gptlab.train import forward_backward
+    precision = "bf16" if device.type == "cuda" else "fp32"
 
-        opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, fused=True)
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    def loss_backward():
+        if as_trained and kind == "ours":
+            from gptlab.train import forward_backward
 
-        def step():
-            if kind == "ours":
-                loss = forward_backward(model, x, y, precision, device)
+            return forward_backward(model, x, y, precision, device)
+        with ctx:
+            if as_trained:
+                loss = model(input_ids=x, labels=x, use_cache=False).loss
             else:
-                with ctx:
-                    loss = model(input_ids=x, labels=x, use_cache=False).loss
-                loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        return step
+                logits = model(x) if kind == "ours" else model(input_ids=x, use_cache=False).logits
+        if not as_trained:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        return loss
 
     def step():
-        with ctx:
-            logits = model(x) if kind == "ours" else model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        loss.backward()
+        loss = loss_backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
@@ -122,7 +118,8 @@ def bench_config(name, device, batch, seq_len, steps, warmup, repeats, drop, as_
     fns, info = {}, {}
     for kind in kinds:
         torch.manual_seed(0)
-        model, opt = build(kind, name, device, drop, seq_len)
+        # --as-trained: fused AdamW on both (gptlab's build_optimizers; Trainer's default optim for torch >= 2.8)
+        model, opt = build(kind, name, device, drop, seq_len, fused=True if as_trained else None)
         if compile_:  # both compiled the same way; with --as-trained the loss is inside both models' forward
             model = torch.compile(model)
         fns[kind] = make_step(kind, model, opt, x, y, device, as_trained)
