@@ -86,7 +86,12 @@ def child(a) -> dict:
     import torch
 
     from gptlab.model import GPTModel, count_params
-    from gptlab.train import build_optimizers, forward_backward, resolve_device, resolve_precision
+    from gptlab.train import (
+        build_optimizers,
+        forward_backward,
+        resolve_device,
+        resolve_precision,
+    )
 
     cfg = _run_config(a.preset, a.micro_batch, a.precision, a.device, a.dropout, a.attn_impl)
     dev = resolve_device(cfg.train.device)

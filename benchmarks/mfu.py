@@ -15,8 +15,8 @@ What it does, on one device:
      still runs out of memory;
   3. times --steps training steps after --warmup untimed ones (compilation happens there), synchronising the
      device around the timed region, and prints tokens/s and MFU = flops_per_token(model, T) x tokens/s / peak.
-     Peak: CUDA, gptlab.flops.PEAK_FLOPS by device name (datasheet dense bf16; --peak-tflops to override);
-     CPU, gptlab.flops.measure_cpu_peak() in the step's dtype ("CPU measured", a timed 2048^3 matmul), the
+     Peak: CUDA, gptlab.train.flops.PEAK_FLOPS by device name (datasheet dense bf16; --peak-tflops to override);
+     CPU, gptlab.train.flops.measure_cpu_peak() in the step's dtype ("CPU measured", a timed 2048^3 matmul), the
      better of one measurement just before and one just after the timed steps (other processes on a shared CPU
      lower it; the MFU is relative to what this CPU achieved on one big GEMM during the run).
 
@@ -69,7 +69,7 @@ class Bench:
         if a.dropout is not None:
             extra.setdefault("model", {})["drop_rate"] = a.dropout
         self.cfg = cfg = load_config(a.config, extra=extra)
-        from gptlab.vocab import resolve_corpus_vocab
+        from gptlab.data.vocab import resolve_corpus_vocab
 
         resolve_corpus_vocab(cfg)  # data.vocab = "corpus" with prepared data: the smaller output layer, as train
         self.dev = dev = resolve_device(cfg.train.device)
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     a = ap.parse_args(argv)
 
-    from gptlab.flops import device_peak_flops, flops_per_token, measure_cpu_peak
+    from gptlab.train.flops import device_peak_flops, flops_per_token, measure_cpu_peak
 
     t_start = time.perf_counter()
     bench = Bench(a)
@@ -267,11 +267,11 @@ def main(argv=None) -> int:
     if a.peak_tflops:
         peak, peak_src = a.peak_tflops * 1e12, "--peak-tflops"
     elif bench.cuda:
-        peak, peak_src = device_peak_flops(dev), f"gptlab.flops.PEAK_FLOPS['{dev_name}'] (datasheet dense bf16)"
+        peak, peak_src = device_peak_flops(dev), f"gptlab.train.flops.PEAK_FLOPS['{dev_name}'] (datasheet dense bf16)"
     else:
         cpu_peaks.append(measure_cpu_peak(dtype=cpu_dtype))
         peak = max(cpu_peaks)
-        peak_src = (f"CPU measured: best of gptlab.flops.measure_cpu_peak({str(cpu_dtype).replace('torch.', '')}) "
+        peak_src = (f"CPU measured: best of gptlab.train.flops.measure_cpu_peak({str(cpu_dtype).replace('torch.', '')}) "
                     f"just before and after the timed steps: {' / '.join(f'{p / 1e12:.3f}' for p in cpu_peaks)}")
     mfu = fpt * tps / peak if peak else None
     res = {
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
           f"{a.warmup} warm-up step(s) in {warm_s:.1f} s, then {a.steps} timed: "
           f"median {res['step_s_median']:.3f} s/step")
     print(f"tokens/s        {tps:,.0f}")
-    print(f"FLOPs/token     {fpt:.4e}  (gptlab.flops.flops_per_token, context {bench.T})")
+    print(f"FLOPs/token     {fpt:.4e}  (gptlab.train.flops.flops_per_token, context {bench.T})")
     print(f"achieved        {res['achieved_tflops']:.3f} TFLOP/s")
     if peak:
         print(f"peak            {peak / 1e12:.3f} TFLOP/s  ({peak_src})")

@@ -3,7 +3,7 @@
 
 Target (issue "Scale and speed"): none stated for prepare; report MB/s and the ratio. For the loader the useful
 yardstick is the consumer: the tokens/s gpt2-small (context 1024) needs to reach 45% MFU on one H100 (computed
-from gptlab.flops), printed as "loader headroom" (loader tokens/s / that rate; > 1 means the loader keeps up on
+from gptlab.train.flops), printed as "loader headroom" (loader tokens/s / that rate; > 1 means the loader keeps up on
 one process).
 
 Tokenisation, on the same documents held in memory (the bundled Shakespeare corpus cut into passages exactly as
@@ -63,9 +63,14 @@ def main(argv=None) -> int:
 
     from gptlab.config import PRESETS, ModelConfig
     from gptlab.data import SequenceSampler, TokenDataset, eval_batches, prepare
-    from gptlab.data.prepare import _batches, _encode_batch, _ordered_map, iter_documents
-    from gptlab.flops import PEAK_FLOPS, flops_per_token
-    from gptlab.tokenizer import get_tokenizer
+    from gptlab.data.prepare import (
+        _batches,
+        _encode_batch,
+        _ordered_map,
+        iter_documents,
+    )
+    from gptlab.data.tokenizer import get_tokenizer
+    from gptlab.train.flops import PEAK_FLOPS, flops_per_token
 
     workers = a.workers or os.cpu_count() or 1
     print(f"# gptlab data-pipeline benchmark  {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")

@@ -17,10 +17,15 @@ import time
 import torch
 
 from gptlab.config import load_config
-from gptlab.flops import device_peak_flops, flops_per_token, mfu
+from gptlab.data.vocab import resolve_corpus_vocab
 from gptlab.model import GPTModel, count_params
-from gptlab.train import build_optimizers, forward_backward, resolve_device, resolve_precision
-from gptlab.vocab import resolve_corpus_vocab
+from gptlab.train import (
+    build_optimizers,
+    forward_backward,
+    resolve_device,
+    resolve_precision,
+)
+from gptlab.train.flops import device_peak_flops, flops_per_token, mfu
 
 CONFIGS = {"tiny-cpu": "configs/tiny-cpu.toml", "gpt2-small": "configs/gpt2-small-baseline.toml"}
 

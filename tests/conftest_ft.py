@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from gptlab.config import ModelConfig, RunConfig, save_config
+from gptlab.data.tokenizer import EOT_ID, encode
 from gptlab.model import GPTModel
-from gptlab.tokenizer import EOT_ID, encode
 
 TINY = dict(vocab_size=50257, context_length=64, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0)
 
@@ -73,7 +73,7 @@ def make_tiny_run(run_dir: Path, seed: int = 0, vocab_ids=None, context_length: 
     `vocab_ids` gives a compact vocabulary: the model then has len(vocab) outputs and can only emit those)."""
     from safetensors.torch import save_model
 
-    from gptlab.vocab import VocabMap
+    from gptlab.data.vocab import VocabMap
 
     torch.manual_seed(seed)
     vm = None
@@ -96,7 +96,7 @@ def make_tiny_run(run_dir: Path, seed: int = 0, vocab_ids=None, context_length: 
 def record_vocab(records: list[dict] | None = None) -> list[int]:
     """The GPT-2 ids of the records' prompts and outputs: a compact vocabulary with no digit token, so a model
     over it can never answer with a number (the 'judge that never gives a score')."""
-    from gptlab.finetune import format_prompt
+    from gptlab.posttrain.instructions import format_prompt
 
     ids: set[int] = set()
     for r in records or RECORDS:

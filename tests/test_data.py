@@ -18,10 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptlab import GptlabError
-from gptlab.data import (SequenceSampler, TokenDataset, eval_batch_count, eval_batches, iter_documents, prepare,
-                         unigram_loss)
+from gptlab.data import (
+    SequenceSampler,
+    TokenDataset,
+    eval_batch_count,
+    eval_batches,
+    iter_documents,
+    prepare,
+    unigram_loss,
+)
 from gptlab.data.prepare import split_of, strip_gutenberg
-from gptlab.tokenizer import EOT, EOT_ID, decode, encode, tokenizer_hash
+from gptlab.data.tokenizer import EOT, EOT_ID, decode, encode, tokenizer_hash
 
 SENTENCES = [
     "The river ran quietly past the old mill, where nobody had worked for years.",

@@ -7,11 +7,11 @@ import time
 
 import pytest
 import tomli_w
-
 from conftest import tiny_overrides
+
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
-from gptlab.experiment import load_spec, run_experiment
+from gptlab.experiments.runner import load_spec, run_experiment
 
 
 def write_spec(tmp_path, data, seeds=(1, 2), tokens=8 * 32 * 6, variants=None):
@@ -51,7 +51,7 @@ def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path,
     # same seed, same data order: the seed changes the model init only
     assert r[0][3] != r[1][3]
     # the leaderboard over this experiment folder
-    from gptlab.leaderboard import format_leaderboard, leaderboard
+    from gptlab.experiments.leaderboard import format_leaderboard, leaderboard
 
     lb = leaderboard([str(out)])
     assert [r["variant"] for r in lb][0] == "baseline" and {r["variant"] for r in lb} == {"baseline", "no_dropout"}

@@ -10,9 +10,19 @@ from conftest_ft import RECORDS, make_tiny_run, record_vocab, write_records
 from safetensors.torch import load_file
 
 from gptlab import GptlabError
-from gptlab.finetune import (IGNORE_INDEX, build_example, collate, epoch_batches, finetune, format_input,
-                             format_prompt, load_records, register_cli, split_indices)
-from gptlab.tokenizer import EOT_ID, encode
+from gptlab.cli.posttrain import register as register_cli
+from gptlab.data.tokenizer import EOT_ID, encode
+from gptlab.posttrain.finetune import finetune
+from gptlab.posttrain.instructions import (
+    IGNORE_INDEX,
+    build_example,
+    collate,
+    epoch_batches,
+    format_input,
+    format_prompt,
+    load_records,
+    split_indices,
+)
 from gptlab.train import latest_checkpoint, load_run_model
 
 BOOK = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -71,7 +81,7 @@ def test_truncation_and_too_long_records():
 
 
 def test_compact_vocabulary_ids_and_unknown_tokens(compact_run):
-    from gptlab.vocab import load_vocab_map
+    from gptlab.data.vocab import load_vocab_map
 
     vm = load_vocab_map(compact_run)
     stats = {}
@@ -189,11 +199,9 @@ def test_bad_jsonl_line_and_bad_runs(compact_run, data_file, tmp_path):
 
 
 def test_cli_verb(compact_run, data_file, tmp_path, capsys):
-    from gptlab.cli import _parser
-
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="verb", required=True)
-    register_cli(sub, _parser)
+    register_cli(sub)
     out = tmp_path / "cli-sft"
     a = p.parse_args(["finetune", str(compact_run), "--data", str(data_file), "--out", str(out), "--epochs", "1",
                       "--quiet"])

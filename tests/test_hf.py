@@ -12,8 +12,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from gptlab import GptlabError  # noqa: E402
+from gptlab.cli.interop import register as register_cli  # noqa: E402
 from gptlab.config import PRESETS, ModelConfig, RunConfig, config_from_run, save_config  # noqa: E402
-from gptlab.hf import eval_hf, export_run, import_hf, import_to_run, register_cli  # noqa: E402
+from gptlab.interop.hf import eval_hf, export_run, import_hf, import_to_run  # noqa: E402
 from gptlab.model import GPTModel  # noqa: E402
 from gptlab.train import load_run_model  # noqa: E402
 
@@ -220,10 +221,9 @@ def test_push_uses_token_without_leaking_it(tmp_path, monkeypatch, capsys, caplo
     monkeypatch.setenv("HF_TOKEN", SECRET)
     import argparse
 
-    from gptlab.cli import _parser
 
     p = argparse.ArgumentParser()
-    register_cli(p.add_subparsers(dest="verb"), _parser)
+    register_cli(p.add_subparsers(dest="verb"))
     a = p.parse_args(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"), "--push", "user/tiny"])
     assert a.fn(a) == 0
     assert [c[0] for c in calls] == ["create_repo", "upload_folder"]
@@ -253,14 +253,13 @@ def test_cli_import_hf_and_eval_hf(tmp_path, capsys):
 
     import numpy as np
 
-    from gptlab.cli import _parser
     from gptlab.data.loader import TokenDataset
     from gptlab.train import evaluate_loss
 
     model = make_run(tmp_path / "run", nano())
     out = export_run(tmp_path / "run", tmp_path / "hf")
     p = argparse.ArgumentParser()
-    register_cli(p.add_subparsers(dest="verb"), _parser)
+    register_cli(p.add_subparsers(dest="verb"))
     a = p.parse_args(["import-hf", str(out), "--run-dir", str(tmp_path / "imp")])
     assert a.fn(a) == 0 and "run directory" in capsys.readouterr().out
     assert load_run_model(tmp_path / "imp")[1].model.context_length == 64

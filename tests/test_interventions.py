@@ -100,7 +100,7 @@ def test_batch_scaling_rules():
 
 
 def test_flop_budget_matches_compute_not_tokens():
-    from gptlab.flops import flops_per_token, token_budget
+    from gptlab.train.flops import flops_per_token, token_budget
 
     budget = ["train.flops=1e12"]
     for ivs in [(), ("swiglu",), ("weight_tying",), ("rope",)]:

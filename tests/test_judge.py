@@ -6,15 +6,30 @@ import json
 import re
 
 import pytest
-from conftest_ft import RECORDS, FixedPeer, Running, make_tiny_run, record_vocab, write_records
+from conftest_ft import (
+    RECORDS,
+    FixedPeer,
+    Running,
+    make_tiny_run,
+    record_vocab,
+    write_records,
+)
 
 from gptlab import GptlabError
-from gptlab.finetune import finetune
-from gptlab.judge import (chat_url, compare_order, judge_compare, judge_run, parse_compare, parse_score,
-                          register_cli, score_prompt)
-from gptlab.results import ResultsDB
-from gptlab.serve import make_server
-from gptlab.tokenizer import decode
+from gptlab.cli.posttrain import register as register_cli
+from gptlab.data.tokenizer import decode
+from gptlab.experiments.results import ResultsDB
+from gptlab.posttrain.finetune import finetune
+from gptlab.posttrain.judge import (
+    chat_url,
+    compare_order,
+    judge_compare,
+    judge_run,
+    parse_compare,
+    parse_score,
+    score_prompt,
+)
+from gptlab.posttrain.serve import make_server
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +185,10 @@ def test_judge_errors(sft, tmp_path, monkeypatch):
 def test_cli_verbs(sft, tmp_path, capsys):
     import argparse
 
-    from gptlab.cli import _parser
 
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="verb", required=True)
-    register_cli(sub, _parser)
+    register_cli(sub)
     peer = FixedPeer('{"A": 60, "B": 50}')
     with Running(peer) as u:
         a = p.parse_args(["judge", str(sft), "--judge-url", u, "--judge-model", "j", "--n", "1",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from gptlab.config import load_config
-from gptlab.flops import matmul_params
 from gptlab.plan import format_plan, memory_bytes, plan
+from gptlab.train.flops import matmul_params
 
 
 def cfg_of(preset="nano", precision="auto", drop=0.1, attn="sdpa", ckpt=False):

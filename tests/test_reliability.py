@@ -6,10 +6,10 @@ import string
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_overrides
 from gptlab import GptlabError
 from gptlab.config import TrainConfig, load_config
 from gptlab.train import latest_checkpoint, load_run_model, train

@@ -1,4 +1,4 @@
-"""gptlab.report on a synthetic experiment with known answers."""
+"""gptlab.experiments.report on a synthetic experiment with known answers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gptlab import GptlabError
-from gptlab.report import build_rows, format_table, write_report
-from gptlab.results import ResultsDB
+from gptlab.experiments.report import build_rows, format_table, write_report
+from gptlab.experiments.results import ResultsDB
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -185,7 +185,7 @@ def _experiment_with_run_dirs(exp: Path, config: str, set_: list[str], data_meta
 @pytest.fixture
 def plotted_lines(monkeypatch):
     """Labels of the horizontal lines drawn on the test-loss plot of the next write_report."""
-    import gptlab.report as rep
+    import gptlab.experiments.report as rep
 
     figs = []
     real = rep._png
@@ -199,7 +199,7 @@ def plotted_lines(monkeypatch):
 
 
 def test_yardsticks_comparable_on_the_seeds_test_set(tmp_path, plotted_lines):
-    from gptlab.yardsticks import GPT2_SMALL, SEED_BASELINE, SEED_BEST_STACK
+    from gptlab.experiments.yardsticks import GPT2_SMALL, SEED_BASELINE, SEED_BEST_STACK
 
     assert (SEED_BASELINE, SEED_BEST_STACK, GPT2_SMALL) == (3.692, 3.578, 3.500)
     exp = _experiment_with_run_dirs(tmp_path, "configs/seed/baseline.toml", [], FINEWEB_SOURCES, relative=True)
@@ -257,7 +257,7 @@ def test_yardsticks_unrecorded_test_set_is_not_comparable(report):
     assert not yard["comparable"] and "test set not recorded for 16 run(s)" in yard["reasons"][0]
     md = Path(res["markdown"]).read_text()
     assert "## Yardsticks" in md and "| OpenAI GPT-2 small | 3.500 |" in md and "orientation only" in md
-    from gptlab.report import yardstick_summary
+    from gptlab.experiments.report import yardstick_summary
 
     text = yardstick_summary(yard)
     assert text.startswith("yardsticks (different test set, orientation only): seed baseline 3.692, seed best "

@@ -1,4 +1,4 @@
-"""gptlab.results: the real SQLite file, one-transaction writes, parallel writers, bad files."""
+"""gptlab.experiments.results: the real SQLite file, one-transaction writes, parallel writers, bad files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gptlab import GptlabError
-from gptlab.results import ResultsDB
+from gptlab.experiments.results import ResultsDB
 
 
 def _row(run_id: str, **kw) -> dict:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import tiny_overrides
+
 from gptlab.config import load_config
-from gptlab.experiment import load_spec
+from gptlab.experiments.runner import load_spec
 from gptlab.train import train
 
 SEED_ROWS = {  # file: (published loss, checks on the resolved config)
@@ -107,8 +107,8 @@ BEAT_GPT2 = {
 
 def test_beat_gpt2_resolves_to_the_intended_recipe(capsys):
     from gptlab.cli import main
+    from gptlab.experiments.yardsticks import GPT2_SMALL, SEED_TEST_SET, SEED_TOKENS
     from gptlab.interventions import REGISTRY
-    from gptlab.yardsticks import GPT2_SMALL, SEED_TEST_SET, SEED_TOKENS
 
     cfg = load_config("configs/seed/beat_gpt2.toml")
     assert all(spec.split(":")[0] in REGISTRY for spec in cfg.interventions)  # registered interventions only

@@ -11,10 +11,10 @@ import pytest
 from conftest_ft import Running, make_tiny_run, record_vocab
 
 from gptlab import GptlabError
-from gptlab.finetune import format_prompt
-from gptlab.generate import generate_text
-from gptlab.serve import make_server
-from gptlab.tokenizer import encode
+from gptlab.data.tokenizer import encode
+from gptlab.posttrain.generate import generate_text
+from gptlab.posttrain.instructions import format_prompt
+from gptlab.posttrain.serve import make_server
 from gptlab.train import load_run_model
 
 KEY = "sk-test-0123456789abcdef-SECRET"

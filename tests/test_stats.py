@@ -1,4 +1,4 @@
-"""gptlab.stats against published textbook / reference answers (sources cited per test)."""
+"""gptlab.experiments.stats against published textbook / reference answers (sources cited per test)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from gptlab.stats import (compare, hedges_correction, holm, power_two_sample, seeds_needed, summarize)
+from gptlab.experiments.stats import (
+    compare,
+    hedges_correction,
+    holm,
+    power_two_sample,
+    seeds_needed,
+    summarize,
+)
 
 # Wikipedia, "Welch's t-test", Examples, example 1 (en.wikipedia.org/wiki/Welch%27s_t-test, e.g. revision
 # oldid=994214781), also Rosetta Code task "Welch's t-test" (data sets d1, d2).

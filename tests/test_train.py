@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from gptlab import GptlabError
 from gptlab.cli import main
 from gptlab.config import load_config

@@ -18,7 +18,8 @@ from typing import Any
 
 import tomli_w
 
-from . import GptlabError
+from gptlab import GptlabError, interventions
+from gptlab.io import atomic_write_text, parse_value
 
 # --------------------------------------------------------------------------------------------
 # Model presets. gpt2-* follow the book's GPT_CONFIG_124M family (untied head: 163M params for small).
@@ -259,14 +260,6 @@ def read_config_toml(path: str | Path, _seen: tuple = ()) -> dict:
     return deep_merge(read_config_toml(bp, _seen + (p,)), raw)
 
 
-def _parse_value(text: str) -> Any:
-    """A --set value: TOML literal if it parses (numbers, booleans, lists, quoted strings), else a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def parse_overrides(items: list[str]) -> dict:
     """['train.lr=3e-4', 'model.preset=tiny'] -> nested dict."""
     out: dict = {}
@@ -280,7 +273,7 @@ def parse_overrides(items: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise GptlabError(f"--set {item}: {p} is set twice")
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = parse_value(text.strip())
     return out
 
 
@@ -353,16 +346,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     explicit = set((raw.get("model") or {}).keys()) - {"preset"}
     resolve_preset(cfg, explicit, f"{where}: model.preset")
     if apply_interventions and cfg.interventions:
-        from .interventions import apply_interventions as _apply
-
-        _apply(cfg, cfg.interventions, where)
+        interventions.apply_interventions(cfg, cfg.interventions, where)
     validate(cfg, where)
     return cfg
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    from .io import atomic_write_text
-
     atomic_write_text(path, cfg.to_toml())
 
 

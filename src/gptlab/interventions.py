@@ -9,10 +9,13 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from . import GptlabError
-from .config import RunConfig, _parse_value
+from gptlab import GptlabError
+from gptlab.io import parse_value
+
+if TYPE_CHECKING:  # interventions edit a RunConfig but never import config (config imports them)
+    from gptlab.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ def parse_spec(spec: str, where: str = "interventions") -> tuple[Intervention, d
         if k not in allowed:
             opts = ", ".join(allowed) or "none"
             raise GptlabError(f"{where}: '{spec}': unknown parameter '{k}' (parameters: {opts})")
-        kwargs[k] = _parse_value(v.strip())
+        kwargs[k] = parse_value(v.strip())
     return iv, kwargs
 
 

@@ -1,13 +1,13 @@
-"""Atomic file writes (temp file in the same folder, fsync, rename) and small JSON helpers."""
+"""Atomic file writes (temp file in the same folder, fsync, rename), small JSON helpers and TOML value literals."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any, Callable
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -111,3 +111,12 @@ def commit_dir(tmp: str | Path, final: str | Path) -> None:
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` or intervention value: a TOML literal if it parses (numbers, booleans, lists, quoted strings),
+    else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import math
 
-from .config import RunConfig
-from .flops import PEAK_FLOPS, flops_per_token, token_budget
+from gptlab.config import RunConfig
+from gptlab.train.flops import PEAK_FLOPS, flops_per_token, token_budget
 
 GPU_MEMORY_GIB = {"A100": 40, "A100-80": 80, "H100": 80, "H200": 141, "RTX3090": 24, "RTX4090": 24, "L4": 24,
                   "A10G": 24}
@@ -50,8 +50,8 @@ def memory_bytes(cfg: RunConfig, micro_batch: int, gpus: int = 1, fsdp: bool = F
     m = cfg.model
     import torch
 
-    from .flops import matmul_params
-    from .model import GPTModel, count_params
+    from gptlab.model import GPTModel, count_params
+    from gptlab.train.flops import matmul_params
 
     with torch.device("meta"):
         n = count_params(GPTModel(m))
@@ -84,7 +84,7 @@ def plan(cfg: RunConfig, gpus: int = 1, gpu_type: str = "H100", mfu: float = 0.4
          fsdp: bool = False) -> dict:
     key = gpu_type.upper().replace(" ", "")
     if key not in PEAK_FLOPS and key.split("-")[0] not in PEAK_FLOPS:
-        from . import GptlabError
+        from gptlab import GptlabError
 
         raise GptlabError(f"--gpu-type: unknown '{gpu_type}'; choose from {', '.join(GPU_MEMORY_GIB)}")
     peak = PEAK_FLOPS.get(key, PEAK_FLOPS[key.split("-")[0]])

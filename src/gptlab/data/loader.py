@@ -18,9 +18,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .. import GptlabError
-from ..io import file_sha256
-from ..tokenizer import tokenizer_hash
+from gptlab import GptlabError
+from gptlab.data.tokenizer import tokenizer_hash
+from gptlab.io import file_sha256
 
 SPLITS = ("train", "val", "test")
 

@@ -28,9 +28,9 @@ from typing import Callable, Iterable, Iterator, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
-from .. import GptlabError
-from ..io import atomic_write_json, file_sha256, fsync_dir
-from ..tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer, tokenizer_hash
+from gptlab import GptlabError
+from gptlab.data.tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer, tokenizer_hash
+from gptlab.io import atomic_write_json, file_sha256, fsync_dir
 
 SPLITS = ("train", "val", "test")
 DTYPE = np.dtype("<u2")
@@ -660,7 +660,7 @@ def token_counts(dataset, chunk: int = 1 << 24) -> np.ndarray:
 def unigram_loss(data_dir: str | os.PathLike) -> float:
     """Cross-entropy (nats/token) of the test split under the train split's unigram distribution
     with add-one smoothing over the vocabulary: the loss a model must beat to have learnt context."""
-    from .loader import TokenDataset
+    from gptlab.data.loader import TokenDataset
 
     train, test = token_counts(TokenDataset(data_dir, "train")), token_counts(TokenDataset(data_dir, "test"))
     if test.sum() == 0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import GptlabError
+from gptlab import GptlabError
 
 
 def find_databases(paths: list[str]) -> list[Path]:
@@ -27,15 +27,15 @@ def find_databases(paths: list[str]) -> list[Path]:
 def _baseline_of(db: Path) -> str:
     spec = db.parent / "spec.toml"
     if spec.is_file():
-        from .config import read_toml
+        from gptlab.config import read_toml
 
         return str(read_toml(spec).get("baseline", "baseline"))
     return "baseline"
 
 
 def leaderboard(paths: list[str]) -> list[dict]:
-    from .report import build_rows
-    from .results import ResultsDB
+    from gptlab.experiments.report import build_rows
+    from gptlab.experiments.results import ResultsDB
 
     rows = []
     for dbp in find_databases(paths):

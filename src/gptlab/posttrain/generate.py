@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .model import GPTModel
-from .tokenizer import EOT_ID, decode, encode
+from gptlab.data.tokenizer import EOT_ID, decode, encode
+from gptlab.model import GPTModel
 
 
 @torch.no_grad()

@@ -31,153 +31,34 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import GptlabError
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, commit_dir, file_sha256
-from .tokenizer import EOT_ID, encode
+from gptlab import GptlabError
+from gptlab.data.tokenizer import EOT_ID
+from gptlab.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    commit_dir,
+    file_sha256,
+)
+from gptlab.posttrain.instructions import (
+    IGNORE_INDEX,
+    TEST_FILE,
+    build_example,
+    collate,
+    epoch_batches,
+    load_records,
+    split_indices,
+)
 
-PROMPT_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
-                 "completes the request.")
-IGNORE_INDEX = -100
 SPLIT_FILE = "split.json"
-TEST_FILE = "test_data.json"
 RESULT_FILE = "finetune.json"
 # arguments that must match when a fine-tune is resumed
 _RESUME_KEYS = ("base_run", "data_sha256", "lr", "batch_size", "max_len", "val_frac", "test_frac", "seed",
                 "weight_decay", "dropout", "grad_clip")
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-def format_input(record: dict) -> str:
-    """The book's `format_input`: header, instruction and (if not empty) input, without the response header."""
-    text = f"{PROMPT_HEADER}\n\n### Instruction:\n{record['instruction']}"
-    if record.get("input"):
-        text += f"\n\n### Input:\n{record['input']}"
-    return text
-
-
-def format_prompt(record: dict) -> str:
-    """format_input + "\\n\\n### Response:\\n": everything the model sees before its answer."""
-    return format_input(record) + "\n\n### Response:\n"
-
-
-def _check_record(rec: Any, i: int, where: str) -> dict:
-    if not isinstance(rec, dict):
-        raise GptlabError(f"{where}: record {i}: expected an object with instruction/input/output, "
-                          f"got {type(rec).__name__}")
-    for key in ("instruction", "output"):
-        if key not in rec:
-            raise GptlabError(f"{where}: record {i}: missing field '{key}'")
-        if not isinstance(rec[key], str):
-            raise GptlabError(f"{where}: record {i}: field '{key}' must be a string, got {type(rec[key]).__name__}")
-    inp = rec.get("input")
-    if inp is not None and not isinstance(inp, str):
-        raise GptlabError(f"{where}: record {i}: field 'input' must be a string, got {type(inp).__name__}")
-    if not rec["instruction"].strip():
-        raise GptlabError(f"{where}: record {i}: field 'instruction' is empty")
-    return {"instruction": rec["instruction"], "input": inp or "", "output": rec["output"]}
-
-
-def load_records(path: str | Path) -> list[dict]:
-    """Read and validate Alpaca-format records (.json list or .jsonl); one-line errors name the record."""
-    p = Path(path)
-    if not p.is_file():
-        raise GptlabError(f"{p}: instruction data file not found")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise GptlabError(f"{p}: not UTF-8 text") from None
-    except OSError as e:
-        raise GptlabError(f"{p}: unreadable ({e.strerror})") from None
-    if p.suffix.lower() == ".jsonl":
-        raw = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                raw.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise GptlabError(f"{p}: line {n}: not JSON ({e.msg})") from None
-    else:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GptlabError(f"{p}: not JSON ({e.msg} at line {e.lineno} column {e.colno}); expected a list of "
-                              f"{{instruction, input, output}} records (or use .jsonl)") from None
-        if not isinstance(raw, list):
-            raise GptlabError(f"{p}: expected a JSON list of {{instruction, input, output}} records, "
-                              f"got {type(raw).__name__}")
-    if not raw:
-        raise GptlabError(f"{p}: contains no records")
-    return [_check_record(r, i, str(p)) for i, r in enumerate(raw)]
-
-
-def split_indices(n: int, val_frac: float, test_frac: float, seed: int) -> dict[str, list[int]]:
-    """Seeded permutation of range(n) cut into test, val and train (in that order)."""
-    for name, f in (("val_frac", val_frac), ("test_frac", test_frac)):
-        if not 0.0 <= f < 1.0:
-            raise GptlabError(f"{name}: must be in [0, 1), got {f}")
-    n_test = max(1, round(n * test_frac)) if test_frac > 0 else 0
-    n_val = max(1, round(n * val_frac)) if val_frac > 0 else 0
-    if n - n_test - n_val < 1:
-        raise GptlabError(f"split: {n} record(s) leave no training records with val_frac={val_frac}, "
-                          f"test_frac={test_frac}")
-    perm = np.random.default_rng(seed).permutation(n).tolist()
-    return {"test": sorted(perm[:n_test]), "val": sorted(perm[n_test:n_test + n_val]),
-            "train": sorted(perm[n_test + n_val:])}
-
-
-def build_example(record: dict, max_len: int, vocab_map=None, stats: dict | None = None
-                  ) -> tuple[list[int], int] | None:
-    """(token ids, number of prompt tokens) with ids = prompt + response + <|endoftext|>, in the model's id
-    space, cut to max_len + 1 tokens (inputs are ids[:-1]). None if no response token fits.
-    With a compact vocabulary, GPT-2 tokens outside it become <|endoftext|>; `stats["unknown_tokens"]` counts them."""
-    prompt = encode(format_prompt(record))
-    ids = prompt + encode(record["output"]) + [EOT_ID]
-    if vocab_map is not None:
-        t = torch.tensor(ids, dtype=torch.long)
-        mapped = vocab_map.lut[t]
-        if stats is not None:
-            eot = int(vocab_map.lut[EOT_ID])
-            stats["unknown_tokens"] = stats.get("unknown_tokens", 0) + int(((mapped == eot) & (t != EOT_ID)).sum())
-        ids = mapped.tolist()
-    ids = ids[:max_len + 1]
-    if len(prompt) > len(ids) - 1:  # not even the first response token is a target
-        return None
-    return ids, len(prompt)
-
-
-def collate(examples: list[tuple[list[int], int]], pad_id: int = EOT_ID) -> tuple[torch.Tensor, torch.Tensor]:
-    """inputs (B, L) padded with pad_id; targets (B, L) = inputs shifted by one with IGNORE_INDEX on prompt
-    and padding targets. The <|endoftext|> that ends each record is kept as its last target."""
-    L = max(len(ids) - 1 for ids, _ in examples)
-    x = torch.full((len(examples), L), pad_id, dtype=torch.long)
-    y = torch.full((len(examples), L), IGNORE_INDEX, dtype=torch.long)
-    for i, (ids, n_prompt) in enumerate(examples):
-        n = len(ids) - 1
-        t = torch.tensor(ids, dtype=torch.long)
-        x[i, :n] = t[:-1]
-        y[i, :n] = t[1:]
-        y[i, :max(0, n_prompt - 1)] = IGNORE_INDEX  # position j predicts token j+1: prompt while j+1 < n_prompt
-    return x, y
-
-
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Positions into `lengths`, grouped into batches of similar length; batch order shuffled per epoch."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    order = order[np.argsort(np.asarray(lengths)[order], kind="stable")]  # by length, ties at random
-    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 _sha256 = file_sha256
@@ -235,7 +116,7 @@ def _prune(out_dir: Path) -> None:
 
 
 def _masked_loss(model, x, y, precision, device, reduction="mean"):
-    from .train import autocast_ctx
+    from gptlab.train import autocast_ctx
 
     with autocast_ctx(precision, device):
         logits = model(x)
@@ -278,10 +159,16 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
     stop_after: stop (with a checkpoint) after N optimizer steps of this call — simulates an interruption.
     Returns the contents of finetune.json.
     """
-    from .config import config_from_run
-    from .model import GPTModel
-    from .train import RunLock, latest_checkpoint, load_model_weights, resolve_device, resolve_precision
-    from .vocab import RUN_FILE, load_vocab_map
+    from gptlab.config import config_from_run
+    from gptlab.data.vocab import RUN_FILE, load_vocab_map
+    from gptlab.model import GPTModel
+    from gptlab.train import (
+        RunLock,
+        latest_checkpoint,
+        load_model_weights,
+        resolve_device,
+        resolve_precision,
+    )
 
     run_dir, out_dir, data_path = Path(run_dir), Path(out_dir), Path(data_file)
     for name, v, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
@@ -500,66 +387,4 @@ def _finetune(cfg, run_dir, out_dir, records, split, args, vm, pad_id, epochs, r
     return res
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def _cmd_finetune(a) -> int:
-    res = finetune(a.run, a.data, a.out, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, max_len=a.max_len,
-                   val_frac=a.val_frac, test_frac=a.test_frac, seed=a.seed, weight_decay=a.weight_decay,
-                   dropout=None if a.dropout < 0 else a.dropout, patience=a.patience, grad_clip=a.grad_clip,
-                   checkpoint_interval=a.checkpoint_interval, device=a.device, progress=not a.quiet,
-                   resume=a.resume)
-    if a.json:
-        print(json.dumps(res))
-        return 0
-    s = res["split"]
-    print(f"records {res['records']}: train {s['train']}, val {s['val']}, test {s['test']}"
-          + (f"  (dropped, too long: {res['dropped_too_long']})" if any(res["dropped_too_long"].values()) else ""))
-    if res.get("unknown_tokens"):
-        print(f"note: {res['unknown_tokens']} token(s) of the data are not in the base run's compact vocabulary "
-              f"(vocab_map.npy) and were replaced by <|endoftext|>")
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"{'epoch':>5} {'steps':>7} {'train loss':>10} {'val loss':>9}")
-    print(f"{0:>5} {0:>7} {'-':>10} {fmt(res['val_loss_before']):>9}")
-    for h in res["history"]:
-        print(f"{h['epoch']:>5} {h['step']:>7} {fmt(h['train_loss']):>10} {fmt(h['val_loss']):>9}")
-    print(f"best epoch {res['best_epoch']} (val {fmt(res['best_val_loss'])}), test loss {fmt(res.get('test_loss'))}"
-          + ("  [stopped early]" if res["stopped_early"] else ""))
-    print(f"run directory: {a.out}  (try: gptlab serve {a.out})")
-    return 0
-
-
-def register_cli(sub, make_parser) -> None:
-    """Add `gptlab finetune`. make_parser(sub, name, help, example) -> argparse parser (cli._parser)."""
-    s = make_parser(sub, "finetune", "instruction-fine-tune a run on Alpaca-format data (the book's chapter 7)",
-                    "gptlab finetune runs/tiny-cpu --data instruction-data.json --out runs/tiny-cpu-sft\n"
-                    "gptlab finetune runs/tiny-cpu --data alpaca.jsonl --out runs/tiny-sft --epochs 3 --lr 1e-4\n"
-                    "gptlab finetune runs/tiny-cpu --data instruction-data.json --out runs/tiny-cpu-sft --resume\n"
-                    "# data: a JSON list (or .jsonl) of {\"instruction\", \"input\", \"output\"} records, e.g. the\n"
-                    "# book's instruction-data.json (rasbt/LLMs-from-scratch, ch07/01_main-chapter-code)")
-    s.add_argument("run", help="base run directory (its latest checkpoint is fine-tuned)")
-    s.add_argument("--data", required=True, help="Alpaca-format .json list or .jsonl file")
-    s.add_argument("--out", required=True, help="output run directory")
-    s.add_argument("--epochs", type=int, default=2)
-    s.add_argument("--lr", type=float, default=5e-5)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--max-len", type=int, default=None, help="max tokens per example (default: model context)")
-    s.add_argument("--val-frac", type=float, default=0.1)
-    s.add_argument("--test-frac", type=float, default=0.1)
-    s.add_argument("--seed", type=int, default=123)
-    s.add_argument("--weight-decay", type=float, default=0.1)
-    s.add_argument("--dropout", type=float, default=0.0, help="drop rate while fine-tuning (-1 = the base run's)")
-    s.add_argument("--patience", type=int, default=3, help="epochs without val improvement before stopping (0 = off)")
-    s.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0 = off)")
-    s.add_argument("--checkpoint-interval", type=int, default=0, help="also checkpoint every N steps (0 = epochs)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out")
-    s.add_argument("--json", action="store_true", help="print finetune.json instead of a table")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(fn=_cmd_finetune)
-
-
-__all__ = ["finetune", "format_prompt", "format_input", "load_records", "build_example", "collate", "split_indices",
-           "epoch_batches", "masked_eval_loss", "register_cli"]
+__all__ = ["finetune", "masked_eval_loss"]

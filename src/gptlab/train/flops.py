@@ -13,7 +13,7 @@ shared machine it falls with the other processes' load.
 
 from __future__ import annotations
 
-from .config import ModelConfig
+from gptlab.config import ModelConfig
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets (without sparsity).
 PEAK_FLOPS: dict[str, float] = {

@@ -24,11 +24,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from . import GptlabError, __version__
-from .config import RunConfig, config_from_run, save_config
-from .flops import device_peak_flops, flops_per_token, mfu, token_budget
-from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from .model import GPTModel, count_params
+from gptlab import GptlabError, __version__
+from gptlab.config import RunConfig, config_from_run, save_config
+from gptlab.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from gptlab.model import GPTModel, count_params
+from gptlab.train.flops import device_peak_flops, flops_per_token, mfu, token_budget
 
 # --------------------------------------------------------------------------------------------
 # Environment
@@ -231,7 +231,7 @@ def save_checkpoint(run_dir: Path, step: int, model, opts, extra: dict, keep: in
     writes the gathered full weights as model.safetensors for eval/generation/export."""
     from safetensors.torch import save_model
 
-    from .io import commit_dir
+    from gptlab.io import commit_dir
 
     ckdir = run_dir / "checkpoints"
     final = ckdir / f"step_{step:07d}"
@@ -247,7 +247,11 @@ def save_checkpoint(run_dir: Path, step: int, model, opts, extra: dict, keep: in
     torch.save(rng, tmp / f"rng_rank{rank}.pt")
     if fsdp:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_state_dict,
+        )
 
         base = unwrap(model)
         msd, osd = get_state_dict(base, opts)
@@ -301,7 +305,10 @@ def load_checkpoint(ck: Path, model, opts, rank: int) -> dict:
     loads on any number of ranks, with or without FSDP; a full one (model.safetensors + optimizer.pt) too."""
     if (ck / "dcp").is_dir():
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_state_dict,
+            set_state_dict,
+        )
 
         base = unwrap(model)
         msd, osd = get_state_dict(base, opts)
@@ -343,7 +350,7 @@ def load_checkpoint(ck: Path, model, opts, rank: int) -> dict:
 def evaluate_loss(model, dataset, context_length: int, batch_size: int, device: torch.device, precision: str,
                   offset: int = 0, n_batches: int = 0, dist_: Dist | None = None, vocab_map=None) -> float:
     """Mean cross-entropy (nats/token) over sequential windows; sharded over ranks when distributed."""
-    from .data.loader import eval_batches
+    from gptlab.data.loader import eval_batches
 
     was_training = model.training
     model.eval()
@@ -398,7 +405,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _check_eval_spec(cfg: RunConfig, test_ds, T: int) -> None:
-    from .data.loader import eval_batch_count
+    from gptlab.data.loader import eval_batch_count
 
     e = cfg.eval
     have = eval_batch_count(test_ds, T, e.batch_size, offset=e.offset)
@@ -415,7 +422,7 @@ def _ensure_data(cfg: RunConfig, dist_: Dist) -> None:
         raise GptlabError(f"data.dir: {cfg.data.dir} has no meta.json; run `gptlab prepare --out {cfg.data.dir}` "
                           f"or set data.source")
     if dist_.main:
-        from .data.prepare import prepare
+        from gptlab.data.prepare import prepare
 
         prepare([s.strip() for s in cfg.data.source.split(",")], cfg.data.dir, progress=cfg.train.progress)
     dist_.barrier()
@@ -439,8 +446,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after:
 
 
 def _train(cfg, run_dir, resume, stop_after, device, dist_) -> dict:
-    from .data.loader import SequenceSampler, TokenDataset
-    from .vocab import resolve_corpus_vocab
+    from gptlab.data.loader import SequenceSampler, TokenDataset
+    from gptlab.data.vocab import resolve_corpus_vocab
 
     _ensure_data(cfg, dist_)
     vmap = resolve_corpus_vocab(cfg)

@@ -20,11 +20,16 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import GptlabError
-from . import stats as st
-from .io import atomic_write_bytes, atomic_write_text
-from .results import DB_NAME, ResultsDB
-from .yardsticks import YARDSTICKS, Yardstick, comparability, run_test_set
+from gptlab import GptlabError
+from gptlab.experiments import stats as st
+from gptlab.experiments.results import DB_NAME, ResultsDB
+from gptlab.experiments.yardsticks import (
+    YARDSTICKS,
+    Yardstick,
+    comparability,
+    run_test_set,
+)
+from gptlab.io import atomic_write_bytes, atomic_write_text
 
 PLOT_NAMES = ("loss_curves.png", "test_loss.png", "delta.png")
 DASH = "—"

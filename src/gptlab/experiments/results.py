@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import GptlabError
+from gptlab import GptlabError
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"

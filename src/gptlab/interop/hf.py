@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from . import GptlabError
-from .config import ModelConfig, RunConfig, config_from_run, save_config
-from .io import atomic_write, atomic_write_json, atomic_write_text
-from .model import GPTModel
+from gptlab import GptlabError
+from gptlab.config import ModelConfig, RunConfig, config_from_run, save_config
+from gptlab.io import atomic_write, atomic_write_json, atomic_write_text
+from gptlab.model import GPTModel
 
 GPT2_VOCAB = 50257
 EOT = "<|endoftext|>"
@@ -129,7 +129,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
 
 def _check_exportable(run_dir: Path) -> RunConfig:
     cfg = config_from_run(run_dir)
-    from .vocab import RUN_FILE
+    from gptlab.data.vocab import RUN_FILE
 
     if (run_dir / RUN_FILE).exists() or getattr(cfg.data, "vocab", "gpt2") == "corpus":
         raise GptlabError(f"{run_dir}: cannot export to Hugging Face GPT-2: the run uses a compact corpus "
@@ -153,7 +153,7 @@ def _check_out_dir(out: Path, run_dir: Path) -> None:
 
 
 def _write_tokenizer(out: Path, context_length: int) -> None:
-    from .tokenizer import _bpe_files
+    from gptlab.data.tokenizer import _bpe_files
 
     vocab_bpe, encoder_json = _bpe_files()
     for src, dst in ((encoder_json, "vocab.json"), (vocab_bpe, "merges.txt")):
@@ -254,12 +254,12 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, push: str
         token = _hub_token(push)
     cfg = _check_exportable(run_dir)
     _check_out_dir(out, run_dir)
-    from .train import latest_checkpoint, load_run_model
+    from gptlab.train import latest_checkpoint, load_run_model
 
     model, _ = load_run_model(run_dir, "cpu")  # refuses a run without a checkpoint
     ck = latest_checkpoint(run_dir)
     sd = to_hf_state_dict(model)
-    from .model import count_params
+    from gptlab.model import count_params
 
     n_params = count_params(model)
     del model
@@ -465,7 +465,7 @@ def import_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, data_di
     `data_dir` sets the run's data.dir (the data `gptlab eval RUN` reads by default)."""
     from safetensors.torch import save_model
 
-    from .io import fsync_dir
+    from gptlab.io import fsync_dir
 
     run = Path(run_dir)
     if (run / "config.toml").exists() or (run / "checkpoints").exists():
@@ -481,7 +481,7 @@ def import_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, data_di
     atomic_write_json(final / "state.json", {"step": 0, "imported_from": str(Path(hf_dir).resolve())})
     fsync_dir(ckdir)
     atomic_write_text(ckdir / "latest", final.name + "\n")
-    from .model import count_params
+    from gptlab.model import count_params
 
     atomic_write_json(run / "meta.json", {"imported_from": str(Path(hf_dir).resolve()), "params": count_params(model),
                                           "config_hash": cfg.hash()})
@@ -493,8 +493,8 @@ def eval_hf(hf_dir: str | os.PathLike, data_dir: str | os.PathLike, split: str =
             batches: int = 0, batch_size: int = 8, context_length: int | None = None, device: str = "auto") -> float:
     """Mean test loss (nats/token) of a local HF GPT-2 folder on our prepared data, through the same
     `evaluate_loss` as our runs (windows of `context_length` tokens, default the model's n_positions)."""
-    from .data.loader import TokenDataset
-    from .train import evaluate_loss, resolve_device, resolve_precision
+    from gptlab.data.loader import TokenDataset
+    from gptlab.train import evaluate_loss, resolve_device, resolve_precision
 
     model, cfg = import_hf(hf_dir)
     T = context_length or cfg.context_length
@@ -507,47 +507,5 @@ def eval_hf(hf_dir: str | os.PathLike, data_dir: str | os.PathLike, split: str =
                          n_batches=batches)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def cmd_export(a) -> int:
-    out = export_run(a.run, a.out, push=a.push)
-    print(f"wrote {out} (load with GPT2LMHeadModel.from_pretrained('{out}'))")
-    if a.push:
-        print(f"pushed to https://huggingface.co/{a.push}")
-    return 0
-
-
-def cmd_import_hf(a) -> int:
-    run = import_to_run(a.hf_dir, a.run_dir, data_dir=a.data)
-    cfg = config_from_run(run)
-    m = cfg.model
-    print(f"imported {a.hf_dir}: {m.n_layers} layers, {m.n_heads} heads, width {m.emb_dim}, context "
-          f"{m.context_length}, vocab {m.vocab_size}, {'tied' if m.tie_weights else 'untied'} head")
-    print(f"run directory: {run}  (e.g. gptlab eval {run} --split test)")
-    return 0
-
-
-def register_cli(sub, make_parser) -> None:
-    """Add `export` and `import-hf` to gptlab's subparsers; make_parser is gptlab.cli._parser."""
-    s = make_parser(sub, "export", "write a run's latest checkpoint as a Hugging Face GPT-2 folder (optionally push it)",
-                    "gptlab export runs/tiny-cpu --out hf/tiny-cpu\n"
-                    "HF_TOKEN=hf_... gptlab export runs/tiny-cpu --out hf/tiny-cpu --push user/tiny-cpu")
-    s.add_argument("run", help="run directory")
-    s.add_argument("--out", required=True, help="output folder (new, empty or a previous export)")
-    s.add_argument("--push", metavar="REPO", help="also upload to this Hub model repo (token from $HF_TOKEN)")
-    s.set_defaults(fn=cmd_export)
-
-    s = make_parser(sub, "import-hf", "turn a local Hugging Face GPT-2 folder into a run directory",
-                    "gptlab import-hf ~/models/gpt2 --run-dir runs/openai-gpt2 --data data/shakespeare\n"
-                    "gptlab eval runs/openai-gpt2 --split test")
-    s.add_argument("hf_dir", help="folder with config.json + model.safetensors or pytorch_model.bin")
-    s.add_argument("--run-dir", required=True, help="run directory to create")
-    s.add_argument("--data", help="prepared data folder recorded as the run's data.dir (default data/shakespeare)")
-    s.set_defaults(fn=cmd_import_hf)
-
-
-__all__ = ["export_run", "import_hf", "import_to_run", "eval_hf", "register_cli", "to_hf_state_dict",
+__all__ = ["export_run", "import_hf", "import_to_run", "eval_hf", "to_hf_state_dict",
            "from_hf_state_dict", "hf_config_dict", "hf_to_model_config"]

@@ -42,11 +42,11 @@ from urllib.parse import urlsplit
 
 import torch
 
-from . import GptlabError
-from .finetune import format_prompt
-from .tokenizer import EOT_ID, decode, encode
+from gptlab import GptlabError
+from gptlab.data.tokenizer import EOT_ID, decode, encode
+from gptlab.posttrain.instructions import format_prompt
 
-log = logging.getLogger("gptlab.serve")
+log = logging.getLogger("gptlab.posttrain.serve")
 
 MAX_BODY_BYTES = 1 << 20
 DRAIN_LIMIT = 16 << 20  # an over-size body up to this size is read and dropped before the 413
@@ -62,8 +62,8 @@ class LoadedModel:
     """A run's model with its tokenizer mapping (compact vocabulary aware) and a generation lock."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto"):
-        from .train import latest_checkpoint, load_run_model
-        from .vocab import RUN_FILE, load_vocab_map
+        from gptlab.data.vocab import RUN_FILE, load_vocab_map
+        from gptlab.train import latest_checkpoint, load_run_model
 
         self.run_dir = Path(run_dir)
         self.model, self.cfg = load_run_model(self.run_dir, device)
@@ -94,7 +94,7 @@ class LoadedModel:
                seed: int | None = None, stop: list[str] | tuple = (), info: dict | None = None) -> Iterator[str]:
         """Yield text deltas (never splitting a UTF-8 character or emitting part of a stop string). On exit
         `info` holds finish_reason ("stop" or "length") and completion_tokens. Call under `self.lock`."""
-        from .generate import generate_ids
+        from gptlab.posttrain.generate import generate_ids
 
         info = {} if info is None else info
         ids = self._to_model(prompt_ids) or [self.eos_id]
@@ -623,38 +623,4 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_ke
         srv.server_close()
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def _cmd_serve(a) -> int:
-    import os
-
-    key = None
-    if a.api_key_env:
-        key = os.environ.get(a.api_key_env)
-        if not key:
-            raise GptlabError(f"--api-key-env: environment variable {a.api_key_env} is not set or empty")
-    serve(a.run, a.host, a.port, key, a.max_tokens_limit, a.model_name, device=a.device)
-    return 0
-
-
-def register_cli(sub, make_parser) -> None:
-    s = make_parser(sub, "serve", "serve a run with an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)",
-                    "gptlab serve runs/tiny-cpu-sft --port 8000\n"
-                    "MY_KEY=secret gptlab serve runs/tiny-cpu-sft --host 0.0.0.0 --api-key-env MY_KEY\n"
-                    "curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-                    "  -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour.\"}], \"max_tokens\": 20}'")
-    s.add_argument("run", help="run directory (e.g. a `gptlab finetune` output)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--api-key-env", metavar="NAME", help="require 'Authorization: Bearer $NAME' (the key is read "
-                                                         "from this environment variable, never from the command line)")
-    s.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask for")
-    s.add_argument("--model-name", help="the model id reported by /v1/models (default: the run folder's name)")
-    s.add_argument("--device", default="auto")
-    s.set_defaults(fn=_cmd_serve)
-
-
-__all__ = ["make_server", "serve", "LoadedModel", "chat_instruction", "register_cli"]
+__all__ = ["make_server", "serve", "LoadedModel", "chat_instruction", ]

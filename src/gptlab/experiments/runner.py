@@ -33,8 +33,8 @@ from pathlib import Path
 
 import tomli_w
 
-from . import GptlabError
-from .config import deep_merge, parse_overrides, read_config_toml, read_toml
+from gptlab import GptlabError
+from gptlab.config import deep_merge, parse_overrides, read_config_toml, read_toml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -136,8 +136,8 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _resolve(spec: Spec, v: Variant, seed: int, extra: dict | None = None, where: str = ""):
-    from .config import from_dict, resolve_preset, validate
-    from .interventions import apply_interventions
+    from gptlab.config import from_dict, resolve_preset, validate
+    from gptlab.interventions import apply_interventions
 
     raw = spec.raw_config(v, seed, extra)
     cfg = from_dict(raw, where or str(spec.path))
@@ -148,7 +148,7 @@ def _resolve(spec: Spec, v: Variant, seed: int, extra: dict | None = None, where
 
 
 def _metrics_rows(run_dir: Path) -> list[dict]:
-    from .io import read_jsonl
+    from gptlab.io import read_jsonl
 
     by_step: dict[int, dict] = {}
     for r in read_jsonl(run_dir / "metrics.jsonl"):
@@ -180,14 +180,14 @@ def record(db, spec: Spec, v: Variant, seed: int, run_dir: Path) -> dict:
 def print_dry_run(spec: Spec, extra: dict) -> None:
     import torch
 
-    from .flops import flops_per_token, token_budget
-    from .model import GPTModel, count_params
+    from gptlab.model import GPTModel, count_params
+    from gptlab.train.flops import flops_per_token, token_budget
 
     print(f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})")
     print(f"{'run':<30} {'params':>12} {'tokens':>14} {'FLOPs':>9} {'lr':>8} {'wd':>7} {'clip':>5} {'drop':>5} "
           f"{'sched':>8} {'prec':>5} {'published':>9}  interventions")
     total_flops = 0.0
-    from .vocab import resolve_corpus_vocab
+    from gptlab.data.vocab import resolve_corpus_vocab
 
     for v, s in spec.matrix():
         cfg = _resolve(spec, v, s, extra)
@@ -215,7 +215,7 @@ def print_dry_run(spec: Spec, extra: dict) -> None:
         print(f"total {total_flops:.3e} FLOPs; this machine trains the base model at ~{rate:.2e} FLOP/s "
               f"-> estimated {total_flops / rate / 60:.1f} min run one after another")
     else:
-        from .flops import PEAK_FLOPS
+        from gptlab.train.flops import PEAK_FLOPS
 
         node = 8 * PEAK_FLOPS["A100"] * 0.40
         print(f"total {total_flops:.3e} FLOPs; at 40% MFU on 8x A100 (bf16 peak 312 TFLOP/s each): "
@@ -227,9 +227,14 @@ def _measure_flops(cfg) -> float:
     machine, best of two after one warm-up (for time estimates)."""
     import torch
 
-    from .flops import flops_per_token
-    from .model import GPTModel
-    from .train import build_optimizers, forward_backward, resolve_device, resolve_precision
+    from gptlab.model import GPTModel
+    from gptlab.train import (
+        build_optimizers,
+        forward_backward,
+        resolve_device,
+        resolve_precision,
+    )
+    from gptlab.train.flops import flops_per_token
 
     dev = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, dev)
@@ -253,8 +258,8 @@ def _measure_flops(cfg) -> float:
 
 def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int = 1,
                    overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None) -> int:
-    from .report import format_table, write_report, yardstick_summary
-    from .results import ResultsDB
+    from gptlab.experiments.report import format_table, write_report, yardstick_summary
+    from gptlab.experiments.results import ResultsDB
 
     spec = load_spec(spec_path)
     if only:
@@ -275,7 +280,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "runs").mkdir(exist_ok=True)
     (exp_dir / "configs").mkdir(exist_ok=True)
-    from .io import atomic_write_text
+    from gptlab.io import atomic_write_text
 
     atomic_write_text(exp_dir / "spec.toml", spec.path.read_text())
 
@@ -284,7 +289,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
     if not (Path(cfg0.data.dir) / "meta.json").exists():
         if not cfg0.data.source:
             raise GptlabError(f"data.dir: {cfg0.data.dir} has no meta.json; run `gptlab prepare` first")
-        from .data.prepare import prepare
+        from gptlab.data.prepare import prepare
 
         prepare([s.strip() for s in cfg0.data.source.split(",")], cfg0.data.dir, progress=not quiet)
 

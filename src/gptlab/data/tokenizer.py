@@ -10,7 +10,7 @@ from importlib import resources
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-from . import GptlabError
+from gptlab import GptlabError
 
 # GPT-2's pre-tokenisation pattern (the same one tiktoken's "gpt2" encoding uses).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

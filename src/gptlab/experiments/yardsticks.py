@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import GptlabError
+from gptlab import GptlabError
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _mentions_fineweb(data_dir: str, sources: Any) -> bool:
 
 def run_test_set(run_dir: str | Path) -> dict[str, Any] | None:
     """The test-set fields of a run (from its config.toml and meta.json), or None if it has no readable config."""
-    from .config import config_from_run
+    from gptlab.config import config_from_run
 
     try:
         cfg = config_from_run(run_dir)

@@ -34,9 +34,14 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from . import GptlabError
-from .finetune import TEST_FILE, format_input, format_prompt, load_records
-from .io import atomic_write_json
+from gptlab import GptlabError
+from gptlab.io import atomic_write_json
+from gptlab.posttrain.instructions import (
+    TEST_FILE,
+    format_input,
+    format_prompt,
+    load_records,
+)
 
 JUDGE_FILE = "judge.json"
 MAX_LABELS = 26
@@ -255,8 +260,8 @@ def generate_answers(run_dir: str | Path, records: list[dict], *, max_new_tokens
     """The run's answer to each record (the text after "### Response:" up to <|endoftext|>, stripped)."""
     import torch
 
-    from .serve import LoadedModel
-    from .tokenizer import encode
+    from gptlab.data.tokenizer import encode
+    from gptlab.posttrain.serve import LoadedModel
 
     lm = LoadedModel(run_dir, device)
     torch.manual_seed(seed)
@@ -310,7 +315,7 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
     scores in that results.sqlite (run_id: default the run folder's name). `temperature` is the answers'
     (0 = greedy; otherwise sampled with seed + item); the judge is asked at `judge_temperature` (0, as the
     book). Returns the judge.json contents."""
-    from .results import ResultsDB
+    from gptlab.experiments.results import ResultsDB
 
     run_dir = Path(run_dir)
     if retries < 0:
@@ -363,7 +368,7 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
     Default data: the runs' shared held-out test split. With `db`, per-model scores are recorded under
     run_id = name and judge_model = "<judge_model> [compare]". Returns per-model means and per-item rows
     (and writes them to `out` if given)."""
-    from .results import ResultsDB
+    from gptlab.experiments.results import ResultsDB
 
     if not isinstance(run_dirs, dict) or len(run_dirs) < 2:
         raise GptlabError("judge-compare: give at least two runs (name -> run directory)")
@@ -430,99 +435,5 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
     return res
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
-def _cmd_judge(a) -> int:
-    res = judge_run(a.run, a.judge_url, a.judge_model, data_file=a.data, n=a.n, max_new_tokens=a.max_new_tokens,
-                    temperature=a.temperature, judge_temperature=a.judge_temperature, api_key_env=a.api_key_env, db=a.db,
-                    run_id=a.run_id,
-                    retries=a.retries, timeout=a.timeout, seed=a.seed, device=a.device,
-                    judge_max_tokens=a.judge_max_tokens, progress=not a.quiet)
-    if a.json:
-        print(json.dumps({k: v for k, v in res.items() if k != "items"}))
-    else:
-        print(f"{res['run_id']}: mean score {_fmt(res['mean_score'])} / 100 over {res['n_parsed']} item(s) "
-              f"({res['n_unparsed']} unparsed) by {res['judge_model']}; details in {Path(a.run) / JUDGE_FILE}")
-    return 0
-
-
-def _parse_runs(specs: list[str]) -> dict[str, str]:
-    runs: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).resolve().name, spec
-        if not name or not path:
-            raise GptlabError(f"judge-compare: {spec!r}: expected NAME=RUN_DIR or RUN_DIR")
-        if name in runs:
-            raise GptlabError(f"judge-compare: the name {name!r} is given twice; use NAME=RUN_DIR")
-        runs[name] = path
-    return runs
-
-
-def _cmd_compare(a) -> int:
-    res = judge_compare(_parse_runs(a.runs), a.judge_url, a.judge_model, data_file=a.data, n=a.n,
-                        max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                        judge_temperature=a.judge_temperature, api_key_env=a.api_key_env,
-                        db=a.db, retries=a.retries, timeout=a.timeout, seed=a.seed, device=a.device,
-                        judge_max_tokens=a.judge_max_tokens, out=a.out, progress=not a.quiet)
-    if a.json:
-        print(json.dumps({k: v for k, v in res.items() if k != "items"}))
-        return 0
-    print(f"{'model':<28} {'mean score':>10} {'parsed':>7}")
-    for nm, m in sorted(res["models"].items(), key=lambda kv: -(kv[1]["mean_score"] or -1)):
-        print(f"{nm:<28} {_fmt(m['mean_score']):>10} {m['n_parsed']:>7}")
-    print(f"{res['n']} item(s), {res['n_unparsed']} unparsed, judge {res['judge_model']}"
-          + (f"; details in {a.out}" if a.out else ""))
-    return 0
-
-
-def _judge_args(s) -> None:
-    s.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL (…/v1) or …/chat/completions")
-    s.add_argument("--judge-model", required=True, help="model name sent to the judge endpoint")
-    s.add_argument("--data", help="Alpaca-format records (default: the fine-tune's held-out test split)")
-    s.add_argument("--n", type=int, help="judge only the first N items")
-    s.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit for the judged run(s)")
-    s.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the judged run(s) (0 = greedy)")
-    s.add_argument("--judge-temperature", type=float, default=0.0, help="temperature sent to the judge")
-    s.add_argument("--judge-max-tokens", type=int, default=None, help="max_tokens sent to the judge (default: unset)")
-    s.add_argument("--api-key-env", default="JUDGE_API_KEY", metavar="NAME",
-                   help="environment variable holding the judge's API key (default JUDGE_API_KEY; unset = no key)")
-    s.add_argument("--db", help="results.sqlite to record the per-item scores in")
-    s.add_argument("--retries", type=int, default=2, help="re-asks for a reply without a usable score")
-    s.add_argument("--timeout", type=float, default=60, help="seconds per judge request")
-    s.add_argument("--seed", type=int, default=123)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--quiet", action="store_true")
-
-
-def register_cli(sub, make_parser) -> None:
-    s = make_parser(sub, "judge", "score a run's answers to held-out instructions with an LLM judge (0-100)",
-                    "gptlab judge runs/tiny-cpu-sft --judge-url http://127.0.0.1:11434/v1 --judge-model llama3\n"
-                    "JUDGE_API_KEY=... gptlab judge runs/tiny-cpu-sft --judge-url https://HOST/v1 "
-                    "--judge-model MODEL --db experiments/sft/results.sqlite --n 50")
-    s.add_argument("run", help="run directory (a `gptlab finetune` output has a held-out test split)")
-    s.add_argument("--run-id", help="run id for --db (default: the run folder's name)")
-    _judge_args(s)
-    s.set_defaults(fn=_cmd_judge)
-
-    s = make_parser(sub, "judge-compare", "score several runs' answers side by side in one judge prompt per item "
-                                          "(neutral labels, seeded random order)",
-                    "gptlab judge-compare base=runs/sft-baseline rope=runs/sft-rope "
-                    "--judge-url http://127.0.0.1:11434/v1 --judge-model llama3 --out compare.json")
-    s.add_argument("runs", nargs="+", help="NAME=RUN_DIR (or RUN_DIR: named after its folder), at least two")
-    s.add_argument("--out", help="write the per-item rows to this JSON file")
-    _judge_args(s)
-    s.set_defaults(fn=_cmd_compare)
-
-
 __all__ = ["judge_run", "judge_compare", "parse_score", "parse_compare", "compare_order", "score_prompt",
-           "compare_prompt", "chat_url", "JudgeClient", "generate_answers", "register_cli"]
+           "compare_prompt", "chat_url", "JudgeClient", "generate_answers", ]

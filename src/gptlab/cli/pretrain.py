@@ -1,32 +1,18 @@
-"""`gptlab <verb>`: every verb has --help with an example. Errors print one line and exit 2."""
+"""`gptlab prepare`, `train`, `eval`, `generate`, `interventions`, `config` and `plan`: argument parsing and printing only."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
-import textwrap
 from pathlib import Path
 
-from . import GptlabError, __version__
-
-
-def _fmt(x, nd=4):
-    return "-" if x is None else f"{x:.{nd}f}"
-
-
-def _parser(sub, name: str, help_: str, example: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=help_,
-                          epilog="example:\n" + textwrap.indent(example.strip(), "  "),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-# ---- verbs ---------------------------------------------------------------------------------
+from gptlab import GptlabError
+from gptlab.cli.common import fmt, verb_parser
 
 
 def cmd_prepare(a) -> int:
-    from .data.prepare import HFDataset, prepare, unigram_loss
+    from gptlab.data.prepare import HFDataset, prepare, unigram_loss
 
     sources = a.sources or ["bundled"]
     if a.hf_dataset:
@@ -46,8 +32,8 @@ def cmd_prepare(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from .config import load_config
-    from .train import train
+    from gptlab.config import load_config
+    from gptlab.train import train
 
     cfg = load_config(a.config, a.set)
     if a.quiet:
@@ -65,7 +51,7 @@ def cmd_train(a) -> int:
 
 def _unigram(data_dir: str):
     try:
-        from .data.prepare import unigram_loss
+        from gptlab.data.prepare import unigram_loss
 
         return unigram_loss(data_dir)
     except Exception:  # the baseline is informative only
@@ -75,8 +61,8 @@ def _unigram(data_dir: str):
 def print_result_table(rows: list[dict], unigram: float | None = None) -> None:
     print(f"{'run':<28} {'params':>11} {'tokens':>11} {'train':>7} {'val':>7} {'test':>7} {'test ppl':>9} {'tok/s':>9}")
     for r in rows:
-        print(f"{r.get('name', '?'):<28} {r['params']:>11,} {r['tokens']:>11,} {_fmt(r.get('train_loss'), 3):>7} "
-              f"{_fmt(r.get('val_loss'), 3):>7} {_fmt(r.get('test_loss'), 3):>7} {r.get('test_perplexity', 0):>9.1f} "
+        print(f"{r.get('name', '?'):<28} {r['params']:>11,} {r['tokens']:>11,} {fmt(r.get('train_loss'), 3):>7} "
+              f"{fmt(r.get('val_loss'), 3):>7} {fmt(r.get('test_loss'), 3):>7} {r.get('test_perplexity', 0):>9.1f} "
               f"{r.get('tokens_per_s') or 0:>9,.0f}")
     if unigram is not None:
         import math
@@ -88,7 +74,7 @@ def cmd_eval(a) -> int:
     import math
 
     if a.hf_dir:  # a local Hugging Face GPT-2 folder (e.g. OpenAI's GPT-2 small): the seed's yardstick
-        from .hf import eval_hf
+        from gptlab.interop.hf import eval_hf
 
         if not a.data:
             raise GptlabError("--hf-dir needs --data (the prepared data folder to evaluate on)")
@@ -100,9 +86,14 @@ def cmd_eval(a) -> int:
         return 0
     if not a.run:
         raise GptlabError("eval: give a RUN directory or --hf-dir DIR")
-    from .data.loader import TokenDataset
-    from .train import evaluate_loss, load_run_model, resolve_device, resolve_precision
-    from .vocab import load_vocab_map
+    from gptlab.data.loader import TokenDataset
+    from gptlab.data.vocab import load_vocab_map
+    from gptlab.train import (
+        evaluate_loss,
+        load_run_model,
+        resolve_device,
+        resolve_precision,
+    )
 
     model, cfg = load_run_model(a.run, a.device)
     e = cfg.eval
@@ -121,9 +112,9 @@ def cmd_eval(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from .generate import generate_text
-    from .train import load_run_model
-    from .vocab import load_vocab_map
+    from gptlab.data.vocab import load_vocab_map
+    from gptlab.posttrain.generate import generate_text
+    from gptlab.train import load_run_model
 
     model, _ = load_run_model(a.run, a.device)
     text = generate_text(model, a.prompt, a.max_new_tokens, a.temperature, a.top_k or None, a.seed,
@@ -133,17 +124,16 @@ def cmd_generate(a) -> int:
 
 
 def cmd_interventions(a) -> int:
-    from .interventions import describe
+    from gptlab.interventions import describe
 
     print(describe())
     return 0
 
 
 def cmd_config(a) -> int:
-    from .config import load_config
-    from .model import GPTModel, count_params
-
-    from .vocab import resolve_corpus_vocab
+    from gptlab.config import load_config
+    from gptlab.data.vocab import resolve_corpus_vocab
+    from gptlab.model import GPTModel, count_params
 
     cfg = load_config(a.config, a.set)
     resolve_corpus_vocab(cfg)
@@ -152,7 +142,7 @@ def cmd_config(a) -> int:
 
     with torch.device("meta"):
         n = count_params(GPTModel(cfg.model))
-    from .flops import flops_per_token, token_budget
+    from gptlab.train.flops import flops_per_token, token_budget
 
     tokens = token_budget(cfg, n)
     print(f"# params {n:,}  tokens {tokens:,}  FLOPs/token {flops_per_token(cfg.model):.3e}  "
@@ -161,10 +151,10 @@ def cmd_config(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    from .config import load_config
-    from .flops import PEAK_FLOPS, tokens_for_flops
-    from .plan import format_plan, plan
-    from .vocab import resolve_corpus_vocab
+    from gptlab.config import load_config
+    from gptlab.data.vocab import resolve_corpus_vocab
+    from gptlab.plan import format_plan, plan
+    from gptlab.train.flops import PEAK_FLOPS, tokens_for_flops
 
     cfg = load_config(a.config, a.set)
     resolve_corpus_vocab(cfg)
@@ -181,45 +171,8 @@ def cmd_plan(a) -> int:
     return 0
 
 
-def cmd_leaderboard(a) -> int:
-    from .leaderboard import format_leaderboard, leaderboard
-
-    print(format_leaderboard(leaderboard(a.paths or ["experiments"]), "markdown" if a.markdown else "text"))
-    return 0
-
-
-def cmd_experiment(a) -> int:
-    from .experiment import run_experiment
-
-    only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else None
-    return run_experiment(a.spec, out=a.out, dry_run=a.dry_run, parallel=a.parallel, overrides=a.set,
-                          quiet=a.quiet, only=only)
-
-
-def cmd_report(a) -> int:
-    from .report import format_table, write_report, yardstick_summary
-
-    res = write_report(a.exp_dir, baseline=a.baseline)
-    print(format_table(res["rows"], style="text"))
-    print(yardstick_summary(res["yardsticks"]))
-    print(f"wrote {res['markdown']} and {res['html']}")
-    return 0
-
-
-# ---- parser --------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gptlab", description="Train GPT-2-class base models from scratch and find out, with honest "
-                                "statistics, which recipe changes really help.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="start here:\n  gptlab prepare --out data/shakespeare\n"
-                                       "  gptlab train --config configs/tiny-cpu.toml\n"
-                                       "  gptlab experiment configs/experiments/seed-interventions.toml")
-    p.add_argument("--version", action="version", version=f"gptlab {__version__}")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    s = _parser(sub, "prepare", "tokenise text into uint16 shards with a train/val/test split by document",
+def register(sub) -> None:
+    s = verb_parser(sub, "prepare", "tokenise text into uint16 shards with a train/val/test split by document",
                 "gptlab prepare --out data/shakespeare                     # the bundled corpus\n"
                 "gptlab prepare ~/fineweb/sample/10BT --out data/fineweb    # a folder of parquet files\n"
                 "gptlab prepare notes.jsonl --text-field body --out data/notes\n"
@@ -244,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=0, help="tokeniser processes (0 = all cores)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_prepare)
-
-    s = _parser(sub, "train", "train a model (one process, or many under torchrun)",
+    s = verb_parser(sub, "train", "train a model (one process, or many under torchrun)",
                 "gptlab train --config configs/tiny-cpu.toml\n"
                 "gptlab train --config configs/tiny-cpu.toml --set train.lr=1e-3 --set model.drop_rate=0\n"
                 "gptlab train --config configs/tiny-cpu.toml --run-dir runs/tiny-cpu --resume\n"
@@ -257,8 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
-
-    s = _parser(sub, "eval", "loss and perplexity of a run's latest checkpoint on a split",
+    s = verb_parser(sub, "eval", "loss and perplexity of a run's latest checkpoint on a split",
                 "gptlab eval runs/tiny-cpu --split test\ngptlab eval runs/tiny-cpu --split val --batches 20 --json\n"
                 "gptlab eval --hf-dir ~/models/gpt2 --data data/fineweb10B --split val --offset 50000000 "
                 "--batches 3200 --batch-size 6   # OpenAI GPT-2 small on the seed's test set")
@@ -273,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_eval)
-
-    s = _parser(sub, "generate", "sample text from a run's latest checkpoint",
+    s = verb_parser(sub, "generate", "sample text from a run's latest checkpoint",
                 'gptlab generate runs/tiny-cpu --prompt "To be, or not" --max-new-tokens 40 --temperature 0.8 --top-k 50')
     s.add_argument("run")
     s.add_argument("--prompt", required=True)
@@ -284,18 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--device", default="auto")
     s.set_defaults(fn=cmd_generate)
-
-    s = _parser(sub, "interventions", "list the registered interventions with their parameters and sources",
+    s = verb_parser(sub, "interventions", "list the registered interventions with their parameters and sources",
                 "gptlab interventions")
     s.set_defaults(fn=cmd_interventions)
-
-    s = _parser(sub, "config", "print the resolved config, parameter count and FLOPs",
+    s = verb_parser(sub, "config", "print the resolved config, parameter count and FLOPs",
                 "gptlab config configs/gpt2-small-baseline.toml\ngptlab config configs/tiny-cpu.toml --set interventions=[\"qkv_bias\"]")
     s.add_argument("config", nargs="?")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_config)
-
-    s = _parser(sub, "plan", "what a config costs: FLOPs, tokens, wall time, price, memory per GPU, grad accumulation",
+    s = verb_parser(sub, "plan", "what a config costs: FLOPs, tokens, wall time, price, memory per GPU, grad accumulation",
                 "gptlab plan configs/gpt2-small-baseline.toml --gpus 8 --gpu-type A100\n"
                 "gptlab plan configs/gpt2-small-baseline.toml --gpus 1 --gpu-type RTX3090 --gpu-hours 48   # the seed's 2 days")
     s.add_argument("config")
@@ -308,55 +255,3 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flops", type=float, help="FLOP budget: set the token budget from it")
     s.add_argument("--gpu-hours", type=float, help="FLOP budget as GPU-hours of --gpu-type at --mfu")
     s.set_defaults(fn=cmd_plan)
-
-    s = _parser(sub, "experiment", "run a matrix of variants x seeds, record results.sqlite, write the report",
-                "gptlab experiment configs/experiments/seed-interventions.toml\n"
-                "gptlab experiment configs/experiments/seed-interventions.toml --dry-run\n"
-                "gptlab experiment configs/experiments/seed-interventions.toml --parallel 2")
-    s.add_argument("spec", help="experiment TOML")
-    s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
-    s.add_argument("--dry-run", action="store_true", help="print the matrix, tokens, FLOPs and estimated time")
-    s.add_argument("--parallel", type=int, default=1, help="runs at a time")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    s.add_argument("--only", metavar="V1,V2", help="run only these variants (and the baseline); re-run later for the rest")
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(fn=cmd_experiment)
-
-    s = _parser(sub, "leaderboard", "every variant of every experiment: loss, CI, delta vs its baseline, verdict",
-                "gptlab leaderboard\ngptlab leaderboard experiments/modern --markdown")
-    s.add_argument("paths", nargs="*", help="experiment folders or results.sqlite files (default: experiments/)")
-    s.add_argument("--markdown", action="store_true")
-    s.set_defaults(fn=cmd_leaderboard)
-
-    s = _parser(sub, "report", "statistics, plots and verdicts for an experiment folder",
-                "gptlab report experiments/seed-interventions")
-    s.add_argument("exp_dir")
-    s.add_argument("--baseline", default="baseline")
-    s.set_defaults(fn=cmd_report)
-
-    from . import finetune as _ft
-    from . import judge as _judge
-    from . import serve as _serve
-
-    from .hf import register_cli as _hf_cli
-
-    for mod in (_ft, _serve, _judge):
-        mod.register_cli(sub, _parser)
-    _hf_cli(sub, _parser)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args) or 0
-    except GptlabError as e:
-        print(f"gptlab: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gptlab: interrupted (completed checkpoints are kept; re-run with --resume)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import GptlabError
-from .tokenizer import EOT_ID, VOCAB_SIZE
+from gptlab import GptlabError
+from gptlab.data.tokenizer import EOT_ID, VOCAB_SIZE
 
 CACHE = "corpus_vocab.npy"
 RUN_FILE = "vocab_map.npy"
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from .io import atomic_write
+    from gptlab.io import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -60,7 +60,7 @@ class VocabMap:
 
 def corpus_vocab(data_dir: str | Path) -> VocabMap:
     """Sorted distinct token ids over every split (cached in the data folder)."""
-    from .data.loader import TokenDataset, read_meta
+    from gptlab.data.loader import TokenDataset, read_meta
     data_dir = Path(data_dir)
     cache = data_dir / CACHE
     meta = read_meta(data_dir)

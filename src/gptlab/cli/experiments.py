@@ -1,0 +1,55 @@
+"""`gptlab experiment`, `leaderboard` and `report`: argument parsing and printing only."""
+
+from __future__ import annotations
+
+from gptlab.cli.common import verb_parser
+
+
+def cmd_experiment(a) -> int:
+    from gptlab.experiments.runner import run_experiment
+
+    only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else None
+    return run_experiment(a.spec, out=a.out, dry_run=a.dry_run, parallel=a.parallel, overrides=a.set,
+                          quiet=a.quiet, only=only)
+
+
+def cmd_leaderboard(a) -> int:
+    from gptlab.experiments.leaderboard import format_leaderboard, leaderboard
+
+    print(format_leaderboard(leaderboard(a.paths or ["experiments"]), "markdown" if a.markdown else "text"))
+    return 0
+
+
+def cmd_report(a) -> int:
+    from gptlab.experiments.report import format_table, write_report, yardstick_summary
+
+    res = write_report(a.exp_dir, baseline=a.baseline)
+    print(format_table(res["rows"], style="text"))
+    print(yardstick_summary(res["yardsticks"]))
+    print(f"wrote {res['markdown']} and {res['html']}")
+    return 0
+
+
+def register(sub) -> None:
+    s = verb_parser(sub, "experiment", "run a matrix of variants x seeds, record results.sqlite, write the report",
+                "gptlab experiment configs/experiments/seed-interventions.toml\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --dry-run\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --parallel 2")
+    s.add_argument("spec", help="experiment TOML")
+    s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
+    s.add_argument("--dry-run", action="store_true", help="print the matrix, tokens, FLOPs and estimated time")
+    s.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    s.add_argument("--only", metavar="V1,V2", help="run only these variants (and the baseline); re-run later for the rest")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_experiment)
+    s = verb_parser(sub, "leaderboard", "every variant of every experiment: loss, CI, delta vs its baseline, verdict",
+                "gptlab leaderboard\ngptlab leaderboard experiments/modern --markdown")
+    s.add_argument("paths", nargs="*", help="experiment folders or results.sqlite files (default: experiments/)")
+    s.add_argument("--markdown", action="store_true")
+    s.set_defaults(fn=cmd_leaderboard)
+    s = verb_parser(sub, "report", "statistics, plots and verdicts for an experiment folder",
+                "gptlab report experiments/seed-interventions")
+    s.add_argument("exp_dir")
+    s.add_argument("--baseline", default="baseline")
+    s.set_defaults(fn=cmd_report)

@@ -1,0 +1,1 @@
+"""Experiments: the matrix spec and runner, results database, statistics, report, leaderboard, yardsticks."""
