@@ -27,13 +27,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from gptlab import GptlabError
 from gptlab.data.tokenizer import EOT_ID
@@ -41,11 +38,10 @@ from gptlab.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    commit_dir,
     file_sha256,
 )
+from gptlab.model import GPTModel
 from gptlab.posttrain.instructions import (
-    IGNORE_INDEX,
     TEST_FILE,
     build_example,
     collate,
@@ -53,97 +49,24 @@ from gptlab.posttrain.instructions import (
     load_records,
     split_indices,
 )
+from gptlab.train import (
+    OptimSettings,
+    RunLock,
+    Trainer,
+    latest_checkpoint,
+    load_model_weights,
+    resolve_device,
+    resolve_precision,
+)
+from gptlab.train.checkpoint import drop_training_state, pointed
+from gptlab.train.evaluate import loss_sum
+from gptlab.train.metrics import progress_bar
 
 SPLIT_FILE = "split.json"
 RESULT_FILE = "finetune.json"
 # arguments that must match when a fine-tune is resumed
 _RESUME_KEYS = ("base_run", "data_sha256", "lr", "batch_size", "max_len", "val_frac", "test_frac", "seed",
                 "weight_decay", "dropout", "grad_clip")
-
-
-_sha256 = file_sha256
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints: checkpoints/step_N dirs; `latest` -> best weights, `resume` -> newest training state
-# --------------------------------------------------------------------------------------------
-
-
-def _write_ckpt(out_dir: Path, step: int, model, opt, state: dict) -> str:
-    from safetensors.torch import save_model
-
-    ckdir = out_dir / "checkpoints"
-    name = f"step_{step:07d}"
-    final, tmp = ckdir / name, ckdir / f".tmp_{name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, tmp / "rng.pt")
-    atomic_write_json(tmp / "state.json", state)
-    commit_dir(tmp, final)
-    return name
-
-
-def _pointer(out_dir: Path, which: str) -> str | None:
-    p = out_dir / "checkpoints" / which
-    if not p.is_file():
-        return None
-    name = p.read_text().strip()
-    return name if (out_dir / "checkpoints" / name).is_dir() else None
-
-
-def _prune(out_dir: Path) -> None:
-    """Keep only the best (latest) and resume checkpoints; the best one needs no optimizer state."""
-    ckdir = out_dir / "checkpoints"
-    keep = {_pointer(out_dir, "latest"), _pointer(out_dir, "resume")}
-    for p in ckdir.glob("step_*"):
-        if p.is_dir() and p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
-    best, res = _pointer(out_dir, "latest"), _pointer(out_dir, "resume")
-    if best and best != res:
-        for f in ("optimizer.pt", "rng.pt"):
-            (ckdir / best / f).unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Loss
-# --------------------------------------------------------------------------------------------
-
-
-def _masked_loss(model, x, y, precision, device, reduction="mean"):
-    from gptlab.train import autocast_ctx
-
-    with autocast_ctx(precision, device):
-        logits = model(x)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction)
-
-
-@torch.no_grad()
-def masked_eval_loss(model, examples, batch_size, pad_id, device, precision) -> float | None:
-    """Mean cross-entropy over response targets (nats/token); None for an empty set."""
-    if not examples:
-        return None
-    was = model.training
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    total, count = 0.0, 0
-    for s in range(0, len(order), batch_size):
-        x, y = collate([examples[i] for i in order[s:s + batch_size]], pad_id)
-        x, y = x.to(device), y.to(device)
-        total += float(_masked_loss(model, x, y, precision, device, reduction="sum"))
-        count += int((y != IGNORE_INDEX).sum())
-    model.train(was)
-    return total / count if count else None
-
-
-# --------------------------------------------------------------------------------------------
-# Fine-tuning
-# --------------------------------------------------------------------------------------------
 
 
 def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *, epochs: int = 2,
@@ -161,14 +84,6 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
     """
     from gptlab.config import config_from_run
     from gptlab.data.vocab import RUN_FILE, load_vocab_map
-    from gptlab.model import GPTModel
-    from gptlab.train import (
-        RunLock,
-        latest_checkpoint,
-        load_model_weights,
-        resolve_device,
-        resolve_precision,
-    )
 
     run_dir, out_dir, data_path = Path(run_dir), Path(out_dir), Path(data_file)
     for name, v, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
@@ -196,7 +111,7 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
         raise GptlabError(f"{run_dir / RUN_FILE}: {len(vm)} ids but model.vocab_size is {cfg.model.vocab_size}")
     pad_id = int(vm.lut[EOT_ID]) if vm is not None else EOT_ID
     args = {"base_run": str(run_dir.resolve()), "base_checkpoint": base_ck.name, "data_file": str(data_path.resolve()),
-            "data_sha256": _sha256(data_path), "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "data_sha256": file_sha256(data_path), "epochs": epochs, "lr": lr, "batch_size": batch_size,
             "max_len": max_len, "val_frac": val_frac, "test_frac": test_frac, "seed": seed,
             "weight_decay": weight_decay, "dropout": cfg.model.drop_rate if dropout is None else dropout,
             "patience": patience, "grad_clip": grad_clip}
@@ -228,163 +143,174 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
             atomic_write_json(out_dir / TEST_FILE, [records[i] for i in split["test"]])
             atomic_write_json(split_path, {"args": args, "n_records": len(records), "split": split,
                                            "test_file": TEST_FILE})
-        return _finetune(cfg, run_dir, out_dir, records, split, args, vm, pad_id, epochs, resume, device,
-                         progress, checkpoint_interval, stop_after, GPTModel, load_model_weights,
-                         resolve_device, resolve_precision, base_ck)
+        job = FineTuning(cfg, out_dir, records, split, args, vm, pad_id, resolve_device(device))
+        return job.run(base_ck, epochs, resume, progress, checkpoint_interval, stop_after)
 
 
-def _finetune(cfg, run_dir, out_dir, records, split, args, vm, pad_id, epochs, resume, device, progress,
-              checkpoint_interval, stop_after, GPTModel, load_model_weights, resolve_device, resolve_precision,
-              base_ck) -> dict:
-    dev = resolve_device(device)
-    precision = resolve_precision("auto", dev)
-    max_len, bs, seed = args["max_len"], args["batch_size"], args["seed"]
 
-    stats = {"unknown_tokens": 0}
+def masked_eval_loss(model, examples, batch_size, pad_id, device, precision) -> float | None:
+    """Mean cross-entropy over response targets (nats/token); None for an empty set."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    batches = (collate([examples[i] for i in order[s:s + batch_size]], pad_id)
+               for s in range(0, len(order), batch_size))
+    total, count = loss_sum(model, batches, device, precision)
+    return total / count if count else None
 
-    def examples(part: str) -> tuple[list, int]:
-        ex = [build_example(records[i], max_len, vm, stats) for i in split[part]]
+
+class FineTuning:
+    """The loop of one fine-tune: epochs of length-grouped batches through a Trainer, validation at each epoch's
+    end (the best epoch's weights are `checkpoints/latest`), early stopping, resumable checkpoints
+    (`checkpoints/resume`), and finetune.json after every epoch."""
+
+    def __init__(self, cfg, out_dir: Path, records: list[dict], split: dict, args: dict, vm, pad_id: int,
+                 device: torch.device):
+        self.cfg, self.out_dir, self.records, self.split, self.args = cfg, out_dir, records, split, args
+        self.pad_id, self.device = pad_id, device
+        self.precision = resolve_precision("auto", device)
+        self.unknown = {"unknown_tokens": 0}
+        self.train_ex, drop_train = self._examples("train", vm)
+        self.val_ex, drop_val = self._examples("val", vm)
+        self.test_ex, drop_test = self._examples("test", vm)
+        self.dropped = {"train": drop_train, "val": drop_val, "test": drop_test}
+        if not self.train_ex:
+            raise GptlabError(f"{args['data_file']}: no training record fits max_len={args['max_len']} tokens with "
+                              f"at least one response token")
+        self.n_batches = math.ceil(len(self.train_ex) / args["batch_size"])
+        self.extra: dict = {}
+
+    def _examples(self, part: str, vm) -> tuple[list, int]:
+        ex = [build_example(self.records[i], self.args["max_len"], vm, self.unknown) for i in self.split[part]]
         kept = [e for e in ex if e is not None]
         return kept, len(ex) - len(kept)
 
-    train_ex, drop_train = examples("train")
-    val_ex, drop_val = examples("val")
-    test_ex, drop_test = examples("test")
-    if not train_ex:
-        raise GptlabError(f"{args['data_file']}: no training record fits max_len={max_len} tokens with at least "
-                          f"one response token")
-    lengths = [len(ids) for ids, _ in train_ex]
-    n_batches = math.ceil(len(train_ex) / bs)
+    def _val_loss(self, examples) -> float | None:
+        return masked_eval_loss(self.trainer.model, examples, self.args["batch_size"], self.pad_id, self.device,
+                                self.precision) if examples else None
 
-    torch.manual_seed(seed)
-    mcfg = dataclasses.replace(cfg.model, drop_rate=args["dropout"])
-    model = GPTModel(mcfg)
-    opt_kwargs = {"fused": True} if dev.type == "cuda" else {}
-    resume_name = _pointer(out_dir, "resume") if resume else None
-    state: dict
-    if resume_name is not None:
-        ck = out_dir / "checkpoints" / resume_name
-        load_model_weights(model, ck / "model.safetensors")
-        model.to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=args["weight_decay"], **opt_kwargs)
+    # ---- setup ---------------------------------------------------------------------------------
+
+    def _start(self, base_ck: Path, resume: bool) -> None:
+        args = self.args
+        torch.manual_seed(args["seed"])
+        model = GPTModel(dataclasses.replace(self.cfg.model, drop_rate=args["dropout"]))
+        resume_ck = pointed(self.out_dir, "resume") if resume else None
+        if resume_ck is None:
+            load_model_weights(model, base_ck / "model.safetensors")
+        model.to(self.device)
+        self.trainer = Trainer(model, OptimSettings(lr=args["lr"], weight_decay=args["weight_decay"]), self.device,
+                               self.precision, grad_clip=args["grad_clip"])
+        if resume_ck is not None:
+            self.state = self.trainer.restore(resume_ck)
+        else:
+            self.state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best_val": None, "best_epoch": None,
+                          "bad_epochs": 0, "loss_sum": 0.0, "loss_n": 0, "stopped_early": False, "wall_time": 0.0,
+                          "val_loss_before": self._val_loss(self.val_ex)}
+        if self.state["batch"] >= self.n_batches:  # the checkpoint closed an epoch
+            self.state.update(epoch=self.state["epoch"] + 1, batch=0, loss_sum=0.0, loss_n=0)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(self, base_ck: Path, epochs: int, resume: bool, progress: bool, checkpoint_interval: int,
+            stop_after: int | None) -> dict:
+        self._start(base_ck, resume)
+        s, nb = self.state, self.n_batches
+        self.bar = progress_bar(epochs * nb, min(epochs * nb, (s["epoch"] - 1) * nb + s["batch"]),
+                                f"finetune {self.out_dir.name}", progress)
+        self.t0, self.wall0, self.steps_this_call = time.time(), s["wall_time"], 0
+        self.trainer.model.train()
         try:
-            opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True))
-            rng = torch.load(ck / "rng.pt", weights_only=True)
-            state = json.loads((ck / "state.json").read_text())
-        except (OSError, RuntimeError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise GptlabError(f"{ck}: unreadable checkpoint state ({str(e).splitlines()[0][:200]})") from None
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-    else:
-        load_model_weights(model, base_ck / "model.safetensors")
-        model.to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=args["weight_decay"], **opt_kwargs)
-        state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best_val": None, "best_epoch": None,
-                 "bad_epochs": 0, "loss_sum": 0.0, "loss_n": 0, "stopped_early": False, "wall_time": 0.0,
-                 "val_loss_before": masked_eval_loss(model, val_ex, bs, pad_id, dev, precision)}
-    if state["batch"] >= n_batches:  # the checkpoint closed an epoch
-        state.update(epoch=state["epoch"] + 1, batch=0, loss_sum=0.0, loss_n=0)
+            while s["epoch"] <= epochs and not s["stopped_early"]:
+                if not self._epoch(checkpoint_interval, stop_after):
+                    atomic_write_json(self.out_dir / RESULT_FILE, self.summary(False))
+                    return self.summary(False) | {"stopped_at": s["step"]}
+                self._end_epoch()
+                atomic_write_json(self.out_dir / RESULT_FILE, self.summary(False))
+                if stop_after is not None and self.steps_this_call >= stop_after and s["epoch"] <= epochs \
+                        and not s["stopped_early"]:
+                    return self.summary(False) | {"stopped_at": s["step"]}
+        finally:
+            if self.bar:
+                self.bar.close()
+        return self._finish()
 
-    def summary(finished: bool) -> dict:
-        res = {
-            "base_run": args["base_run"], "base_checkpoint": args["base_checkpoint"], "data_file": args["data_file"],
-            "records": len(records), "split": {k: len(v) for k, v in split.items()},
-            "dropped_too_long": {"train": drop_train, "val": drop_val, "test": drop_test},
-            "unknown_tokens": stats["unknown_tokens"],
-            "args": args, "epochs_run": len(state["history"]), "steps": state["step"],
-            "history": state["history"], "val_loss_before": state["val_loss_before"],
-            "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"],
-            "stopped_early": state["stopped_early"], "device": str(dev), "precision": precision,
-            "wall_time": state["wall_time"], "finished": finished,
-        }
-        res.update(extra)
+    def _epoch(self, checkpoint_interval: int, stop_after: int | None) -> bool:
+        """Train the rest of the current epoch; False when interrupted by `stop_after` (after a checkpoint)."""
+        s, args = self.state, self.args
+        epoch = s["epoch"]
+        batches = epoch_batches([len(ids) for ids, _ in self.train_ex], args["batch_size"], args["seed"], epoch)
+        for b in range(s["batch"], self.n_batches):
+            res = self.trainer.step([collate([self.train_ex[i] for i in batches[b]], self.pad_id)], accum=1)
+            if not res.ok:
+                raise GptlabError(f"{self.out_dir}: non-finite loss at epoch {epoch}, batch {b + 1}; lower --lr "
+                                  f"(last good checkpoint: {self._pointer('resume') or 'none'})")
+            s["loss_sum"] += res.loss
+            s["loss_n"] += 1
+            s["batch"], s["step"] = b + 1, s["step"] + 1
+            self.steps_this_call += 1
+            if self.bar:
+                self.bar.update(1)
+                self.bar.set_postfix(epoch=epoch, loss=f"{res.loss:.3f}")
+            if b + 1 == self.n_batches:
+                break
+            interrupted = stop_after is not None and self.steps_this_call >= stop_after
+            if interrupted or (checkpoint_interval and s["step"] % checkpoint_interval == 0):
+                self._save(("resume",))
+            if interrupted:
+                return False
+        return True
+
+    def _end_epoch(self) -> None:
+        """Validate, keep the best weights as `latest`, count epochs without improvement."""
+        s = self.state
+        epoch, val = s["epoch"], self._val_loss(self.val_ex)
+        s["history"].append({"epoch": epoch, "step": s["step"], "train_loss": s["loss_sum"] / max(1, s["loss_n"]),
+                             "val_loss": val})
+        better = val is None or s["best_val"] is None or val < s["best_val"]
+        if better:
+            s["best_val"], s["best_epoch"], s["bad_epochs"] = val, epoch, 0
+        else:
+            s["bad_epochs"] += 1
+            if self.args["patience"] and s["bad_epochs"] >= self.args["patience"]:
+                s["stopped_early"] = True
+        if self.bar:
+            self.bar.set_postfix(epoch=epoch, val=f"{val:.3f}" if val is not None else "-")
+        self._save(("latest", "resume") if better else ("resume",))
+        s.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_n=0)
+
+    def _save(self, pointers: tuple[str, ...]) -> None:
+        """Checkpoint with `pointers`; keep only the best (latest) and resume ones, the best without optimizer."""
+        self.state["wall_time"] = self.wall0 + time.time() - self.t0
+        self.trainer.save(self.out_dir, self.state["step"], self.state, pointers=pointers, keep=0)
+        best, res = pointed(self.out_dir, "latest"), pointed(self.out_dir, "resume")
+        if best and best != res:
+            drop_training_state(best)
+
+    def _pointer(self, name: str) -> str | None:
+        ck = pointed(self.out_dir, name)
+        return ck.name if ck else None
+
+    def _finish(self) -> dict:
+        """Test loss of the best weights."""
+        best = pointed(self.out_dir, "latest")
+        if best and best != pointed(self.out_dir, "resume"):
+            load_model_weights(self.trainer.model, best / "model.safetensors")
+        self.extra["test_loss"] = self._val_loss(self.test_ex)
+        res = self.summary(True)
+        atomic_write_json(self.out_dir / RESULT_FILE, res)
         return res
 
-    extra: dict = {}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=epochs * n_batches, initial=min(epochs * n_batches, (state["epoch"] - 1) * n_batches
-                                                         + state["batch"]),
-                   desc=f"finetune {out_dir.name}", unit="step", dynamic_ncols=True, file=sys.stderr)
-    t0 = time.time()
-    wall0 = state["wall_time"]
-    steps_this_call = 0
-    model.train()
-
-    def save(pointers: tuple[str, ...]) -> None:
-        state["wall_time"] = wall0 + time.time() - t0
-        name = _write_ckpt(out_dir, state["step"], model, opt, state)
-        for p in pointers:
-            atomic_write_text(out_dir / "checkpoints" / p, name + "\n")
-        _prune(out_dir)
-
-    try:
-        while state["epoch"] <= epochs and not state["stopped_early"]:
-            epoch = state["epoch"]
-            batches = epoch_batches(lengths, bs, seed, epoch)
-            for b in range(state["batch"], n_batches):
-                x, y = collate([train_ex[i] for i in batches[b]], pad_id)
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                loss = _masked_loss(model, x, y, precision, dev)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if args["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args["grad_clip"])
-                opt.step()
-                lv = float(loss.detach())
-                if not math.isfinite(lv):
-                    raise GptlabError(f"{out_dir}: non-finite loss at epoch {epoch}, batch {b + 1}; lower --lr "
-                                      f"(last good checkpoint: {_pointer(out_dir, 'resume') or 'none'})")
-                state["loss_sum"] += lv
-                state["loss_n"] += 1
-                state["batch"] = b + 1
-                state["step"] += 1
-                steps_this_call += 1
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{lv:.3f}")
-                if b + 1 == n_batches:
-                    break
-                interrupted = stop_after is not None and steps_this_call >= stop_after
-                if interrupted or (checkpoint_interval and state["step"] % checkpoint_interval == 0):
-                    save(("resume",))
-                if interrupted:
-                    atomic_write_json(out_dir / RESULT_FILE, summary(False))
-                    return summary(False) | {"stopped_at": state["step"]}
-            # end of epoch: validate, keep the best
-            val = masked_eval_loss(model, val_ex, bs, pad_id, dev, precision)
-            state["history"].append({"epoch": epoch, "step": state["step"],
-                                     "train_loss": state["loss_sum"] / max(1, state["loss_n"]), "val_loss": val})
-            better = val is None or state["best_val"] is None or val < state["best_val"]
-            if better:
-                state["best_val"], state["best_epoch"], state["bad_epochs"] = val, epoch, 0
-            else:
-                state["bad_epochs"] += 1
-                if args["patience"] and state["bad_epochs"] >= args["patience"]:
-                    state["stopped_early"] = True
-            if bar:
-                bar.set_postfix(epoch=epoch, val=f"{val:.3f}" if val is not None else "-")
-            save(("latest", "resume") if better else ("resume",))
-            state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_n=0)
-            atomic_write_json(out_dir / RESULT_FILE, summary(False))
-            if stop_after is not None and steps_this_call >= stop_after and state["epoch"] <= epochs \
-                    and not state["stopped_early"]:
-                return summary(False) | {"stopped_at": state["step"]}
-    finally:
-        if bar:
-            bar.close()
-
-    # test loss of the best weights
-    best = _pointer(out_dir, "latest")
-    if best and best != _pointer(out_dir, "resume"):
-        load_model_weights(model, out_dir / "checkpoints" / best / "model.safetensors")
-    extra["test_loss"] = masked_eval_loss(model, test_ex, bs, pad_id, dev, precision)
-    res = summary(True)
-    atomic_write_json(out_dir / RESULT_FILE, res)
-    return res
+    def summary(self, finished: bool) -> dict:
+        s, a = self.state, self.args
+        return {
+            "base_run": a["base_run"], "base_checkpoint": a["base_checkpoint"], "data_file": a["data_file"],
+            "records": len(self.records), "split": {k: len(v) for k, v in self.split.items()},
+            "dropped_too_long": self.dropped, "unknown_tokens": self.unknown["unknown_tokens"],
+            "args": a, "epochs_run": len(s["history"]), "steps": s["step"],
+            "history": s["history"], "val_loss_before": s["val_loss_before"],
+            "best_epoch": s["best_epoch"], "best_val_loss": s["best_val"],
+            "stopped_early": s["stopped_early"], "device": str(self.device), "precision": self.precision,
+            "wall_time": s["wall_time"], "finished": finished, **self.extra,
+        }
 
 
-__all__ = ["finetune", "masked_eval_loss"]
+__all__ = ["finetune", "masked_eval_loss", "FineTuning"]

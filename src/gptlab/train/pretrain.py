@@ -1,0 +1,267 @@
+"""Pretraining: `gptlab train`, one process or many under torchrun (`torchrun --nproc_per_node N -m gptlab train`).
+
+train() holds the run directory (lock, config, meta.json), builds the model and a Trainer, and runs the loop:
+the lr schedule, the global batch of each step (a function of data.data_seed and the step only, so runs of an
+experiment see the same batches and a resumed run the batches it would have seen), the NaN policy, val loss every
+eval_interval steps, checkpoints every checkpoint_interval steps, and at the end val and test loss in final.json."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptlab import GptlabError
+from gptlab.config import RunConfig, save_config
+from gptlab.io import atomic_write_json
+from gptlab.model import GPTModel, count_params
+from gptlab.train.checkpoint import latest_checkpoint, remove_partial
+from gptlab.train.distributed import Dist, resolve_device, resolve_precision
+from gptlab.train.evaluate import evaluate_loss
+from gptlab.train.flops import device_peak_flops, flops_per_token, mfu, token_budget
+from gptlab.train.metrics import TrainLog, median_tokens_per_s
+from gptlab.train.optim import OptimSettings
+from gptlab.train.rundir import RunLock, environment, prepare_run_dir
+from gptlab.train.schedule import lr_factor
+from gptlab.train.trainer import Trainer
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train `cfg` in `run_dir`. `stop_after`: stop (with a checkpoint) after that many optimizer steps —
+    used by tests to simulate an interruption. Returns the final metrics (or progress when stopped)."""
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    dist_ = Dist.from_env(device.type)
+    try:
+        if dist_.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        dist_.barrier()
+        with RunLock(run_dir) if dist_.main else contextlib.nullcontext():
+            return Pretraining(cfg, run_dir, resume, device, dist_).run(stop_after)
+    finally:
+        dist_.close()
+
+
+@dataclass
+class Progress:
+    """What the loop carries from step to step and across a resume (state.json)."""
+    step: int = 0
+    skips: int = 0  # batches skipped for non-finite loss/gradients (nan_policy = "skip")
+    lr_scale: float = 1.0  # halved at each skip
+
+
+class Pretraining:
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device, dist_: Dist):
+        self.cfg, self.run_dir, self.resume, self.device, self.dist = cfg, run_dir, resume, device, dist_
+        self.tokens_seen = 0  # by all ranks in this process's lifetime (the tokens/s fallback)
+
+    # ---- setup ---------------------------------------------------------------------------------
+
+    def _open_data(self) -> None:
+        from gptlab.data.loader import SequenceSampler, TokenDataset
+
+        cfg, t, device, dist_ = self.cfg, self.cfg.train, self.device, self.dist
+        self.T = cfg.model.context_length
+        if t.global_batch_size % (t.micro_batch_size * dist_.world):
+            raise GptlabError(f"train.global_batch_size: {t.global_batch_size} is not divisible by micro_batch_size "
+                              f"x world size ({t.micro_batch_size} x {dist_.world})")
+        self.accum = t.global_batch_size // (t.micro_batch_size * dist_.world)
+        self.precision = resolve_precision(t.precision, device)
+        if self.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise GptlabError("train.precision: bf16 is not supported on this GPU; use fp16")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = t.tf32
+            torch.backends.cudnn.allow_tf32 = t.tf32
+        self.train_ds = TokenDataset(cfg.data.dir, "train")
+        self.val_ds = TokenDataset(cfg.data.dir, "val")
+        self.sampler = SequenceSampler(self.train_ds, self.T, cfg.data.data_seed)
+        self.test_ds = TokenDataset(cfg.data.dir, cfg.eval.split)
+        _check_eval_spec(cfg, self.test_ds, self.T)  # fail before training, not after
+        if self.vmap is None and self.train_ds.meta.get("vocab_size", 50257) > cfg.model.vocab_size:
+            raise GptlabError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
+                              f"({self.train_ds.meta['vocab_size']})")
+
+    def _build(self) -> None:
+        t, m, rank = self.cfg.train, self.cfg.model, self.dist.rank
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        model = GPTModel(m).to(self.device)
+        torch.manual_seed(t.seed * 1000 + rank + 1)  # dropout masks differ between ranks
+        model.activation_checkpointing = t.activation_checkpointing
+        self.n_params = count_params(model)
+        self.tokens_budget = token_budget(self.cfg, self.n_params)
+        self.step_tokens = t.global_batch_size * self.T
+        self.total_steps = max(1, math.ceil(self.tokens_budget / self.step_tokens))
+        self.trainer = Trainer(model, OptimSettings.of(self.cfg), self.device, self.precision, self.dist,
+                               grad_clip=t.grad_clip, z_loss=t.z_loss, compile=t.compile, fsdp=t.fsdp)
+
+    def _start_or_resume(self) -> Progress:
+        ck = latest_checkpoint(self.run_dir) if self.resume else None
+        if ck is None:
+            if self.dist.main:
+                self._write_run_files()
+            return Progress()
+        state = self.trainer.restore(ck)
+        # the global batch of a step does not depend on the number of ranks, so resuming on another
+        # number of ranks continues the same data order (dropout RNG of new ranks starts fresh)
+        if self.dist.main:
+            remove_partial(self.run_dir)
+        return Progress(state["step"], state.get("skips", 0), state.get("lr_scale", 1.0))
+
+    def _write_run_files(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        if self.vmap is not None:
+            self.vmap.save(self.run_dir)
+        save_config(cfg, self.run_dir / "config.toml")
+        atomic_write_json(self.run_dir / "meta.json", {
+            "environment": environment(), "seed": t.seed, "params": self.n_params, "world_size": self.dist.world,
+            "device": str(self.device), "precision": self.precision, "data_meta": self.train_ds.meta.get("sources"),
+            "data_tokenizer_hash": self.train_ds.meta.get("tokenizer_hash"), "tokens": self.tokens_budget,
+            "total_steps": self.total_steps, "config_hash": cfg.hash(), "interventions": cfg.interventions,
+            "created": time.time(), "argv": sys.argv})
+        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop_after: int | None) -> dict:
+        from gptlab.data.vocab import resolve_corpus_vocab
+
+        _ensure_data(self.cfg, self.dist)
+        self.vmap = resolve_corpus_vocab(self.cfg)
+        self.cfg = prepare_run_dir(self.cfg, self.run_dir, self.resume)
+        final_file = self.run_dir / "final.json"
+        if final_file.exists():
+            return json.loads(final_file.read_text())
+        self._open_data()
+        self._build()
+        p = self._start_or_resume()
+        t, m = self.cfg.train, self.cfg.model
+        peak = device_peak_flops(self.device)
+        self.log = TrainLog(self.run_dir / "metrics.jsonl", self.dist.main, t.log_interval, self.step_tokens,
+                            self.total_steps, p.step,
+                            lambda tps: mfu(m, tps, peak * self.dist.world if peak else None, self.T),
+                            self.cfg.name, t.progress)
+        if p.step > 0:
+            self.log.keep_until(p.step)
+        self.trainer.train_model.train()
+        t0, start = time.time(), p.step
+        if p.step == 0 and t.eval_interval:
+            self.log.val_loss(0, self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches))
+        try:
+            for step in range(start, self.total_steps):
+                if not self._one_step(step, p):
+                    continue
+                done = p.step
+                if t.eval_interval and done % t.eval_interval == 0 and done != self.total_steps:
+                    self.log.val_loss(done, self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches))
+                stopping = stop_after is not None and done - start >= stop_after
+                if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == self.total_steps \
+                        or stopping:
+                    self._checkpoint(p)
+                if stopping and done != self.total_steps:
+                    return {"stopped_at": done, "total_steps": self.total_steps}
+        finally:
+            self.log.close()
+        return self._finish(time.time() - t0, p)
+
+    def _one_step(self, step: int, p: Progress) -> bool:
+        """Train step `step`; False when its batch was skipped (non-finite loss or gradient)."""
+        self.trainer.set_lr(lr_factor(step, self.total_steps, self.cfg) * p.lr_scale)
+        res = self.trainer.step(self._micro_batches(step), self.accum)
+        if not res.ok:
+            self._skip(step, res, p)
+            return False
+        p.step = step + 1
+        self.log.train_step(p.step, res.loss, self.trainer.lr, res.grad_norm)
+        self.tokens_seen += res.tokens
+        return True
+
+    def _micro_batches(self, step: int):
+        """The micro-batches of this rank at `step`, cut to the warm-up length and mapped to the model's ids."""
+        t, rank, world = self.cfg.train, self.dist.rank, self.dist.world
+        cur_T = self.T
+        warm_steps = int(t.seq_len_warmup_frac * self.total_steps)
+        if warm_steps and step < warm_steps:
+            cur_T = max(8, int(self.T * (step + 1) / warm_steps) // 8 * 8)
+        for micro in range(self.accum):
+            x, y = self.sampler.batch_at(step, micro, rank, world, t.micro_batch_size, t.global_batch_size)
+            if cur_T < self.T:
+                x, y = x[:, :cur_T], y[:, :cur_T]
+            if self.vmap is not None:
+                x, y = self.vmap.to_compact(x), self.vmap.to_compact(y)
+            yield x, y
+
+    def _skip(self, step: int, res, p: Progress) -> None:
+        t = self.cfg.train
+        msg = (f"non-finite {'loss' if not math.isfinite(res.loss) else 'gradient'} at step {step + 1} "
+               f"(last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'})")
+        if t.nan_policy == "stop" or p.skips >= t.max_skips:
+            raise GptlabError(f"{self.run_dir}: {msg}; stopping (train.nan_policy={t.nan_policy}, "
+                              f"skips used {p.skips}/{t.max_skips})")
+        p.skips += 1
+        p.lr_scale *= 0.5
+        self.log.skipped(step + 1, msg, p.lr_scale)
+
+    def _checkpoint(self, p: Progress) -> None:
+        state = {"skips": p.skips, "lr_scale": p.lr_scale, "tokens": p.step * self.step_tokens}
+        self.trainer.save(self.run_dir, p.step, state, keep=self.cfg.train.keep_checkpoints or None)
+
+    def _eval(self, ds, batch_size: int, offset: int = 0, n_batches: int = 0) -> float:
+        # FSDP: every rank runs every batch (its forward needs all ranks); else batches are split over ranks
+        tr = self.trainer
+        return evaluate_loss(tr.model, ds, self.T, batch_size, self.device, self.precision, offset=offset,
+                             n_batches=n_batches, dist_=None if tr.fsdp else self.dist, vocab_map=self.vmap)
+
+    def _finish(self, wall: float, p: Progress) -> dict:
+        """Val loss (eval_batches) and the test spec's loss, into final.json."""
+        t, e = self.cfg.train, self.cfg.eval
+        val_loss = self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches)
+        test_loss = self._eval(self.test_ds, e.batch_size, offset=e.offset, n_batches=e.batches)
+        rows = self.log.rows()
+        train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
+        tokens = self.total_steps * self.step_tokens
+        final = {
+            "name": self.cfg.name, "steps": self.total_steps, "tokens": tokens, "params": self.n_params,
+            "flops": flops_per_token(self.cfg.model, self.T) * tokens,
+            "train_loss": float(np.mean(train_losses[-5:])) if train_losses else None,
+            "val_loss": val_loss, "test_loss": test_loss, "test_perplexity": math.exp(test_loss),
+            "wall_time": wall, "tokens_per_s": median_tokens_per_s(rows) or (self.tokens_seen / wall if wall > 0 else None),
+            "skipped_batches": p.skips, "precision": self.precision, "device": str(self.device),
+            "world_size": self.dist.world,
+        }
+        if self.dist.main:
+            self.log.val_loss(self.total_steps, val_loss)
+            atomic_write_json(self.run_dir / "final.json", final)
+        self.dist.barrier()
+        return final
+
+
+def _check_eval_spec(cfg: RunConfig, test_ds, T: int) -> None:
+    from gptlab.data.loader import eval_batch_count
+
+    e = cfg.eval
+    have = eval_batch_count(test_ds, T, e.batch_size, offset=e.offset)
+    if e.batches and e.batches > have:
+        raise GptlabError(f"eval.batches: the test set spec asks for {e.batches} batches of {e.batch_size} x {T} tokens "
+                          f"from token {e.offset:,} of the {e.split} split, which has room for {have}")
+
+
+def _ensure_data(cfg: RunConfig, dist_: Dist) -> None:
+    meta = Path(cfg.data.dir) / "meta.json"
+    if meta.exists():
+        return
+    if not cfg.data.source:
+        raise GptlabError(f"data.dir: {cfg.data.dir} has no meta.json; run `gptlab prepare --out {cfg.data.dir}` "
+                          f"or set data.source")
+    if dist_.main:
+        from gptlab.data.prepare import prepare
+
+        prepare([s.strip() for s in cfg.data.source.split(",")], cfg.data.dir, progress=cfg.train.progress)
+    dist_.barrier()

@@ -1,0 +1,30 @@
+"""The learning-rate schedule: a multiplier on each parameter group's base lr at every optimizer step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gptlab.config import RunConfig
+
+
+def lr_factor(step: int, total: int, cfg: RunConfig) -> float:
+    """Multiplier on the base lr at optimizer step `step` (0-based) of `total`: linear warmup over
+    `warmup_frac`, then constant, linear or cosine decay to `min_lr_frac`."""
+    t = cfg.train
+    warm = int(round(t.warmup_frac * total))
+    if step < warm:
+        return (step + 1) / warm
+    if t.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warm) / max(1, total - warm - 1))
+    if t.schedule == "linear":
+        return 1.0 - (1.0 - t.min_lr_frac) * progress
+    return t.min_lr_frac + (1.0 - t.min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(opts: list[torch.optim.Optimizer], factor: float) -> None:
+    for o in opts:
+        for g in o.param_groups:
+            g["lr"] = g["base_lr"] * factor
