@@ -11,7 +11,8 @@ from conftest import tiny_overrides
 
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
-from gptlab.experiments.runner import load_spec, run_experiment
+from gptlab.experiments.runner import run_experiment
+from gptlab.experiments.spec import load_spec
 
 
 def write_spec(tmp_path, data, seeds=(1, 2), tokens=8 * 32 * 6, variants=None):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -185,11 +187,11 @@ def _experiment_with_run_dirs(exp: Path, config: str, set_: list[str], data_meta
 @pytest.fixture
 def plotted_lines(monkeypatch):
     """Labels of the horizontal lines drawn on the test-loss plot of the next write_report."""
-    import gptlab.experiments.report as rep
+    import gptlab.experiments.report.plots as plots
 
     figs = []
-    real = rep._png
-    monkeypatch.setattr(rep, "_png", lambda fig: figs.append(fig) or real(fig))
+    real = plots._png
+    monkeypatch.setattr(plots, "_png", lambda fig: figs.append(fig) or real(fig))
 
     def lines() -> list[str]:
         test_loss = next(f for f in figs if f.axes and f.axes[0].get_title() == "Final test loss per variant")
@@ -221,8 +223,8 @@ def test_yardsticks_comparable_on_the_seeds_test_set(tmp_path, plotted_lines):
     labels = plotted_lines()
     assert {"seed baseline 3.692", "seed best stack 3.578", "OpenAI GPT-2 small 3.500"} <= set(labels)
     html = Path(res["html"]).read_text()
-    assert "<h2>Yardsticks</h2>" in html and "<td>OpenAI GPT-2 small</td><td>3.500</td>" in html
-    assert "dotted = the seed&#x27;s published yardsticks" in html
+    assert "<h2>Yardsticks</h2>" in html and re.search(r"<td>OpenAI GPT-2 small</td>\s*<td>3.500</td>", html)
+    assert "dotted = the seed's published yardsticks" in unescape(html)
 
 
 @pytest.mark.parametrize("config, set_, data_meta, expect", [
@@ -262,3 +264,16 @@ def test_yardsticks_unrecorded_test_set_is_not_comparable(report):
     text = yardstick_summary(yard)
     assert text.startswith("yardsticks (different test set, orientation only): seed baseline 3.692, seed best "
                            "stack 3.578, OpenAI GPT-2 small 3.500")
+
+
+def test_html_is_the_markdown_converted(report):
+    """report.html has the sections of report.md, in its order, and colours the verdict cells by verdict."""
+    _, res = report
+    md = Path(res["markdown"]).read_text()
+    html = Path(res["html"]).read_text()
+    assert re.findall(r"^## (.+)$", md, re.M) == re.findall(r"<h2>(.+?)</h2>", html)
+    assert re.findall(r"^# (.+)$", md, re.M) == re.findall(r"<h1>(.+?)</h1>", html) == ["Results: synthetic"]
+    for verdict, css in (("baseline", "baseline"), ("better", "better"), ("worse", "worse"),
+                         ("within noise at n=4", "noise")):
+        assert f'<td class="{css}">{verdict}</td>' in html
+    assert html.count("<td class=") == 4  # the verdict column only

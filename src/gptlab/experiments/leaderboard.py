@@ -34,7 +34,7 @@ def _baseline_of(db: Path) -> str:
 
 
 def leaderboard(paths: list[str]) -> list[dict]:
-    from gptlab.experiments.report import build_rows
+    from gptlab.experiments.report.rows import build_rows
     from gptlab.experiments.results import ResultsDB
 
     rows = []

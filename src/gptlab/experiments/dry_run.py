@@ -1,0 +1,96 @@
+"""`gptlab experiment --dry-run`: the matrix with each run's size, budget and recipe, and the total cost,
+timed on this machine's own training step where that is practical, otherwise estimated for 8x A100."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from gptlab.experiments.spec import Spec, Variant
+
+_MEASURABLE_PARAMS = 50_000_000  # without a GPU, time the step only for models below this size
+
+
+def print_dry_run(spec: Spec, extra: dict) -> None:
+    import torch
+
+    from gptlab.data.vocab import resolve_corpus_vocab
+    from gptlab.model import GPTModel, count_params
+
+    print(f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})")
+    print(f"{'run':<30} {'params':>12} {'tokens':>14} {'FLOPs':>9} {'lr':>8} {'wd':>7} {'clip':>5} {'drop':>5} "
+          f"{'sched':>8} {'prec':>5} {'published':>9}  interventions")
+    total_flops = sum(_print_run(spec, v, s, extra) for v, s in spec.matrix())
+    cfg0 = spec.resolved_config(spec.variants[0], spec.seeds[0], extra)
+    if cfg0.data.vocab == "corpus" and resolve_corpus_vocab(cfg0) is None:
+        print(f"(data.vocab = 'corpus' but {cfg0.data.dir} is not prepared yet: sizes above use the full vocabulary)")
+    with torch.device("meta"):
+        n0 = count_params(GPTModel(cfg0.model))
+    if torch.cuda.is_available() or n0 < _MEASURABLE_PARAMS:
+        rate = _measure_flops(cfg0)
+        print(f"total {total_flops:.3e} FLOPs; this machine trains the base model at ~{rate:.2e} FLOP/s "
+              f"-> estimated {total_flops / rate / 60:.1f} min run one after another")
+    else:
+        from gptlab.train.flops import PEAK_FLOPS
+
+        node = 8 * PEAK_FLOPS["A100"] * 0.40
+        print(f"total {total_flops:.3e} FLOPs; at 40% MFU on 8x A100 (bf16 peak 312 TFLOP/s each): "
+              f"~{total_flops / node / 3600:.1f} node-hours (not measured: no GPU here)")
+
+
+def _print_run(spec: Spec, v: Variant, seed: int, extra: dict) -> float:
+    """Print one run's line of the matrix; return its training FLOPs."""
+    import torch
+
+    from gptlab.data.vocab import resolve_corpus_vocab
+    from gptlab.model import GPTModel, count_params
+    from gptlab.train.flops import flops_per_token, token_budget
+
+    cfg = spec.resolved_config(v, seed, extra)
+    resolve_corpus_vocab(cfg)
+    with torch.device("meta"):
+        n = count_params(GPTModel(cfg.model))
+    t = cfg.train
+    tokens_per_step = t.global_batch_size * cfg.model.context_length
+    tokens = math.ceil(token_budget(cfg, n) / tokens_per_step) * tokens_per_step
+    fl = flops_per_token(cfg.model) * tokens
+    ref = f"{v.reference:.3f}" if v.reference is not None else ""
+    sched = t.schedule if not t.warmup_frac else f"{t.schedule}+w"
+    print(f"{spec.run_id(v.name, seed):<30} {n:>12,} {tokens:>14,} {fl:>9.2e} {t.lr:>8.2g} "
+          f"{t.weight_decay:>7.5g} {t.grad_clip or '-':>5} {cfg.model.drop_rate:>5.2g} {sched:>8} "
+          f"{t.precision:>5} {ref:>9}  {', '.join(v.interventions) or '-'}")
+    return fl
+
+
+def _measure_flops(cfg) -> float:
+    """FLOP/s of the base model's training step (gptlab's own: forward_backward + its optimizers) on this
+    machine, best of two after one warm-up (for time estimates)."""
+    import torch
+
+    from gptlab.model import GPTModel
+    from gptlab.train import (
+        build_optimizers,
+        forward_backward,
+        resolve_device,
+        resolve_precision,
+    )
+    from gptlab.train.flops import flops_per_token
+
+    dev = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, dev)
+    torch.manual_seed(0)
+    model = GPTModel(cfg.model).to(dev)
+    opts = build_optimizers(model, cfg, dev)
+    T, B = cfg.model.context_length, cfg.train.micro_batch_size
+    x = torch.randint(0, cfg.model.vocab_size, (B, T), device=dev)
+    times = []
+    for _ in range(3):
+        t0 = time.time()
+        forward_backward(model, x, x, precision, dev)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.time() - t0)
+    return flops_per_token(cfg.model) * B * T / min(times[1:])

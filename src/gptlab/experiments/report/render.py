@@ -1,0 +1,168 @@
+"""Writing the report: the experiment's runs read from results.sqlite, the rows and plots computed, report.md
+rendered from the one template (report.md.j2), and report.html converted from that same Markdown by
+python-markdown into a standalone page (CSS inline, the plots embedded as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import markdown
+from markdown.treeprocessors import Treeprocessor
+
+from gptlab import GptlabError
+from gptlab.experiments.report.plots import report_plots
+from gptlab.experiments.report.rows import (
+    build_rows,
+    report_warnings,
+    verdict_sentence,
+    yardstick_part,
+)
+from gptlab.experiments.report.tables import (
+    markdown_table,
+    runs_table,
+    variants_table,
+    verdict_table,
+)
+from gptlab.experiments.results import DB_NAME, ResultsDB
+from gptlab.experiments.yardsticks import YARDSTICKS, comparability, run_test_set
+from gptlab.io import atomic_write_bytes, atomic_write_text
+
+
+def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: str | None = None,
+                 reference: dict[str, float] | None = None, title: str | None = None,
+                 alpha: float = 0.05) -> dict:
+    """Write report.md, report.html and plots/*.png into exp_dir; return paths, the table and the rows."""
+    exp_dir = Path(exp_dir)
+    ex = _read_experiment(exp_dir, experiment)
+    variants = sorted({str(r.get("variant") or "") for r in ex.runs})
+    if baseline not in variants:
+        raise GptlabError(f"baseline variant {baseline!r} not found in {exp_dir}; variants present: "
+                          f"{', '.join(variants)}")
+    rows = build_rows(ex.runs, baseline, judge=ex.judge, reference=reference, alpha=alpha)
+    yard = yardstick_part(rows, baseline, comparability(ex.test_sets))
+    pngs = report_plots(ex.metrics, rows, baseline, YARDSTICKS if yard["comparable"] else ())
+    for name, data in pngs.items():
+        atomic_write_bytes(exp_dir / "plots" / name, data)
+    title = title or f"Results: {experiment or ex.name or exp_dir.name}"
+    md_text = render_markdown(
+        title=title, runs=ex.runs, rows=rows, baseline=baseline, alpha=alpha, db_path=ex.db_path,
+        generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), yard=yard,
+        verdicts=verdict_table(rows), one_in=round(1 / alpha), warnings=report_warnings(ex.runs, rows, baseline),
+        plots=list(pngs), variants=variants_table(rows), runs_table=runs_table(ex.runs, [r["variant"] for r in rows]))
+    md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
+    atomic_write_text(md_path, md_text)
+    atomic_write_text(html_path, render_html(md_text, title, pngs))
+    return {"markdown": str(md_path), "html": str(html_path), "plots": [str(exp_dir / "plots" / n) for n in pngs],
+            "table": markdown_table(*verdict_table(rows)), "rows": rows, "yardsticks": yard}
+
+
+@dataclass
+class _Experiment:
+    """What the report needs from results.sqlite and the run directories."""
+    db_path: Path
+    name: str | None  # the one experiment recorded, if it has a name
+    runs: list[dict]
+    judge: dict[str, float]
+    test_sets: dict[str, dict | None]  # run id -> yardsticks.run_test_set() of its run directory
+    metrics: dict[str, list[list[dict]]]  # variant -> per-step metrics of each of its runs
+
+
+def _read_experiment(exp_dir: Path, experiment: str | None) -> _Experiment:
+    db_path = exp_dir / DB_NAME
+    if not db_path.exists():
+        raise GptlabError(f"no {DB_NAME} in {exp_dir}: no finished runs have been recorded there")
+    with ResultsDB(db_path, create=False) as db:
+        runs = db.runs(experiment)
+        if not runs:
+            what = f" for experiment {experiment!r}" if experiment is not None else ""
+            present = sorted({str(r.get('experiment')) for r in db.runs()})
+            extra = f" (experiments present: {', '.join(present)})" if experiment is not None and present else ""
+            raise GptlabError(f"{db_path} has no finished runs{what}{extra}")
+        experiments = sorted({str(r.get("experiment")) for r in runs})
+        if experiment is None and len(experiments) > 1:
+            raise GptlabError(f"{db_path} holds runs of several experiments ({', '.join(experiments)}); "
+                              f"pick one with experiment=...")
+        metrics: dict[str, list[list[dict]]] = defaultdict(list)
+        for r in runs:
+            metrics[str(r.get("variant") or "")].append(db.metrics(r["run_id"]))
+        judge = db.judge_summary()
+    test_sets = {}
+    for r in runs:
+        rd = _run_dir_of(exp_dir, r)
+        test_sets[str(r["run_id"])] = run_test_set(rd) if rd is not None else None
+    name = experiments[0] if experiments and experiments[0] != "None" else None
+    return _Experiment(db_path, name, runs, judge, test_sets, metrics)
+
+
+def _run_dir_of(exp_dir: Path, r: dict) -> Path | None:
+    """The run's directory: as recorded, or exp_dir/runs/RUN_ID (a relative path recorded from another cwd)."""
+    for cand in ([Path(r["run_dir"])] if r.get("run_dir") else []) + [exp_dir / "runs" / str(r["run_id"])]:
+        if (cand / "config.toml").is_file():
+            return cand
+    return None
+
+
+_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), undefined=jinja2.StrictUndefined,
+                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+_TEMPLATES.globals.update(table=markdown_table, verdict_sentence=verdict_sentence)
+
+
+def render_markdown(**context) -> str:
+    """report.md.j2 filled in; see write_report for the context it is given."""
+    return _TEMPLATES.get_template("report.md.j2").render(**context)
+
+
+_CSS = """
+body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#1f2328;line-height:1.5}
+h1{border-bottom:1px solid #d0d7de;padding-bottom:.3em}h2{margin-top:1.6em;border-bottom:1px solid #eaeef2}
+h1+p{color:#57606a;font-size:.9em}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em;display:block;overflow-x:auto}
+th,td{border:1px solid #d0d7de;padding:.35em .6em;text-align:right;white-space:nowrap}
+th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
+tr:nth-child(even) td{background:#fbfcfd}
+.better{color:#1a7f37;font-weight:600}.worse{color:#c62828;font-weight:600}.noise{color:#57606a}
+.baseline{font-weight:600}blockquote{margin:1em 0;background:#fff8c5;padding:.6em 1em;border-left:4px solid #d4a72c}
+blockquote p,blockquote ul{margin:0}img{max-width:100%;height:auto;display:block;margin:1em 0}
+"""
+
+
+def render_html(md_text: str, title: str, pngs: dict[str, bytes]) -> str:
+    """report.html: the Markdown converted, in a page that needs no other file."""
+    md = markdown.Markdown(extensions=["tables"])
+    md.treeprocessors.register(_Standalone(md, pngs), "gptlab_standalone", 0)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            f"{md.convert(md_text)}\n</body></html>\n")
+
+
+class _Standalone(Treeprocessor):
+    """The two touches the HTML gets beyond Markdown: images linked as plots/NAME become data URIs of the
+    PNG bytes, and each cell of a table's verdict column gets the class its colour comes from."""
+
+    def __init__(self, md: markdown.Markdown, pngs: dict[str, bytes]):
+        super().__init__(md)
+        self.pngs = pngs
+
+    def run(self, root) -> None:
+        for img in root.iter("img"):
+            name = img.get("src", "").removeprefix("plots/")
+            if name in self.pngs:
+                img.set("src", "data:image/png;base64," + base64.b64encode(self.pngs[name]).decode("ascii"))
+        for table in root.iter("table"):
+            headers = [th.text for th in table.iter("th")]
+            if "verdict" in headers:
+                col = headers.index("verdict")
+                for tr in table.find("tbody"):
+                    tr[col].set("class", _verdict_class(tr[col].text or ""))
+
+
+def _verdict_class(verdict: str) -> str:
+    return verdict if verdict in ("better", "worse", "baseline") else "noise"
