@@ -208,3 +208,17 @@ def test_cli_verb(compact_run, data_file, tmp_path, capsys):
     assert a.fn(a) == 0
     text = capsys.readouterr().out
     assert "train 32, val 4, test 4" in text and "best epoch 1" in text
+
+
+def test_resume_from_a_checkpoint_in_the_earlier_fine_tune_format(compact_run, data_file, tmp_path):
+    """Fine-tunes checkpointed before pretraining and fine-tuning shared one writer stored one optimizer state
+    dict (not a list) and rng.pt (no rank): such a checkpoint still resumes to the uninterrupted result."""
+    kw = dict(epochs=1, lr=2e-3, batch_size=8, progress=False)
+    full = finetune(compact_run, data_file, tmp_path / "full", **kw)
+    finetune(compact_run, data_file, tmp_path / "cut", stop_after=2, **kw)
+    ck = tmp_path / "cut" / "checkpoints" / (tmp_path / "cut" / "checkpoints" / "resume").read_text().strip()
+    (states,) = torch.load(ck / "optimizer.pt", weights_only=True)
+    torch.save(states, ck / "optimizer.pt")
+    (ck / "rng_rank0.pt").rename(ck / "rng.pt")
+    done = finetune(compact_run, data_file, tmp_path / "cut", resume=True, **kw)
+    assert done["history"] == full["history"] and done["test_loss"] == full["test_loss"]

@@ -148,9 +148,13 @@ def load_checkpoint(ck: Path, model, opts, rank: int) -> dict:
     try:
         if not sharded:
             states = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
+            if isinstance(states, dict):  # a fine-tune checkpointed before the shared format: one state dict
+                states = [states]
             for o, s in zip(opts, states):
                 o.load_state_dict(s)
         rng_file = ck / f"rng_rank{rank}.pt"
+        if not rng_file.exists() and (ck / "rng.pt").exists():  # likewise: its RNG file had no rank
+            rng_file = ck / "rng.pt"
         if rng_file.exists():
             rng = torch.load(rng_file, weights_only=True)
             torch.set_rng_state(rng["cpu"])
