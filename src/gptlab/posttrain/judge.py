@@ -258,13 +258,9 @@ def generate_answers(run_dir: str | Path, records: list[dict], *, max_new_tokens
                      temperature: float = 0.0, seed: int = 123, device: str = "auto", progress: bool = False,
                      desc: str = "answers") -> list[str]:
     """The run's answer to each record (the text after "### Response:" up to <|endoftext|>, stripped)."""
-    import torch
+    from gptlab.posttrain.generate import Generator, Sampling
 
-    from gptlab.data.tokenizer import encode
-    from gptlab.posttrain.serve import LoadedModel
-
-    lm = LoadedModel(run_dir, device)
-    torch.manual_seed(seed)
+    gen = Generator.from_run(run_dir, device)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -273,16 +269,13 @@ def generate_answers(run_dir: str | Path, records: list[dict], *, max_new_tokens
     out = []
     try:
         for i, rec in enumerate(records):
-            ids = encode(format_prompt(rec))
-            text, _ = lm.complete(ids, max_new_tokens, temperature=temperature,
-                                  seed=(seed + i) if temperature > 0 else None)
-            out.append(text.strip())
+            sampling = Sampling(temperature, seed=(seed + i) if temperature > 0 else None)
+            out.append(gen.complete(gen.encode(format_prompt(rec)), max_new_tokens, sampling).text.strip())
             if bar:
                 bar.update(1)
     finally:
         if bar:
             bar.close()
-    del lm
     return out
 
 
