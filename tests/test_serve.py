@@ -233,7 +233,7 @@ def test_generation_is_serialised_but_server_stays_responsive(server):
     def complete():
         done["status"] = call(url, "/v1/completions", {"prompt": "x", "max_tokens": 2})[0]
 
-    with srv.lm.lock:
+    with srv.lock:
         status, models, _ = call(url, "/v1/models")
         assert status == 200 and models["data"][0]["id"] == "tiny-sft"
         t = threading.Thread(target=complete)

@@ -112,14 +112,11 @@ def cmd_eval(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from gptlab.data.vocab import load_vocab_map
-    from gptlab.posttrain.generate import generate_text
-    from gptlab.train import load_run_model
+    from gptlab.posttrain.generate import Generator, Sampling
 
-    model, _ = load_run_model(a.run, a.device)
-    text = generate_text(model, a.prompt, a.max_new_tokens, a.temperature, a.top_k or None, a.seed,
-                         vocab_map=load_vocab_map(a.run))
-    print(a.prompt + text)
+    gen = Generator.from_run(a.run, a.device)
+    out = gen.complete(gen.encode(a.prompt), a.max_new_tokens, Sampling(a.temperature, a.top_k, a.seed))
+    print(a.prompt + out.text)
     return 0
 
 

@@ -1,0 +1,9 @@
+"""An OpenAI-compatible HTTP server for one run: `GET /v1/models`, `POST /v1/completions`,
+`POST /v1/chat/completions` (both with `stream: true` as server-sent events), `GET /health`.
+
+api.py: the request models and OpenAI's error shape; responses.py: the response bodies; app.py: HTTP.
+"""
+
+from gptlab.posttrain.serve.app import GptlabServer, make_server, serve
+
+__all__ = ["make_server", "serve", "GptlabServer"]
