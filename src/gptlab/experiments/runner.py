@@ -1,6 +1,6 @@
-"""Running an experiment's matrix: each run a `gptlab train` subprocess, N at a time, resumable (finished runs
-skipped, partial ones resumed from their checkpoints, never duplicated), every result recorded in
-`results.sqlite` as it finishes, and the report written at the end.
+"""Running an experiment's matrix: each run a `gptlab train --resume` started by a backend (scheduler/),
+resumable (finished runs skipped, partial ones resumed from their checkpoints, never duplicated), every result
+recorded in `results.sqlite` by this process alone as it finishes, and the report written at the end.
 
 An experiment folder holds spec.toml (a copy of the spec), configs/RUN_ID.toml (what each run was started
 with), runs/RUN_ID/ (its run directory), runs/RUN_ID.log (its output), results.sqlite and the report.
@@ -9,8 +9,6 @@ with), runs/RUN_ID/ (its run directory), runs/RUN_ID.log (its output), results.s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import tomli_w
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
 from gptlab.experiments.results import ResultsDB
+from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
 from gptlab.experiments.spec import Spec, Variant, load_spec
 from gptlab.io import atomic_write_text
 
@@ -49,7 +48,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
 
     db = ResultsDB(exp_dir / "results.sqlite")
     try:
-        failures = _run_matrix(spec, extra, exp_dir, db, parallel)
+        failures = _run_matrix(spec, extra, exp_dir, db, LocalBackend(parallel))
     except KeyboardInterrupt:
         print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
         return 130
@@ -85,66 +84,56 @@ def _prepare_data(cfg, quiet: bool) -> None:
 
 
 @dataclass
-class _Run:
-    """A training subprocess in flight."""
-    proc: subprocess.Popen
+class _Running:
+    """A run in flight on the backend."""
+    job: RunJob
+    handle: object
     variant: Variant
     seed: int
-    run_id: str
-    run_dir: Path
-    log: Path
     started: float
 
 
-def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, parallel: int) -> list[str]:
-    """Run every run not yet in `db`, `parallel` at a time, recording each success as it finishes; return the
-    failed run ids. On Ctrl-C the running children are stopped before KeyboardInterrupt propagates."""
+def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend) -> list[str]:
+    """Run every run not yet in `db` on `backend`, recording each success as it finishes; return the failed run
+    ids. On Ctrl-C the running children are stopped before KeyboardInterrupt propagates."""
     done = db.run_ids()
     todo = [(v, s) for v, s in spec.matrix() if spec.run_id(v.name, s) not in done]
     print(f"experiment {spec.name}: {len(spec.matrix())} runs, {len(spec.matrix()) - len(todo)} already done, "
-          f"{len(todo)} to run ({parallel} at a time) -> {exp_dir}", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, parallel))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+          f"{len(todo)} to run ({backend.describe()}) -> {exp_dir}", flush=True)
     queue, running, failures = list(todo), [], []
     t_start, n_done = time.time(), 0
     try:
         while queue or running:
-            while queue and len(running) < max(1, parallel):
-                running.append(_launch(spec, *queue.pop(0), extra, exp_dir, env))
+            while queue and backend.free_slots() > 0:
+                v, seed = queue.pop(0)
+                job = _write_job(spec, v, seed, extra, exp_dir)
+                running.append(_Running(job, backend.start(job), v, seed, time.time()))
             time.sleep(0.2)
-            for run in [r for r in running if r.proc.poll() is not None]:
+            for run in [r for r in running if backend.state(r.handle) in (State.DONE, State.FAILED)]:
                 running.remove(run)
                 n_done += 1
-                counter = f"[{n_done}/{len(todo)}] {run.run_id:<30}"
-                if run.proc.returncode == 0 and (run.run_dir / "final.json").exists():
-                    row = record(db, spec, run.variant, run.seed, run.run_dir)
+                counter = f"[{n_done}/{len(todo)}] {run.job.run_id:<30}"
+                if backend.state(run.handle) == State.DONE and (run.job.run_dir / "final.json").exists():
+                    row = record(db, spec, run.variant, run.seed, run.job.run_dir)
                     eta = (time.time() - t_start) / n_done * (len(todo) - n_done)
                     print(f"{counter} test {row['test_loss']:.4f}  val {row['val_loss']:.4f}  "
                           f"{time.time() - run.started:6.1f}s  ETA {eta / 60:.1f} min", flush=True)
                 else:
-                    tail = run.log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-                    failures.append(run.run_id)
-                    print(f"{counter} FAILED (exit {run.proc.returncode}): {tail[0]}", flush=True)
+                    tail = run.job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+                    failures.append(run.job.run_id)
+                    print(f"{counter} FAILED (exit {backend.exit_code(run.handle)}): {tail[0]}", flush=True)
     except KeyboardInterrupt:
-        for run in running:
-            run.proc.terminate()
-        for run in running:
-            run.proc.wait()
+        backend.stop([r.handle for r in running])
         raise
     return failures
 
 
-def _launch(spec: Spec, v: Variant, seed: int, extra: dict, exp_dir: Path, env: dict) -> _Run:
-    """Write the run's config and start `gptlab train --resume` on it, output appended to its log."""
+def _write_job(spec: Spec, v: Variant, seed: int, extra: dict, exp_dir: Path) -> RunJob:
+    """Write the run's config; the job that trains it (`gptlab train --resume`, output appended to its log)."""
     rid = spec.run_id(v.name, seed)
     cfg_path = exp_dir / "configs" / f"{rid}.toml"
     atomic_write_text(cfg_path, tomli_w.dumps(spec.raw_config(v, seed, extra)))
-    run_dir, log = exp_dir / "runs" / rid, exp_dir / "runs" / f"{rid}.log"
-    cmd = [sys.executable, "-m", "gptlab", "train", "--config", str(cfg_path), "--run-dir", str(run_dir),
-           "--resume", "--quiet"]
-    with open(log, "a") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    return _Run(proc, v, seed, rid, run_dir, log, time.time())
+    return RunJob(rid, cfg_path, exp_dir / "runs" / rid, exp_dir / "runs" / f"{rid}.log")
 
 
 def record(db: ResultsDB, spec: Spec, v: Variant, seed: int, run_dir: Path) -> dict:
