@@ -86,13 +86,8 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
     from gptlab.data.vocab import RUN_FILE, load_vocab_map
 
     run_dir, out_dir, data_path = Path(run_dir), Path(out_dir), Path(data_file)
-    for name, v, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
-                        ("lr", lr, lr > 0), ("patience", patience, patience >= 0),
-                        ("weight_decay", weight_decay, weight_decay >= 0)):
-        if not ok:
-            raise GptlabError(f"finetune: {name}: invalid value {v!r}")
-    if dropout is not None and not 0.0 <= dropout < 1.0:
-        raise GptlabError(f"finetune: dropout: must be in [0, 1), got {dropout}")
+    _check_numbers(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, weight_decay=weight_decay,
+                   dropout=dropout)
     cfg = config_from_run(run_dir)
     base_ck = latest_checkpoint(run_dir)
     if base_ck is None:
@@ -109,43 +104,62 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
     vm = load_vocab_map(run_dir)
     if vm is not None and len(vm) != cfg.model.vocab_size:
         raise GptlabError(f"{run_dir / RUN_FILE}: {len(vm)} ids but model.vocab_size is {cfg.model.vocab_size}")
-    pad_id = int(vm.lut[EOT_ID]) if vm is not None else EOT_ID
     args = {"base_run": str(run_dir.resolve()), "base_checkpoint": base_ck.name, "data_file": str(data_path.resolve()),
             "data_sha256": file_sha256(data_path), "epochs": epochs, "lr": lr, "batch_size": batch_size,
             "max_len": max_len, "val_frac": val_frac, "test_frac": test_frac, "seed": seed,
             "weight_decay": weight_decay, "dropout": cfg.model.drop_rate if dropout is None else dropout,
             "patience": patience, "grad_clip": grad_clip}
-
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(out_dir):
-        split_path = out_dir / SPLIT_FILE
-        if split_path.exists():
-            if not resume:
-                raise GptlabError(f"{out_dir}: already holds a fine-tune; pass --resume to continue it or "
-                                  f"choose another --out")
-            saved = json.loads(split_path.read_text())
-            old = saved.get("args", {})
-            diff = [k for k in _RESUME_KEYS if old.get(k) != args[k]]
-            if diff:
-                raise GptlabError(f"{split_path}: resume with different settings ({', '.join(diff)}: was "
-                                  f"{', '.join(repr(old.get(k)) for k in diff)})")
-            split = saved["split"]
-            done = out_dir / RESULT_FILE
-            if done.exists():
-                res = json.loads(done.read_text())
-                if res.get("finished") and (res.get("stopped_early") or res.get("epochs_run", 0) >= epochs):
-                    return res
-        else:
-            split = split_indices(len(records), val_frac, test_frac, seed)
-            atomic_write_text(out_dir / "config.toml", (run_dir / "config.toml").read_text())
-            if (run_dir / RUN_FILE).exists():
-                atomic_write_bytes(out_dir / RUN_FILE, (run_dir / RUN_FILE).read_bytes())
-            atomic_write_json(out_dir / TEST_FILE, [records[i] for i in split["test"]])
-            atomic_write_json(split_path, {"args": args, "n_records": len(records), "split": split,
-                                           "test_file": TEST_FILE})
+        split, finished = _open_out_dir(run_dir, out_dir, records, args, resume)
+        if finished is not None:
+            return finished
+        pad_id = int(vm.lut[EOT_ID]) if vm is not None else EOT_ID
         job = FineTuning(cfg, out_dir, records, split, args, vm, pad_id, resolve_device(device))
         return job.run(base_ck, epochs, resume, progress, checkpoint_interval, stop_after)
 
+
+def _check_numbers(*, epochs, batch_size, lr, patience, weight_decay, dropout) -> None:
+    for name, v, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
+                        ("lr", lr, lr > 0), ("patience", patience, patience >= 0),
+                        ("weight_decay", weight_decay, weight_decay >= 0)):
+        if not ok:
+            raise GptlabError(f"finetune: {name}: invalid value {v!r}")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise GptlabError(f"finetune: dropout: must be in [0, 1), got {dropout}")
+
+
+def _open_out_dir(run_dir: Path, out_dir: Path, records: list[dict], args: dict, resume: bool
+                  ) -> tuple[dict, dict | None]:
+    """(the record split, finetune.json if the fine-tune has finished). A new fine-tune: split the records and
+    write the run files. An existing one (only with `resume`): check its settings match."""
+    from gptlab.data.vocab import RUN_FILE
+
+    split_path = out_dir / SPLIT_FILE
+    if not split_path.exists():
+        split = split_indices(len(records), args["val_frac"], args["test_frac"], args["seed"])
+        atomic_write_text(out_dir / "config.toml", (run_dir / "config.toml").read_text())
+        if (run_dir / RUN_FILE).exists():
+            atomic_write_bytes(out_dir / RUN_FILE, (run_dir / RUN_FILE).read_bytes())
+        atomic_write_json(out_dir / TEST_FILE, [records[i] for i in split["test"]])
+        atomic_write_json(split_path, {"args": args, "n_records": len(records), "split": split,
+                                       "test_file": TEST_FILE})
+        return split, None
+    if not resume:
+        raise GptlabError(f"{out_dir}: already holds a fine-tune; pass --resume to continue it or "
+                          f"choose another --out")
+    saved = json.loads(split_path.read_text())
+    old = saved.get("args", {})
+    diff = [k for k in _RESUME_KEYS if old.get(k) != args[k]]
+    if diff:
+        raise GptlabError(f"{split_path}: resume with different settings ({', '.join(diff)}: was "
+                          f"{', '.join(repr(old.get(k)) for k in diff)})")
+    done = out_dir / RESULT_FILE
+    if done.exists():
+        res = json.loads(done.read_text())
+        if res.get("finished") and (res.get("stopped_early") or res.get("epochs_run", 0) >= args["epochs"]):
+            return saved["split"], res
+    return saved["split"], None
 
 
 def masked_eval_loss(model, examples, batch_size, pad_id, device, precision) -> float | None:
