@@ -10,6 +10,8 @@
 #   2. fp16       `gptlab train`, 50 steps (5 in the CPU smoke run: CPU fp16 is slow) of fp16 autocast with a GradScaler: no non-finite loss, no skipped batch
 #   3. slots      a 2-variant experiment, 2 runs at once on the one GPU (`gptlab experiment --parallel 2`)
 #   4. memory     peak memory of gpt2-small and nano training steps vs `gptlab plan`'s formula (benchmarks/memory.py)
+#   5. ddp_compile   torch.compile + activation checkpointing under DDP, 2 GPUs (skipped with one)
+#   6. fsdp_compile  the same under FSDP2 with bf16 MixedPrecisionPolicy, compile after fully_shard (skipped with one)
 # Outputs land in $OUT (default gpu_check_out/); copy the table into benchmarks/results/gpu_check_<gpu>.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +67,18 @@ step slots 180 $PY -m gptlab experiment "$OUT/slots.toml" --out "$OUT/slots" --p
 
 step memory 240 $PY benchmarks/memory.py --device "$DEVICE" --cases "$MEM_CASES" --timeout 200
 
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
+for mode in ddp fsdp; do
+  if [ "$MODE" = gpu ] && [ "$NGPU" -lt 2 ]; then
+    NAMES+=("${mode}_compile"); STATUS+=("skipped(${NGPU}gpu)"); SECS+=(0); continue
+  fi
+  step "${mode}_compile" 240 $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m gptlab train \
+    --config configs/tiny-cpu.toml --run-dir "$OUT/${mode}-compile-run" --quiet --set train.device=\""$DEVICE"\" \
+    --set train.compile=$([ "$MODE" = gpu ] && echo true || echo false) --set train.activation_checkpointing=true \
+    --set train.fsdp=$([ "$mode" = fsdp ] && echo true || echo false) --set train.tokens=$((40 * 16 * 64)) \
+    --set train.micro_batch_size=4
+done
+
 $PY - "$OUT" "${NAMES[*]}" "${STATUS[*]}" "${SECS[*]}" <<'PY' | tee "$OUT/table.md"
 import json, re, sys
 from pathlib import Path
@@ -80,6 +94,9 @@ def detail(name):
         if name == "slots":
             lines = (out / "slots.log").read_text().splitlines()
             return "; ".join(l.split("]")[1].strip()[:60] for l in lines if l.startswith("[") and "test" in l)
+        if name.endswith("_compile"):
+            f = json.loads((out / f"{name.split('_')[0]}-compile-run" / "final.json").read_text())
+            return f"world {f['world_size']}, test {f['test_loss']:.3f}, {f['tokens_per_s']:,.0f} tok/s"
         if name == "memory":
             rows = [l for l in (out / "memory.log").read_text().splitlines() if re.match(r"[\w-]+:\d+ accum", l)]
             return "; ".join(" ".join(l.split()[:10]) for l in rows)

@@ -98,7 +98,9 @@ class TrainConfig:
     log_interval: int = 10
     checkpoint_interval: int = 100  # steps; 0 = only at the end
     keep_checkpoints: int = 2
-    nan_policy: str = "stop"  # stop | skip (skip the batch and halve the lr, at most max_skips times)
+    # stop | skip (skip the batch and halve the lr, at most max_skips times). Under fp16 a non-finite step is first
+    # skipped the GradScaler's way (loss scale lowered, lr kept), at most max_skips times; then this policy applies.
+    nan_policy: str = "stop"
     max_skips: int = 5
     activation_checkpointing: bool = False
     fsdp: bool = False  # FSDP2 (fully_shard per block) under torchrun; checkpoints via torch.distributed.checkpoint

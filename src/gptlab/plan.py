@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 
 from gptlab.config import RunConfig
-from gptlab.train.flops import PEAK_FLOPS, flops_per_token, token_budget
+from gptlab.train.flops import flops_per_token, peak_of, token_budget
 
 GPU_MEMORY_GIB = {"A100": 40, "A100-80": 80, "H100": 80, "H200": 141, "RTX3090": 24, "RTX4090": 24, "L4": 24,
                   "A10G": 24}
@@ -83,11 +83,7 @@ def memory_bytes(cfg: RunConfig, micro_batch: int, gpus: int = 1, fsdp: bool = F
 def plan(cfg: RunConfig, gpus: int = 1, gpu_type: str = "H100", mfu: float = 0.4, price: float | None = None,
          fsdp: bool = False) -> dict:
     key = gpu_type.upper().replace(" ", "")
-    if key not in PEAK_FLOPS and key.split("-")[0] not in PEAK_FLOPS:
-        from gptlab import GptlabError
-
-        raise GptlabError(f"--gpu-type: unknown '{gpu_type}'; choose from {', '.join(GPU_MEMORY_GIB)}")
-    peak = PEAK_FLOPS.get(key, PEAK_FLOPS[key.split("-")[0]])
+    peak = peak_of(gpu_type)
     t = cfg.train
     mem = memory_bytes(cfg, t.micro_batch_size, gpus, fsdp)
     n = mem["params"]

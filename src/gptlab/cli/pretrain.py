@@ -160,16 +160,13 @@ def cmd_plan(a) -> int:
     from gptlab.config import load_config
     from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.plan import format_plan, plan
-    from gptlab.train.flops import PEAK_FLOPS, tokens_for_flops
+    from gptlab.train.flops import peak_of, tokens_for_flops
 
     cfg = load_config(a.config, a.set)
     resolve_corpus_vocab(cfg)
     budget = a.flops
     if a.gpu_hours:
-        key = a.gpu_type.upper().split("-")[0]
-        if key not in PEAK_FLOPS:
-            raise GptlabError(f"--gpu-type: unknown '{a.gpu_type}'; choose from {', '.join(PEAK_FLOPS)}")
-        budget = a.gpu_hours * 3600 * PEAK_FLOPS[key] * a.mfu
+        budget = a.gpu_hours * 3600 * peak_of(a.gpu_type) * a.mfu
     if budget:
         cfg.train.tokens, cfg.train.flops = tokens_for_flops(cfg.model, budget), 0.0
         print(f"FLOP budget {budget:.3e} -> {cfg.train.tokens:,} tokens")
@@ -254,7 +251,8 @@ def register(sub) -> None:
     s.add_argument("config")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--gpus", type=int, default=1)
-    s.add_argument("--gpu-type", default="H100", help="A100, A100-80, H100, H200, RTX3090, RTX4090, L4, A10G")
+    s.add_argument("--gpu-type", default="H100", help="A100, A100-80, H100, H100-PCIE, H100-NVL, H200, H800, B200, L40S, L4, A10G, RTX4090, ... "
+                   "(the keys of gptlab.train.flops.PEAK_FLOPS, or a device name)")
     s.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
     s.add_argument("--price", type=float, help="USD per GPU-hour")
     s.add_argument("--fsdp", action="store_true", help="shard weights/grads/optimizer state over the GPUs")

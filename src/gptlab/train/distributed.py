@@ -22,11 +22,17 @@ class Dist:
         self._own = False
 
     @classmethod
-    def from_env(cls, device_type: str) -> "Dist":
+    def from_env(cls, device: torch.device) -> "Dist":
+        """On CUDA the device is set before the process group exists and bound to it (`device_id`), so NCCL's
+        first collective and every barrier use this rank's GPU, not GPU 0."""
         d = cls(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
                 int(os.environ.get("LOCAL_RANK", "0")))
         if d.enabled and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+                dist.init_process_group(backend="nccl", device_id=device)
+            else:
+                dist.init_process_group(backend="gloo")
             d._own = True
         return d
 
@@ -55,8 +61,8 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise GptlabError(f"train.device: '{spec}' requested but CUDA is not available")
-    if spec == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if spec == "cuda":  # an index always: torch.cuda.set_device needs one
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(spec)
 
 

@@ -13,18 +13,40 @@ shared machine it falls with the other processes' load.
 
 from __future__ import annotations
 
+import re
+
+from gptlab import GptlabError
 from gptlab.config import ModelConfig
 
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets (without sparsity).
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets (without sparsity), by the names
+# `gptlab plan --gpu-type` takes.
 PEAK_FLOPS: dict[str, float] = {
     "A100": 312e12,
     "H100": 989e12,  # SXM
-    "H200": 989e12,
+    "H100-PCIE": 756e12,
+    "H100-NVL": 835e12,
+    "H200": 989e12,  # SXM (and GH200)
+    "H200-NVL": 835e12,
+    "H800": 989e12,  # SXM
+    "H800-PCIE": 756e12,
+    "B200": 2250e12,
     "RTX3090": 71e12,  # GA102 dense fp16/bf16 with fp32 accumulate
     "RTX4090": 165e12,
+    "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
     "A10G": 125e12,
 }
+
+# torch.cuda.get_device_name() -> PEAK_FLOPS key; the first pattern that matches wins, so form factors come before
+# the plain name ("NVIDIA H100 PCIe" is not an SXM part) and whole words are matched ("L40S" is not an "L4").
+_GPU_NAMES: list[tuple[str, str]] = [
+    (r"\bH100\b.*\bPCIE\b", "H100-PCIE"), (r"\bH100\b.*\bNVL\b", "H100-NVL"), (r"\bH100\b", "H100"),
+    (r"\bG?H200\b.*\bNVL\b", "H200-NVL"), (r"\bG?H200\b", "H200"),
+    (r"\bH800\b.*\bPCIE\b", "H800-PCIE"), (r"\bH800\b", "H800"), (r"\bB200\b", "B200"),
+    (r"\bA100\b", "A100"), (r"\bA10G\b", "A10G"), (r"\bL40S\b", "L40S"), (r"\bL40\b", "L40"), (r"\bL4\b", "L4"),
+    (r"\bRTX\s*4090\b", "RTX4090"), (r"\bRTX\s*3090\b", "RTX3090"),
+]
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -59,12 +81,24 @@ def token_budget(cfg, n_params: int) -> int:
     return int(t.tokens_per_param * n_params)
 
 
+def gpu_key(name: str) -> str | None:
+    """The PEAK_FLOPS key of a CUDA device name (e.g. "NVIDIA H100 PCIe" -> "H100-PCIE"), or None if unknown."""
+    upper = name.upper().replace("-", " ").replace("_", " ")
+    return next((key for pattern, key in _GPU_NAMES if re.search(pattern, upper)), None)
+
+
+def peak_of(gpu_type: str) -> float:
+    """The peak of a `--gpu-type`: a PEAK_FLOPS key, a memory variant such as "A100-80", or a device name."""
+    key = gpu_type.upper().replace(" ", "")
+    found = key if key in PEAK_FLOPS else gpu_key(gpu_type)
+    if found is None:
+        raise GptlabError(f"--gpu-type: unknown '{gpu_type}'; choose from {', '.join(PEAK_FLOPS)}")
+    return PEAK_FLOPS[found]
+
+
 def gpu_peak(name: str) -> float | None:
-    key = name.upper().replace(" ", "").replace("NVIDIA", "").replace("GEFORCE", "")
-    for k, v in PEAK_FLOPS.items():
-        if k in key:
-            return v
-    return None
+    key = gpu_key(name)
+    return PEAK_FLOPS[key] if key else None
 
 
 def device_peak_flops(device) -> float | None:

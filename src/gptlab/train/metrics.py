@@ -50,12 +50,14 @@ class TrainLog:
         if self.main:
             append_jsonl(self.path, {"step": step, "event": "skipped_batch", "reason": reason, "lr_scale": lr_scale})
 
-    def train_step(self, done: int, loss: float, lr: float, grad_norm: float) -> None:
+    def train_step(self, done: int, loss: float, lr: float, grad_norm: float, tokens: int) -> None:
+        """`tokens`: processed by all ranks in this step (fewer than step_tokens during seq_len_warmup); tokens/s
+        and MFU count these."""
         if not self.main:
             return
         self.recent = (self.recent + [loss])[-SPIKE_WINDOW:]
         self.window.append(loss)
-        self.tokens += self.step_tokens
+        self.tokens += tokens
         if done % self.interval == 0 or done == self.total_steps:
             self._row(done, loss, lr, grad_norm)
         if self.bar:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gptlab import GptlabError
 from gptlab.config import RunConfig
 
 EMBEDDINGS = {"tok_emb.weight", "pos_emb.weight"}
@@ -47,6 +48,9 @@ def make_optimizers(model: torch.nn.Module, s: OptimSettings, device: torch.devi
     fused = device.type in ("cuda", "cpu")  # fused AdamW kernels exist for both (CPU: ~7x faster step)
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, eps=s.eps, fused=fused)]
     if muon_params:
+        if not hasattr(torch.optim, "Muon"):
+            raise GptlabError(f"train.optimizer: muon needs torch >= 2.9 (torch.optim.Muon); this is torch "
+                              f"{torch.__version__}")
         opts.append(torch.optim.Muon(muon_params, lr=s.muon_lr, weight_decay=s.weight_decay,
                                      adjust_lr_fn="match_rms_adamw"))
     for opt in opts:

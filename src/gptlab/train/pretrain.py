@@ -40,7 +40,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after:
     used by tests to simulate an interruption. Returns the final metrics (or progress when stopped)."""
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
-    dist_ = Dist.from_env(device.type)
+    dist_ = Dist.from_env(device)
     try:
         if dist_.main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ class Pretraining:
             self._skip(step, res, p)
             return False
         p.step = step + 1
-        self.log.train_step(p.step, res.loss, self.trainer.lr, res.grad_norm)
+        self.log.train_step(p.step, res.loss, self.trainer.lr, res.grad_norm, res.tokens)
         self.tokens_seen += res.tokens
         return True
 
@@ -221,9 +221,15 @@ class Pretraining:
             yield x, y
 
     def _skip(self, step: int, res, p: Progress) -> None:
+        """A non-finite step: under fp16 the GradScaler's way (skip it, the scale is lowered, up to max_skips);
+        otherwise nan_policy: stop, or skip the batch and halve the lr (up to max_skips)."""
         t = self.cfg.train
         msg = (f"non-finite {'loss' if not math.isfinite(res.loss) else 'gradient'} at step {step + 1} "
                f"(last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'})")
+        if self.trainer.scaler.is_enabled() and p.skips < t.max_skips:
+            p.skips += 1
+            self.log.skipped(step + 1, msg + "; fp16: step skipped, loss scale lowered", p.lr_scale)
+            return
         if t.nan_policy == "stop" or p.skips >= t.max_skips:
             raise GptlabError(f"{self.run_dir}: {msg}; stopping (train.nan_policy={t.nan_policy}, "
                               f"skips used {p.skips}/{t.max_skips})")
@@ -283,6 +289,9 @@ def _ensure_data(cfg: RunConfig, dist_: Dist) -> None:
     if not cfg.data.source:
         raise GptlabError(f"data.dir: {cfg.data.dir} has no meta.json; run `gptlab prepare --out {cfg.data.dir}` "
                           f"or set data.source")
+    if dist_.enabled:  # the other ranks would wait in a barrier with a timeout while rank 0 tokenises
+        raise GptlabError(f"data.dir: {cfg.data.dir} has no meta.json; prepare it before a multi-process run: "
+                          f"gptlab prepare {cfg.data.source.replace(',', ' ')} --out {cfg.data.dir}")
     if dist_.main:
         from gptlab.data.prepare import prepare
 

@@ -3,16 +3,21 @@ only with the config it was started with, and described before step 1 (environme
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 from gptlab import GptlabError, __version__
 from gptlab.config import RunConfig, config_from_run
+
+# flock() errors of filesystems without locks (some Lustre and NFS mounts): the run goes on without a lock
+NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
 
 
 class RunLock:
@@ -21,23 +26,31 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = run_dir / "run.lock"
         self.fd = None
+        self.locked = False
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.locked = True
         except BlockingIOError:
             other = os.read(self.fd, 64).decode(errors="replace").strip() or "?"
             os.close(self.fd)
             raise GptlabError(f"{self.path.parent}: run directory is in use by another process (pid {other})") from None
+        except OSError as e:
+            if e.errno not in NO_LOCKS:
+                raise
+            print(f"gptlab: warning: {self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
+                  f"a second process from using the run directory", file=sys.stderr)
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
         return self
 
     def __exit__(self, *exc):
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            if self.locked:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
 
 

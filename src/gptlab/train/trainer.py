@@ -59,11 +59,15 @@ class Trainer:
             raise GptlabError("train.optimizer: muon does not run under train.fsdp (Newton-Schulz orthogonalises "
                               "whole matrices, FSDP2 gives each rank a shard); use DDP (train.fsdp = false)")
         if self.fsdp:  # FSDP2: parameters, gradients and optimizer state sharded over ranks, one unit per block
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+            # bf16 training all-gathers bf16 weights (half the traffic of fp32) and reduces gradients in fp32
+            bf16 = precision == "bf16"
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
+                                      reduce_dtype=torch.float32 if bf16 else None)
             for blk in model.trf_blocks:
-                fully_shard(blk)
-            fully_shard(model)
+                fully_shard(blk, mp_policy=mp)
+            fully_shard(model, mp_policy=mp)
         self.model = model
         self.opts = make_optimizers(model, optim, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
@@ -71,7 +75,9 @@ class Trainer:
         if self.dist.enabled and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.train_model = DDP(self.train_model, device_ids=[device.index] if device.type == "cuda" else None)
+            # no buffer to broadcast: RoPE tables and the causal mask are constants, identical on every rank
+            self.train_model = DDP(self.train_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
 
     # ---- one optimizer step ----------------------------------------------------------------
 
@@ -101,7 +107,8 @@ class Trainer:
         if ok:
             for o in self.opts:
                 self.scaler.step(o)
-            self.scaler.update()
+        if ok or self.scaler.is_enabled():
+            self.scaler.update()  # also after a skipped fp16 step: lowers the scale and ends this unscale_()
         for o in self.opts:
             o.zero_grad(set_to_none=True)
         return StepResult(loss, float(gnorm), ok, tokens)
