@@ -9,7 +9,6 @@ import numpy as np
 from gptlab import GptlabError
 from gptlab.data.tokenizer import VOCAB_SIZE
 
-
 MAX_TOKENS = 100_000_000  # per split: enough for the estimate, and a FineWeb-sized split is not read whole
 
 
