@@ -158,7 +158,9 @@ def test_changed_config_stops_then_rerun_changed_redoes_only_that_run(small_data
     # --rerun-changed: that run is redone (row replaced, old folder kept aside), the other one untouched
     assert main([*cli, "--set", "train.lr=0.002", "--rerun-changed"]) == 0
     printed = capsys.readouterr().out
-    assert "1 to run" in printed and "no_dropout-s1: config changed, redoing it" in printed
+    first, note = printed.splitlines()[:2]
+    assert first.startswith("experiment t: 2 runs, 1 already done, 1 to run (1 at a time)")
+    assert note.startswith("no_dropout-s1: config changed, redoing it (old run folder: ")
     after = run_rows(out)
     assert after.keys() == before.keys() and after["baseline-s1"] == before["baseline-s1"]
     assert after["no_dropout-s1"][0] != before["no_dropout-s1"][0]  # the new config's hash

@@ -34,7 +34,8 @@ def test_plan_slots_splits_eight_gpus(per_run, slots):
 
 
 def test_plan_slots_errors():
-    with pytest.raises(GptlabError, match=r"^--gpus-per-run: 3 does not divide the 8 visible GPUs \(0,1,2,3,4,5,6,7\)$"):
+    with pytest.raises(GptlabError,
+                       match=r"^--gpus-per-run: 3 does not divide the 8 visible GPUs \(0,1,2,3,4,5,6,7\)$"):
         plan_slots(GPUS, 3)
     with pytest.raises(GptlabError, match=r"^--gpus-per-run: no GPU is visible"):
         plan_slots([], 1)
@@ -84,6 +85,16 @@ def _spec(tmp_path, data):
     return str(p)
 
 
+def _overlap(out) -> bool:
+    """Whether the two runs were in flight together: each from the moment its config was written (just before
+    its start) to its final.json (training's torchrun start-up included; on 2 cores the training steps alone
+    last about a second and the runs' steps need not coincide)."""
+    (a0, a1), (b0, b1) = [((out / "configs" / f"{rid}.toml").stat().st_mtime,
+                           (out / "runs" / rid / "final.json").stat().st_mtime)
+                          for rid in ("baseline-s1", "qkv_bias-s1")]
+    return a0 < b1 and b0 < a1
+
+
 def _results(out):
     with ResultsDB(out / "results.sqlite", create=False) as db:
         return {r["run_id"]: r["test_loss"] for r in db.runs()}
@@ -98,15 +109,12 @@ def test_two_runs_at_once_of_two_processes_match_single_process(small_data, tmp_
     assert "(1 at a time)" in capsys.readouterr().out.splitlines()[0]
     assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2) == 0
     assert "(2 at a time, 2 processes each)" in capsys.readouterr().out.splitlines()[0]
-    spans = []
     for rid in ("baseline-s1", "qkv_bias-s1"):
         meta = json.loads((two / "runs" / rid / "meta.json").read_text())
         assert meta["world_size"] == 2
         assert meta["environment"]["threads"] == max(1, _cores() // 4)  # cores / (2 runs x 2 processes)
         assert json.loads((one / "runs" / rid / "meta.json").read_text())["world_size"] == 1
-        spans.append((meta["created"], (two / "runs" / rid / "final.json").stat().st_mtime))
-    (a0, a1), (b0, b1) = spans
-    assert a0 < b1 and b0 < a1, "the two runs did not overlap in time"
+    assert _overlap(two) and not _overlap(one)  # two runs at once, vs one after the other
     single, ddp = _results(one), _results(two)
     assert single.keys() == ddp.keys() == {"baseline-s1", "qkv_bias-s1"}
     assert single["baseline-s1"] != single["qkv_bias-s1"]
@@ -117,3 +125,18 @@ def test_two_runs_at_once_of_two_processes_match_single_process(small_data, tmp_
     # the runs under torchrun recorded the config hash the spec resolves to: a re-run finds nothing to do
     assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2) == 0
     assert "0 to run" in capsys.readouterr().out
+
+
+def test_cli_gpus_per_run_without_gpus_is_one_line_before_anything(small_data, tmp_path, capsys, monkeypatch):
+    from gptlab.cli import main
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    out = tmp_path / "exp"
+    assert main(["experiment", _spec(tmp_path, small_data), "--out", str(out), "--gpus-per-run", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gptlab: error: --gpus-per-run: no GPU is visible") and "\n" not in err
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    assert main(["experiment", _spec(tmp_path, small_data), "--out", str(out), "--gpus-per-run", "3"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "gptlab: error: --gpus-per-run: 3 does not divide the 8 visible GPUs (0,1,2,3,4,5,6,7)"
+    assert not out.exists()

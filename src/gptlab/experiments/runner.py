@@ -62,10 +62,10 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
 
     db = ResultsDB(exp_dir / "results.sqlite")
     try:
-        _check_changed(spec, extra, exp_dir, db, rerun_changed)
+        redone = _check_changed(spec, extra, exp_dir, db, rerun_changed)
         # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
         atomic_write_text(exp_dir / "spec.toml", _spec_text(spec, extra))
-        failures = _run_matrix(spec, extra, exp_dir, db, backend)
+        failures = _run_matrix(spec, extra, exp_dir, db, backend, redone)
     except KeyboardInterrupt:
         print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
         return 130
@@ -99,9 +99,10 @@ def _expected_config(spec: Spec, v: Variant, seed: int, extra: dict):
     return cfg
 
 
-def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_changed: bool) -> None:
+def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_changed: bool) -> list[str]:
     """Stop (one line) if a recorded or started run of the matrix has another config than the spec now gives it;
-    with `rerun_changed`, forget those runs' rows and move their folders aside so that they are redone."""
+    with `rerun_changed`, forget those runs' rows and move their folders aside so that they are redone (one
+    line each returned, for after the runner's first line)."""
     recorded = {r["run_id"]: r for r in db.runs()}
     changed: list[tuple[str, str]] = []  # (run id, "finished/started with another config (what changed)")
     for v, seed in spec.matrix():
@@ -122,16 +123,18 @@ def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_
         done = row is not None or (run_dir / "final.json").exists()
         changed.append((rid, f"{'finished' if done else 'started'} with another config ({what})"))
     if not changed:
-        return
+        return []
     ids = [rid for rid, _ in changed]
     if not rerun_changed:
         also = f"; also {', '.join(ids[1:])}" if len(ids) > 1 else ""
         raise GptlabError(f"{ids[0]}: {changed[0][1]}{also}; re-run with --rerun-changed to redo "
                           f"{'them' if len(ids) > 1 else 'it'}")
     _forget(db, ids)
+    notes = []
     for rid in ids:
         moved = _move_aside(exp_dir / "runs", rid)
-        print(f"{rid}: config changed, redoing it" + (f" (old run folder: {moved})" if moved else ""), flush=True)
+        notes.append(f"{rid}: config changed, redoing it" + (f" (old run folder: {moved})" if moved else ""))
+    return notes
 
 
 def _config_diff(old: dict, new: dict, most: int = 4) -> str:
@@ -208,13 +211,16 @@ class _Running:
     started: float
 
 
-def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend) -> list[str]:
+def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend,
+                notes: list[str] | None = None) -> list[str]:
     """Run every run not yet in `db` on `backend`, recording each success as it finishes; return the failed run
     ids. On Ctrl-C the running children are stopped before KeyboardInterrupt propagates."""
     done = db.run_ids()
     todo = [(v, s) for v, s in spec.matrix() if spec.run_id(v.name, s) not in done]
     print(f"experiment {spec.name}: {len(spec.matrix())} runs, {len(spec.matrix()) - len(todo)} already done, "
           f"{len(todo)} to run ({backend.describe()}) -> {exp_dir}", flush=True)
+    for note in notes or []:
+        print(note, flush=True)
     queue, running, failures = list(todo), [], []
     t_start, n_done = time.time(), 0
     try:
