@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import sqlite3
@@ -126,3 +127,78 @@ def test_shipped_experiment_specs_resolve():
         assert spec.baseline == "baseline" and len(spec.seeds) >= 3
     spec = load_spec("configs/experiments/seed-interventions.toml")
     assert [v.name for v in spec.variants] == ["baseline", "grad_clip", "no_dropout", "qkv_bias", "clip+nodrop+qkv"]
+
+
+def run_rows(exp_dir):
+    with sqlite3.connect(exp_dir / "results.sqlite") as c:
+        return {r[0]: r[1:] for r in c.execute("select run_id, config_hash, test_loss, finished from runs")}
+
+
+def test_changed_config_stops_then_rerun_changed_redoes_only_that_run(small_data, tmp_path, capsys):
+    from gptlab.cli import main
+
+    variants = [{"name": "baseline", "interventions": []}, {"name": "no_dropout", "interventions": ["no_dropout"]}]
+    spec = write_spec(tmp_path, small_data, seeds=(1,), variants=variants)
+    out = tmp_path / "exp"
+    cli = ["experiment", str(spec), "--out", str(out), "--quiet"]
+    assert main([*cli, "--set", "train.lr=0.002"]) == 0
+    as_run = (out / "spec.toml").read_text()
+    assert "lr = 0.002" in as_run  # spec.toml describes the runs: the --set overrides merged into [overrides]
+    before = run_rows(out)
+    # a variant's interventions change: one line naming the run and the changed fields, nothing starts
+    variants[1]["interventions"] = ["no_dropout", "qkv_bias"]
+    write_spec(tmp_path, small_data, seeds=(1,), variants=variants)
+    capsys.readouterr()
+    assert main([*cli, "--set", "train.lr=0.002"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("gptlab: error: no_dropout-s1: finished with another config (interventions ['no_dropout'] -> "
+                   "['no_dropout', 'qkv_bias'], model.qkv_bias False -> True); re-run with --rerun-changed to redo it")
+    assert run_rows(out) == before and (out / "spec.toml").read_text() == as_run
+    assert not list((out / "runs").glob("*.stale-*"))
+    # --rerun-changed: that run is redone (row replaced, old folder kept aside), the other one untouched
+    assert main([*cli, "--set", "train.lr=0.002", "--rerun-changed"]) == 0
+    printed = capsys.readouterr().out
+    first, note = printed.splitlines()[:2]
+    assert first.startswith("experiment t: 2 runs, 1 already done, 1 to run (1 at a time)")
+    assert note.startswith("no_dropout-s1: config changed, redoing it (old run folder: ")
+    after = run_rows(out)
+    assert after.keys() == before.keys() and after["baseline-s1"] == before["baseline-s1"]
+    assert after["no_dropout-s1"][0] != before["no_dropout-s1"][0]  # the new config's hash
+    assert after["no_dropout-s1"][1] != before["no_dropout-s1"][1]  # and its own test loss
+    stale = out / "runs" / "no_dropout-s1.stale-1"
+    assert (stale / "final.json").exists() and (out / "runs" / "no_dropout-s1.stale-1.log").exists()
+    assert json.loads((stale / "final.json").read_text())["test_loss"] == pytest.approx(before["no_dropout-s1"][1])
+    with sqlite3.connect(out / "results.sqlite") as c:
+        steps = [r[0] for r in c.execute("select step from metrics where run_id='no_dropout-s1' order by step")]
+    assert len(steps) == len(set(steps)) >= 6  # the new run's metrics only
+    # the same spec without --set: every run differs (the brief's example form), several named in one line
+    assert main(cli) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gptlab: error: baseline-s1: finished with another config (train.lr 0.002 -> 0.003); also no_dropout-s1; "
+        "re-run with --rerun-changed to redo them")
+    # a variant removed from the spec: out of the report's table, its row kept in the database
+    write_spec(tmp_path, small_data, seeds=(1,), variants=variants[:1])
+    assert main([*cli, "--set", "train.lr=0.002"]) == 0
+    printed = capsys.readouterr().out
+    assert "0 to run" in printed and "no_dropout" not in printed
+    assert "no_dropout" not in (out / "report.md").read_text()
+    assert run_rows(out).keys() == {"baseline-s1", "no_dropout-s1"}
+
+
+def test_changed_partial_run_is_named_before_it_fails_in_training(small_data, tmp_path, capsys):
+    """A run started (killed before it finished) with another config: named up front, not a failure later."""
+    spec = write_spec(tmp_path, small_data, seeds=(1,), variants=[{"name": "baseline", "interventions": []}])
+    out = tmp_path / "exp"
+    from gptlab.config import save_config
+    from gptlab.data.vocab import resolve_corpus_vocab
+
+    s = load_spec(spec)
+    cfg = s.resolved_config(s.variants[0], 1)
+    resolve_corpus_vocab(cfg)
+    cfg.train.lr = 0.01
+    (out / "runs" / "baseline-s1").mkdir(parents=True)
+    save_config(cfg, out / "runs" / "baseline-s1" / "config.toml")
+    with pytest.raises(GptlabError, match=r"^baseline-s1: started with another config \(train.lr 0.01 -> 0.003\); "
+                                          r"re-run with --rerun-changed to redo it$"):
+        run_experiment(str(spec), out=str(out), quiet=True)
+    assert not (out / "configs" / "baseline-s1.toml").exists() and not (out / "spec.toml").exists()

@@ -10,7 +10,8 @@ def cmd_experiment(a) -> int:
 
     only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else None
     return run_experiment(a.spec, out=a.out, dry_run=a.dry_run, parallel=a.parallel, overrides=a.set,
-                          quiet=a.quiet, only=only)
+                          quiet=a.quiet, only=only, procs_per_run=a.procs_per_run, gpus_per_run=a.gpus_per_run,
+                          rerun_changed=a.rerun_changed)
 
 
 def cmd_leaderboard(a) -> int:
@@ -34,11 +35,26 @@ def register(sub) -> None:
     s = verb_parser(sub, "experiment", "run a matrix of variants x seeds, record results.sqlite, write the report",
                 "gptlab experiment configs/experiments/seed-interventions.toml\n"
                 "gptlab experiment configs/experiments/seed-interventions.toml --dry-run\n"
-                "gptlab experiment configs/experiments/seed-interventions.toml --parallel 2")
+                "gptlab experiment configs/experiments/seed-interventions.toml --parallel 2\n"
+                "gptlab experiment configs/experiments/gpt2-small-interventions.toml --gpus-per-run 2   "
+                "# 8 GPUs: 4 runs at once\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --procs-per-run 2 --parallel 2\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --rerun-changed")
     s.add_argument("spec", help="experiment TOML")
     s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
     s.add_argument("--dry-run", action="store_true", help="print the matrix, tokens, FLOPs and estimated time")
-    s.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    s.add_argument("--parallel", type=int, metavar="N",
+                   help="runs at a time (default 1; with --gpus-per-run: one per GPU slot, at most N)")
+    s.add_argument("--gpus-per-run", type=int, metavar="N",
+                   help="split the visible GPUs (CUDA_VISIBLE_DEVICES, else all) into slots of N; each run "
+                        "under torchrun with N processes on its slot's GPUs, one run per slot at a time")
+    s.add_argument("--procs-per-run", type=int, metavar="N",
+                   help="each run under torchrun with N processes without a device list (CPU: gloo); "
+                        "--parallel says how many runs at once")
+    s.add_argument("--rerun-changed", action="store_true",
+                   help="redo runs whose recorded config differs from what the spec now gives them (their rows "
+                        "replaced, their run folders moved aside to runs/RUN_ID.stale-N); without it such runs "
+                        "stop the experiment before anything starts")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     s.add_argument("--only", metavar="V1,V2", help="run only these variants (and the baseline); re-run later for the rest")
     s.add_argument("--quiet", action="store_true")

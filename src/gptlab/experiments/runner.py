@@ -2,8 +2,14 @@
 resumable (finished runs skipped, partial ones resumed from their checkpoints, never duplicated), every result
 recorded in `results.sqlite` by this process alone as it finishes, and the report written at the end.
 
-An experiment folder holds spec.toml (a copy of the spec), configs/RUN_ID.toml (what each run was started
-with), runs/RUN_ID/ (its run directory), runs/RUN_ID.log (its output), results.sqlite and the report.
+A finished run counts only with the config the spec now gives it: its recorded config hash (results.sqlite) and
+its run folder's config.toml are checked against the spec before anything starts; a changed one stops the
+experiment with one line naming the run and the fields, or with --rerun-changed is redone (its old folder moved
+aside to runs/RUN_ID.stale-N). The report covers the spec's runs only (rows of removed variants stay recorded).
+
+An experiment folder holds spec.toml (the spec as run, --set overrides merged in; written once the recorded runs
+are known to match it), configs/RUN_ID.toml (what each run was started with), runs/RUN_ID/ (its run directory),
+runs/RUN_ID.log (its output), results.sqlite and the report.
 """
 
 from __future__ import annotations
@@ -17,17 +23,25 @@ from pathlib import Path
 import tomli_w
 
 from gptlab import GptlabError
-from gptlab.config import parse_overrides
+from gptlab.config import config_from_run, deep_merge, parse_overrides, read_toml
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
 from gptlab.experiments.spec import Spec, Variant, load_spec
 from gptlab.io import atomic_write_text
 
 
-def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int = 1,
-                   overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None) -> int:
-    """Run (or with dry_run, only print) the matrix of `spec_path`; the exit status for the CLI."""
+def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int | None = None,
+                   overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None,
+                   procs_per_run: int | None = None, gpus_per_run: int | None = None,
+                   rerun_changed: bool = False) -> int:
+    """Run (or with dry_run, only print) the matrix of `spec_path`; the exit status for the CLI.
+
+    Placement (scheduler/local.py): `gpus_per_run` splits the visible GPUs into slots, one run per slot;
+    otherwise `parallel` runs at a time of `procs_per_run` processes each. A finished (or started) run whose
+    config is not what the spec now resolves to stops everything before any run starts, unless `rerun_changed`:
+    then it is redone (its row forgotten, its run folder moved aside to runs/RUN_ID.stale-N)."""
     spec = load_spec(spec_path)
+    spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}  # what the report shows (--only included)
     if only:
         _keep_only(spec, only)
     extra = parse_overrides(overrides or [])
@@ -39,28 +53,132 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
 
         print_dry_run(spec, extra)
         return 0
+    backend = LocalBackend(parallel, procs_per_run=procs_per_run, gpus_per_run=gpus_per_run)
     exp_dir = Path(out or Path("experiments") / spec.name)
     for d in (exp_dir, exp_dir / "runs", exp_dir / "configs"):
         d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(exp_dir / "spec.toml", spec.path.read_text())
     # data once, before any run starts (runs in parallel must not race to prepare it)
     _prepare_data(spec.resolved_config(spec.variants[0], spec.seeds[0], extra), quiet)
 
     db = ResultsDB(exp_dir / "results.sqlite")
     try:
-        failures = _run_matrix(spec, extra, exp_dir, db, LocalBackend(parallel))
+        redone = _check_changed(spec, extra, exp_dir, db, rerun_changed)
+        # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
+        atomic_write_text(exp_dir / "spec.toml", _spec_text(spec, extra))
+        failures = _run_matrix(spec, extra, exp_dir, db, backend, redone)
     except KeyboardInterrupt:
         print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
         return 130
     finally:
         db.close()
-    if not _report(spec, exp_dir):
+    if not _report(spec, exp_dir, spec_runs):
         return 1
     if failures:
         print(f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _spec_text(spec: Spec, extra: dict) -> str:
+    """The spec as run: its file's text, or with --set, its table with the overrides merged into [overrides]."""
+    if not extra:
+        return spec.path.read_text()
+    d = read_toml(spec.path)
+    d["overrides"] = deep_merge(d.get("overrides", {}), extra)
+    return "# written by `gptlab experiment` with --set merged into [overrides]\n" + tomli_w.dumps(d)
+
+
+def _expected_config(spec: Spec, v: Variant, seed: int, extra: dict):
+    """The config the run trains with: the spec's resolved config, the corpus vocabulary size filled in as
+    training does (data is prepared by now), so that its hash is the one the run records in meta.json."""
+    from gptlab.data.vocab import resolve_corpus_vocab
+
+    cfg = spec.resolved_config(v, seed, extra)
+    resolve_corpus_vocab(cfg)
+    return cfg
+
+
+def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_changed: bool) -> list[str]:
+    """Stop (one line) if a recorded or started run of the matrix has another config than the spec now gives it;
+    with `rerun_changed`, forget those runs' rows and move their folders aside so that they are redone (one
+    line each returned, for after the runner's first line)."""
+    recorded = {r["run_id"]: r for r in db.runs()}
+    changed: list[tuple[str, str]] = []  # (run id, "finished/started with another config (what changed)")
+    for v, seed in spec.matrix():
+        rid = spec.run_id(v.name, seed)
+        run_dir, row = exp_dir / "runs" / rid, recorded.get(rid)
+        saved = run_dir / "config.toml"
+        if row is None and not saved.is_file():
+            continue
+        new = _expected_config(spec, v, seed, extra)
+        old = config_from_run(run_dir) if saved.is_file() else None
+        old_hashes = {h for h in ((row or {}).get("config_hash"), old.hash() if old else None) if h}
+        if not old_hashes - {new.hash()}:
+            continue
+        if old is not None and old.hash() != new.hash():
+            what = _config_diff(old.to_dict(), new.to_dict())
+        else:
+            what = f"config hash {row['config_hash']} -> {new.hash()}"
+        done = row is not None or (run_dir / "final.json").exists()
+        changed.append((rid, f"{'finished' if done else 'started'} with another config ({what})"))
+    if not changed:
+        return []
+    ids = [rid for rid, _ in changed]
+    if not rerun_changed:
+        also = f"; also {', '.join(ids[1:])}" if len(ids) > 1 else ""
+        raise GptlabError(f"{ids[0]}: {changed[0][1]}{also}; re-run with --rerun-changed to redo "
+                          f"{'them' if len(ids) > 1 else 'it'}")
+    _forget(db, ids)
+    notes = []
+    for rid in ids:
+        moved = _move_aside(exp_dir / "runs", rid)
+        notes.append(f"{rid}: config changed, redoing it" + (f" (old run folder: {moved})" if moved else ""))
+    return notes
+
+
+def _config_diff(old: dict, new: dict, most: int = 4) -> str:
+    """'train.lr 0.002 -> 0.001, ...': the fields that differ, interventions first (they explain the rest)."""
+    o, n = _flat(old), _flat(new)
+    keys = sorted((k for k in {*o, *n} if o.get(k) != n.get(k)), key=lambda k: (k != "interventions", k))
+    parts = [f"{k} {o.get(k)!r} -> {n.get(k)!r}" if isinstance(o.get(k), str) or isinstance(n.get(k), str)
+             else f"{k} {o.get(k)} -> {n.get(k)}" for k in keys[:most]]
+    more = f", +{len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(parts) + more
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _forget(db: ResultsDB, run_ids: list[str]) -> None:
+    """Remove these runs' rows (run, metrics, judge scores of the old weights) in one transaction.
+    ResultsDB has no delete method (results.py); the runner, the only writer, does it through its transaction."""
+    marks = ", ".join("?" for _ in run_ids)
+    with db._transaction() as c:
+        for table in ("runs", "metrics", "judge_scores"):
+            c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)
+
+
+def _move_aside(runs: Path, rid: str) -> Path | None:
+    """runs/RID (and its log) -> runs/RID.stale-N, the first N free; nothing is deleted."""
+    if not (runs / rid).exists() and not (runs / f"{rid}.log").exists():
+        return None
+    n = 1
+    while (runs / f"{rid}.stale-{n}").exists() or (runs / f"{rid}.stale-{n}.log").exists():
+        n += 1
+    dest = runs / f"{rid}.stale-{n}"
+    if (runs / rid).exists():
+        (runs / rid).rename(dest)
+    if (runs / f"{rid}.log").exists():
+        (runs / f"{rid}.log").rename(runs / f"{rid}.stale-{n}.log")
+    return dest
 
 
 def _keep_only(spec: Spec, only: list[str]) -> None:
@@ -93,13 +211,16 @@ class _Running:
     started: float
 
 
-def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend) -> list[str]:
+def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend,
+                notes: list[str] | None = None) -> list[str]:
     """Run every run not yet in `db` on `backend`, recording each success as it finishes; return the failed run
     ids. On Ctrl-C the running children are stopped before KeyboardInterrupt propagates."""
     done = db.run_ids()
     todo = [(v, s) for v, s in spec.matrix() if spec.run_id(v.name, s) not in done]
     print(f"experiment {spec.name}: {len(spec.matrix())} runs, {len(spec.matrix()) - len(todo)} already done, "
           f"{len(todo)} to run ({backend.describe()}) -> {exp_dir}", flush=True)
+    for note in notes or []:
+        print(note, flush=True)
     queue, running, failures = list(todo), [], []
     t_start, n_done = time.time(), 0
     try:
@@ -168,14 +289,16 @@ def _metrics_rows(run_dir: Path) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
-def _report(spec: Spec, exp_dir: Path) -> bool:
-    """Write the report and print its verdict table and yardsticks; False (said on stderr) if it cannot be."""
+def _report(spec: Spec, exp_dir: Path, run_ids: set[str]) -> bool:
+    """Write the report of the spec's runs `run_ids` (rows of variants or seeds since removed from the spec stay
+    in the database, out of the report) and print its verdict table and yardsticks; False (said on stderr) if
+    it cannot be."""
     from gptlab.experiments.report import format_table, write_report, yardstick_summary
 
     refs = {v.name: v.reference for v in spec.variants if v.reference is not None}
     try:
         res = write_report(exp_dir, baseline=spec.baseline, experiment=spec.name, reference=refs or None,
-                           title=spec.name)
+                           title=spec.name, run_ids=run_ids)
     except GptlabError as e:
         print(f"report not written: {e}", file=sys.stderr)
         return False

@@ -36,10 +36,11 @@ from gptlab.io import atomic_write_bytes, atomic_write_text
 
 def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: str | None = None,
                  reference: dict[str, float] | None = None, title: str | None = None,
-                 alpha: float = 0.05) -> dict:
-    """Write report.md, report.html and plots/*.png into exp_dir; return paths, the table and the rows."""
+                 alpha: float = 0.05, run_ids: set[str] | None = None) -> dict:
+    """Write report.md, report.html and plots/*.png into exp_dir; return paths, the table and the rows.
+    `run_ids`: report only these runs (the runner passes its spec's matrix; other rows stay in the database)."""
     exp_dir = Path(exp_dir)
-    ex = _read_experiment(exp_dir, experiment)
+    ex = _read_experiment(exp_dir, experiment, run_ids)
     variants = sorted({str(r.get("variant") or "") for r in ex.runs})
     if baseline not in variants:
         raise GptlabError(f"baseline variant {baseline!r} not found in {exp_dir}; variants present: "
@@ -73,12 +74,12 @@ class _Experiment:
     metrics: dict[str, list[list[dict]]]  # variant -> per-step metrics of each of its runs
 
 
-def _read_experiment(exp_dir: Path, experiment: str | None) -> _Experiment:
+def _read_experiment(exp_dir: Path, experiment: str | None, run_ids: set[str] | None = None) -> _Experiment:
     db_path = exp_dir / DB_NAME
     if not db_path.exists():
         raise GptlabError(f"no {DB_NAME} in {exp_dir}: no finished runs have been recorded there")
     with ResultsDB(db_path, create=False) as db:
-        runs = db.runs(experiment)
+        runs = [r for r in db.runs(experiment) if run_ids is None or r["run_id"] in run_ids]
         if not runs:
             what = f" for experiment {experiment!r}" if experiment is not None else ""
             present = sorted({str(r.get('experiment')) for r in db.runs()})

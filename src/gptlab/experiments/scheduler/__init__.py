@@ -3,9 +3,10 @@
 The runner (experiments/runner.py) is the only writer of results.sqlite. It hands each run to a backend as a
 `RunJob`; the backend starts it (`gptlab train --resume` on the run's config, alone or under torchrun) and reports
 its state; the runner then reads the result from the run folder. Backends: `local` (subprocesses on this
-machine). A backend only starts and watches processes: it never reads or writes results."""
+machine, in slots: the GPUs split by `plan_slots`, or N CPU processes per run). A backend only starts and
+watches processes: it never reads or writes results."""
 
 from gptlab.experiments.scheduler.base import Backend, RunJob, State, train_command
-from gptlab.experiments.scheduler.local import LocalBackend
+from gptlab.experiments.scheduler.local import LocalBackend, plan_slots
 
-__all__ = ["Backend", "RunJob", "State", "train_command", "LocalBackend"]
+__all__ = ["Backend", "LocalBackend", "RunJob", "State", "plan_slots", "train_command"]

@@ -1,4 +1,14 @@
-"""The local backend: each run a subprocess on this machine, `parallel` at a time, its output appended to its log."""
+"""The local backend: each run a subprocess on this machine, its output appended to its log.
+
+Runs are placed in slots. On a GPU machine (`gpus_per_run`) the visible GPUs are split into slots of that many
+devices (`plan_slots`); a run starts in a free slot under `torchrun --standalone --nproc_per_node N` with
+CUDA_VISIBLE_DEVICES set to the slot's device ids, so as many runs go at once as there are slots. On a CPU machine
+(`procs_per_run`) the same path runs with `parallel` slots and no device list: N gloo processes per run.
+
+Two runs at once never share a rendezvous port: `--standalone` binds its c10d store to port 0 (the kernel picks a
+free one) and the workers reuse that store (torch's shared TCPStore), so no port is chosen before it is bound; the
+backend pins TORCH_DISABLE_SHARE_RDZV_TCP_STORE=0, the one setting that would make torch pick a port by probing.
+Each run's OMP/MKL threads are the cores divided by (runs at once x processes per run), at least 1."""
 
 from __future__ import annotations
 
@@ -6,32 +16,102 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from gptlab import GptlabError
 from gptlab.experiments.scheduler.base import RunJob, State, train_command
+
+
+def plan_slots(devices: list[str], per_run: int) -> list[list[str]]:
+    """The visible GPUs `devices` split, in order, into slots of `per_run` devices (one run per slot)."""
+    if per_run < 1:
+        raise GptlabError(f"--gpus-per-run: expected a positive number of GPUs per run, got {per_run}")
+    if not devices:
+        raise GptlabError("--gpus-per-run: no GPU is visible (CUDA_VISIBLE_DEVICES is empty or torch sees no CUDA "
+                          "device); on a CPU machine use --procs-per-run")
+    if len(devices) % per_run:
+        raise GptlabError(f"--gpus-per-run: {per_run} does not divide the {len(devices)} visible GPUs "
+                          f"({','.join(devices)})")
+    return [devices[i:i + per_run] for i in range(0, len(devices), per_run)]
+
+
+def visible_devices() -> list[str]:
+    """The GPU ids runs may use: CUDA_VISIBLE_DEVICES if set (ids or UUIDs, as given), else 0..count-1."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
 class _Proc:
     job: RunJob
     proc: subprocess.Popen
+    slot: int
 
 
 class LocalBackend:
-    def __init__(self, parallel: int = 1):
-        self.parallel = max(1, parallel)
-        threads = max(1, (os.cpu_count() or 1) // self.parallel)  # runs at once share the cores
-        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    def __init__(self, parallel: int | None = None, procs_per_run: int | None = None,
+                 gpus_per_run: int | None = None, devices: list[str] | None = None):
+        """`gpus_per_run`: GPU slots over `devices` (default: the visible GPUs), at most `parallel` of them used;
+        else `parallel` (default 1) CPU slots of `procs_per_run` (default 1) processes each."""
+        if parallel is not None and parallel < 1:
+            raise GptlabError(f"--parallel: expected a positive number of runs at a time, got {parallel}")
+        if gpus_per_run is not None:
+            if procs_per_run is not None:
+                raise GptlabError("--procs-per-run: not with --gpus-per-run (a GPU run has one process per GPU)")
+            self.gpus: list[list[str]] | None = plan_slots(visible_devices() if devices is None else devices,
+                                                           gpus_per_run)
+            self.gpus = self.gpus[:parallel or len(self.gpus)]
+            self.nproc, n_slots = gpus_per_run, len(self.gpus)
+        else:
+            if procs_per_run is not None and procs_per_run < 1:
+                raise GptlabError(f"--procs-per-run: expected a positive number of processes, got {procs_per_run}")
+            self.gpus, self.nproc, n_slots = None, procs_per_run or 1, parallel or 1
+        self.n_slots = n_slots
+        self.threads = max(1, _cores() // (n_slots * self.nproc))  # runs at once share the cores
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
+                        TORCH_DISABLE_SHARE_RDZV_TCP_STORE="0")
         self.running: list[_Proc] = []
 
     def describe(self) -> str:
-        return f"{self.parallel} at a time"
+        if self.gpus is not None:
+            ids = " ".join(",".join(s) for s in self.gpus)
+            return f"{self.n_slots} slot{'s' if self.n_slots > 1 else ''} of {self.nproc} GPU" \
+                   f"{'s' if self.nproc > 1 else ''} ({ids})"
+        procs = f", {self.nproc} processes each" if self.nproc > 1 else ""
+        return f"{self.n_slots} at a time{procs}"
+
+    def slot_env(self, slot: int) -> dict[str, str]:
+        """The environment a run in `slot` starts with: the thread counts, and on GPUs the slot's devices."""
+        if self.gpus is None:
+            return self.env
+        return dict(self.env, CUDA_VISIBLE_DEVICES=",".join(self.gpus[slot]))
+
+    def _free(self) -> list[int]:
+        self.running = [p for p in self.running if p.proc.poll() is None]
+        taken = {p.slot for p in self.running}
+        return [i for i in range(self.n_slots) if i not in taken]
 
     def free_slots(self) -> int:
-        self.running = [p for p in self.running if p.proc.poll() is None]
-        return self.parallel - len(self.running)
+        return len(self._free())
 
     def start(self, job: RunJob) -> _Proc:
+        free = self._free()
+        if not free:
+            raise GptlabError(f"{job.run_id}: no free slot (the runner starts runs only when free_slots() > 0)")
+        slot = free[0]
         with open(job.log, "a") as f:
-            p = _Proc(job, subprocess.Popen(train_command(job), stdout=f, stderr=subprocess.STDOUT, env=self.env))
+            proc = subprocess.Popen(train_command(job, self.nproc), stdout=f, stderr=subprocess.STDOUT,
+                                    env=self.slot_env(slot))
+        p = _Proc(job, proc, slot)
         self.running.append(p)
         return p
 
