@@ -353,6 +353,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def flat(d: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: RunConfig, new: RunConfig, most: int = 4) -> str:
+    """'interventions [] -> ['qkv_bias'], model.qkv_bias False -> True': the fields that differ, interventions
+    first (they explain the rest), then in config order; at most `most`, then '+N more'."""
+    o, n = flat(old.to_dict()), flat(new.to_dict())
+    keys = sorted((k for k in {**o, **n} if o.get(k) != n.get(k)), key=lambda k: k != "interventions")
+    parts = [f"{k} {o.get(k)!r} -> {n.get(k)!r}" if isinstance(o.get(k), str) or isinstance(n.get(k), str)
+             else f"{k} {o.get(k)} -> {n.get(k)}" for k in keys[:most]]
+    return ", ".join(parts) + (f", +{len(keys) - most} more" if len(keys) > most else "")
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, cfg.to_toml())
 

@@ -200,6 +200,13 @@ class ResultsDB:
             c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             c.executemany(f"INSERT OR REPLACE INTO metrics({', '.join(METRIC_COLUMNS)}) VALUES ({mplace})", mrows)
 
+    def forget(self, run_ids: list[str]) -> None:
+        """Remove these runs' rows (the run, its metrics, its judge scores) in one transaction."""
+        marks = ", ".join("?" for _ in run_ids)
+        with self._transaction() as c:
+            for table in ("runs", "metrics", "judge_scores"):
+                c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", [str(r) for r in run_ids])
+
     def record_judge(self, run_id: str, judge_model: str, items: Iterable[dict]) -> None:
         """Replace this (run, judge model)'s scores with `items` (dicts: item, instruction, response,
         score; score None = the judge's answer could not be parsed), in one transaction."""

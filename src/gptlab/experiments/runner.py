@@ -23,7 +23,13 @@ from pathlib import Path
 import tomli_w
 
 from gptlab import GptlabError
-from gptlab.config import config_from_run, deep_merge, parse_overrides, read_toml
+from gptlab.config import (
+    config_changes,
+    config_from_run,
+    deep_merge,
+    parse_overrides,
+    read_toml,
+)
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
 from gptlab.experiments.spec import Spec, Variant, load_spec
@@ -117,7 +123,7 @@ def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_
         if not old_hashes - {new.hash()}:
             continue
         if old is not None and old.hash() != new.hash():
-            what = _config_diff(old.to_dict(), new.to_dict())
+            what = config_changes(old, new)
         else:
             what = f"config hash {row['config_hash']} -> {new.hash()}"
         done = row is not None or (run_dir / "final.json").exists()
@@ -129,41 +135,12 @@ def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_
         also = f"; also {', '.join(ids[1:])}" if len(ids) > 1 else ""
         raise GptlabError(f"{ids[0]}: {changed[0][1]}{also}; re-run with --rerun-changed to redo "
                           f"{'them' if len(ids) > 1 else 'it'}")
-    _forget(db, ids)
+    db.forget(ids)
     notes = []
     for rid in ids:
         moved = _move_aside(exp_dir / "runs", rid)
         notes.append(f"{rid}: config changed, redoing it" + (f" (old run folder: {moved})" if moved else ""))
     return notes
-
-
-def _config_diff(old: dict, new: dict, most: int = 4) -> str:
-    """'train.lr 0.002 -> 0.001, ...': the fields that differ, interventions first (they explain the rest)."""
-    o, n = _flat(old), _flat(new)
-    keys = sorted((k for k in {*o, *n} if o.get(k) != n.get(k)), key=lambda k: (k != "interventions", k))
-    parts = [f"{k} {o.get(k)!r} -> {n.get(k)!r}" if isinstance(o.get(k), str) or isinstance(n.get(k), str)
-             else f"{k} {o.get(k)} -> {n.get(k)}" for k in keys[:most]]
-    more = f", +{len(keys) - most} more" if len(keys) > most else ""
-    return ", ".join(parts) + more
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _forget(db: ResultsDB, run_ids: list[str]) -> None:
-    """Remove these runs' rows (run, metrics, judge scores of the old weights) in one transaction.
-    ResultsDB has no delete method (results.py); the runner, the only writer, does it through its transaction."""
-    marks = ", ".join("?" for _ in run_ids)
-    with db._transaction() as c:
-        for table in ("runs", "metrics", "judge_scores"):
-            c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)
 
 
 def _move_aside(runs: Path, rid: str) -> Path | None:

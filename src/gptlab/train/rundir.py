@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from gptlab import GptlabError, __version__
-from gptlab.config import RunConfig, config_from_run
+from gptlab.config import RunConfig, config_changes, config_from_run
 
 # flock() errors of filesystems without locks (some Lustre and NFS mounts): the run goes on without a lock
 NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
@@ -64,20 +64,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
         raise GptlabError(f"{run_dir}: run directory already exists; pass --resume to continue it "
                           f"or choose another --run-dir")
     if old.hash() != cfg.hash():
-        new_flat, old_flat = _flat(cfg.to_dict()), _flat(old.to_dict())
-        diff = [k for k in new_flat if new_flat[k] != old_flat.get(k)]
-        raise GptlabError(f"{saved}: checkpoint is from another config (differs in {', '.join(diff[:4])})")
+        raise GptlabError(f"{saved}: checkpoint is from another config (differs in {config_changes(old, cfg)})")
     return old
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def git_commit() -> str:
