@@ -20,13 +20,16 @@ from gptlab import GptlabError
 from gptlab.config import parse_overrides
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
+from gptlab.experiments.scheduler.slurm import EXIT_PREEMPTED
 from gptlab.experiments.spec import Spec, Variant, load_spec
 from gptlab.io import atomic_write_text
 
 
 def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int = 1,
-                   overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None) -> int:
-    """Run (or with dry_run, only print) the matrix of `spec_path`; the exit status for the CLI."""
+                   overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None,
+                   backend: str = "local", backend_options: dict | None = None) -> int:
+    """Run (or with dry_run, only print) the matrix of `spec_path`; the exit status for the CLI. `backend`: "local"
+    (`parallel` at a time on this machine) or "slurm" (`backend_options`: SlurmBackend's keyword arguments)."""
     spec = load_spec(spec_path)
     if only:
         _keep_only(spec, only)
@@ -46,9 +49,10 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
     # data once, before any run starts (runs in parallel must not race to prepare it)
     _prepare_data(spec.resolved_config(spec.variants[0], spec.seeds[0], extra), quiet)
 
+    runner_backend = _make_backend(backend, exp_dir, parallel, backend_options or {})
     db = ResultsDB(exp_dir / "results.sqlite")
     try:
-        failures = _run_matrix(spec, extra, exp_dir, db, LocalBackend(parallel))
+        failures = _run_matrix(spec, extra, exp_dir, db, runner_backend)
     except KeyboardInterrupt:
         print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
         return 130
@@ -61,6 +65,16 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
               file=sys.stderr)
         return 1
     return 0
+
+
+def _make_backend(name: str, exp_dir: Path, parallel: int, options: dict) -> Backend:
+    if name == "local":
+        return LocalBackend(parallel)
+    if name == "slurm":
+        from gptlab.experiments.scheduler.slurm import SlurmBackend
+
+        return SlurmBackend(exp_dir, **options)
+    raise GptlabError(f"--backend: expected local or slurm, got '{name}'")
 
 
 def _keep_only(spec: Spec, only: list[str]) -> None:
@@ -110,6 +124,12 @@ def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
                 running.append(_Running(job, backend.start(job), v, seed, time.time()))
             time.sleep(0.2)
             for run in [r for r in running if backend.state(r.handle) in (State.DONE, State.FAILED)]:
+                if (backend.state(run.handle) == State.FAILED and getattr(backend, "requeue_preempted", False)
+                        and backend.exit_code(run.handle) == EXIT_PREEMPTED):
+                    run.handle = backend.requeue(run.handle)  # checkpoint written: resume it in a new job
+                    print(f"{'':>{len(str(len(todo))) * 2 + 3}} {run.job.run_id:<30} preempted (exit "
+                          f"{EXIT_PREEMPTED}): requeued, resumes from its checkpoint", flush=True)
+                    continue
                 running.remove(run)
                 n_done += 1
                 counter = f"[{n_done}/{len(todo)}] {run.job.run_id:<30}"
