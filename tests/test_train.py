@@ -204,6 +204,31 @@ def test_fsdp2_two_processes_matches_single_and_reshards_to_one(small_data, tmp_
     assert res["world_size"] == 1 and res["test_loss"] == pytest.approx(single["test_loss"], abs=1e-3)
 
 
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_processes_with_gradient_accumulation_match_one(fsdp, small_data, tmp_path):
+    """Micro-batch 2 of a global batch of 8: 2 accumulation micro-steps per rank on 2 gloo ranks (gradient sync
+    skipped on the first: DDP no_sync / FSDP2 set_requires_gradient_sync(False)), 4 in one process: the same
+    per-step losses and final test loss."""
+    over = tiny_overrides(small_data, **{"model.drop_rate": 0.0, "train.checkpoint_interval": 0,
+                                         "train.micro_batch_size": 2, "train.fsdp": fsdp})
+    single = train(load_config(None, over), tmp_path / "one")
+    r = _torchrun(tmp_path / "two", over)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "final.json").read_text())
+    assert two["world_size"] == 2 and two["test_loss"] == pytest.approx(single["test_loss"], abs=2e-4)
+    losses = [[json.loads(x)["train_loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+               if "train_loss" in x] for d in ("one", "two")]
+    assert len(losses[0]) == len(losses[1]) == 12
+    assert max(abs(a - b) for a, b in zip(*losses)) < 2e-4
+
+
+def test_fsdp2_with_muon_is_refused_in_one_line(small_data, tmp_path):
+    over = tiny_overrides(small_data, **{"train.fsdp": True}) + ['interventions=["muon"]']
+    r = _torchrun(tmp_path / "r", over)
+    assert r.returncode != 0
+    assert "gptlab: error: train.optimizer: muon does not run under train.fsdp" in r.stderr
+
+
 def test_compiled_training_matches_eager(small_data, tmp_path):
     """train.compile compiles the model with its loss (inductor's C++ backend on CPU): same losses as eager."""
     kw = {"train.tokens": 8 * 32 * 4, "model.drop_rate": 0.0, "train.eval_interval": 0}

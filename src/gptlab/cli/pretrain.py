@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from gptlab import GptlabError
@@ -39,8 +40,16 @@ def cmd_train(a) -> int:
     if a.quiet:
         cfg.train.progress = False
     run_dir = Path(a.run_dir or Path(cfg.out_dir) / cfg.name)
+    from gptlab.train.signals import EXIT_PREEMPTED
+
     final = train(cfg, run_dir, resume=a.resume, stop_after=a.stop_after)
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if "preempted" in final:
+        if main_rank:
+            print(f"preempted ({final['preempted']}) at step {final['stopped_at']}/{final['total_steps']}: checkpoint "
+                  f"written; continue with --resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    if main_rank:
         if "stopped_at" in final:
             print(f"stopped at step {final['stopped_at']}/{final['total_steps']}; continue with --resume")
         else:

@@ -3,7 +3,8 @@
 train() holds the run directory (lock, config, meta.json), builds the model and a Trainer, and runs the loop:
 the lr schedule, the global batch of each step (a function of data.data_seed and the step only, so runs of an
 experiment see the same batches and a resumed run the batches it would have seen), the NaN policy, val loss every
-eval_interval steps, checkpoints every checkpoint_interval steps, and at the end val and test loss in final.json."""
+eval_interval steps, checkpoints every checkpoint_interval steps, preemption (signals.py: SIGTERM/SIGUSR1 ->
+checkpoint, preempted.json, exit 75), and at the end val and test loss in final.json."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from gptlab.train.metrics import TrainLog, median_tokens_per_s
 from gptlab.train.optim import OptimSettings
 from gptlab.train.rundir import RunLock, environment, prepare_run_dir
 from gptlab.train.schedule import lr_factor
+from gptlab.train.signals import MARKER, Preemption
 from gptlab.train.trainer import Trainer
 
 
@@ -61,6 +63,7 @@ class Pretraining:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device, dist_: Dist):
         self.cfg, self.run_dir, self.resume, self.device, self.dist = cfg, run_dir, resume, device, dist_
         self.tokens_seen = 0  # by all ranks in this process's lifetime (the tokens/s fallback)
+        self.last_checkpoint = -1  # the step of the newest checkpoint this process wrote
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -142,6 +145,8 @@ class Pretraining:
         self._open_data()
         self._build()
         p = self._start_or_resume()
+        if self.dist.main:
+            (self.run_dir / MARKER).unlink(missing_ok=True)  # a preempted run that starts again
         t, m = self.cfg.train, self.cfg.model
         peak = device_peak_flops(self.device)
         self.log = TrainLog(self.run_dir / "metrics.jsonl", self.dist.main, t.log_interval, self.step_tokens,
@@ -151,13 +156,21 @@ class Pretraining:
         if p.step > 0:
             self.log.keep_until(p.step)
         self.trainer.train_model.train()
-        t0, start = time.time(), p.step
+        t0 = time.time()
         if p.step == 0 and t.eval_interval:
             self.log.val_loss(0, self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches))
         try:
-            for step in range(start, self.total_steps):
-                if not self._one_step(step, p):
-                    continue
+            with Preemption() as pre:
+                stopped = self._loop(p, stop_after, pre)
+        finally:
+            self.log.close()
+        return stopped or self._finish(time.time() - t0, p)
+
+    def _loop(self, p: Progress, stop_after: int | None, pre: Preemption) -> dict | None:
+        """Train to the end (None), or until `stop_after` steps or a preemption signal (what was reached)."""
+        t, start = self.cfg.train, p.step
+        for step in range(start, self.total_steps):
+            if self._one_step(step, p):
                 done = p.step
                 if t.eval_interval and done % t.eval_interval == 0 and done != self.total_steps:
                     self.log.val_loss(done, self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches))
@@ -167,9 +180,18 @@ class Pretraining:
                     self._checkpoint(p)
                 if stopping and done != self.total_steps:
                     return {"stopped_at": done, "total_steps": self.total_steps}
-        finally:
-            self.log.close()
-        return self._finish(time.time() - t0, p)
+            if p.step != self.total_steps and pre.requested(self.dist, self.device):
+                return self._preempted(p, pre.signal or "signal on another rank")
+        return None
+
+    def _preempted(self, p: Progress, why: str) -> dict:
+        """Checkpoint where the loop stands and leave preempted.json, for the scheduler that starts it again."""
+        if self.last_checkpoint != p.step:
+            self._checkpoint(p)
+        out = {"stopped_at": p.step, "total_steps": self.total_steps, "preempted": why}
+        if self.dist.main:
+            atomic_write_json(self.run_dir / MARKER, out)
+        return out
 
     def _one_step(self, step: int, p: Progress) -> bool:
         """Train step `step`; False when its batch was skipped (non-finite loss or gradient)."""
@@ -212,6 +234,7 @@ class Pretraining:
     def _checkpoint(self, p: Progress) -> None:
         state = {"skips": p.skips, "lr_scale": p.lr_scale, "tokens": p.step * self.step_tokens}
         self.trainer.save(self.run_dir, p.step, state, keep=self.cfg.train.keep_checkpoints or None)
+        self.last_checkpoint = p.step
 
     def _eval(self, ds, batch_size: int, offset: int = 0, n_batches: int = 0) -> float:
         # FSDP: every rank runs every batch (its forward needs all ranks); else batches are split over ranks

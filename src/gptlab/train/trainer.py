@@ -17,6 +17,7 @@ from typing import Iterable
 
 import torch
 
+from gptlab import GptlabError
 from gptlab.train.checkpoint import load_checkpoint, save_checkpoint
 from gptlab.train.distributed import Dist, autocast_ctx, to_device
 from gptlab.train.evaluate import loss_sum
@@ -54,6 +55,9 @@ class Trainer:
         self.dist = dist_ or Dist()
         self.device, self.precision, self.grad_clip, self.z_loss = device, precision, grad_clip, z_loss
         self.fsdp = fsdp and self.dist.enabled
+        if self.fsdp and optim.muon_lr is not None:
+            raise GptlabError("train.optimizer: muon does not run under train.fsdp (Newton-Schulz orthogonalises "
+                              "whole matrices, FSDP2 gives each rank a shard); use DDP (train.fsdp = false)")
         if self.fsdp:  # FSDP2: parameters, gradients and optimizer state sharded over ranks, one unit per block
             from torch.distributed.fsdp import fully_shard
 
