@@ -140,8 +140,8 @@ def test_preempted_job_is_requeued_and_resumes_bit_exactly(small_data, slurm_clu
     variants = [{"name": "baseline", "interventions": []}]
     spec = write_spec(tmp_path, small_data, seeds=(1,), tokens=8 * 32 * 80, variants=variants,
                       **{"train.checkpoint_interval": 1000, "train.eval_interval": 20})
-    ref = tmp_path / "ref"
-    assert run_experiment(str(spec), out=str(ref), quiet=True) == 0
+    ref = tmp_path / "ref"  # uninterrupted, one thread as in the job (parallel=2 gives each run half the 2 cores)
+    assert run_experiment(str(spec), out=str(ref), quiet=True, parallel=2) == 0
     out = tmp_path / "slurm"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     runner = subprocess.Popen([sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out), "--quiet",
@@ -169,5 +169,6 @@ def test_preempted_job_is_requeued_and_resumes_bit_exactly(small_data, slurm_clu
     (name_a, a), (name_b, b) = final_weights(out), final_weights(ref)
     assert name_a == name_b and a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a)
-    assert (out / "runs/baseline-s1.log").read_text().count("[slurm job") == 2
+    log = (out / "runs/baseline-s1.log").read_text()
+    assert f"[slurm job {job_id}] exit 75 (preempted)" in log and f"[slurm job {jobs[1]}] exit 0" in log
     assert Path(out / "slurm" / job_id).is_dir()

@@ -20,9 +20,9 @@ from gptlab import GptlabError
 from gptlab.config import parse_overrides
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
-from gptlab.experiments.scheduler.slurm import EXIT_PREEMPTED
 from gptlab.experiments.spec import Spec, Variant, load_spec
 from gptlab.io import atomic_write_text
+from gptlab.train.signals import EXIT_PREEMPTED
 
 
 def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int = 1,

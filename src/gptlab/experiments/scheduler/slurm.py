@@ -12,8 +12,8 @@ Job side (`_TrainTask`, run by submitit on every node of the allocation, one tas
 `gptlab train --resume`. SLURM's USR1 (`--signal=USR1@DELAY` before the time limit, or `scancel --signal=USR1
 JOBID`) and TERM reach every process of the job step; torchrun is started with USR1 ignored so that only the
 training processes act on it (checkpoint, exit 75 = gptlab.train.signals.EXIT_PREEMPTED). The task's result is
-the training exit code, 75 when it was signalled and left no final.json; the runner then calls `requeue`, which
-submits the run again: it resumes from its checkpoint."""
+the training exit code, 75 when the run folder says preempted.json (torchrun reports its workers' 75 as 1); the
+runner then calls `requeue`, which submits the run again: it resumes from its checkpoint."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from typing import Any
 from gptlab import GptlabError
 from gptlab.experiments.scheduler.base import RunJob, State, train_command
 from gptlab.io import atomic_write_text
+from gptlab.train.signals import EXIT_PREEMPTED, MARKER
 
-EXIT_PREEMPTED = 75  # gptlab.train.signals.EXIT_PREEMPTED: checkpoint written, resume me
 # squeue's job states (long form): still in SLURM's hands, or ended
 _WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SUSPENDED",
             "RESIZING", "SPECIAL_EXIT", "STOPPED", "SIGNALING", "STAGE_OUT"}
@@ -72,10 +72,10 @@ class _TrainTask:
         import submitit
 
         env = submitit.JobEnvironment()
-        signalled: list[int] = []
-        # replace submitit's handlers (which would `scontrol requeue` at once, killing the run before its checkpoint)
+        # replace submitit's handlers (which would `scontrol requeue` at once, killing the run before its
+        # checkpoint): this process waits for the training processes, which got the signal too
         for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, lambda s, f: signalled.append(s))
+            signal.signal(sig, lambda s, f: None)
         cmd = self.command(env.hostnames, env.node, env.job_id)
         child_env = dict(os.environ)
         if self.cpus_per_proc:
@@ -93,8 +93,8 @@ class _TrainTask:
                     break
                 except InterruptedError:  # pragma: no cover - PEP 475 retries wait() itself
                     continue
-        if code != 0 and signalled and not (self.job.run_dir / "final.json").exists():
-            code = EXIT_PREEMPTED  # torchrun turns its workers' 75 into 1
+        if code != 0 and (self.job.run_dir / MARKER).exists():
+            code = EXIT_PREEMPTED  # torchrun turns its workers' 75 into 1; the trainer's preempted.json says it
         with open(log, "a") as f:
             f.write(f"[slurm job {env.job_id}] exit {code}" + (" (preempted)" if code == EXIT_PREEMPTED else "") + "\n")
         return code
