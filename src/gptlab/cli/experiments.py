@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from gptlab import GptlabError
 from gptlab.cli.common import verb_parser
 
 
 def cmd_experiment(a) -> int:
     from gptlab.experiments.runner import run_experiment
 
+    if a.status:
+        from gptlab.experiments.status import experiment_status, format_status
+
+        print(format_status(experiment_status(a.spec, out=a.out)))
+        return 0
+    if a.backend == "skypilot":
+        from gptlab.experiments.scheduler.skypilot import write_task
+
+        path = write_task(a.spec, a.emit, accelerator=a.accelerator, gpus_per_node=a.gpus_per_node or 8,
+                          gpus_per_run=a.gpus_per_run, out=a.out, overrides=a.set)
+        print(f"wrote {path}: sky launch -c gptlab {path}")
+        return 0
+    if a.emit:
+        raise GptlabError("--emit: only with --backend skypilot")
     only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else None
+    slurm = None
+    if a.backend == "slurm":
+        slurm = dict(partition=a.partition, nodes_per_run=a.nodes_per_run, gpus_per_node=a.gpus_per_node or 0,
+                     time_min=a.time, account=a.account, procs_per_node=a.procs_per_node)
     return run_experiment(a.spec, out=a.out, dry_run=a.dry_run, parallel=a.parallel, overrides=a.set,
                           quiet=a.quiet, only=only, procs_per_run=a.procs_per_run, gpus_per_run=a.gpus_per_run,
-                          rerun_changed=a.rerun_changed)
+                          rerun_changed=a.rerun_changed, backend=a.backend, backend_options=slurm)
 
 
 def cmd_leaderboard(a) -> int:
@@ -39,7 +58,12 @@ def register(sub) -> None:
                 "gptlab experiment configs/experiments/gpt2-small-interventions.toml --gpus-per-run 2   "
                 "# 8 GPUs: 4 runs at once\n"
                 "gptlab experiment configs/experiments/seed-interventions.toml --procs-per-run 2 --parallel 2\n"
-                "gptlab experiment configs/experiments/seed-interventions.toml --rerun-changed")
+                "gptlab experiment configs/experiments/seed-interventions.toml --rerun-changed\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --backend slurm --partition gpu "
+                "--gpus-per-node 8 --time 240\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --status\n"
+                "gptlab experiment configs/experiments/gpt2-small-interventions.toml --backend skypilot "
+                "--accelerator A100 --gpus-per-node 8 --emit sky.yaml")
     s.add_argument("spec", help="experiment TOML")
     s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
     s.add_argument("--dry-run", action="store_true", help="print the matrix, tokens, FLOPs and estimated time")
@@ -58,6 +82,22 @@ def register(sub) -> None:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     s.add_argument("--only", metavar="V1,V2", help="run only these variants (and the baseline); re-run later for the rest")
     s.add_argument("--quiet", action="store_true")
+    # where runs execute: backends (scheduler/), their options, --status
+    s.add_argument("--backend", choices=["local", "slurm", "skypilot"], default="local",
+                   help="local: subprocesses here (--parallel); slurm: one sbatch job per run (submitit); "
+                        "skypilot: write a SkyPilot task (--emit) that runs the matrix on a cloud node")
+    s.add_argument("--status", action="store_true",
+                   help="list every run: pending/running/done/failed, its SLURM job id, the last line of its log")
+    s.add_argument("--partition", help="slurm: partition (default: the cluster's default)")
+    s.add_argument("--account", help="slurm: account to charge")
+    s.add_argument("--nodes-per-run", type=int, default=1, help="slurm: nodes per run (torchrun across them)")
+    s.add_argument("--gpus-per-node", type=int, default=None,
+                   help="slurm: GPUs per node, one process each; skypilot: GPUs of the node (default 8)")
+    s.add_argument("--procs-per-node", type=int, default=None,
+                   help="slurm without GPUs: gloo processes per node, one core each (default 1)")
+    s.add_argument("--time", type=int, default=60, metavar="MINUTES", help="slurm: time limit per job")
+    s.add_argument("--accelerator", default="A100", help="skypilot: GPU type (with --gpus-per-node: A100:8)")
+    s.add_argument("--emit", metavar="FILE", help="skypilot: write the task YAML here (then: sky launch FILE)")
     s.set_defaults(fn=cmd_experiment)
     s = verb_parser(sub, "leaderboard", "every variant of every experiment: loss, CI, delta vs its baseline, verdict",
                 "gptlab leaderboard\ngptlab leaderboard experiments/modern --markdown")

@@ -34,18 +34,20 @@ from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
 from gptlab.experiments.spec import Spec, Variant, load_spec
 from gptlab.io import atomic_write_text
+from gptlab.train.signals import EXIT_PREEMPTED
 
 
 def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int | None = None,
                    overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None,
                    procs_per_run: int | None = None, gpus_per_run: int | None = None,
-                   rerun_changed: bool = False) -> int:
+                   rerun_changed: bool = False, backend: str = "local", backend_options: dict | None = None) -> int:
     """Run (or with dry_run, only print) the matrix of `spec_path`; the exit status for the CLI.
 
-    Placement (scheduler/local.py): `gpus_per_run` splits the visible GPUs into slots, one run per slot;
-    otherwise `parallel` runs at a time of `procs_per_run` processes each. A finished (or started) run whose
-    config is not what the spec now resolves to stops everything before any run starts, unless `rerun_changed`:
-    then it is redone (its row forgotten, its run folder moved aside to runs/RUN_ID.stale-N)."""
+    `backend`: "local" (scheduler/local.py: `gpus_per_run` splits the visible GPUs into slots, one run per slot;
+    otherwise `parallel` runs at a time of `procs_per_run` processes each) or "slurm" (`backend_options`:
+    SlurmBackend's keyword arguments). A finished (or started) run whose config is not what the spec now resolves
+    to stops everything before any run starts, unless `rerun_changed`: then it is redone (its row forgotten, its
+    run folder moved aside to runs/RUN_ID.stale-N)."""
     spec = load_spec(spec_path)
     spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}  # what the report shows (--only included)
     if only:
@@ -59,8 +61,8 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
 
         print_dry_run(spec, extra)
         return 0
-    backend = LocalBackend(parallel, procs_per_run=procs_per_run, gpus_per_run=gpus_per_run)
     exp_dir = Path(out or Path("experiments") / spec.name)
+    runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
     for d in (exp_dir, exp_dir / "runs", exp_dir / "configs"):
         d.mkdir(parents=True, exist_ok=True)
     # data once, before any run starts (runs in parallel must not race to prepare it)
@@ -71,7 +73,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
         redone = _check_changed(spec, extra, exp_dir, db, rerun_changed)
         # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
         atomic_write_text(exp_dir / "spec.toml", _spec_text(spec, extra))
-        failures = _run_matrix(spec, extra, exp_dir, db, backend, redone)
+        failures = _run_matrix(spec, extra, exp_dir, db, runner_backend, redone)
     except KeyboardInterrupt:
         print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
         return 130
@@ -158,6 +160,17 @@ def _move_aside(runs: Path, rid: str) -> Path | None:
     return dest
 
 
+def _make_backend(name: str, exp_dir: Path, parallel: int | None, procs_per_run: int | None,
+                  gpus_per_run: int | None, options: dict) -> Backend:
+    if name == "local":
+        return LocalBackend(parallel, procs_per_run=procs_per_run, gpus_per_run=gpus_per_run)
+    if name == "slurm":
+        from gptlab.experiments.scheduler.slurm import SlurmBackend
+
+        return SlurmBackend(exp_dir, **options)
+    raise GptlabError(f"--backend: expected local or slurm, got '{name}'")
+
+
 def _keep_only(spec: Spec, only: list[str]) -> None:
     """--only: drop the other variants, keeping the baseline (every comparison needs it)."""
     names = [v.name for v in spec.variants]
@@ -208,6 +221,12 @@ def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
                 running.append(_Running(job, backend.start(job), v, seed, time.time()))
             time.sleep(0.2)
             for run in [r for r in running if backend.state(r.handle) in (State.DONE, State.FAILED)]:
+                if (backend.state(run.handle) == State.FAILED and getattr(backend, "requeue_preempted", False)
+                        and backend.exit_code(run.handle) == EXIT_PREEMPTED):
+                    run.handle = backend.requeue(run.handle)  # checkpoint written: resume it in a new job
+                    print(f"{'':>{len(str(len(todo))) * 2 + 3}} {run.job.run_id:<30} preempted (exit "
+                          f"{EXIT_PREEMPTED}): requeued, resumes from its checkpoint", flush=True)
+                    continue
                 running.remove(run)
                 n_done += 1
                 counter = f"[{n_done}/{len(todo)}] {run.job.run_id:<30}"

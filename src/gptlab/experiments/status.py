@@ -1,0 +1,104 @@
+"""`gptlab experiment SPEC --status`: where every run of the matrix stands, read without touching anything.
+
+done: recorded in results.sqlite (or final.json written, not yet recorded); running: its SLURM job is queued or
+running (squeue), or a local `gptlab train` process works on its run folder; failed: started (a log or run folder
+exists) but neither done nor running (crashed, killed, or a job that ended without final.json); pending: never
+started. SLURM job ids come from EXP/slurm/jobs.json; the last line of each run's log is shown."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from gptlab.experiments.scheduler.slurm import load_jobs, squeue_states
+from gptlab.experiments.spec import load_spec
+
+_QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "RESV_DEL_HOLD"}
+_ACTIVE = _QUEUED | {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING", "STOPPED", "SPECIAL_EXIT"}
+
+
+def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
+    """One row per run of the matrix: run_id, state, job_id (or None), slurm_state (or None), last log line."""
+    spec = load_spec(spec_path)
+    exp_dir = Path(out or Path("experiments") / spec.name)
+    recorded = _recorded(exp_dir / "results.sqlite")
+    jobs = load_jobs(exp_dir)
+    queue = squeue_states() if jobs else {}
+    local = _local_train_run_dirs()
+    rows = []
+    for v, seed in spec.matrix():
+        rid = spec.run_id(v.name, seed)
+        run_dir, log = exp_dir / "runs" / rid, exp_dir / "runs" / f"{rid}.log"
+        job_id = jobs.get(rid, {}).get("job_id")
+        sstate = queue.get(job_id) if job_id else None
+        if rid in recorded:
+            state = "done"
+        elif (run_dir / "final.json").exists():
+            state = "done (not recorded yet)"
+        elif sstate in _QUEUED:
+            state = "pending"
+        elif sstate in _ACTIVE or str(run_dir.resolve()) in local:
+            state = "running"
+        elif job_id or log.exists() or run_dir.exists():
+            state = "failed"
+        else:
+            state = "pending"
+        rows.append({"run_id": rid, "state": state, "job_id": job_id, "slurm_state": sstate,
+                     "log": _last_line(log)})
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    w = max([len(r["run_id"]) for r in rows] + [6])
+    lines = [f"{'run':<{w}}  {'state':<23}  {'job':<10}  last log line"]
+    for r in rows:
+        job = (r["job_id"] or "-") + (f" {r['slurm_state'][:2]}" if r["slurm_state"] else "")
+        lines.append(f"{r['run_id']:<{w}}  {r['state']:<23}  {job:<10}  {r['log'][:100]}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = r["state"].split(" ")[0]
+        counts[key] = counts.get(key, 0) + 1
+    lines.append(", ".join(f"{n} {k}" for k, n in counts.items()))
+    return "\n".join(lines)
+
+
+def _recorded(db: Path) -> set[str]:
+    if not db.exists():
+        return set()
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+            return {r[0] for r in c.execute("select run_id from runs")}
+    except sqlite3.OperationalError:  # created, tables not yet
+        return set()
+
+
+def _last_line(log: Path) -> str:
+    if not log.exists():
+        return ""
+    with open(log, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        lines = [x for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _local_train_run_dirs() -> set[str]:
+    """Run folders that a `gptlab train` process on this machine works on (from /proc; empty elsewhere)."""
+    found = set()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for p in proc.iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            args = (p / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(p / "cwd")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in args]
+        if "gptlab" in args and "train" in args and "--run-dir" in args:
+            i = args.index("--run-dir") + 1
+            if i < len(args):
+                found.add(str(Path(cwd, args[i]).resolve()))
+    return found
