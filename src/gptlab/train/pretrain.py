@@ -21,6 +21,7 @@ import torch
 
 from gptlab import GptlabError
 from gptlab.config import RunConfig, save_config
+from gptlab.data.prefetch import Prefetcher
 from gptlab.io import atomic_write_json
 from gptlab.model import GPTModel, count_params
 from gptlab.train.checkpoint import latest_checkpoint, remove_partial
@@ -168,7 +169,14 @@ class Pretraining:
 
     def _loop(self, p: Progress, stop_after: int | None, pre: Preemption) -> dict | None:
         """Train to the end (None), or until `stop_after` steps or a preemption signal (what was reached)."""
-        t, start = self.cfg.train, p.step
+        start = p.step
+        # the next steps' batches are read on a background thread while this one trains (data/prefetch.py)
+        with Prefetcher(lambda s: list(self._micro_batches(s)), start=start, depth=2, stop=self.total_steps,
+                        device=self.device) as self.batches:
+            return self._steps(p, start, stop_after, pre)
+
+    def _steps(self, p: Progress, start: int, stop_after: int | None, pre: Preemption) -> dict | None:
+        t = self.cfg.train
         for step in range(start, self.total_steps):
             if self._one_step(step, p):
                 done = p.step
@@ -196,7 +204,7 @@ class Pretraining:
     def _one_step(self, step: int, p: Progress) -> bool:
         """Train step `step`; False when its batch was skipped (non-finite loss or gradient)."""
         self.trainer.set_lr(lr_factor(step, self.total_steps, self.cfg) * p.lr_scale)
-        res = self.trainer.step(self._micro_batches(step), self.accum)
+        res = self.trainer.step(self.batches.get(step), self.accum)
         if not res.ok:
             self._skip(step, res, p)
             return False
