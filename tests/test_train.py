@@ -236,3 +236,37 @@ def test_compiled_training_matches_eager(small_data, tmp_path):
     compiled = train(cfg_for(small_data, **kw, **{"train.compile": True}), tmp_path / "compiled")
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-3)
     assert compiled["test_loss"] == pytest.approx(eager["test_loss"], abs=1e-3)
+
+
+def test_data_order_follows_the_seed_unless_pinned(small_data, tmp_path):
+    """By default a seed covers data order too (data.data_seed -1 = train.seed); a pinned data_seed gives every
+    seed the same batches. Read from the runs themselves: the first logged train loss of two seeds differs in
+    data, and meta.json records the order's seed."""
+    from gptlab.data.loader import SequenceSampler, TokenDataset
+
+    kw = {"train.tokens": 8 * 32 * 2, "train.eval_interval": 0}
+    for seed in (1, 2):
+        train(cfg_for(small_data, **kw, **{"train.seed": seed}), tmp_path / f"free{seed}")
+        train(cfg_for(small_data, **kw, **{"train.seed": seed, "data.data_seed": 7}), tmp_path / f"pinned{seed}")
+    order = {d: json.loads((tmp_path / d / "meta.json").read_text())["data_order_seed"]
+             for d in ("free1", "free2", "pinned1", "pinned2")}
+    assert order == {"free1": 1, "free2": 2, "pinned1": 7, "pinned2": 7}
+    ds = TokenDataset(small_data, "train")
+    first = {s: SequenceSampler(ds, 32, s).batch_at(0, 0, 0, 1, 4, 8)[0] for s in (1, 2, 7)}
+    assert not torch.equal(first[1], first[2])  # different seeds, different batches
+    with pytest.raises(GptlabError, match=r"data.data_seed: must be >= 0, or -1"):
+        cfg_for(small_data, **{"data.data_seed": -2})
+
+
+def test_seq_len_warmup_records_the_tokens_and_flops_it_trained_on(small_data, tmp_path):
+    """final.json counts what was trained on: under seq_len_warmup the early steps' short sequences, so the report's
+    budget check can see that the run had fewer tokens than its baseline (before: the full budget was recorded)."""
+    from gptlab.train.flops import flops_per_token
+
+    cfg = cfg_for(small_data, **{"train.tokens": 8 * 32 * 12, "train.seq_len_warmup_frac": 0.5})
+    final = train(cfg, tmp_path / "warm")
+    lens = [max(8, int(32 * (s + 1) / 6) // 8 * 8) if s < 6 else 32 for s in range(12)]  # 6 warm-up steps of 12
+    assert final["tokens"] == 8 * sum(lens) < final["tokens_planned"] == 8 * 32 * 12
+    assert final["flops"] == pytest.approx(sum(flops_per_token(cfg.model, n) * 8 * n for n in lens), rel=1e-12)
+    plain = train(cfg_for(small_data, **{"train.tokens": 8 * 32 * 12}), tmp_path / "plain")
+    assert plain["tokens"] == plain["tokens_planned"] and plain["flops"] == flops_per_token(cfg.model, 32) * 8 * 32 * 12

@@ -62,7 +62,9 @@ class ModelConfig:
 class DataConfig:
     dir: str = "data/shakespeare"  # folder with meta.json + token shards (`gptlab prepare`)
     source: str = ""  # if dir has no meta.json, train prepares it from this source (e.g. "bundled")
-    data_seed: int = 1234  # order of training sequences: same for every run of an experiment
+    # order of training sequences: -1 (default) = train.seed, so a seed covers initialisation, dropout and data
+    # order; >= 0 pins one order for every run (then seeds vary only initialisation and dropout)
+    data_seed: int = -1
     vocab: str = "gpt2"  # "gpt2" (all 50,257 ids) or "corpus" (only ids that occur in the data; see vocab.py)
 
 
@@ -134,6 +136,10 @@ class RunConfig:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+    def data_order_seed(self) -> int:
+        """The seed of the training sequences' order: data.data_seed if pinned, else train.seed."""
+        return self.data.data_seed if self.data.data_seed >= 0 else self.train.seed
 
     def hash(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
@@ -326,6 +332,7 @@ def validate(cfg: RunConfig, where: str = "<config>") -> None:
         (not (t.tokens and t.flops), "train.flops", "set either train.tokens or train.flops, not both"),
         (cfg.data.vocab in ("gpt2", "corpus"), "data.vocab", "expected 'gpt2' or 'corpus'"),
         (e.split in ("train", "val", "test"), "eval.split", "expected train, val or test"),
+        (cfg.data.data_seed >= -1, "data.data_seed", "must be >= 0, or -1 (follow train.seed)"),
         (e.offset >= 0, "eval.offset", "must be >= 0"),
         (e.batch_size > 0, "eval.batch_size", "must be > 0"),
     ]

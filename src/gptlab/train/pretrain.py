@@ -1,8 +1,8 @@
 """Pretraining: `gptlab train`, one process or many under torchrun (`torchrun --nproc_per_node N -m gptlab train`).
 
 train() holds the run directory (lock, config, meta.json), builds the model and a Trainer, and runs the loop:
-the lr schedule, the global batch of each step (a function of data.data_seed and the step only, so runs of an
-experiment see the same batches and a resumed run the batches it would have seen), the NaN policy, val loss every
+the lr schedule, the global batch of each step (a function of the data order seed and the step only: train.seed
+unless data.data_seed pins it, so a resumed run sees the batches it would have seen), the NaN policy, val loss every
 eval_interval steps, checkpoints every checkpoint_interval steps, preemption (signals.py: SIGTERM/SIGUSR1 ->
 checkpoint, preempted.json, exit 75), and at the end val and test loss in final.json."""
 
@@ -58,6 +58,8 @@ class Progress:
     step: int = 0
     skips: int = 0  # batches skipped for non-finite loss/gradients (nan_policy = "skip")
     lr_scale: float = 1.0  # halved at each skip
+    tokens: int = 0  # trained on, all ranks: fewer than steps x global batch x context under seq_len_warmup
+    flops: float = 0.0  # of those tokens, at the sequence length each step used
 
 
 class Pretraining:
@@ -86,7 +88,7 @@ class Pretraining:
             torch.backends.cudnn.allow_tf32 = t.tf32
         self.train_ds = TokenDataset(cfg.data.dir, "train")
         self.val_ds = TokenDataset(cfg.data.dir, "val")
-        self.sampler = SequenceSampler(self.train_ds, self.T, cfg.data.data_seed)
+        self.sampler = SequenceSampler(self.train_ds, self.T, cfg.data_order_seed())
         self.test_ds = TokenDataset(cfg.data.dir, cfg.eval.split)
         _check_eval_spec(cfg, self.test_ds, self.T)  # fail before training, not after
         if self.vmap is None and self.train_ds.meta.get("vocab_size", 50257) > cfg.model.vocab_size:
@@ -117,7 +119,10 @@ class Pretraining:
         # number of ranks continues the same data order (dropout RNG of new ranks starts fresh)
         if self.dist.main:
             remove_partial(self.run_dir)
-        return Progress(state["step"], state.get("skips", 0), state.get("lr_scale", 1.0))
+        step = state["step"]
+        return Progress(step, state.get("skips", 0), state.get("lr_scale", 1.0),
+                        state.get("tokens", step * self.step_tokens),
+                        state.get("flops", flops_per_token(self.cfg.model, self.T) * step * self.step_tokens))
 
     def _write_run_files(self) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -125,7 +130,8 @@ class Pretraining:
             self.vmap.save(self.run_dir)
         save_config(cfg, self.run_dir / "config.toml")
         atomic_write_json(self.run_dir / "meta.json", {
-            "environment": environment(), "seed": t.seed, "params": self.n_params, "world_size": self.dist.world,
+            "environment": environment(), "seed": t.seed, "data_order_seed": cfg.data_order_seed(),
+            "params": self.n_params, "world_size": self.dist.world,
             "device": str(self.device), "precision": self.precision, "data_meta": self.train_ds.meta.get("sources"),
             "data_tokenizer_hash": self.train_ds.meta.get("tokenizer_hash"), "tokens": self.tokens_budget,
             "total_steps": self.total_steps, "config_hash": cfg.hash(), "interventions": cfg.interventions,
@@ -209,17 +215,23 @@ class Pretraining:
             self._skip(step, res, p)
             return False
         p.step = step + 1
+        p.tokens += res.tokens
+        p.flops += flops_per_token(self.cfg.model, self.seq_len(step)) * res.tokens
         self.log.train_step(p.step, res.loss, self.trainer.lr, res.grad_norm, res.tokens)
         self.tokens_seen += res.tokens
         return True
 
+    def seq_len(self, step: int) -> int:
+        """The sequence length of `step`: the context, or shorter during seq_len_warmup."""
+        warm_steps = int(self.cfg.train.seq_len_warmup_frac * self.total_steps)
+        if warm_steps and step < warm_steps:
+            return min(self.T, max(8, int(self.T * (step + 1) / warm_steps) // 8 * 8))
+        return self.T
+
     def _micro_batches(self, step: int):
         """The micro-batches of this rank at `step`, cut to the warm-up length and mapped to the model's ids."""
         t, rank, world = self.cfg.train, self.dist.rank, self.dist.world
-        cur_T = self.T
-        warm_steps = int(t.seq_len_warmup_frac * self.total_steps)
-        if warm_steps and step < warm_steps:
-            cur_T = max(8, int(self.T * (step + 1) / warm_steps) // 8 * 8)
+        cur_T = self.seq_len(step)
         for micro in range(self.accum):
             x, y = self.sampler.batch_at(step, micro, rank, world, t.micro_batch_size, t.global_batch_size)
             if cur_T < self.T:
@@ -246,7 +258,7 @@ class Pretraining:
         self.log.skipped(step + 1, msg, p.lr_scale)
 
     def _checkpoint(self, p: Progress) -> None:
-        state = {"skips": p.skips, "lr_scale": p.lr_scale, "tokens": p.step * self.step_tokens}
+        state = {"skips": p.skips, "lr_scale": p.lr_scale, "tokens": p.tokens, "flops": p.flops}
         self.trainer.save(self.run_dir, p.step, state, keep=self.cfg.train.keep_checkpoints or None)
         self.last_checkpoint = p.step
 
@@ -263,10 +275,9 @@ class Pretraining:
         test_loss = self._eval(self.test_ds, e.batch_size, offset=e.offset, n_batches=e.batches)
         rows = self.log.rows()
         train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
-        tokens = self.total_steps * self.step_tokens
-        final = {
-            "name": self.cfg.name, "steps": self.total_steps, "tokens": tokens, "params": self.n_params,
-            "flops": flops_per_token(self.cfg.model, self.T) * tokens,
+        final = {  # tokens and FLOPs as trained (the budget check of reports compares these), and as planned
+            "name": self.cfg.name, "steps": self.total_steps, "tokens": p.tokens, "params": self.n_params,
+            "flops": p.flops, "tokens_planned": self.total_steps * self.step_tokens,
             "train_loss": float(np.mean(train_losses[-5:])) if train_losses else None,
             "val_loss": val_loss, "test_loss": test_loss, "test_perplexity": math.exp(test_loss),
             "wall_time": wall, "tokens_per_s": median_tokens_per_s(rows) or (self.tokens_seen / wall if wall > 0 else None),
