@@ -10,6 +10,7 @@ included, so a resumed run continues bit for bit)."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +76,12 @@ class Trainer:
         if self.dist.enabled and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            # no buffer to broadcast: RoPE tables and the causal mask are constants, identical on every rank
+            # no buffer to sync each forward: RoPE tables and the causal mask are constants, identical on every rank
+            # (torch 2.13 names the switch forward_sync_buffers; earlier releases broadcast_buffers)
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else {"broadcast_buffers": False})
             self.train_model = DDP(self.train_model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   **no_sync)
 
     # ---- one optimizer step ----------------------------------------------------------------
 
