@@ -11,11 +11,13 @@ import os
 import sqlite3
 from pathlib import Path
 
-from gptlab.experiments.scheduler.slurm import load_jobs, squeue_states
+from gptlab.experiments.scheduler.slurm import (
+    IN_SLURM,
+    QUEUED,
+    load_jobs,
+    squeue_states,
+)
 from gptlab.experiments.spec import load_spec
-
-_QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "RESV_DEL_HOLD"}
-_ACTIVE = _QUEUED | {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING", "STOPPED", "SPECIAL_EXIT"}
 
 
 def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
@@ -36,9 +38,9 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
             state = "done"
         elif (run_dir / "final.json").exists():
             state = "done (not recorded yet)"
-        elif sstate in _QUEUED:
+        elif sstate in QUEUED:
             state = "pending"
-        elif sstate in _ACTIVE or str(run_dir.resolve()) in local:
+        elif sstate in IN_SLURM or str(run_dir.resolve()) in local:
             state = "running"
         elif job_id or log.exists() or run_dir.exists():
             state = "failed"

@@ -35,10 +35,9 @@ from gptlab.experiments.scheduler.base import RunJob, State, train_command
 from gptlab.io import atomic_write_text
 from gptlab.train.signals import EXIT_PREEMPTED, MARKER
 
-# squeue's job states (long form): still in SLURM's hands, or ended
-_WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SUSPENDED",
-            "RESIZING", "SPECIAL_EXIT", "STOPPED", "SIGNALING", "STAGE_OUT"}
-_RUNNING = {"RUNNING", "COMPLETING"}
+# squeue's job states (long form): not started yet; still in SLURM's hands (queued, running or finishing)
+QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SUSPENDED"}
+IN_SLURM = QUEUED | {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING", "STOPPED", "SPECIAL_EXIT"}
 _REQUEUE_STATES = {"PREEMPTED", "NODE_FAIL"}  # ended by the cluster, not by the run: start it again
 
 
@@ -164,7 +163,7 @@ class SlurmBackend:
 
     def start(self, job: RunJob) -> SlurmJob:
         known = self._load_jobs().get(job.run_id, {}).get("job_id")
-        if known and self._job_state(known, fresh=True) in _WAITING | _RUNNING:
+        if known and self._job_state(known, fresh=True) in IN_SLURM:
             return SlurmJob(job, known)  # still queued or running from an earlier runner: never twice
         return self._submit(job)
 
@@ -196,10 +195,8 @@ class SlurmBackend:
 
     def state(self, handle: SlurmJob) -> State:
         s = self._job_state(handle.job_id)
-        if s in _WAITING:
+        if s in IN_SLURM:
             return State.PENDING if s == "PENDING" else State.RUNNING
-        if s in _RUNNING:
-            return State.RUNNING
         if s is None and time.time() - handle.submitted < 10:
             return State.PENDING  # just submitted: give squeue a moment
         if s is None or s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL",
