@@ -90,7 +90,7 @@ def test_markdown_table(report):
     lines = table.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     for col in ("variant", "n seeds", "mean test loss", "95% CI", "Δ vs baseline", "95% CI of Δ", "p (Welch)",
-                "p (Holm)", "Hedges' g", "verdict", "seeds needed", "tokens/s", "judge score", "published"):
+                "p (Holm)", "Hedges' g", "verdict", "MDE", "seeds needed (estimate)", "tokens/s", "judge score", "published"):
         assert col in header
     assert lines[1].startswith("|---")
     assert lines[2].startswith("| baseline |")
