@@ -347,7 +347,7 @@ def test_rules_follow_the_parameters(tmp_path):
             for v, xs in RULES_LOSS.items() for i, x in enumerate(xs)]
     lead = next(r for r in build_rows(runs, "baseline", alpha=0.2) if r["variant"] == "lead")
     assert lead["verdict"] == "better"  # Holm p = 0.117: below alpha = 0.2, not below 0.05
-    assert "p (paired t)" in res["table"]
+    assert "p (paired t)" in res["table"] and "80% CI of Δ" in res["table"]  # the CI at 1 - alpha, named so
     for w in _verdict_cells(res["table"]):
         assert f"**{re.sub(r'n=[0-9]+', 'n=N', w)}**" in footer, w
 

@@ -144,7 +144,7 @@ def _row(variant: str, rs: list[dict], baseline: str, base_runs: list[dict], jud
         run_ids=[r["run_id"] for r in rs],
         test_losses=vals,
         mean=s["mean"], std=s["std"], sem=s["sem"], ci_low=s["ci_low"], ci_high=s["ci_high"],
-        design=design, equivalence_margin=margin,
+        design=design, equivalence_margin=margin, diff_ci_level=1 - alpha,
         diff=None, diff_ci_low=None, diff_ci_high=None, t=None, df=None, p=None, p_holm=None,
         cohen_d=None, hedges_g=None, seeds_needed=None, mde=None, n_compared=None,
         equivalent=None, tost_p=None, tost_ci_low=None, tost_ci_high=None,
