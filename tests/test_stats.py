@@ -452,7 +452,7 @@ def test_simulated_holm_keeps_the_family_wise_rate():
     fwer = np.mean([any(w in ("better", "worse") for w in ws) for ws in words])
     raw = np.mean(np.any(ps < ALPHA, axis=1))
     assert fwer <= BINOM_99[1]
-    assert raw > BINOM_99[1] + 0.03  # measured ~0.13: why the raw p alone cannot make a verdict
+    assert raw > BINOM_99[1] + 0.03  # measured 0.12 (Holm: 0.04): why the raw p alone cannot make a verdict
     # Every raw p < alpha gets a word other than "within noise": better/worse if Holm agrees, else suggestive.
     flagged = [any(w in ("better", "worse") or w.startswith("suggestive") for w in ws) for ws in words]
     assert np.mean(flagged) == pytest.approx(raw)
