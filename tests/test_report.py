@@ -7,6 +7,7 @@ import re
 from html import unescape
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gptlab import GptlabError
@@ -90,7 +91,7 @@ def test_markdown_table(report):
     lines = table.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     for col in ("variant", "n seeds", "mean test loss", "95% CI", "Δ vs baseline", "95% CI of Δ", "p (Welch)",
-                "p (Holm)", "Hedges' g", "verdict", "seeds needed", "tokens/s", "judge score", "published"):
+                "p (Holm)", "Hedges' g", "verdict", "MDE", "seeds needed (estimate)", "tokens/s", "judge score", "published"):
         assert col in header
     assert lines[1].startswith("|---")
     assert lines[2].startswith("| baseline |")
@@ -277,3 +278,143 @@ def test_html_is_the_markdown_converted(report):
                          ("within noise at n=4", "noise")):
         assert f'<td class="{css}">{verdict}</td>' in html
     assert html.count("<td class=") == 4  # the verdict column only
+
+
+# ---- verdict rules: Holm, suggestive, equivalence, MDE, paired design; every word traceable to the footer -------
+# Built so that each verdict word occurs once (equivalence margin 0.02 nats, alpha 0.05, 5 comparisons + 1 short):
+RULES_LOSS = {
+    "baseline": [4.000, 4.012, 3.991, 4.005],
+    "big": [3.902, 3.895, 3.910, 3.899],          # better (Holm p < 0.05)
+    "bad": [4.101, 4.093, 4.110, 4.104],          # worse
+    "lead": [3.987, 3.983, 3.991, 3.989],         # raw p = 0.039, Holm p = 0.117 -> suggestive (lower)
+    "same": [4.003, 3.999, 4.001, 4.002],         # 90% CI inside ±0.02 -> equivalent within ±0.02
+    "noisy": [3.95, 4.06, 3.99, 4.03],            # within noise at n=4
+    "one": [3.9],                                 # needs >= 2 seeds
+}
+
+
+def _rules_report(tmp_path: Path, **kw) -> tuple[dict, str]:
+    with ResultsDB(tmp_path / "results.sqlite") as db:
+        for variant, losses in RULES_LOSS.items():
+            for seed, loss in enumerate(losses):
+                _record(db, variant, seed, loss, steps=3)
+    res = write_report(tmp_path, **kw)
+    return res, Path(res["markdown"]).read_text()
+
+
+def _verdict_cells(table_md: str) -> list[str]:
+    lines = [ln for ln in table_md.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    col = header.index("verdict")
+    return [ln.strip("|").split("|")[col].strip() for ln in lines[2:]]
+
+
+def _footer(md: str) -> str:
+    return md.split("\n## Rules\n", 1)[1]
+
+
+def test_every_verdict_word_is_a_rule_in_the_footer(tmp_path):
+    res, md = _rules_report(tmp_path, equivalence_margin=0.02)
+    words = _verdict_cells(res["table"])
+    assert sorted(words) == sorted(["baseline", "needs >= 2 seeds", "better", "worse", "suggestive (lower)",
+                                    "equivalent within ±0.02", "within noise at n=4"])
+    footer = _footer(md)
+    for w in words:
+        # a rule names each word in bold; "n=N" stands for the number of seeds the rule defines
+        assert f"**{re.sub(r'n=[0-9]+', 'n=N', w)}**" in footer, w
+    assert "Holm-adjusted p < 0.05 over the 5 comparisons" in footer
+    assert "90% CI of Δ lies inside ±0.02" in footer and "Welch" in footer
+    assert "**MDE**" in footer and "80%" in footer and "upper one-sided 80% chi-square bound" in footer
+    assert "Design: **independent**" in footer
+    # and in the HTML, the rules and the colours of the new words
+    html = Path(res["html"]).read_text()
+    assert "<h2>Rules</h2>" in html
+    assert '<td class="suggestive">suggestive (lower)</td>' in html
+    assert '<td class="equivalent">equivalent within ±0.02</td>' in html
+
+
+def test_rules_follow_the_parameters(tmp_path):
+    """The footer is written from the parameters the verdicts used, not from fixed text."""
+    res, md = _rules_report(tmp_path, alpha=0.2, design="paired")
+    footer = _footer(md)
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert "Holm-adjusted p < 0.2 over the 5 comparisons" in footer
+    assert "No equivalence margin was set" in footer and "equivalent within" not in footer
+    assert "Design: **paired**" in footer and "paired t-test on the per-seed differences" in footer
+    assert "SD of the per-seed differences" in footer
+    assert all(r["design"] == "paired" for r in rows.values())
+    runs = [dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
+            for v, xs in RULES_LOSS.items() for i, x in enumerate(xs)]
+    lead = next(r for r in build_rows(runs, "baseline", alpha=0.2) if r["variant"] == "lead")
+    assert lead["verdict"] == "better"  # Holm p = 0.117: below alpha = 0.2, not below 0.05
+    assert "p (paired t)" in res["table"] and "80% CI of Δ" in res["table"]  # the CI at 1 - alpha, named so
+    for w in _verdict_cells(res["table"]):
+        assert f"**{re.sub(r'n=[0-9]+', 'n=N', w)}**" in footer, w
+
+
+def test_holm_decides_better_and_raw_p_only_suggests(tmp_path):
+    """A raw p < alpha that does not survive Holm over the family reads "suggestive (lower)" (it read "better",
+    with a caveat in its sentence, before the family-wise rule); alone in its family the same data read "better"."""
+    runs = [dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
+            for v, xs in RULES_LOSS.items() for i, x in enumerate(xs)]
+    rows = {r["variant"]: r for r in build_rows(runs, "baseline")}
+    lead = rows["lead"]
+    assert lead["p"] < 0.05 <= lead["p_holm"] and lead["verdict"] == "suggestive (lower)"
+    assert lead["p_holm"] == pytest.approx(min(1.0, 3 * lead["p"]))  # 3rd smallest of 5 p-values
+    assert rows["same"]["verdict"] == "within noise at n=4"  # no margin given: no equivalence word
+    alone = build_rows([r for r in runs if r["variant"] in ("baseline", "lead")], "baseline")
+    assert alone[1]["verdict"] == "better"
+    from gptlab.experiments.report import verdict_sentence
+
+    s = verdict_sentence(lead, "baseline")
+    assert "suggestive (lower)" in s and "adjusted p = " in s and "not below 0.05" in s
+
+
+def test_mde_column(tmp_path):
+    from gptlab.experiments.stats import mde
+
+    runs = [dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
+            for v, xs in RULES_LOSS.items() for i, x in enumerate(xs)]
+    rows = {r["variant"]: r for r in build_rows(runs, "baseline")}
+    b, n = RULES_LOSS["baseline"], RULES_LOSS["noisy"]
+    sp = math.sqrt((np.var(b, ddof=1) + np.var(n, ddof=1)) / 2)  # equal n: the pooled SD is the mean variance
+    assert rows["noisy"]["mde"] == pytest.approx(mde(sp, 4, 4))
+    assert rows["noisy"]["mde"] > abs(rows["noisy"]["diff"])  # the design could not have seen this difference
+    assert rows["baseline"]["mde"] is None and rows["one"]["mde"] is None
+    text = format_table(list(rows.values()), style="text")
+    assert "MDE" in text and f"{rows['noisy']['mde']:.4f}" in text
+
+
+def test_paired_design_matches_runs_by_seed():
+    from scipy import stats as sst
+
+    base = {3: 4.01, 1: 4.00, 2: 3.99, 7: 4.03}
+    var = {7: 4.02, 2: 3.985, 1: 3.992, 3: 4.004}  # every seed a little lower than its baseline twin
+    runs = [dict(run_id=f"b{s}", variant="baseline", seed=s, test_loss=x) for s, x in base.items()]
+    runs += [dict(run_id=f"v{s}", variant="v", seed=s, test_loss=x) for s, x in var.items()]
+    paired = build_rows(runs, "baseline", design="paired")[1]
+    seeds = sorted(base)
+    ref = sst.ttest_rel([var[s] for s in seeds], [base[s] for s in seeds])
+    assert paired["p"] == pytest.approx(ref.pvalue, rel=1e-10) and paired["t"] == pytest.approx(ref.statistic)
+    assert paired["verdict"] == "better"
+    assert build_rows(runs, "baseline")[1]["verdict"] == "within noise at n=4"  # unpaired, the seeds' spread hides it
+    # order of the runs does not matter: pairs are made by seed
+    assert build_rows(runs[::-1], "baseline", design="paired")[1]["p"] == pytest.approx(paired["p"])
+
+
+def test_paired_design_errors_in_one_line():
+    runs = [dict(run_id=f"b{s}", variant="baseline", seed=s, test_loss=4.0 + s / 100) for s in (1, 2, 3)]
+    runs += [dict(run_id=f"v{s}", variant="wd", seed=s, test_loss=3.9 + s / 100) for s in (1, 2, 4)]
+    with pytest.raises(GptlabError) as e:
+        build_rows(runs, "baseline", design="paired")
+    msg = str(e.value)
+    assert "'wd'" in msg and "seed 4" in msg and "baseline seeds: 1, 2, 3" in msg and "\n" not in msg
+    with pytest.raises(GptlabError, match="design"):
+        build_rows(runs, "baseline", design="crossover")
+    with pytest.raises(GptlabError, match="equivalence_margin"):
+        build_rows(runs, "baseline", equivalence_margin=-0.01)
+    # a diverged baseline twin leaves that pair out, it is not an error
+    runs[0]["test_loss"] = float("nan")
+    runs[-1]["seed"] = 3
+    row = build_rows(runs, "baseline", design="paired")[1]
+    assert row["n_compared"] == 2 and row["verdict"] != "needs >= 2 seeds"

@@ -24,13 +24,15 @@ def find_databases(paths: list[str]) -> list[Path]:
     return out
 
 
-def _baseline_of(db: Path) -> str:
+def _spec_of(db: Path) -> tuple[str, float | None]:
+    """The baseline and the equivalence margin of the spec next to the database (defaults without one)."""
     spec = db.parent / "spec.toml"
     if spec.is_file():
         from gptlab.config import read_toml
 
-        return str(read_toml(spec).get("baseline", "baseline"))
-    return "baseline"
+        d = read_toml(spec)
+        return str(d.get("baseline", "baseline")), d.get("equivalence_margin")
+    return "baseline", None
 
 
 def leaderboard(paths: list[str]) -> list[dict]:
@@ -44,7 +46,8 @@ def leaderboard(paths: list[str]) -> list[dict]:
             judge = db.judge_summary()
         for exp in sorted({r["experiment"] for r in runs}):
             exp_runs = [r for r in runs if r["experiment"] == exp]
-            for r in build_rows(exp_runs, _baseline_of(dbp), judge):
+            baseline, margin = _spec_of(dbp)
+            for r in build_rows(exp_runs, baseline, judge, equivalence_margin=margin):
                 rows.append(dict(r, experiment=exp))
     return rows
 

@@ -294,7 +294,7 @@ def _report(spec: Spec, exp_dir: Path, run_ids: set[str]) -> bool:
     refs = {v.name: v.reference for v in spec.variants if v.reference is not None}
     try:
         res = write_report(exp_dir, baseline=spec.baseline, experiment=spec.name, reference=refs or None,
-                           title=spec.name, run_ids=run_ids)
+                           title=spec.name, run_ids=run_ids, equivalence_margin=spec.equivalence_margin)
     except GptlabError as e:
         print(f"report not written: {e}", file=sys.stderr)
         return False

@@ -7,6 +7,8 @@ Spec (TOML):
     base = "../tiny-cpu.toml"          # relative to the spec file
     seeds = [1, 2, 3]
     baseline = "baseline"              # the variant every other one is compared with
+    equivalence_margin = 0.01          # optional, nats: a variant whose 90% CI of the difference is inside
+                                       # ±margin reads "equivalent within ±0.01" (TOST)
     [overrides.train]                  # optional: applied to every run (same budget for all)
     tokens = 1_000_000
     [[variants]]
@@ -30,7 +32,7 @@ from gptlab import GptlabError
 from gptlab.config import deep_merge, read_config_toml, read_toml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_SPEC_KEYS = {"name", "base", "seeds", "baseline", "variants", "overrides", "description"}
+_SPEC_KEYS = {"name", "base", "seeds", "baseline", "variants", "overrides", "description", "equivalence_margin"}
 _VARIANT_KEYS = {"name", "interventions", "reference", "seeds"}
 
 
@@ -51,6 +53,7 @@ class Spec:
     baseline: str
     variants: list[Variant]
     overrides: dict
+    equivalence_margin: float | None = None  # nats; the report's TOST margin
 
     def run_id(self, variant: str, seed: int) -> str:
         return f"{variant}-s{seed}"
@@ -111,7 +114,11 @@ def load_spec(path: str | Path) -> Spec:
     overrides = d.get("overrides", {})
     if not isinstance(overrides, dict):
         raise GptlabError(f"{where}: overrides: expected a table")
-    spec = Spec(p, d.get("name", p.stem), base, seeds, baseline, variants, overrides)
+    margin = d.get("equivalence_margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0):
+        raise GptlabError(f"{where}: equivalence_margin: expected a positive number of nats, got {margin!r}")
+    spec = Spec(p, d.get("name", p.stem), base, seeds, baseline, variants, overrides,
+                None if margin is None else float(margin))
     for v in variants:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
     return spec

@@ -201,7 +201,7 @@ def plot_test_loss(rows: list[dict], baseline: str, colors: dict[str, Any],
     return _png(fig)
 
 
-_VERDICT_COLORS = {"better": "#1a7f37", "worse": "#c62828"}
+_VERDICT_COLORS = {"better": "#1a7f37", "worse": "#c62828", "suggestive": "#9a6700", "equivalent": "#0969da"}
 
 
 def plot_delta(rows: list[dict], baseline: str) -> bytes:
@@ -223,9 +223,10 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
         if r["diff"] is None:
             continue
         verdict = r["verdict"]
-        key = verdict if verdict in _VERDICT_COLORS else "too few seeds (no CI)" if verdict.startswith("needs") \
-            else "within noise"
-        color = _VERDICT_COLORS.get(verdict, "#757575")
+        kind = next((k for k in _VERDICT_COLORS if verdict.startswith(k)), None)
+        key = verdict if verdict in ("better", "worse") else kind or (
+            "too few seeds (no CI)" if verdict.startswith("needs") else "within noise")
+        color = _VERDICT_COLORS.get(kind, "#757575")
         label = key if key not in seen else "_nolegend_"
         seen.add(key)
         if r["diff_ci_low"] is not None:
@@ -246,8 +247,6 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
         if r["diff"] is None:
             continue
         note = p_is(r["p"]).replace(" ", "") if r["p"] is not None else r["verdict"]
-        if r.get("holm_significant") is False and r["verdict"] in ("better", "worse"):
-            note += " (not after Holm)"
         ax.annotate(note, xy=(hi + 0.04 * span, y), va="center", fontsize=8.5, color="#444444")
     ax.set_xlabel(f"Δ test loss = variant − {baseline}   (negative = better)   with 95% CI")
     ax.set_title(f"Difference in final test loss vs {baseline}", fontsize=12)

@@ -20,6 +20,7 @@ from gptlab.experiments.report.plots import report_plots
 from gptlab.experiments.report.rows import (
     build_rows,
     report_warnings,
+    verdict_rules,
     verdict_sentence,
     yardstick_part,
 )
@@ -36,16 +37,20 @@ from gptlab.io import atomic_write_bytes, atomic_write_text
 
 def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: str | None = None,
                  reference: dict[str, float] | None = None, title: str | None = None,
-                 alpha: float = 0.05, run_ids: set[str] | None = None) -> dict:
+                 alpha: float = 0.05, run_ids: set[str] | None = None, equivalence_margin: float | None = None,
+                 design: str = "independent") -> dict:
     """Write report.md, report.html and plots/*.png into exp_dir; return paths, the table and the rows.
-    `run_ids`: report only these runs (the runner passes its spec's matrix; other rows stay in the database)."""
+    `run_ids`: report only these runs (the runner passes its spec's matrix; other rows stay in the database).
+    `alpha`, `equivalence_margin` (nats) and `design` ("independent" or "paired") decide the verdicts
+    (rows.build_rows) and are printed in the report's Rules part."""
     exp_dir = Path(exp_dir)
     ex = _read_experiment(exp_dir, experiment, run_ids)
     variants = sorted({str(r.get("variant") or "") for r in ex.runs})
     if baseline not in variants:
         raise GptlabError(f"baseline variant {baseline!r} not found in {exp_dir}; variants present: "
                           f"{', '.join(variants)}")
-    rows = build_rows(ex.runs, baseline, judge=ex.judge, reference=reference, alpha=alpha)
+    rows = build_rows(ex.runs, baseline, judge=ex.judge, reference=reference, alpha=alpha,
+                      equivalence_margin=equivalence_margin, design=design)
     yard = yardstick_part(rows, baseline, comparability(ex.test_sets))
     pngs = report_plots(ex.metrics, rows, baseline, YARDSTICKS if yard["comparable"] else ())
     for name, data in pngs.items():
@@ -54,7 +59,8 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
     md_text = render_markdown(
         title=title, runs=ex.runs, rows=rows, baseline=baseline, alpha=alpha, db_path=ex.db_path,
         generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), yard=yard,
-        verdicts=verdict_table(rows), one_in=round(1 / alpha), warnings=report_warnings(ex.runs, rows, baseline),
+        verdicts=verdict_table(rows), one_in=round(1 / alpha), design=design,
+        rules=verdict_rules(baseline, alpha, equivalence_margin, design, rows[0]["n_comparisons"]), warnings=report_warnings(ex.runs, rows, baseline),
         plots=list(pngs), variants=variants_table(rows), runs_table=runs_table(ex.runs, [r["variant"] for r in rows]))
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)
@@ -129,6 +135,7 @@ th,td{border:1px solid #d0d7de;padding:.35em .6em;text-align:right;white-space:n
 th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fbfcfd}
 .better{color:#1a7f37;font-weight:600}.worse{color:#c62828;font-weight:600}.noise{color:#57606a}
+.suggestive{color:#9a6700}.equivalent{color:#0969da}
 .baseline{font-weight:600}blockquote{margin:1em 0;background:#fff8c5;padding:.6em 1em;border-left:4px solid #d4a72c}
 blockquote p,blockquote ul{margin:0}img{max-width:100%;height:auto;display:block;margin:1em 0}
 """
@@ -166,4 +173,6 @@ class _Standalone(Treeprocessor):
 
 
 def _verdict_class(verdict: str) -> str:
-    return verdict if verdict in ("better", "worse", "baseline") else "noise"
+    if verdict in ("better", "worse", "baseline"):
+        return verdict
+    return next((c for c in ("suggestive", "equivalent") if verdict.startswith(c)), "noise")

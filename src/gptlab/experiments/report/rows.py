@@ -56,21 +56,35 @@ def _mean(xs: Iterable[float | None]) -> float | None:
 
 
 def build_rows(runs: list[dict], baseline: str, judge: dict[str, float] | None = None,
-               reference: dict[str, float] | None = None, alpha: float = 0.05) -> list[dict]:
-    """Per-variant statistics vs the baseline, sorted baseline first then by mean test loss."""
+               reference: dict[str, float] | None = None, alpha: float = 0.05,
+               equivalence_margin: float | None = None, design: str = "independent") -> list[dict]:
+    """Per-variant statistics vs the baseline, sorted baseline first then by mean test loss.
+
+    Verdicts by stats.verdict: Holm over all the variants' comparisons with the baseline at `alpha`, TOST
+    at ±`equivalence_margin` (nats) if given. `design`: "independent" (Welch) or "paired" (runs matched by
+    seed, paired t on the per-seed differences; a variant seed the baseline lacks is an error)."""
+    if design not in st.DESIGNS:
+        raise GptlabError(f"design: {design!r} is not one of {', '.join(st.DESIGNS)}")
+    if equivalence_margin is not None and not (finite(equivalence_margin) and equivalence_margin > 0):
+        raise GptlabError(f"equivalence_margin: expected a positive number of nats, got {equivalence_margin!r}")
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
         groups[str(r.get("variant") or "")].append(r)
     if baseline not in groups:
         raise GptlabError(f"baseline variant {baseline!r} has no runs; variants present: {', '.join(sorted(groups))}")
-    base_vals = _test_losses(groups[baseline])
-    rows = [_row(variant, rs, baseline, base_vals, judge or {}, reference or {}, alpha)
-            for variant, rs in groups.items()]
+    ctx = dict(baseline=baseline, judge=judge or {}, reference=reference or {}, alpha=alpha,
+               margin=equivalence_margin, design=design, base_runs=groups[baseline])
+    rows = [_row(variant, rs, **ctx) for variant, rs in groups.items()]
     others = [r for r in rows if r["variant"] != baseline]
     for r, ph in zip(others, st.holm([r["p"] for r in others])):
         r["p_holm"] = _clean(ph)
+    m = sum(r["p"] is not None for r in others)  # the Holm family: every comparison that has a p
     for r in rows:
         r["holm_significant"] = None if r["p_holm"] is None else bool(r["p_holm"] < alpha)
+        r["n_comparisons"] = m
+        if r["variant"] != baseline and r["p"] is not None:
+            r["verdict"] = st.verdict(r["diff"], r["p"], r["p_holm"], r["n_compared"], alpha,
+                                      bool(r["equivalent"]), equivalence_margin)
 
     def key(r: dict) -> tuple:
         m = r["mean"]
@@ -84,8 +98,33 @@ def _test_losses(rs: list[dict]) -> list[float]:
     return [float(r["test_loss"]) for r in rs if finite(r.get("test_loss"))]
 
 
-def _row(variant: str, rs: list[dict], baseline: str, base_vals: list[float], judge: dict[str, float],
-         reference: dict[str, float], alpha: float) -> dict:
+def _pairs(variant: str, rs: list[dict], base_runs: list[dict]) -> tuple[list[float], list[float]]:
+    """(baseline, variant) test losses matched by seed, for the paired design. A variant seed without a
+    baseline run of the same seed is an error; a pair whose baseline loss is not finite is left out."""
+    base: dict = {}
+    for r in base_runs:
+        s = r.get("seed")
+        if s in base:
+            raise GptlabError(f"paired design: the baseline has seed {s} more than once; pairs must be unique")
+        base[s] = r.get("test_loss")
+    b_vals, v_vals, seen = [], [], set()
+    for r in sorted(rs, key=lambda r: (r.get("seed") is None, r.get("seed") or 0)):
+        s = r.get("seed")
+        if s not in base or s is None:
+            have = ", ".join(str(x) for x in sorted(k for k in base if k is not None)) or "none"
+            raise GptlabError(f"paired design: variant {variant!r} has seed {s} but the baseline has no run with that "
+                              f"seed (baseline seeds: {have})")
+        if s in seen:
+            raise GptlabError(f"paired design: variant {variant!r} has seed {s} more than once; pairs must be unique")
+        seen.add(s)
+        if finite(r.get("test_loss")) and finite(base[s]):
+            b_vals.append(float(base[s]))
+            v_vals.append(float(r["test_loss"]))
+    return b_vals, v_vals
+
+
+def _row(variant: str, rs: list[dict], baseline: str, base_runs: list[dict], judge: dict[str, float],
+         reference: dict[str, float], alpha: float, margin: float | None, design: str) -> dict:
     """One variant's row: its runs summarized, and compared with the baseline's test losses."""
     vals = _test_losses(rs)
     s = st.summarize(vals)
@@ -105,9 +144,11 @@ def _row(variant: str, rs: list[dict], baseline: str, base_vals: list[float], ju
         run_ids=[r["run_id"] for r in rs],
         test_losses=vals,
         mean=s["mean"], std=s["std"], sem=s["sem"], ci_low=s["ci_low"], ci_high=s["ci_high"],
+        design=design, equivalence_margin=margin, diff_ci_level=1 - alpha,
         diff=None, diff_ci_low=None, diff_ci_high=None, t=None, df=None, p=None, p_holm=None,
-        cohen_d=None, hedges_g=None, seeds_needed=None,
-        verdict="baseline" if variant == baseline else "needs >= 2 seeds",
+        cohen_d=None, hedges_g=None, seeds_needed=None, mde=None, n_compared=None,
+        equivalent=None, tost_p=None, tost_ci_low=None, tost_ci_high=None,
+        verdict=st.BASELINE if variant == baseline else st.NEEDS_SEEDS,
         tokens=_mean(r.get("tokens") for r in rs),
         tokens_per_s=_mean(r.get("tokens_per_s") for r in rs),
         judge=float(np.mean(judged)) if judged else None,
@@ -115,39 +156,107 @@ def _row(variant: str, rs: list[dict], baseline: str, base_vals: list[float], ju
         published=float(reference[variant]) if variant in reference and finite(reference[variant]) else None,
     )
     if variant != baseline:
-        c = st.compare(base_vals, vals, alpha=alpha)
+        if design == "paired":
+            b_vals, v_vals = _pairs(variant, rs, base_runs)
+            c = st.compare_paired(b_vals, v_vals, alpha=alpha, equivalence_margin=margin)
+            n_compared = c["n_pairs"]
+        else:
+            c = st.compare(_test_losses(base_runs), vals, alpha=alpha, equivalence_margin=margin)
+            n_compared = min(c["n_baseline"], c["n_variant"])
         row.update(diff=c["diff"], diff_ci_low=c["ci_low"], diff_ci_high=c["ci_high"], t=c["t"], df=c["df"],
                    p=c["p"], cohen_d=c["cohen_d"], hedges_g=c["hedges_g"], seeds_needed=c["seeds_needed"],
-                   verdict=c["verdict"])
+                   mde=c["mde"], n_compared=n_compared, equivalent=c["equivalent"], tost_p=c["tost_p"],
+                   tost_ci_low=c["tost_ci_low"], tost_ci_high=c["tost_ci_high"], verdict=c["verdict"])
     return {k: _clean(v) for k, v in row.items()}
+
+
+def verdict_rules(baseline: str, alpha: float, equivalence_margin: float | None = None,
+                  design: str = "independent", n_comparisons: int | None = None) -> list[str]:
+    """The report's "Rules" part: each rule stats.verdict and compare apply, in Markdown, written from the
+    same words, parameters and constants the code uses (one string per rule, the verdict words in bold)."""
+    tost_level = f"{1 - 2 * alpha:.0%}"
+    m = "the" if n_comparisons is None else f"the {n_comparisons}"
+    power = f"{st.POWER:.0%}"
+    test = ("a paired t-test on the per-seed differences (variant − baseline, runs matched by seed: each pair "
+            "shares its init and data seed)" if design == "paired" else
+            "Welch's t-test (two independent groups of seeds, unequal spread allowed)")
+    n_is = "the number of seed pairs" if design == "paired" else "the smaller of the two groups' seed counts"
+    sd = ("the SD of the per-seed differences" if design == "paired" else
+          "the pooled SD of the baseline and the variant")
+    g_df = "n − 1" if design == "paired" else "n₁ + n₂ − 2"
+    rules = [
+        f"Design: **{design}**. Every variant is compared with the baseline **{baseline}** by {test}; Δ = variant "
+        f"mean − baseline mean (negative = lower loss); p is two-sided.",
+        f"**{st.BASELINE}**: the variant every other one is compared with.",
+        f"**{st.NEEDS_SEEDS}**: the variant or the baseline has fewer than 2 seeds with a finite test loss"
+        + (" (paired: fewer than 2 seed pairs)" if design == "paired" else "") + "; no comparison is made.",
+        f"**{st.BETTER}** / **{st.WORSE}**: the Holm-adjusted p < {alpha} over {m} comparisons of this experiment "
+        f"(every variant against the baseline), with Δ < 0 / Δ > 0.",
+        f"**{st.suggestive_word(-1.0)}** / **{st.suggestive_word(1.0)}**: the unadjusted p < {alpha} but the "
+        f"Holm-adjusted p is not: a lead to rerun with more seeds, not a result.",
+    ]
+    if equivalence_margin is not None:
+        rules.append(f"**{st.equivalent_word(equivalence_margin)}**: not significant by the two rules above, and "
+                     f"both one-sided tests of TOST at {alpha} reject a difference of ±{equivalence_margin:g} nats "
+                     f"or more ({'paired' if design == 'paired' else 'Welch'}), i.e. the {tost_level} CI of Δ lies "
+                     f"inside ±{equivalence_margin:g}.")
+    else:
+        rules.append("No equivalence margin was set (`equivalence_margin` in the experiment spec, in nats), so no "
+                     "variant can be called equivalent.")
+    rules += [
+        f"**{st.within_noise_word('N')}**: none of the above; N is {n_is}. It does not show that the variant has "
+        f"no effect, only that any effect is too small to see at N seeds.",
+        f"**MDE** (minimum detectable effect): the |Δ| that a two-sided t-test at {alpha} would detect {power} of "
+        f"the time at the current n, using {sd} (noncentral t).",
+        f"**seeds needed (estimate)**: seeds per variant{' (pairs)' if design == 'paired' else ''} for {power} "
+        f"power at {alpha} if the true effect were the observed Hedges' g (bias-corrected, df = {g_df}) with the "
+        f"SD taken at its upper one-sided {st.SD_UPPER_CONFIDENCE:.0%} chi-square bound, i.e. "
+        f"|g|·√(χ²_{1 - st.SD_UPPER_CONFIDENCE:.1f}(df)/df), so the estimate is not optimistic; "
+        f"none when Δ is 0, more than {st.SEEDS_NEEDED_CAP} shown as >{st.SEEDS_NEEDED_CAP}.",
+    ]
+    return rules
 
 
 def verdict_sentence(r: dict, baseline: str, alpha: float = 0.05) -> str:
     """One plain-words sentence per variant (Markdown: the variant's name in **bold**)."""
     v = r["variant"]
-    if r["verdict"] == "baseline":
+    if r["verdict"] == st.BASELINE:
         return (f"**{v}** is the baseline: mean test loss {fmt(r['mean'], '.4f')} over {r['n']} seed(s)"
                 + (f" (95% CI {fmt_ci(r['ci_low'], r['ci_high'])})." if finite(r["ci_low"]) else "."))
-    if r["verdict"].startswith("needs"):
-        return (f"**{v}**: cannot judge yet: it has {r['n']} seed(s) with a finite test loss; a comparison needs "
-                f"at least 2 for both it and the baseline, so run more seeds.")
-    ci = f"95% CI of the difference {fmt_ci(r['diff_ci_low'], r['diff_ci_high'], '+.4f')}"
-    if r["verdict"] in ("better", "worse"):
-        word = "lower" if r["verdict"] == "better" else "higher"
-        s = (f"**{v}**: {r['verdict']}: its test loss is {abs(r['diff']):.4f} {word} than {baseline}'s "
-             f"({ci}, {p_is(r['p'])}).")
-        if r.get("holm_significant") is False:
-            s += (f" But after the Holm correction for the several variants compared, "
-                  f"{p_is(r['p_holm']).replace('p ', 'adjusted p ', 1)} (not below {alpha}): treat this one as "
-                  f"tentative and rerun with more seeds.")
-        return s
+    if r["verdict"] == st.NEEDS_SEEDS:
+        unit = "seed pair(s)" if r.get("design") == "paired" else "seed(s) with a finite test loss"
+        n = r["n_compared"] if r.get("design") == "paired" and r.get("n_compared") is not None else r["n"]
+        return (f"**{v}**: cannot judge yet: it has {n} {unit}; a comparison needs at least 2 for both it and "
+                f"the baseline, so run more seeds.")
+    ci = f"{1 - alpha:.0%} CI of the difference {fmt_ci(r['diff_ci_low'], r['diff_ci_high'], '+.4f')}"
+    mde_text = (f" With these seeds the design detects a difference of about {fmt(r['mde'], '.4f')} "
+                f"{st.POWER:.0%} of the time (MDE)." if finite(r.get("mde")) else "")
+    margin = r.get("equivalence_margin")
+    inside = (f" Its {1 - 2 * alpha:.0%} CI {fmt_ci(r['tost_ci_low'], r['tost_ci_high'], '+.4f')} lies inside "
+              f"±{margin:g}, so the difference is smaller than the equivalence margin."
+              if r.get("equivalent") and margin is not None else "")
+    word = "lower" if finite(r["diff"]) and r["diff"] < 0 else "higher"
+    if r["verdict"] in (st.BETTER, st.WORSE):
+        return (f"**{v}**: {r['verdict']}: its test loss is {abs(r['diff']):.4f} {word} than {baseline}'s "
+                f"({ci}, {p_is(r['p'])}, {p_is(r['p_holm']).replace('p ', 'Holm-adjusted p ', 1)} over "
+                f"{r['n_comparisons']} comparison(s)).{inside}")
+    if r["verdict"].startswith("suggestive"):
+        return (f"**{v}**: {r['verdict']}: its test loss is {abs(r['diff']):.4f} {word} than {baseline}'s "
+                f"({ci}, {p_is(r['p'])}), but after the Holm correction for the {r['n_comparisons']} variants "
+                f"compared, {p_is(r['p_holm']).replace('p ', 'adjusted p ', 1)} (not below {alpha}): treat it as "
+                f"a lead and rerun with more seeds.{inside}")
+    if r["verdict"].startswith("equivalent"):
+        return (f"**{v}**: {r['verdict']}: the difference to {baseline} is {fmt(r['diff'], '+.4f')}; its "
+                f"{1 - 2 * alpha:.0%} CI {fmt_ci(r['tost_ci_low'], r['tost_ci_high'], '+.4f')} lies inside "
+                f"±{margin:g} nats (TOST {p_is(r['tost_p'])}), so any effect is smaller than the margin.")
     need = r["seeds_needed"]
     need_text = f"more than {str(need)[1:]}" if isinstance(need, str) else f"about {need}"
     s = (f"**{v}**: {r['verdict']}: the difference to {baseline} is {fmt(r['diff'], '+.4f')} "
-         f"({ci}, {p_is(r['p'])}), which is not distinguishable from seed-to-seed noise.")
+         f"({ci}, {p_is(r['p'])}), which is not distinguishable from seed-to-seed noise.{mde_text}")
     if need is not None:
-        s += (f" If the true effect were as large as observed (|d| = {abs(r['cohen_d']):.2f}), detecting it 80% of "
-              f"the time would take {need_text} seeds per variant.")
+        s += (f" If the true effect were as large as observed (Hedges' g = {abs(r['hedges_g']):.2f}), detecting it "
+              f"{st.POWER:.0%} of the time would take {need_text} seeds per variant (an estimate, with the SD at its "
+              f"upper {st.SD_UPPER_CONFIDENCE:.0%} bound).")
     return s
 
 

@@ -12,18 +12,21 @@ Table = tuple[list[str], list[list[str]]]
 
 def _verdict_columns(rows: list[dict]) -> list[tuple[str, Callable[[dict], Any]]]:
     """(header, cell function) pairs; optional columns only where some row has a value."""
+    paired = any(r.get("design") == "paired" for r in rows)
+    level = next((r["diff_ci_level"] for r in rows if r.get("diff_ci_level") is not None), 0.95)
     cols: list[tuple[str, Callable[[dict], Any]]] = [
         ("variant", lambda r: r["variant"]),
         ("n seeds", lambda r: str(r["n"]) + (f" (+{r['n_excluded']} excl.)" if r.get("n_excluded") else "")),
         ("mean test loss", lambda r: fmt(r["mean"], ".4f")),
         ("95% CI", lambda r: fmt_ci(r["ci_low"], r["ci_high"])),
         ("Δ vs baseline", lambda r: fmt(r["diff"], "+.4f")),
-        ("95% CI of Δ", lambda r: fmt_ci(r["diff_ci_low"], r["diff_ci_high"], "+.4f")),
-        ("p (Welch)", lambda r: fmt_p(r["p"])),
+        (f"{level:.0%} CI of Δ", lambda r: fmt_ci(r["diff_ci_low"], r["diff_ci_high"], "+.4f")),
+        ("p (paired t)" if paired else "p (Welch)", lambda r: fmt_p(r["p"])),
         ("p (Holm)", lambda r: fmt_p(r["p_holm"])),
         ("Hedges' g", lambda r: fmt(r["hedges_g"], "+.2f")),
         ("verdict", lambda r: r["verdict"]),
-        ("seeds needed", lambda r: DASH if r["seeds_needed"] is None else str(r["seeds_needed"])),
+        ("MDE", lambda r: fmt(r.get("mde"), ".4f")),
+        ("seeds needed (estimate)", lambda r: DASH if r["seeds_needed"] is None else str(r["seeds_needed"])),
     ]
     if any(r.get("tokens_per_s") is not None for r in rows):
         cols.append(("tokens/s", lambda r: fmt(r.get("tokens_per_s"), ",.0f")))
