@@ -202,3 +202,31 @@ def test_changed_partial_run_is_named_before_it_fails_in_training(small_data, tm
                                           r"re-run with --rerun-changed to redo it$"):
         run_experiment(str(spec), out=str(out), quiet=True)
     assert not (out / "configs" / "baseline-s1.toml").exists() and not (out / "spec.toml").exists()
+
+
+def test_paired_design_and_margin_carry_from_the_spec_to_every_report(small_data, tmp_path, capsys):
+    """design = "paired" and equivalence_margin in the spec: the runner's report, `gptlab report` re-made from the
+    folder and the leaderboard all judge by them; a design the runner does not know is one line."""
+    import tomllib
+
+    from gptlab.cli import main
+    from gptlab.experiments.leaderboard import leaderboard
+
+    spec = write_spec(tmp_path, small_data, seeds=(1, 2, 3), tokens=8 * 32 * 3)
+    d = tomllib.loads(spec.read_text())
+    spec.write_text(tomli_w.dumps(dict(d, design="paired", equivalence_margin=5.0)))
+    out = tmp_path / "exp"
+    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
+    first = (out / "report.md").read_text()
+    assert "p (paired t)" in first and "±5" in first.split("## Rules")[1]
+    (out / "report.md").unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text().split("Generated")[1].split("\n", 1)[1] == \
+        first.split("Generated")[1].split("\n", 1)[1]  # the same report, but for its time stamp
+    lb = {r["variant"]: r for r in leaderboard([str(out)])}
+    verdict = next(line for line in first.splitlines() if line.startswith("| no_dropout")).split("|")
+    assert lb["no_dropout"]["design"] == "paired" and f" {lb['no_dropout']['verdict']} " in verdict
+    spec.write_text(tomli_w.dumps(dict(d, design="crossover")))
+    with pytest.raises(GptlabError, match=r'design: expected "independent" or "paired", got \'crossover\''):
+        load_spec(str(spec))

@@ -42,8 +42,10 @@ def cmd_leaderboard(a) -> int:
 
 def cmd_report(a) -> int:
     from gptlab.experiments.report import format_table, write_report, yardstick_summary
+    from gptlab.experiments.spec import report_settings
 
-    res = write_report(a.exp_dir, baseline=a.baseline)
+    settings = report_settings(a.exp_dir)
+    res = write_report(a.exp_dir, **dict(settings, baseline=a.baseline or settings["baseline"]))
     print(format_table(res["rows"], style="text"))
     print(yardstick_summary(res["yardsticks"]))
     print(f"wrote {res['markdown']} and {res['html']}")
@@ -107,5 +109,5 @@ def register(sub) -> None:
     s = verb_parser(sub, "report", "statistics, plots and verdicts for an experiment folder",
                 "gptlab report experiments/seed-interventions")
     s.add_argument("exp_dir")
-    s.add_argument("--baseline", default="baseline")
+    s.add_argument("--baseline", help="the variant to compare with (default: the spec.toml's, else \"baseline\")")
     s.set_defaults(fn=cmd_report)

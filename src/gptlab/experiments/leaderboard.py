@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptlab import GptlabError
+from gptlab.experiments.spec import report_settings
 
 
 def find_databases(paths: list[str]) -> list[Path]:
@@ -24,17 +25,6 @@ def find_databases(paths: list[str]) -> list[Path]:
     return out
 
 
-def _spec_of(db: Path) -> tuple[str, float | None]:
-    """The baseline and the equivalence margin of the spec next to the database (defaults without one)."""
-    spec = db.parent / "spec.toml"
-    if spec.is_file():
-        from gptlab.config import read_toml
-
-        d = read_toml(spec)
-        return str(d.get("baseline", "baseline")), d.get("equivalence_margin")
-    return "baseline", None
-
-
 def leaderboard(paths: list[str]) -> list[dict]:
     from gptlab.experiments.report.rows import build_rows
     from gptlab.experiments.results import ResultsDB
@@ -46,8 +36,10 @@ def leaderboard(paths: list[str]) -> list[dict]:
             judge = db.judge_summary()
         for exp in sorted({r["experiment"] for r in runs}):
             exp_runs = [r for r in runs if r["experiment"] == exp]
-            baseline, margin = _spec_of(dbp)
-            for r in build_rows(exp_runs, baseline, judge, equivalence_margin=margin):
+            settings = report_settings(dbp.parent)
+            baseline = settings["baseline"]
+            for r in build_rows(exp_runs, baseline, judge, equivalence_margin=settings["equivalence_margin"],
+                                design=settings["design"]):
                 rows.append(dict(r, experiment=exp))
     return rows
 

@@ -294,7 +294,8 @@ def _report(spec: Spec, exp_dir: Path, run_ids: set[str]) -> bool:
     refs = {v.name: v.reference for v in spec.variants if v.reference is not None}
     try:
         res = write_report(exp_dir, baseline=spec.baseline, experiment=spec.name, reference=refs or None,
-                           title=spec.name, run_ids=run_ids, equivalence_margin=spec.equivalence_margin)
+                           title=spec.name, run_ids=run_ids, equivalence_margin=spec.equivalence_margin,
+                           design=spec.design)
     except GptlabError as e:
         print(f"report not written: {e}", file=sys.stderr)
         return False

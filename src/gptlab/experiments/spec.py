@@ -9,6 +9,9 @@ Spec (TOML):
     baseline = "baseline"              # the variant every other one is compared with
     equivalence_margin = 0.01          # optional, nats: a variant whose 90% CI of the difference is inside
                                        # ±margin reads "equivalent within ±0.01" (TOST)
+    design = "paired"                  # optional: "independent" (default: Welch's test) or "paired" (every
+                                       # variant's seed s shares initialisation and data order with the
+                                       # baseline's seed s: the per-seed differences are tested)
     [overrides.train]                  # optional: applied to every run (same budget for all)
     tokens = 1_000_000
     [[variants]]
@@ -32,7 +35,9 @@ from gptlab import GptlabError
 from gptlab.config import deep_merge, read_config_toml, read_toml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_SPEC_KEYS = {"name", "base", "seeds", "baseline", "variants", "overrides", "description", "equivalence_margin"}
+_SPEC_KEYS = {"name", "base", "seeds", "baseline", "variants", "overrides", "description", "equivalence_margin",
+              "design"}
+DESIGNS = ("independent", "paired")
 _VARIANT_KEYS = {"name", "interventions", "reference", "seeds"}
 
 
@@ -54,6 +59,7 @@ class Spec:
     variants: list[Variant]
     overrides: dict
     equivalence_margin: float | None = None  # nats; the report's TOST margin
+    design: str = "independent"  # the report's test: Welch's (independent) or paired by seed
 
     def run_id(self, variant: str, seed: int) -> str:
         return f"{variant}-s{seed}"
@@ -117,8 +123,11 @@ def load_spec(path: str | Path) -> Spec:
     margin = d.get("equivalence_margin")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0):
         raise GptlabError(f"{where}: equivalence_margin: expected a positive number of nats, got {margin!r}")
+    design = d.get("design", "independent")
+    if design not in DESIGNS:
+        raise GptlabError(f"{where}: design: expected \"independent\" or \"paired\", got {design!r}")
     spec = Spec(p, d.get("name", p.stem), base, seeds, baseline, variants, overrides,
-                None if margin is None else float(margin))
+                None if margin is None else float(margin), design)
     for v in variants:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
     return spec
@@ -148,3 +157,18 @@ def _seed_list(seeds, where: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise GptlabError(f"{where}: duplicate seeds in {seeds}")
     return seeds
+
+
+def report_settings(exp_dir: Path) -> dict:
+    """What the runner judged an experiment by, from the spec.toml its folder holds (the defaults without one):
+    baseline, equivalence_margin, design, the variants' published references and the title, as keyword
+    arguments of write_report. `gptlab report` and the leaderboard use them, so they judge as the run did."""
+    p = Path(exp_dir) / "spec.toml"
+    d = read_toml(p) if p.is_file() else {}
+    refs = {str(v.get("name")): v["reference"] for v in d.get("variants", []) if isinstance(v, dict)
+            and v.get("reference") is not None}
+    out = {"baseline": str(d.get("baseline", "baseline")), "equivalence_margin": d.get("equivalence_margin"),
+           "design": d.get("design", "independent"), "reference": refs or None}
+    if "name" in d:
+        out["title"] = str(d["name"])
+    return out
