@@ -30,7 +30,8 @@ def cmd_experiment(a) -> int:
                      time_min=a.time, account=a.account, procs_per_node=a.procs_per_node)
     return run_experiment(a.spec, out=a.out, dry_run=a.dry_run, parallel=a.parallel, overrides=a.set,
                           quiet=a.quiet, only=only, procs_per_run=a.procs_per_run, gpus_per_run=a.gpus_per_run,
-                          rerun_changed=a.rerun_changed, backend=a.backend, backend_options=slurm)
+                          rerun_changed=a.rerun_changed, backend=a.backend, backend_options=slurm,
+                          until_decided=a.until_decided, max_seeds=a.max_seeds, seeds_per_round=a.seeds_per_round)
 
 
 def cmd_leaderboard(a) -> int:
@@ -61,6 +62,7 @@ def register(sub) -> None:
                 "# 8 GPUs: 4 runs at once\n"
                 "gptlab experiment configs/experiments/seed-interventions.toml --procs-per-run 2 --parallel 2\n"
                 "gptlab experiment configs/experiments/seed-interventions.toml --rerun-changed\n"
+                "gptlab experiment configs/experiments/seed-interventions.toml --until-decided --max-seeds 10\n"
                 "gptlab experiment configs/experiments/seed-interventions.toml --backend slurm --partition gpu "
                 "--gpus-per-node 8 --time 240\n"
                 "gptlab experiment configs/experiments/seed-interventions.toml --status\n"
@@ -84,6 +86,14 @@ def register(sub) -> None:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     s.add_argument("--only", metavar="V1,V2", help="run only these variants (and the baseline); re-run later for the rest")
     s.add_argument("--quiet", action="store_true")
+    # adaptive seeds (experiments/sequential.py): rounds of seeds until each variant is decided
+    s.add_argument("--until-decided", action="store_true",
+                   help="after the spec's seeds, add seeds in rounds to the variants not yet decided (and the "
+                        "baseline): group-sequential design, O'Brien-Fleming spending, alpha / variants each; "
+                        "state in EXPERIMENT/sequential.json")
+    s.add_argument("--max-seeds", type=int, metavar="K", help="with --until-decided: the most seeds a variant gets")
+    s.add_argument("--seeds-per-round", type=int, metavar="R",
+                   help="with --until-decided: seeds added per round (default: the spec's seed count, at least 2)")
     # where runs execute: backends (scheduler/), their options, --status
     s.add_argument("--backend", choices=["local", "slurm", "skypilot"], default="local",
                    help="local: subprocesses here (--parallel); slurm: one sbatch job per run (submitit); "

@@ -15,9 +15,10 @@ runs/RUN_ID.log (its output), results.sqlite and the report.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomli_w
@@ -33,23 +34,29 @@ from gptlab.config import (
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
 from gptlab.experiments.spec import Spec, Variant, load_spec
-from gptlab.io import atomic_write_text
+from gptlab.io import atomic_write_json, atomic_write_text
 from gptlab.train.signals import EXIT_PREEMPTED
 
 
 def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int | None = None,
                    overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None,
                    procs_per_run: int | None = None, gpus_per_run: int | None = None,
-                   rerun_changed: bool = False, backend: str = "local", backend_options: dict | None = None) -> int:
+                   rerun_changed: bool = False, backend: str = "local", backend_options: dict | None = None,
+                   until_decided: bool = False, max_seeds: int | None = None,
+                   seeds_per_round: int | None = None) -> int:
     """Run (or with dry_run, only print) the matrix of `spec_path`; the exit status for the CLI.
 
     `backend`: "local" (scheduler/local.py: `gpus_per_run` splits the visible GPUs into slots, one run per slot;
     otherwise `parallel` runs at a time of `procs_per_run` processes each) or "slurm" (`backend_options`:
     SlurmBackend's keyword arguments). A finished (or started) run whose config is not what the spec now resolves
     to stops everything before any run starts, unless `rerun_changed`: then it is redone (its row forgotten, its
-    run folder moved aside to runs/RUN_ID.stale-N)."""
+    run folder moved aside to runs/RUN_ID.stale-N).
+
+    `until_decided`: after the spec's seeds, add `seeds_per_round` seeds at a time to the variants not yet decided
+    (and the baseline) until each is decided or has `max_seeds` (sequential.py; state in sequential.json)."""
     spec = load_spec(spec_path)
     spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}  # what the report shows (--only included)
+    seq_opts = _sequential_options(spec, until_decided, max_seeds, seeds_per_round)
     if only:
         _keep_only(spec, only)
     extra = parse_overrides(overrides or [])
@@ -60,6 +67,8 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
         from gptlab.experiments.dry_run import print_dry_run
 
         print_dry_run(spec, extra)
+        if seq_opts:
+            print(_design_line(spec, seq_opts))
         return 0
     exp_dir = Path(out or Path("experiments") / spec.name)
     runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
@@ -74,6 +83,9 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
         # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
         atomic_write_text(exp_dir / "spec.toml", _spec_text(spec, extra))
         failures = _run_matrix(spec, extra, exp_dir, db, runner_backend, redone)
+        if seq_opts and not failures:
+            failures, seq_runs = _run_rounds(spec, extra, exp_dir, db, runner_backend, seq_opts, rerun_changed)
+            spec_runs |= seq_runs
     except KeyboardInterrupt:
         print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
         return 130
@@ -86,6 +98,88 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
               file=sys.stderr)
         return 1
     return 0
+
+
+@dataclass
+class _SeqOptions:
+    max_seeds: int
+    per_round: int
+    family: list[str]  # the variants compared with the baseline (before --only): the Bonferroni family
+
+
+def _sequential_options(spec: Spec, until_decided: bool, max_seeds: int | None,
+                        per_round: int | None) -> _SeqOptions | None:
+    if not until_decided:
+        if max_seeds is not None or per_round is not None:
+            raise GptlabError("--max-seeds/--seeds-per-round: only with --until-decided")
+        return None
+    if max_seeds is None:
+        raise GptlabError("--until-decided: needs --max-seeds K (the most seeds any variant gets)")
+    most = max(len(v.seeds or spec.seeds) for v in spec.variants)
+    if max_seeds < max(2, most):
+        raise GptlabError(f"--max-seeds: {max_seeds} is below the {max(2, most)} seeds the spec already gives "
+                          f"a variant (at least 2: a t-test needs them)")
+    per_round = per_round if per_round is not None else max(2, len(spec.seeds))
+    if per_round < 1:
+        raise GptlabError(f"--seeds-per-round: expected at least 1, got {per_round}")
+    family = [v.name for v in spec.variants if v.name != spec.baseline]
+    if not family:
+        raise GptlabError("--until-decided: the spec has no variant besides the baseline to decide")
+    return _SeqOptions(max_seeds, per_round, family)
+
+
+def _design_line(spec: Spec, o: _SeqOptions) -> str:
+    from gptlab.experiments import sequential as sq
+
+    looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
+    alpha = 0.05 / len(o.family)
+    ps = sq.nominal_p(sq.boundaries([sq.info_fraction(n, n, o.max_seeds) for n in looks], alpha))
+    return (f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; alpha 0.05 / "
+            f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
+            f"{', '.join(f'{p:.2g}' for p in ps)}")
+
+
+def _run_rounds(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, o: _SeqOptions,
+                rerun_changed: bool) -> tuple[list[str], set[str]]:
+    """The spec's seeds are run: look at each undecided variant (sequential.py), then add the next round's seeds
+    to the undecided variants and the baseline and run them, until every variant is decided or has max_seeds.
+    Every look is recomputed from results.sqlite, so an interrupted experiment replays the same rounds when
+    re-run. Returns (failed run ids, the run ids of every round)."""
+    from gptlab.experiments.sequential import Sequential, next_seeds
+
+    seeds = {v.name: list(v.seeds or spec.seeds) for v in spec.variants}
+    compared = [n for n in o.family if n in seeds]  # --only: the others keep their share of alpha
+    seq = Sequential(spec.baseline, compared, o.max_seeds, o.per_round, family=len(o.family))
+    ext, round_no = spec, 1
+    while True:
+        seq.update(_test_losses(db, spec, seeds), {g: len(s) for g, s in seeds.items()}, round_no)
+        print(seq.round_line(), flush=True)
+        atomic_write_json(exp_dir / "sequential.json", seq.to_json(len(spec.seeds)))
+        new = next_seeds(seeds, seq.undecided(), spec.baseline, o.per_round, o.max_seeds)
+        if not new:
+            break
+        for g, more in new.items():
+            seeds[g] = seeds[g] + more
+        ext = replace(spec, variants=[replace(v, seeds=seeds[v.name]) for v in spec.variants])
+        notes = _check_changed(ext, extra, exp_dir, db, rerun_changed)
+        failures = _run_matrix(ext, extra, exp_dir, db, backend, notes)
+        if failures:
+            return failures, {ext.run_id(v.name, s) for v, s in ext.matrix()}
+        round_no += 1
+    verdicts = ", ".join(f"{v} {seq.decision.get(v, 'undecided')}" for v in compared)
+    print(f"{seq.to_json(len(spec.seeds))['design']} (alpha 0.05 / {len(o.family)} per variant): {verdicts} "
+          f"-> {exp_dir / 'sequential.json'}", flush=True)
+    return [], {ext.run_id(v.name, s) for v, s in ext.matrix()}
+
+
+def _test_losses(db: ResultsDB, spec: Spec, seeds: dict[str, list[int]]) -> dict[str, list[float]]:
+    """Each group's recorded finite test losses for its seeds in the matrix (a diverged run has none)."""
+    rows = {r["run_id"]: r for r in db.runs()}
+    out: dict[str, list[float]] = {}
+    for g, ss in seeds.items():
+        vals = [rows[rid]["test_loss"] for rid in (spec.run_id(g, s) for s in ss) if rid in rows]
+        out[g] = [float(x) for x in vals if x is not None and math.isfinite(x)]
+    return out
 
 
 def _spec_text(spec: Spec, extra: dict) -> str:
