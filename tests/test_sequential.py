@@ -253,6 +253,9 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
         assert lk["diff"] == pytest.approx(diff, abs=1e-12) and lk["p"] == pytest.approx(p)
         assert lk["z_boundary"] == pytest.approx(b) and lk["crossed"] == (p <= lk["nominal_p"])
     assert state["variants"]["same"]["decision"] == "within noise"
+    report = (out / "report.md").read_text()  # the report's verdict is the sequential decision, by its printed rule
+    assert next(x for x in report.splitlines() if x.startswith("| same ")).split("|").count(" within noise at n=4 ") == 1
+    assert "Sequential design (`--until-decided`, sequential.json): group-sequential" in report.split("## Rules")[1]
     # re-running replays the rounds from results.sqlite and runs nothing new
     assert main(["experiment", str(spec), "--out", str(out), "--quiet", "--until-decided", "--max-seeds", "4",
                  "--seeds-per-round", "2"]) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
                           f"{', '.join(variants)}")
     rows = build_rows(ex.runs, baseline, judge=ex.judge, reference=reference, alpha=alpha,
                       equivalence_margin=equivalence_margin, design=design)
+    rules = verdict_rules(baseline, alpha, equivalence_margin, design, rows[0]["n_comparisons"])
+    rules += _sequential_verdicts(exp_dir, rows)
     yard = yardstick_part(rows, baseline, comparability(ex.test_sets))
     pngs = report_plots(ex.metrics, rows, baseline, YARDSTICKS if yard["comparable"] else ())
     for name, data in pngs.items():
@@ -60,7 +63,7 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
         title=title, runs=ex.runs, rows=rows, baseline=baseline, alpha=alpha, db_path=ex.db_path,
         generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), yard=yard,
         verdicts=verdict_table(rows), one_in=round(1 / alpha), design=design,
-        rules=verdict_rules(baseline, alpha, equivalence_margin, design, rows[0]["n_comparisons"]), warnings=report_warnings(ex.runs, rows, baseline),
+        rules=rules, warnings=report_warnings(ex.runs, rows, baseline),
         plots=list(pngs), variants=variants_table(rows), runs_table=runs_table(ex.runs, [r["variant"] for r in rows]))
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)
@@ -176,3 +179,27 @@ def _verdict_class(verdict: str) -> str:
     if verdict in ("better", "worse", "baseline"):
         return verdict
     return next((c for c in ("suggestive", "equivalent") if verdict.startswith(c)), "noise")
+
+
+def _sequential_verdicts(exp_dir: Path, rows: list[dict]) -> list[str]:
+    """An experiment run with --until-decided (EXP/sequential.json): each variant's verdict is its sequential
+    decision, whose rule is returned for the Rules part; the p columns stay fixed-design numbers."""
+    path = exp_dir / "sequential.json"
+    if not path.is_file():
+        return []
+    seq = json.loads(path.read_text())
+    for r in rows:
+        decision = seq["variants"].get(r["variant"], {}).get("decision")
+        if decision in ("better", "worse"):
+            r["verdict"] = decision
+        elif decision == "within noise":
+            r["verdict"] = f"within noise at n={r['n']}"
+        elif decision == "undecided":
+            r["verdict"] = f"undecided at n={r['n']}"
+    return [f"Sequential design (`--until-decided`, sequential.json): {seq['design']}, alpha {seq['alpha']} split "
+            f"over {seq['family']} variant(s) (Bonferroni: {seq['alpha_per_variant']:.4g} each), up to "
+            f"{seq['max_seeds']} seeds, looks at {', '.join(map(str, seq['planned_looks_seeds']))} seeds. These "
+            f"verdicts replace the rules above: **better** / **worse** when the variant's Welch p at a look is at "
+            f"or below that look's O'Brien-Fleming nominal p; **within noise** when it reached the last look without "
+            f"crossing; **undecided** when the run stopped before. The p and Holm columns are fixed-design numbers "
+            f"that do not account for the looks."]
