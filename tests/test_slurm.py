@@ -1,6 +1,7 @@
 """The SLURM backend against a real one-node cluster (slurmctld, slurmd, munged; real sbatch/squeue), and --status."""
 
 import importlib.util
+import json
 import os
 import sqlite3
 import subprocess
@@ -172,3 +173,22 @@ def test_preempted_job_is_requeued_and_resumes_bit_exactly(small_data, slurm_clu
     log = (out / "runs/baseline-s1.log").read_text()
     assert f"[slurm job {job_id}] exit 75 (preempted)" in log and f"[slurm job {jobs[1]}] exit 0" in log
     assert Path(out / "slurm" / job_id).is_dir()
+
+
+def test_the_sbatch_example_trains_on_the_local_cluster(small_data, slurm_cluster, tmp_path):
+    """examples/slurm-2node.sbatch as a user submits it, shaped for this one-node, GPU-less cluster from the
+    command line and the environment only: one node, 2 gloo processes, the tiny config; it trains to final.json,
+    and the job's output lands in the submit folder (no logs/ folder needed)."""
+    example = Path(__file__).parents[1] / "examples" / "slurm-2node.sbatch"
+    (tmp_path / "tiny.toml").write_text(tomli_w.dumps(parse_overrides(tiny_overrides(small_data))))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", NPROC="2",
+               CONFIG=str(tmp_path / "tiny.toml"), RUN_DIR=str(tmp_path / "run"), GLOBAL_BATCH="8",
+               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    args = ["sbatch", "--parsable", "--wait", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10",
+            *(["--partition", slurm_cluster] if slurm_cluster else []), str(example)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    job = r.stdout.strip().split(";")[0]
+    out = tmp_path / f"gptlab-gpt2-small-{job}.out"
+    assert r.returncode == 0, (r.stderr, out.read_text() if out.exists() else "no output file")
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["world_size"] == 2 and final["steps"] == 12 and "run directory:" in out.read_text()
