@@ -204,22 +204,26 @@ def test_fsdp2_two_processes_matches_single_and_reshards_to_one(small_data, tmp_
     assert res["world_size"] == 1 and res["test_loss"] == pytest.approx(single["test_loss"], abs=1e-3)
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_processes_with_gradient_accumulation_match_one(fsdp, small_data, tmp_path):
+@pytest.mark.parametrize("fsdp,muon", [(False, False), (True, False), (False, True)], ids=["ddp", "fsdp2", "ddp-muon"])
+def test_two_processes_with_gradient_accumulation_match_one(fsdp, muon, small_data, tmp_path):
     """Micro-batch 2 of a global batch of 8: 2 accumulation micro-steps per rank on 2 gloo ranks (gradient sync
     skipped on the first: DDP no_sync / FSDP2 set_requires_gradient_sync(False)), 4 in one process: the same
-    per-step losses and final test loss."""
+    per-step losses and final test loss; with Muon, its Newton-Schulz iterations split over the ranks."""
     over = tiny_overrides(small_data, **{"model.drop_rate": 0.0, "train.checkpoint_interval": 0,
                                          "train.micro_batch_size": 2, "train.fsdp": fsdp})
+    over += ['interventions=["muon"]'] if muon else []
     single = train(load_config(None, over), tmp_path / "one")
     r = _torchrun(tmp_path / "two", over)
     assert r.returncode == 0, r.stderr[-3000:]
+    # Muon's Newton-Schulz runs in bf16: the fp32 summation-order differences between 1 and 2 ranks come out as
+    # bf16 roundings (measured: 2.2e-4 on the test loss); train/muon.py itself is bit-exact (tests/test_muon.py)
+    tol = 1e-3 if muon else 2e-4
     two = json.loads((tmp_path / "two" / "final.json").read_text())
-    assert two["world_size"] == 2 and two["test_loss"] == pytest.approx(single["test_loss"], abs=2e-4)
+    assert two["world_size"] == 2 and two["test_loss"] == pytest.approx(single["test_loss"], abs=tol)
     losses = [[json.loads(x)["train_loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
                if "train_loss" in x] for d in ("one", "two")]
     assert len(losses[0]) == len(losses[1]) == 12
-    assert max(abs(a - b) for a, b in zip(*losses)) < 2e-4
+    assert max(abs(a - b) for a, b in zip(*losses)) < tol
 
 
 def test_fsdp2_with_muon_is_refused_in_one_line(small_data, tmp_path):

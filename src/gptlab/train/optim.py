@@ -51,12 +51,24 @@ def make_optimizers(model: torch.nn.Module, s: OptimSettings, device: torch.devi
         if not hasattr(torch.optim, "Muon"):
             raise GptlabError(f"train.optimizer: muon needs torch >= 2.9 (torch.optim.Muon); this is torch "
                               f"{torch.__version__}")
-        opts.append(torch.optim.Muon(muon_params, lr=s.muon_lr, weight_decay=s.weight_decay,
-                                     adjust_lr_fn="match_rms_adamw"))
+        opts.append(_muon_class()(muon_params, lr=s.muon_lr, weight_decay=s.weight_decay,
+                                  adjust_lr_fn="match_rms_adamw"))
     for opt in opts:
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
     return opts
+
+
+def _muon_class() -> type:
+    """torch.optim.Muon in one process; under a process group of several ranks (DDP: replicated gradients) the
+    variant that splits the Newton-Schulz iterations over the ranks (muon.py)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from gptlab.train.muon import ShardedNewtonSchulzMuon
+
+        return ShardedNewtonSchulzMuon
+    return torch.optim.Muon
 
 
 def build_optimizers(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> list[torch.optim.Optimizer]:
