@@ -146,6 +146,7 @@ class Pretraining:
         _ensure_data(self.cfg, self.dist)
         self.vmap = resolve_corpus_vocab(self.cfg)
         self.cfg = prepare_run_dir(self.cfg, self.run_dir, self.resume)
+        self.dist.barrier()  # every rank has checked the run folder before rank 0 writes config.toml into it
         final_file = self.run_dir / "final.json"
         if final_file.exists():
             return json.loads(final_file.read_text())
