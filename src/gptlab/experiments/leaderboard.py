@@ -56,9 +56,6 @@ def format_leaderboard(rows: list[dict], style: str = "text") -> str:
     body = [[r["experiment"], r["variant"], str(r["n"]), f(r["mean"], ".4f"),
              "-" if r["ci_low"] is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f(r["diff"], "+.4f"),
              pval(r["p"]), pval(r.get("p_holm")), f(r.get("tokens_per_s"), ",.0f"), r["verdict"]] for r in rows]
-    if style == "markdown":
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body])
-    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(headers)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(c) for c in body])
+    from gptlab.experiments.report.tables import markdown_table, text_table
+
+    return markdown_table(headers, body) if style == "markdown" else text_table(headers, body)
