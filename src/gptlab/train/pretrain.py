@@ -65,7 +65,6 @@ class Progress:
 class Pretraining:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device, dist_: Dist):
         self.cfg, self.run_dir, self.resume, self.device, self.dist = cfg, run_dir, resume, device, dist_
-        self.tokens_seen = 0  # by all ranks in this process's lifetime (the tokens/s fallback)
         self.last_checkpoint = -1  # the step of the newest checkpoint this process wrote
 
     # ---- setup ---------------------------------------------------------------------------------
@@ -164,7 +163,7 @@ class Pretraining:
         if p.step > 0:
             self.log.keep_until(p.step)
         self.trainer.train_model.train()
-        t0 = time.time()
+        t0, start_tokens = time.time(), p.tokens  # tokens/s fallback: what this process trained on
         if p.step == 0 and t.eval_interval:
             self.log.val_loss(0, self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches))
         try:
@@ -172,7 +171,7 @@ class Pretraining:
                 stopped = self._loop(p, stop_after, pre)
         finally:
             self.log.close()
-        return stopped or self._finish(time.time() - t0, p)
+        return stopped or self._finish(time.time() - t0, p, p.tokens - start_tokens)
 
     def _loop(self, p: Progress, stop_after: int | None, pre: Preemption) -> dict | None:
         """Train to the end (None), or until `stop_after` steps or a preemption signal (what was reached)."""
@@ -219,7 +218,6 @@ class Pretraining:
         p.tokens += res.tokens
         p.flops += flops_per_token(self.cfg.model, self.seq_len(step)) * res.tokens
         self.log.train_step(p.step, res.loss, self.trainer.lr, res.grad_norm, res.tokens)
-        self.tokens_seen += res.tokens
         return True
 
     def seq_len(self, step: int) -> int:
@@ -269,7 +267,7 @@ class Pretraining:
         return evaluate_loss(tr.model, ds, self.T, batch_size, self.device, self.precision, offset=offset,
                              n_batches=n_batches, dist_=None if tr.fsdp else self.dist, vocab_map=self.vmap)
 
-    def _finish(self, wall: float, p: Progress) -> dict:
+    def _finish(self, wall: float, p: Progress, tokens_here: int) -> dict:
         """Val loss (eval_batches) and the test spec's loss, into final.json."""
         t, e = self.cfg.train, self.cfg.eval
         val_loss = self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches)
@@ -281,7 +279,7 @@ class Pretraining:
             "flops": p.flops, "tokens_planned": self.total_steps * self.step_tokens,
             "train_loss": float(np.mean(train_losses[-5:])) if train_losses else None,
             "val_loss": val_loss, "test_loss": test_loss, "test_perplexity": math.exp(test_loss),
-            "wall_time": wall, "tokens_per_s": median_tokens_per_s(rows) or (self.tokens_seen / wall if wall > 0 else None),
+            "wall_time": wall, "tokens_per_s": median_tokens_per_s(rows) or (tokens_here / wall if wall > 0 else None),
             "skipped_batches": p.skips, "precision": self.precision, "device": str(self.device),
             "world_size": self.dist.world,
         }
