@@ -23,15 +23,34 @@ def cmd_experiment(a) -> int:
         return 0
     if a.emit:
         raise GptlabError("--emit: only with --backend skypilot")
-    only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else None
+    return run_experiment(a.spec, dry_run=a.dry_run, until_decided=a.until_decided, max_seeds=a.max_seeds,
+                          seeds_per_round=a.seeds_per_round, **_run_options(a))
+
+
+def cmd_sweep(a) -> int:
+    from gptlab.experiments.runner import run_sweep
+    from gptlab.experiments.tuning import parse_grid
+
+    seeds = None
+    if a.seeds:
+        try:
+            seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise GptlabError(f"--seeds: expected integers like 1001,1002, got {a.seeds!r}") from None
+    return run_sweep(a.spec, param=a.param, grid=parse_grid(a.grid) if a.grid else None, seeds=seeds,
+                     **_run_options(a))
+
+
+def _run_options(a) -> dict:
+    """The options `experiment` and `sweep` share: where the runs go and how they are scheduled."""
     slurm = None
     if a.backend == "slurm":
         slurm = dict(partition=a.partition, nodes_per_run=a.nodes_per_run, gpus_per_node=a.gpus_per_node or 0,
                      time_min=a.time, account=a.account, procs_per_node=a.procs_per_node)
-    return run_experiment(a.spec, out=a.out, dry_run=a.dry_run, parallel=a.parallel, overrides=a.set,
-                          quiet=a.quiet, only=only, procs_per_run=a.procs_per_run, gpus_per_run=a.gpus_per_run,
-                          rerun_changed=a.rerun_changed, backend=a.backend, backend_options=slurm,
-                          until_decided=a.until_decided, max_seeds=a.max_seeds, seeds_per_round=a.seeds_per_round)
+    return dict(out=a.out, parallel=a.parallel, overrides=a.set, quiet=a.quiet,
+                only=[x.strip() for x in a.only.split(",") if x.strip()] if a.only else None,
+                procs_per_run=a.procs_per_run, gpus_per_run=a.gpus_per_run, rerun_changed=a.rerun_changed,
+                backend=a.backend, backend_options=slurm)
 
 
 def cmd_leaderboard(a) -> int:
@@ -69,8 +88,50 @@ def register(sub) -> None:
                 "gptlab experiment configs/experiments/gpt2-small-interventions.toml --backend skypilot "
                 "--accelerator A100 --gpus-per-node 8 --emit sky.yaml")
     s.add_argument("spec", help="experiment TOML")
-    s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
     s.add_argument("--dry-run", action="store_true", help="print the matrix, tokens, FLOPs and estimated time")
+    _add_run_arguments(s, backends=["local", "slurm", "skypilot"])
+    # adaptive seeds (experiments/sequential.py): rounds of seeds until each variant is decided
+    s.add_argument("--until-decided", action="store_true",
+                   help="after the spec's seeds, add seeds in rounds to the variants not yet decided (and the "
+                        "baseline): group-sequential design, O'Brien-Fleming spending, alpha / variants each; "
+                        "state in EXPERIMENT/sequential.json")
+    s.add_argument("--max-seeds", type=int, metavar="K", help="with --until-decided: the most seeds a variant gets")
+    s.add_argument("--seeds-per-round", type=int, metavar="R",
+                   help="with --until-decided: seeds added per round (default: the spec's seed count, at least 2)")
+    s.add_argument("--status", action="store_true",
+                   help="list every run: pending/running/done/failed, its SLURM job id, the last line of its log")
+    s.add_argument("--accelerator", default="A100", help="skypilot: GPU type (with --gpus-per-node: A100:8)")
+    s.add_argument("--emit", metavar="FILE", help="skypilot: write the task YAML here (then: sky launch FILE)")
+    s.set_defaults(fn=cmd_experiment)
+    s = verb_parser(sub, "sweep", "train every variant at every value of a grid (e.g. train.lr) and pick each "
+                    "variant's best value on validation loss (EXPERIMENT/sweep.json)",
+                    "gptlab sweep configs/experiments/seed-interventions.toml --param train.lr --grid 1e-3:8e-3:4\n"
+                    "gptlab sweep configs/experiments/seed-interventions.toml --param lr --grid 1e-3,2e-3,4e-3 "
+                    "--seeds 1001,1002\n"
+                    "gptlab sweep SPEC   # a spec with tune, tune_grid (and tune_seeds); `gptlab experiment SPEC` "
+                    "then reuses these runs")
+    s.add_argument("spec", help="experiment TOML")
+    s.add_argument("--param", help="the number setting to tune, e.g. train.lr (default: the spec's tune)")
+    s.add_argument("--grid", help="values: 1e-3,2e-3,4e-3 or a log grid LO:HI:N (default: the spec's tune_grid); "
+                                  "each variant's base value is tried too")
+    s.add_argument("--seeds", help="the sweep's seeds, e.g. 1001,1002 (default: the spec's tune_seeds, else 1001)")
+    _add_run_arguments(s, backends=["local", "slurm"])
+    s.set_defaults(fn=cmd_sweep)
+    s = verb_parser(sub, "leaderboard", "every variant of every experiment: loss, CI, delta vs its baseline, verdict",
+                "gptlab leaderboard\ngptlab leaderboard experiments/modern --markdown")
+    s.add_argument("paths", nargs="*", help="experiment folders or results.sqlite files (default: experiments/)")
+    s.add_argument("--markdown", action="store_true")
+    s.set_defaults(fn=cmd_leaderboard)
+    s = verb_parser(sub, "report", "statistics, plots and verdicts for an experiment folder",
+                "gptlab report experiments/seed-interventions")
+    s.add_argument("exp_dir")
+    s.add_argument("--baseline", help="the variant to compare with (default: the spec.toml's, else \"baseline\")")
+    s.set_defaults(fn=cmd_report)
+
+
+def _add_run_arguments(s, backends: list[str]) -> None:
+    """Where an experiment's or sweep's runs go and how they are scheduled (scheduler/)."""
+    s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
     s.add_argument("--parallel", type=int, metavar="N",
                    help="runs at a time (default 1; with --gpus-per-run: one per GPU slot, at most N)")
     s.add_argument("--gpus-per-run", type=int, metavar="N",
@@ -86,20 +147,10 @@ def register(sub) -> None:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     s.add_argument("--only", metavar="V1,V2", help="run only these variants (and the baseline); re-run later for the rest")
     s.add_argument("--quiet", action="store_true")
-    # adaptive seeds (experiments/sequential.py): rounds of seeds until each variant is decided
-    s.add_argument("--until-decided", action="store_true",
-                   help="after the spec's seeds, add seeds in rounds to the variants not yet decided (and the "
-                        "baseline): group-sequential design, O'Brien-Fleming spending, alpha / variants each; "
-                        "state in EXPERIMENT/sequential.json")
-    s.add_argument("--max-seeds", type=int, metavar="K", help="with --until-decided: the most seeds a variant gets")
-    s.add_argument("--seeds-per-round", type=int, metavar="R",
-                   help="with --until-decided: seeds added per round (default: the spec's seed count, at least 2)")
-    # where runs execute: backends (scheduler/), their options, --status
-    s.add_argument("--backend", choices=["local", "slurm", "skypilot"], default="local",
-                   help="local: subprocesses here (--parallel); slurm: one sbatch job per run (submitit); "
-                        "skypilot: write a SkyPilot task (--emit) that runs the matrix on a cloud node")
-    s.add_argument("--status", action="store_true",
-                   help="list every run: pending/running/done/failed, its SLURM job id, the last line of its log")
+    s.add_argument("--backend", choices=backends, default="local",
+                   help="local: subprocesses here (--parallel); slurm: one sbatch job per run (submitit)"
+                        + ("; skypilot: write a SkyPilot task (--emit) that runs the matrix on a cloud node"
+                           if "skypilot" in backends else ""))
     s.add_argument("--partition", help="slurm: partition (default: the cluster's default)")
     s.add_argument("--account", help="slurm: account to charge")
     s.add_argument("--nodes-per-run", type=int, default=1, help="slurm: nodes per run (torchrun across them)")
@@ -108,16 +159,3 @@ def register(sub) -> None:
     s.add_argument("--procs-per-node", type=int, default=None,
                    help="slurm without GPUs: gloo processes per node, one core each (default 1)")
     s.add_argument("--time", type=int, default=60, metavar="MINUTES", help="slurm: time limit per job")
-    s.add_argument("--accelerator", default="A100", help="skypilot: GPU type (with --gpus-per-node: A100:8)")
-    s.add_argument("--emit", metavar="FILE", help="skypilot: write the task YAML here (then: sky launch FILE)")
-    s.set_defaults(fn=cmd_experiment)
-    s = verb_parser(sub, "leaderboard", "every variant of every experiment: loss, CI, delta vs its baseline, verdict",
-                "gptlab leaderboard\ngptlab leaderboard experiments/modern --markdown")
-    s.add_argument("paths", nargs="*", help="experiment folders or results.sqlite files (default: experiments/)")
-    s.add_argument("--markdown", action="store_true")
-    s.set_defaults(fn=cmd_leaderboard)
-    s = verb_parser(sub, "report", "statistics, plots and verdicts for an experiment folder",
-                "gptlab report experiments/seed-interventions")
-    s.add_argument("exp_dir")
-    s.add_argument("--baseline", help="the variant to compare with (default: the spec.toml's, else \"baseline\")")
-    s.set_defaults(fn=cmd_report)

@@ -1,6 +1,7 @@
 """`gptlab leaderboard`: every variant of every experiment found under the given folders (or results.sqlite
-files), with mean test loss, CI, difference to its own experiment's baseline, Welch's p (raw and Holm-adjusted over the
-experiment's comparisons), tokens/s and the verdict.
+files), with mean test loss, CI, difference to its own experiment's baseline, p (Welch's, or the paired t-test for a paired
+design; raw and Holm-adjusted over the experiment's comparisons), the minimum detectable effect, tokens/s and the
+verdict.
 Variants are compared only with the baseline of the same experiment (same budget, data order and test set)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptlab import GptlabError
-from gptlab.experiments.spec import report_settings
+from gptlab.experiments.spec import TUNE_MARK, report_settings
 
 
 def find_databases(paths: list[str]) -> list[Path]:
@@ -35,8 +36,11 @@ def leaderboard(paths: list[str]) -> list[dict]:
             runs = db.runs()
             judge = db.judge_summary()
         for exp in sorted({r["experiment"] for r in runs}):
-            exp_runs = [r for r in runs if r["experiment"] == exp]
             settings = report_settings(dbp.parent)
+            # a tuned experiment's sweep and tuned runs (VARIANT@lr=...) are not variants of its own, nor are
+            # variants since removed from its spec
+            exp_runs = [r for r in runs if r["experiment"] == exp and TUNE_MARK not in str(r["variant"])
+                        and r["variant"] in settings.get("variants", [r["variant"]])]
             baseline = settings["baseline"]
             for r in build_rows(exp_runs, baseline, judge, equivalence_margin=settings["equivalence_margin"],
                                 design=settings["design"]):
@@ -51,11 +55,12 @@ def format_leaderboard(rows: list[dict], style: str = "text") -> str:
     def pval(p):
         return "-" if p is None else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
 
-    headers = ["experiment", "variant", "n", "mean test loss", "95% CI", "Δ vs baseline", "p (Welch)", "p (Holm)",
+    headers = ["experiment", "variant", "n", "mean test loss", "95% CI", "Δ vs baseline", "p", "p (Holm)", "MDE",
                "tokens/s", "verdict"]
     body = [[r["experiment"], r["variant"], str(r["n"]), f(r["mean"], ".4f"),
              "-" if r["ci_low"] is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f(r["diff"], "+.4f"),
-             pval(r["p"]), pval(r.get("p_holm")), f(r.get("tokens_per_s"), ",.0f"), r["verdict"]] for r in rows]
+             pval(r["p"]), pval(r.get("p_holm")), f(r.get("mde"), ".4f"), f(r.get("tokens_per_s"), ",.0f"),
+             r["verdict"]] for r in rows]
     from gptlab.experiments.report.tables import markdown_table, text_table
 
     return markdown_table(headers, body) if style == "markdown" else text_table(headers, body)

@@ -67,22 +67,28 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
         from gptlab.experiments.dry_run import print_dry_run
 
         print_dry_run(spec, extra)
+        if spec.tune:
+            from gptlab.experiments.tuning import sweep_spec
+
+            t, n = spec.tune, len(sweep_spec(spec).matrix())
+            print(f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
+                  f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(spec.matrix())} runs "
+                  f"of the variants at their chosen values")
         if seq_opts:
             print(_design_line(spec, seq_opts))
         return 0
-    exp_dir = Path(out or Path("experiments") / spec.name)
-    runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
-    for d in (exp_dir, exp_dir / "runs", exp_dir / "configs"):
-        d.mkdir(parents=True, exist_ok=True)
-    # data once, before any run starts (runs in parallel must not race to prepare it)
-    _prepare_data(spec.resolved_config(spec.variants[0], spec.seeds[0], extra), quiet)
-
-    db = ResultsDB(exp_dir / "results.sqlite")
+    if spec.tune and seq_opts:
+        raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
+    exp_dir, runner_backend, db = _open(spec, extra, out, backend, parallel, procs_per_run, gpus_per_run,
+                                        backend_options, quiet)
     try:
         redone = _check_changed(spec, extra, exp_dir, db, rerun_changed)
         # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
         atomic_write_text(exp_dir / "spec.toml", _spec_text(spec, extra))
-        failures = _run_matrix(spec, extra, exp_dir, db, runner_backend, redone)
+        if spec.tune:
+            failures = _run_tuned(spec, extra, exp_dir, db, runner_backend, redone, rerun_changed)
+        else:
+            failures = _run_matrix(spec, extra, exp_dir, db, runner_backend, redone)
         if seq_opts and not failures:
             failures, seq_runs = _run_rounds(spec, extra, exp_dir, db, runner_backend, seq_opts, rerun_changed)
             spec_runs |= seq_runs
@@ -98,6 +104,97 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
               file=sys.stderr)
         return 1
     return 0
+
+
+def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None = None,
+              seeds: list[int] | None = None, out: str | None = None, parallel: int | None = None,
+              overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None,
+              procs_per_run: int | None = None, gpus_per_run: int | None = None, rerun_changed: bool = False,
+              backend: str = "local", backend_options: dict | None = None) -> int:
+    """`gptlab sweep`: train every variant of the spec at every value of the grid on the sweep's seeds (the
+    spec's tune / tune_grid / tune_seeds, or `param`, `grid`, `seeds` instead), record the runs in the
+    experiment's results.sqlite, write sweep.json with each variant's chosen value and print the table. A later
+    `gptlab experiment` of a spec with the same tune settings reuses these runs."""
+    from gptlab.experiments import tuning
+    from gptlab.experiments.report.tables import text_table
+    from gptlab.experiments.spec import read_tune
+
+    spec = load_spec(spec_path)
+    if only:
+        _keep_only(spec, only)
+    extra = parse_overrides(overrides or [])
+    if param is None and grid is None and seeds is None and spec.tune is None:
+        raise GptlabError(f"{spec_path}: no tune settings; give --param and --grid (or tune and tune_grid in the "
+                          f"spec)")
+    raw = read_toml(spec.path)
+    spec.tune = read_tune(spec, raw, "sweep", param=param or (spec.tune.param if spec.tune else None), grid=grid,
+                          seeds=seeds if seeds is not None else (spec.tune.seeds if spec.tune else None))
+    sweep = tuning.sweep_spec(spec)
+    exp_dir, runner_backend, db = _open(spec, extra, out, backend, parallel, procs_per_run, gpus_per_run,
+                                        backend_options, quiet)
+    try:
+        notes = _check_changed(sweep, extra, exp_dir, db, rerun_changed)
+        failures = _run_matrix(sweep, extra, exp_dir, db, runner_backend, notes)
+        chosen = None if failures else _choose(spec, exp_dir, db)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
+        return 130
+    finally:
+        db.close()
+    if failures:
+        print(f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",
+              file=sys.stderr)
+        return 1
+    print(text_table(*tuning.format_sweep(chosen)))
+    for note in tuning.sweep_notes(chosen):
+        print(note)
+    print(f"sweep: {exp_dir / tuning.SWEEP_FILE}")
+    return 0
+
+
+def _open(spec: Spec, extra: dict, out: str | None, backend: str, parallel: int | None,
+          procs_per_run: int | None, gpus_per_run: int | None, backend_options: dict | None,
+          quiet: bool) -> tuple[Path, Backend, ResultsDB]:
+    """The experiment folder, the backend that runs its jobs and its results database; the data prepared."""
+    exp_dir = Path(out or Path("experiments") / spec.name)
+    runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
+    for d in (exp_dir, exp_dir / "runs", exp_dir / "configs"):
+        d.mkdir(parents=True, exist_ok=True)
+    # data once, before any run starts (runs in parallel must not race to prepare it)
+    _prepare_data(spec.resolved_config(spec.variants[0], spec.seeds[0], extra), quiet)
+    return exp_dir, runner_backend, ResultsDB(exp_dir / "results.sqlite")
+
+
+def _run_tuned(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, notes: list[str],
+               rerun_changed: bool) -> list[str]:
+    """A spec with tune: the matrix at the base config's value and the sweep (one queue), each variant's value
+    chosen (sweep.json), then the matrix of every variant at its chosen value. Returns the failed run ids."""
+    from gptlab.experiments import tuning
+
+    sweep = tuning.sweep_spec(spec)
+    both = replace(spec, variants=spec.variants + sweep.variants)
+    notes = notes + _check_changed(sweep, extra, exp_dir, db, rerun_changed)
+    failures = _run_matrix(both, extra, exp_dir, db, backend, notes)
+    if failures:
+        return failures
+    chosen = _choose(spec, exp_dir, db)
+    tuned = tuning.tuned_spec(spec, chosen["best"])
+    failures = _run_matrix(tuned, extra, exp_dir, db, backend, _check_changed(tuned, extra, exp_dir, db,
+                                                                              rerun_changed))
+    if not failures:
+        chosen["tuned_runs"] = {tuned.run_id(t.name, s): v.name
+                                for v, t in zip(spec.variants, tuned.variants) for s in (t.seeds or spec.seeds)}
+        atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
+    return failures
+
+
+def _choose(spec: Spec, exp_dir: Path, db: ResultsDB) -> dict:
+    """Each variant's tuned value from the sweep runs recorded in `db`, written to sweep.json."""
+    from gptlab.experiments import tuning
+
+    chosen = tuning.choose(spec, {r["run_id"]: r["val_loss"] for r in db.runs()})
+    atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
+    return chosen
 
 
 @dataclass
@@ -389,11 +486,16 @@ def _report(spec: Spec, exp_dir: Path, run_ids: set[str]) -> bool:
     try:
         res = write_report(exp_dir, baseline=spec.baseline, experiment=spec.name, reference=refs or None,
                            title=spec.name, run_ids=run_ids, equivalence_margin=spec.equivalence_margin,
-                           design=spec.design)
+                           design=spec.design, tuned=spec.tune is not None)
     except GptlabError as e:
         print(f"report not written: {e}", file=sys.stderr)
         return False
+    if res.get("tuned"):
+        print(f"at the base config's {spec.tune.param}:")
     print(format_table(res["rows"], style="text"))
+    if res.get("tuned"):
+        print(f"each variant at its best {spec.tune.param} (chosen on validation loss, sweep.json):")
+        print(format_table(res["tuned"]["rows"], style="text"))
     print(yardstick_summary(res["yardsticks"]))
     print(f"report: {res['markdown']}  {res['html']}")
     return True

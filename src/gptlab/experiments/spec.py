@@ -12,6 +12,9 @@ Spec (TOML):
     design = "paired"                  # optional: "independent" (default: Welch's test) or "paired" (every
                                        # variant's seed s shares initialisation and data order with the
                                        # baseline's seed s: the per-seed differences are tested)
+    tune = "lr"                        # optional: also compare every variant at its own best train.lr
+    tune_grid = [1e-3, 2e-3, 4e-3]     # with tune: the values the sweep tries (besides the base value)
+    tune_seeds = [1001]                # with tune: the sweep's seeds (default [1001]; apart from `seeds`)
     [overrides.train]                  # optional: applied to every run (same budget for all)
     tokens = 1_000_000
     [[variants]]
@@ -36,9 +39,30 @@ from gptlab.config import deep_merge, read_config_toml, read_toml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _SPEC_KEYS = {"name", "base", "seeds", "baseline", "variants", "overrides", "description", "equivalence_margin",
-              "design"}
+              "design", "tune", "tune_grid", "tune_seeds"}
 DESIGNS = ("independent", "paired")
 _VARIANT_KEYS = {"name", "interventions", "reference", "seeds"}
+
+
+TUNE_MARK = "@"  # separates a variant's name from its tuned setting in derived names (tuning.py)
+TUNE_ALIASES = {"lr": "train.lr", "muon_lr": "train.muon_lr", "weight_decay": "train.weight_decay"}
+
+
+def label(x: float) -> str:
+    """A tuned value as it appears in run names."""
+    return f"{x:.6g}"
+
+
+@dataclass
+class Tune:
+    """tune / tune_grid / tune_seeds: sweep one number setting and compare each variant at its best value."""
+    param: str  # dotted config key, e.g. "train.lr"
+    grid: list[float]  # the values tried besides each variant's base value
+    seeds: list[int]  # the sweep's seeds
+
+    @property
+    def short(self) -> str:
+        return self.param.rsplit(".", 1)[-1]
 
 
 @dataclass
@@ -47,6 +71,13 @@ class Variant:
     interventions: list[str] = field(default_factory=list)
     reference: float | None = None
     seeds: list[int] | None = None  # this variant's own seeds (default: the spec's)
+    overrides: dict = field(default_factory=dict)  # a derived variant's own settings (tuning.py), applied last
+
+    def at(self, tune: Tune, x: float, seeds: list[int] | None = None) -> Variant:
+        """This variant with the tuned setting at `x` (named VARIANT@SHORT=VALUE), on `seeds`."""
+        section, key = tune.param.split(".", 1)
+        return Variant(f"{self.name}{TUNE_MARK}{tune.short}={label(x)}", list(self.interventions), None, seeds,
+                       {section: {key: x}})
 
 
 @dataclass
@@ -60,6 +91,7 @@ class Spec:
     overrides: dict
     equivalence_margin: float | None = None  # nats; the report's TOST margin
     design: str = "independent"  # the report's test: Welch's (independent) or paired by seed
+    tune: Tune | None = None  # sweep a setting and compare each variant at its best value too (tuning.py)
 
     def run_id(self, variant: str, seed: int) -> str:
         return f"{variant}-s{seed}"
@@ -74,6 +106,8 @@ class Spec:
         raw = deep_merge(raw, self.overrides)
         if extra:
             raw = deep_merge(raw, extra)
+        if variant.overrides:
+            raw = deep_merge(raw, variant.overrides)
         raw = deep_merge(raw, {"name": f"{self.name}/{self.run_id(variant.name, seed)}",
                                "train": {"seed": seed, "progress": False}})
         raw["interventions"] = list(raw.get("interventions", [])) + list(variant.interventions)
@@ -130,7 +164,39 @@ def load_spec(path: str | Path) -> Spec:
                 None if margin is None else float(margin), design)
     for v in variants:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
+    if any(k in d for k in ("tune", "tune_grid", "tune_seeds")):
+        spec.tune = read_tune(spec, d, where)
     return spec
+
+
+def read_tune(spec: Spec, d: dict, where: str, param: str | None = None, grid: list[float] | None = None,
+              seeds: list[int] | None = None) -> Tune:
+    """The spec's tune / tune_grid / tune_seeds (or `gptlab sweep`'s --param / --grid / --seeds instead),
+    checked: the setting is a number of the config and every variant's config resolves at every value."""
+    param = param or d.get("tune")
+    if not isinstance(param, str) or not param:
+        raise GptlabError(f"{where}: tune: expected the setting to tune, e.g. \"lr\" or \"train.lr\", got {param!r}")
+    param = TUNE_ALIASES.get(param, param)
+    section, _, key = param.partition(".")
+    cfg = spec.resolved_config(spec.variants[0], spec.seeds[0])
+    value = getattr(getattr(cfg, section, None), key, None) if key else None
+    if not isinstance(value, float):
+        raise GptlabError(f"{where}: tune: {param} is not a number setting of the config (e.g. train.lr)")
+    if grid is None:
+        grid = d.get("tune_grid")
+        if not isinstance(grid, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                 for x in grid):
+            raise GptlabError(f"{where}: tune_grid: expected a list of numbers, got {grid!r}")
+    grid = sorted({float(x) for x in grid})
+    labels = [label(x) for x in grid]
+    if len(grid) < 2 or len(set(labels)) != len(labels):
+        raise GptlabError(f"{where}: tune_grid: expected at least 2 distinct values, got {labels}")
+    seeds = seeds if seeds is not None else _seed_list(d.get("tune_seeds", [1001]), f"{where}: tune_seeds")
+    tune = Tune(param, grid, seeds)
+    for v in spec.variants:
+        for x in grid:
+            spec.resolved_config(v.at(tune, x), seeds[0], where=f"{where}: {param}={label(x)}, variant {v.name}")
+    return tune
 
 
 def _variant(v, where: str) -> Variant:
@@ -161,14 +227,19 @@ def _seed_list(seeds, where: str) -> list[int]:
 
 def report_settings(exp_dir: Path) -> dict:
     """What the runner judged an experiment by, from the spec.toml its folder holds (the defaults without one):
-    baseline, equivalence_margin, design, the variants' published references and the title, as keyword
-    arguments of write_report. `gptlab report` and the leaderboard use them, so they judge as the run did."""
+    baseline, equivalence_margin, design, the variants' published references, whether it was tuned (`tune`), the
+    variants (runs of variants since removed from the spec stay out) and the title, as keyword arguments of
+    write_report. `gptlab report` and the leaderboard use them, so they judge
+    as the run did."""
     p = Path(exp_dir) / "spec.toml"
     d = read_toml(p) if p.is_file() else {}
     refs = {str(v.get("name")): v["reference"] for v in d.get("variants", []) if isinstance(v, dict)
             and v.get("reference") is not None}
     out = {"baseline": str(d.get("baseline", "baseline")), "equivalence_margin": d.get("equivalence_margin"),
-           "design": d.get("design", "independent"), "reference": refs or None}
+           "design": d.get("design", "independent"), "reference": refs or None, "tuned": "tune" in d}
+    names = [str(v.get("name")) for v in d.get("variants", []) if isinstance(v, dict)]
+    if names:
+        out["variants"] = names
     if "name" in d:
         out["title"] = str(d["name"])
     return out

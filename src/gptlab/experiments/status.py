@@ -29,7 +29,12 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
     queue = squeue_states() if jobs else {}
     local = _local_train_run_dirs()
     rows = []
-    for v, seed in spec.matrix():
+    matrix = spec.matrix()
+    if spec.tune:  # the sweep's runs too (tuning.py)
+        from gptlab.experiments.tuning import sweep_spec
+
+        matrix += sweep_spec(spec).matrix()
+    for v, seed in matrix:
         rid = spec.run_id(v.name, seed)
         run_dir, log = exp_dir / "runs" / rid, exp_dir / "runs" / f"{rid}.log"
         job_id = jobs.get(rid, {}).get("job_id")

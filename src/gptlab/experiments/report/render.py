@@ -32,6 +32,7 @@ from gptlab.experiments.report.tables import (
     verdict_table,
 )
 from gptlab.experiments.results import DB_NAME, ResultsDB
+from gptlab.experiments.spec import TUNE_MARK
 from gptlab.experiments.yardsticks import YARDSTICKS, comparability, run_test_set
 from gptlab.io import atomic_write_bytes, atomic_write_text
 
@@ -39,13 +40,16 @@ from gptlab.io import atomic_write_bytes, atomic_write_text
 def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: str | None = None,
                  reference: dict[str, float] | None = None, title: str | None = None,
                  alpha: float = 0.05, run_ids: set[str] | None = None, equivalence_margin: float | None = None,
-                 design: str = "independent") -> dict:
+                 design: str = "independent", tuned: bool = False, variants: list[str] | None = None) -> dict:
     """Write report.md, report.html and plots/*.png into exp_dir; return paths, the table and the rows.
-    `run_ids`: report only these runs (the runner passes its spec's matrix; other rows stay in the database).
+    `run_ids`: report only these runs (the runner passes its spec's matrix; other rows stay in the database);
+    `variants`: only these variants' runs (`gptlab report` passes spec.toml's). A tuned experiment's sweep and
+    tuned runs (VARIANT@lr=..., tuning.py) are never variants of their own.
     `alpha`, `equivalence_margin` (nats) and `design` ("independent" or "paired") decide the verdicts
-    (rows.build_rows) and are printed in the report's Rules part."""
+    (rows.build_rows) and are printed in the report's Rules part. `tuned`: the experiment has a tune setting; its
+    sweep.json's tuned runs get a second verdict table, each variant at its chosen value (tuning.py)."""
     exp_dir = Path(exp_dir)
-    ex = _read_experiment(exp_dir, experiment, run_ids)
+    ex = _read_experiment(exp_dir, experiment, run_ids, variants)
     variants = sorted({str(r.get("variant") or "") for r in ex.runs})
     if baseline not in variants:
         raise GptlabError(f"baseline variant {baseline!r} not found in {exp_dir}; variants present: "
@@ -54,6 +58,9 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
                       equivalence_margin=equivalence_margin, design=design)
     rules = verdict_rules(baseline, alpha, equivalence_margin, design, rows[0]["n_comparisons"])
     rules += _sequential_verdicts(exp_dir, rows)
+    tuned_part = _tuned_part(exp_dir, experiment, baseline, alpha, equivalence_margin, design) if tuned else None
+    if tuned_part:
+        rules.append(tuned_part["rule"])
     yard = yardstick_part(rows, baseline, comparability(ex.test_sets))
     pngs = report_plots(ex.metrics, rows, baseline, YARDSTICKS if yard["comparable"] else ())
     for name, data in pngs.items():
@@ -63,13 +70,37 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
         title=title, runs=ex.runs, rows=rows, baseline=baseline, alpha=alpha, db_path=ex.db_path,
         generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), yard=yard,
         verdicts=verdict_table(rows), one_in=round(1 / alpha), design=design,
-        rules=rules, warnings=report_warnings(ex.runs, rows, baseline),
+        rules=rules, warnings=report_warnings(ex.runs, rows, baseline), tuned=tuned_part,
         plots=list(pngs), variants=variants_table(rows), runs_table=runs_table(ex.runs, [r["variant"] for r in rows]))
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)
     atomic_write_text(html_path, render_html(md_text, title, pngs))
     return {"markdown": str(md_path), "html": str(html_path), "plots": [str(exp_dir / "plots" / n) for n in pngs],
-            "table": markdown_table(*verdict_table(rows)), "rows": rows, "yardsticks": yard}
+            "table": markdown_table(*verdict_table(rows)), "rows": rows, "yardsticks": yard, "tuned": tuned_part}
+
+
+def _tuned_part(exp_dir: Path, experiment: str | None, baseline: str, alpha: float,
+                equivalence_margin: float | None, design: str) -> dict | None:
+    """The comparison of every variant at its chosen value (sweep.json's tuned runs, relabelled with their
+    variant's name), the sweep's table and notes, and the rule; None before the tuned runs have finished."""
+    from gptlab.experiments.spec import label
+    from gptlab.experiments.tuning import format_sweep, read_sweep, sweep_notes
+
+    sweep = read_sweep(exp_dir)
+    if not sweep or "tuned_runs" not in sweep:
+        return None
+    names = sweep["tuned_runs"]
+    runs = [dict(r, variant=names[r["run_id"]]) for r in _read_experiment(exp_dir, experiment, set(names)).runs]
+    rows = build_rows(runs, baseline, alpha=alpha, equivalence_margin=equivalence_margin, design=design)
+    short = sweep["param"].rsplit(".", 1)[-1]
+    for r in rows:
+        r["variant"] = f"{r['variant']} ({short}={label(sweep['best'][r['variant']])})"
+    rule = (f"Each variant at its best {sweep['param']}: chosen per variant by the {sweep['criterion']} "
+            f"(seeds {', '.join(map(str, sweep['seeds']))}, not the experiment's), then trained on the "
+            f"experiment's seeds and judged by the rules above, Holm-adjusted within its own table "
+            f"({rows[0]['n_comparisons']} comparison(s)).")
+    return {"param": sweep["param"], "rows": rows, "verdicts": verdict_table(rows), "sweep": format_sweep(sweep),
+            "notes": sweep_notes(sweep), "rule": rule}
 
 
 @dataclass
@@ -83,12 +114,16 @@ class _Experiment:
     metrics: dict[str, list[list[dict]]]  # variant -> per-step metrics of each of its runs
 
 
-def _read_experiment(exp_dir: Path, experiment: str | None, run_ids: set[str] | None = None) -> _Experiment:
+def _read_experiment(exp_dir: Path, experiment: str | None, run_ids: set[str] | None = None,
+                     variants: list[str] | None = None) -> _Experiment:
     db_path = exp_dir / DB_NAME
     if not db_path.exists():
         raise GptlabError(f"no {DB_NAME} in {exp_dir}: no finished runs have been recorded there")
     with ResultsDB(db_path, create=False) as db:
         runs = [r for r in db.runs(experiment) if run_ids is None or r["run_id"] in run_ids]
+        if run_ids is None:
+            runs = [r for r in runs if TUNE_MARK not in str(r["variant"])
+                    and (variants is None or r["variant"] in variants)]
         if not runs:
             what = f" for experiment {experiment!r}" if experiment is not None else ""
             present = sorted({str(r.get('experiment')) for r in db.runs()})

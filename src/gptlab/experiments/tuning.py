@@ -1,0 +1,133 @@
+"""Tuned baselines: every variant compared at its own best value of one setting (usually train.lr), beside the
+comparison at the base config's value.
+
+An intervention that changes the effective step size (Muon, a batch rule) can look better at the baseline's lr
+only because the baseline's lr was not the best for it, or for the baseline. A sweep trains every variant at every
+value of a grid (few seeds, kept apart from the experiment's seeds), picks each variant's value with the lowest
+mean *validation* loss (the test split plays no part in the choice, so the test comparison that follows is not
+biased by it), and the experiment then trains every variant at its chosen value on the experiment's seeds.
+
+Run ids: a sweep run is `VARIANT@lr=VALUE-sSEED`; a tuned run is the plain `VARIANT-sSEED` when the chosen value is
+the base config's (the run at the baseline's lr is then reused), else `VARIANT@lr=VALUE-sSEED`. Variant names
+cannot contain "@", so these runs are never mistaken for a spec's own variants (the leaderboard leaves them out).
+
+EXP/sweep.json holds the grid, each variant's mean validation loss per value, the chosen values and, once the tuned
+matrix has run, the tuned run ids; the report reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from gptlab import GptlabError
+from gptlab.experiments.spec import Spec, Tune, Variant, label
+
+SWEEP_FILE = "sweep.json"
+CRITERION = "lowest mean final validation loss over the sweep's seeds"
+
+
+def parse_grid(text: str, where: str = "--grid") -> list[float]:
+    """"1e-3,2e-3,4e-3" (a list) or "1e-3:8e-3:4" (4 values spaced evenly in log from 1e-3 to 8e-3)."""
+    try:
+        if ":" in text:
+            lo, hi, n = text.split(":")
+            lo_f, hi_f, k = float(lo), float(hi), int(n)
+            if not (0 < lo_f < hi_f and k >= 2):
+                raise ValueError
+            step = (math.log(hi_f) - math.log(lo_f)) / (k - 1)
+            return [float(f"{math.exp(math.log(lo_f) + i * step):.6g}") for i in range(k)]
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise GptlabError(f"{where}: expected values like 1e-3,2e-3,4e-3 or a log grid LO:HI:N "
+                          f"(0 < LO < HI, N >= 2), got {text!r}") from None
+
+
+def base_value(spec: Spec, tune: Tune, v: Variant) -> float:
+    """The variant's value of the tuned setting without tuning (its interventions may set it)."""
+    section, key = tune.param.split(".", 1)
+    return float(getattr(getattr(spec.resolved_config(v, spec.seeds[0]), section), key))
+
+
+def values(spec: Spec, tune: Tune, v: Variant) -> list[float]:
+    """The candidates for `v`: the grid and the variant's base value."""
+    return sorted(set(tune.grid) | {base_value(spec, tune, v)})
+
+
+def sweep_spec(spec: Spec) -> Spec:
+    """Every variant at every candidate value, on the sweep's seeds."""
+    tune = spec.tune
+    return replace(spec, variants=[v.at(tune, x, tune.seeds) for v in spec.variants for x in values(spec, tune, v)])
+
+
+def tuned_spec(spec: Spec, best: dict[str, float]) -> Spec:
+    """Every variant at its chosen value on the experiment's seeds: the plain variant where that is its base value."""
+    out = []
+    for v in spec.variants:
+        x = best[v.name]
+        out.append(v if x == base_value(spec, spec.tune, v) else v.at(spec.tune, x, v.seeds))
+    return replace(spec, variants=out)
+
+
+def choose(spec: Spec, val_loss: dict[str, float | None]) -> dict:
+    """Each variant's chosen value from the sweep runs' final validation losses (run id -> loss; a diverged run
+    counts as infinitely bad). Returns sweep.json's content without the tuned runs."""
+    tune = spec.tune
+    table: dict[str, dict[str, float | None]] = {}
+    best: dict[str, float] = {}
+    base: dict[str, float] = {}
+    at_edge = []
+    for v in spec.variants:
+        cands = values(spec, tune, v)
+        means = {}
+        for x in cands:
+            losses = [val_loss.get(spec.run_id(v.at(tune, x).name, s)) for s in tune.seeds]
+            if any(loss is None for loss in losses):
+                raise GptlabError(f"sweep: {v.name} at {tune.param}={label(x)} has no finished run for every seed")
+            finite = all(math.isfinite(loss) for loss in losses)
+            means[x] = sum(losses) / len(losses) if finite else math.inf
+        chosen = min(cands, key=lambda x: (means[x], x))
+        if not math.isfinite(means[chosen]):
+            raise GptlabError(f"sweep: {v.name} diverged at every {tune.param} value tried")
+        table[v.name] = {label(x): (means[x] if math.isfinite(means[x]) else None) for x in cands}
+        best[v.name], base[v.name] = chosen, base_value(spec, tune, v)
+        if chosen in (cands[0], cands[-1]):
+            at_edge.append(v.name)
+    return {"param": tune.param, "grid": tune.grid, "seeds": tune.seeds, "criterion": CRITERION,
+            "val_loss": table, "best": best, "base": base, "at_edge": at_edge}
+
+
+def read_sweep(exp_dir: str | Path) -> dict | None:
+    p = Path(exp_dir) / SWEEP_FILE
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise GptlabError(f"{p}: unreadable ({e})") from None
+
+
+def format_sweep(sweep: dict) -> tuple[list[str], list[list[str]]]:
+    """The sweep as a table: a row per variant, a column per value tried, the chosen one marked with *."""
+    cols = sorted({float(x) for row in sweep["val_loss"].values() for x in row})
+    body = []
+    for name, row in sweep["val_loss"].items():
+        cells = [name]
+        for x in cols:
+            loss = row.get(label(x))
+            mark = "*" if x == sweep["best"][name] else ""
+            cells.append("-" if label(x) not in row else ("diverged" if loss is None else f"{loss:.4f}{mark}"))
+        body.append(cells)
+    return ["variant"] + [f"{sweep['param']}={label(x)}" for x in cols], body
+
+
+def sweep_notes(sweep: dict) -> list[str]:
+    """What the reader must know about the choice: its criterion and values at the grid's edge."""
+    out = [f"{sweep['param']} chosen per variant by the {sweep['criterion']} ({len(sweep['seeds'])} seed(s): "
+           f"{', '.join(map(str, sweep['seeds']))}); * marks the chosen value; the test split played no part."]
+    if sweep["at_edge"]:
+        out.append(f"chosen at the edge of the values tried: {', '.join(sweep['at_edge'])} (the best value may lie "
+                   f"outside the grid; widen tune_grid)")
+    return out
