@@ -418,3 +418,17 @@ def test_paired_design_errors_in_one_line():
     runs[-1]["seed"] = 3
     row = build_rows(runs, "baseline", design="paired")[1]
     assert row["n_compared"] == 2 and row["verdict"] != "needs >= 2 seeds"
+
+
+def test_interval_levels_follow_alpha(tmp_path):
+    """The CI of Δ is a (1 - alpha) interval: the delta plot's caption says which, not a fixed 95%."""
+    with ResultsDB(tmp_path / "results.sqlite") as db:
+        for variant in ("baseline", "grad_clip"):
+            for seed, loss in enumerate(TEST_LOSS[variant]):
+                _record(db, variant, seed, loss, steps=5)
+    wide = write_report(tmp_path, alpha=0.05)
+    assert "Difference to the baseline with 95% CI" in Path(wide["markdown"]).read_text()
+    narrow = write_report(tmp_path, alpha=0.1)
+    assert "Difference to the baseline with 90% CI" in Path(narrow["markdown"]).read_text()
+    w, n = wide["rows"][1], narrow["rows"][1]
+    assert n["diff_ci_high"] - n["diff_ci_low"] < w["diff_ci_high"] - w["diff_ci_low"]

@@ -205,7 +205,7 @@ _VERDICT_COLORS = {"better": "#1a7f37", "worse": "#c62828", "suggestive": "#9a67
 
 
 def plot_delta(rows: list[dict], baseline: str) -> bytes:
-    """Δ test loss vs baseline with 95% CI per variant, zero line; colour = verdict."""
+    """Δ test loss vs baseline with its CI per variant (the rows' level, 1 - alpha), zero line; colour = verdict."""
     others = [r for r in rows if r["variant"] != baseline]
     m = len(others)
     fig = _new_figure(9, max(2.8, 0.55 * m + 1.8))
@@ -248,7 +248,8 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
             continue
         note = p_is(r["p"]).replace(" ", "") if r["p"] is not None else r["verdict"]
         ax.annotate(note, xy=(hi + 0.04 * span, y), va="center", fontsize=8.5, color="#444444")
-    ax.set_xlabel(f"Δ test loss = variant − {baseline}   (negative = better)   with 95% CI")
+    level = shown[0].get("diff_ci_level") or 0.95
+    ax.set_xlabel(f"Δ test loss = variant − {baseline}   (negative = better)   with {100 * level:.3g}% CI")
     ax.set_title(f"Difference in final test loss vs {baseline}", fontsize=12)
     ax.grid(True, axis="x", alpha=0.3)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=9, frameon=False)
