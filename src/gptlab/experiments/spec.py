@@ -9,9 +9,10 @@ Spec (TOML):
     baseline = "baseline"              # the variant every other one is compared with
     equivalence_margin = 0.01          # optional, nats: a variant whose 90% CI of the difference is inside
                                        # ±margin reads "equivalent within ±0.01" (TOST)
-    design = "paired"                  # optional: "independent" (default: Welch's test) or "paired" (every
-                                       # variant's seed s shares initialisation and data order with the
-                                       # baseline's seed s: the per-seed differences are tested)
+    design = "paired"                  # optional: "independent" (default: Welch's test; every run trains with
+                                       # its own seed, run_seed(), so no two variants share initialisation or
+                                       # data order) or "paired" (every variant's seed s trains with seed s, as
+                                       # the baseline's does: the per-seed differences are tested)
     tune = "lr"                        # optional: also compare every variant at its own best train.lr
     tune_grid = [1e-3, 2e-3, 4e-3]     # with tune: the values the sweep tries (besides the base value)
     tune_seeds = [1001]                # with tune: the sweep's seeds (default [1001]; apart from `seeds`)
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +98,15 @@ class Spec:
     def run_id(self, variant: str, seed: int) -> str:
         return f"{variant}-s{seed}"
 
+    def run_seed(self, variant: Variant, seed: int) -> int:
+        """The train.seed run `seed` of `variant` trains with (initialisation, dropout and, unless data.data_seed
+        pins it, data order). Paired: `seed` itself, shared with the baseline's seed `seed`. Independent: a seed
+        of the run's own, crc32 of "VARIANT/seed", so that Welch's test compares independent samples (sharing
+        seeds across variants correlates them and makes the test conservative)."""
+        if self.design == "paired":
+            return seed
+        return zlib.crc32(f"{variant.name}/{seed}".encode()) & 0x7FFFFFFF
+
     def matrix(self) -> list[tuple[Variant, int]]:
         return [(v, s) for v in self.variants for s in (v.seeds or self.seeds)]
 
@@ -109,7 +120,7 @@ class Spec:
         if variant.overrides:
             raw = deep_merge(raw, variant.overrides)
         raw = deep_merge(raw, {"name": f"{self.name}/{self.run_id(variant.name, seed)}",
-                               "train": {"seed": seed, "progress": False}})
+                               "train": {"seed": self.run_seed(variant, seed), "progress": False}})
         raw["interventions"] = list(raw.get("interventions", [])) + list(variant.interventions)
         return raw
 
