@@ -42,6 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------------------------
 # Field declarations: what each field accepts (checked by `validate`)
 # --------------------------------------------------------------------------------------------
+# Sizes are bounded far above any GPT-2-class model, so that no value overflows a tensor dimension.
 SEEDS = "[0, 4294967295]"  # numpy's and torch's seeding accept these everywhere (train.seed x 1000 + rank too)
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
@@ -66,10 +67,10 @@ def matching(default: str, pattern: str, expected: str):
 class ModelConfig:
     preset: str = ""  # if set, fills vocab/context/emb/heads/layers unless given explicitly
     vocab_size: int = ranged(50257, "[1, 65536]", "token shards are uint16")
-    context_length: int = ranged(1024, "[1, inf)")
-    emb_dim: int = ranged(768, "[1, inf)")
-    n_heads: int = ranged(12, "[1, inf)")
-    n_layers: int = ranged(12, "[1, inf)")
+    context_length: int = ranged(1024, "[1, 1048576]")
+    emb_dim: int = ranged(768, "[1, 65536]")
+    n_heads: int = ranged(12, "[1, 65536]")
+    n_layers: int = ranged(12, "[1, 1024]")
     drop_rate: float = ranged(0.1, "[0, 1)")
     qkv_bias: bool = False
     bias: bool = True  # biases on out_proj, feed-forward and LayerNorm (False = "no bias anywhere")
