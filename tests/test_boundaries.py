@@ -199,7 +199,8 @@ def _required(parser: argparse.ArgumentParser) -> list[str]:
 @pytest.mark.parametrize("argv,match", [
     ("plan configs/tiny-cpu.toml --gpus 0", "argument --gpus: must be >= 1, got 0"),
     ("plan configs/tiny-cpu.toml --mfu 0", "argument --mfu: must be in (0, 1], got 0"),
-    ("plan configs/tiny-cpu.toml --gpu-hours -5", "argument --gpu-hours: must be > 0"),
+    ("plan configs/tiny-cpu.toml --gpu-hours -5", "argument --gpu-hours: must be in (0, 1e12]"),
+    ("plan configs/tiny-cpu.toml --gpu-hours 1e300", "argument --gpu-hours: must be in (0, 1e12]"),  # was inf FLOPs
     ("generate r --prompt x --max-new-tokens -1", "argument --max-new-tokens: must be >= 1"),
     ("generate r --prompt x --seed 99999999999999999999", "argument --seed: must be in [0, 4294967295]"),
     ("generate r --prompt x --temperature nan", "argument --temperature: must be >= 0, got nan"),

@@ -266,5 +266,5 @@ def register(sub) -> None:
     s.add_argument("--price", type=Number(float, "[0, inf)"), help="USD per GPU-hour")
     s.add_argument("--fsdp", action="store_true", help="shard weights/grads/optimizer state over the GPUs")
     s.add_argument("--flops", type=Number(float, "(0, inf)"), help="FLOP budget: set the token budget from it")
-    s.add_argument("--gpu-hours", type=Number(float, "(0, inf)"), help="FLOP budget as GPU-hours of --gpu-type at --mfu")
+    s.add_argument("--gpu-hours", type=Number(float, "(0, 1e12]"), help="FLOP budget as GPU-hours of --gpu-type at --mfu")
     s.set_defaults(fn=cmd_plan)
