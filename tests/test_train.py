@@ -258,7 +258,7 @@ def test_data_order_follows_the_seed_unless_pinned(small_data, tmp_path):
     ds = TokenDataset(small_data, "train")
     first = {s: SequenceSampler(ds, 32, s).batch_at(0, 0, 0, 1, 4, 8)[0] for s in (1, 2, 7)}
     assert not torch.equal(first[1], first[2])  # different seeds, different batches
-    with pytest.raises(GptlabError, match=r"data.data_seed: must be >= 0, or -1"):
+    with pytest.raises(GptlabError, match=r"data.data_seed: must be in \[-1, "):
         cfg_for(small_data, **{"data.data_seed": -2})
 
 

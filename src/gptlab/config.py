@@ -1,7 +1,9 @@
 """Typed configuration: dataclasses, TOML files, dotted `--set section.key=value` overrides.
 
 Every error is one line naming the file, the field and what was expected; unknown keys get the
-closest valid name suggested.
+closest valid name suggested. Each field declares what it accepts in its metadata (`ranged`: an interval for a
+number, `one_of`: choices, `matching`: a pattern) and `validate` checks every declaration, then the rules that
+tie fields together, on every resolved config.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from typing import Any
 import tomli_w
 
 from gptlab import GptlabError, interventions
-from gptlab.io import atomic_write_text, parse_value
+from gptlab.io import BoundaryError, Range, atomic_write_text, coerce, parse_value
 
 # --------------------------------------------------------------------------------------------
 # Model presets. gpt2-* follow the book's GPT_CONFIG_124M family (untied head: 163M params for small).
@@ -36,25 +39,49 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# --------------------------------------------------------------------------------------------
+# Field declarations: what each field accepts (checked by `validate`)
+# --------------------------------------------------------------------------------------------
+# Sizes are bounded far above any GPT-2-class model, so that no value overflows a tensor dimension.
+SEEDS = "[0, 4294967295]"  # numpy's and torch's seeding accept these everywhere (train.seed x 1000 + rank too)
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def ranged(default, interval: str, note: str = ""):
+    """A numeric field whose values must lie in `interval` ("[0, 1)", "(0, inf)", ...); `note` explains
+    special values in the error message (e.g. "0 = off")."""
+    return field(default=default, metadata={"range": Range(interval), "note": note})
+
+
+def one_of(*choices: str):
+    """A string field with a fixed set of values; the first is the default."""
+    return field(default=choices[0], metadata={"choices": choices})
+
+
+def matching(default: str, pattern: str, expected: str):
+    """A string field whose whole value must match the regular expression `pattern`."""
+    return field(default=default, metadata={"pattern": pattern, "expected": expected})
+
+
 @dataclass
 class ModelConfig:
     preset: str = ""  # if set, fills vocab/context/emb/heads/layers unless given explicitly
-    vocab_size: int = 50257
-    context_length: int = 1024
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    drop_rate: float = 0.1
+    vocab_size: int = ranged(50257, "[1, 65536]", "token shards are uint16")
+    context_length: int = ranged(1024, "[1, 1048576]")
+    emb_dim: int = ranged(768, "[1, 65536]")
+    n_heads: int = ranged(12, "[1, 65536]")
+    n_layers: int = ranged(12, "[1, 1024]")
+    drop_rate: float = ranged(0.1, "[0, 1)")
     qkv_bias: bool = False
     bias: bool = True  # biases on out_proj, feed-forward and LayerNorm (False = "no bias anywhere")
     tie_weights: bool = False  # out_head shares tok_emb.weight
-    attn_impl: str = "sdpa"  # "sdpa" (F.scaled_dot_product_attention) or "explicit" (book's masked softmax)
-    init: str = "torch"  # "torch" (PyTorch defaults, as the book) or "gpt2" (N(0, 0.02), scaled residuals)
-    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
-    pos_emb: str = "learned"  # "learned" or "rope"
-    mlp: str = "gelu"  # "gelu" (4x) or "swiglu" (parameter-matched)
+    attn_impl: str = one_of("sdpa", "explicit")  # "sdpa" (F.scaled_dot_product_attention) or "explicit" (book's masked softmax)
+    init: str = one_of("torch", "gpt2")  # "torch" (PyTorch defaults, as the book) or "gpt2" (N(0, 0.02), scaled residuals)
+    norm: str = one_of("layernorm", "rmsnorm")  # "layernorm" or "rmsnorm"
+    pos_emb: str = one_of("learned", "rope")  # "learned" or "rope"
+    mlp: str = one_of("gelu", "swiglu")  # "gelu" (4x) or "swiglu" (parameter-matched)
     qk_norm: bool = False
-    logit_softcap: float = 0.0  # 0 = off
+    logit_softcap: float = ranged(0.0, "[0, inf)", "0 = off")  # 0 = off
     zero_init_proj: bool = False
 
 
@@ -64,46 +91,46 @@ class DataConfig:
     source: str = ""  # if dir has no meta.json, train prepares it from this source (e.g. "bundled")
     # order of training sequences: -1 (default) = train.seed, so a seed covers initialisation, dropout and data
     # order; >= 0 pins one order for every run (then seeds vary only initialisation and dropout)
-    data_seed: int = -1
-    vocab: str = "gpt2"  # "gpt2" (all 50,257 ids) or "corpus" (only ids that occur in the data; see vocab.py)
+    data_seed: int = ranged(-1, "[-1, 4294967295]", "-1 = follow train.seed")
+    vocab: str = one_of("gpt2", "corpus")  # "gpt2" (all 50,257 ids) or "corpus" (only ids that occur in the data; see vocab.py)
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | fp16 | fp32
+    seed: int = ranged(42, SEEDS)
+    device: str = matching("auto", DEVICE, "auto, cpu, cuda, cuda:N or mps")  # auto | cpu | cuda | cuda:N | mps
+    precision: str = one_of("auto", "bf16", "fp16", "fp32")  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | fp16 | fp32
     tf32: bool = False
     compile: bool = False
-    micro_batch_size: int = 8  # sequences per device per forward pass
-    global_batch_size: int = 32  # sequences per optimizer step (all ranks, all accumulation steps)
-    tokens: int = 0  # training token budget; 0 = from `flops` if set, else tokens_per_param * parameters
-    flops: float = 0.0  # training FLOP budget (0 = off): tokens = flops / FLOPs-per-token, so variants that
+    micro_batch_size: int = ranged(8, "[1, inf)")  # sequences per device per forward pass
+    global_batch_size: int = ranged(32, "[1, inf)")  # sequences per optimizer step (all ranks, all accumulation steps)
+    tokens: int = ranged(0, "[0, inf)", "0 = from flops or tokens_per_param")  # training token budget; 0 = from `flops` if set, else tokens_per_param * parameters
+    flops: float = ranged(0.0, "[0, inf)", "0 = off")  # training FLOP budget (0 = off): tokens = flops / FLOPs-per-token, so variants that
     # change the model's size (SwiGLU, tying, ...) get the same compute, not the same tokens
-    tokens_per_param: float = 20.0
-    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
-    muon_lr: float = 0.02
-    lr: float = 4e-4
-    weight_decay: float = 0.1
+    tokens_per_param: float = ranged(20.0, "(0, inf)")
+    optimizer: str = one_of("adamw", "muon")  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
+    muon_lr: float = ranged(0.02, "(0, inf)")
+    lr: float = ranged(4e-4, "(0, inf)")
+    weight_decay: float = ranged(0.1, "[0, inf)")
     decay_matrices_only: bool = False  # book/seed: decay on every parameter
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
-    schedule: str = "constant"  # constant | cosine (linear warmup then cosine) | linear
-    warmup_frac: float = 0.0
-    min_lr_frac: float = 0.1  # final lr = lr * min_lr_frac for cosine/linear
-    z_loss: float = 0.0
-    seq_len_warmup_frac: float = 0.0  # 0 = off; else context grows linearly over this fraction of steps
-    eval_interval: int = 50  # steps between val evaluations (0 = only at the end)
-    eval_batches: int = 10
-    log_interval: int = 10
-    checkpoint_interval: int = 100  # steps; 0 = only at the end
-    keep_checkpoints: int = 2
+    beta1: float = ranged(0.9, "[0, 1)")
+    beta2: float = ranged(0.999, "[0, 1)")
+    eps: float = ranged(1e-8, "(0, inf)")
+    grad_clip: float = ranged(0.0, "[0, inf)", "0 = off")  # max global grad norm; 0 = off
+    schedule: str = one_of("constant", "cosine", "linear")  # constant | cosine (linear warmup then cosine) | linear
+    warmup_frac: float = ranged(0.0, "[0, 1)")
+    min_lr_frac: float = ranged(0.1, "[0, 1]")  # final lr = lr * min_lr_frac for cosine/linear
+    z_loss: float = ranged(0.0, "[0, inf)", "0 = off")
+    seq_len_warmup_frac: float = ranged(0.0, "[0, 1)", "0 = off")  # 0 = off; else context grows linearly over this fraction of steps
+    eval_interval: int = ranged(50, "[0, inf)", "0 = only at the end")  # steps between val evaluations (0 = only at the end)
+    eval_batches: int = ranged(10, "[0, inf)", "0 = the whole val split")
+    log_interval: int = ranged(10, "[1, inf)")
+    checkpoint_interval: int = ranged(100, "[0, inf)", "0 = only at the end")  # steps; 0 = only at the end
+    keep_checkpoints: int = ranged(2, "[0, inf)", "0 = keep all")
     # stop | skip (skip the batch and halve the lr, at most max_skips times). Under fp16 a non-finite step is first
     # skipped the GradScaler's way (loss scale lowered, lr kept), at most max_skips times; then this policy applies.
-    nan_policy: str = "stop"
-    max_skips: int = 5
+    nan_policy: str = one_of("stop", "skip")
+    max_skips: int = ranged(5, "[0, inf)")
     activation_checkpointing: bool = False
     fsdp: bool = False  # FSDP2 (fully_shard per block) under torchrun; checkpoints via torch.distributed.checkpoint
     progress: bool = True
@@ -114,10 +141,10 @@ class EvalConfig:
     """Which tokens make the test set: `batches` batches of `batch_size` sequences of the model's context,
     read sequentially from `split` starting at token `offset` (0 batches = the whole split)."""
 
-    split: str = "test"
-    offset: int = 0
-    batches: int = 0
-    batch_size: int = 8
+    split: str = one_of("test", "train", "val")
+    offset: int = ranged(0, "[0, inf)")
+    batches: int = ranged(0, "[0, inf)", "0 = the whole split")
+    batch_size: int = ranged(8, "[1, inf)")
 
 
 @dataclass
@@ -157,60 +184,11 @@ def _suggest(key: str, options) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp, where: str) -> Any:
-    """Check/convert one value against a dataclass field type; raise a one-line GptlabError."""
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):  # --set a.b=x,y
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, list):
-            raise GptlabError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise GptlabError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise GptlabError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value.replace("_", ""))
-            except ValueError:
-                pass
-            else:
-                if f.is_integer():
-                    return int(f)
-        raise GptlabError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise GptlabError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise GptlabError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise GptlabError(f"{where}: expected a string, got {value!r}")
-    raise GptlabError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+    try:
+        return coerce(value, tp, where)
+    except BoundaryError as e:
+        raise GptlabError(str(e)) from None
 
 
 def _fill_section(obj, values: dict, where: str) -> None:
@@ -306,35 +284,30 @@ def resolve_preset(cfg: RunConfig, explicit_model_keys: set[str], where: str = "
             setattr(m, k, v)
 
 
+def field_errors(obj, prefix: str):
+    """(dotted name, message) for each field of a config section whose value breaks its declaration."""
+    for f in dataclasses.fields(obj):
+        v, md = getattr(obj, f.name), f.metadata
+        if "range" in md and v not in md["range"]:
+            note = f" ({md['note']})" if md["note"] else ""
+            yield f"{prefix}{f.name}", f"must be {md['range']}{note}, got {v!r}"
+        elif "choices" in md and v not in md["choices"]:
+            *head, last = md["choices"]
+            yield f"{prefix}{f.name}", f"expected {', '.join(head)} or {last}, got {v!r}"
+        elif "pattern" in md and not (isinstance(v, str) and re.fullmatch(md["pattern"], v)):
+            yield f"{prefix}{f.name}", f"expected {md['expected']}, got {v!r}"
+
+
 def validate(cfg: RunConfig, where: str = "<config>") -> None:
-    m, t, e = cfg.model, cfg.train, cfg.eval
+    """Every field against its declaration, then the rules between fields; the first failure is a GptlabError."""
+    for section in SECTIONS:
+        for fld, msg in field_errors(getattr(cfg, section), f"{section}."):
+            raise GptlabError(f"{where}: {fld}: {msg}")
+    m, t = cfg.model, cfg.train
     checks = [
         (m.emb_dim % m.n_heads == 0, "model.emb_dim", f"must be divisible by model.n_heads ({m.emb_dim} % {m.n_heads} != 0)"),
-        (m.context_length > 0, "model.context_length", "must be > 0"),
-        (0.0 <= m.drop_rate < 1.0, "model.drop_rate", "must be in [0, 1)"),
-        (m.attn_impl in ("sdpa", "explicit"), "model.attn_impl", "expected 'sdpa' or 'explicit'"),
-        (m.init in ("torch", "gpt2"), "model.init", "expected 'torch' or 'gpt2'"),
-        (m.norm in ("layernorm", "rmsnorm"), "model.norm", "expected 'layernorm' or 'rmsnorm'"),
-        (m.pos_emb in ("learned", "rope"), "model.pos_emb", "expected 'learned' or 'rope'"),
-        (m.mlp in ("gelu", "swiglu"), "model.mlp", "expected 'gelu' or 'swiglu'"),
         (not (m.pos_emb == "rope" and (m.emb_dim // m.n_heads) % 2), "model.pos_emb", "rope needs an even head dimension"),
-        (t.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "expected auto, bf16, fp16 or fp32"),
-        (t.schedule in ("constant", "cosine", "linear"), "train.schedule", "expected constant, cosine or linear"),
-        (t.optimizer in ("adamw", "muon"), "train.optimizer", "expected 'adamw' or 'muon'"),
-        (t.nan_policy in ("stop", "skip"), "train.nan_policy", "expected 'stop' or 'skip'"),
-        (t.micro_batch_size > 0, "train.micro_batch_size", "must be > 0"),
-        (t.global_batch_size > 0, "train.global_batch_size", "must be > 0"),
-        (t.lr > 0, "train.lr", "must be > 0"),
-        (t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)"),
-        (0 <= t.warmup_frac < 1, "train.warmup_frac", "must be in [0, 1)"),
-        (t.tokens >= 0, "train.tokens", "must be >= 0 (0 = tokens_per_param x params)"),
-        (t.flops >= 0, "train.flops", "must be >= 0 (0 = off)"),
         (not (t.tokens and t.flops), "train.flops", "set either train.tokens or train.flops, not both"),
-        (cfg.data.vocab in ("gpt2", "corpus"), "data.vocab", "expected 'gpt2' or 'corpus'"),
-        (e.split in ("train", "val", "test"), "eval.split", "expected train, val or test"),
-        (cfg.data.data_seed >= -1, "data.data_seed", "must be >= 0, or -1 (follow train.seed)"),
-        (e.offset >= 0, "eval.offset", "must be >= 0"),
-        (e.batch_size > 0, "eval.batch_size", "must be > 0"),
     ]
     for ok, fld, msg in checks:
         if not ok:

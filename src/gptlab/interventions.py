@@ -1,7 +1,8 @@
 """Interventions are data: a name -> a small, documented edit of the resolved RunConfig.
 
 A variant is a list of intervention specs applied in order. A spec is `name` or `name:key=value,key=value`,
-e.g. `grad_clip:max_norm=3.5` or `lr_schedule:peak=0.0014,warmup=0.05,final=0.1`.
+e.g. `grad_clip:max_norm=3.5` or `lr_schedule:peak=0.0014,warmup=0.05,final=0.1`. A value must have the type of
+the parameter's default (a flag takes true or false); the edited config is then validated like any other.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from gptlab import GptlabError
-from gptlab.io import parse_value
+from gptlab.io import BoundaryError, coerce, parse_value
 
 if TYPE_CHECKING:  # interventions edit a RunConfig but never import config (config imports them)
     from gptlab.config import RunConfig
@@ -215,8 +216,16 @@ def parse_spec(spec: str, where: str = "interventions") -> tuple[Intervention, d
         if k not in allowed:
             opts = ", ".join(allowed) or "none"
             raise GptlabError(f"{where}: '{spec}': unknown parameter '{k}' (parameters: {opts})")
-        kwargs[k] = parse_value(v.strip())
+        kwargs[k] = _typed(parse_value(v.strip()), allowed[k], f"{where}: '{spec}': {k}")
     return iv, kwargs
+
+
+def _typed(value: Any, default: Any, where: str) -> Any:
+    """A parameter value of the type of the parameter's default (true/false for a flag, not any string)."""
+    try:
+        return coerce(value, type(default), where)
+    except BoundaryError as e:
+        raise GptlabError(str(e)) from None
 
 
 def apply_interventions(cfg: RunConfig, specs: list[str], where: str = "interventions") -> RunConfig:

@@ -1,11 +1,16 @@
-"""Atomic file writes (temp file in the same folder, fsync, rename), small JSON helpers and TOML value literals."""
+"""Atomic file writes (temp file in the same folder, fsync, rename), small JSON helpers, TOML value literals, and
+the value checks every boundary shares: `coerce` (a value against a type) and `Range` (a declared interval)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 import tomllib
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,3 +125,94 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+# --------------------------------------------------------------------------------------------
+# Value checks shared by the config, the CLI, interventions and the server
+# --------------------------------------------------------------------------------------------
+class BoundaryError(ValueError):
+    """A value outside its declared type or range (each boundary turns it into its own one-line error)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A declared interval in the usual notation: "[1, inf)", "(0, inf)", "[0, 1)", "[-1, 4294967295]".
+    Non-finite numbers (nan, inf) and booleans are never inside."""
+
+    text: str
+
+    @property
+    def bounds(self) -> tuple[float, float, bool, bool]:
+        """(lo, hi, lo_closed, hi_closed)."""
+        m = re.fullmatch(r"([\[(])\s*([^,\s]+)\s*,\s*([^\s\])]+)\s*([\])])", self.text)
+        if not m:
+            raise ValueError(f"bad interval {self.text!r}: expected e.g. '[0, 1)' or '(0, inf)'")
+        lo, hi = (float(t) if any(c in t for c in ".ein") else int(t) for t in (m[2], m[3]))
+        return lo, hi, m[1] == "[", m[4] == "]"
+
+    def __post_init__(self):
+        self.bounds  # noqa: B018 - a malformed interval fails where it is declared
+
+    def __contains__(self, x) -> bool:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)):
+            return False
+        lo, hi, lo_closed, hi_closed = self.bounds
+        return (lo <= x if lo_closed else lo < x) and (x <= hi if hi_closed else x < hi)
+
+    def __str__(self) -> str:
+        lo, hi, lo_closed, _ = self.bounds
+        return f"{'>=' if lo_closed else '>'} {lo}" if hi == math.inf else f"in {self.text}"
+
+
+def coerce(value: Any, tp, where: str) -> Any:
+    """Check/convert one value against a type (bool, int, float, str, list[...] or Any); raise a one-line
+    BoundaryError naming `where`. TOML strings such as "3" or "true" (from `--set`) are accepted for numbers and
+    booleans; a bool is never a number and a non-integral float never an int."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):  # --set a.b=x,y
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise BoundaryError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise BoundaryError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise BoundaryError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+            except ValueError:
+                pass
+            else:
+                if f.is_integer():
+                    return int(f)
+        raise BoundaryError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise BoundaryError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise BoundaryError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise BoundaryError(f"{where}: expected a string, got {value!r}")
+    raise BoundaryError(f"{where}: unsupported type {getattr(tp, '__name__', tp)}")  # pragma: no cover

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gptlab import GptlabError
-from gptlab.cli.common import verb_parser
+from gptlab.cli.common import COUNT, POSITIVE, verb_parser
 
 
 def cmd_experiment(a) -> int:
@@ -95,8 +95,8 @@ def register(sub) -> None:
                    help="after the spec's seeds, add seeds in rounds to the variants not yet decided (and the "
                         "baseline): group-sequential design, O'Brien-Fleming spending, alpha / variants each; "
                         "state in EXPERIMENT/sequential.json")
-    s.add_argument("--max-seeds", type=int, metavar="K", help="with --until-decided: the most seeds a variant gets")
-    s.add_argument("--seeds-per-round", type=int, metavar="R",
+    s.add_argument("--max-seeds", type=POSITIVE, metavar="K", help="with --until-decided: the most seeds a variant gets")
+    s.add_argument("--seeds-per-round", type=POSITIVE, metavar="R",
                    help="with --until-decided: seeds added per round (default: the spec's seed count, at least 2)")
     s.add_argument("--status", action="store_true",
                    help="list every run: pending/running/done/failed, its SLURM job id, the last line of its log")
@@ -132,12 +132,12 @@ def register(sub) -> None:
 def _add_run_arguments(s, backends: list[str]) -> None:
     """Where an experiment's or sweep's runs go and how they are scheduled (scheduler/)."""
     s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
-    s.add_argument("--parallel", type=int, metavar="N",
+    s.add_argument("--parallel", type=POSITIVE, metavar="N",
                    help="runs at a time (default 1; with --gpus-per-run: one per GPU slot, at most N)")
-    s.add_argument("--gpus-per-run", type=int, metavar="N",
+    s.add_argument("--gpus-per-run", type=POSITIVE, metavar="N",
                    help="split the visible GPUs (CUDA_VISIBLE_DEVICES, else all) into slots of N; each run "
                         "under torchrun with N processes on its slot's GPUs, one run per slot at a time")
-    s.add_argument("--procs-per-run", type=int, metavar="N",
+    s.add_argument("--procs-per-run", type=POSITIVE, metavar="N",
                    help="each run under torchrun with N processes without a device list (CPU: gloo); "
                         "--parallel says how many runs at once")
     s.add_argument("--rerun-changed", action="store_true",
@@ -153,9 +153,9 @@ def _add_run_arguments(s, backends: list[str]) -> None:
                            if "skypilot" in backends else ""))
     s.add_argument("--partition", help="slurm: partition (default: the cluster's default)")
     s.add_argument("--account", help="slurm: account to charge")
-    s.add_argument("--nodes-per-run", type=int, default=1, help="slurm: nodes per run (torchrun across them)")
-    s.add_argument("--gpus-per-node", type=int, default=None,
+    s.add_argument("--nodes-per-run", type=POSITIVE, default=1, help="slurm: nodes per run (torchrun across them)")
+    s.add_argument("--gpus-per-node", type=COUNT, default=None,
                    help="slurm: GPUs per node, one process each; skypilot: GPUs of the node (default 8)")
-    s.add_argument("--procs-per-node", type=int, default=None,
+    s.add_argument("--procs-per-node", type=POSITIVE, default=None,
                    help="slurm without GPUs: gloo processes per node, one core each (default 1)")
-    s.add_argument("--time", type=int, default=60, metavar="MINUTES", help="slurm: time limit per job")
+    s.add_argument("--time", type=POSITIVE, default=60, metavar="MINUTES", help="slurm: time limit per job")

@@ -7,7 +7,15 @@ import os
 from pathlib import Path
 
 from gptlab import GptlabError
-from gptlab.cli.common import verb_parser
+from gptlab.cli.common import (
+    COUNT,
+    FRACTION,
+    POSITIVE,
+    SEED,
+    Number,
+    device,
+    verb_parser,
+)
 
 
 def fmt1(v) -> str:
@@ -52,19 +60,19 @@ def _register_finetune(sub) -> None:
     s.add_argument("run", help="base run directory (its latest checkpoint is fine-tuned)")
     s.add_argument("--data", required=True, help="Alpaca-format .json list or .jsonl file")
     s.add_argument("--out", required=True, help="output run directory")
-    s.add_argument("--epochs", type=int, default=2)
-    s.add_argument("--lr", type=float, default=5e-5)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--max-len", type=int, default=None, help="max tokens per example (default: model context)")
-    s.add_argument("--val-frac", type=float, default=0.1)
-    s.add_argument("--test-frac", type=float, default=0.1)
-    s.add_argument("--seed", type=int, default=123)
-    s.add_argument("--weight-decay", type=float, default=0.1)
-    s.add_argument("--dropout", type=float, default=0.0, help="drop rate while fine-tuning (-1 = the base run's)")
-    s.add_argument("--patience", type=int, default=3, help="epochs without val improvement before stopping (0 = off)")
-    s.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0 = off)")
-    s.add_argument("--checkpoint-interval", type=int, default=0, help="also checkpoint every N steps (0 = epochs)")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--epochs", type=POSITIVE, default=2)
+    s.add_argument("--lr", type=Number(float, "(0, inf)"), default=5e-5)
+    s.add_argument("--batch-size", type=POSITIVE, default=8)
+    s.add_argument("--max-len", type=POSITIVE, default=None, help="max tokens per example (default: model context)")
+    s.add_argument("--val-frac", type=FRACTION, default=0.1)
+    s.add_argument("--test-frac", type=FRACTION, default=0.1)
+    s.add_argument("--seed", type=SEED, default=123)
+    s.add_argument("--weight-decay", type=Number(float, "[0, inf)"), default=0.1)
+    s.add_argument("--dropout", type=Number(float, "[0, 1)", special=(-1,)), default=0.0, help="drop rate while fine-tuning (-1 = the base run's)")
+    s.add_argument("--patience", type=COUNT, default=3, help="epochs without val improvement before stopping (0 = off)")
+    s.add_argument("--grad-clip", type=Number(float, "[0, inf)"), default=0.0, help="max gradient norm (0 = off)")
+    s.add_argument("--checkpoint-interval", type=COUNT, default=0, help="also checkpoint every N steps (0 = epochs)")
+    s.add_argument("--device", default="auto", type=device)
     s.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out")
     s.add_argument("--json", action="store_true", help="print finetune.json instead of a table")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,7 +87,7 @@ def _cmd_serve(a) -> int:
         key = os.environ.get(a.api_key_env)
         if not key:
             raise GptlabError(f"--api-key-env: environment variable {a.api_key_env} is not set or empty")
-    serve(a.run, a.host, a.port, key, a.max_tokens_limit, a.model_name, device=a.device)
+    serve(a.run, a.host, a.port, key, a.max_tokens_limit, a.model_name, device=a.device, read_timeout=a.read_timeout)
     return 0
 
 
@@ -91,12 +99,14 @@ def _register_serve(sub) -> None:
                     "  -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour.\"}], \"max_tokens\": 20}'")
     s.add_argument("run", help="run directory (e.g. a `gptlab finetune` output)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=Number(int, "[0, 65535]"), default=8000)
     s.add_argument("--api-key-env", metavar="NAME", help="require 'Authorization: Bearer $NAME' (the key is read "
                                                          "from this environment variable, never from the command line)")
-    s.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask for")
+    s.add_argument("--max-tokens-limit", type=POSITIVE, default=512, help="largest max_tokens a request may ask for")
     s.add_argument("--model-name", help="the model id reported by /v1/models (default: the run folder's name)")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--read-timeout", type=Number(float, "(0, inf)"), default=30.0, metavar="SECONDS",
+                   help="the longest a socket read or write waits for a client (a stalled request gets a 408)")
+    s.add_argument("--device", default="auto", type=device)
     s.set_defaults(fn=_cmd_serve)
 
 
@@ -153,18 +163,18 @@ def _judge_args(s) -> None:
     s.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL (…/v1) or …/chat/completions")
     s.add_argument("--judge-model", required=True, help="model name sent to the judge endpoint")
     s.add_argument("--data", help="Alpaca-format records (default: the fine-tune's held-out test split)")
-    s.add_argument("--n", type=int, help="judge only the first N items")
-    s.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit for the judged run(s)")
-    s.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the judged run(s) (0 = greedy)")
-    s.add_argument("--judge-temperature", type=float, default=0.0, help="temperature sent to the judge")
-    s.add_argument("--judge-max-tokens", type=int, default=None, help="max_tokens sent to the judge (default: unset)")
+    s.add_argument("--n", type=POSITIVE, help="judge only the first N items")
+    s.add_argument("--max-new-tokens", type=POSITIVE, default=256, help="answer length limit for the judged run(s)")
+    s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=0.0, help="sampling temperature of the judged run(s) (0 = greedy)")
+    s.add_argument("--judge-temperature", type=Number(float, "[0, 2]"), default=0.0, help="temperature sent to the judge")
+    s.add_argument("--judge-max-tokens", type=POSITIVE, default=None, help="max_tokens sent to the judge (default: unset)")
     s.add_argument("--api-key-env", default="JUDGE_API_KEY", metavar="NAME",
                    help="environment variable holding the judge's API key (default JUDGE_API_KEY; unset = no key)")
     s.add_argument("--db", help="results.sqlite to record the per-item scores in")
-    s.add_argument("--retries", type=int, default=2, help="re-asks for a reply without a usable score")
-    s.add_argument("--timeout", type=float, default=60, help="seconds per judge request")
-    s.add_argument("--seed", type=int, default=123)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--retries", type=COUNT, default=2, help="re-asks for a reply without a usable score")
+    s.add_argument("--timeout", type=Number(float, "(0, inf)"), default=60, help="seconds per judge request")
+    s.add_argument("--seed", type=SEED, default=123)
+    s.add_argument("--device", default="auto", type=device)
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true")
 

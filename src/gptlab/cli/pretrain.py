@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 
 from gptlab import GptlabError
-from gptlab.cli.common import fmt, verb_parser
+from gptlab.cli.common import (
+    COUNT,
+    FRACTION,
+    POSITIVE,
+    SEED,
+    Number,
+    device,
+    fmt,
+    verb_parser,
+)
 
 
 def cmd_prepare(a) -> int:
@@ -193,11 +202,11 @@ def register(sub) -> None:
                    "the commit it resolves to is recorded in meta.json)")
     s.add_argument("--hf-data-files", action="append", metavar="FILE", help="with --hf-dataset: data files for a "
                    "packaged builder (e.g. --hf-dataset parquet --hf-data-files a.parquet); repeatable")
-    s.add_argument("--max-docs", type=int, default=0, help="stop after this many documents (0 = all)")
-    s.add_argument("--val-frac", type=float, default=0.05)
-    s.add_argument("--test-frac", type=float, default=0.05)
-    s.add_argument("--shard-tokens", type=int, default=100_000_000)
-    s.add_argument("--workers", type=int, default=0, help="tokeniser processes (0 = all cores)")
+    s.add_argument("--max-docs", type=COUNT, default=0, help="stop after this many documents (0 = all)")
+    s.add_argument("--val-frac", type=FRACTION, default=0.05)
+    s.add_argument("--test-frac", type=FRACTION, default=0.05)
+    s.add_argument("--shard-tokens", type=POSITIVE, default=100_000_000)
+    s.add_argument("--workers", type=COUNT, default=0, help="tokeniser processes (0 = all cores)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_prepare)
     s = verb_parser(sub, "train", "train a model (one process, or many under torchrun)",
@@ -209,7 +218,7 @@ def register(sub) -> None:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME from the config)")
     s.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    s.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--stop-after", type=POSITIVE, help=argparse.SUPPRESS)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
     s = verb_parser(sub, "eval", "loss and perplexity of a run's latest checkpoint on a split",
@@ -218,24 +227,24 @@ def register(sub) -> None:
                 "--batches 3200 --batch-size 6   # OpenAI GPT-2 small on the seed's test set")
     s.add_argument("run", nargs="?", help="run directory")
     s.add_argument("--hf-dir", help="evaluate a local Hugging Face GPT-2 folder instead of a run")
-    s.add_argument("--context", type=int, help="with --hf-dir: window length (default: the model's n_positions)")
+    s.add_argument("--context", type=POSITIVE, help="with --hf-dir: window length (default: the model's n_positions)")
     s.add_argument("--split", choices=["train", "val", "test"])
     s.add_argument("--data", help="prepared data folder (default: the run's data.dir)")
-    s.add_argument("--offset", type=int, help="first token (default: the run's eval.offset)")
-    s.add_argument("--batches", type=int, help="number of batches (0 = whole split)")
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--offset", type=COUNT, help="first token (default: the run's eval.offset)")
+    s.add_argument("--batches", type=COUNT, help="number of batches (0 = whole split)")
+    s.add_argument("--batch-size", type=POSITIVE)
+    s.add_argument("--device", default="auto", type=device)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_eval)
     s = verb_parser(sub, "generate", "sample text from a run's latest checkpoint",
                 'gptlab generate runs/tiny-cpu --prompt "To be, or not" --max-new-tokens 40 --temperature 0.8 --top-k 50')
     s.add_argument("run")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--max-new-tokens", type=int, default=50)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--max-new-tokens", type=POSITIVE, default=50)
+    s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=1.0)
+    s.add_argument("--top-k", type=COUNT, default=0, help="0 = off")
+    s.add_argument("--seed", type=SEED, default=None)
+    s.add_argument("--device", default="auto", type=device)
     s.set_defaults(fn=cmd_generate)
     s = verb_parser(sub, "interventions", "list the registered interventions with their parameters and sources",
                 "gptlab interventions")
@@ -250,12 +259,12 @@ def register(sub) -> None:
                 "gptlab plan configs/gpt2-small-baseline.toml --gpus 1 --gpu-type RTX3090 --gpu-hours 48   # the seed's 2 days")
     s.add_argument("config")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--gpus", type=int, default=1)
+    s.add_argument("--gpus", type=POSITIVE, default=1)
     s.add_argument("--gpu-type", default="H100", help="A100, A100-80, H100, H100-PCIE, H100-NVL, H200, H800, B200, L40S, L4, A10G, RTX4090, ... "
                    "(the keys of gptlab.train.flops.PEAK_FLOPS, or a device name)")
-    s.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
-    s.add_argument("--price", type=float, help="USD per GPU-hour")
+    s.add_argument("--mfu", type=Number(float, "(0, 1]"), default=0.4, help="assumed model FLOPs utilisation")
+    s.add_argument("--price", type=Number(float, "[0, inf)"), help="USD per GPU-hour")
     s.add_argument("--fsdp", action="store_true", help="shard weights/grads/optimizer state over the GPUs")
-    s.add_argument("--flops", type=float, help="FLOP budget: set the token budget from it")
-    s.add_argument("--gpu-hours", type=float, help="FLOP budget as GPU-hours of --gpu-type at --mfu")
+    s.add_argument("--flops", type=Number(float, "(0, inf)"), help="FLOP budget: set the token budget from it")
+    s.add_argument("--gpu-hours", type=Number(float, "(0, 1e12]"), help="FLOP budget as GPU-hours of --gpu-type at --mfu")
     s.set_defaults(fn=cmd_plan)

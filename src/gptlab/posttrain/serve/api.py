@@ -2,7 +2,8 @@
 of a validation failure into OpenAI's error shape: {"error": {"message", "type", "param", "code"}}.
 
 Types are strict (JSON true is not a number, 2.0 is not an integer) and unknown fields are refused. `null`
-means "the default" for every optional field. A failed `check` reports its own message ("{param}" in it is
+means "the default" for every optional field. Every number has a declared interval (`in_range`, the same
+gptlab.io.Range the config and the CLI use): seed is a signed 64-bit integer, as OpenAI's. A failed `check` reports its own message ("{param}" in it is
 replaced by the offending parameter, e.g. messages[0].role); any other wrong type is reported as
 "Invalid type for 'PARAM': expected WHAT, got TYPE (VALUE)" with WHAT from `EXPECTED`. Only the first error
 is sent: unknown fields first, then a missing required field, then the fields in the order declared below
@@ -38,6 +39,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gptlab.data.tokenizer import VOCAB_SIZE
+from gptlab.io import Range
 
 MAX_STOP = 4
 ROLES = ("system", "developer", "user", "assistant")
@@ -79,6 +81,12 @@ def check(ok: Callable[[Any], bool], message: str | Callable[[Any], str], code: 
     return AfterValidator(validate)
 
 
+def in_range(param: str, interval: str):
+    """A number inside `interval` ("[0, 2]", "[1, inf)", ...)."""
+    r = Range(interval)
+    return check(lambda v: v in r, lambda v: f"{param} must be {r}, got {v}")
+
+
 def type_check(ok: Callable[[Any], bool]):
     """A constraint that the JSON types cannot express: failures are reported as a wrong type."""
     return check(ok, "wrong type", "invalid_type")
@@ -118,8 +126,8 @@ def _text_parts(content):
 
 
 Number = StrictInt | StrictFloat
-MaxTokens = Annotated[StrictInt, check(lambda v: v >= 1, lambda v: f"max_tokens must be at least 1, got {v}"),
-                      AfterValidator(_max_tokens_within_limit)]
+INT64 = f"[{-2**63}, {2**63 - 1}]"
+MaxTokens = Annotated[StrictInt, in_range("max_tokens", "[1, inf)"), AfterValidator(_max_tokens_within_limit)]
 Stop = Annotated[list[StrictStr], BeforeValidator(lambda s: [s] if isinstance(s, str) else s),
                  check(lambda s: len(s) <= MAX_STOP, lambda s: f"stop: at most {MAX_STOP} sequences, got {len(s)}"),
                  check(lambda s: "" not in s, "stop: sequences must not be empty")]
@@ -139,13 +147,11 @@ class Sampled(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_tokens: MaxTokens | None = None
-    temperature: Annotated[Number, check(lambda t: 0 <= t <= 2,
-                                         lambda t: f"temperature must be between 0 and 2, got {t}")] | None = None
-    top_p: Annotated[Number, check(lambda p: 0 <= p <= 1, lambda p: f"top_p must be between 0 and 1, got {p}")] \
-        | None = None
-    top_k: Annotated[StrictInt, type_check(lambda k: k >= 0)] | None = None
+    temperature: Annotated[Number, in_range("temperature", "[0, 2]")] | None = None
+    top_p: Annotated[Number, in_range("top_p", "[0, 1]")] | None = None
+    top_k: Annotated[StrictInt, type_check(lambda k: k >= 0)] | None = None  # > vocabulary = every token
     stop: Stop | None = None
-    seed: StrictInt | None = None
+    seed: Annotated[StrictInt, in_range("seed", INT64)] | None = None
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     n: Annotated[StrictInt, check(lambda n: n == 1, "n: only n=1 is supported")] | None = None

@@ -13,6 +13,11 @@ run past the context with a sliding window, as `gptlab generate` does. Usage cou
 
 Security: with api_key set, /v1/* need `Authorization: Bearer KEY` (compared in constant time); the key is
 never logged or echoed. Bodies are capped (413 above max_body_bytes).
+
+Misbehaving clients: every socket read or write waits at most read_timeout seconds, so a client that sends headers
+promising a body and then stalls gets a 408 and is disconnected (an idle keep-alive connection is closed the same
+way) instead of holding a handler thread forever. A client that disconnects mid-body or mid-stream costs one log
+line, never a traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gptlab import GptlabError
+from gptlab.io import Range
 from gptlab.posttrain.generate import Generator, Sampling
 from gptlab.posttrain.instructions import format_prompt
 from gptlab.posttrain.serve.api import (
@@ -42,6 +48,7 @@ from gptlab.train import latest_checkpoint
 log = logging.getLogger("gptlab.posttrain.serve")
 
 MAX_BODY_BYTES = 1 << 20
+READ_TIMEOUT = 30.0  # seconds a socket read or write may wait for the client
 DRAIN_LIMIT = 16 << 20  # an over-size body up to this size is read and dropped before the 413
 ROUTES = {"/v1/models": ("GET",), "/v1/completions": ("POST",), "/v1/chat/completions": ("POST",),
           "/health": ("GET",)}
@@ -55,11 +62,19 @@ def _route(path: str) -> tuple[str, ...]:
     return allowed
 
 
+class ClientGone(Exception):
+    """The client disconnected or stopped sending: log one line and close the connection."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "gptlab"
     sys_version = ""
     server: GptlabServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout  # StreamRequestHandler.setup applies it to the socket
+        super().setup()
 
     # -- logging: the request line and status only (never headers, so never the key)
     def log_message(self, format: str, *args) -> None:  # noqa: A002
@@ -122,7 +137,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chat(body)
         except ApiError as e:
             self._refuse(e, method)
-        except (BrokenPipeError, ConnectionResetError):
+        except ClientGone as e:
+            log.info("%s %s %s: %s", self.address_string(), method, urlsplit(self.path).path, e)
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as e:  # while answering
+            log.info("%s %s %s: client gone while answering (%s)", self.address_string(), method,
+                     urlsplit(self.path).path, type(e).__name__)
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bug must not kill the server; log it, answer 500
             log.exception("internal error on %s %s", method, urlsplit(self.path).path)
@@ -172,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drain(n)
             raise ApiError(413, f"request body too large: {n} bytes; the limit is {self.server.max_body_bytes}",
                            None, "request_too_large")
-        raw = self.rfile.read(n)
+        raw = self._read_body(n)
         try:
             body = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -183,6 +203,30 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise ApiError(400, f"the JSON body must be an object, got {type(body).__name__}", None, "invalid_json")
         return body
+
+    def _read_body(self, n: int) -> bytes:
+        """Exactly n bytes, or ClientGone (after a 408 when the client stalled past the read timeout)."""
+        chunks, got = [], 0
+        try:
+            while got < n:
+                chunk = self.rfile.read1(n - got)
+                if not chunk:
+                    raise ClientGone(f"client disconnected after {got} of {n} body bytes")
+                chunks.append(chunk)
+                got += len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            try:
+                self._send_json(408, ApiError(408, f"timed out waiting for the request body ({got} of {n} bytes "
+                                                   f"within {self.server.read_timeout:g}s)", None,
+                                              "request_timeout").body())
+            except OSError:
+                pass
+            raise ClientGone(f"timed out after {self.server.read_timeout:g}s with {got} of {n} body bytes") \
+                from None
+        except ConnectionError:
+            raise ClientGone(f"client disconnected after {got} of {n} body bytes") from None
+        return b"".join(chunks)
 
     def _drain(self, n: int) -> None:
         """Read and drop an over-size body (up to DRAIN_LIMIT), so the client sees the 413, not a reset."""
@@ -276,9 +320,10 @@ class GptlabServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, addr, generator: Generator, api_key: str | None, max_tokens_limit: int, model_name: str,
-                 max_body_bytes: int, created: int):
+                 max_body_bytes: int, created: int, read_timeout: float = READ_TIMEOUT):
         self.generator, self.api_key, self.max_tokens_limit = generator, api_key, max_tokens_limit
         self.model_name, self.max_body_bytes, self.created = model_name, max_body_bytes, created
+        self.read_timeout = read_timeout
         self.lock = threading.Lock()
         super().__init__(addr, _Handler)
 
@@ -290,11 +335,13 @@ class GptlabServer(ThreadingHTTPServer):
 
 def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                 max_tokens_limit: int = 512, model_name: str | None = None, *, device: str = "auto",
-                max_body_bytes: int = MAX_BODY_BYTES) -> GptlabServer:
+                max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT) -> GptlabServer:
     """Load the run's model and bind (not start) the server; `server.url`, `server.serve_forever()`,
     `server.shutdown()`. port=0 picks a free port."""
     if not isinstance(max_tokens_limit, int) or max_tokens_limit < 1:
         raise GptlabError(f"serve: max_tokens_limit: expected a positive integer, got {max_tokens_limit!r}")
+    if read_timeout not in Range("(0, inf)"):
+        raise GptlabError(f"serve: read_timeout: expected a positive number of seconds, got {read_timeout!r}")
     if api_key is not None and not api_key.strip():
         raise GptlabError("serve: api_key: empty key; unset it to serve without authentication")
     generator = Generator.from_run(run_dir, device)
@@ -302,7 +349,8 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, 
     created = int(ck.stat().st_mtime) if ck else int(time.time())
     name = model_name or Path(run_dir).resolve().name
     try:
-        srv = GptlabServer((host, port), generator, api_key, max_tokens_limit, name, max_body_bytes, created)
+        srv = GptlabServer((host, port), generator, api_key, max_tokens_limit, name, max_body_bytes, created,
+                           read_timeout)
     except OSError as e:
         raise GptlabError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
@@ -312,12 +360,12 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_tokens_limit: int = 512, model_name: str | None = None, *, device: str = "auto",
-          max_body_bytes: int = MAX_BODY_BYTES) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT) -> None:
     """make_server(...) and serve until interrupted."""
     if not log.handlers and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     srv = make_server(run_dir, host, port, api_key, max_tokens_limit, model_name, device=device,
-                      max_body_bytes=max_body_bytes)
+                      max_body_bytes=max_body_bytes, read_timeout=read_timeout)
     log.info("serving %s (%s, context %d) at %s/v1%s", srv.model_name, srv.generator.device,
              srv.generator.context_length, srv.url, " (API key required)" if api_key else "")
     try:
