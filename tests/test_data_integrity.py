@@ -309,3 +309,14 @@ def test_read_only_output_is_one_line_naming_the_path(tmpfs, tmp_path):
     with pytest.raises(GptlabError, match=r"mnt.*Read-only file system") as e:
         prepare([big_bin(tmp_path / "small.bin", 20_000)], str(tmpfs / "data"), progress=False, workers=1)
     assert "\n" not in str(e.value)
+
+
+def test_prepare_into_a_mount_point_replaces_its_files(tmpfs, tmp_path):
+    """A mount point cannot be renamed: staging goes inside it and the finished files are moved into place."""
+    prepare([big_bin(tmp_path / "a.bin", 20_000)], str(tmpfs), progress=False, workers=1)
+    first = snapshot(tmpfs)
+    meta = prepare([big_bin(tmp_path / "b.bin", 30_000)], str(tmpfs), shard_tokens=10_000, progress=False, workers=1)
+    assert sorted(p.name for p in tmpfs.iterdir()) == sorted(
+        ["meta.json"] + [sh["file"] for info in meta["splits"].values() for sh in info["shards"]])
+    assert snapshot(tmpfs) != first
+    assert TokenDataset(tmpfs, "train").meta == meta

@@ -40,6 +40,7 @@ _SHARD_NAME = re.compile(r"^(train|val|test)_\d{6}\.bin(\.tmp)?$")
 _BATCH_CHARS = 1 << 18  # characters (or tokens) per tokenisation task
 _BATCH_DOCS = 1024
 _HOLD = 2  # last documents held back per split, for the "no empty split" fix-up
+_FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,10 +193,11 @@ def prepare(sources: Sequence[str] | str, out_dir: str | os.PathLike, *, text_fi
     total = progress_total(files, text_field)  # also checks parquet/HF columns early, before anything is written
     total = None if max_docs else total
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=not progress, dynamic_ncols=True)
-    done = [0]  # source bytes tokenised so far (for the space estimate of a disk-full error)
+    done = [0, 0]  # source bytes tokenised so far, shard bytes they make (for a disk-full error's estimate)
 
-    def advance(nbytes: int) -> None:
+    def advance(nbytes: int, ntokens: int) -> None:
         done[0] += nbytes
+        done[1] += 2 * ntokens
         bar.update(nbytes)
 
     try:
@@ -208,7 +210,9 @@ def prepare(sources: Sequence[str] | str, out_dir: str | os.PathLike, *, text_fi
         atomic_write_json(staging / "meta.json", meta)
         _swap_in(staging, out, old)
     except OSError as e:
-        raise _os_error(e, out, staging, done[0], total) from None
+        if e.filename is None and e.errno not in _FS_ERRNOS:
+            raise  # not the file system's (e.g. a network error of a streamed dataset)
+        raise _os_error(e, out, staging, done, total) from None
     finally:
         bar.close()
         shutil.rmtree(staging, ignore_errors=True)
@@ -275,16 +279,17 @@ def _swap_in(staging: Path, out: Path, old: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _os_error(e: OSError, out: Path, staging: Path, done: int, total: int | None) -> GptlabError:
+def _os_error(e: OSError, out: Path, staging: Path, done: list[int], total: int | None) -> GptlabError:
     """A write that failed (disk full, read-only, permissions) as one line naming the path."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         written = sum(f.stat().st_size for f in staging.glob("*") if f.is_file()) if staging.is_dir() else 0
-        need = f"needs about {written * total / done / 1e6:.1f} MB" if total and done else \
-            f"needs more than the {written / 1e6:.1f} MB written"
+        src, shard = done
+        need = f"needs about {shard * total / src / 1e6:.1f} MB, estimated from the part done" if total and src \
+            else f"needs more than the {max(shard, written) / 1e6:.1f} MB tokenised so far"
         free = shutil.disk_usage(staging.parent if staging.parent.exists() else out.parent).free + written
-        return GptlabError(f"{out}: no space left on device while writing the shards ({need} estimated from the "
-                           f"part done, {free / 1e6:.1f} MB free there)")
-    return GptlabError(f"{e.filename or out}: {e.strerror or e} (writing the prepared data for {out})")
+        return GptlabError(f"{out}: no space left on device while writing the shards ({need}; {free / 1e6:.1f} MB "
+                           "free there)")
+    return GptlabError(f"{e.filename or out}: {e.strerror or e} (while preparing {out})")
 
 
 def _write_splits(docs, out: Path, sources, val_frac: float, test_frac: float, shard_tokens: int, workers: int,
@@ -303,7 +308,7 @@ def _write_splits(docs, out: Path, sources, val_frac: float, test_frac: float, s
                 held[s].append((key, toks))
                 if len(held[s]) > _HOLD:
                     writers[s].add_document(held[s].popleft()[1])
-                advance(nbytes)
+                advance(nbytes, len(toks))
         moved = _fill_empty_splits(counts, held, fracs, sources)
         for s in SPLITS:
             for _, toks in held[s]:
