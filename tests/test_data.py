@@ -242,11 +242,11 @@ def test_interrupted_prepare_leaves_no_meta(tmp_path, prepared):
     (tmp_path / "src" / "b.txt").write_bytes(b"caf\xe9 au lait")
     target = tmp_path / "out"
     target.mkdir()
-    (target / "meta.json").write_text("{}")  # an older prepare
+    (target / "meta.json").write_text("{}")  # an older prepare: it survives a prepare that fails
     with pytest.raises(GptlabError, match=r"b\.txt: not valid UTF-8"):
         prepare([str(tmp_path / "src")], str(target), shard_tokens=50, progress=True)
-    assert not (target / "meta.json").exists()
-    assert not list(target.glob("*.tmp"))
+    assert [p.name for p in target.iterdir()] == ["meta.json"] and (target / "meta.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no staging folder left behind
 
 
 # ------------------------------------------------------------------------------------------------
@@ -587,14 +587,14 @@ def test_hf_errors_are_one_line(hf_offline, tmp_path, monkeypatch, capsys):
                 yield batch
 
     monkeypatch.setattr(hf_offline, "load_dataset", lambda *a, **k: Flaky(real_load(*a, **k)))
-    (target / "x").mkdir(parents=True)
-    (target / "meta.json").write_text("{}")
+    target.mkdir(parents=True)
+    (target / "meta.json").write_text("{}")  # an older prepare: it survives the failed one
     rc = main(["prepare", "--hf-dataset", "json", "--hf-data-files", str(jsonl), "--out", str(target),
                "--shard-tokens", "50", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert "streaming failed after 12 rows (ConnectionError: HTTPSConnectionPool" in err and "re-run" in err
-    assert not (target / "meta.json").exists() and not list(target.glob("*.tmp"))
+    assert (target / "meta.json").read_text() == "{}" and [p.name for p in target.iterdir()] == ["meta.json"]
 
     def refuse(*a, **k):
         raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)")

@@ -171,13 +171,16 @@ def test_prepare_killed_midway_then_rerun_gives_identical_shards(tmp_path):
     cmd = [sys.executable, "-m", "gptlab", "prepare", "--out", str(tmp_path / "k"), "--shard-tokens", "100000",
            "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from gptlab.data.prepare import staging_dir
+
     deadline = time.time() + 60
-    while time.time() < deadline and not list((tmp_path / "k").glob("train_*")):
+    while time.time() < deadline and not list(staging_dir(tmp_path / "k").glob("train_*")):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "k" / "meta.json").exists()  # a cut-short prepare is never mistaken for a finished one
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert not staging_dir(tmp_path / "k").exists()  # the killed prepare's staging folder is gone
     clean = sorted(p.name for p in (tmp_path / "clean").iterdir())
     assert clean == sorted(p.name for p in (tmp_path / "k").iterdir())
     for name in clean:

@@ -63,7 +63,29 @@ def cmd_train(a) -> int:
             print(f"stopped at step {final['stopped_at']}/{final['total_steps']}; continue with --resume")
         else:
             print_result_table([final], unigram=_unigram(cfg.data.dir))
+            if "test_tokens_outside_vocab" in final:
+                print(outside_line(final["test_tokens_outside_vocab"], final["test_tokens_evaluated"], cfg.eval.split))
             print(f"run directory: {run_dir}")
+    return 0
+
+
+OUTSIDE_LIMIT = 0.05  # eval refuses data with more tokens outside the run's vocabulary unless told
+
+
+def outside_line(n: int, total: int, split: str) -> str:
+    return (f"{n:,} of {total:,} {split} tokens ({100 * n / max(total, 1):.2f}%) are outside the run's vocabulary "
+            "(the ids of its train split) and were scored as <|endoftext|>")
+
+
+def cmd_verify(a) -> int:
+    from gptlab.data.verify import shard_failures
+
+    failures, hashed = shard_failures(a.dir, force=True)
+    for line in failures:
+        print(line, file=sys.stderr)
+    if failures:
+        raise GptlabError(f"{a.dir}: {len(failures)} of {hashed} shard(s) failed verification")
+    print(f"{a.dir}: {hashed} shards, ids in range, sha256 as in meta.json")
     return 0
 
 
@@ -104,7 +126,7 @@ def cmd_eval(a) -> int:
         return 0
     if not a.run:
         raise GptlabError("eval: give a RUN directory or --hf-dir DIR")
-    from gptlab.data.loader import TokenDataset
+    from gptlab.data.loader import TokenDataset, eval_span
     from gptlab.data.vocab import load_vocab_map
     from gptlab.train import (
         evaluate_loss,
@@ -121,10 +143,19 @@ def cmd_eval(a) -> int:
     batches = e.batches if a.batches is None else a.batches
     bs = a.batch_size or e.batch_size
     dev = resolve_device(a.device)
+    vmap = load_vocab_map(a.run)
+    out = {"run": str(a.run), "split": split}
+    if vmap is not None:  # ids the run's vocabulary lacks are scored as <|endoftext|>: say how many, or refuse
+        start, stop = eval_span(ds, cfg.model.context_length, bs, offset, batches)
+        n = vmap.count_outside(ds, start, stop)
+        out.update(tokens_outside_vocab=n, tokens_evaluated=stop - start)
+        line = outside_line(n, stop - start, split)
+        if n > OUTSIDE_LIMIT * (stop - start) and not a.allow_unknown_tokens:
+            raise GptlabError(f"{ds.dir}: {line}; pass --allow-unknown-tokens to evaluate anyway")
+        print(line, file=sys.stderr)
     loss = evaluate_loss(model, ds, cfg.model.context_length, bs, dev, resolve_precision("auto", dev),
-                         offset=offset, n_batches=batches, vocab_map=load_vocab_map(a.run))
-    out = {"run": str(a.run), "split": split, "loss": loss, "perplexity": math.exp(loss), "offset": offset,
-           "batches": batches, "batch_size": bs}
+                         offset=offset, n_batches=batches, vocab_map=vmap)
+    out.update(loss=loss, perplexity=math.exp(loss), offset=offset, batches=batches, batch_size=bs)
     print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
     return 0
 
@@ -235,7 +266,15 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=POSITIVE)
     s.add_argument("--device", default="auto", type=device)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--allow-unknown-tokens", action="store_true", help="with a corpus-vocabulary run: evaluate even "
+                   f"when more than {OUTSIDE_LIMIT:.0%}% of the evaluated tokens are outside the run's vocabulary (the "
+                   "ids of its train split; they are scored as <|endoftext|>). Their count is always printed (stderr)")
     s.set_defaults(fn=cmd_eval)
+    s = verb_parser(sub, "verify", "check a prepared data folder: every shard present, ids in range, sha256 as in "
+                    "meta.json (train does this too, before its first step, for shards it has not verified before)",
+                    "gptlab verify data/shakespeare")
+    s.add_argument("dir", help="prepared data folder (holding meta.json)")
+    s.set_defaults(fn=cmd_verify)
     s = verb_parser(sub, "generate", "sample text from a run's latest checkpoint",
                 'gptlab generate runs/tiny-cpu --prompt "To be, or not" --max-new-tokens 40 --temperature 0.8 --top-k 50')
     s.add_argument("run")

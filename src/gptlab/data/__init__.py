@@ -1,6 +1,7 @@
 """Data pipeline: sources.py reads corpora into documents, prepare.py turns them into uint16 GPT-2 token shards
 + meta.json, loader.py memory-maps the shards and serves training sequences in a seeded order and sequential eval
-batches; tokenizer.py (GPT-2 BPE without a network), vocab.py (the corpus vocabulary), unigram.py (the baseline)."""
+batches; tokenizer.py (GPT-2 BPE without a network), vocab.py (the corpus vocabulary), unigram.py (the baseline),
+verify.py (shard sha256s against meta.json)."""
 
 from gptlab.data.loader import (
            SequenceSampler,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gptlab import GptlabError
-from gptlab.data.tokenizer import tokenizer_hash
+from gptlab.data.tokenizer import VOCAB_SIZE, tokenizer_hash
 from gptlab.io import file_sha256
 
 SPLITS = ("train", "val", "test")
@@ -59,6 +59,15 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
 _sha256 = file_sha256
 
 
+def _check_ids(path: Path, arr: np.ndarray, max_id, vocab_size: int) -> None:
+    """Every id of a shard < vocab_size: O(1) from the largest id meta.json recorded at prepare time, else (shards
+    prepared by an older gptlab) by reading the shard, each time it is opened."""
+    top = max_id if isinstance(max_id, int) and not isinstance(max_id, bool) else int(arr.max())
+    if top >= vocab_size:
+        raise GptlabError(f"shard {path}: token id {top} >= {vocab_size} (meta.json's vocab_size): corrupted or not "
+                          "GPT-2 uint16 tokens; re-run `gptlab prepare`")
+
+
 class TokenDataset:
     """One split of a prepared folder, memory-mapped read-only: `len(ds)` tokens,
     `ds.get(start, length)` reads across shard boundaries, `ds.meta` is meta.json."""
@@ -88,7 +97,9 @@ class TokenDataset:
                 raise GptlabError(f"shard {path} is corrupted: its sha256 differs from meta.json's; "
                                   "re-run `gptlab prepare`")
             if n:
-                self.arrays.append(np.memmap(path, dtype=np.dtype("<u2"), mode="r"))
+                arr = np.memmap(path, dtype=np.dtype("<u2"), mode="r")
+                _check_ids(path, arr, sh.get("max_id"), self.meta.get("vocab_size", VOCAB_SIZE))
+                self.arrays.append(arr)
                 starts.append(total)
                 total += n
         if total != _get(info, "tokens", f"{where} splits.{split}", int):
@@ -199,6 +210,13 @@ def _eval_plan(dataset: TokenDataset, T: int, batch_size: int, offset: int, n_ba
         batches = min(batches, n_batches)
         windows = min(windows, batches * batch_size)
     return windows, batches
+
+
+def eval_span(dataset: TokenDataset, context_length: int, batch_size: int, offset: int = 0,
+              n_batches: int = 0) -> tuple[int, int]:
+    """The tokens [start, stop) that `eval_batches` with the same arguments reads (all ranks together)."""
+    windows, _ = _eval_plan(dataset, int(context_length), int(batch_size), int(offset), int(n_batches))
+    return int(offset), int(offset) + windows * int(context_length) + 1
 
 
 def eval_batch_count(dataset: TokenDataset, context_length: int, batch_size: int, offset: int = 0,

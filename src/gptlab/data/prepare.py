@@ -1,5 +1,6 @@
 """Turn documents into GPT-2 token shards: `prepare(sources, out_dir)` writes `{split}_{index:06d}.bin` (uint16,
-little-endian) and, last, `meta.json`. The documents come from sources.py.
+little-endian) and, last, `meta.json`, into a staging folder that replaces `out_dir` only when complete. The
+documents come from sources.py.
 
 Every document's tokens are followed by <|endoftext|> (50256). Documents go to a split by a hash of their tokens
 (see `split_of`), so the split does not depend on file order, worker count or source format; the whole pipeline
@@ -9,9 +10,11 @@ streams (memory is bounded by a few batches of documents).
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import os
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -37,6 +40,7 @@ _SHARD_NAME = re.compile(r"^(train|val|test)_\d{6}\.bin(\.tmp)?$")
 _BATCH_CHARS = 1 << 18  # characters (or tokens) per tokenisation task
 _BATCH_DOCS = 1024
 _HOLD = 2  # last documents held back per split, for the "no empty split" fix-up
+_FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,9 +124,12 @@ class _ShardWriter:
             if self._f is None:
                 self._name = f"{self.split}_{len(self.shards):06d}.bin"
                 self._f, self._n, self._h = open(self.out_dir / f"{self._name}.tmp", "wb"), 0, hashlib.sha256()
+                self._max = 0
             take = min(len(toks) - i, self.shard_tokens - self._n)
-            data = toks[i:i + take].tobytes()
+            chunk = toks[i:i + take]
+            data = chunk.tobytes()
             self._f.write(data)
+            self._max = max(self._max, int(chunk.max()))
             self._h.update(data)
             self._n, i = self._n + take, i + take
             if self._n == self.shard_tokens:
@@ -135,7 +142,8 @@ class _ShardWriter:
         self._f.close()
         self._f = None
         os.replace(self.out_dir / f"{self._name}.tmp", self.out_dir / self._name)
-        self.shards.append({"file": self._name, "tokens": self._n, "sha256": self._h.hexdigest()})
+        self.shards.append({"file": self._name, "tokens": self._n, "sha256": self._h.hexdigest(),
+                            "max_id": self._max})  # lets the loader check ids < vocab_size without reading
 
     def finish(self) -> dict:
         self._flush()
@@ -172,39 +180,120 @@ def prepare(sources: Sequence[str] | str, out_dir: str | os.PathLike, *, text_fi
     A source may be an `HFDataset` (streamed; needs the optional `datasets` package).
 
     Output depends only on the sources and the split/shard settings (not on workers), so re-runs
-    are byte-identical. Shards from an earlier run in out_dir are removed first.
+    are byte-identical. Everything is written into a staging folder beside `out_dir` (`staging_dir`) that
+    replaces `out_dir` by a rename only once complete: a prepare that fails or is killed leaves the old
+    dataset as it was. A source inside `out_dir`, or an `out_dir` holding files of its own, is refused.
     """
     _check_args(val_frac, test_frac, shard_tokens, workers, max_docs, text_field)
+    out = Path(os.path.realpath(out_dir) if os.path.islink(out_dir) else os.path.abspath(out_dir))
+    staging, old = staging_dir(out), out.parent / f".{out.name}.old"
     files = expand_sources(sources)
-    total = progress_total(files, text_field)  # also checks parquet/HF columns early, before out_dir is touched
-    out = Path(out_dir)
-    _clear_output(out)
-    bar = tqdm(total=None if max_docs else total, unit="B", unit_scale=True, desc="prepare", disable=not progress,
-               dynamic_ncols=True)
+    _refuse_sources_inside(files, out)
+    _refuse_foreign_files(out)
+    total = progress_total(files, text_field)  # also checks parquet/HF columns early, before anything is written
+    total = None if max_docs else total
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=not progress, dynamic_ncols=True)
+    done = [0, 0]  # source bytes tokenised so far, shard bytes they make (for a disk-full error's estimate)
+
+    def advance(nbytes: int, ntokens: int) -> None:
+        done[0] += nbytes
+        done[1] += 2 * ntokens
+        bar.update(nbytes)
+
     try:
+        _recover_swap(out, old)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a prepare that was killed
+        staging.mkdir(parents=True)
         docs = _documents(files, text_field, max_docs)
-        splits, moved = _write_splits(docs, out, sources, val_frac, test_frac, shard_tokens, workers, bar)
+        splits, moved = _write_splits(docs, staging, sources, val_frac, test_frac, shard_tokens, workers, advance)
+        meta = _meta(files, text_field, max_docs, shard_tokens, val_frac, test_frac, moved, splits)
+        atomic_write_json(staging / "meta.json", meta)
+        _swap_in(staging, out, old)
+    except OSError as e:
+        if e.filename is None and e.errno not in _FS_ERRNOS:
+            raise  # not the file system's (e.g. a network error of a streamed dataset)
+        raise _os_error(e, out, staging, done, total) from None
     finally:
         bar.close()
-    fsync_dir(out)
-    meta = _meta(files, text_field, max_docs, shard_tokens, val_frac, test_frac, moved, splits)
-    atomic_write_json(out / "meta.json", meta)
+        shutil.rmtree(staging, ignore_errors=True)
     return meta
 
 
-def _clear_output(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "meta.json").unlink(missing_ok=True)  # an interrupted prepare must leave no meta.json
+def staging_dir(out: str | os.PathLike) -> Path:
+    """Where `prepare` writes before the result replaces `out`: a hidden sibling (inside `out` when `out` is a
+    mount point, so that the final rename stays on one file system)."""
+    out = Path(out)
+    return out / ".staging" if os.path.ismount(out) else out.parent / f".{out.name}.staging"
+
+
+def _refuse_sources_inside(files, out: Path) -> None:
+    root = out.resolve()
+    for f in files:
+        if f.kind not in ("hf", "bundled") and f.path.resolve().is_relative_to(root):
+            raise GptlabError(f"{f.label}: source is inside the output folder {out}, which prepare replaces; "
+                              "move it out or choose another --out")
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    """`out` is replaced as a whole, so it may only hold what prepare and the data layer write there."""
+    if not out.is_dir():
+        return
+    from gptlab.data.verify import RECORD
+    from gptlab.data.vocab import CACHE
+
+    ours = {"meta.json", CACHE, RECORD, "corpus_vocab.npy", ".staging"}
+    foreign = sorted(f.name for f in out.iterdir()
+                     if f.name not in ours and not _SHARD_NAME.match(f.name) and not f.name.endswith(".tmp"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise GptlabError(f"{out}: holds files that are not part of a prepared dataset ({shown}); prepare "
+                          "replaces the whole folder, so choose a new or empty --out")
+
+
+def _recover_swap(out: Path, old: Path) -> None:
+    """A prepare killed between its two renames left the old dataset at `old`: put it back (or drop it)."""
+    if old.exists():
+        if out.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, out)
+
+
+def _swap_in(staging: Path, out: Path, old: Path) -> None:
+    """Replace `out` by the complete `staging` folder: two renames (the old dataset stays whole at `old` in
+    between), then the old one is deleted."""
+    fsync_dir(staging)
+    if staging.parent == out:  # out is a mount point: move the files (meta.json last, old meta.json first)
+        (out / "meta.json").unlink(missing_ok=True)
         for f in out.iterdir():
-            if _SHARD_NAME.match(f.name):
+            if f != staging and (f.is_file() or f.is_symlink()):
                 f.unlink()
-    except OSError as e:
-        raise GptlabError(f"{out}: cannot prepare output folder ({e.strerror or e})") from None
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == "meta.json"):
+            os.replace(f, out / f.name)
+        fsync_dir(out)
+        return
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _os_error(e: OSError, out: Path, staging: Path, done: list[int], total: int | None) -> GptlabError:
+    """A write that failed (disk full, read-only, permissions) as one line naming the path."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        written = sum(f.stat().st_size for f in staging.glob("*") if f.is_file()) if staging.is_dir() else 0
+        src, shard = done
+        need = f"needs about {shard * total / src / 1e6:.1f} MB, estimated from the part done" if total and src \
+            else f"needs more than the {max(shard, written) / 1e6:.1f} MB tokenised so far"
+        free = shutil.disk_usage(staging.parent if staging.parent.exists() else out.parent).free + written
+        return GptlabError(f"{out}: no space left on device while writing the shards ({need}; {free / 1e6:.1f} MB "
+                           "free there)")
+    return GptlabError(f"{e.filename or out}: {e.strerror or e} (while preparing {out})")
 
 
 def _write_splits(docs, out: Path, sources, val_frac: float, test_frac: float, shard_tokens: int, workers: int,
-                  bar) -> tuple[dict, list[dict]]:
+                  advance) -> tuple[dict, list[dict]]:
     """Tokenise `docs` on worker threads, route each to its split's shard writer; return (the splits' shard
     lists and counts, the documents moved to fill an otherwise empty split)."""
     fracs = {"train": 1.0 - val_frac - test_frac, "val": val_frac, "test": test_frac}
@@ -219,7 +308,7 @@ def _write_splits(docs, out: Path, sources, val_frac: float, test_frac: float, s
                 held[s].append((key, toks))
                 if len(held[s]) > _HOLD:
                     writers[s].add_document(held[s].popleft()[1])
-                bar.update(nbytes)
+                advance(nbytes, len(toks))
         moved = _fill_empty_splits(counts, held, fracs, sources)
         for s in SPLITS:
             for _, toks in held[s]:

@@ -1,14 +1,21 @@
-"""Corpus vocabulary: an optional output layer over only the GPT-2 tokens that occur in the prepared corpus.
+"""Corpus vocabulary: an optional output layer over only the GPT-2 tokens that occur in the prepared train split.
 
 On a CPU, a tiny model's cost is dominated by the 50,257-way output layer (for a 64-dim model it is >95% of
-the FLOPs). With `data.vocab = "corpus"` the model's vocabulary is the set of GPT-2 ids that occur in any split
-of the prepared data (19,5xx for the bundled Shakespeare): text is still GPT-2 BPE, ids are remapped through a
-lookup table, and the run stores the map (`vocab_map.npy`) so generation decodes exactly. Losses are then
-over that restricted vocabulary — comparable between runs of one experiment, not with full-vocabulary runs.
-"""
+the FLOPs). With `data.vocab = "corpus"` the model's vocabulary is the set of GPT-2 ids that occur in the train
+split of the prepared data, plus <|endoftext|> (the val and test splits are not looked at, so nothing of them
+leaks into the model): text is still GPT-2 BPE, ids are remapped through a lookup table, and the run stores the
+map (`vocab_map.npy`) so generation decodes exactly. A val/test token the train split never had maps to
+<|endoftext|>'s id; evaluation counts those tokens and says how many there were (`count_outside`). Losses are
+then over that restricted vocabulary — comparable between runs of one experiment, not with full-vocabulary runs.
 
+The ids are cached in the data folder (`corpus_vocab.npz`) together with a key naming the train shards they were
+derived from (file names and sha256s from meta.json); a cache whose key differs from the folder's meta.json is
+rebuilt, never reused.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +24,7 @@ import torch
 from gptlab import GptlabError
 from gptlab.data.tokenizer import EOT_ID, VOCAB_SIZE
 
-CACHE = "corpus_vocab.npy"
+CACHE = "corpus_vocab.npz"  # ids and the key of the train shards they came from
 RUN_FILE = "vocab_map.npy"
 
 
@@ -54,30 +61,60 @@ class VocabMap:
     def to_gpt2(self, ids) -> list[int]:
         return [int(self.ids[i]) for i in ids]
 
+    def count_outside(self, dataset, start: int, stop: int) -> int:
+        """How many of tokens [start, stop) of a TokenDataset are not in this vocabulary (they map to
+        <|endoftext|>'s id)."""
+        known = np.zeros(VOCAB_SIZE, dtype=bool)
+        known[self.ids] = True
+        n, chunk = 0, 1 << 22
+        for i in range(start, stop, chunk):
+            n += int((~known[dataset.get(i, min(chunk, stop - i))]).sum())
+        return n
+
     def save(self, run_dir: str | Path) -> None:
         _save_npy(Path(run_dir) / RUN_FILE, self.ids)
 
 
+def _train_key(meta: dict) -> str:
+    """What the vocabulary is derived from: the train shards' names and sha256s (meta.json)."""
+    shards = [[sh.get("file"), sh.get("sha256")] for sh in meta["splits"].get("train", {}).get("shards", [])]
+    return hashlib.sha256(json.dumps({"split": "train", "shards": shards}).encode()).hexdigest()
+
+
+def _cached(cache: Path, key: str) -> VocabMap | None:
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return VocabMap(z["ids"])
+    except (ValueError, OSError, KeyError, GptlabError):
+        pass
+    return None
+
+
 def corpus_vocab(data_dir: str | Path) -> VocabMap:
-    """Sorted distinct token ids over every split (cached in the data folder)."""
+    """Sorted distinct token ids of the train split, plus <|endoftext|> (cached in the data folder, keyed by the
+    train shards' sha256s)."""
     from gptlab.data.loader import TokenDataset, read_meta
+    from gptlab.data.unigram import token_counts
+    from gptlab.io import atomic_write
+
     data_dir = Path(data_dir)
     cache = data_dir / CACHE
-    meta = read_meta(data_dir)
-    if cache.exists():
-        try:
-            return VocabMap(np.load(cache, allow_pickle=False))
-        except (ValueError, OSError, GptlabError):
-            pass  # rebuilt below
-    seen = np.zeros(VOCAB_SIZE, dtype=bool)
-    for split in meta["splits"]:
-        ds = TokenDataset(data_dir, split)
-        for arr in ds.arrays:
-            for i in range(0, len(arr), 1 << 24):
-                seen[np.asarray(arr[i:i + (1 << 24)])] = True
+    key = _train_key(read_meta(data_dir))
+    if cache.exists() and (vm := _cached(cache, key)) is not None:
+        return vm
+    seen = token_counts(TokenDataset(data_dir, "train")) > 0
     seen[EOT_ID] = True
     ids = np.flatnonzero(seen)
-    _save_npy(cache, ids)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=ids, key=np.array(key))
+
+    try:
+        atomic_write(cache, write)
+    except OSError:  # a read-only data folder: the vocabulary is rebuilt next time, which is only slower
+        pass
     return VocabMap(ids)
 
 

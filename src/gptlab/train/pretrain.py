@@ -85,6 +85,9 @@ class Pretraining:
             torch.cuda.set_device(device)
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32
+        from gptlab.data.verify import verify_data
+
+        verify_data(cfg.data.dir)  # sha256 of shards not verified before: a changed shard stops the run here
         self.train_ds = TokenDataset(cfg.data.dir, "train")
         self.val_ds = TokenDataset(cfg.data.dir, "val")
         self.sampler = SequenceSampler(self.train_ds, self.T, cfg.data_order_seed())
@@ -283,6 +286,12 @@ class Pretraining:
             "skipped_batches": p.skips, "precision": self.precision, "device": str(self.device),
             "world_size": self.dist.world,
         }
+        if self.vmap is not None:  # test tokens the train split never had count as <|endoftext|>: say how many
+            from gptlab.data.loader import eval_span
+
+            start, stop = eval_span(self.test_ds, self.T, e.batch_size, e.offset, e.batches)
+            final["test_tokens_outside_vocab"] = self.vmap.count_outside(self.test_ds, start, stop)
+            final["test_tokens_evaluated"] = stop - start
         if self.dist.main:
             self.log.val_loss(self.total_steps, val_loss)
             atomic_write_json(self.run_dir / "final.json", final)
