@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 import tomli_w
@@ -230,3 +231,17 @@ def test_paired_design_and_margin_carry_from_the_spec_to_every_report(small_data
     spec.write_text(tomli_w.dumps(dict(d, design="crossover")))
     with pytest.raises(GptlabError, match=r'design: expected "independent" or "paired", got \'crossover\''):
         load_spec(str(spec))
+
+
+def test_independent_design_gives_every_run_its_own_seed_and_paired_shares_them(small_data, tmp_path):
+    """Independent (Welch): no two runs share initialisation or data order; paired: variant seed s is the
+    baseline's seed s, so the per-seed differences cancel the shared seed effect."""
+    spec = load_spec(write_spec(tmp_path, small_data, seeds=(1, 2, 3)))
+    used = {(v.name, s): spec.resolved_config(v, s).train.seed for v, s in spec.matrix()}
+    assert len(set(used.values())) == 6
+    orders = {spec.resolved_config(v, s).data_order_seed() for v, s in spec.matrix()}
+    assert len(orders) == 6  # data.data_seed follows each run's seed
+    assert used[("baseline", 1)] == zlib.crc32(b"baseline/1") & 0x7FFFFFFF  # stable across versions and machines
+    spec.design = "paired"
+    assert {(v.name, s): spec.resolved_config(v, s).train.seed for v, s in spec.matrix()} == {
+        (v, s): s for v in ("baseline", "no_dropout") for s in (1, 2, 3)}
