@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 import zlib
 
 import pytest
@@ -245,3 +246,19 @@ def test_independent_design_gives_every_run_its_own_seed_and_paired_shares_them(
     spec.design = "paired"
     assert {(v.name, s): spec.resolved_config(v, s).train.seed for v, s in spec.matrix()} == {
         (v, s): s for v in ("baseline", "no_dropout") for s in (1, 2, 3)}
+
+
+def test_spec_alpha_is_checked_and_kept_for_gptlab_report(small_data, tmp_path):
+    from gptlab.experiments.spec import report_settings
+
+    spec = write_spec(tmp_path, small_data)
+    d = tomllib.loads(spec.read_text())
+    for bad in (0, 0.5, "0.05", True):
+        spec.write_text(tomli_w.dumps(dict(d, alpha=bad)))
+        with pytest.raises(GptlabError, match="alpha: expected a number between 0 and 0.5"):
+            load_spec(spec)
+    spec.write_text(tomli_w.dumps(dict(d, alpha=0.01)))
+    assert load_spec(spec).alpha == 0.01
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "spec.toml").write_text(spec.read_text())
+    assert report_settings(tmp_path / "exp")["alpha"] == 0.01

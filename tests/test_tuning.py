@@ -68,7 +68,7 @@ def test_choice_uses_validation_loss_marks_edges_and_reuses_base_runs(small_data
 
 
 def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_path, capsys):
-    spec = _spec(tmp_path, small_data)  # base lr 1e-5 barely trains in 6 steps; 2e-3 and 4e-3 do
+    spec = _spec(tmp_path, small_data, alpha=0.1)  # base lr 1e-5 barely trains in 6 steps; 2e-3 and 4e-3 do
     out = tmp_path / "exp"
     assert run_sweep(str(spec), out=str(out), quiet=True) == 0
     printed = capsys.readouterr().out
@@ -93,6 +93,7 @@ def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_pa
     for v in ("baseline", "no_dropout"):
         assert max(ids[f"{v}@lr={best[v]:.6g}-s{s}"] for s in (1, 2)) < min(ids[f"{v}-s{s}"] for s in (1, 2))
     md = (out / "report.md").read_text()
+    assert "α = 0.1." in md and "Difference to the baseline with 90% CI" in md  # the spec's alpha
     assert "## Verdicts at the base config's train.lr" in md and "## Each variant at its best train.lr" in md
     assert f"| no_dropout (lr={best['no_dropout']:.6g}) |" in md
     assert "Each variant at its best train.lr: chosen per variant by the lowest mean final validation loss" in md

@@ -43,7 +43,7 @@ def leaderboard(paths: list[str]) -> list[dict]:
                         and r["variant"] in settings.get("variants", [r["variant"]])]
             baseline = settings["baseline"]
             for r in build_rows(exp_runs, baseline, judge, equivalence_margin=settings["equivalence_margin"],
-                                design=settings["design"]):
+                                design=settings["design"], alpha=settings["alpha"]):
                 rows.append(dict(r, experiment=exp))
     return rows
 

@@ -229,9 +229,10 @@ def _design_line(spec: Spec, o: _SeqOptions) -> str:
     from gptlab.experiments import sequential as sq
 
     looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
-    alpha = 0.05 / len(o.family)
+    alpha = spec.alpha / len(o.family)
     ps = sq.nominal_p(sq.boundaries([sq.info_fraction(n, n, o.max_seeds) for n in looks], alpha))
-    return (f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; alpha 0.05 / "
+    return (f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; "
+            f"alpha {spec.alpha:g} / "
             f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
             f"{', '.join(f'{p:.2g}' for p in ps)}")
 
@@ -246,7 +247,7 @@ def _run_rounds(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
 
     seeds = {v.name: list(v.seeds or spec.seeds) for v in spec.variants}
     compared = [n for n in o.family if n in seeds]  # --only: the others keep their share of alpha
-    seq = Sequential(spec.baseline, compared, o.max_seeds, o.per_round, family=len(o.family))
+    seq = Sequential(spec.baseline, compared, o.max_seeds, o.per_round, family=len(o.family), alpha=spec.alpha)
     ext, round_no = spec, 1
     while True:
         seq.update(_test_losses(db, spec, seeds), {g: len(s) for g, s in seeds.items()}, round_no)
@@ -264,7 +265,8 @@ def _run_rounds(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
             return failures, {ext.run_id(v.name, s) for v, s in ext.matrix()}
         round_no += 1
     verdicts = ", ".join(f"{v} {seq.decision.get(v, 'undecided')}" for v in compared)
-    print(f"{seq.to_json(len(spec.seeds))['design']} (alpha 0.05 / {len(o.family)} per variant): {verdicts} "
+    print(f"{seq.to_json(len(spec.seeds))['design']} (alpha {spec.alpha:g} / {len(o.family)} per variant): "
+          f"{verdicts} "
           f"-> {exp_dir / 'sequential.json'}", flush=True)
     return [], {ext.run_id(v.name, s) for v, s in ext.matrix()}
 
@@ -486,7 +488,7 @@ def _report(spec: Spec, exp_dir: Path, run_ids: set[str]) -> bool:
     try:
         res = write_report(exp_dir, baseline=spec.baseline, experiment=spec.name, reference=refs or None,
                            title=spec.name, run_ids=run_ids, equivalence_margin=spec.equivalence_margin,
-                           design=spec.design, tuned=spec.tune is not None)
+                           design=spec.design, tuned=spec.tune is not None, alpha=spec.alpha)
     except GptlabError as e:
         print(f"report not written: {e}", file=sys.stderr)
         return False

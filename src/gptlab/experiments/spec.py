@@ -7,6 +7,7 @@ Spec (TOML):
     base = "../tiny-cpu.toml"          # relative to the spec file
     seeds = [1, 2, 3]
     baseline = "baseline"              # the variant every other one is compared with
+    alpha = 0.05                       # optional: the family-wise error rate of the verdicts (0 < alpha < 0.5)
     equivalence_margin = 0.01          # optional, nats: a variant whose 90% CI of the difference is inside
                                        # ±margin reads "equivalent within ±0.01" (TOST)
     design = "paired"                  # optional: "independent" (default: Welch's test; every run trains with
@@ -41,7 +42,7 @@ from gptlab.config import deep_merge, read_config_toml, read_toml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _SPEC_KEYS = {"name", "base", "seeds", "baseline", "variants", "overrides", "description", "equivalence_margin",
-              "design", "tune", "tune_grid", "tune_seeds"}
+              "design", "tune", "tune_grid", "tune_seeds", "alpha"}
 DESIGNS = ("independent", "paired")
 _VARIANT_KEYS = {"name", "interventions", "reference", "seeds"}
 
@@ -93,6 +94,7 @@ class Spec:
     overrides: dict
     equivalence_margin: float | None = None  # nats; the report's TOST margin
     design: str = "independent"  # the report's test: Welch's (independent) or paired by seed
+    alpha: float = 0.05  # the verdicts' family-wise error rate (Holm; sequential: Bonferroni over variants)
     tune: Tune | None = None  # sweep a setting and compare each variant at its best value too (tuning.py)
 
     def run_id(self, variant: str, seed: int) -> str:
@@ -171,8 +173,11 @@ def load_spec(path: str | Path) -> Spec:
     design = d.get("design", "independent")
     if design not in DESIGNS:
         raise GptlabError(f"{where}: design: expected \"independent\" or \"paired\", got {design!r}")
+    alpha = d.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5:
+        raise GptlabError(f"{where}: alpha: expected a number between 0 and 0.5 (e.g. 0.05), got {alpha!r}")
     spec = Spec(p, d.get("name", p.stem), base, seeds, baseline, variants, overrides,
-                None if margin is None else float(margin), design)
+                None if margin is None else float(margin), design, float(alpha))
     for v in variants:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
     if any(k in d for k in ("tune", "tune_grid", "tune_seeds")):
@@ -238,7 +243,7 @@ def _seed_list(seeds, where: str) -> list[int]:
 
 def report_settings(exp_dir: Path) -> dict:
     """What the runner judged an experiment by, from the spec.toml its folder holds (the defaults without one):
-    baseline, equivalence_margin, design, the variants' published references, whether it was tuned (`tune`), the
+    baseline, alpha, equivalence_margin, design, the variants' published references, whether it was tuned (`tune`), the
     variants (runs of variants since removed from the spec stay out) and the title, as keyword arguments of
     write_report. `gptlab report` and the leaderboard use them, so they judge
     as the run did."""
@@ -247,7 +252,8 @@ def report_settings(exp_dir: Path) -> dict:
     refs = {str(v.get("name")): v["reference"] for v in d.get("variants", []) if isinstance(v, dict)
             and v.get("reference") is not None}
     out = {"baseline": str(d.get("baseline", "baseline")), "equivalence_margin": d.get("equivalence_margin"),
-           "design": d.get("design", "independent"), "reference": refs or None, "tuned": "tune" in d}
+           "design": d.get("design", "independent"), "reference": refs or None, "tuned": "tune" in d,
+           "alpha": float(d.get("alpha", 0.05))}
     names = [str(v.get("name")) for v in d.get("variants", []) if isinstance(v, dict)]
     if names:
         out["variants"] = names
