@@ -20,7 +20,7 @@ from gptlab.train import latest_checkpoint, load_run_model, train
 
 
 def cfg_for(data, **kw):
-    # 12 steps, a checkpoint every 2, all kept unless keep_checkpoints says otherwise
+    # 12 steps, a checkpoint every 2 (the newest 2 kept: train.keep_checkpoints)
     return load_config(None, tiny_overrides(data, **{"train.checkpoint_interval": 2, **kw}))
 
 

@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 import warnings
@@ -118,7 +119,9 @@ def _write_errors(ckdir: Path, name: str, tmp: Path | None, model, opts):
     except (OSError, RuntimeError, SafetensorError) as e:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        why = _unwritable(ckdir, getattr(e, "errno", None), lambda: state_bytes(model, opts))
+        code = getattr(e, "errno", None)
+        found = re.search(r"os error (\d+)", str(e))  # safetensors' SafetensorError keeps it in its message
+        why = _unwritable(ckdir, code or (int(found.group(1)) if found else None), lambda: state_bytes(model, opts))
         if why is None:
             raise
         raise GptlabError(f"{ckdir}: cannot write checkpoint {name}: {why}") from None
