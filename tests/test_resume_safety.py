@@ -256,3 +256,24 @@ def test_finetune_masks_targets_outside_the_compact_vocabulary(tmp_path):
     assert stats["unknown_tokens"] == int((~torch.isin(odd, known)).sum())
     assert (y == int(vm.lut[EOT_ID])).sum() == 1  # only the <|endoftext|> that ends the record is that target
     assert (x >= 0).all() and (x < len(vm)).all()
+
+
+def test_finetune_resume_with_a_missing_checkpoint_stops_instead_of_starting_over(tmp_path):
+    """A fine-tune keeps only its pointed checkpoints; `checkpoints/resume` naming a missing one must not
+    silently start again from the base run (and overwrite finetune.json with a fresh history)."""
+    from conftest_ft import make_tiny_run, record_vocab, write_records
+
+    from gptlab.posttrain.finetune import finetune
+
+    base = make_tiny_run(tmp_path / "base", vocab_ids=record_vocab())
+    data, out = write_records(tmp_path / "d.json"), tmp_path / "ft"
+    kw = dict(epochs=2, lr=1e-3, batch_size=8, progress=False)
+    finetune(base, data, out, stop_after=6, **kw)
+    resume = out / "checkpoints" / (out / "checkpoints" / "resume").read_text().strip()
+    shutil.rmtree(resume)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "run.lock"}
+    with pytest.raises(GptlabError) as e:
+        finetune(base, data, out, resume=True, **kw)
+    assert "\n" not in str(e.value) and "no intact checkpoint to resume from" in str(e.value)
+    assert f"names {resume.name}, which is missing" in str(e.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "run.lock"} == before
