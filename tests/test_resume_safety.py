@@ -74,13 +74,18 @@ def test_dangling_latest_falls_back_to_the_newest_intact_checkpoint_and_keeps_hi
     assert ck_names(run) == ["step_0000004", "step_0000010", "step_0000012"]
 
 
-@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.pt", "state.json"])
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.pt", "state.json", "rng_rank0.pt"])
 def test_damaged_newest_checkpoint_falls_back_with_a_message(damaged, small_data, reference, tmp_path, capsys):
+    """A truncated file (a full disk, a bad copy) or a missing one (a delete cut short: without its RNG file a
+    checkpoint used to load silently and continue with other dropout masks)."""
     ref, ref_w, _ = reference
     cfg, run = cfg_for(small_data), tmp_path / "r"
     train(cfg, run, stop_after=6)
     f = run / "checkpoints" / "step_0000006" / damaged
-    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated, as by a full disk or a bad copy
+    if damaged.startswith("rng"):
+        f.unlink()
+    else:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     capsys.readouterr()
     res = train(cfg, run, resume=True)
     err = capsys.readouterr().err

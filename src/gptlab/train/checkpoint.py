@@ -86,6 +86,8 @@ def save_checkpoint(run_dir: Path, step: int, model, opts, state: dict, dist_: D
         dist_.barrier()
         if dist_.main:
             write_manifest(tmp)
+            if final.exists():  # written before by a run that resumed from an older checkpoint
+                discard(final)
             commit_dir(tmp, final)
             for name in pointers:
                 atomic_write_text(ckdir / name, final.name + "\n")
@@ -102,10 +104,20 @@ def _torch_save(obj, path: Path) -> None:
         torch.save(obj, f)
 
 
-def write_manifest(ck: Path) -> None:
+def write_manifest(ck: Path, without: tuple[Path, ...] = ()) -> None:
+    """manifest.json: the size of every file of checkpoint folder `ck` (but `without`)."""
     files = {p.relative_to(ck).as_posix(): p.stat().st_size for p in sorted(ck.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+             if p.is_file() and p.name != MANIFEST and p not in without}
     atomic_write_json(ck / MANIFEST, {"files": files})
+
+
+def discard(ck: Path) -> None:
+    """Delete checkpoint folder `ck`, renamed out of the step_* names first: a crash mid-delete leaves a temp
+    folder (removed by remove_partial), never a partial one a resume could take for a checkpoint."""
+    aside = ck.parent / f".tmp_{ck.name}_old"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(ck, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -256,15 +268,16 @@ def prune(run_dir: Path, keep: int, protect: tuple[Path, ...] = ()) -> None:
     intact = [p for p in checkpoints(run_dir) if damage(p) is None]
     for p in intact[keep:]:
         if p.name not in named:
-            shutil.rmtree(p, ignore_errors=True)
+            discard(p)
 
 
 def drop_training_state(ck: Path) -> None:
     """Keep only the weights of a checkpoint nothing will resume from (e.g. a fine-tune's best epoch)."""
-    for f in [ck / "optimizer.pt", *ck.glob("rng_rank*.pt")]:
+    gone = (ck / "optimizer.pt", *ck.glob("rng_rank*.pt"))
+    if (ck / MANIFEST).exists():  # first, so a crash in between leaves an intact (weights-only) checkpoint
+        write_manifest(ck, without=gone)
+    for f in gone:
         f.unlink(missing_ok=True)
-    if (ck / MANIFEST).exists():
-        write_manifest(ck)
 
 
 def remove_partial(run_dir: Path) -> None:
