@@ -217,6 +217,7 @@ def test_resume_from_a_checkpoint_in_the_earlier_fine_tune_format(compact_run, d
     full = finetune(compact_run, data_file, tmp_path / "full", **kw)
     finetune(compact_run, data_file, tmp_path / "cut", stop_after=2, **kw)
     ck = tmp_path / "cut" / "checkpoints" / (tmp_path / "cut" / "checkpoints" / "resume").read_text().strip()
+    (ck / "manifest.json").unlink()  # that format had no manifest
     (states,) = torch.load(ck / "optimizer.pt", weights_only=True)
     torch.save(states, ck / "optimizer.pt")
     (ck / "rng_rank0.pt").rename(ck / "rng.pt")

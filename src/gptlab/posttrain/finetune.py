@@ -10,6 +10,8 @@ ch07/01_main-chapter-code/) or Stanford Alpaca's `alpaca_data.json` (52k records
 Each record becomes   prompt ids + response ids + <|endoftext|>.   A batch is padded with <|endoftext|>; targets
 are the inputs shifted by one, with -100 (ignored by the loss) on every position whose target is a prompt
 token or padding. The first <|endoftext|> after the response stays a target, so the model learns to stop.
+With a base run's compact vocabulary (vocab_map.npy), a GPT-2 token outside it is read as <|endoftext|> and is
+never a target (-100); finetune.json counts such tokens ("unknown_tokens").
 
 Records are split once, deterministically (seeded permutation), into train / val / test; the indices are stored
 in OUT/split.json and the held-out test records in OUT/test_data.json (the judge's default set). Batches are
@@ -58,8 +60,8 @@ from gptlab.train import (
     resolve_device,
     resolve_precision,
 )
-from gptlab.train.checkpoint import drop_training_state, pointed
-from gptlab.train.evaluate import loss_sum
+from gptlab.train.checkpoint import drop_training_state, pointed, resume_point
+from gptlab.train.evaluate import IGNORE_INDEX, loss_sum
 from gptlab.train.metrics import progress_bar
 
 SPLIT_FILE = "split.json"
@@ -162,10 +164,34 @@ def _open_out_dir(run_dir: Path, out_dir: Path, records: list[dict], args: dict,
     return saved["split"], None
 
 
+def model_example(record: dict, max_len: int, vm, stats: dict) -> tuple[list[int], int] | None:
+    """build_example in the model's ids: with a compact vocabulary `vm`, a token outside it becomes IGNORE_INDEX
+    (read as <|endoftext|> by `batch`, never a target) and is counted in stats["unknown_tokens"]. None when no
+    response token fits max_len or every response target is unknown."""
+    ex = build_example(record, max_len)
+    if ex is None or vm is None:
+        return ex
+    ids, n_prompt = ex
+    t = torch.tensor(ids, dtype=torch.long)
+    mapped = vm.lut[t]
+    unknown = torch.from_numpy(vm.ids)[mapped] != t
+    stats["unknown_tokens"] += int(unknown.sum())
+    if unknown[n_prompt:].all():
+        return None
+    return mapped.masked_fill(unknown, IGNORE_INDEX).tolist(), n_prompt
+
+
+def batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """collate, with unknown tokens (IGNORE_INDEX ids from model_example) read as pad_id (<|endoftext|>); as
+    targets collate already ignores them."""
+    x, y = collate(examples, pad_id)
+    return x.masked_fill_(x == IGNORE_INDEX, pad_id), y
+
+
 def masked_eval_loss(model, examples, batch_size, pad_id, device, precision) -> float | None:
     """Mean cross-entropy over response targets (nats/token); None for an empty set."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    batches = (collate([examples[i] for i in order[s:s + batch_size]], pad_id)
+    batches = (batch([examples[i] for i in order[s:s + batch_size]], pad_id)
                for s in range(0, len(order), batch_size))
     total, count = loss_sum(model, batches, device, precision)
     return total / count if count else None
@@ -193,7 +219,7 @@ class FineTuning:
         self.extra: dict = {}
 
     def _examples(self, part: str, vm) -> tuple[list, int]:
-        ex = [build_example(self.records[i], self.args["max_len"], vm, self.unknown) for i in self.split[part]]
+        ex = [model_example(self.records[i], self.args["max_len"], vm, self.unknown) for i in self.split[part]]
         kept = [e for e in ex if e is not None]
         return kept, len(ex) - len(kept)
 
@@ -207,7 +233,8 @@ class FineTuning:
         args = self.args
         torch.manual_seed(args["seed"])
         model = GPTModel(dataclasses.replace(self.cfg.model, drop_rate=args["dropout"]))
-        resume_ck = pointed(self.out_dir, "resume") if resume else None
+        resume_ck = resume_point(self.out_dir, "resume") if resume else None  # the newest intact one, or None
+        self.resumed_from = (resume_ck,) if resume_ck else ()  # never pruned by this process
         if resume_ck is None:
             load_model_weights(model, base_ck / "model.safetensors")
         model.to(self.device)
@@ -253,7 +280,7 @@ class FineTuning:
         epoch = s["epoch"]
         batches = epoch_batches([len(ids) for ids, _ in self.train_ex], args["batch_size"], args["seed"], epoch)
         for b in range(s["batch"], self.n_batches):
-            res = self.trainer.step([collate([self.train_ex[i] for i in batches[b]], self.pad_id)], accum=1)
+            res = self.trainer.step([batch([self.train_ex[i] for i in batches[b]], self.pad_id)], accum=1)
             if not res.ok:
                 raise GptlabError(f"{self.out_dir}: non-finite loss at epoch {epoch}, batch {b + 1}; lower --lr "
                                   f"(last good checkpoint: {self._pointer('resume') or 'none'})")
@@ -294,7 +321,8 @@ class FineTuning:
     def _save(self, pointers: tuple[str, ...]) -> None:
         """Checkpoint with `pointers`; keep only the best (latest) and resume ones, the best without optimizer."""
         self.state["wall_time"] = self.wall0 + time.time() - self.t0
-        self.trainer.save(self.out_dir, self.state["step"], self.state, pointers=pointers, keep=0)
+        self.trainer.save(self.out_dir, self.state["step"], self.state, pointers=pointers, keep=0,
+                          protect=self.resumed_from)
         best, res = pointed(self.out_dir, "latest"), pointed(self.out_dir, "resume")
         if best and best != res:
             drop_training_state(best)
@@ -327,4 +355,4 @@ class FineTuning:
         }
 
 
-__all__ = ["finetune", "masked_eval_loss", "FineTuning"]
+__all__ = ["finetune", "masked_eval_loss", "model_example", "batch", "FineTuning"]

@@ -24,7 +24,7 @@ from gptlab.config import RunConfig, save_config
 from gptlab.data.prefetch import Prefetcher
 from gptlab.io import atomic_write_json
 from gptlab.model import GPTModel, count_params
-from gptlab.train.checkpoint import latest_checkpoint, remove_partial
+from gptlab.train.checkpoint import latest_checkpoint, remove_partial, resume_point
 from gptlab.train.distributed import Dist, resolve_device, resolve_precision
 from gptlab.train.evaluate import evaluate_loss
 from gptlab.train.flops import device_peak_flops, flops_per_token, mfu, token_budget
@@ -66,6 +66,7 @@ class Pretraining:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device, dist_: Dist):
         self.cfg, self.run_dir, self.resume, self.device, self.dist = cfg, run_dir, resume, device, dist_
         self.last_checkpoint = -1  # the step of the newest checkpoint this process wrote
+        self.resumed_from: tuple[Path, ...] = ()  # the checkpoint this process resumed from: never pruned
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -111,12 +112,19 @@ class Pretraining:
                                grad_clip=t.grad_clip, z_loss=t.z_loss, compile=t.compile, fsdp=t.fsdp)
 
     def _start_or_resume(self) -> Progress:
-        ck = latest_checkpoint(self.run_dir) if self.resume else None
+        """Step 0, or the state of the checkpoint a resume starts from (checkpoint.resume_point: the newest intact
+        one, with a warning naming any newer one passed over; an error when there are checkpoints but none is
+        intact, so a resume never silently starts again and rewrites the run's history)."""
+        ck = resume_point(self.run_dir, main=self.dist.main) if self.resume else None
         if ck is None:
             if self.dist.main:
+                if self.resume and (self.run_dir / "meta.json").exists():
+                    print(f"gptlab: warning: {self.run_dir}: no checkpoint was written before the run stopped; "
+                          f"starting again from step 1", file=sys.stderr)
                 self._write_run_files()
             return Progress()
         state = self.trainer.restore(ck)
+        self.resumed_from = (ck,)
         # the global batch of a step does not depend on the number of ranks, so resuming on another
         # number of ranks continues the same data order (dropout RNG of new ranks starts fresh)
         if self.dist.main:
@@ -187,16 +195,15 @@ class Pretraining:
     def _steps(self, p: Progress, start: int, stop_after: int | None, pre: Preemption) -> dict | None:
         t = self.cfg.train
         for step in range(start, self.total_steps):
-            if self._one_step(step, p):
-                done = p.step
-                if t.eval_interval and done % t.eval_interval == 0 and done != self.total_steps:
-                    self.log.val_loss(done, self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches))
-                stopping = stop_after is not None and done - start >= stop_after
-                if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == self.total_steps \
-                        or stopping:
-                    self._checkpoint(p)
-                if stopping and done != self.total_steps:
-                    return {"stopped_at": done, "total_steps": self.total_steps}
+            self._one_step(step, p)
+            done = p.step
+            if t.eval_interval and done % t.eval_interval == 0 and done != self.total_steps:
+                self.log.val_loss(done, self._eval(self.val_ds, t.micro_batch_size, n_batches=t.eval_batches))
+            stopping = stop_after is not None and done - start >= stop_after
+            if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == self.total_steps or stopping:
+                self._checkpoint(p)
+            if stopping and done != self.total_steps:
+                return {"stopped_at": done, "total_steps": self.total_steps}
             if p.step != self.total_steps and pre.requested(self.dist, self.device):
                 return self._preempted(p, pre.signal or "signal on another rank")
         return None
@@ -210,18 +217,19 @@ class Pretraining:
             atomic_write_json(self.run_dir / MARKER, out)
         return out
 
-    def _one_step(self, step: int, p: Progress) -> bool:
-        """Train step `step`; False when its batch was skipped (non-finite loss or gradient)."""
+    def _one_step(self, step: int, p: Progress) -> None:
+        """Train step `step`. A step whose batch was skipped (non-finite loss or gradient) is done too: the
+        weights stay as they were, and the checkpoint and eval schedule go on, so the final checkpoint is always
+        the state final.json scores and a resume never repeats a skipped step."""
         self.trainer.set_lr(lr_factor(step, self.total_steps, self.cfg) * p.lr_scale)
         res = self.trainer.step(self.batches.get(step), self.accum)
+        p.step = step + 1
         if not res.ok:
             self._skip(step, res, p)
-            return False
-        p.step = step + 1
+            return
         p.tokens += res.tokens
         p.flops += flops_per_token(self.cfg.model, self.seq_len(step)) * res.tokens
         self.log.train_step(p.step, res.loss, self.trainer.lr, res.grad_norm, res.tokens)
-        return True
 
     def seq_len(self, step: int) -> int:
         """The sequence length of `step`: the context, or shorter during seq_len_warmup."""
@@ -261,7 +269,8 @@ class Pretraining:
 
     def _checkpoint(self, p: Progress) -> None:
         state = {"skips": p.skips, "lr_scale": p.lr_scale, "tokens": p.tokens, "flops": p.flops}
-        self.trainer.save(self.run_dir, p.step, state, keep=self.cfg.train.keep_checkpoints or None)
+        self.trainer.save(self.run_dir, p.step, state, keep=self.cfg.train.keep_checkpoints or None,
+                          protect=self.resumed_from)
         self.last_checkpoint = p.step
 
     def _eval(self, ds, batch_size: int, offset: int = 0, n_batches: int = 0) -> float:

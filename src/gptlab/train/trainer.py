@@ -140,11 +140,11 @@ class Trainer:
         return loss_sum(self.model, batches, self.device, self.precision, None if self.fsdp else self.dist)
 
     def save(self, run_dir: Path, step: int, state: dict, pointers: tuple[str, ...] = ("latest",),
-             keep: int | None = None) -> Path:
+             keep: int | None = None, protect: tuple[Path, ...] = ()) -> Path:
         if self.scaler.is_enabled():
             state = dict(state, scaler=self.scaler.state_dict())
         return save_checkpoint(run_dir, step, self.train_model, self.opts, state, self.dist, fsdp=self.fsdp,
-                               pointers=pointers, keep=keep)
+                               pointers=pointers, keep=keep, protect=protect)
 
     def restore(self, ck: Path) -> dict:
         state = load_checkpoint(ck, self.train_model, self.opts, self.dist.rank)
