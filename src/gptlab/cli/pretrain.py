@@ -248,7 +248,8 @@ def register(sub) -> None:
     s.add_argument("--config", help="TOML config (defaults if omitted)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME from the config)")
-    s.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    s.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint (a missing or damaged one: from the newest "
+                        "intact checkpoint, said in one line; none intact: stop, nothing deleted)")
     s.add_argument("--stop-after", type=POSITIVE, help=argparse.SUPPRESS)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
