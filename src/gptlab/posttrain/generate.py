@@ -17,7 +17,8 @@ that were computed with the dropped token in view).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,9 +132,10 @@ class Generator:
 
     def complete_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                        sampling: Sampling | Sequence[Sampling] = Sampling(), stop: Sequence[str] = (),
-                       batch_size: int = 8) -> list[TextStream]:
+                       batch_size: int = 8, progress: Callable[[int], object] | None = None) -> list[TextStream]:
         """`complete` for many prompts (one Sampling, or one per prompt), decoded `batch_size` at a time in
-        batches of similar prompt lengths (less padding); the results come back in the prompts' order."""
+        batches of similar prompt lengths (less padding); the results come back in the prompts' order.
+        `progress` is called with the number of prompts each finished batch held."""
         if batch_size < 1:
             raise GptlabError(f"generate: batch size: expected a positive number of prompts, got {batch_size}")
         samplings = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
@@ -149,6 +151,8 @@ class Generator:
                         stopped.add(row)
             for i in chunk:
                 outs[i].finish()
+            if progress is not None:
+                progress(len(chunk))
         return outs
 
 
@@ -235,4 +239,31 @@ def _pick(logits: torch.Tensor, samplings: Sequence[Sampling], rngs: Sequence[to
             out.append(int(torch.multinomial(torch.softmax(row / s.temperature, dim=-1), 1, generator=rng)))
         else:
             out.append(int(row.argmax(dim=-1)))
+    return out
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: JSONL (name ending .jsonl: one {"prompt": "..."} object per line, so a prompt can hold
+    newlines) or plain text (one prompt per line). Blank lines are skipped."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{p}: cannot read the prompts ({e})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if p.suffix != ".jsonl":
+            out.append(line)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GptlabError(f"{p}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise GptlabError(f'{p}:{n}: expected an object with a "prompt" string, got {line[:60]!r}')
+        out.append(obj["prompt"])
+    if not out:
+        raise GptlabError(f"{p}: no prompts (expected one per line)")
     return out
