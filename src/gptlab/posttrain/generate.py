@@ -159,15 +159,15 @@ class Generator:
 class TextStream:
     """Iterate for text deltas: a delta never splits a UTF-8 character and never holds part of a stop string;
     the text ends before the first stop string. Once exhausted, `text` is the deltas joined, `finish_reason`
-    is "stop" (<|endoftext|> or a stop string) or "length", and `completion_tokens` counts the tokens
-    generated."""
+    is "stop" (<|endoftext|> or a stop string) or "length", `completion_tokens` counts the tokens generated
+    and `tokens` holds them (the model's ids)."""
 
     def __init__(self, gen: Generator, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling,
                  stop: Sequence[str]):
         self._gen, self._prompt_ids, self._max, self._sampling, self._stop = (gen, prompt_ids, max_new_tokens,
                                                                               sampling, stop)
         self.finish_reason, self.completion_tokens, self.text = "length", 0, ""
-        self._out: list[int] = []
+        self.tokens: list[int] = []
         self._emitted, self._stopped = 0, False
 
     def __iter__(self) -> Iterator[str]:
@@ -184,9 +184,9 @@ class TextStream:
     def push(self, tok: int) -> str | None:
         """Take one generated token (not <|endoftext|>): the text that can be sent now, or None once a stop
         string ends the text."""
-        self._out.append(tok)
-        self.completion_tokens = len(self._out)
-        text = self._gen.decode(self._out)
+        self.tokens.append(tok)
+        self.completion_tokens = len(self.tokens)
+        text = self._gen.decode(self.tokens)
         hits = [p for p in (text.find(s) for s in self._stop) if p >= 0]
         if hits:
             self.text, self.finish_reason, self._stopped = text[:min(hits)], "stop", True
