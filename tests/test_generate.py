@@ -50,3 +50,59 @@ def test_vocabulary_map_must_fit_the_model(tmp_path):
     np.save(run / "vocab_map.npy", ids[1:])  # one id fewer than the model's outputs (<|endoftext|> is the last)
     with pytest.raises(GptlabError, match="model.vocab_size"):
         Generator.from_run(run, "cpu")
+
+
+PROMPTS = ["The", "Name a colour.", "What is the opposite of hot? The opposite", "Translate the word into French.",
+           "", "A duck says", "What sound does a duck make? A duck says quack and the cat says"]
+
+
+@pytest.mark.parametrize("sampling", [Sampling(0.0), Sampling(1.0, 20, seed=4)])
+def test_complete_batch_matches_complete_one_at_a_time(compact, sampling):
+    """Rows of different lengths in batches of 3 (rows ending at <|endoftext|>, at a stop string or at the
+    length limit leave the batch) give each prompt the completion it gets alone."""
+    gen = Generator.from_run(compact, "cpu")
+    ids = [gen.encode(p) for p in PROMPTS]
+    solo = [gen.complete(i, 24, sampling, stop=["ck"]) for i in ids]
+    batch = gen.complete_batch(ids, 24, sampling, stop=["ck"], batch_size=3)
+    assert [(o.text, o.finish_reason, o.completion_tokens) for o in batch] == \
+        [(o.text, o.finish_reason, o.completion_tokens) for o in solo]
+    assert {o.finish_reason for o in solo} == {"stop", "length"}
+
+
+def test_judge_answers_do_not_depend_on_the_batch_size(compact):
+    from conftest_ft import RECORDS
+
+    from gptlab.posttrain.judge import generate_answers
+
+    for temperature in (0.0, 0.9):
+        one = generate_answers(compact, RECORDS[:7], max_new_tokens=12, temperature=temperature, device="cpu",
+                               batch_size=1)
+        assert generate_answers(compact, RECORDS[:7], max_new_tokens=12, temperature=temperature, device="cpu",
+                                batch_size=4) == one
+        assert len(set(one)) > 1
+
+
+def test_cli_generate_prompts_file(compact, tmp_path, capsys):
+    """--prompts FILE --batch N prints one JSON line per prompt, each the text --prompt gives for that prompt
+    with the same seed."""
+    import json
+
+    from gptlab.cli import main
+
+    prompts = ["The capital of France is", "Name a colour.", "What sound does a duck make?"]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n\n")
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    args = ["--max-new-tokens", "10", "--temperature", "0.8", "--seed", "5", "--device", "cpu"]
+    alone = []
+    for p in prompts:
+        assert main(["generate", str(compact), "--prompt", p, *args]) == 0
+        alone.append(capsys.readouterr().out[len(p):-1])
+    for f in ("p.txt", "p.jsonl"):
+        assert main(["generate", str(compact), "--prompts", str(tmp_path / f), "--batch", "2", *args]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["prompt"] for r in rows] == prompts and [r["completion"] for r in rows] == alone
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no"}\n')
+    assert main(["generate", str(compact), "--prompts", str(tmp_path / "bad.jsonl")]) == 2
+    assert 'bad.jsonl:2: expected an object with a "prompt" string' in capsys.readouterr().err
+    assert main(["generate", str(compact), "--prompt", "x", "--prompts", str(tmp_path / "p.txt")]) == 2
+    assert "either --prompt TEXT or --prompts FILE" in capsys.readouterr().err

@@ -117,7 +117,7 @@ def _cmd_judge(a) -> int:
                     temperature=a.temperature, judge_temperature=a.judge_temperature, api_key_env=a.api_key_env, db=a.db,
                     run_id=a.run_id,
                     retries=a.retries, timeout=a.timeout, seed=a.seed, device=a.device,
-                    judge_max_tokens=a.judge_max_tokens, progress=not a.quiet)
+                    judge_max_tokens=a.judge_max_tokens, progress=not a.quiet, batch_size=a.batch)
     if a.json:
         print(json.dumps({k: v for k, v in res.items() if k != "items"}))
     else:
@@ -147,7 +147,8 @@ def _cmd_compare(a) -> int:
                         max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                         judge_temperature=a.judge_temperature, api_key_env=a.api_key_env,
                         db=a.db, retries=a.retries, timeout=a.timeout, seed=a.seed, device=a.device,
-                        judge_max_tokens=a.judge_max_tokens, out=a.out, progress=not a.quiet)
+                        judge_max_tokens=a.judge_max_tokens, out=a.out, progress=not a.quiet,
+                        batch_size=a.batch)
     if a.json:
         print(json.dumps({k: v for k, v in res.items() if k != "items"}))
         return 0
@@ -165,7 +166,10 @@ def _judge_args(s) -> None:
     s.add_argument("--data", help="Alpaca-format records (default: the fine-tune's held-out test split)")
     s.add_argument("--n", type=POSITIVE, help="judge only the first N items")
     s.add_argument("--max-new-tokens", type=POSITIVE, default=256, help="answer length limit for the judged run(s)")
-    s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=0.0, help="sampling temperature of the judged run(s) (0 = greedy)")
+    s.add_argument("--batch", type=POSITIVE, default=8, metavar="N",
+                   help="generate the answers N at a time as one batch (default 8; the answers do not change)")
+    s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=0.0,
+                   help="sampling temperature of the judged run(s) (0 = greedy)")
     s.add_argument("--judge-temperature", type=Number(float, "[0, 2]"), default=0.0, help="temperature sent to the judge")
     s.add_argument("--judge-max-tokens", type=POSITIVE, default=None, help="max_tokens sent to the judge (default: unset)")
     s.add_argument("--api-key-env", default="JUDGE_API_KEY", metavar="NAME",

@@ -161,11 +161,23 @@ def cmd_eval(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from gptlab.posttrain.generate import Generator, Sampling
+    from gptlab.posttrain.generate import Generator, Sampling, read_prompts
 
+    if (a.prompt is None) == (a.prompts is None):
+        raise GptlabError("generate: give either --prompt TEXT or --prompts FILE")
+    if a.prompts is None and a.batch is not None:
+        raise GptlabError("generate: --batch needs --prompts FILE")
     gen = Generator.from_run(a.run, a.device)
-    out = gen.complete(gen.encode(a.prompt), a.max_new_tokens, Sampling(a.temperature, a.top_k, a.seed))
-    print(a.prompt + out.text)
+    sampling = Sampling(a.temperature, a.top_k, a.seed)
+    if a.prompt is not None:
+        print(a.prompt + gen.complete(gen.encode(a.prompt), a.max_new_tokens, sampling).text)
+        return 0
+    prompts = read_prompts(a.prompts)
+    outs = gen.complete_batch([gen.encode(p) for p in prompts], a.max_new_tokens, sampling,
+                              batch_size=a.batch or 8)
+    for p, out in zip(prompts, outs):
+        print(json.dumps({"prompt": p, "completion": out.text, "finish_reason": out.finish_reason,
+                          "completion_tokens": out.completion_tokens}))
     return 0
 
 
@@ -277,9 +289,16 @@ def register(sub) -> None:
     s.add_argument("dir", help="prepared data folder (holding meta.json)")
     s.set_defaults(fn=cmd_verify)
     s = verb_parser(sub, "generate", "sample text from a run's latest checkpoint",
-                'gptlab generate runs/tiny-cpu --prompt "To be, or not" --max-new-tokens 40 --temperature 0.8 --top-k 50')
+                'gptlab generate runs/tiny-cpu --prompt "To be, or not" --max-new-tokens 40 --temperature 0.8 --top-k 50\n'
+                "gptlab generate runs/tiny-cpu --prompts prompts.txt --batch 16 --temperature 0")
     s.add_argument("run")
-    s.add_argument("--prompt", required=True)
+    s.add_argument("--prompt", help="continue this text and print prompt + continuation")
+    s.add_argument("--prompts", metavar="FILE",
+                   help='continue every prompt in FILE (one per line, or JSONL {"prompt": ...} when it ends in '
+                        ".jsonl); prints one JSON line per prompt, in order")
+    s.add_argument("--batch", type=POSITIVE, metavar="N",
+                   help="with --prompts: decode N prompts at a time as one batch (default 8); a seeded "
+                        "batch samples as if each prompt were alone with that seed")
     s.add_argument("--max-new-tokens", type=POSITIVE, default=50)
     s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=1.0)
     s.add_argument("--top-k", type=COUNT, default=0, help="0 = off")

@@ -2,7 +2,8 @@
 token + position embeddings, dropout, N TransformerBlocks (LayerNorm -> MultiHeadAttention with separate
 W_query/W_key/W_value -> residual; LayerNorm -> GELU feed-forward 4x -> residual), final norm and an untied
 `out_head` without bias. Attention runs through F.scaled_dot_product_attention (flash/efficient kernels on
-CUDA); `attn_impl="explicit"` keeps the book's masked-softmax path for checking.
+CUDA); `attn_impl="explicit"` keeps the book's masked-softmax path for checking. `GPTModel.decode` is the
+generation path: it adds tokens to a KV cache (kv_cache.py) and attends to the cached keys and values.
 
 Options used by interventions (all off for the book's baseline): RoPE, RMSNorm, SwiGLU, QK-norm, logit
 soft-capping, no biases, tied embeddings, GPT-2 style init, zero-initialised output projections.
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab.config import ModelConfig
+from gptlab.model.kv_cache import KVCache
 from gptlab.model.layers import RMSNorm, Rotary, make_norm
 
 
@@ -41,7 +43,8 @@ class MultiHeadAttention(nn.Module):
             self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
                                  persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """Causal attention over `x`; with `cache`, over the cached tokens and `x` (layer `layer`'s slots)."""
         b, num_tokens, _ = x.shape
         shape = (b, num_tokens, self.num_heads, self.head_dim)
         queries = self.W_query(x).view(shape).transpose(1, 2)
@@ -50,14 +53,22 @@ class MultiHeadAttention(nn.Module):
         if self.q_norm is not None:
             queries, keys = self.q_norm(queries), self.k_norm(keys)
         if self.rotary is not None:
-            queries, keys = self.rotary(queries), self.rotary(keys)
+            pos = cache.pos if cache is not None else None
+            queries, keys = self.rotary(queries, pos), self.rotary(keys, pos)
+        attn_mask = None
+        if cache is not None:
+            keys, values = cache.store(layer, keys, values)
+            attn_mask = cache.mask
         if self.attn_impl == "sdpa":
             context = F.scaled_dot_product_attention(
-                queries, keys, values, dropout_p=self.dropout_p if self.training else 0.0, is_causal=True)
+                queries, keys, values, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0,
+                is_causal=cache is None)
         else:  # the book's explicit path
             attn_scores = queries @ keys.transpose(2, 3)
-            mask_bool = self.mask.bool()[:num_tokens, :num_tokens]
-            attn_scores.masked_fill_(mask_bool, -torch.inf)
+            if cache is None:
+                attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
+            elif attn_mask is not None:
+                attn_scores.masked_fill_(~attn_mask, -torch.inf)
             attn_weights = torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-1)
             attn_weights = self.dropout(attn_weights)
             context = attn_weights @ values
@@ -100,8 +111,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = make_norm(cfg, cfg.emb_dim)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache, layer))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
@@ -166,6 +177,26 @@ class GPTModel(nn.Module):
                 x = checkpoint(blk, x, use_reentrant=False)
         else:
             x = self.trf_blocks(x)
+        return self._head(x)
+
+    @torch.no_grad()
+    def decode(self, in_idx: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Generation: logits (b, vocab) at the last position of `in_idx` (b, T), whose keys and values are added
+        to `cache` after the tokens already there. `valid` (b, T) marks real tokens (False: left padding; default
+        all real); positions count each row's real tokens only."""
+        if cache.length + in_idx.shape[1] > self.cfg.context_length:
+            raise ValueError(f"sequence length {cache.length + in_idx.shape[1]} exceeds model context_length "
+                             f"{self.cfg.context_length}")
+        pos = cache.begin(torch.ones_like(in_idx, dtype=torch.bool) if valid is None else valid)
+        x = self.tok_emb(in_idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)
+        x = self.drop_emb(x)
+        for i, blk in enumerate(self.trf_blocks):
+            x = blk(x, cache, i)
+        return self._head(x[:, -1])
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final_norm(x)
         logits = self.out_head(x)
         if self.cfg.logit_softcap > 0:  # Gemma 2: cap * tanh(logits / cap)

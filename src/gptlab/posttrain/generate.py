@@ -4,12 +4,21 @@ A `Generator` holds a model and its run's corpus vocabulary (`vocab_map.npy`, wh
 speak GPT-2 ids and text; only the Generator maps ids into the model's compact vocabulary and back (GPT-2 ids
 outside it are read as <|endoftext|>). Sampling is the book's generate(): temperature (0 = greedy), top-k,
 an optional seed, stop at <|endoftext|> or after max_new_tokens, and a sliding window over the last
-context_length tokens (no KV cache: the models here are small).
+context_length tokens.
+
+Decoding keeps a KV cache (model/kv_cache.py): the prompt is prefilled once, then each step feeds one token
+per row. Several prompts decode together as one left-padded batch (`complete_batch`); a row that ends
+(<|endoftext|>, a stop string, max_new_tokens) leaves the batch. Each row gets the tokens it would get alone:
+its positions count its own tokens, padding is masked, and each seeded row samples from its own generator.
+Once a row outgrows the context, the window slides: each step recomputes the batch over every row's last
+context_length tokens, exactly what the book's generate() computes (a sliding cache would keep keys and values
+that were computed with the dropped token in view).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +28,7 @@ from gptlab import GptlabError
 from gptlab.data.tokenizer import EOT_ID, decode, encode
 from gptlab.data.vocab import RUN_FILE, VocabMap, load_vocab_map
 from gptlab.model import GPTModel
+from gptlab.model.kv_cache import KVCache
 from gptlab.train import load_run_model
 
 
@@ -63,31 +73,49 @@ class Generator:
             return list(gpt2_ids)
         return self.vocab_map.lut[torch.tensor(gpt2_ids, dtype=torch.long)].tolist()
 
-    @torch.no_grad()
     def token_ids(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()
                   ) -> Iterator[int]:
         """Yield the model's new token ids one by one, until <|endoftext|> (not yielded) or max_new_tokens.
         An empty prompt starts from <|endoftext|>."""
-        idx = torch.tensor([self._to_model(prompt_ids) or [self.eos_id]], dtype=torch.long, device=self.device)
-        rng = None
-        if sampling.seed is not None:
-            rng = torch.Generator(device=self.device).manual_seed(sampling.seed)
-        self.model.eval()
-        for _ in range(max_new_tokens):
-            logits = self.model(idx[:, -self.context_length:])[:, -1, :].float()
-            if sampling.top_k:
-                v, _ = torch.topk(logits, min(sampling.top_k, logits.shape[-1]))
-                logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
-            if sampling.temperature and sampling.temperature > 0:
-                probs = torch.softmax(logits / sampling.temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=rng)
-            else:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            tok = int(nxt.item())
-            if tok == self.eos_id:
+        for step in self._decode([prompt_ids], max_new_tokens, [sampling], set()):
+            if step[0] == self.eos_id:
                 return
-            yield tok
-            idx = torch.cat([idx, nxt.to(idx.device)], dim=1)
+            yield step[0]
+
+    @torch.no_grad()
+    def _decode(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, samplings: Sequence[Sampling],
+                stopped: set[int]) -> Iterator[dict[int, int]]:
+        """The decoding loop over GPT-2-id prompts: each step yields {row: next model token} for every running
+        row. A row ends after <|endoftext|> (yielded), after max_new_tokens, or once the caller adds it to
+        `stopped`."""
+        seqs = [self._to_model(p) or [self.eos_id] for p in prompts]
+        rngs = [torch.Generator(device=self.device).manual_seed(s.seed) if s.seed is not None else None
+                for s in samplings]
+        rows, cache, ctx = list(range(len(seqs))), None, self.context_length
+        self.model.eval()
+        for step in range(max_new_tokens):
+            if cache is None or cache.full:  # prefill every row's last context_length tokens, left-padded
+                windows = [seqs[r][-ctx:] for r in rows]
+                width = max(map(len, windows))
+                cache = KVCache(len(self.model.trf_blocks), min(ctx, width + max_new_tokens - step - 1))
+                idx = [[0] * (width - len(w)) + w for w in windows]
+                valid = [[False] * (width - len(w)) + [True] * len(w) for w in windows]
+                logits = self.model.decode(self._tensor(idx), cache, self._tensor(valid, torch.bool))
+            else:
+                logits = self.model.decode(self._tensor([[seqs[r][-1]] for r in rows]), cache)
+            toks = _pick(logits.float(), [samplings[r] for r in rows], [rngs[r] for r in rows])
+            for r, tok in zip(rows, toks):
+                seqs[r].append(tok)
+            yield dict(zip(rows, toks))
+            keep = [i for i, (r, tok) in enumerate(zip(rows, toks)) if tok != self.eos_id and r not in stopped]
+            if not keep:
+                return
+            if len(keep) < len(rows):
+                rows = [rows[i] for i in keep]
+                cache.keep(self._tensor(keep))
+
+    def _tensor(self, data: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        return torch.tensor(data, dtype=dtype, device=self.device)
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(),
                stop: Sequence[str] = ()) -> TextStream:
@@ -102,40 +130,78 @@ class Generator:
             pass
         return out
 
+    def complete_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       sampling: Sampling | Sequence[Sampling] = Sampling(), stop: Sequence[str] = (),
+                       batch_size: int = 8, progress: Callable[[int], object] | None = None) -> list[TextStream]:
+        """`complete` for many prompts (one Sampling, or one per prompt), decoded `batch_size` at a time in
+        batches of similar prompt lengths (less padding); the results come back in the prompts' order.
+        `progress` is called with the number of prompts each finished batch held."""
+        if batch_size < 1:
+            raise GptlabError(f"generate: batch size: expected a positive number of prompts, got {batch_size}")
+        samplings = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
+        outs = [TextStream(self, p, max_new_tokens, s, stop) for p, s in zip(prompts, samplings, strict=True)]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for b in range(0, len(order), batch_size):
+            chunk = order[b:b + batch_size]
+            stopped: set[int] = set()
+            for step in self._decode([prompts[i] for i in chunk], max_new_tokens, [samplings[i] for i in chunk],
+                                     stopped):
+                for row, tok in step.items():
+                    if tok != self.eos_id and outs[chunk[row]].push(tok) is None:
+                        stopped.add(row)
+            for i in chunk:
+                outs[i].finish()
+            if progress is not None:
+                progress(len(chunk))
+        return outs
+
 
 class TextStream:
     """Iterate for text deltas: a delta never splits a UTF-8 character and never holds part of a stop string;
     the text ends before the first stop string. Once exhausted, `text` is the deltas joined, `finish_reason`
-    is "stop" (<|endoftext|> or a stop string) or "length", and `completion_tokens` counts the tokens
-    generated."""
+    is "stop" (<|endoftext|> or a stop string) or "length", `completion_tokens` counts the tokens generated
+    and `tokens` holds them (the model's ids)."""
 
     def __init__(self, gen: Generator, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling,
                  stop: Sequence[str]):
         self._gen, self._prompt_ids, self._max, self._sampling, self._stop = (gen, prompt_ids, max_new_tokens,
                                                                               sampling, stop)
         self.finish_reason, self.completion_tokens, self.text = "length", 0, ""
+        self.tokens: list[int] = []
+        self._emitted, self._stopped = 0, False
 
     def __iter__(self) -> Iterator[str]:
-        out: list[int] = []
-        text, emitted = "", 0
         for tok in self._gen.token_ids(self._prompt_ids, self._max, self._sampling):
-            out.append(tok)
-            self.completion_tokens = len(out)
-            text = self._gen.decode(out)
-            hits = [p for p in (text.find(s) for s in self._stop) if p >= 0]
-            if hits:
-                text, self.finish_reason = text[:min(hits)], "stop"
+            delta = self.push(tok)
+            if delta is None:
                 break
-            safe = self._safe_end(text, emitted)
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
-        else:
-            if len(out) < self._max:
-                self.finish_reason = "stop"  # <|endoftext|>
+            if delta:
+                yield delta
+        tail = self.finish()
+        if tail:
+            yield tail
+
+    def push(self, tok: int) -> str | None:
+        """Take one generated token (not <|endoftext|>): the text that can be sent now, or None once a stop
+        string ends the text."""
+        self.tokens.append(tok)
+        self.completion_tokens = len(self.tokens)
+        text = self._gen.decode(self.tokens)
+        hits = [p for p in (text.find(s) for s in self._stop) if p >= 0]
+        if hits:
+            self.text, self.finish_reason, self._stopped = text[:min(hits)], "stop", True
+            return None
         self.text = text
-        if len(text) > emitted:
-            yield text[emitted:]
+        safe = self._safe_end(text, self._emitted)
+        delta, self._emitted = text[self._emitted:safe], max(safe, self._emitted)
+        return delta
+
+    def finish(self) -> str:
+        """End the stream (after <|endoftext|>, max_new_tokens or a stop string): the text not yet sent."""
+        if not self._stopped and self.completion_tokens < self._max:
+            self.finish_reason = "stop"  # <|endoftext|>
+        tail, self._emitted = self.text[self._emitted:], len(self.text)
+        return tail
 
     def _safe_end(self, text: str, emitted: int) -> int:
         """How far `text` can be sent: not a trailing partial UTF-8 character (decoded as U+FFFD), not a tail
@@ -157,3 +223,47 @@ def generate_text(model: GPTModel, prompt: str, max_new_tokens: int = 50, temper
     """Continue `prompt` (the book's generate, as text): Generator(model, vocab_map).complete(...).text."""
     gen = Generator(model, vocab_map)
     return gen.complete(gen.encode(prompt), max_new_tokens, Sampling(temperature, top_k, seed)).text
+
+
+def _pick(logits: torch.Tensor, samplings: Sequence[Sampling], rngs: Sequence[torch.Generator | None]) -> list[int]:
+    """The next token of each row of `logits` (B, vocab): greedy rows take the argmax; sampled rows apply top-k
+    and temperature and draw from their own generator (as a row decoded alone would)."""
+    if not any(s.temperature and s.temperature > 0 for s in samplings):
+        return logits.argmax(dim=-1).tolist()  # top-k never changes the argmax
+    out = []
+    for row, s, rng in zip(logits.split(1), samplings, rngs):
+        if s.top_k:
+            v, _ = torch.topk(row, min(s.top_k, row.shape[-1]))
+            row = row.masked_fill(row < v[:, -1:], float("-inf"))
+        if s.temperature and s.temperature > 0:
+            out.append(int(torch.multinomial(torch.softmax(row / s.temperature, dim=-1), 1, generator=rng)))
+        else:
+            out.append(int(row.argmax(dim=-1)))
+    return out
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: JSONL (name ending .jsonl: one {"prompt": "..."} object per line, so a prompt can hold
+    newlines) or plain text (one prompt per line). Blank lines are skipped."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{p}: cannot read the prompts ({e})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if p.suffix != ".jsonl":
+            out.append(line)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GptlabError(f"{p}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise GptlabError(f'{p}:{n}: expected an object with a "prompt" string, got {line[:60]!r}')
+        out.append(obj["prompt"])
+    if not out:
+        raise GptlabError(f"{p}: no prompts (expected one per line)")
+    return out

@@ -7,6 +7,8 @@ same instruction in ONE prompt, under neutral labels in an order shuffled per it
 model always sits first: position bias averages out, and the order is reproducible).
 
 Answers are deterministic: greedy decoding at temperature 0 (sampling with seed + item otherwise), dropout off.
+They are generated `batch_size` at a time (Generator.complete_batch); each answer is the one the item would get
+alone.
 """
 
 from __future__ import annotations
@@ -70,16 +72,15 @@ def _shared_test_split(run_dirs: dict[str, str | Path], n: int | None) -> tuple[
 
 def generate_answers(run_dir: str | Path, records: list[dict], *, max_new_tokens: int = 256,
                      temperature: float = 0.0, seed: int = 123, device: str = "auto", progress: bool = False,
-                     desc: str = "answers") -> list[str]:
-    """The run's answer to each record (the text after "### Response:" up to <|endoftext|>, stripped)."""
+                     desc: str = "answers", batch_size: int = 8) -> list[str]:
+    """The run's answer to each record (the text after "### Response:" up to <|endoftext|>, stripped),
+    generated `batch_size` records at a time."""
     gen = Generator.from_run(run_dir, device)
-    out = []
+    prompts = [gen.encode(format_prompt(rec)) for rec in records]
+    samplings = [Sampling(temperature, seed=(seed + i) if temperature > 0 else None) for i in range(len(records))]
     with _progress(progress, len(records), desc) as bar:
-        for i, rec in enumerate(records):
-            sampling = Sampling(temperature, seed=(seed + i) if temperature > 0 else None)
-            out.append(gen.complete(gen.encode(format_prompt(rec)), max_new_tokens, sampling).text.strip())
-            bar.update(1)
-    return out
+        outs = gen.complete_batch(prompts, max_new_tokens, samplings, batch_size=batch_size, progress=bar.update)
+    return [o.text.strip() for o in outs]
 
 
 def _ask_until(client: JudgeClient, prompt: str, parse, retries: int):
@@ -101,11 +102,12 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
               n: int | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
               api_key_env: str | None = "JUDGE_API_KEY", db: str | Path | None = None, run_id: str | None = None,
               retries: int = 2, timeout: float = 60, seed: int = 123, device: str = "auto",
-              judge_temperature: float = 0.0, judge_max_tokens: int | None = None, progress: bool = True) -> dict:
+              judge_temperature: float = 0.0, judge_max_tokens: int | None = None, progress: bool = True,
+              batch_size: int = 8) -> dict:
     """Score a run's answers with an LLM judge. Writes RUN/judge.json; with `db` also records the per-item
     scores in that results.sqlite (run_id: default the run folder's name). `temperature` is the answers'
     (0 = greedy; otherwise sampled with seed + item); the judge is asked at `judge_temperature` (0, as the
-    book). Returns the judge.json contents."""
+    book); answers are generated `batch_size` at a time. Returns the judge.json contents."""
     from gptlab.experiments.results import ResultsDB
 
     run_dir = Path(run_dir)
@@ -115,7 +117,8 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
     client = JudgeClient.from_env(judge_url, judge_model, api_key_env, temperature=judge_temperature,
                                   max_tokens=judge_max_tokens, timeout=timeout, retries=retries)
     answers = generate_answers(run_dir, records, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                               device=device, progress=progress, desc=f"answers {run_dir.name}")
+                               device=device, progress=progress, desc=f"answers {run_dir.name}",
+                               batch_size=batch_size)
     items, parsed = [], []
     with _progress(progress, len(records), f"judge {judge_model}") as bar:
         for i, (rec, ans) in enumerate(zip(records, answers)):
@@ -158,7 +161,7 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
                   temperature: float = 0.0, api_key_env: str | None = "JUDGE_API_KEY", db: str | Path | None = None,
                   retries: int = 2, timeout: float = 60, seed: int = 123, device: str = "auto",
                   judge_temperature: float = 0.0, judge_max_tokens: int | None = None, out: str | Path | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, batch_size: int = 8) -> dict:
     """Score several runs' answers side by side: per item ONE prompt with all answers under labels A, B, ...
     in a seeded random order (`compare_order`); the judge's JSON scores are mapped back to the run names.
     Default data: the runs' shared held-out test split. With `db`, per-model scores are recorded under
@@ -176,7 +179,8 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
     client = JudgeClient.from_env(judge_url, judge_model, api_key_env, temperature=judge_temperature,
                                   max_tokens=judge_max_tokens, timeout=timeout, retries=retries)
     answers = {nm: generate_answers(run_dirs[nm], records, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    seed=seed, device=device, progress=progress, desc=f"answers {nm}")
+                                    seed=seed, device=device, progress=progress, desc=f"answers {nm}",
+                                    batch_size=batch_size)
                for nm in names}
     with _progress(progress, len(records), f"judge {judge_model}") as bar:
         items = []
