@@ -2,6 +2,9 @@
 
 import importlib.util
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +42,25 @@ def _lit(v):
     if isinstance(v, str):
         return f'"{v}"'
     return str(v)
+
+
+@pytest.fixture
+def mount():
+    """mount(path, options): a real tmpfs at `path` (root only), unmounted after the test."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = []
+
+    def do(path: Path, options: str, remount: bool = False) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        cmd = ["mount", "-o", f"remount,{options}", str(path)] if remount else \
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        if not remount:
+            mounted.append(path)
+
+    yield do
+    for p in reversed(mounted):
+        subprocess.run(["umount", "-l", str(p)], capture_output=True)

@@ -4,9 +4,7 @@ permission is one line and leaves the previous checkpoint intact, a NaN-skipped 
 checkpoint, and fine-tuning never trains on tokens outside a compact vocabulary."""
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -124,28 +122,6 @@ def test_checkpoint_without_manifest_still_resumes(small_data, reference, tmp_pa
 
 
 # ---- out of space, read-only -------------------------------------------------------------------
-
-@pytest.fixture
-def mount():
-    """mount(path, options): a real tmpfs at `path` (root only), unmounted after the test."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = []
-
-    def do(path: Path, options: str, remount: bool = False) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        cmd = ["mount", "-o", f"remount,{options}", str(path)] if remount else \
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-        if not remount:
-            mounted.append(path)
-
-    yield do
-    for p in reversed(mounted):
-        subprocess.run(["umount", "-l", str(p)], capture_output=True)
-
 
 def _checkpoint_bytes(ck: Path) -> int:
     return sum(p.stat().st_size for p in ck.rglob("*") if p.is_file())
@@ -282,3 +258,27 @@ def test_finetune_resume_with_a_missing_checkpoint_stops_instead_of_starting_ove
     assert "\n" not in str(e.value) and "no intact checkpoint to resume from" in str(e.value)
     assert f"names {resume.name}, which is missing" in str(e.value)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "run.lock"} == before
+
+
+def test_file_system_refusals_anywhere_are_one_line(small_data, tmp_path, mount, capsys):
+    """Writes outside the checkpoint and prepare code (a run folder, any atomic write) refused by the file system:
+    one line naming the path, exit 2, never a traceback; on a full disk with the space free there."""
+    from gptlab.cli import main
+    from gptlab.io import atomic_write_text
+
+    ro = tmp_path / "ro"
+    mount(ro, "size=1m")
+    mount(ro, "ro", remount=True)
+    argv = ["train", "--run-dir", str(ro / "run"), "--quiet"]
+    for o in tiny_overrides(small_data):
+        argv += ["--set", o]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gptlab: error: {ro / 'run'}") and "Read-only file system" in err and "\n" not in err
+    with pytest.raises(GptlabError, match=rf"^{ro}/report.md: cannot write: Read-only file system$"):
+        atomic_write_text(ro / "report.md", "x")
+    full = tmp_path / "full"
+    mount(full, "size=64k")
+    with pytest.raises(GptlabError, match=rf"^{full}/big.bin: cannot write: No space left on device \([\d.]+ MiB free"):
+        atomic_write_text(full / "big.bin", "x" * 200_000)
+    assert list(full.iterdir()) == []  # the temp file is gone

@@ -3,16 +3,20 @@ the value checks every boundary shares: `coerce` (a value against a type) and `R
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from gptlab import GptlabError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -31,11 +35,33 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+# what the file system refuses (full, over quota, read-only, not permitted, file too large): one line, not a traceback
+FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def fs_error(e: OSError, path: str | Path | None = None) -> GptlabError | None:
+    """`e` as one line naming `path` (else the error's own file name) when the file system refused a write;
+    for a full disk with the space free there. None for any other error (a bug should keep its traceback)."""
+    if e.errno not in FS_ERRNOS:
+        return None
+    where = Path(path if path is not None else e.filename or ".")
+    msg = f"{where}: cannot write: {os.strerror(e.errno)}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        probe = where
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        msg += f" ({shutil.disk_usage(probe).free / 2**20:,.1f} MiB free there)"
+    return GptlabError(msg)
+
+
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
     """Call writer(tmp_path) then move tmp_path over path; a crash leaves the old file or none."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise (fs_error(e, path) or e) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
     try:
@@ -44,11 +70,13 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and fs_error(e, path):
+            raise fs_error(e, path) from None
         raise
 
 

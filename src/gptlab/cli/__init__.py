@@ -36,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     except GptlabError as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write the file system refused outside gptlab's own checks: still one line
+        from gptlab.io import fs_error
+
+        err = fs_error(e)
+        if err is None:
+            raise
+        print(f"gptlab: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("gptlab: interrupted (completed checkpoints are kept; re-run with --resume)", file=sys.stderr)
         return 130
