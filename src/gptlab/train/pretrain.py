@@ -47,7 +47,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after:
             run_dir.mkdir(parents=True, exist_ok=True)
         dist_.barrier()
         with RunLock(run_dir) if dist_.main else contextlib.nullcontext():
-            return Pretraining(cfg, run_dir, resume, device, dist_).run(stop_after)
+            out = Pretraining(cfg, run_dir, resume, device, dist_).run(stop_after)
+        dist_.barrier()  # every rank past its last collective before the group is torn down (not after an error)
+        return out
     finally:
         dist_.close()
 
