@@ -122,5 +122,8 @@ def test_sweep_needs_a_grid_and_refuses_until_decided(small_data, tmp_path):
     plain = _spec(tmp_path, small_data, tuned=False)
     with pytest.raises(GptlabError, match="no tune settings; give --param and --grid"):
         run_sweep(str(plain), out=str(tmp_path / "x"))
+    for seeds in ([], [3, 3]):  # --seeds from the command line is checked like tune_seeds
+        with pytest.raises(GptlabError, match="tune_seeds: (expected a non-empty list|duplicate seeds)"):
+            run_sweep(str(plain), param="lr", grid=[1e-3, 2e-3], seeds=seeds, out=str(tmp_path / "x"))
     with pytest.raises(GptlabError, match="--until-decided: not with tune"):
         run_experiment(str(_spec(tmp_path, small_data)), out=str(tmp_path / "y"), until_decided=True, max_seeds=4)

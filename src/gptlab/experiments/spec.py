@@ -207,7 +207,7 @@ def read_tune(spec: Spec, d: dict, where: str, param: str | None = None, grid: l
     labels = [label(x) for x in grid]
     if len(grid) < 2 or len(set(labels)) != len(labels):
         raise GptlabError(f"{where}: tune_grid: expected at least 2 distinct values, got {labels}")
-    seeds = seeds if seeds is not None else _seed_list(d.get("tune_seeds", [1001]), f"{where}: tune_seeds")
+    seeds = _seed_list(seeds if seeds is not None else d.get("tune_seeds", [1001]), f"{where}: tune_seeds")
     tune = Tune(param, grid, seeds)
     for v in spec.variants:
         for x in grid:
