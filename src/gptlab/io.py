@@ -39,19 +39,44 @@ def fsync_dir(path: str | Path) -> None:
 FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
+def fs_reason(where: str | Path, code: int | None = None, needed: Callable[[], int] | None = None) -> str | None:
+    """Why the file system refuses a write at `where`: errno `code` when the error had one, else what the
+    folder's file system says (read-only, not writable, less free space than `needed()` bytes). A full disk adds
+    the space free there (and about what `needed()` asks for). None when none of these applies."""
+    probe = Path(where)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return os.strerror(code) if code in FS_ERRNOS else None
+    free = st.f_bavail * st.f_frsize
+    if code is None:
+        if st.f_flag & os.ST_RDONLY:
+            code = errno.EROFS
+        elif not os.access(probe, os.W_OK):
+            code = errno.EACCES
+        elif needed is not None and free < needed():
+            code = errno.ENOSPC
+    if code not in FS_ERRNOS:
+        return None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        need = f"it needs about {mib(needed())}, " if needed is not None else ""
+        return f"{os.strerror(code)} ({need}{mib(free)} free{'' if need else ' there'})"
+    return os.strerror(code)
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
 def fs_error(e: OSError, path: str | Path | None = None) -> GptlabError | None:
     """`e` as one line naming `path` (else the error's own file name) when the file system refused a write;
     for a full disk with the space free there. None for any other error (a bug should keep its traceback)."""
     if e.errno not in FS_ERRNOS:
         return None
     where = Path(path if path is not None else e.filename or ".")
-    msg = f"{where}: cannot write: {os.strerror(e.errno)}"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        probe = where
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        msg += f" ({shutil.disk_usage(probe).free / 2**20:,.1f} MiB free there)"
-    return GptlabError(msg)
+    return GptlabError(f"{where}: cannot write: {fs_reason(where, e.errno)}")
 
 
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
@@ -131,8 +156,6 @@ def file_sha256(path: str | Path) -> str:
 
 def commit_dir(tmp: str | Path, final: str | Path) -> None:
     """Make a fully written temp folder durable and move it to `final` (replacing an old one)."""
-    import shutil
-
     tmp, final = Path(tmp), Path(final)
     for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
         for f in d.iterdir():

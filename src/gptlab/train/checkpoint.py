@@ -15,7 +15,6 @@ full weights as model.safetensors for eval, generation and export."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import pickle
@@ -29,7 +28,7 @@ import torch
 
 from gptlab import GptlabError
 from gptlab.config import RunConfig, config_from_run
-from gptlab.io import atomic_write_json, atomic_write_text, commit_dir
+from gptlab.io import atomic_write_json, atomic_write_text, commit_dir, fs_reason
 from gptlab.model import GPTModel
 from gptlab.train.distributed import Dist, resolve_device
 
@@ -133,38 +132,10 @@ def _write_errors(ckdir: Path, name: str, tmp: Path | None, model, opts):
             shutil.rmtree(tmp, ignore_errors=True)
         code = getattr(e, "errno", None)
         found = re.search(r"os error (\d+)", str(e))  # safetensors' SafetensorError keeps it in its message
-        why = _unwritable(ckdir, code or (int(found.group(1)) if found else None), lambda: state_bytes(model, opts))
+        why = fs_reason(ckdir, code or (int(found.group(1)) if found else None), lambda: state_bytes(model, opts))
         if why is None:
             raise
         raise GptlabError(f"{ckdir}: cannot write checkpoint {name}: {why}") from None
-
-
-def _unwritable(where: Path, code: int | None, needed) -> str | None:
-    """Why `where` cannot take a checkpoint: errno `code` when the error had one, else what the folder's file
-    system says (read-only, not writable, less free space than `needed()` bytes); None when none of these."""
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    try:
-        st = os.statvfs(where)
-    except OSError:
-        return None
-    free = st.f_bavail * st.f_frsize
-    if code is None:
-        if st.f_flag & os.ST_RDONLY:
-            code = errno.EROFS
-        elif not os.access(where, os.W_OK):
-            code = errno.EACCES
-        elif free < needed():
-            code = errno.ENOSPC
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return f"{os.strerror(code)} (it needs about {_mb(needed())}, {_mb(free)} free)"
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return os.strerror(code)
-    return None
-
-
-def _mb(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
 
 
 def state_bytes(model, opts) -> int:
