@@ -186,3 +186,13 @@ def test_prepare_killed_midway_then_rerun_gives_identical_shards(tmp_path):
     for name in clean:
         if name != "meta.json":
             assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "k" / name).read_bytes(), name
+
+
+def test_perplexity_of_a_diverged_loss_does_not_overflow():
+    """final.json and `gptlab eval` print exp(loss); a diverged run's loss past 709 used to raise OverflowError."""
+    import math
+
+    from gptlab.train.evaluate import perplexity
+
+    assert perplexity(800.0) == math.inf and math.isnan(perplexity(math.nan))
+    assert perplexity(3.692) == math.exp(3.692)

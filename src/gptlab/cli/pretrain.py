@@ -105,13 +105,13 @@ def print_result_table(rows: list[dict], unigram: float | None = None) -> None:
               f"{fmt(r.get('val_loss'), 3):>7} {fmt(r.get('test_loss'), 3):>7} {r.get('test_perplexity', 0):>9.1f} "
               f"{r.get('tokens_per_s') or 0:>9,.0f}")
     if unigram is not None:
-        import math
+        from gptlab.train.evaluate import perplexity
 
-        print(f"{'unigram baseline':<28} {'':>11} {'':>11} {'':>7} {'':>7} {unigram:>7.3f} {math.exp(unigram):>9.1f}")
+        print(f"{'unigram baseline':<28} {'':>11} {'':>11} {'':>7} {'':>7} {unigram:>7.3f} {perplexity(unigram):>9.1f}")
 
 
 def cmd_eval(a) -> int:
-    import math
+    from gptlab.train.evaluate import perplexity
 
     if a.hf_dir:  # a local Hugging Face GPT-2 folder (e.g. OpenAI's GPT-2 small): the seed's yardstick
         from gptlab.interop.hf import eval_hf
@@ -121,8 +121,8 @@ def cmd_eval(a) -> int:
         split = a.split or "test"
         loss = eval_hf(a.hf_dir, a.data, split, a.offset or 0, a.batches or 0, a.batch_size or 8, a.context,
                        a.device)
-        out = {"hf_dir": a.hf_dir, "split": split, "loss": loss, "perplexity": math.exp(loss)}
-        print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
+        out = {"hf_dir": a.hf_dir, "split": split, "loss": loss, "perplexity": perplexity(loss)}
+        print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {perplexity(loss):.2f}")
         return 0
     if not a.run:
         raise GptlabError("eval: give a RUN directory or --hf-dir DIR")
@@ -155,8 +155,8 @@ def cmd_eval(a) -> int:
         print(line, file=sys.stderr)
     loss = evaluate_loss(model, ds, cfg.model.context_length, bs, dev, resolve_precision("auto", dev),
                          offset=offset, n_batches=batches, vocab_map=vmap)
-    out.update(loss=loss, perplexity=math.exp(loss), offset=offset, batches=batches, batch_size=bs)
-    print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
+    out.update(loss=loss, perplexity=perplexity(loss), offset=offset, batches=batches, batch_size=bs)
+    print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {perplexity(loss):.2f}")
     return 0
 
 

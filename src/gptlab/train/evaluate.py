@@ -3,6 +3,7 @@ distributed. Targets of -100 (prompt and padding in fine-tuning) are not counted
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -12,6 +13,11 @@ from gptlab import GptlabError
 from gptlab.train.distributed import Dist, autocast_ctx, to_device
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss); inf past what a float holds (a diverged run's loss of 800 must not crash final.json)."""
+    return float("inf") if loss > 709.0 else math.exp(loss)  # exp(nan) stays nan
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from gptlab.io import atomic_write_json
 from gptlab.model import GPTModel, count_params
 from gptlab.train.checkpoint import latest_checkpoint, remove_partial, resume_point
 from gptlab.train.distributed import Dist, resolve_device, resolve_precision
-from gptlab.train.evaluate import evaluate_loss
+from gptlab.train.evaluate import evaluate_loss, perplexity
 from gptlab.train.flops import device_peak_flops, flops_per_token, mfu, token_budget
 from gptlab.train.metrics import TrainLog, median_tokens_per_s
 from gptlab.train.optim import OptimSettings
@@ -292,7 +292,7 @@ class Pretraining:
             "name": self.cfg.name, "steps": self.total_steps, "tokens": p.tokens, "params": self.n_params,
             "flops": p.flops, "tokens_planned": self.total_steps * self.step_tokens,
             "train_loss": float(np.mean(train_losses[-5:])) if train_losses else None,
-            "val_loss": val_loss, "test_loss": test_loss, "test_perplexity": math.exp(test_loss),
+            "val_loss": val_loss, "test_loss": test_loss, "test_perplexity": perplexity(test_loss),
             "wall_time": wall, "tokens_per_s": median_tokens_per_s(rows) or (tokens_here / wall if wall > 0 else None),
             "skipped_batches": p.skips, "precision": self.precision, "device": str(self.device),
             "world_size": self.dist.world,
