@@ -4,6 +4,7 @@ every item ends unparsed after the retries), and small stdlib peers that answer 
 
 import json
 import re
+import threading
 
 import pytest
 from conftest_ft import (
@@ -105,7 +106,7 @@ def test_numeric_judge_scores_are_stored(sft, tmp_path, monkeypatch):
     db = tmp_path / "results.sqlite"
     with Running(peer) as u:
         res = judge_run(sft, u + "/v1", "peer-judge", max_new_tokens=8, db=db, run_id="sft-a",
-                        api_key_env="MY_JUDGE_KEY", progress=False)
+                        api_key_env="MY_JUDGE_KEY", progress=False, concurrency=1)
     assert res["n"] == 4 and res["n_parsed"] == 4 and res["mean_score"] == 85
     assert [it["attempts"] for it in res["items"]] == [2, 1, 1, 1]
     # the book's prompt, verbatim, for the model's own answer; greedy judge; the key as a Bearer token
@@ -128,6 +129,34 @@ def test_numeric_judge_scores_are_stored(sft, tmp_path, monkeypatch):
     assert peer2.auth == [None] * 4
 
 
+class TogetherPeer(FixedPeer):
+    """Holds every request until `n` are in flight at once (a barrier), then scores each by its answer's
+    reference: a judge that sees its requests one at a time breaks the barrier and answers 500."""
+
+    def __init__(self, n: int):
+        super().__init__("")
+        self.barrier = threading.Barrier(n, timeout=20)
+
+    def next_reply(self, body: dict) -> str:
+        super().next_reply(body)
+        self.barrier.wait()  # BrokenBarrierError -> the handler fails -> the client sees no answer
+        prompt = body["messages"][0]["content"]
+        return str(next(len(r["output"]) for r in RECORDS if f"`{r['output']}`" in prompt))
+
+
+def test_judge_requests_are_concurrent_and_keep_item_order(sft):
+    """--concurrency 4: four requests are in flight at once (else the peer's barrier breaks), and each item
+    gets its own score back whatever order the replies came in."""
+    test = json.loads((sft / "test_data.json").read_text())
+    with Running(TogetherPeer(4)) as u:
+        res = judge_run(sft, u, "peer", max_new_tokens=4, retries=0, timeout=30, progress=False, api_key_env=None,
+                        concurrency=4)
+    assert [it["score"] for it in res["items"]] == [len(r["output"]) for r in test]
+    assert res["judge_calls"] == 4
+    with pytest.raises(GptlabError, match="concurrency: expected a positive number"):
+        judge_run(sft, u, "peer", concurrency=0, progress=False)
+
+
 def test_compare_maps_labels_back_to_models(tmp_path):
     runs = {"m1": make_tiny_run(tmp_path / "m1", seed=1, vocab_ids=record_vocab()),
             "m2": make_tiny_run(tmp_path / "m2", seed=2, vocab_ids=record_vocab())}
@@ -143,8 +172,8 @@ def test_compare_maps_labels_back_to_models(tmp_path):
     for i, (it, order) in enumerate(zip(res["items"], orders)):
         assert it["labels"] == {"A": order[0], "B": order[1]}
         assert it["scores"] == {order[0]: 70.0, order[1]: 40.0}
-        # the text the judge saw under each label is that model's answer
-        prompt = peer.requests[i]["messages"][0]["content"]
+        # the text the judge saw under each label is that model's answer (requests arrive in any order)
+        prompt, = [p for r in peer.requests if f"`{RECORDS[i]['output']}`" in (p := r["messages"][0]["content"])]
         shown = dict(re.findall(r"Response ([AB]): `(.*?)`\n", prompt + "\n", flags=re.S))
         assert shown == {lb: it["responses"][nm] for lb, nm in it["labels"].items()}
         assert it["instruction"] == RECORDS[i]["instruction"]

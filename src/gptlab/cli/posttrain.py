@@ -117,7 +117,8 @@ def _cmd_judge(a) -> int:
                     temperature=a.temperature, judge_temperature=a.judge_temperature, api_key_env=a.api_key_env, db=a.db,
                     run_id=a.run_id,
                     retries=a.retries, timeout=a.timeout, seed=a.seed, device=a.device,
-                    judge_max_tokens=a.judge_max_tokens, progress=not a.quiet, batch_size=a.batch)
+                    judge_max_tokens=a.judge_max_tokens, progress=not a.quiet, batch_size=a.batch,
+                    concurrency=a.concurrency)
     if a.json:
         print(json.dumps({k: v for k, v in res.items() if k != "items"}))
     else:
@@ -177,6 +178,8 @@ def _judge_args(s) -> None:
     s.add_argument("--db", help="results.sqlite to record the per-item scores in")
     s.add_argument("--retries", type=COUNT, default=2, help="re-asks for a reply without a usable score")
     s.add_argument("--timeout", type=Number(float, "(0, inf)"), default=60, help="seconds per judge request")
+    s.add_argument("--concurrency", type=POSITIVE, default=4, metavar="N",
+                   help="judge requests in flight at once (default 4; the scores keep the items' order)")
     s.add_argument("--seed", type=SEED, default=123)
     s.add_argument("--device", default="auto", type=device)
     s.add_argument("--json", action="store_true")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +49,7 @@ class JudgeClient:
         self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
         self.retries, self.backoff = retries, backoff
         self.calls = 0
+        self._count = threading.Lock()  # calls is shared by the threads of a concurrent judgement
 
     @classmethod
     def from_env(cls, judge_url: str, judge_model: str, api_key_env: str | None, **kw) -> JudgeClient:
@@ -66,7 +68,8 @@ class JudgeClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 30.0))
-            self.calls += 1
+            with self._count:
+                self.calls += 1
             try:
                 raw = self._post(json.dumps(body).encode())
             except urllib.error.HTTPError as e:

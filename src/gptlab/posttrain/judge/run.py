@@ -8,13 +8,15 @@ model always sits first: position bias averages out, and the order is reproducib
 
 Answers are deterministic: greedy decoding at temperature 0 (sampling with seed + item otherwise), dropout off.
 They are generated `batch_size` at a time (Generator.complete_batch); each answer is the one the item would get
-alone.
+alone. The judge is asked about `concurrency` items at a time (threads; results keep the items' order), since
+a judge server (Ollama, vLLM, `gptlab serve`) answers concurrent requests together.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm import tqdm
@@ -94,6 +96,29 @@ def _ask_until(client: JudgeClient, prompt: str, parse, retries: int):
     return None, reply, retries + 1
 
 
+def _check(retries: int, concurrency: int) -> None:
+    if retries < 0:
+        raise GptlabError(f"judge: retries: expected >= 0, got {retries}")
+    if concurrency < 1:
+        raise GptlabError(f"judge: concurrency: expected a positive number of requests in flight, got {concurrency}")
+
+
+def in_parallel(fn, n: int, concurrency: int, done=lambda result: None) -> list:
+    """[fn(0), ..., fn(n-1)] computed on `concurrency` threads; `done(result)` is called as each finishes. The
+    first error is raised once the calls in flight end; calls not yet started are cancelled."""
+    out: list = [None] * n
+    with ThreadPoolExecutor(max_workers=concurrency) as ex:
+        futures = {ex.submit(fn, i): i for i in range(n)}
+        try:
+            for f in as_completed(futures):
+                out[futures[f]] = f.result()
+                done(out[futures[f]])
+        except BaseException:
+            ex.shutdown(wait=True, cancel_futures=True)
+            raise
+    return out
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -103,32 +128,35 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
               api_key_env: str | None = "JUDGE_API_KEY", db: str | Path | None = None, run_id: str | None = None,
               retries: int = 2, timeout: float = 60, seed: int = 123, device: str = "auto",
               judge_temperature: float = 0.0, judge_max_tokens: int | None = None, progress: bool = True,
-              batch_size: int = 8) -> dict:
-    """Score a run's answers with an LLM judge. Writes RUN/judge.json; with `db` also records the per-item
-    scores in that results.sqlite (run_id: default the run folder's name). `temperature` is the answers'
+              batch_size: int = 8, concurrency: int = 4) -> dict:
+    """Score a run's answers with an LLM judge, `concurrency` requests in flight. Writes RUN/judge.json; with
+    `db` also records the per-item scores in that results.sqlite (run_id: default the run folder's name). `temperature` is the answers'
     (0 = greedy; otherwise sampled with seed + item); the judge is asked at `judge_temperature` (0, as the
     book); answers are generated `batch_size` at a time. Returns the judge.json contents."""
     from gptlab.experiments.results import ResultsDB
 
     run_dir = Path(run_dir)
-    if retries < 0:
-        raise GptlabError(f"judge: retries: expected >= 0, got {retries}")
+    _check(retries, concurrency)
     records, source = _records(run_dir, data_file, n)
     client = JudgeClient.from_env(judge_url, judge_model, api_key_env, temperature=judge_temperature,
                                   max_tokens=judge_max_tokens, timeout=timeout, retries=retries)
     answers = generate_answers(run_dir, records, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                device=device, progress=progress, desc=f"answers {run_dir.name}",
                                batch_size=batch_size)
-    items, parsed = [], []
+    def score(i: int) -> dict:
+        rec, ans = records[i], answers[i]
+        val, reply, attempts = _ask_until(client, score_prompt(rec, ans), parse_score, retries)
+        return {"item": i, "instruction": rec["instruction"], "input": rec["input"], "reference": rec["output"],
+                "response": ans, "score": val, "judge_reply": reply, "attempts": attempts}
+
+    parsed: list[float] = []
     with _progress(progress, len(records), f"judge {judge_model}") as bar:
-        for i, (rec, ans) in enumerate(zip(records, answers)):
-            score, reply, attempts = _ask_until(client, score_prompt(rec, ans), parse_score, retries)
-            items.append({"item": i, "instruction": rec["instruction"], "input": rec["input"],
-                          "reference": rec["output"], "response": ans, "score": score, "judge_reply": reply,
-                          "attempts": attempts})
-            parsed += [score] if score is not None else []
+        def done(item: dict) -> None:
+            parsed.extend([item["score"]] if item["score"] is not None else [])
             bar.update(1)
             bar.set_postfix(mean=f"{_mean(parsed):.1f}" if parsed else "-")
+
+        items = in_parallel(score, len(records), concurrency, done)
     rid = run_id or run_dir.resolve().name
     res = {"run": str(run_dir), "run_id": rid, "judge_model": judge_model, "judge_url": public_url(client.url),
            "data": source, "n": len(items), "n_parsed": len(parsed), "n_unparsed": len(items) - len(parsed),
@@ -161,8 +189,8 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
                   temperature: float = 0.0, api_key_env: str | None = "JUDGE_API_KEY", db: str | Path | None = None,
                   retries: int = 2, timeout: float = 60, seed: int = 123, device: str = "auto",
                   judge_temperature: float = 0.0, judge_max_tokens: int | None = None, out: str | Path | None = None,
-                  progress: bool = True, batch_size: int = 8) -> dict:
-    """Score several runs' answers side by side: per item ONE prompt with all answers under labels A, B, ...
+                  progress: bool = True, batch_size: int = 8, concurrency: int = 4) -> dict:
+    """Score several runs' answers side by side (`concurrency` requests in flight): per item ONE prompt with all answers under labels A, B, ...
     in a seeded random order (`compare_order`); the judge's JSON scores are mapped back to the run names.
     Default data: the runs' shared held-out test split. With `db`, per-model scores are recorded under
     run_id = name and judge_model = "<judge_model> [compare]". Returns per-model means and per-item rows
@@ -173,8 +201,7 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
         raise GptlabError("judge-compare: give at least two runs (name -> run directory)")
     names = list(run_dirs)
     labels_for(len(names))  # refuses more models than there are labels
-    if retries < 0:
-        raise GptlabError(f"judge: retries: expected >= 0, got {retries}")
+    _check(retries, concurrency)
     records, source = _shared_test_split(run_dirs, n) if data_file is None else _records(None, data_file, n)
     client = JudgeClient.from_env(judge_url, judge_model, api_key_env, temperature=judge_temperature,
                                   max_tokens=judge_max_tokens, timeout=timeout, retries=retries)
@@ -183,10 +210,8 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
                                     batch_size=batch_size)
                for nm in names}
     with _progress(progress, len(records), f"judge {judge_model}") as bar:
-        items = []
-        for i, rec in enumerate(records):
-            items.append(_compare_item(client, i, rec, answers, seed, retries))
-            bar.update(1)
+        items = in_parallel(lambda i: _compare_item(client, i, records[i], answers, seed, retries), len(records),
+                            concurrency, lambda _: bar.update(1))
     models = {}
     for nm in names:
         vals = [it["scores"][nm] for it in items if it["scores"][nm] is not None]
