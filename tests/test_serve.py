@@ -372,3 +372,38 @@ def test_bounded_load_mixed_requests(server):
     assert call(url, "/v1/models")[0] == 200  # alive
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert grown_mib < 512, grown_mib  # oversized bodies are not buffered whole, threads do not pile up
+
+
+def test_cli_serve_passes_the_batching_options_and_stops_on_ctrl_c(run):
+    """`gptlab serve` as a process: --max-batch and --batch-wait-ms reach the server (its /health says so), and
+    SIGINT stops it cleanly (exit 0, no traceback)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import gptlab
+
+    env = dict(os.environ, PYTHONPATH=str(Path(gptlab.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", "from gptlab.cli import main; raise SystemExit(main())", "serve",
+                             str(run), "--port", "0", "--device", "cpu", "--max-batch", "3", "--batch-wait-ms", "2"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if m := re.search(r"at (http://\S+)/v1", line):
+                break
+        assert m, "".join(lines)
+        assert "batches of up to 3" in line
+        health = call(m.group(1), "/health")[1]
+        assert health["status"] == "ok" and health["max_batch"] == 3 and health["batch_wait_ms"] == 2
+        assert call(m.group(1), "/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, rest
+    assert "Traceback" not in "".join(lines) + rest

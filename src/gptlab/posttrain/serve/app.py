@@ -257,6 +257,7 @@ def create_app(state: State) -> FastAPI:
     async def health():
         b = state.batcher
         return {"status": "ok", "model": state.model_name, "waiting": b.waiting, "max_batch": b.max_batch,
+                "batch_wait_ms": b.batch_wait * 1000,
                 "batches": {str(k): v for k, v in sorted(b.batch_sizes.items())}}
 
     def card() -> dict:
