@@ -326,7 +326,7 @@ async def _generate(state: State, request: Request, req: Sampled, ids: list[int]
     max_tokens = req.max_tokens if req.max_tokens is not None else default_max
     sampling = Sampling(1.0 if req.temperature is None else float(req.temperature), req.top_k, req.seed,
                         None if req.top_p is None else float(req.top_p))
-    job = Job(ids, max_tokens, sampling, req.stop or [])
+    job = Job(ids, max_tokens, sampling, req.stop or [], bool(req.stream))
     state.batcher.submit(job)
     if req.stream:
         return StreamingResponse(_events(job, reply, len(ids), request),

@@ -25,11 +25,13 @@ log = logging.getLogger("gptlab.posttrain.serve")
 
 class Job:
     """One request's generation. Made on the request's event loop; the worker reports to it with `emit`, the
-    request reads with `next()`: ("delta", text) zero or more times, then ("done", tail, TextStream) or
-    ("error", exception). Setting `cancelled` (the client left) drops the row at its next token."""
+    request reads with `next()`: ("delta", text) zero or more times (only when `stream`), then ("done", tail,
+    TextStream) or ("error", exception). Setting `cancelled` (the client left) drops the row at its next token."""
 
-    def __init__(self, prompt_ids: Sequence[int], max_tokens: int, sampling: Sampling, stop: Sequence[str]):
+    def __init__(self, prompt_ids: Sequence[int], max_tokens: int, sampling: Sampling, stop: Sequence[str],
+                 stream: bool = False):
         self.prompt_ids, self.max_tokens, self.sampling, self.stop = list(prompt_ids), max_tokens, sampling, stop
+        self.stream = stream
         self.cancelled = False
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue = asyncio.Queue()
@@ -112,7 +114,7 @@ class Batcher:
                     if ended:
                         finished.add(row)
                         batch[row].emit(("done", delta, outs[row]))
-                    elif delta:
+                    elif delta and batch[row].stream:
                         batch[row].emit(("delta", delta))
                 for row, job in enumerate(batch):
                     if job.cancelled and row not in cancelled and row not in finished:
