@@ -253,6 +253,10 @@ def create_app(state: State) -> FastAPI:
         return _error(ApiError(400, f"{param or 'request'}: {first.get('msg', 'invalid')}", param,
                                "invalid_value"))
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):  # answered in OpenAI's shape; uvicorn still logs the traceback
+        return _error(ApiError(500, f"internal server error ({type(e).__name__})", None, None, "server_error"))
+
     @app.get("/health", summary="Liveness, and what the batcher is doing")
     async def health():
         b = state.batcher
