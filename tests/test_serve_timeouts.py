@@ -142,3 +142,21 @@ def test_out_of_range_request_fields_are_400_not_500(served, field, value):
     assert reply.startswith(b"HTTP/1.1 400"), reply[:300]
     err = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]
     assert err["param"] == field and err["type"] == "invalid_request_error"
+
+
+def test_chunked_bodies_are_read_under_the_same_cap(served):
+    """A body without Content-Length (chunked) is accepted, and refused with a 413 once it outgrows the cap."""
+    def post_chunked(chunks: list[bytes]) -> bytes:
+        with _connect(served) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            for c in chunks:
+                s.sendall(b"%x\r\n%s\r\n" % (len(c), c))
+            s.sendall(b"0\r\n\r\n")
+            return _response(s)
+
+    ok = post_chunked([b'{"prompt": "x", ', b'"max_tokens": 2}'])
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:300]
+    big = post_chunked([b'{"prompt": "', b"a" * (1 << 20), b'"}'])
+    assert big.startswith(b"HTTP/1.1 413"), big[:300]
+    assert json.loads(big.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_too_large"

@@ -163,7 +163,7 @@ class Guard:
                 raise ApiError(400, "invalid Content-Length header", None, "invalid_request") from None
             if n > limit:
                 if n <= DRAIN_LIMIT:  # read and drop it, so the client sees the 413 rather than a reset
-                    await self._drain(receive, timeout)
+                    await self._drain(receive, timeout, DRAIN_LIMIT)
                 raise ApiError(413, f"request body too large: {n} bytes; the limit is {limit}", None,
                                "request_too_large")
         of = f" of {n}" if n is not None else ""
@@ -183,6 +183,8 @@ class Guard:
             got += len(chunk)
             more = message.get("more_body", False)
             if got > limit:  # no Content-Length (chunked): the cap applies as it arrives
+                if more:
+                    await self._drain(receive, timeout, DRAIN_LIMIT - got)
                 raise ApiError(413, f"request body too large: over {limit} bytes", None, "request_too_large")
         body, replayed = b"".join(chunks), False
 
@@ -196,14 +198,16 @@ class Guard:
         return replay
 
     @staticmethod
-    async def _drain(receive, timeout: float) -> None:
-        while True:
+    async def _drain(receive, timeout: float, budget: int) -> None:
+        """Read and drop the rest of a body, up to `budget` bytes."""
+        while budget > 0:
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except TimeoutError:
                 return
             if message["type"] != "http.request" or not message.get("more_body", False):
                 return
+            budget -= len(message.get("body", b""))
 
 
 def _header(scope, name: bytes) -> str:
