@@ -225,7 +225,9 @@ def test_api_key_required_and_never_logged(run, caplog, capfd):
         status, body, _ = call(u, "/v1/completions", {"prompt": "x", "max_tokens": 2}, key=KEY)
         assert status == 200
         bodies.append(json.dumps(body))
-        assert call(u, "/health")[0] == 200  # health checks need no key
+        assert call(u, "/health")[0] == 200  # health checks need no key, nor the API docs
+        assert call(u, "/openapi.json")[0] == 200
+        _err(call(u, "/v1/nothing"), 401)  # the key is checked before the route
     out, err = capfd.readouterr()
     logged = caplog.text + out + err
     assert "POST /v1/completions" in caplog.text  # requests are logged ...
