@@ -108,7 +108,8 @@ def record_vocab(records: list[dict] | None = None) -> list[int]:
 
 
 class Running:
-    """Serve an http.server in a daemon thread; `with Running(srv) as url: ...` shuts it down after."""
+    """Serve an http.server (or a `make_server` server: same interface) in a daemon thread; `with Running(srv) as
+    url: ...` shuts it down after."""
 
     def __init__(self, srv):
         self.srv = srv

@@ -207,6 +207,8 @@ def _required(parser: argparse.ArgumentParser) -> list[str]:
     ("serve r --port 70000", "argument --port: must be in [0, 65535]"),
     ("serve r --max-tokens-limit 0", "argument --max-tokens-limit: must be >= 1"),
     ("serve r --read-timeout 0", "argument --read-timeout: must be > 0"),
+    ("serve r --max-batch 0", "argument --max-batch: must be >= 1"),
+    ("serve r --batch-wait-ms 20000", "argument --batch-wait-ms: must be in [0, 10000], got 20000"),
     ("eval r --device gpu7", "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
     ("finetune r --data d --out o --dropout -0.5", "argument --dropout: must be in [0, 1) or -1, got -0.5"),
     ("experiment s --parallel 0", "argument --parallel: must be >= 1"),

@@ -106,3 +106,65 @@ def test_cli_generate_prompts_file(compact, tmp_path, capsys):
     assert 'bad.jsonl:2: expected an object with a "prompt" string' in capsys.readouterr().err
     assert main(["generate", str(compact), "--prompt", "x", "--prompts", str(tmp_path / "p.txt")]) == 2
     assert "either --prompt TEXT or --prompts FILE" in capsys.readouterr().err
+
+
+def test_top_p_keeps_only_the_nucleus():
+    """Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two (0.5 < 0.7 <= 0.8) and never samples the
+    others over many seeds, though both kept tokens come up; top_p 0.9 lets the third in; top_p 1 keeps all."""
+    import torch
+
+    from gptlab.posttrain.generate import _pick
+
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+
+    def drawn(top_p):
+        s = Sampling(1.0, None, None, top_p)
+        return {_pick(logits, [s], [torch.Generator().manual_seed(i)])[0] for i in range(400)}
+
+    assert drawn(0.7) == {0, 1}
+    assert drawn(0.9) == {0, 1, 2}
+    assert drawn(1.0) == drawn(None) == {0, 1, 2, 3}
+    assert drawn(0.0) == drawn(1e-6) == {0}  # only the most likely token: greedy
+
+
+def test_top_p_tiny_is_greedy_and_one_is_off(compact):
+    gen = Generator.from_run(compact, "cpu")
+    ids = gen.encode("Name a colour.")
+    greedy = gen.complete(ids, 16, Sampling(0.0)).text
+    assert gen.complete(ids, 16, Sampling(1.0, seed=5, top_p=1e-6)).text == greedy
+    sampled = gen.complete(ids, 16, Sampling(1.0, seed=5)).text
+    assert sampled != greedy  # so the line above says something
+    assert gen.complete(ids, 16, Sampling(1.0, seed=5, top_p=1.0)).text == sampled
+    # a nucleus changes what is drawn from the same seed (the tail is cut), and a row keeps it inside a batch
+    nucleus = [Sampling(1.0, seed=5 + i, top_p=0.5) for i in range(len(PROMPTS))]
+    prompts = [gen.encode(p) for p in PROMPTS]
+    solo = [gen.complete(p, 16, s).text for p, s in zip(prompts, nucleus)]
+    assert [o.text for o in gen.complete_batch(prompts, 16, nucleus, batch_size=len(PROMPTS))] == solo
+
+
+def test_decode_together_gives_each_row_its_own_length_stop_and_sampling(compact):
+    """Rows with their own max_new_tokens, stop strings and sampling, decoded as one batch: each gets exactly
+    what it gets alone, and each row's deltas join to its text."""
+    gen = Generator.from_run(compact, "cpu")
+    ids = [gen.encode(p) for p in PROMPTS]
+    ref = gen.complete(ids[0], 16, Sampling(0.0)).text
+    stop = ref[3:5]
+    limits = [16, 3, 8, 24, 5, 12, 20]
+    specs = [(ids[i], limits[i], Sampling(0.0) if i % 2 == 0 else Sampling(0.8, 40, seed=i, top_p=0.9),
+              [stop] if i == 0 else ["ck"] if i == 3 else []) for i in range(len(ids))]
+    solo = [gen.complete(*spec) for spec in specs]
+    outs = [gen.stream(*spec) for spec in specs]
+    deltas = [""] * len(outs)
+    ended = set()
+    for events in gen.decode_together(outs):
+        for row, delta, end in events:
+            assert row not in ended
+            deltas[row] += delta
+            if end:
+                ended.add(row)
+    assert ended == set(range(len(outs)))
+    assert [(o.text, o.finish_reason, o.completion_tokens) for o in outs] == \
+        [(o.text, o.finish_reason, o.completion_tokens) for o in solo]
+    assert deltas == [o.text for o in solo]
+    assert outs[0].finish_reason == "stop" and outs[0].text == ref[:ref.find(stop)]
+    assert len({o.completion_tokens for o in outs}) > 3  # the rows really end at different steps

@@ -1,9 +1,11 @@
 """The OpenAI-compatible server over real HTTP (urllib) on 127.0.0.1: models, completions, chat, SSE streaming,
-stop strings, seeds, every 4xx case, the API key (and that it never reaches the logs), responsiveness."""
+stop strings, seeds, top_p, every 4xx case, the API key (and that it never reaches the logs), dynamic batching
+(a request answered inside a batch gets what it gets alone), responsiveness, /docs. The official client's view is
+in test_serve_openai.py."""
 
 import json
 import logging
-import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -93,13 +95,20 @@ def test_completion_matches_generate_text(url, run):
         "choices"][0]["text"] == choice["text"]
 
 
-def test_seed_makes_sampling_reproducible_and_top_p_is_noted(url):
+def text_of(url, body) -> str:
+    return call(url, "/v1/completions", body)[1]["choices"][0]["text"]
+
+
+def test_seed_makes_sampling_reproducible_and_top_p_is_applied(url):
     body = {"prompt": "Hello", "max_tokens": 8, "temperature": 1.0, "top_k": 50, "seed": 7}
-    a, b = call(url, "/v1/completions", body)[1], call(url, "/v1/completions", body)[1]
-    assert a["choices"][0]["text"] == b["choices"][0]["text"]
-    status, c, hdrs = call(url, "/v1/completions", dict(body, top_p=0.9))
-    assert status == 200 and "top_p" in c["warnings"][0] and "top_p" in hdrs["X-Gptlab-Warning"]
-    assert "warnings" not in call(url, "/v1/completions", dict(body, top_p=1))[1]
+    a, b = text_of(url, body), text_of(url, body)
+    assert a == b
+    greedy = text_of(url, {"prompt": "Hello", "max_tokens": 8, "temperature": 0})
+    assert a != greedy
+    status, c, hdrs = call(url, "/v1/completions", dict(body, top_p=1e-6))  # only the most likely token
+    assert status == 200 and c["choices"][0]["text"] == greedy
+    assert "warnings" not in c and "X-Gptlab-Warning" not in hdrs
+    assert text_of(url, dict(body, top_p=1)) == a
 
 
 def test_chat_uses_the_book_template(url):
@@ -216,7 +225,9 @@ def test_api_key_required_and_never_logged(run, caplog, capfd):
         status, body, _ = call(u, "/v1/completions", {"prompt": "x", "max_tokens": 2}, key=KEY)
         assert status == 200
         bodies.append(json.dumps(body))
-        assert call(u, "/health")[0] == 200  # health checks need no key
+        assert call(u, "/health")[0] == 200  # health checks need no key, nor the API docs
+        assert call(u, "/openapi.json")[0] == 200
+        _err(call(u, "/v1/nothing"), 401)  # the key is checked before the route
     out, err = capfd.readouterr()
     logged = caplog.text + out + err
     assert "POST /v1/completions" in caplog.text  # requests are logged ...
@@ -224,24 +235,81 @@ def test_api_key_required_and_never_logged(run, caplog, capfd):
     assert not any(KEY in b or "wrong-key" in b for b in bodies)
 
 
-def test_generation_is_serialised_but_server_stays_responsive(server):
-    """While the model is busy (its lock held, as during a long generation), /v1/models still answers and a
-    completion waits for its turn."""
+BATCHED = [  # (path, body): prompts and lengths differ; greedy and seeded; plain, streamed, with a stop string
+    ("/v1/completions", {"prompt": "The", "max_tokens": 20, "temperature": 0}),
+    ("/v1/completions", {"prompt": "What is the opposite of hot? The opposite of hot is", "max_tokens": 3,
+                         "temperature": 0}),
+    ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "stream": True}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 9,
+                              "temperature": 0}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 15,
+                              "temperature": 0, "stream": True}),
+    ("/v1/completions", {"prompt": "A duck says", "max_tokens": 16, "temperature": 0.9, "top_p": 0.9,
+                         "seed": 11}),
+    ("/v1/completions", {"prompt": "The", "max_tokens": 20, "temperature": 0, "stop": ["e"]}),
+]
+
+
+def answer(url, path, body) -> tuple[str, str | None, int | None]:
+    """(text, finish_reason, completion_tokens) of a whole or streamed request."""
+    status, got, _ = call(url, path, body)
+    assert status == 200, got
+    if not body.get("stream"):
+        c = got["choices"][0]
+        return c["message"]["content"] if "message" in c else c["text"], c["finish_reason"], \
+            got["usage"]["completion_tokens"]
+    events = sse(got)[:-1]
+    text = "".join(e["choices"][0]["delta"].get("content", "") if "delta" in e["choices"][0]
+                   else e["choices"][0]["text"] for e in events)
+    return text, events[-1]["choices"][0]["finish_reason"], None
+
+
+def test_requests_answered_in_one_batch_get_what_they_get_alone(server):
+    """Requests queued while the model is busy (its lock held, as during a long generation) are decoded as one
+    batch when it frees; each, greedy or seeded, whole or streamed, gets exactly the answer it gets alone.
+    Meanwhile /v1/models still answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
     srv, url = server
-    done = {}
+    alone = [answer(url, path, body) for path, body in BATCHED]
+    assert len({a[2] for a in alone if a[2] is not None}) > 2  # the rows really end at different steps
+    before = srv.batcher.batch_sizes.copy()
+    with ThreadPoolExecutor(len(BATCHED)) as pool:
+        with srv.lock:
+            futures = [pool.submit(answer, url, path, body) for path, body in BATCHED]
+            deadline = time.time() + 30
+            while srv.batcher.waiting < len(BATCHED) - 1 and time.time() < deadline:  # one is taken, waiting
+                time.sleep(0.01)                                                   # for the lock
+            status, models, _ = call(url, "/v1/models")
+            assert status == 200 and models["data"][0]["id"] == "tiny-sft"
+            assert not any(f.done() for f in futures)
+        together = [f.result(timeout=60) for f in futures]
+    assert srv.batcher.batch_sizes - before == {len(BATCHED): 1}  # one batch held them all
+    assert together == alone
 
-    def complete():
-        done["status"] = call(url, "/v1/completions", {"prompt": "x", "max_tokens": 2})[0]
 
-    with srv.lock:
-        status, models, _ = call(url, "/v1/models")
-        assert status == 200 and models["data"][0]["id"] == "tiny-sft"
-        t = threading.Thread(target=complete)
-        t.start()
-        t.join(timeout=0.5)
-        assert t.is_alive() and not done  # queued behind the lock
-    t.join(timeout=60)
-    assert done["status"] == 200
+def test_max_batch_one_decodes_one_request_at_a_time(run):
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = make_server(run, port=0, device="cpu", max_batch=1)
+    with Running(srv) as u, ThreadPoolExecutor(4) as pool:
+        with srv.lock:
+            futures = [pool.submit(answer, u, path, body) for path, body in BATCHED[:4]]
+            deadline = time.time() + 30
+            while srv.batcher.waiting < 3 and time.time() < deadline:
+                time.sleep(0.01)
+        assert [f.result(timeout=60) for f in futures] == [answer(u, path, body) for path, body in BATCHED[:4]]
+    assert srv.batcher.batch_sizes == {1: 8}
+
+
+def test_docs_and_openapi(url):
+    status, spec, _ = call(url, "/openapi.json")
+    assert status == 200 and {"/v1/completions", "/v1/chat/completions", "/v1/models"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"prompt", "max_tokens", "top_p", "stream_options"} <= set(body["properties"])
+    assert "Message" in spec["components"]["schemas"]  # the chat request's nested model resolves
+    status, html, _ = call(url, "/docs")
+    assert status == 200 and "swagger" in html.lower()
 
 
 def test_compact_vocabulary_run(tmp_path):
@@ -265,6 +333,10 @@ def test_bad_server_arguments(run, tmp_path):
         make_server(run, port=0, max_tokens_limit=0)
     with pytest.raises(GptlabError, match="empty key"):
         make_server(run, port=0, api_key="  ")
+    with pytest.raises(GptlabError, match="max_batch"):
+        make_server(run, port=0, max_batch=0)
+    with pytest.raises(GptlabError, match="batch_wait_ms"):
+        make_server(run, port=0, batch_wait_ms=-1)
 
 
 def test_bounded_load_mixed_requests(server):
@@ -302,3 +374,38 @@ def test_bounded_load_mixed_requests(server):
     assert call(url, "/v1/models")[0] == 200  # alive
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert grown_mib < 512, grown_mib  # oversized bodies are not buffered whole, threads do not pile up
+
+
+def test_cli_serve_passes_the_batching_options_and_stops_on_ctrl_c(run):
+    """`gptlab serve` as a process: --max-batch and --batch-wait-ms reach the server (its /health says so), and
+    SIGINT stops it cleanly (exit 0, no traceback)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import gptlab
+
+    env = dict(os.environ, PYTHONPATH=str(Path(gptlab.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", "from gptlab.cli import main; raise SystemExit(main())", "serve",
+                             str(run), "--port", "0", "--device", "cpu", "--max-batch", "3", "--batch-wait-ms", "2"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if m := re.search(r"at (http://\S+)/v1", line):
+                break
+        assert m, "".join(lines)
+        assert "batches of up to 3" in line
+        health = call(m.group(1), "/health")[1]
+        assert health["status"] == "ok" and health["max_batch"] == 3 and health["batch_wait_ms"] == 2
+        assert call(m.group(1), "/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, rest
+    assert "Traceback" not in "".join(lines) + rest

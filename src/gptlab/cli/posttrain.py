@@ -87,7 +87,8 @@ def _cmd_serve(a) -> int:
         key = os.environ.get(a.api_key_env)
         if not key:
             raise GptlabError(f"--api-key-env: environment variable {a.api_key_env} is not set or empty")
-    serve(a.run, a.host, a.port, key, a.max_tokens_limit, a.model_name, device=a.device, read_timeout=a.read_timeout)
+    serve(a.run, a.host, a.port, key, a.max_tokens_limit, a.model_name, device=a.device, read_timeout=a.read_timeout,
+          max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms)
     return 0
 
 
@@ -95,8 +96,11 @@ def _register_serve(sub) -> None:
     s = verb_parser(sub, "serve", "serve a run with an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)",
                     "gptlab serve runs/tiny-cpu-sft --port 8000\n"
                     "MY_KEY=secret gptlab serve runs/tiny-cpu-sft --host 0.0.0.0 --api-key-env MY_KEY\n"
+                    "gptlab serve runs/tiny-cpu-sft --max-batch 16 --batch-wait-ms 5   # bigger batches, more waiting\n"
+                    "gptlab serve runs/tiny-cpu-sft --max-batch 1                      # one request at a time\n"
                     "curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-                    "  -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour.\"}], \"max_tokens\": 20}'")
+                    "  -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour.\"}], \"max_tokens\": 20}'\n"
+                    "# API docs: http://localhost:8000/docs; the openai client: OpenAI(base_url=\"http://localhost:8000/v1\")")
     s.add_argument("run", help="run directory (e.g. a `gptlab finetune` output)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=Number(int, "[0, 65535]"), default=8000)
@@ -105,7 +109,14 @@ def _register_serve(sub) -> None:
     s.add_argument("--max-tokens-limit", type=POSITIVE, default=512, help="largest max_tokens a request may ask for")
     s.add_argument("--model-name", help="the model id reported by /v1/models (default: the run folder's name)")
     s.add_argument("--read-timeout", type=Number(float, "(0, inf)"), default=30.0, metavar="SECONDS",
-                   help="the longest a socket read or write waits for a client (a stalled request gets a 408)")
+                   help="the longest one read of a request body waits (a stalled request gets a 408); also how "
+                        "long an idle keep-alive connection stays open")
+    s.add_argument("--max-batch", type=POSITIVE, default=8, metavar="N",
+                   help="decode up to N waiting requests together as one batch (default 8; 1 = one at a time). "
+                        "A greedy or seeded request's answer does not depend on the batch it lands in")
+    s.add_argument("--batch-wait-ms", type=Number(float, "[0, 10000]"), default=0.0, metavar="MS",
+                   help="once the model is free and a request waits, wait up to MS milliseconds more for others "
+                        "to fill the batch (default 0: take only what is already waiting)")
     s.add_argument("--device", default="auto", type=device)
     s.set_defaults(fn=_cmd_serve)
 

@@ -4,11 +4,11 @@ A `Generator` holds a model and its run's corpus vocabulary (`vocab_map.npy`, wh
 speak GPT-2 ids and text; only the Generator maps ids into the model's compact vocabulary and back (GPT-2 ids
 outside it are read as <|endoftext|>). Sampling is the book's generate(): temperature (0 = greedy), top-k,
 an optional seed, stop at <|endoftext|> or after max_new_tokens, and a sliding window over the last
-context_length tokens.
+context_length tokens; plus top-p (nucleus) sampling, as OpenAI's API has it.
 
 Decoding keeps a KV cache (model/kv_cache.py): the prompt is prefilled once, then each step feeds one token
 per row. Several prompts decode together as one left-padded batch (`complete_batch`); a row that ends
-(<|endoftext|>, a stop string, max_new_tokens) leaves the batch. Each row gets the tokens it would get alone:
+(<|endoftext|>, a stop string, its own max_new_tokens) leaves the batch. Each row gets the tokens it would get alone:
 its positions count its own tokens, padding is masked, and each seeded row samples from its own generator.
 Once a row outgrows the context, the window slides: each step recomputes the batch over every row's last
 context_length tokens, exactly what the book's generate() computes (a sliding cache would keep keys and values
@@ -18,7 +18,7 @@ that were computed with the dropped token in view).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +34,15 @@ from gptlab.train import load_run_model
 
 @dataclass(frozen=True)
 class Sampling:
-    """How each next token is picked: temperature 0 is greedy; top_k None or 0 keeps every token; a seed makes
-    sampling reproducible (None: torch's global generator)."""
+    """How each next token is picked: temperature 0 is greedy; top_k None or 0 keeps every token; top_p (nucleus
+    sampling) keeps the most likely tokens whose probabilities (after top_k and temperature) first add up to at
+    least top_p (None or 1 keeps every token; 0 keeps only the most likely); a seed makes sampling reproducible
+    (None: torch's global generator)."""
 
     temperature: float = 1.0
     top_k: int | None = None
     seed: int | None = None
+    top_p: float | None = None
 
 
 class Generator:
@@ -83,21 +86,26 @@ class Generator:
             yield step[0]
 
     @torch.no_grad()
-    def _decode(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, samplings: Sequence[Sampling],
-                stopped: set[int]) -> Iterator[dict[int, int]]:
+    def _decode(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
+                samplings: Sequence[Sampling], stopped: set[int]) -> Iterator[dict[int, int]]:
         """The decoding loop over GPT-2-id prompts: each step yields {row: next model token} for every running
-        row. A row ends after <|endoftext|> (yielded), after max_new_tokens, or once the caller adds it to
-        `stopped`."""
+        row. A row ends after <|endoftext|> (yielded), after its max_new_tokens (one for all rows, or one per
+        row), or once the caller adds it to `stopped`."""
         seqs = [self._to_model(p) or [self.eos_id] for p in prompts]
+        limits = [max_new_tokens] * len(seqs) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != len(seqs):
+            raise ValueError(f"{len(limits)} max_new_tokens for {len(seqs)} prompts")
         rngs = [torch.Generator(device=self.device).manual_seed(s.seed) if s.seed is not None else None
                 for s in samplings]
-        rows, cache, ctx = list(range(len(seqs))), None, self.context_length
+        rows, cache, ctx = [r for r in range(len(seqs)) if limits[r] > 0], None, self.context_length
+        made = [0] * len(seqs)
         self.model.eval()
-        for step in range(max_new_tokens):
+        while rows:
             if cache is None or cache.full:  # prefill every row's last context_length tokens, left-padded
                 windows = [seqs[r][-ctx:] for r in rows]
                 width = max(map(len, windows))
-                cache = KVCache(len(self.model.trf_blocks), min(ctx, width + max_new_tokens - step - 1))
+                left = max(limits[r] - made[r] for r in rows)  # the most tokens a row still makes
+                cache = KVCache(len(self.model.trf_blocks), min(ctx, width + left - 1))
                 idx = [[0] * (width - len(w)) + w for w in windows]
                 valid = [[False] * (width - len(w)) + [True] * len(w) for w in windows]
                 logits = self.model.decode(self._tensor(idx), cache, self._tensor(valid, torch.bool))
@@ -106,8 +114,10 @@ class Generator:
             toks = _pick(logits.float(), [samplings[r] for r in rows], [rngs[r] for r in rows])
             for r, tok in zip(rows, toks):
                 seqs[r].append(tok)
+                made[r] += 1
             yield dict(zip(rows, toks))
-            keep = [i for i, (r, tok) in enumerate(zip(rows, toks)) if tok != self.eos_id and r not in stopped]
+            keep = [i for i, (r, tok) in enumerate(zip(rows, toks))
+                    if tok != self.eos_id and r not in stopped and made[r] < limits[r]]
             if not keep:
                 return
             if len(keep) < len(rows):
@@ -143,17 +153,38 @@ class Generator:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for b in range(0, len(order), batch_size):
             chunk = order[b:b + batch_size]
-            stopped: set[int] = set()
-            for step in self._decode([prompts[i] for i in chunk], max_new_tokens, [samplings[i] for i in chunk],
-                                     stopped):
-                for row, tok in step.items():
-                    if tok != self.eos_id and outs[chunk[row]].push(tok) is None:
-                        stopped.add(row)
+            for _ in self.decode_together([outs[i] for i in chunk]):
+                pass
             for i in chunk:
                 outs[i].finish()
             if progress is not None:
                 progress(len(chunk))
         return outs
+
+
+    def decode_together(self, outs: Sequence[TextStream], cancelled: Set[int] = frozenset()
+                        ) -> Iterator[list[tuple[int, str, bool]]]:
+        """Decode fresh TextStreams (from `stream`, each with its own prompt, max_new_tokens, sampling and stop
+        strings) as one batch. Each step yields (row, delta, ended) for every row that got a token: `delta` is
+        the text that can be sent now ("" while a stop string or a UTF-8 character is incomplete); when `ended`,
+        the stream is finished (delta includes its tail) and its finish_reason and completion_tokens are final.
+        A row whose index the caller puts in `cancelled` leaves the batch at its next token, unfinished."""
+        stopped: set[int] = set()
+        for step in self._decode([o._prompt_ids for o in outs], [o._max for o in outs],
+                                 [o._sampling for o in outs], stopped):
+            events = []
+            for row, tok in step.items():
+                if row in cancelled:
+                    stopped.add(row)
+                    continue
+                out = outs[row]
+                delta = out.push(tok) if tok != self.eos_id else None
+                ended = delta is None or out.completion_tokens >= out._max
+                if ended:
+                    stopped.add(row)
+                    delta = (delta or "") + out.finish()
+                events.append((row, delta, ended))
+            yield events
 
 
 class TextStream:
@@ -226,20 +257,32 @@ def generate_text(model: GPTModel, prompt: str, max_new_tokens: int = 50, temper
 
 
 def _pick(logits: torch.Tensor, samplings: Sequence[Sampling], rngs: Sequence[torch.Generator | None]) -> list[int]:
-    """The next token of each row of `logits` (B, vocab): greedy rows take the argmax; sampled rows apply top-k
-    and temperature and draw from their own generator (as a row decoded alone would)."""
+    """The next token of each row of `logits` (B, vocab): greedy rows take the argmax; sampled rows apply top-k,
+    temperature and top-p, and draw from their own generator (as a row decoded alone would)."""
     if not any(s.temperature and s.temperature > 0 for s in samplings):
-        return logits.argmax(dim=-1).tolist()  # top-k never changes the argmax
+        return logits.argmax(dim=-1).tolist()  # top-k and top-p never change the argmax
     out = []
     for row, s, rng in zip(logits.split(1), samplings, rngs):
+        if not (s.temperature and s.temperature > 0):
+            out.append(int(row.argmax(dim=-1)))
+            continue
         if s.top_k:
             v, _ = torch.topk(row, min(s.top_k, row.shape[-1]))
             row = row.masked_fill(row < v[:, -1:], float("-inf"))
-        if s.temperature and s.temperature > 0:
-            out.append(int(torch.multinomial(torch.softmax(row / s.temperature, dim=-1), 1, generator=rng)))
-        else:
-            out.append(int(row.argmax(dim=-1)))
+        probs = torch.softmax(row / s.temperature, dim=-1)
+        if s.top_p is not None and s.top_p < 1:
+            probs = _nucleus(probs, s.top_p)
+        out.append(int(torch.multinomial(probs, 1, generator=rng)))
     return out
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p filtering of one row (1, vocab): keep the most likely tokens, in order, until their probabilities
+    add up to at least top_p (always the most likely one), zero the rest."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_p.cumsum(dim=-1) - sorted_p >= top_p  # the mass before a token already reaches top_p
+    outside[..., 0] = False
+    return probs.masked_fill(outside.scatter(-1, order, outside), 0.0)
 
 
 def read_prompts(path: str | Path) -> list[str]:

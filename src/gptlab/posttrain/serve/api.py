@@ -159,12 +159,6 @@ class Sampled(BaseModel):
     user: StrictStr | None = None
 
     @property
-    def warnings(self) -> list[str]:
-        if self.top_p is None or self.top_p == 1:
-            return []
-        return [f"top_p={self.top_p} is not supported by this server and was ignored (use top_k)"]
-
-    @property
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
 

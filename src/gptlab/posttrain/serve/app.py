@@ -1,35 +1,47 @@
-"""The HTTP plumbing of `gptlab serve`: routing, the API key, reading bodies, answering whole or streamed.
+"""The HTTP side of `gptlab serve`: a FastAPI app served by uvicorn, with the model behind a dynamic batcher.
 
-Why the standard library (http.server.ThreadingHTTPServer) and not FastAPI + uvicorn: the server holds one
-small model behind one lock, so generation is serialised anyway and an async framework buys nothing.
-ThreadingHTTPServer answers /v1/models and /health while a generation runs.
+Why FastAPI + uvicorn: generation runs in one worker thread that decodes every waiting request together
+(batcher.py), so the HTTP side must hold many open requests cheaply while they wait and stream; an asyncio
+server does that without a thread per connection, and FastAPI adds the routing and /docs, /openapi.json for
+free. Request bodies are still validated by api.py (not by FastAPI), so every error keeps OpenAI's shape
+{"error": {"message", "type", "param", "code"}}, never FastAPI's 422. Streaming uses Starlette's
+StreamingResponse, not sse-starlette: OpenAI's stream is only `data: JSON` events and `data: [DONE]`, with no
+event ids, retries or keep-alive pings (which some clients of this format do not expect), and
+StreamingResponse already stops the stream when the client disconnects.
 
-Sampling: temperature (0 = greedy), top_k (an extension; 0/null = off), seed (reproducible sampling), stop
-(a string or up to 4). top_p is accepted but not implemented: a value other than 1 is ignored and the response
-carries a `warnings` list (and an X-Gptlab-Warning header). `model` may name anything: there is one model and
+Sampling: temperature (0 = greedy), top_p (nucleus), top_k (an extension; 0/null = off), seed (reproducible
+sampling, also inside a batch), stop (a string or up to 4). `model` may name anything: there is one model and
 responses report its name. Defaults: max_tokens 16 for /v1/completions (as OpenAI's), the server's
 max_tokens_limit for chat. A prompt longer than the model's context is refused (400); the generation itself may
 run past the context with a sliding window, as `gptlab generate` does. Usage counts GPT-2 tokens.
 
 Security: with api_key set, /v1/* need `Authorization: Bearer KEY` (compared in constant time); the key is
-never logged or echoed. Bodies are capped (413 above max_body_bytes).
+never logged or echoed (the request log holds the client, method, path and status only). /health, /docs and
+/openapi.json need no key. Bodies are capped (413 above max_body_bytes).
 
-Misbehaving clients: every socket read or write waits at most read_timeout seconds, so a client that sends headers
-promising a body and then stalls gets a 408 and is disconnected (an idle keep-alive connection is closed the same
-way) instead of holding a handler thread forever. A client that disconnects mid-body or mid-stream costs one log
-line, never a traceback.
+Misbehaving clients: each read of a request body waits at most read_timeout seconds, so a client that sends
+headers promising a body and then stalls gets a 408 and is disconnected; an idle keep-alive connection is
+closed after read_timeout too (uvicorn's timeout_keep_alive). A client that disconnects mid-body or mid-stream
+costs one log line, never a traceback; a streamed request whose client left is dropped from its batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptlab import GptlabError
 from gptlab.io import Range
@@ -42,306 +54,405 @@ from gptlab.posttrain.serve.api import (
     Sampled,
     parse,
 )
+from gptlab.posttrain.serve.batcher import Batcher, Job
 from gptlab.posttrain.serve.responses import Reply, usage
 from gptlab.train import latest_checkpoint
 
 log = logging.getLogger("gptlab.posttrain.serve")
 
 MAX_BODY_BYTES = 1 << 20
-READ_TIMEOUT = 30.0  # seconds a socket read or write may wait for the client
+READ_TIMEOUT = 30.0  # seconds one read of a request body (or an idle keep-alive connection) may wait
 DRAIN_LIMIT = 16 << 20  # an over-size body up to this size is read and dropped before the 413
-ROUTES = {"/v1/models": ("GET",), "/v1/completions": ("POST",), "/v1/chat/completions": ("POST",),
-          "/health": ("GET",)}
+MAX_BATCH = 8
+BATCH_WAIT_MS = 0.0
+OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")  # no API key needed
+ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health")
 
 
-def _route(path: str) -> tuple[str, ...]:
-    """The methods allowed on a path (404 when none)."""
-    allowed = ROUTES.get(path) or (("GET",) if path.startswith("/v1/models/") else None)
-    if allowed is None:
-        raise ApiError(404, f"Unknown path {path!r}; routes: {', '.join(ROUTES)}", None, "not_found")
-    return allowed
+@dataclass
+class State:
+    """What the app serves: the model (through its batcher) and the server's settings."""
+
+    generator: Generator
+    batcher: Batcher
+    api_key: str | None
+    max_tokens_limit: int
+    model_name: str
+    max_body_bytes: int
+    created: int
+    read_timeout: float
 
 
 class ClientGone(Exception):
     """The client disconnected or stopped sending: log one line and close the connection."""
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "gptlab"
-    sys_version = ""
-    server: GptlabServer
+def _error(e: ApiError, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(e.body(), e.status, headers)
 
-    def setup(self) -> None:
-        self.timeout = self.server.read_timeout  # StreamRequestHandler.setup applies it to the socket
-        super().setup()
 
-    # -- logging: the request line and status only (never headers, so never the key)
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
-        log.info("%s %s", self.address_string(), format % args)
+# --------------------------------------------------------------------------------------------
+# The guard: path normalisation, the API key, request bodies (size, read deadline), the request log
+# --------------------------------------------------------------------------------------------
 
-    def do_GET(self):  # noqa: N802
-        self._dispatch("GET")
 
-    def do_POST(self):  # noqa: N802
-        self._dispatch("POST")
+class Guard:
+    """Pure ASGI middleware in front of the routes. A body is read whole here (so a stalled or over-size body
+    never reaches a route) and replayed to the app."""
 
-    def do_PUT(self):  # noqa: N802
-        self._dispatch("PUT")
+    def __init__(self, app, state: State):
+        self.app, self.state = app, state
 
-    def do_DELETE(self):  # noqa: N802
-        self._dispatch("DELETE")
-
-    def do_PATCH(self):  # noqa: N802
-        self._dispatch("PATCH")
-
-    def do_HEAD(self):  # noqa: N802
-        self._dispatch("HEAD")
-
-    def do_OPTIONS(self):  # noqa: N802
-        self._dispatch("OPTIONS")
-
-    def _send_json(self, status: int, obj: dict, headers: dict | None = None) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    # -- routing
-    def _dispatch(self, method: str) -> None:
-        self._streaming = self._body_read = False
-        try:
-            path = urlsplit(self.path).path
-            if len(path) > 1:
-                path = path.rstrip("/")
-            self._authenticate(path)
-            allowed = _route(path)
-            if method not in allowed:
-                raise ApiError(405, f"Method {method} not allowed on {path}; use {'/'.join(allowed)}", None,
-                               "method_not_allowed")
-            if method == "GET":
-                self._get(path)
-                return
-            body = self._read_json()
-            self._body_read = True
-            if path == "/v1/completions":
-                self._completions(body)
-            else:
-                self._chat(body)
-        except ApiError as e:
-            self._refuse(e, method)
-        except ClientGone as e:
-            log.info("%s %s %s: %s", self.address_string(), method, urlsplit(self.path).path, e)
-            self.close_connection = True
-        except (BrokenPipeError, ConnectionResetError, TimeoutError) as e:  # while answering
-            log.info("%s %s %s: client gone while answering (%s)", self.address_string(), method,
-                     urlsplit(self.path).path, type(e).__name__)
-            self.close_connection = True
-        except Exception as e:  # noqa: BLE001 - a bug must not kill the server; log it, answer 500
-            log.exception("internal error on %s %s", method, urlsplit(self.path).path)
-            self.close_connection = True
-            if self._streaming:  # headers already sent: just end the stream
-                return
-            try:
-                self._send_json(500, ApiError(500, f"internal server error ({type(e).__name__})", None, None,
-                                              "server_error").body())
-            except OSError:
-                pass
-
-    def _authenticate(self, path: str) -> None:
-        key = self.server.api_key
-        if key is None or path == "/health":
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        auth = self.headers.get("Authorization", "")
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope = dict(scope, path=path.rstrip("/") or "/")
+        method, path = scope["method"], scope["path"]
+        client = "%s:%s" % tuple(scope.get("client") or ("-", "-"))
+        sent = {"status": None}
+
+        async def send_logged(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            await send(message)
+
+        try:
+            self._authenticate(scope)
+            if method in ("POST", "PUT", "PATCH"):
+                receive = await self._read_body(scope, receive, send_logged)
+            await self.app(scope, receive, send_logged)
+        except ApiError as e:
+            await self._answer(_error(e, {"WWW-Authenticate": "Bearer"} if e.status == 401 else None),
+                               scope, receive, send_logged, close=method in ("POST", "PUT", "PATCH"))
+        except ClientGone as e:
+            log.info("%s %s %s: %s", client, method, path, e)
+        finally:
+            if sent["status"] is not None:
+                log.info('%s "%s %s" %s', client, method, path, sent["status"])
+
+    async def _answer(self, response: JSONResponse, scope, receive, send, close: bool = False) -> None:
+        if close:  # an unread body would corrupt the next request on this connection
+            response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+    def _authenticate(self, scope) -> None:
+        key = self.state.api_key
+        if key is None or scope["path"] in OPEN_PATHS:
+            return
+        auth = _header(scope, b"authorization")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not given or not hmac.compare_digest(given.encode(), key.encode()):
             raise ApiError(401, "Missing or incorrect API key: send 'Authorization: Bearer <key>'", None,
                            "invalid_api_key")
 
-    def _refuse(self, e: ApiError, method: str) -> None:
-        if not self._body_read and method in ("POST", "PUT", "PATCH"):
-            self.close_connection = True  # the unread body would corrupt the next request
-        headers = None
-        if e.status == 405:
-            headers = {"Allow": ", ".join(ROUTES.get(urlsplit(self.path).path.rstrip("/"), ("GET",)))}
-        elif e.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        self._send_json(e.status, e.body(), headers)
-
-    def _read_json(self) -> dict:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            raise ApiError(411, "chunked request bodies are not supported; send Content-Length", None,
-                           "length_required")
-        cl = self.headers.get("Content-Length")
-        if cl is None:
-            raise ApiError(411, "Content-Length header required", None, "length_required")
-        try:
-            n = int(cl)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            raise ApiError(400, "invalid Content-Length header", None, "invalid_request") from None
-        if n > self.server.max_body_bytes:
-            self._drain(n)
-            raise ApiError(413, f"request body too large: {n} bytes; the limit is {self.server.max_body_bytes}",
-                           None, "request_too_large")
-        raw = self._read_body(n)
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ApiError(400, "request body is not UTF-8", None, "invalid_json") from None
-        except json.JSONDecodeError as e:
-            raise ApiError(400, f"We could not parse the JSON body of your request ({e.msg} at line {e.lineno} "
-                                f"column {e.colno})", None, "invalid_json") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, f"the JSON body must be an object, got {type(body).__name__}", None, "invalid_json")
-        return body
-
-    def _read_body(self, n: int) -> bytes:
-        """Exactly n bytes, or ClientGone (after a 408 when the client stalled past the read timeout)."""
-        chunks, got = [], 0
-        try:
-            while got < n:
-                chunk = self.rfile.read1(n - got)
-                if not chunk:
-                    raise ClientGone(f"client disconnected after {got} of {n} body bytes")
-                chunks.append(chunk)
-                got += len(chunk)
-        except TimeoutError:
-            self.close_connection = True
+    async def _read_body(self, scope, receive, send):
+        """The whole body (at most max_body_bytes), each read within read_timeout; returns a receive that
+        replays it and then hands over to the connection's (which reports a disconnect)."""
+        limit, timeout = self.state.max_body_bytes, self.state.read_timeout
+        cl = _header(scope, b"content-length")
+        n = None
+        if cl:
             try:
-                self._send_json(408, ApiError(408, f"timed out waiting for the request body ({got} of {n} bytes "
-                                                   f"within {self.server.read_timeout:g}s)", None,
-                                              "request_timeout").body())
-            except OSError:
-                pass
-            raise ClientGone(f"timed out after {self.server.read_timeout:g}s with {got} of {n} body bytes") \
-                from None
-        except ConnectionError:
-            raise ClientGone(f"client disconnected after {got} of {n} body bytes") from None
-        return b"".join(chunks)
+                n = int(cl)
+                if n < 0:
+                    raise ValueError
+            except ValueError:
+                raise ApiError(400, "invalid Content-Length header", None, "invalid_request") from None
+            if n > limit:
+                if n <= DRAIN_LIMIT:  # read and drop it, so the client sees the 413 rather than a reset
+                    await self._drain(receive, timeout, DRAIN_LIMIT)
+                raise ApiError(413, f"request body too large: {n} bytes; the limit is {limit}", None,
+                               "request_too_large")
+        of = f" of {n}" if n is not None else ""
+        chunks, got, more = [], 0, True
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                await self._answer(_error(ApiError(408, f"timed out waiting for the request body ({got}{of} bytes "
+                                                        f"within {timeout:g}s)", None, "request_timeout")),
+                                   scope, receive, send, close=True)
+                raise ClientGone(f"timed out after {timeout:g}s with {got}{of} body bytes") from None
+            if message["type"] == "http.disconnect":
+                raise ClientGone(f"client disconnected after {got}{of} body bytes")
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            got += len(chunk)
+            more = message.get("more_body", False)
+            if got > limit:  # no Content-Length (chunked): the cap applies as it arrives
+                if more:
+                    await self._drain(receive, timeout, DRAIN_LIMIT - got)
+                raise ApiError(413, f"request body too large: over {limit} bytes", None, "request_too_large")
+        body, replayed = b"".join(chunks), False
 
-    def _drain(self, n: int) -> None:
-        """Read and drop an over-size body (up to DRAIN_LIMIT), so the client sees the 413, not a reset."""
-        left = n if n <= DRAIN_LIMIT else 0
-        while left > 0:
-            chunk = self.rfile.read(min(left, 1 << 16))
-            if not chunk:
-                break
-            left -= len(chunk)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-    # -- the routes
-    def _get(self, path: str) -> None:
-        srv = self.server
-        if path == "/health":
-            self._send_json(200, {"status": "ok", "model": srv.model_name})
-            return
-        card = {"id": srv.model_name, "object": "model", "created": srv.created, "owned_by": "gptlab",
-                "context_length": srv.generator.context_length}
-        if path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [card]})
-        elif path[len("/v1/models/"):] == srv.model_name:
-            self._send_json(200, card)
-        else:
-            raise ApiError(404, f"The model '{path[len('/v1/models/'):]}' does not exist; this server serves "
-                                f"'{srv.model_name}'", "model", "model_not_found")
+        return replay
 
-    def _completions(self, body: dict) -> None:
-        limit = self.server.max_tokens_limit
-        req = parse(CompletionRequest, body, limit)
-        ids = req.prompt if isinstance(req.prompt, list) else self.server.generator.encode(req.prompt)
-        self._generate(req, ids, "prompt", min(16, limit), Reply(self.server.model_name, False, req.include_usage))
-
-    def _chat(self, body: dict) -> None:
-        limit = self.server.max_tokens_limit
-        req = parse(ChatRequest, body, limit)
-        ids = self.server.generator.encode(format_prompt({"instruction": req.instruction, "input": ""}))
-        self._generate(req, ids, "messages", limit, Reply(self.server.model_name, True, req.include_usage))
-
-    def _generate(self, req: Sampled, ids: list[int], prompt_param: str, default_max: int, reply: Reply) -> None:
-        srv = self.server
-        ctx = srv.generator.context_length
-        if len(ids) > ctx:
-            raise ApiError(400, f"This model's maximum context length is {ctx} tokens, however your prompt has "
-                                f"{len(ids)} tokens", prompt_param, "context_length_exceeded")
-        for w in req.warnings:
-            log.warning("%s", w)
-        headers = {"X-Gptlab-Warning": "; ".join(req.warnings)} if req.warnings else {}
-        max_tokens = req.max_tokens if req.max_tokens is not None else default_max
-        sampling = Sampling(1.0 if req.temperature is None else float(req.temperature), req.top_k, req.seed)
-        if req.stream:
-            self._stream(ids, max_tokens, sampling, req.stop or [], reply, headers)
-            return
-        with srv.lock:
-            out = srv.generator.complete(ids, max_tokens, sampling, req.stop or [])
-        self._send_json(200, reply.whole(out.text, out.finish_reason, usage(len(ids), out.completion_tokens),
-                                         req.warnings), headers)
-
-    def _stream(self, ids: list[int], max_tokens: int, sampling: Sampling, stop: list[str], reply: Reply,
-                headers: dict) -> None:
-        """Server-sent events: one chunk per text delta, a last chunk with finish_reason (and one with usage),
-        then [DONE]; the body ends when the connection closes."""
-        def send(data: dict | str) -> None:
-            self.wfile.write(f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode())
-            self.wfile.flush()
-
-        self.close_connection = True
-        self._streaming = True
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        with self.server.lock:
-            if reply.chat:
-                send(reply.chunk("", None, first=True))
-            out = self.server.generator.stream(ids, max_tokens, sampling, stop)
-            for delta in out:
-                send(reply.chunk(delta, None))
-        send(reply.chunk(None, out.finish_reason))
-        if reply.include_usage:
-            send(reply.usage_chunk(usage(len(ids), out.completion_tokens)))
-        send("[DONE]")
+    @staticmethod
+    async def _drain(receive, timeout: float, budget: int) -> None:
+        """Read and drop the rest of a body, up to `budget` bytes."""
+        while budget > 0:
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            budget -= len(message.get("body", b""))
 
 
-class GptlabServer(ThreadingHTTPServer):
-    """Serves one Generator; `lock` lets one generation run at a time."""
+def _header(scope, name: bytes) -> str:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return ""
 
-    daemon_threads = True
-    allow_reuse_address = True
 
-    def __init__(self, addr, generator: Generator, api_key: str | None, max_tokens_limit: int, model_name: str,
-                 max_body_bytes: int, created: int, read_timeout: float = READ_TIMEOUT):
-        self.generator, self.api_key, self.max_tokens_limit = generator, api_key, max_tokens_limit
-        self.model_name, self.max_body_bytes, self.created = model_name, max_body_bytes, created
-        self.read_timeout = read_timeout
-        self.lock = threading.Lock()
-        super().__init__(addr, _Handler)
+# --------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------
+
+
+def _body_schema(model: type[Sampled], defs: dict) -> dict:
+    """openapi_extra documenting a request body that the route validates itself (api.parse)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs.update(schema.pop("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def create_app(state: State) -> FastAPI:
+    """The FastAPI app over `state` (routes, OpenAI-shaped errors, the Guard middleware)."""
+    app = FastAPI(title="gptlab serve", summary="An OpenAI-compatible API for one gptlab run", redoc_url=None)
+    app.state.gptlab = state
+    defs: dict = {}
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return _error(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        path = request.url.path
+        if e.status_code == 404:
+            return _error(ApiError(404, f"Unknown path {path!r}; routes: {', '.join(ROUTES)}", None, "not_found"))
+        if e.status_code == 405:
+            allow = (e.headers or {}).get("Allow", "")
+            return _error(ApiError(405, f"Method {request.method} not allowed on {path}; use {allow}", None,
+                                   "method_not_allowed"), {"Allow": allow})
+        return _error(ApiError(e.status_code, str(e.detail), None, None), e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return _error(ApiError(400, f"{param or 'request'}: {first.get('msg', 'invalid')}", param,
+                               "invalid_value"))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):  # answered in OpenAI's shape; uvicorn still logs the traceback
+        return _error(ApiError(500, f"internal server error ({type(e).__name__})", None, None, "server_error"))
+
+    @app.get("/health", summary="Liveness, and what the batcher is doing")
+    async def health():
+        b = state.batcher
+        return {"status": "ok", "model": state.model_name, "waiting": b.waiting, "max_batch": b.max_batch,
+                "batch_wait_ms": b.batch_wait * 1000,
+                "batches": {str(k): v for k, v in sorted(b.batch_sizes.items())}}
+
+    def card() -> dict:
+        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "gptlab",
+                "context_length": state.generator.context_length}
+
+    @app.get("/v1/models", summary="The one model served")
+    async def models():
+        return {"object": "list", "data": [card()]}
+
+    @app.get("/v1/models/{model_id:path}", summary="The model's card")
+    async def model(model_id: str):
+        if model_id != state.model_name:
+            raise ApiError(404, f"The model '{model_id}' does not exist; this server serves '{state.model_name}'",
+                           "model", "model_not_found")
+        return card()
+
+    @app.post("/v1/completions", summary="Continue a prompt (text or GPT-2 token ids)",
+              openapi_extra=_body_schema(CompletionRequest, defs))
+    async def completions(request: Request):
+        req = parse(CompletionRequest, await _json(request), state.max_tokens_limit)
+        ids = req.prompt if isinstance(req.prompt, list) else state.generator.encode(req.prompt)
+        return await _generate(state, request, req, ids, "prompt", min(16, state.max_tokens_limit),
+                               Reply(state.model_name, False, req.include_usage))
+
+    @app.post("/v1/chat/completions", summary="Answer the last user message with the book's prompt template",
+              openapi_extra=_body_schema(ChatRequest, defs))
+    async def chat(request: Request):
+        req = parse(ChatRequest, await _json(request), state.max_tokens_limit)
+        ids = state.generator.encode(format_prompt({"instruction": req.instruction, "input": ""}))
+        return await _generate(state, request, req, ids, "messages", state.max_tokens_limit,
+                               Reply(state.model_name, True, req.include_usage))
+
+    openapi = app.openapi
+
+    def openapi_with_defs() -> dict:  # the request models' nested schemas (Message) as components
+        schema = openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+        return schema
+
+    app.openapi = openapi_with_defs
+    app.add_middleware(Guard, state=state)
+    return app
+
+
+async def _json(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not UTF-8", None, "invalid_json") from None
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"We could not parse the JSON body of your request ({e.msg} at line {e.lineno} "
+                            f"column {e.colno})", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the JSON body must be an object, got {type(body).__name__}", None, "invalid_json")
+    return body
+
+
+async def _generate(state: State, request: Request, req: Sampled, ids: list[int], prompt_param: str,
+                    default_max: int, reply: Reply):
+    ctx = state.generator.context_length
+    if len(ids) > ctx:
+        raise ApiError(400, f"This model's maximum context length is {ctx} tokens, however your prompt has "
+                            f"{len(ids)} tokens", prompt_param, "context_length_exceeded")
+    max_tokens = req.max_tokens if req.max_tokens is not None else default_max
+    sampling = Sampling(1.0 if req.temperature is None else float(req.temperature), req.top_k, req.seed,
+                        None if req.top_p is None else float(req.top_p))
+    job = Job(ids, max_tokens, sampling, req.stop or [], bool(req.stream))
+    state.batcher.submit(job)
+    if req.stream:
+        return StreamingResponse(_events(job, reply, len(ids), request),
+                                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    while True:
+        try:
+            event = await asyncio.wait_for(job.next(), 1.0)
+        except TimeoutError:
+            if await request.is_disconnected():
+                job.cancelled = True
+                raise ClientGone("client disconnected while its completion was generated") from None
+            continue
+        if event[0] == "done":
+            out = event[2]
+            return reply.whole(out.text, out.finish_reason, usage(len(ids), out.completion_tokens))
+        if event[0] == "error":  # the worker logged it
+            raise ApiError(500, f"internal server error ({type(event[1]).__name__})", None, None, "server_error")
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+async def _events(job: Job, reply: Reply, prompt_tokens: int, request: Request):
+    """Server-sent events: one chunk per text delta, a last chunk with finish_reason (and one with usage), then
+    [DONE]. A client that leaves cancels the job (one log line)."""
+    done = False
+    try:
+        if reply.chat:
+            yield _sse(reply.chunk("", None, first=True))
+        while True:
+            kind, *rest = await job.next()
+            if kind == "error":
+                log.error("generation failed mid-stream (%s): the stream ends without [DONE]",
+                          type(rest[0]).__name__)
+                done = True
+                return
+            if rest[0]:
+                yield _sse(reply.chunk(rest[0], None))
+            if kind == "done":
+                done = True
+                out = rest[1]
+                yield _sse(reply.chunk(None, out.finish_reason))
+                if reply.include_usage:
+                    yield _sse(reply.usage_chunk(usage(prompt_tokens, out.completion_tokens)))
+                yield _sse("[DONE]")
+                return
+    finally:
+        if not done:
+            job.cancelled = True
+            client = "%s:%s" % tuple(request.client or ("-", "-"))
+            log.info("%s POST %s: client disconnected mid-stream; its generation is dropped", client,
+                     request.url.path)
+
+
+# --------------------------------------------------------------------------------------------
+# The server: uvicorn on a socket bound here (so port=0 is known before it starts)
+# --------------------------------------------------------------------------------------------
+
+
+class GptlabServer:
+    """The app, its bound socket and uvicorn. Like http.server's servers: `url`, `server_address`,
+    `serve_forever()` (blocks; run it in a thread to serve in the background), `shutdown()` (from another
+    thread: stop serving and wait), `server_close()` (release the socket and stop the batcher)."""
+
+    def __init__(self, sock: socket.socket, state: State):
+        self.socket, self.state = sock, state
+        self.server_address = sock.getsockname()
+        self.app = create_app(state)
+        self._uvicorn = uvicorn.Server(uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=state.read_timeout,
+            timeout_graceful_shutdown=5))
+        self._serving = threading.Event()
+        self._stopped = threading.Event()
+        state.batcher.start()
+
+    generator = property(lambda self: self.state.generator)
+    model_name = property(lambda self: self.state.model_name)
+    batcher = property(lambda self: self.state.batcher)
+    lock = property(lambda self: self.state.batcher.lock)  # held while a batch decodes: hold it to pause
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Serve until shutdown() (poll_interval: accepted for http.server compatibility, unused)."""
+        self._serving.set()
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        if self._serving.is_set():
+            self._uvicorn.should_exit = True
+            self._stopped.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self.state.batcher.stop()
+
 
 def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                 max_tokens_limit: int = 512, model_name: str | None = None, *, device: str = "auto",
-                max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT) -> GptlabServer:
-    """Load the run's model and bind (not start) the server; `server.url`, `server.serve_forever()`,
-    `server.shutdown()`. port=0 picks a free port."""
+                max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT,
+                max_batch: int = MAX_BATCH, batch_wait_ms: float = BATCH_WAIT_MS) -> GptlabServer:
+    """Load the run's model, start its batcher and bind (not start) the server; `server.url`,
+    `server.serve_forever()`, `server.shutdown()`, `server.server_close()`. port=0 picks a free port."""
     if not isinstance(max_tokens_limit, int) or max_tokens_limit < 1:
         raise GptlabError(f"serve: max_tokens_limit: expected a positive integer, got {max_tokens_limit!r}")
     if read_timeout not in Range("(0, inf)"):
         raise GptlabError(f"serve: read_timeout: expected a positive number of seconds, got {read_timeout!r}")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise GptlabError(f"serve: max_batch: expected a positive number of requests, got {max_batch!r}")
+    if batch_wait_ms not in Range("[0, 10000]"):
+        raise GptlabError(f"serve: batch_wait_ms: expected milliseconds in [0, 10000], got {batch_wait_ms!r}")
     if api_key is not None and not api_key.strip():
         raise GptlabError("serve: api_key: empty key; unset it to serve without authentication")
     generator = Generator.from_run(run_dir, device)
@@ -349,27 +460,34 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, 
     created = int(ck.stat().st_mtime) if ck else int(time.time())
     name = model_name or Path(run_dir).resolve().name
     try:
-        srv = GptlabServer((host, port), generator, api_key, max_tokens_limit, name, max_body_bytes, created,
-                           read_timeout)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
     except OSError as e:
         raise GptlabError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
+    state = State(generator, Batcher(generator, max_batch, batch_wait_ms), api_key, max_tokens_limit, name,
+                  max_body_bytes, created, float(read_timeout))
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach it can use it", host)
-    return srv
+    return GptlabServer(sock, state)
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_tokens_limit: int = 512, model_name: str | None = None, *, device: str = "auto",
-          max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT, max_batch: int = MAX_BATCH,
+          batch_wait_ms: float = BATCH_WAIT_MS) -> None:
     """make_server(...) and serve until interrupted."""
     if not log.handlers and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     srv = make_server(run_dir, host, port, api_key, max_tokens_limit, model_name, device=device,
-                      max_body_bytes=max_body_bytes, read_timeout=read_timeout)
-    log.info("serving %s (%s, context %d) at %s/v1%s", srv.model_name, srv.generator.device,
-             srv.generator.context_length, srv.url, " (API key required)" if api_key else "")
+                      max_body_bytes=max_body_bytes, read_timeout=read_timeout, max_batch=max_batch,
+                      batch_wait_ms=batch_wait_ms)
+    log.info("serving %s (%s, context %d, batches of up to %d) at %s/v1%s", srv.model_name, srv.generator.device,
+             srv.generator.context_length, max_batch, srv.url, " (API key required)" if api_key else "")
     try:
-        srv.serve_forever()
+        srv.serve_forever()  # uvicorn handles Ctrl-C (SIGINT/SIGTERM) in the main thread: a graceful stop
     except KeyboardInterrupt:
         pass
     finally:

@@ -23,7 +23,7 @@ class Reply:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model_name,
                 "choices": choices}
 
-    def whole(self, text: str, finish_reason: str, usage_: dict, warnings: list[str]) -> dict:
+    def whole(self, text: str, finish_reason: str, usage_: dict) -> dict:
         choice: dict = {"index": 0, "finish_reason": finish_reason}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": text}
@@ -31,8 +31,6 @@ class Reply:
             choice.update(text=text, logprobs=None)
         out = self._envelope("chat.completion" if self.chat else "text_completion", [choice])
         out["usage"] = usage_
-        if warnings:
-            out["warnings"] = warnings
         return out
 
     @property
