@@ -1,7 +1,7 @@
 """Where a run's curves go besides metrics.jsonl (always written): TensorBoard, Weights & Biases, Trackio, any
 subset of them (`train.loggers`). Each gets every number of every metrics.jsonl row under the row's key (train_loss,
-val_loss, lr and lr_muon, grad_norm, tokens_per_s, mfu, tokens, lr_scale) at the row's step, when the row is
-written, and the resolved config once (TensorBoard: a text summary and hparams; W&B and Trackio: the run's config).
+val_loss, lr and lr_muon, grad_norm, tokens_per_s, mfu, lr_scale; not `tokens`, which is the step times the tokens
+per step) at the row's step, when the row is written, and the resolved config once (TensorBoard: a text summary and hparams; W&B and Trackio: the run's config).
 Only the main rank logs. Each backend is imported when asked for, with a one-line error naming the extra to install.
 
 Where: a run of an experiment (run folder EXP/runs/RUN_ID, config name "EXP_NAME/RUN_ID", as the experiment runner
@@ -71,9 +71,10 @@ def tensorboard_dir(exp_dir: Path) -> Path:
 
 
 def scalars(row: dict) -> dict[str, float]:
-    """The numbers of a metrics.jsonl row, by key (the step is where, not what)."""
+    """The numbers of a metrics.jsonl row, by key; the step and tokens (the step times the tokens per step, in
+    train and val rows alike) say where, not what."""
     return {k: float(v) for k, v in row.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if k not in ("step", "tokens") and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def run_uid(run_dir: Path) -> str:
@@ -85,7 +86,8 @@ def run_uid(run_dir: Path) -> str:
 
 def open_loggers(cfg: RunConfig, run_dir: Path, start_step: int, logged_until: int) -> list:
     """The loggers `cfg.train.loggers` asks for besides jsonl, started. `start_step`: the checkpoint the run
-    resumes from (0: a fresh start); `logged_until`: the last step an earlier process of this run logged."""
+    resumes from (0: a fresh start); `logged_until`: the last step an earlier process of this run logged (-1:
+    none)."""
     where = place(cfg, run_dir)
     make = {"tensorboard": lambda: TensorBoardLogger(cfg, where, start_step),
             "wandb": lambda: WandbLogger(cfg, where, run_dir, logged_until),

@@ -177,7 +177,7 @@ class Pretraining:
                             self.total_steps, p.step,
                             lambda tps: mfu(m, tps, peak * self.dist.world if peak else None, self.T),
                             self.cfg.name, t.progress)
-        logged_until = self.log.keep_until(p.step) if p.step > 0 else 0
+        logged_until = self.log.keep_until(p.step) if p.step > 0 else -1  # -1: nothing logged yet
         if self.dist.main:
             self.log.loggers = open_loggers(self.cfg, self.run_dir, p.step, logged_until)
         ok = False
