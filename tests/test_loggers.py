@@ -285,34 +285,54 @@ def test_unknown_logger_is_a_one_line_error_naming_the_choices(capsys):
                                "wandb or trackio, got 'mlflow'"]
 
 
-def test_loggers_are_outside_the_config_hash():
+def test_loggers_are_outside_the_config_hash(tmp_path):
+    from gptlab.config import save_config
+    from gptlab.train.rundir import prepare_run_dir
+
     a = load_config(None)
     b = load_config(None, ["train.loggers=tensorboard,wandb", "train.log_project=other"])
     assert a.train.loggers == ["jsonl"] and b.train.loggers == ["tensorboard", "wandb"]
     assert a.hash() == b.hash() != load_config(None, ["train.lr=1e-3"]).hash()
+    # a resume with loggers switched on: the saved config, with the loggers asked for now
+    save_config(a, tmp_path / "config.toml")
+    resumed = prepare_run_dir(b, tmp_path, resume=True)
+    assert (resumed.train.loggers, resumed.train.log_project) == (["tensorboard", "wandb"], "other")
+    with pytest.raises(GptlabError, match="another config"):
+        prepare_run_dir(load_config(None, ["train.lr=1e-3"]), tmp_path, resume=True)
 
 
-def test_missing_package_is_a_one_line_error_before_training(small_data, tmp_path):
-    """With the package's import failing for real (sys.modules[name] = None), `gptlab train` stops before step 1."""
+def test_missing_package_and_wandb_without_login_are_one_line_errors_before_training(small_data, tmp_path):
+    """With the package's import failing for real (sys.modules[name] = None), `gptlab train` stops before step 1;
+    so does W&B online without an API key (HOME and W&B's folders in tmp_path, no WANDB_MODE)."""
     over = [a for o in tiny_overrides(small_data) for a in ("--set", o)]
-    code = ("import sys, json\n"
+    code = ("import os, sys, json\n"
             "from gptlab.cli import main\n"
+            "def train(name, logger):\n"
+            "    try:\n"
+            f"        return main(['train', '--run-dir', sys.argv[1] + '/' + name, '--quiet', *{over!r},\n"
+            "                     '--set', 'train.loggers=' + logger])\n"
+            "    except SystemExit as e:\n"
+            "        return e.code\n"
             "out = {}\n"
             "for name in ('tensorboard', 'wandb', 'trackio'):\n"
             "    sys.modules[name] = None\n"
-            "    try:\n"
-            f"        rc = main(['train', '--run-dir', sys.argv[1] + '/' + name, '--quiet', *{over!r},\n"
-            "                   '--set', 'train.loggers=' + name])\n"
-            "    except SystemExit as e:\n"
-            "        rc = e.code\n"
-            "    out[name] = rc\n"
+            "    out[name] = train(name, name)\n"
+            "del sys.modules['wandb']\n"
+            "os.environ.pop('WANDB_MODE')\n"
+            "os.environ['HOME'] = sys.argv[1]\n"
+            "out['online'] = train('online', 'wandb')\n"
             "print(json.dumps(out))\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
                        env=offline_env(tmp_path))
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"tensorboard": 2, "wandb": 2, "trackio": 2}, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"tensorboard": 2, "wandb": 2, "trackio": 2,
+                                                              "online": 2}, r.stderr
     errors = [x for x in r.stderr.splitlines() if "error:" in x]
-    assert errors == [f"gptlab: error: train.loggers: {n} needs the {n} package, which is not installed: "
-                      f"pip install 'gptlab[{n}]'" for n in ("tensorboard", "wandb", "trackio")], r.stderr
-    assert "Traceback" not in r.stderr
+    assert errors[:3] == [f"gptlab: error: train.loggers: {n} needs the {n} package, which is not installed: "
+                          f"pip install 'gptlab[{n}]'" for n in ("tensorboard", "wandb", "trackio")], r.stderr
+    assert errors[3].startswith("gptlab: error: train.loggers: wandb could not start the run (") and \
+        errors[3].endswith("log in with `wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`")
+    assert len(errors) == 4 and "Traceback" not in r.stderr
     for n in ("tensorboard", "wandb", "trackio"):
-        assert not (tmp_path / n / "metrics.jsonl").exists() and not (tmp_path / n / "config.toml").exists()
+        assert not (tmp_path / n / "config.toml").exists()
+    for n in ("tensorboard", "wandb", "trackio", "online"):
+        assert not (tmp_path / n / "metrics.jsonl").exists() and not (tmp_path / n / "checkpoints").exists()

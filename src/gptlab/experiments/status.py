@@ -15,6 +15,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from gptlab import GptlabError
+from gptlab.config import from_dict, read_toml
 from gptlab.experiments.scheduler.slurm import (
     IN_SLURM,
     QUEUED,
@@ -107,9 +109,6 @@ def _logs_to_tensorboard(exp_dir: Path, rid: str) -> bool:
     cfg = exp_dir / "configs" / f"{rid}.toml"
     if not cfg.is_file():
         return False
-    from gptlab import GptlabError
-    from gptlab.config import from_dict, read_toml
-
     try:
         return "tensorboard" in from_dict(read_toml(cfg), str(cfg)).train.loggers
     except GptlabError:

@@ -66,7 +66,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
                           f"or choose another --run-dir")
     if old.hash() != cfg.hash():
         raise GptlabError(f"{saved}: checkpoint is from another config (differs in {config_changes(old, cfg)})")
-    return old
+    return with_watching(old, cfg)
 
 
 def git_commit() -> str:
