@@ -1,8 +1,9 @@
 """Where a run's curves go besides metrics.jsonl (always written): TensorBoard, Weights & Biases, Trackio, any
 subset of them (`train.loggers`). Each gets every number of every metrics.jsonl row under the row's key (train_loss,
 val_loss, lr and lr_muon, grad_norm, tokens_per_s, mfu, lr_scale; not `tokens`, which is the step times the tokens
-per step) at the row's step, when the row is written, and the resolved config once (TensorBoard: a text summary and hparams; W&B and Trackio: the run's config).
-Only the main rank logs. Each backend is imported when asked for, with a one-line error naming the extra to install.
+per step) at the row's step, when the row is written, and the resolved config once (TensorBoard: a text summary and
+hparams; W&B and Trackio: the run's config). Only the main rank logs. Each backend is imported when asked for,
+with a one-line error naming the extra to install.
 
 Where: a run of an experiment (run folder EXP/runs/RUN_ID, config name "EXP_NAME/RUN_ID", as the experiment runner
 writes them) logs TensorBoard events to EXP/tensorboard/RUN_ID (`tensorboard --logdir EXP/tensorboard`: one curve
@@ -30,7 +31,6 @@ from pathlib import Path
 from gptlab import GptlabError
 from gptlab.config import RunConfig, flat
 
-LOGGERS = ("jsonl", "tensorboard", "wandb", "trackio")  # the values of train.loggers (jsonl is always on)
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}  # logger -> module (= extra)
 
 
