@@ -144,7 +144,7 @@ def test_tokens_per_second_counts_the_tokens_of_short_warm_up_sequences(tmp_path
     clock = iter([100.0, 102.0, 102.0])  # construction, the row, the reset after it
     monkeypatch.setattr(metrics.time, "time", lambda: next(clock))
     log = metrics.TrainLog(tmp_path / "m.jsonl", True, 1, 1000, 10, 0, lambda tps: None, "t", False)
-    log.train_step(1, 2.0, 1e-3, 0.5, tokens=250)  # a warm-up step: 250 of the nominal 1000 tokens
+    log.train_step(1, 2.0, {"lr": 1e-3}, 0.5, tokens=250)  # a warm-up step: 250 of the nominal 1000 tokens
     row = json.loads((tmp_path / "m.jsonl").read_text())
     assert row["tokens_per_s"] == 125.0 and row["tokens"] == 1000
 

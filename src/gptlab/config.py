@@ -58,9 +58,16 @@ def one_of(*choices: str):
     return field(default=choices[0], metadata={"choices": choices})
 
 
-def matching(default: str, pattern: str, expected: str):
+def subset_of(choices: tuple[str, ...], default: tuple[str, ...], hashed: bool = True):
+    """A list field whose items must each be one of `choices`. `hashed=False`: the field says how a run is
+    watched, not what it trains, so it is left out of the config hash (a resume or an experiment re-run may
+    change it)."""
+    return field(default_factory=lambda: list(default), metadata={"subset": choices, "hashed": hashed})
+
+
+def matching(default: str, pattern: str, expected: str, hashed: bool = True):
     """A string field whose whole value must match the regular expression `pattern`."""
-    return field(default=default, metadata={"pattern": pattern, "expected": expected})
+    return field(default=default, metadata={"pattern": pattern, "expected": expected, "hashed": hashed})
 
 
 @dataclass
@@ -134,6 +141,12 @@ class TrainConfig:
     activation_checkpointing: bool = False
     fsdp: bool = False  # FSDP2 (fully_shard per block) under torchrun; checkpoints via torch.distributed.checkpoint
     progress: bool = True
+    # where the curves go besides metrics.jsonl (always written): any of tensorboard, wandb, trackio (loggers.py).
+    # Neither this nor log_project is part of the config hash: they change how a run is watched, not the run.
+    loggers: list[str] = subset_of(("jsonl", "tensorboard", "wandb", "trackio"), ("jsonl",), hashed=False)
+    # W&B project of every run; Trackio project of a plain run (an experiment's runs: the experiment's name)
+    log_project: str = matching("gptlab", r"[A-Za-z0-9_.+-]+", "a project name of letters, digits, _ . + or -",
+                                hashed=False)
 
 
 @dataclass
@@ -169,7 +182,13 @@ class RunConfig:
         return self.data.data_seed if self.data.data_seed >= 0 else self.train.seed
 
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """What the run trains: every field but those declared hashed=False (how it is watched)."""
+        d = self.to_dict()
+        for section, cls in SECTIONS.items():
+            for f in dataclasses.fields(cls):
+                if f.metadata.get("hashed") is False:
+                    del d[section][f.name]
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -294,6 +313,10 @@ def field_errors(obj, prefix: str):
         elif "choices" in md and v not in md["choices"]:
             *head, last = md["choices"]
             yield f"{prefix}{f.name}", f"expected {', '.join(head)} or {last}, got {v!r}"
+        elif "subset" in md and any(x not in md["subset"] for x in v):
+            *head, last = md["subset"]
+            bad = next(x for x in v if x not in md["subset"])
+            yield f"{prefix}{f.name}", f"expected a list of {', '.join(head)} or {last}, got {bad!r}"
         elif "pattern" in md and not (isinstance(v, str) and re.fullmatch(md["pattern"], v)):
             yield f"{prefix}{f.name}", f"expected {md['expected']}, got {v!r}"
 
@@ -356,6 +379,15 @@ def config_changes(old: RunConfig, new: RunConfig, most: int = 4) -> str:
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, cfg.to_toml())
+
+
+def with_watching(cfg: RunConfig, new: RunConfig) -> RunConfig:
+    """`cfg` with the fields declared hashed=False (loggers, ...) taken from `new`."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("hashed") is False:
+                setattr(getattr(cfg, section), f.name, getattr(getattr(new, section), f.name))
+    return cfg
 
 
 def config_from_run(run_dir: str | Path) -> RunConfig:

@@ -99,7 +99,9 @@ def register(sub) -> None:
     s.add_argument("--seeds-per-round", type=POSITIVE, metavar="R",
                    help="with --until-decided: seeds added per round (default: the spec's seed count, at least 2)")
     s.add_argument("--status", action="store_true",
-                   help="list every run: pending/running/done/failed, its SLURM job id, the last line of its log")
+                   help="list every run: pending/running/done/failed, its SLURM job id, its progress (latest step "
+                        "of the total, latest train and val loss) and the last line of its log; with "
+                        "train.loggers including tensorboard, the `tensorboard --logdir` command for the curves")
     s.add_argument("--accelerator", default="A100", help="skypilot: GPU type (with --gpus-per-node: A100:8)")
     s.add_argument("--emit", metavar="FILE", help="skypilot: write the task YAML here (then: sky launch FILE)")
     s.set_defaults(fn=cmd_experiment)

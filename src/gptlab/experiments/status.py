@@ -3,14 +3,20 @@
 done: recorded in results.sqlite (or final.json written, not yet recorded); running: its SLURM job is queued or
 running (squeue), or a local `gptlab train` process works on its run folder; failed: started (a log or run folder
 exists) but neither done nor running (crashed, killed, or a job that ended without final.json); pending: never
-started. SLURM job ids come from EXP/slurm/jobs.json; the last line of each run's log is shown."""
+started. SLURM job ids come from EXP/slurm/jobs.json; the last line of each run's log is shown, and for every run
+that has logged (running, done, or stopped part way) its progress from its metrics.jsonl: the latest step of the
+planned total (meta.json) and the latest train and val loss. When the runs log to TensorBoard (train.loggers), the
+`tensorboard --logdir EXP/tensorboard` command that shows their curves is printed below."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
 
+from gptlab import GptlabError
+from gptlab.config import from_dict, read_toml
 from gptlab.experiments.scheduler.slurm import (
     IN_SLURM,
     QUEUED,
@@ -52,21 +58,88 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
         else:
             state = "pending"
         rows.append({"run_id": rid, "state": state, "job_id": job_id, "slurm_state": sstate,
-                     "log": _last_line(log)})
+                     "log": _last_line(log), **progress(run_dir),
+                     "tensorboard": str(exp_dir / "tensorboard") if _logs_to_tensorboard(exp_dir, rid) else None})
     return rows
+
+
+def progress(run_dir: Path) -> dict:
+    """{"step", "total_steps", "train_loss", "val_loss"} of a run folder from its metrics.jsonl and meta.json (None
+    where not logged yet). Only the file's end is read unless the latest val loss lies further back."""
+    path = run_dir / "metrics.jsonl"
+    rows = _tail_rows(path, 1 << 16)
+    if not any("val_loss" in r for r in rows):
+        rows = _tail_rows(path, None)
+    train = [r for r in rows if "train_loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    steps = [r["step"] for r in (train or val)]
+    total = None
+    try:
+        total = json.loads((run_dir / "meta.json").read_text()).get("total_steps")
+    except (OSError, ValueError):
+        pass
+    return {"step": max(steps) if steps else None, "total_steps": total,
+            "train_loss": train[-1]["train_loss"] if train else None,
+            "val_loss": val[-1]["val_loss"] if val else None}
+
+
+def _tail_rows(path: Path, size: int | None) -> list[dict]:
+    """The JSON rows in the last `size` bytes of `path` (all of it: None); torn or cut lines are skipped."""
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        f.seek(0 if size is None else max(0, end - size))
+        lines = f.read().decode(errors="replace").splitlines()
+    if size is not None and end > size:
+        lines = lines[1:]  # the first line is cut
+    out = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            out.append(row)
+    return out
+
+
+def _logs_to_tensorboard(exp_dir: Path, rid: str) -> bool:
+    """Whether the run was started (configs/RUN_ID.toml) with tensorboard in train.loggers."""
+    cfg = exp_dir / "configs" / f"{rid}.toml"
+    if not cfg.is_file():
+        return False
+    try:
+        return "tensorboard" in from_dict(read_toml(cfg), str(cfg)).train.loggers
+    except GptlabError:
+        return False
+
+
+def _progress_text(r: dict) -> str:
+    if r.get("step") is None:
+        return "-"
+    out = f"{r['step']}/{r['total_steps'] if r.get('total_steps') is not None else '?'}"
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        if r.get(key) is not None:
+            out += f" {label} {r[key]:.4f}"
+    return out
 
 
 def format_status(rows: list[dict]) -> str:
     w = max([len(r["run_id"]) for r in rows] + [6])
-    lines = [f"{'run':<{w}}  {'state':<23}  {'job':<10}  last log line"]
+    pw = max([len(_progress_text(r)) for r in rows] + [8])
+    lines = [f"{'run':<{w}}  {'state':<23}  {'job':<10}  {'progress':<{pw}}  last log line"]
     for r in rows:
         job = (r["job_id"] or "-") + (f" {r['slurm_state'][:2]}" if r["slurm_state"] else "")
-        lines.append(f"{r['run_id']:<{w}}  {r['state']:<23}  {job:<10}  {r['log'][:100]}")
+        lines.append(f"{r['run_id']:<{w}}  {r['state']:<23}  {job:<10}  {_progress_text(r):<{pw}}  "
+                     f"{r['log'][:100]}")
     counts: dict[str, int] = {}
     for r in rows:
         key = r["state"].split(" ")[0]
         counts[key] = counts.get(key, 0) + 1
     lines.append(", ".join(f"{n} {k}" for k, n in counts.items()))
+    for d in dict.fromkeys(r["tensorboard"] for r in rows if r.get("tensorboard")):
+        lines.append(f"curves: tensorboard --logdir {d}")
     return "\n".join(lines)
 
 

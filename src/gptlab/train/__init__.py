@@ -1,7 +1,7 @@
 """Training: `train` (pretraining, pretrain.py) and the `Trainer` it shares with fine-tuning (trainer.py), built
 from optim.py (optimizers), schedule.py (lr), checkpoint.py (one format, one writer), distributed.py (process group,
-device, precision), evaluate.py (held-out loss), metrics.py (metrics.jsonl, progress bar), rundir.py (lock, config,
-environment) and flops.py (FLOPs, MFU, token budgets)."""
+device, precision), evaluate.py (held-out loss), metrics.py (metrics.jsonl, progress bar), loggers.py (TensorBoard,
+W&B, Trackio), rundir.py (lock, config, environment) and flops.py (FLOPs, MFU, token budgets)."""
 
 from gptlab.train.checkpoint import (
            latest_checkpoint,

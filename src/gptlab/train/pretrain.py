@@ -28,6 +28,8 @@ from gptlab.train.checkpoint import latest_checkpoint, remove_partial, resume_po
 from gptlab.train.distributed import Dist, resolve_device, resolve_precision
 from gptlab.train.evaluate import evaluate_loss, perplexity
 from gptlab.train.flops import device_peak_flops, flops_per_token, mfu, token_budget
+from gptlab.train.loggers import open_loggers
+from gptlab.train.loggers import require as require_loggers
 from gptlab.train.metrics import TrainLog, median_tokens_per_s
 from gptlab.train.optim import OptimSettings
 from gptlab.train.rundir import RunLock, environment, prepare_run_dir
@@ -158,6 +160,8 @@ class Pretraining:
         _ensure_data(self.cfg, self.dist)
         self.vmap = resolve_corpus_vocab(self.cfg)
         self.cfg = prepare_run_dir(self.cfg, self.run_dir, self.resume)
+        if self.dist.main:
+            require_loggers(self.cfg.train.loggers)  # a missing package stops the run before it starts
         self.dist.barrier()  # every rank has checked the run folder before rank 0 writes config.toml into it
         final_file = self.run_dir / "final.json"
         if final_file.exists():
@@ -173,8 +177,19 @@ class Pretraining:
                             self.total_steps, p.step,
                             lambda tps: mfu(m, tps, peak * self.dist.world if peak else None, self.T),
                             self.cfg.name, t.progress)
-        if p.step > 0:
-            self.log.keep_until(p.step)
+        logged_until = self.log.keep_until(p.step) if p.step > 0 else -1  # -1: nothing logged yet
+        if self.dist.main:
+            self.log.loggers = open_loggers(self.cfg, self.run_dir, p.step, logged_until)
+        ok = False
+        try:
+            out = self._train(p, stop_after)
+            ok = True
+            return out
+        finally:
+            self.log.close_loggers(ok)
+
+    def _train(self, p: Progress, stop_after: int | None) -> dict:
+        t = self.cfg.train
         self.trainer.train_model.train()
         t0, start_tokens = time.time(), p.tokens  # tokens/s fallback: what this process trained on
         if p.step == 0 and t.eval_interval:
@@ -231,7 +246,7 @@ class Pretraining:
             return
         p.tokens += res.tokens
         p.flops += flops_per_token(self.cfg.model, self.seq_len(step)) * res.tokens
-        self.log.train_step(p.step, res.loss, self.trainer.lr, res.grad_norm, res.tokens)
+        self.log.train_step(p.step, res.loss, self.trainer.lrs, res.grad_norm, res.tokens)
 
     def seq_len(self, step: int) -> int:
         """The sequence length of `step`: the context, or shorter during seq_len_warmup."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from gptlab import GptlabError, __version__
-from gptlab.config import RunConfig, config_changes, config_from_run
+from gptlab.config import RunConfig, config_changes, config_from_run, with_watching
 
 # flock() errors of filesystems without locks (some Lustre and NFS mounts): the run goes on without a lock
 NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
@@ -55,7 +55,8 @@ class RunLock:
 
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
-    """New run: refuse to overwrite. Resume: use the saved config, refuse a different one."""
+    """New run: refuse to overwrite. Resume: use the saved config, refuse a different one (the loggers, outside
+    the hash, are the ones asked for now)."""
     saved = run_dir / "config.toml"
     if not saved.exists():
         return cfg
@@ -65,7 +66,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
                           f"or choose another --run-dir")
     if old.hash() != cfg.hash():
         raise GptlabError(f"{saved}: checkpoint is from another config (differs in {config_changes(old, cfg)})")
-    return old
+    return with_watching(old, cfg)
 
 
 def git_commit() -> str:

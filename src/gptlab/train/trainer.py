@@ -92,6 +92,13 @@ class Trainer:
     def lr(self) -> float:
         return self.opts[0].param_groups[0]["lr"]
 
+    @property
+    def lrs(self) -> dict[str, float]:
+        """Each optimizer's current lr: "lr" (AdamW, the first), "lr_muon" (Muon, under train.optimizer = muon)."""
+        muon = getattr(torch.optim, "Muon", ())
+        return {"lr" if i == 0 else "lr_muon" if isinstance(o, muon) else f"lr_{i}": o.param_groups[0]["lr"]
+                for i, o in enumerate(self.opts)}
+
     def step(self, micro_batches: list[Batch] | Iterable[Batch], accum: int) -> StepResult:
         """Accumulate gradients over `accum` micro-batches (each already in the model's vocabulary), then step
         unless the loss or gradient is non-finite on any rank; gradients are cleared either way."""
