@@ -204,8 +204,10 @@ def load_tasks(names: list[str], include_path: list[str] | None = None) -> tuple
     """(TaskManager, {task name: lm-eval Task}) for `names`: bundled tasks first, then task YAMLs under
     `include_path`, then lm-eval's own (indexing those takes seconds, so only when needed). An unknown
     name is a one-line GptlabError."""
+    import datasets
     from lm_eval.tasks import TaskManager
 
+    datasets.disable_progress_bars()  # "Generating validation split" bars: not ours to show
     for p in include_path or []:
         if not Path(p).is_dir():
             raise GptlabError(f"--include-path {p}: not a folder (expected a folder of lm-eval task YAMLs)")
