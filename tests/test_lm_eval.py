@@ -164,13 +164,16 @@ def test_exported_run_through_lm_evals_hf_model_agrees(tmp_path):
     from gptlab.interop.hf import export_run
     from gptlab.interop.lm_eval import evaluate_hf, load_tasks
 
-    run = make_tiny_run(tmp_path / "full", seed=5)  # GPT-2 layout, full vocabulary: exportable
+    # GPT-2 layout, full vocabulary: exportable; a 16-token context, so both cut long requests from the left
+    run = make_tiny_run(tmp_path / "full", seed=5, context_length=16)
     hf = export_run(run, tmp_path / "hf")
     _, loaded = load_tasks([TASK])
     task = loaded[TASK]
     task.build_all_requests(limit=10, rank=0, world_size=1)
     reqs = [inst for inst in task.instances]
-    ours = GptlabLM(run=str(run), batch_size=4).loglikelihood(reqs, disable_tqdm=True)
+    lm = GptlabLM(run=str(run), batch_size=4)
+    ours = lm.loglikelihood(reqs, disable_tqdm=True)
+    assert lm.counts["requests_truncated"] > 10
     theirs = HFLM(pretrained=str(hf), batch_size=4, device="cpu", dtype="float32").loglikelihood(
         reqs, disable_tqdm=True)
     assert len(ours) == len(reqs) == 40
@@ -196,6 +199,10 @@ def test_bad_task_and_misuse_are_one_line_errors(tmp_path, gptlab_cli):
     (gen / "d.jsonl").write_text('{"q": "a", "a": "b"}\n')
     r = gptlab_cli("eval", str(run), "--task", "my_gen", "--include-path", str(gen))
     assert r.returncode != 0 and "generation task" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    (gen / "hub.yaml").write_text((bundled_tasks()[TASK]).read_text().replace(f"task: {TASK}", "task: hub_task")
+                                  .replace("dataset_path: json", "dataset_path: gptlab-tests/no-such-dataset"))
+    r = gptlab_cli("eval", str(run), "--task", "hub_task", "--include-path", str(gen))  # as hellaswag offline
+    assert r.returncode == 2 and "need a network the first time" in r.stderr.strip().splitlines()[-1]
     r = gptlab_cli("eval", str(run), "--task", TASK, "--split", "val")
     assert r.returncode != 0 and "--split applies to the loss evaluation only" in r.stderr
     r = gptlab_cli("eval", str(run), "--limit", "5")

@@ -234,7 +234,13 @@ def load_tasks(names: list[str], include_path: list[str] | None = None) -> tuple
                     f"--include-path; not among lm-eval {lm_eval.__version__}'s {len(tm.all_tasks):,} tasks"
                     + (f"; did you mean {', '.join(near)}?" if near else "")
                     + "); list them with `lm-eval ls tasks`")
-        loaded = tm.load(specs)
+        try:
+            loaded = tm.load(specs)
+        except (ConnectionError, OSError) as e:  # a Hub dataset (hellaswag, ...) without a network or a cache
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GptlabError(f"--task {', '.join(names)}: lm-eval could not load the task's data ({first}); "
+                              "Hub datasets such as HellaSwag need a network the first time (then they are "
+                              "cached); offline, use a local task (shakespeare_cloze or --include-path)") from None
     finally:
         quiet.setLevel(level)
     tasks = loaded["tasks"]
