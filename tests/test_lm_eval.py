@@ -83,14 +83,24 @@ def test_cli_runs_the_harness_stores_reuses_and_recomputes_identically(trained_r
     assert f"{TASK}" in forced.stdout and f"{e['acc_norm']:.4f} ±" in forced.stdout
 
 
-def test_loglikelihood_is_the_models_own_log_prob(tmp_path):
+@pytest.mark.parametrize("arch", [{}, dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True,
+                                           logit_softcap=15.0, bias=False, tie_weights=True)],
+                         ids=["book", "rope-rmsnorm-swiglu-qknorm-softcap-tied"])
+def test_loglikelihood_is_the_models_own_log_prob(tmp_path, arch):
     """Against a direct forward pass: truncation from the left, a token outside a compact vocabulary, batching
-    (batch size 1 vs 3 give the same numbers), greedy flags and the rolling log-likelihood."""
-    # a compact vocabulary that lacks " Rome" (it has " Caesar"), so the continuation has a token scored as <|endoftext|>
+    (batch size 1 vs 3 give the same numbers), greedy flags and the rolling log-likelihood; for the book's
+    architecture and the modern one."""
+    from gptlab.config import ModelConfig
+    from gptlab.model import GPTModel
+
+    # a compact vocabulary that lacks " Rome" (it has " Caesar"): the continuation has a token scored as <|endoftext|>
     vocab = encode("Friends , Romans , countrymen , lend me your ears ; I come to bury Caesar , not to praise him")
     run = make_tiny_run(tmp_path / "run", seed=3, vocab_ids=vocab, context_length=16)
-    model, _ = load_run_model(run)
+    model, cfg = load_run_model(run)
     vm = load_vocab_map(run)
+    if arch:
+        torch.manual_seed(3)
+        model = GPTModel(ModelConfig(**{**cfg.model.__dict__, **arch})).eval()
     long_ctx = "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him."
     reqs = [(long_ctx, " Caesar Rome"), ("I come", " to bury"), ("lend me", " your ears")]
 
