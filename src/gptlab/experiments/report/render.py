@@ -138,9 +138,12 @@ def _read_experiment(exp_dir: Path, experiment: str | None, run_ids: set[str] | 
             metrics[str(r.get("variant") or "")].append(db.metrics(r["run_id"]))
         judge = db.judge_summary()
     test_sets = {}
+    from gptlab.interop.downstream import report_columns
+
     for r in runs:
         rd = _run_dir_of(exp_dir, r)
         test_sets[str(r["run_id"])] = run_test_set(rd) if rd is not None else None
+        r["downstream"] = report_columns(rd)  # RUN/downstream.json (gptlab eval RUN --task NAME), if any
     name = experiments[0] if experiments and experiments[0] != "None" else None
     return _Experiment(db_path, name, runs, judge, test_sets, metrics)
 

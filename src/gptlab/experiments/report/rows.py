@@ -123,6 +123,18 @@ def _pairs(variant: str, rs: list[dict], base_runs: list[dict]) -> tuple[list[fl
     return b_vals, v_vals
 
 
+def _downstream(rs: list[dict]) -> dict[str, float]:
+    """{"TASK acc_norm (n=N)": mean over the variant's runs} for each downstream column that every run of the
+    variant has, on the same documents (equal data sha256); runs carry them as r["downstream"] (render.py)."""
+    cols: list[dict] = [r.get("downstream") or {} for r in rs]
+    out = {}
+    for label in sorted(set().union(*cols)) if cols else []:
+        vals = [c.get(label) for c in cols]
+        if all(v is not None for v in vals) and len({sha for _, sha in vals}) == 1:
+            out[label] = float(np.mean([acc for acc, _ in vals]))
+    return out
+
+
 def _row(variant: str, rs: list[dict], baseline: str, base_runs: list[dict], judge: dict[str, float],
          reference: dict[str, float], alpha: float, margin: float | None, design: str) -> dict:
     """One variant's row: its runs summarized, and compared with the baseline's test losses."""
@@ -154,6 +166,7 @@ def _row(variant: str, rs: list[dict], baseline: str, base_runs: list[dict], jud
         judge=float(np.mean(judged)) if judged else None,
         n_judged=len(judged),
         published=float(reference[variant]) if variant in reference and finite(reference[variant]) else None,
+        downstream=_downstream(rs),
     )
     if variant != baseline:
         if design == "paired":

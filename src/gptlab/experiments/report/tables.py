@@ -34,6 +34,9 @@ def _verdict_columns(rows: list[dict]) -> list[tuple[str, Callable[[dict], Any]]
         cols.append(("judge score", lambda r: fmt(r.get("judge"), ".2f")))
     if any(r.get("published") is not None for r in rows):
         cols.append(("published", lambda r: fmt(r.get("published"), "g")))
+    for i, label in enumerate(sorted({k for r in rows for k in r.get("downstream") or {}})):
+        # beside the test loss: the mean over the variant's runs of gptlab eval RUN --task NAME's result
+        cols.insert(4 + i, (f"mean {label}", lambda r, k=label: fmt((r.get("downstream") or {}).get(k), ".4f")))
     return cols
 
 
@@ -51,11 +54,14 @@ def runs_table(runs: list[dict], order: list[str]) -> Table:
     """One line per run, grouped by variant in `order`, then by seed."""
     rank = {v: i for i, v in enumerate(order)}
     headers = ["variant", "seed", "run_id", "test loss", "val loss", "tokens", "tokens/s", "git commit"]
+    extra = sorted({k for r in runs for k in r.get("downstream") or {}})  # gptlab eval RUN --task NAME
+    headers[4:4] = extra
     body = []
     for r in sorted(runs, key=lambda r: (rank.get(str(r.get("variant") or ""), 1 << 30), r.get("seed") or 0,
                                          r["run_id"])):
+        down = [fmt(((r.get("downstream") or {}).get(k) or (None,))[0], ".4f") for k in extra]
         body.append([str(r.get("variant") or ""), DASH if r.get("seed") is None else str(r["seed"]), r["run_id"],
-                     fmt(r.get("test_loss"), ".4f"), fmt(r.get("val_loss"), ".4f"), fmt(r.get("tokens"), ",.0f"),
+                     fmt(r.get("test_loss"), ".4f"), *down, fmt(r.get("val_loss"), ".4f"), fmt(r.get("tokens"), ",.0f"),
                      fmt(r.get("tokens_per_s"), ",.0f"), (r.get("git_commit") or DASH)[:10]])
     return headers, body
 

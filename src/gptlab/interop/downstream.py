@@ -1,0 +1,69 @@
+"""Downstream results kept with a run: RUN/downstream.json, written by `gptlab eval RUN --task NAME`
+(interop/lm_eval.py) and read by experiment reports. No lm-eval import here, so reports do not need it.
+
+    {"format": 1, "results": {"TASK|limit=N|data=SHA256|CHECKPOINT": {"task": ..., "acc": ..., "acc_stderr": ...,
+     "acc_norm": ..., "acc_norm_stderr": ..., "n_docs": ..., "data_sha256": ..., "checkpoint": ..., ...}}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gptlab import GptlabError
+
+RESULT_FILE = "downstream.json"
+FORMAT = 1
+
+
+def read_results(run_dir: str | Path) -> dict[str, dict]:
+    """RUN/downstream.json's entries (key -> entry); {} when there is none."""
+    p = Path(run_dir) / RESULT_FILE
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        entries = data["results"]
+        if not isinstance(entries, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GptlabError(f"{p}: unreadable (expected JSON with a 'results' object); delete it to start afresh") \
+            from None
+    return entries
+
+
+def entry_key(task: str, limit: int | None, sha: str, checkpoint: str) -> str:
+    return f"{task}|limit={limit if limit is not None else 'all'}|data={sha}|{checkpoint}"
+
+
+def store_result(run_dir: Path, key: str, entry: dict) -> None:
+    """Add or replace one entry (the whole file rewritten atomically)."""
+    from gptlab.io import atomic_write_json
+
+    entries = read_results(run_dir)
+    entries[key] = entry
+    atomic_write_json(run_dir / RESULT_FILE, {"format": FORMAT, "results": entries})
+
+
+def report_columns(run_dir: str | Path | None) -> dict[str, tuple[float, str]]:
+    """{"TASK acc_norm (n=N)": (acc_norm, data sha256)} of a run's stored results for its latest checkpoint
+    (the newest entry per task and number of documents); {} without any. Never raises: a report must not
+    fail on a damaged downstream.json."""
+    if run_dir is None:
+        return {}
+    try:
+        from gptlab.train import latest_checkpoint
+
+        ck = latest_checkpoint(Path(run_dir))
+        entries = read_results(run_dir)
+    except (GptlabError, OSError):
+        return {}
+    out: dict[str, tuple[str, float, str]] = {}
+    for e in entries.values():
+        if not isinstance(e, dict) or ck is None or e.get("checkpoint") != ck.name or e.get("acc_norm") is None:
+            continue
+        label = f"{e.get('task')} acc_norm (n={e.get('n_docs')})"
+        when = str(e.get("evaluated_at", ""))
+        if label not in out or when >= out[label][0]:
+            out[label] = (when, float(e["acc_norm"]), str(e.get("data_sha256")))
+    return {k: (v, sha) for k, (_, v, sha) in out.items()}

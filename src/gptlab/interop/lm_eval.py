@@ -1,0 +1,367 @@
+"""Downstream evaluation through EleutherAI's lm-evaluation-harness (`pip install -e '.[eval]'`).
+
+`GptlabLM` is an lm-eval model class, registered as "gptlab", that scores with a run's own model: `loglikelihood`
+and `loglikelihood_rolling` from the GPTModel of the run's latest checkpoint (any architecture gptlab trains),
+batched, under no_grad, with the context cut from the left to the model's context length exactly as lm-eval's
+`hf` model does; text is GPT-2 BPE (tokenizer.py). A run with a corpus vocabulary (vocab.py) scores over its
+compact vocabulary; tokens it lacks are fed and scored as <|endoftext|>, as `gptlab eval` does for losses, and
+counted (`tokens_outside_vocab`, `context_tokens_outside_vocab`). `generate_until` tasks are refused.
+
+`evaluate_run` runs `lm_eval.simple_evaluate` for each task and keeps the results with the run in
+RUN/downstream.json, one entry per (task, limit, sha256 of the documents evaluated, checkpoint): the same
+evaluation again is read back instead of recomputed unless forced.
+
+    import gptlab.interop.lm_eval, lm_eval                # registers "gptlab" with lm-eval
+    lm_eval.simple_evaluate(model="gptlab", model_args="run=runs/tiny-cpu", tasks=["hellaswag"])
+
+Tasks are lm-eval's own (hellaswag: data from the Hugging Face Hub, fetched by lm-eval when online), the ones
+bundled here (lm_eval_tasks/: `shakespeare_cloze`, offline), and task YAMLs in folders given as `include_path`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gptlab import GptlabError
+from gptlab.data.tokenizer import EOT_ID, encode
+from gptlab.interop.downstream import entry_key, read_results, store_result
+
+try:
+    import lm_eval
+    import lm_eval.models  # noqa: F401  lm-eval's own models (lazy); registering ours first would hide them
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+except ModuleNotFoundError:  # pragma: no cover - install problem
+    raise GptlabError("downstream evaluation needs lm-evaluation-harness: pip install -e '.[eval]' "
+                      "(or pip install 'lm-eval>=0.4')") from None
+
+TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
+METRICS = ("acc", "acc_norm")  # reported with their stderr, as llm.c reports HellaSwag
+
+
+def bundled_tasks() -> dict[str, Path]:
+    """Task name -> YAML of the tasks shipped with gptlab."""
+    return {p.stem: p for p in sorted(TASKS_DIR.glob("*.yaml"))}
+
+
+@register_model("gptlab")
+class GptlabLM(TemplateLM):
+    """lm-eval's view of a gptlab model: `GptlabLM(run="runs/x")` (or model_args "run=runs/x" under the name
+    "gptlab"), or `GptlabLM(model=GPTModel, vocab_map=...)` for a model already in memory."""
+
+    def __init__(self, run: str | None = None, device: str = "auto", batch_size: int | str = 16, model=None,
+                 vocab_map=None, **_ignored: Any) -> None:
+        super().__init__()
+        from gptlab.train import autocast_ctx, resolve_precision
+
+        if (run is None) == (model is None):
+            raise GptlabError("GptlabLM: give run=RUN_DIR or model=GPTModel")
+        if run is not None:
+            from gptlab.data.vocab import load_vocab_map
+            from gptlab.train import load_run_model
+
+            model, _ = load_run_model(run, device)
+            vocab_map = load_vocab_map(run)
+        if str(batch_size).startswith("auto"):
+            batch_size = 16
+        try:
+            self.batch_size = int(batch_size)
+        except ValueError:
+            raise GptlabError(f"GptlabLM: batch_size {batch_size!r} is not a whole number") from None
+        if self.batch_size < 1:
+            raise GptlabError(f"GptlabLM: batch_size must be at least 1, got {self.batch_size}")
+        self.model = model.eval()
+        self.dev = next(model.parameters()).device
+        self._autocast = lambda: autocast_ctx(resolve_precision("auto", self.dev), self.dev)
+        self.vocab_map = vocab_map
+        self.max_length = model.cfg.context_length
+        self.reset_counts()
+
+    def reset_counts(self) -> None:
+        self.counts = dict(requests=0, tokens_scored=0, tokens_outside_vocab=0, context_tokens=0,
+                           context_tokens_outside_vocab=0, requests_truncated=0)
+
+    # -- TemplateLM's tokenizer interface ------------------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return EOT_ID
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return encode(string)
+
+    # -- scoring --------------------------------------------------------------------------------------
+    def _outside(self, ids: list[int]) -> int:
+        if self.vocab_map is None:
+            return 0
+        t = torch.tensor(ids, dtype=torch.long)
+        return int(((self.vocab_map.lut[t] == self.vocab_map.lut[EOT_ID]) & (t != EOT_ID)).sum())
+
+    def _to_model(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.vocab_map is None else self.vocab_map.to_compact(t)
+
+    @torch.no_grad()
+    def score(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool = True) -> list[tuple[float, bool]]:
+        """(sum of log-probs of `cont` after `ctx`, whether greedy decoding gives `cont`) per (ctx, cont) of GPT-2
+        ids. Longest first in batches of `batch_size`; the input is (ctx + cont)[-(L+1):][:-1] for context
+        length L, right-padded (the model is causal, so padding after a row's tokens does not change them)."""
+        from tqdm import tqdm
+
+        L = self.max_length
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: (-(len(pairs[i][0]) + len(pairs[i][1])), i))
+        bar = tqdm(total=len(pairs), disable=disable_tqdm, desc="gptlab loglikelihood")
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b:b + self.batch_size]
+            rows, spans = [], []
+            for i in idx:
+                ctx, cont = pairs[i]
+                if not cont or not ctx:
+                    raise GptlabError("loglikelihood: empty context or continuation after tokenisation")
+                if len(cont) > L:
+                    raise GptlabError(f"loglikelihood: a continuation of {len(cont)} tokens is longer than the "
+                                      f"model's context length {L}")
+                full = (ctx + cont)[-(L + 1):]
+                inp = full[:-1]
+                c = self.counts
+                c["requests"] += 1
+                c["requests_truncated"] += len(ctx) + len(cont) > L + 1
+                c["tokens_scored"] += len(cont)
+                c["tokens_outside_vocab"] += self._outside(cont)
+                c["context_tokens"] += len(inp) - len(cont) + 1
+                c["context_tokens_outside_vocab"] += self._outside(inp[:len(inp) - len(cont) + 1])
+                rows.append(inp)
+                spans.append((len(inp) - len(cont), cont))
+            x = torch.full((len(rows), max(len(r) for r in rows)), EOT_ID, dtype=torch.long)
+            for r, row in enumerate(rows):
+                x[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+            with self._autocast():
+                logits = self.model(self._to_model(x).to(self.dev))
+            for r, (start, cont) in enumerate(spans):
+                lp = F.log_softmax(logits[r, start:start + len(cont)].float(), dim=-1)
+                tgt = self._to_model(torch.tensor(cont, dtype=torch.long)).to(self.dev)
+                ll = lp.gather(-1, tgt[:, None]).squeeze(-1).double().sum().item()
+                out[idx[r]] = (ll, bool((lp.argmax(-1) == tgt).all().item()))
+            bar.update(len(idx))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        res = self.score([(ctx, cont) for _, ctx, cont in requests], disable_tqdm=disable_tqdm)
+        for (key, _, _), r in zip(requests, res):
+            self.cache_hook.add_partial("loglikelihood", key, r)
+        return res
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Sum of log-probs of each whole text, in disjoint windows of the context length (lm-eval's
+        rolling windows; the first token is predicted from <|endoftext|>)."""
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        pairs, owner = [], []
+        for n, req in enumerate(requests):
+            (text,) = req.args
+            for w in get_rolling_token_windows(token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+                                               max_seq_len=self.max_length, context_len=1):
+                pairs.append(make_disjoint_window(w))
+                owner.append(n)
+        sums = [0.0] * len(requests)
+        for n, (ll, _) in zip(owner, self.score(pairs, disable_tqdm=disable_tqdm)):
+            sums[n] += ll
+        for req, s in zip(requests, sums):
+            self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), s)
+        return sums
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        raise GptlabError("gptlab's lm-eval model scores log-likelihoods only: generation tasks (output_type "
+                          "generate_until) are not supported; choose a multiple-choice or perplexity task")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Tasks
+# ------------------------------------------------------------------------------------------------------
+
+
+def _bundled_spec(path: Path) -> dict:
+    """A bundled task's config with its data_files made absolute (datasets resolves relative ones from the
+    current directory)."""
+    import yaml
+
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    files = spec.get("dataset_kwargs", {}).get("data_files", {})
+    spec["dataset_kwargs"]["data_files"] = {k: str(path.parent / v) for k, v in files.items()}
+    return spec
+
+
+def load_tasks(names: list[str], include_path: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(TaskManager, {task name: lm-eval Task}) for `names`: bundled tasks first, then task YAMLs under
+    `include_path`, then lm-eval's own (indexing those takes seconds, so only when needed). An unknown
+    name is a one-line GptlabError."""
+    import datasets
+    from lm_eval.tasks import TaskManager
+
+    datasets.disable_progress_bars()  # "Generating validation split" bars: not ours to show
+    for p in include_path or []:
+        if not Path(p).is_dir():
+            raise GptlabError(f"--include-path {p}: not a folder (expected a folder of lm-eval task YAMLs)")
+    bundled = bundled_tasks()
+    quiet = logging.getLogger("lm_eval")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        tm = TaskManager(include_path=list(include_path or []) or None, include_defaults=False)
+        if any(n not in bundled and n not in tm.all_tasks for n in names):
+            tm = TaskManager(include_path=list(include_path or []) or None)
+        specs: list[Any] = []
+        for n in names:
+            if n in tm.all_tasks:
+                specs.append(n)
+            elif n in bundled:
+                specs.append(_bundled_spec(bundled[n]))
+            else:
+                import difflib
+
+                near = difflib.get_close_matches(n, list(bundled) + tm.all_tasks, n=3)
+                raise GptlabError(
+                    f"--task {n}: no such lm-eval task (not bundled with gptlab: {', '.join(bundled)}; not in "
+                    f"--include-path; not among lm-eval {lm_eval.__version__}'s {len(tm.all_tasks):,} tasks"
+                    + (f"; did you mean {', '.join(near)}?" if near else "")
+                    + "); list them with `lm-eval ls tasks`")
+        try:
+            loaded = tm.load(specs)
+        except (ConnectionError, OSError) as e:  # a Hub dataset (hellaswag, ...) without a network or a cache
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GptlabError(f"--task {', '.join(names)}: lm-eval could not load the task's data ({first}); "
+                              "Hub datasets such as HellaSwag need a network the first time (then they are "
+                              "cached); offline, use a local task (shakespeare_cloze or --include-path)") from None
+    finally:
+        quiet.setLevel(level)
+    tasks = loaded["tasks"]
+    for name, task in tasks.items():
+        kind = task.get_config("output_type")
+        if kind == "generate_until":
+            raise GptlabError(f"--task {name}: a generation task (output_type generate_until); gptlab's lm-eval "
+                              "model scores log-likelihoods only (multiple-choice and perplexity tasks)")
+    return tm, tasks
+
+
+def docs_sha256(task, limit: int | None) -> tuple[str, int]:
+    """(sha256 over the documents lm-eval evaluates: the first `limit` of the task's eval split, as
+    processed by the task, canonical JSON; their number)."""
+    h = hashlib.sha256()
+    n = 0
+    for doc in task.eval_docs:
+        if limit is not None and n >= limit:
+            break
+        h.update(json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+        h.update(b"\n")
+        n += 1
+    return h.hexdigest(), n
+
+
+def _metrics(res: dict) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for m in METRICS:
+        for name in (m, f"{m}_stderr"):
+            v = res.get(f"{name},none")
+            out[name] = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+    return out
+
+
+def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None,
+                 include_path: list[str] | None = None, batch_size: int = 16, device: str = "auto",
+                 force: bool = False, lm: GptlabLM | None = None) -> list[dict]:
+    """Run lm-eval's `simple_evaluate` on the run's latest checkpoint for each task (a group expands to its
+    tasks); return one entry per task, read back from RUN/downstream.json when that exact evaluation (task,
+    limit, documents' sha256, checkpoint) is there and not `force`, else computed and stored (atomically)."""
+    from gptlab.train import latest_checkpoint
+
+    run_dir = Path(run_dir)
+    ck = latest_checkpoint(run_dir)
+    if ck is None:
+        raise GptlabError(f"{run_dir}: no checkpoint yet (checkpoints/latest missing)")
+    tm, loaded = load_tasks(tasks, include_path)
+    stored = read_results(run_dir)
+    out = []
+    for name, task in loaded.items():
+        sha, n_docs = docs_sha256(task, limit)
+        key = entry_key(name, limit, sha, ck.name)
+        if key in stored and not force:
+            out.append(dict(stored[key], reused=True))
+            continue
+        if lm is None:
+            lm = GptlabLM(run=str(run_dir), device=device, batch_size=batch_size)
+        lm.reset_counts()
+        t0 = time.time()
+        quiet = logging.getLogger("lm_eval")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm, limit=limit, log_samples=False)
+        finally:
+            quiet.setLevel(level)
+        r = res["results"][name]
+        entry = dict(task=name, limit=limit, n_docs=int(res.get("n-samples", {}).get(name, {}).get("effective",
+                                                                                                   n_docs)),
+                     data_sha256=sha, checkpoint=ck.name, **_metrics(r),
+                     chance=_chance(task), counts=dict(lm.counts), lm_eval_version=lm_eval.__version__,
+                     task_version=res.get("versions", {}).get(name), seconds=round(time.time() - t0, 2),
+                     evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        store_result(run_dir, key, entry)
+        out.append(dict(entry, reused=False))
+    return out
+
+
+def evaluate_hf(hf_dir: str | Path, tasks: list[str], limit: int | None = None,
+                include_path: list[str] | None = None, batch_size: int = 16, device: str = "auto") -> list[dict]:
+    """The same evaluation of a local Hugging Face folder (e.g. `gptlab export`'s) through lm-eval's own `hf`
+    model class; nothing is stored. Offline: the folder must hold the weights and tokenizer files."""
+    from gptlab.train import resolve_device
+
+    if not (Path(hf_dir) / "config.json").is_file():
+        raise GptlabError(f"--hf-dir {hf_dir}: no config.json (expected a Hugging Face model folder)")
+    tm, loaded = load_tasks(tasks, include_path)
+    quiet = logging.getLogger("lm_eval")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        res = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir), "dtype": "float32"},
+                                      tasks=list(loaded.values()), task_manager=tm, limit=limit,
+                                      batch_size=batch_size, device=str(resolve_device(device)), log_samples=False)
+    finally:
+        quiet.setLevel(level)
+    out = []
+    for name, task in loaded.items():
+        sha, n_docs = docs_sha256(task, limit)
+        out.append(dict(task=name, limit=limit, n_docs=n_docs, data_sha256=sha, hf_dir=str(hf_dir),
+                        **_metrics(res["results"][name]), chance=_chance(task), lm_eval_version=lm_eval.__version__))
+    return out
+
+
+def _chance(task) -> float | None:
+    """1 / number of choices when every document has the same number (a multiple-choice task), else None."""
+    if task.get_config("output_type") != "multiple_choice":
+        return None
+    try:
+        sizes = {len(task.doc_to_choice(d)) for d in task.eval_docs}
+    except Exception:  # the chance line is informative only
+        return None
+    return 1.0 / sizes.pop() if len(sizes) == 1 else None
+
+
+def outside_note(entry: dict) -> str | None:
+    """A line for results that scored tokens the run's vocabulary lacks (as <|endoftext|>)."""
+    c = entry.get("counts") or {}
+    n, total = c.get("tokens_outside_vocab", 0), c.get("tokens_scored", 0)
+    nc, totc = c.get("context_tokens_outside_vocab", 0), c.get("context_tokens", 0)
+    if not (n or nc):
+        return None
+    return (f"{entry['task']}: {n:,} of {total:,} scored tokens ({100 * n / max(total, 1):.2f}%) and {nc:,} of "
+            f"{totc:,} context tokens are outside the run's vocabulary and were scored as <|endoftext|>")
