@@ -227,6 +227,8 @@ def test_report_shows_the_mean_acc_norm_beside_test_loss(tmp_path):
     """A variant whose every run has the result gets its mean; one with a run lacking it gets a dash."""
     from gptlab.experiments.report import write_report
     from gptlab.experiments.results import ResultsDB
+    from gptlab.interop.downstream import checkpoint_id
+    from gptlab.train import latest_checkpoint
 
     exp = tmp_path / "exp"
     accs = {("baseline", 0): 0.30, ("baseline", 1): 0.34, ("other", 0): 0.40, ("other", 1): None}
@@ -235,7 +237,8 @@ def test_report_shows_the_mean_acc_norm_beside_test_loss(tmp_path):
             run = make_tiny_run(exp / "runs" / f"{variant}-s{seed}")
             if acc is not None:
                 store_result(run, "k", dict(task=TASK, n_docs=200, acc=0.25, acc_norm=acc, data_sha256="abc",
-                                            checkpoint="step_0000000", evaluated_at="2026-01-01T00:00:00"))
+                                            checkpoint=checkpoint_id(latest_checkpoint(run)),
+                                            evaluated_at="2026-01-01T00:00:00"))
             db.record_run(dict(run_id=run.name, experiment="e", variant=variant, seed=seed, run_dir=str(run),
                                test_loss=4.0 + seed / 100 + (variant == "other") / 10, tokens=1000))
     res = write_report(exp)
@@ -247,5 +250,8 @@ def test_report_shows_the_mean_acc_norm_beside_test_loss(tmp_path):
     rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines[2:])}
     assert rows["baseline"][cols.index(header)] == "0.3200" and rows["other"][cols.index(header)] == "—"
     assert f"{TASK} acc_norm (n=200)" in md and "0.4000" in md  # the runs table shows each run's value
+    weights = latest_checkpoint(exp / "runs" / "other-s0") / "model.safetensors"  # new weights, same step name:
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # its result is stale
+    assert "0.4000" not in Path(write_report(exp)["markdown"]).read_text()
     shutil.rmtree(exp / "runs" / "baseline-s1" / "checkpoints")  # no checkpoint: no result for it
     assert "0.3200" not in write_report(exp)["table"]

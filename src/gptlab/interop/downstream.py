@@ -45,6 +45,18 @@ def store_result(run_dir: Path, key: str, entry: dict) -> None:
     atomic_write_json(run_dir / RESULT_FILE, {"format": FORMAT, "results": entries})
 
 
+def checkpoint_id(ck: Path) -> str:
+    """Which model a result belongs to: the checkpoint's name and its weights file's size and mtime (a run
+    retrained from scratch in the same folder up to the same step has new weights, so a new id)."""
+    from gptlab.train.checkpoint import WEIGHTS
+
+    try:
+        st = (ck / WEIGHTS).stat()
+    except OSError:
+        return ck.name
+    return f"{ck.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def report_columns(run_dir: str | Path | None) -> dict[str, tuple[float, str]]:
     """{"TASK acc_norm (n=N)": (acc_norm, data sha256)} of a run's stored results for its latest checkpoint
     (the newest entry per task and number of documents); {} without any. Never raises: a report must not
@@ -60,7 +72,7 @@ def report_columns(run_dir: str | Path | None) -> dict[str, tuple[float, str]]:
         return {}
     out: dict[str, tuple[str, float, str]] = {}
     for e in entries.values():
-        if not isinstance(e, dict) or ck is None or e.get("checkpoint") != ck.name or e.get("acc_norm") is None:
+        if not isinstance(e, dict) or ck is None or e.get("checkpoint") != checkpoint_id(ck) or e.get("acc_norm") is None:
             continue
         label = f"{e.get('task')} acc_norm (n={e.get('n_docs')})"
         when = str(e.get("evaluated_at", ""))

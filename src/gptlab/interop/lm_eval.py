@@ -33,7 +33,12 @@ import torch.nn.functional as F
 
 from gptlab import GptlabError
 from gptlab.data.tokenizer import EOT_ID, encode
-from gptlab.interop.downstream import entry_key, read_results, store_result
+from gptlab.interop.downstream import (
+    checkpoint_id,
+    entry_key,
+    read_results,
+    store_result,
+)
 
 try:
     import lm_eval
@@ -288,11 +293,11 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None
     if ck is None:
         raise GptlabError(f"{run_dir}: no checkpoint yet (checkpoints/latest missing)")
     tm, loaded = load_tasks(tasks, include_path)
-    stored = read_results(run_dir)
+    stored, ck_id = read_results(run_dir), checkpoint_id(ck)
     out = []
     for name, task in loaded.items():
         sha, n_docs = docs_sha256(task, limit)
-        key = entry_key(name, limit, sha, ck.name)
+        key = entry_key(name, limit, sha, ck_id)
         if key in stored and not force:
             out.append(dict(stored[key], reused=True))
             continue
@@ -310,7 +315,7 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None
         r = res["results"][name]
         entry = dict(task=name, limit=limit, n_docs=int(res.get("n-samples", {}).get(name, {}).get("effective",
                                                                                                    n_docs)),
-                     data_sha256=sha, checkpoint=ck.name, **_metrics(r),
+                     data_sha256=sha, checkpoint=ck_id, **_metrics(r),
                      chance=_chance(task), counts=dict(lm.counts), lm_eval_version=lm_eval.__version__,
                      task_version=res.get("versions", {}).get(name), seconds=round(time.time() - t0, 2),
                      evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
