@@ -50,6 +50,7 @@ LADDER_KEYS = ("rungs", "tokens_per_param", "tokens", "flops", "seeds", "target"
 TARGET_KEYS = ("config", "tokens")
 TOKEN_RULES = ("tokens_per_param", "tokens", "flops")
 RUN_OVERHEAD_S = 8.0  # CPU time estimates: process start, data and the test evaluation of one tiny run (2 cores)
+_MEASURABLE_STEP_FLOPS = 5e10  # without a GPU, time a rung's step only below this (a few seconds on 2 cores)
 MIN_SPAN = 10.0  # a ladder narrower than this in non-embedding parameters is flagged in the report
 _MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 
@@ -224,14 +225,14 @@ def print_dry_run(lad: Ladder, extra: dict) -> None:
     import torch
 
     from gptlab.experiments.dry_run import _MEASURABLE_PARAMS, _measure_flops
-    from gptlab.train.flops import PEAK_FLOPS
+    from gptlab.train.flops import PEAK_FLOPS, flops_per_token
 
     spec = lad.spec
     print(f"ladder {lad.name}: {len(lad.rungs)} rungs x {len(spec.variants)} variants, "
           f"{sum(len(r.spec.matrix()) for r in lad.rungs)} runs  (base {spec.base})")
     print(f"{'rung':<7} {'non-emb params':>14} {'params':>11} {'tokens/run':>11} {'FLOPs/run':>9} {'runs':>5} "
           f"{'FLOPs':>9} {'est. min':>8}  model")
-    total_f, total_s, measured = 0.0, 0.0, True
+    total_f, total_s, n_timed = 0.0, 0.0, 0
     for r in lad.rungs:
         runs = len(r.spec.matrix())
         fl = r.flops * runs
@@ -239,10 +240,11 @@ def print_dry_run(lad: Ladder, extra: dict) -> None:
         from gptlab.data.vocab import resolve_corpus_vocab
 
         resolve_corpus_vocab(cfg)
-        if torch.cuda.is_available() or r.params < _MEASURABLE_PARAMS:
+        step_flops = flops_per_token(cfg.model) * cfg.train.micro_batch_size * cfg.model.context_length
+        if torch.cuda.is_available() or (r.params < _MEASURABLE_PARAMS and step_flops < _MEASURABLE_STEP_FLOPS):
             secs = fl / _measure_flops(cfg) + (0 if torch.cuda.is_available() else RUN_OVERHEAD_S * runs)
+            n_timed += 1
         else:
-            measured = False
             secs = fl / (PEAK_FLOPS["H100"] * 0.40)
         total_f, total_s = total_f + fl, total_s + secs
         print(f"{r.name:<7} {r.non_embedding:>14,} {r.params:>11,} {r.tokens:>11,} {r.flops:>9.2e} {runs:>5} "
@@ -252,9 +254,12 @@ def print_dry_run(lad: Ladder, extra: dict) -> None:
           f"compute span {c_max / lad.rungs[0].flops:.1f}x per run")
     print(f"target {lad.target_config.name}: {lad.target_params:,} params, {lad.target_tokens:.3g} tokens, "
           f"{lad.target_flops:.3e} FLOPs = {lad.target_flops / c_max:.3g}x the largest rung")
-    how = ("this machine's measured FLOP/s for each rung's model"
-           + ("" if torch.cuda.is_available() else f" + {RUN_OVERHEAD_S:g} s per run for start and test evaluation")
-           if measured else "1x H100 at 40% MFU for rungs not measurable here (no GPU)")
+    if n_timed == len(lad.rungs):
+        how = "this machine's measured FLOP/s for each rung's model" + (
+            "" if torch.cuda.is_available() else f" + {RUN_OVERHEAD_S:g} s per run for start and test evaluation")
+    else:
+        how = (f"{len(lad.rungs) - n_timed} rung(s) too big to time without a GPU at 40% MFU of 1x H100 (bf16 peak "
+               f"989 TFLOP/s), {n_timed} timed on this machine")
     print(f"total {total_f:.3e} FLOPs; estimated {total_s / 60:.1f} min run one after another ({how})")
 
 
