@@ -121,3 +121,25 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     assert "8 runs, 8 already done, 0 to run" in printed and printed.count(", 0 to run") == 3
     assert {p: p.stat().st_mtime for p in out.glob("rung-*/runs/*/final.json")} == mtimes
     assert json.loads((out / "ladder.json").read_text())["variants"][0]["target_delta"] == v["target_delta"]
+
+
+def test_ladder_verb_checks_its_options(capsys):
+    from gptlab.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["ladder", "configs/experiments/ladder-cpu.toml", "--bootstrap", "5"])
+    assert e.value.code == 2 and "argument --bootstrap: must be in [20, 100000], got 5" in capsys.readouterr().err
+    assert main(["ladder", "configs/experiments/nope.toml", "--dry-run"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_shipped_ladders_resolve():
+    cpu = load_ladder("configs/experiments/ladder-cpu.toml")
+    assert [v.name for v in cpu.spec.variants] == ["baseline", "grad_clip", "no_dropout", "qkv_bias", "muon", "rope"]
+    assert len(cpu.rungs) >= 3 and cpu.span >= 10 and all(len(r.spec.seeds) >= 3 for r in cpu.rungs)
+    gpu = load_ladder("configs/experiments/ladder-gpu.toml")
+    assert gpu.span >= 10 and 100e6 < gpu.rungs[-1].params < 130e6
+    assert gpu.target_flops == pytest.approx(2.785e18, rel=1e-3)
+    # tokens_per_param = 20: 20 tokens per non-embedding parameter, rounded up to whole optimizer steps
+    r = gpu.rungs[0]
+    assert 20 * r.non_embedding <= r.tokens < 20 * r.non_embedding + 96 * 1024

@@ -139,3 +139,17 @@ def test_interval_needs_enough_finite_draws():
     assert all(math.isnan(x) for x in scaling.interval(np.array([1.0, np.nan] * 4), 0.95))
     lo, hi = scaling.interval(np.arange(1001.0), 0.9)
     assert (lo, hi) == (pytest.approx(50.0), pytest.approx(950.0))
+
+
+def test_paired_bootstrap_keeps_the_pairs_together():
+    # a large seed effect shared by baseline and variant (same seed, same init): the paired bootstrap's interval
+    # of Δ is as narrow as the pairs' differences; resampling each side on its own sees the seed spread
+    rng = np.random.default_rng(5)
+    rungs = []
+    for c in np.logspace(10, 12, 3):
+        seed_effect = rng.normal(0, 0.1, 4)
+        rungs.append(Rung([c] * 4, law(c) + seed_effect, [c] * 4, law(c) + seed_effect - 0.02 + rng.normal(0, .002, 4)))
+    paired = scaling.extrapolate(rungs, 1e15, n_boot=200, paired=True)
+    independent = scaling.extrapolate(rungs, 1e15, n_boot=200, paired=False)
+    assert paired.low < -0.02 < paired.high and paired.high - paired.low < 0.01
+    assert independent.high - independent.low > 5 * (paired.high - paired.low)
