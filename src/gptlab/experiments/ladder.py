@@ -224,6 +224,7 @@ def _plan_rung(p: Path, d: dict, base: Path, name: str, i: int, model: dict, see
 def print_dry_run(lad: Ladder, extra: dict) -> None:
     import torch
 
+    from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.experiments.dry_run import _MEASURABLE_PARAMS, _measure_flops
     from gptlab.train.flops import PEAK_FLOPS, flops_per_token
 
@@ -232,14 +233,13 @@ def print_dry_run(lad: Ladder, extra: dict) -> None:
           f"{sum(len(r.spec.matrix()) for r in lad.rungs)} runs  (base {spec.base})")
     print(f"{'rung':<7} {'non-emb params':>14} {'params':>11} {'tokens/run':>11} {'FLOPs/run':>9} {'runs':>5} "
           f"{'FLOPs':>9} {'est. min':>8}  model")
-    total_f, total_s, n_timed = 0.0, 0.0, 0
+    total_f, total_s, n_timed, unprepared = 0.0, 0.0, 0, None
     for r in lad.rungs:
         runs = len(r.spec.matrix())
         fl = r.flops * runs
         cfg = r.spec.resolved_config(r.spec.variants[0], r.spec.seeds[0], extra)
-        from gptlab.data.vocab import resolve_corpus_vocab
-
-        resolve_corpus_vocab(cfg)
+        if resolve_corpus_vocab(cfg) is None and cfg.data.vocab == "corpus":
+            unprepared = cfg.data.dir
         step_flops = flops_per_token(cfg.model) * cfg.train.micro_batch_size * cfg.model.context_length
         if torch.cuda.is_available() or (r.params < _MEASURABLE_PARAMS and step_flops < _MEASURABLE_STEP_FLOPS):
             secs = fl / _measure_flops(cfg) + (0 if torch.cuda.is_available() else RUN_OVERHEAD_S * runs)
@@ -249,6 +249,8 @@ def print_dry_run(lad: Ladder, extra: dict) -> None:
         total_f, total_s = total_f + fl, total_s + secs
         print(f"{r.name:<7} {r.non_embedding:>14,} {r.params:>11,} {r.tokens:>11,} {r.flops:>9.2e} {runs:>5} "
               f"{fl:>9.2e} {secs / 60:>8.1f}  {r.describe()}")
+    if unprepared:
+        print(f"(data.vocab = 'corpus' but {unprepared} is not prepared yet: sizes above use the full vocabulary)")
     c_max = lad.rungs[-1].flops
     print(f"non-embedding span {lad.span:.1f}x{'' if lad.span >= MIN_SPAN else f' (< {MIN_SPAN:g}x)'}; "
           f"compute span {c_max / lad.rungs[0].flops:.1f}x per run")
@@ -269,6 +271,7 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
     """Run (or with dry_run, only print) every rung of the ladder through the experiment runner, then write the
     ladder report. The exit status for the CLI."""
     from gptlab.experiments.runner import run_experiment
+    from gptlab.io import atomic_write_text
 
     extra = parse_overrides(overrides or [])
     lad = load_ladder(spec_path, extra)
@@ -285,8 +288,6 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
     status = 0
     for r in lad.rungs:
         spec_file = exp_dir / "specs" / f"{r.name}.toml"
-        from gptlab.io import atomic_write_text
-
         atomic_write_text(spec_file, f"# rung {r.index} of {lad.path} (written by `gptlab ladder`)\n"
                           + tomli_w.dumps(r.table))
         rc = run_experiment(str(spec_file), out=str(exp_dir / r.name), overrides=overrides, only=only, **run_options)
@@ -510,7 +511,8 @@ def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
             ax.errorbar([np.mean(c)], [np.mean(y)], yerr=[[np.mean(y) - y.min()], [y.max() - np.mean(y)]],
                         fmt="o", color=color, ms=5, capsize=3)
         if curve is not None:
-            ax.plot(grid, curve(grid), color=color, lw=1.4, label=f"{name}: {curve.form} fit")
+            ax.plot(grid, curve(grid), color=color, lw=1.4, ls="--" if name == baseline else "-",
+                    label=f"{name}: {curve.form} fit", zorder=3 if name == baseline else 2)
     far = grid >= cmax
     ax.fill_between(grid[far], band["var"][0][far], band["var"][1][far], color="#1f77b4", alpha=0.15, lw=0,
                     label=f"{e['variant']}: {level:.0%} band")
