@@ -153,3 +153,11 @@ def test_paired_bootstrap_keeps_the_pairs_together():
     independent = scaling.extrapolate(rungs, 1e15, n_boot=200, paired=False)
     assert paired.low < -0.02 < paired.high and paired.high - paired.low < 0.01
     assert independent.high - independent.low > 5 * (paired.high - paired.low)
+
+
+def test_trend_without_spread_is_untested():
+    r = rungs_for_trend([-0.05, -0.02, 0.01])
+    r["se"][:] = np.nan
+    t = scaling.trend(**r)
+    assert t["word"] == "flat" and t["tested"] is False and math.isnan(t["p"])
+    assert scaling.trend(**rungs_for_trend([-0.05, -0.02, 0.01]))["tested"] is True

@@ -281,8 +281,9 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
         print_dry_run(lad, extra)
         return 0
     exp_dir = Path(out or Path("experiments") / lad.name)
-    done = _done_counts(lad, exp_dir)
-    total = sum(len(r.spec.matrix()) for r in lad.rungs)
+    keep = None if not only else set(only) | {lad.spec.baseline}  # --only: these variants and the baseline
+    done = _done_counts(lad, exp_dir, keep)
+    total = sum(sum(keep is None or v.name in keep for v, _ in r.spec.matrix()) for r in lad.rungs)
     print(f"ladder {lad.name}: {len(lad.rungs)} rungs, {total} runs, {sum(done)} already done, "
           f"{total - sum(done)} to run -> {exp_dir}", flush=True)
     status = 0
@@ -300,7 +301,7 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
     return status
 
 
-def _done_counts(lad: Ladder, exp_dir: Path) -> list[int]:
+def _done_counts(lad: Ladder, exp_dir: Path, keep: set[str] | None = None) -> list[int]:
     from gptlab.experiments.results import DB_NAME, ResultsDB
 
     out = []
@@ -311,7 +312,7 @@ def _done_counts(lad: Ladder, exp_dir: Path) -> list[int]:
             continue
         with ResultsDB(db_path, create=False) as db:
             ids = db.run_ids()
-        out.append(sum(r.spec.run_id(v.name, s) in ids for v, s in r.spec.matrix()))
+        out.append(sum(r.spec.run_id(v.name, s) in ids for v, s in r.spec.matrix() if keep is None or v.name in keep))
     return out
 
 
@@ -400,6 +401,10 @@ def _label(e: dict) -> str:
     return "not tested"
 
 
+def _trend_word(t: dict) -> str:
+    return t["word"] if t.get("tested") or t["word"] == "flips" else f"{t['word']} (untested)"
+
+
 def format_summary(res: dict) -> str:
     """The summary table as aligned text (the terminal)."""
     from gptlab.experiments.report.tables import text_table
@@ -419,7 +424,7 @@ def _summary_table(lad: Ladder, an: dict) -> tuple[list[str], list[list[str]]]:
             continue
         pr, t, ex, bt = e["per_rung"], e["trend"], e["extrapolation"], e["backtest"]
         body.append([
-            e["variant"], _f(pr[0]["diff"]), _f(pr[-1]["diff"]), t["word"],
+            e["variant"], _f(pr[0]["diff"]), _f(pr[-1]["diff"]), _trend_word(t),
             f"{_f(t['slope'])} ({_f(t['p'], '.3g')})", ex.fit.model if ex.fit else "—", _f(ex.delta),
             _ci(ex.low, ex.high),
             _f(bt.predicted) if bt else "—", _f(bt.measured) if bt else "—", _f(bt.error) if bt else "—",
@@ -546,7 +551,7 @@ def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
     bx.set_xscale("log")
     bx.set_xlabel("training FLOPs")
     bx.set_ylabel(f"Δ test loss ({e['variant']} − {baseline})")
-    bx.set_title(f"Δ with scale: {e['trend']['word']}; backtest {_label(e).strip('*')}")
+    bx.set_title(f"Δ with scale: {_trend_word(e['trend'])}; backtest {_label(e).strip('*')}")
     bx.grid(True, which="both", alpha=0.25)
     bx.legend(fontsize=8)
     fig.suptitle(f"{e['variant']} vs {baseline}", fontsize=12)
@@ -605,7 +610,7 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         ex, t = e["extrapolation"], e["trend"]
         fit = ex.fit
         lines += [markdown_table(*_variant_table(e, lad)), "",
-                  f"Trend: **{t['word']}** (slope {_f(t['slope'])} per decade of compute, SE {_f(t['slope_se'], '.4f')}, "
+                  f"Trend: **{_trend_word(t)}** (slope {_f(t['slope'])} per decade of compute, SE {_f(t['slope_se'], '.4f')}, "
                   f"p {_f(t['p'], '.3g')}, df {_f(t['df'], '.3g')}). "
                   f"Δ at target: {_f(ex.delta)}, {an['level']:.0%} PI {_ci(ex.low, ex.high)} "
                   f"({fit.model if fit else 'no'} fit). Backtest: {_label(e)}.", ""]

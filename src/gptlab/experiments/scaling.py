@@ -46,7 +46,7 @@ TREND_RULE = (
     "distribution with the smallest per-rung degrees of freedom; when its two-sided p < alpha the trend is "
     "**grows** if the slope moves Δ away from zero at the largest rung (the fitted Δ there and the slope have the "
     "same sign) and **shrinks** otherwise; else **flat** (no detectable change with scale, which is not proof of "
-    "none).")
+    "none; \"flat (untested)\" when no slope test was possible: fewer than 2 seeds or 2 computes).")
 
 
 # ---------------------------------------------------------------------------------------------------- curves
@@ -269,7 +269,7 @@ def trend(log_c, delta, se, df, ci_low, ci_high, alpha: float = 0.05) -> dict:
     order = np.argsort(x)
     x, d, s, dfs, lo, hi = x[order], d[order], s[order], dfs[order], lo[order], hi[order]
     nan = float("nan")
-    out = dict(word="flat", slope=nan, slope_se=nan, t=nan, p=nan, df=nan)
+    out = dict(word="flat", slope=nan, slope_se=nan, t=nan, p=nan, df=nan, tested=False)
 
     def excludes0(i):
         return bool(np.isfinite(lo[i]) and np.isfinite(hi[i]) and (lo[i] > 0 or hi[i] < 0))
@@ -290,7 +290,7 @@ def trend(log_c, delta, se, df, ci_low, ci_high, alpha: float = 0.05) -> dict:
     dof = float(np.min(dfs)) if np.all(np.isfinite(dfs)) else nan
     t = slope / slope_se
     p = float(2 * _st.t.sf(abs(t), dof)) if math.isfinite(dof) and dof > 0 else nan
-    out.update(slope=slope, slope_se=slope_se, t=t, p=p, df=dof)
+    out.update(slope=slope, slope_se=slope_se, t=t, p=p, df=dof, tested=math.isfinite(p))
     if out["word"] == "flips":
         return out
     if math.isfinite(p) and p < alpha:
