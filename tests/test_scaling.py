@@ -161,3 +161,13 @@ def test_trend_without_spread_is_untested():
     t = scaling.trend(**r)
     assert t["word"] == "flat" and t["tested"] is False and math.isnan(t["p"])
     assert scaling.trend(**rungs_for_trend([-0.05, -0.02, 0.01]))["tested"] is True
+
+
+def test_offset_model_weights_a_noisy_rung_less():
+    # the smallest rung's seeds scatter 20x more than the others' and its Δ is off; the inverse-variance
+    # weighted offset follows the two precise rungs (-0.20), an unweighted mean of the rungs' Δ would be -0.06
+    rng = np.random.default_rng(6)
+    sds, offs = [0.2, 0.01, 0.01], [0.22, -0.20, -0.20]
+    rungs = [Rung([c] * 3, law(c) + rng.normal(0, sd, 3), [c] * 3, law(c) + off + rng.normal(0, sd, 3))
+             for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs)]
+    assert scaling.fit_pair(rungs).delta == pytest.approx(-0.20, abs=0.03)

@@ -6,8 +6,8 @@ Conventions as in stats.py: lower loss is better, Δ = variant - baseline (negat
 
 Fits (`fit_pair`):
 - "separate": with at least MIN_RUNGS_FULL rungs, baseline and variant each get a saturating power law
-  L(C) = E + A (C / C0)^(-α) (C0: the smallest compute of the ladder), fitted by least squares on every run's
-  loss (scipy.optimize.curve_fit, trust-region reflective, bounds 0 <= E < min loss, A > 0, ALPHA_BOUNDS),
+  L(C) = E + A (C / C0)^(-α) (C0: the smallest compute of the ladder), fitted by weighted least squares on every
+  run's loss (each weighted by 1 / the seed variance of its group at its rung, so a noisy rung counts less) (scipy.optimize.curve_fit, trust-region reflective, bounds 0 <= E < min loss, A > 0, ALPHA_BOUNDS),
   started from the best of a grid of E values with log(L - E) regressed on log C. Δ(C) = L_v(C) - L_b(C).
 - "offset": with fewer rungs, or when a separate fit fails, both are fitted together with the baseline's form
   and one shared E, A, α: L_b(C) = f(C), L_v(C) = f(C) + δ; Δ(C) = δ at every scale. f is the saturating law
@@ -90,33 +90,35 @@ def _init_grid(x: np.ndarray, y: np.ndarray, e_max: float) -> tuple[float, float
     return best[1], best[2], best[3]
 
 
-def fit_curve(c, loss, c0: float | None = None) -> Curve | None:
+def fit_curve(c, loss, c0: float | None = None, sigma=None) -> Curve | None:
     """The saturating law fitted to points (c, loss) (3+ distinct c), else a pure power law (2), else a
-    constant (1); None if the points cannot be fitted (non-finite, non-positive)."""
+    constant (1); None if the points cannot be fitted (non-finite, non-positive). `sigma`: each point's
+    standard deviation (weighted least squares), default equal weights."""
     c, y = np.asarray(c, dtype=float), np.asarray(loss, dtype=float)
+    sd = np.ones_like(y) if sigma is None else np.asarray(sigma, dtype=float)
     ok = np.isfinite(c) & np.isfinite(y) & (c > 0) & (y > 0)
-    c, y = c[ok], y[ok]
+    c, y, sd = c[ok], y[ok], sd[ok]
     if not y.size:
         return None
     c0 = float(c0 or c.min())
     x = c / c0
     distinct = np.unique(c).size
     if distinct == 1:
-        return Curve("constant", float(np.mean(y)), 0.0, 0.0, c0)
+        return Curve("constant", float(np.average(y, weights=sd**-2)), 0.0, 0.0, c0)
     if distinct >= 3:
         e_max = float(y.min()) * (1 - 1e-6)
         p0 = _init_grid(x, y, e_max)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                p, _ = optimize.curve_fit(_sat, x, y, p0=p0, jac=_sat_jac, bounds=([0.0, 1e-12, ALPHA_BOUNDS[0]],
+                p, _ = optimize.curve_fit(_sat, x, y, p0=p0, sigma=sd, jac=_sat_jac, bounds=([0.0, 1e-12, ALPHA_BOUNDS[0]],
                                                                     [e_max, np.inf, ALPHA_BOUNDS[1]]),
                                           method="trf", maxfev=5000)
             if np.all(np.isfinite(p)):
                 return Curve("saturating", float(p[0]), float(p[1]), float(p[2]), c0)
         except (RuntimeError, ValueError, optimize.OptimizeWarning):
             pass
-    slope, icpt = np.polyfit(np.log(x), np.log(y), 1)
+    slope, icpt = np.polyfit(np.log(x), np.log(y), 1, w=y / sd)  # log y's SD is about sd / y
     return Curve("power", 0.0, float(math.exp(icpt)), float(-slope), c0)
 
 
@@ -148,6 +150,22 @@ def _points(rungs: list[Rung]) -> tuple[np.ndarray, ...]:
     return cb, lb, cv, lv
 
 
+def _sigmas(rungs: list[Rung]) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's weight in the fits: the seed SD of its group (baseline or variant) at its rung, so that a
+    noisy rung counts less; a group without spread (1 seed, or equal losses) takes the median of the others
+    (1 if none has any)."""
+    def sd(v):
+        return float(np.std(v, ddof=1)) if v.size >= 2 else math.nan
+    raw = [sd(r.base) for r in rungs] + [sd(r.var) for r in rungs]
+    good = [x for x in raw if math.isfinite(x) and x > 0]
+    fill = float(np.median(good)) if good else 1.0
+    fixed = [x if math.isfinite(x) and x > 0 else fill for x in raw]
+    k = len(rungs)
+    sb = np.concatenate([np.full(r.base.size, fixed[i]) for i, r in enumerate(rungs)])
+    sv = np.concatenate([np.full(r.var.size, fixed[k + i]) for i, r in enumerate(rungs)])
+    return sb, sv
+
+
 # ---------------------------------------------------------------------------------------------------- pair fits
 @dataclass
 class PairFit:
@@ -169,6 +187,7 @@ def fit_offset(rungs: list[Rung], c0: float | None = None) -> PairFit | None:
     cb, lb, cv, lv = _points(rungs)
     if not (lb.size and lv.size):
         return None
+    sb, sv = _sigmas(rungs)
     c0 = float(c0 or min(cb.min(), cv.min()))
     distinct = np.unique(np.concatenate([cb, cv])).size
     if distinct >= 3:  # start from the grid's curve for the baseline (the joint fit refines it)
@@ -176,13 +195,14 @@ def fit_offset(rungs: list[Rung], c0: float | None = None) -> PairFit | None:
             (0.0, float(np.mean(lb)), ALPHA_BOUNDS[0])
         base0 = Curve("saturating", E0, A0, a0, c0)
     else:
-        base0 = fit_curve(cb, lb, c0)
+        base0 = fit_curve(cb, lb, c0, sb)
     if base0 is None:
         return None
-    delta0 = float(np.mean(lv - base0(cv)))
+    delta0 = float(np.average(lv - base0(cv), weights=sv**-2))
     c_all = np.concatenate([cb, cv]) / c0
     ind = np.concatenate([np.zeros(lb.size), np.ones(lv.size)])
     y = np.concatenate([lb, lv])
+    sd = np.concatenate([sb, sv])
     if base0.form == "saturating":
         e_max = float(min(lb.min(), (lv - delta0).min())) * (1 - 1e-6)
 
@@ -195,7 +215,7 @@ def fit_offset(rungs: list[Rung], c0: float | None = None) -> PairFit | None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                p, _ = optimize.curve_fit(f, np.vstack([c_all, ind]), y, p0=p0, jac=jac,
+                p, _ = optimize.curve_fit(f, np.vstack([c_all, ind]), y, p0=p0, sigma=sd, jac=jac,
                                           bounds=([0.0, 1e-12, ALPHA_BOUNDS[0], -np.inf],
                                                   [max(e_max, 1e-9), np.inf, ALPHA_BOUNDS[1], np.inf]),
                                           method="trf", maxfev=5000)
@@ -206,25 +226,25 @@ def fit_offset(rungs: list[Rung], c0: float | None = None) -> PairFit | None:
         except (RuntimeError, ValueError):
             pass
     if base0.form == "constant":
-        d = float(np.mean(lv) - np.mean(lb))
+        d = float(np.average(lv, weights=sv**-2) - np.average(lb, weights=sb**-2))
         return PairFit("offset", base0, Curve("constant", base0.E + d, 0.0, 0.0, c0), d)
     # pure power law with an offset: linear in (log A, α) for fixed δ; δ by a bounded scalar search
     def sse(d: float) -> float:
-        cur = _power_only(c_all * c0, y - d * ind, c0)
-        return math.inf if cur is None else float(np.sum((cur(c_all * c0) + d * ind - y) ** 2))
+        cur = _power_only(c_all * c0, y - d * ind, c0, sd)
+        return math.inf if cur is None else float(np.sum(((cur(c_all * c0) + d * ind - y) / sd) ** 2))
     span = max(1e-6, float(np.ptp(y)) + abs(delta0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = optimize.minimize_scalar(sse, bounds=(delta0 - span, delta0 + span), method="bounded")
     d = float(r.x)
-    power = _power_only(c_all * c0, y - d * ind, c0)
+    power = _power_only(c_all * c0, y - d * ind, c0, sd)
     return PairFit("offset", power, Curve("power", 0.0, power.A, power.alpha, c0), d) if power else None
 
 
-def _power_only(c, y, c0) -> Curve | None:
+def _power_only(c, y, c0, sd) -> Curve | None:
     if np.any(y <= 0) or np.unique(c).size < 2:
         return None
-    slope, icpt = np.polyfit(np.log(c / c0), np.log(y), 1)
+    slope, icpt = np.polyfit(np.log(c / c0), np.log(y), 1, w=y / sd)
     return Curve("power", 0.0, float(math.exp(icpt)), float(-slope), c0)
 
 
@@ -232,9 +252,10 @@ def fit_pair(rungs: list[Rung], min_full: int = MIN_RUNGS_FULL, c0: float | None
     """Separate saturating fits with at least `min_full` rungs (both must come out saturating), else (or on
     failure) the offset model; None when nothing could be fitted."""
     cb, lb, cv, lv = _points(rungs)
+    sb, sv = _sigmas(rungs)
     c0 = float(c0 or min(cb.min(), cv.min()))
     if len(rungs) >= min_full:
-        b, v = fit_curve(cb, lb, c0), fit_curve(cv, lv, c0)
+        b, v = fit_curve(cb, lb, c0, sb), fit_curve(cv, lv, c0, sv)
         if b is not None and v is not None and b.form == v.form == "saturating":
             return PairFit("separate", b, v)
         fb = fit_offset(rungs, c0)
