@@ -459,7 +459,8 @@ def _rules(lad: Ladder, an: dict) -> list[str]:
         f"{test} with its {lv} CI (the experiment's design and alpha = {spec.alpha:g}).",
         scaling.TREND_RULE.replace("alpha", f"alpha = {spec.alpha:g}"),
         f"Fits of loss against training FLOPs C (what each run recorded): with at least {scaling.MIN_RUNGS_FULL} "
-        f"rungs the baseline and the variant each get L(C) = E + A·C^(−α) (least squares over every run, "
+        f"rungs the baseline and the variant each get L(C) = E + A·C^(−α) (least squares over every run, each "
+        f"weighted by 1/the seed variance of its group at its rung, "
         f"0 ≤ E < min loss, A > 0, {scaling.ALPHA_BOUNDS[0]:g} ≤ α ≤ {scaling.ALPHA_BOUNDS[1]:g}); with fewer "
         f"rungs, or when that fit fails, the **offset** model: the baseline's form with one shared E, A, α and "
         f"the variant shifted by a constant δ, so its extrapolated Δ is δ at every scale (a constant-Δ "
