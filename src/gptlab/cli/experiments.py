@@ -1,9 +1,9 @@
-"""`gptlab experiment`, `leaderboard` and `report`: argument parsing and printing only."""
+"""`gptlab experiment`, `sweep`, `ladder`, `leaderboard` and `report`: argument parsing and printing only."""
 
 from __future__ import annotations
 
 from gptlab import GptlabError
-from gptlab.cli.common import COUNT, POSITIVE, verb_parser
+from gptlab.cli.common import COUNT, POSITIVE, Number, verb_parser
 
 
 def cmd_experiment(a) -> int:
@@ -51,6 +51,12 @@ def _run_options(a) -> dict:
                 only=[x.strip() for x in a.only.split(",") if x.strip()] if a.only else None,
                 procs_per_run=a.procs_per_run, gpus_per_run=a.gpus_per_run, rerun_changed=a.rerun_changed,
                 backend=a.backend, backend_options=slurm)
+
+
+def cmd_ladder(a) -> int:
+    from gptlab.experiments.ladder import run_ladder
+
+    return run_ladder(a.spec, dry_run=a.dry_run, bootstrap=a.bootstrap, **_run_options(a))
 
 
 def cmd_leaderboard(a) -> int:
@@ -119,6 +125,20 @@ def register(sub) -> None:
     s.add_argument("--seeds", help="the sweep's seeds, e.g. 1001,1002 (default: the spec's tune_seeds, else 1001)")
     _add_run_arguments(s, backends=["local", "slurm"])
     s.set_defaults(fn=cmd_sweep)
+    s = verb_parser(sub, "ladder", "run an experiment at several model sizes (rungs) and ask whether each variant's "
+                    "difference to the baseline grows, shrinks, flips or stays flat with compute, extrapolated to a "
+                    "target (GPT-2 small) with a bootstrap interval and a backtest",
+                    "gptlab ladder configs/experiments/ladder-cpu.toml --dry-run\n"
+                    "gptlab ladder configs/experiments/ladder-cpu.toml            # EXP/rung-K/ + EXP/report.md\n"
+                    "gptlab ladder configs/experiments/ladder-cpu.toml --only muon --out experiments/ladder-muon\n"
+                    "gptlab ladder configs/experiments/ladder-gpu.toml --gpus-per-run 1 --parallel 8")
+    s.add_argument("spec", help="experiment TOML with a [ladder] table (rungs, token rule, seeds, target)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the rungs: parameters, tokens, FLOPs and the estimated time; run nothing")
+    s.add_argument("--bootstrap", type=Number(int, "[20, 100000]"), metavar="N",
+                   help="bootstrap replicates of the intervals (default: the spec's ladder.bootstrap, else 200)")
+    _add_run_arguments(s, backends=["local", "slurm"])
+    s.set_defaults(fn=cmd_ladder)
     s = verb_parser(sub, "leaderboard", "every variant of every experiment: loss, CI, delta vs its baseline, verdict",
                 "gptlab leaderboard\ngptlab leaderboard experiments/modern --markdown")
     s.add_argument("paths", nargs="*", help="experiment folders or results.sqlite files (default: experiments/)")

@@ -139,10 +139,11 @@ class Spec:
         return cfg
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and check a spec; every variant's config is resolved once here."""
+def load_spec(path: str | Path, data: dict | None = None) -> Spec:
+    """Read and check a spec; every variant's config is resolved once here. `data`: the spec's table instead of
+    the file's (a derived spec, e.g. a ladder's rung; `path` still names it and anchors `base`)."""
     p = Path(path)
-    d = read_toml(p)
+    d = read_toml(p) if data is None else data
     where = str(p)
     for k in d:
         if k not in _SPEC_KEYS:
