@@ -168,3 +168,21 @@ def test_decode_together_gives_each_row_its_own_length_stop_and_sampling(compact
     assert deltas == [o.text for o in solo]
     assert outs[0].finish_reason == "stop" and outs[0].text == ref[:ref.find(stop)]
     assert len({o.completion_tokens for o in outs}) > 3  # the rows really end at different steps
+
+
+def test_cli_generate_top_p(compact, capsys):
+    """--top-p reaches the sampler: top_p 0 keeps only the most likely token (the greedy text at any
+    temperature); sampling at temperature 3 without it wanders off that text."""
+    from gptlab.cli import main
+
+    def run(*extra: str) -> str:
+        assert main(["generate", str(compact), "--prompt", "Name a colour.", "--max-new-tokens", "12",
+                     "--seed", "7", "--device", "cpu", *extra]) == 0
+        return capsys.readouterr().out
+
+    greedy = run("--temperature", "0")
+    assert run("--temperature", "3", "--top-p", "0") == greedy
+    assert run("--temperature", "3") != greedy
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(compact), "--prompt", "x", "--top-p", "1.5"])
+    assert e.value.code == 2 and "--top-p" in capsys.readouterr().err

@@ -219,7 +219,7 @@ def cmd_generate(a) -> int:
     if a.prompts is None and a.batch is not None:
         raise GptlabError("generate: --batch needs --prompts FILE")
     gen = Generator.from_run(a.run, a.device)
-    sampling = Sampling(a.temperature, a.top_k, a.seed)
+    sampling = Sampling(a.temperature, a.top_k, a.seed, a.top_p)
     if a.prompt is not None:
         print(a.prompt + gen.complete(gen.encode(a.prompt), a.max_new_tokens, sampling).text)
         return 0
@@ -368,6 +368,8 @@ def register(sub) -> None:
     s.add_argument("--max-new-tokens", type=POSITIVE, default=50)
     s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=1.0)
     s.add_argument("--top-k", type=COUNT, default=0, help="0 = off")
+    s.add_argument("--top-p", type=Number(float, "[0, 1]"), default=None,
+                   help="nucleus sampling: keep the most likely tokens whose probabilities add up to P (1 = off)")
     s.add_argument("--seed", type=SEED, default=None)
     s.add_argument("--device", default="auto", type=device)
     s.set_defaults(fn=cmd_generate)
