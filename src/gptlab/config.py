@@ -53,6 +53,15 @@ def ranged(default, interval: str, note: str = ""):
     return field(default=default, metadata={"range": Range(interval), "note": note})
 
 
+def hashed_when_set(default, interval: str | None = None, note: str = ""):
+    """A field added after runs were recorded: at its default it is left out of the config hash, so every config
+    that does not use it keeps the hash it had before the field existed; any other value is hashed as usual."""
+    md: dict[str, Any] = {"hashed": "unless_default"}
+    if interval is not None:
+        md.update(range=Range(interval), note=note)
+    return field(default=default, metadata=md)
+
+
 def one_of(*choices: str):
     """A string field with a fixed set of values; the first is the default."""
     return field(default=choices[0], metadata={"choices": choices})
@@ -90,6 +99,16 @@ class ModelConfig:
     qk_norm: bool = False
     logit_softcap: float = ranged(0.0, "[0, inf)", "0 = off")  # 0 = off
     zero_init_proj: bool = False
+    # muP (Yang et al. 2022, the `mup` intervention): widths relative to mup_base_width, at which the hyperparameters
+    # were tuned; hidden init and AdamW lr scale with it, logits by 1/m, attention by 1/d_head (gpt.py, optim.py)
+    mup: bool = hashed_when_set(False)
+    mup_base_width: int = hashed_when_set(0, "[0, 65536]", "0 = the model's emb_dim")
+
+    def mup_width_mult(self) -> float:
+        """m = emb_dim / base width under muP (1.0 without it, and at the base width)."""
+        if not self.mup:
+            return 1.0
+        return self.emb_dim / (self.mup_base_width or self.emb_dim)
 
 
 @dataclass
@@ -182,11 +201,13 @@ class RunConfig:
         return self.data.data_seed if self.data.data_seed >= 0 else self.train.seed
 
     def hash(self) -> str:
-        """What the run trains: every field but those declared hashed=False (how it is watched)."""
+        """What the run trains: every field but those declared hashed=False (how it is watched) and those declared
+        hashed "unless_default" that hold their default (fields added later: old configs keep their hash)."""
         d = self.to_dict()
         for section, cls in SECTIONS.items():
             for f in dataclasses.fields(cls):
-                if f.metadata.get("hashed") is False:
+                h = f.metadata.get("hashed")
+                if h is False or (h == "unless_default" and d[section][f.name] == f.default):
                     del d[section][f.name]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
@@ -331,6 +352,8 @@ def validate(cfg: RunConfig, where: str = "<config>") -> None:
         (m.emb_dim % m.n_heads == 0, "model.emb_dim", f"must be divisible by model.n_heads ({m.emb_dim} % {m.n_heads} != 0)"),
         (not (m.pos_emb == "rope" and (m.emb_dim // m.n_heads) % 2), "model.pos_emb", "rope needs an even head dimension"),
         (not (t.tokens and t.flops), "train.flops", "set either train.tokens or train.flops, not both"),
+        (not (m.mup and t.optimizer == "muon"), "model.mup",
+         "muP's lr scaling here is for AdamW; train.optimizer = muon scales its own updates (use one or the other)"),
     ]
     for ok, fld, msg in checks:
         if not ok:

@@ -195,6 +195,18 @@ def _seq_len_warmup(cfg: RunConfig, frac: float = 0.25) -> None:
     cfg.train.seq_len_warmup_frac = float(frac)
 
 
+@register("mup", "muP for AdamW: width multiplier m = emb_dim / base_width; hidden matrices init std / sqrt(m) and "
+          "lr / m, logits x 1/m, attention scores / d_head (base_width 0 = emb_dim: only the attention scale changes)",
+          "Yang et al. 2022, Tensor Programs V (arXiv 2203.03466), table 3 and the mup package (MuReadout, MuAdamW); "
+          "Dey et al. 2024, the muP practitioner's guide (Cerebras / EleutherAI nanoGPT-mup)")
+def _mup(cfg: RunConfig, base_width: int = 0) -> None:
+    if base_width < 0:
+        raise ValueError(f"base_width: expected a width >= 1 (or 0 = the model's emb_dim), got {base_width}")
+    cfg.model.mup = True
+    if base_width:
+        cfg.model.mup_base_width = int(base_width)
+
+
 # ---- parsing -------------------------------------------------------------------------------
 
 

@@ -55,6 +55,8 @@ def _refusal(cfg: ModelConfig, where: str) -> str | None:
         return f"{where}: model.bias = false; GPT-2 always has LayerNorm/projection biases"
     if cfg.logit_softcap > 0:
         return f"{where}: model.logit_softcap = {cfg.logit_softcap}; GPT-2 has no logit soft-capping"
+    if cfg.mup:
+        return (f"{where}: model.mup = true; GPT-2 has no muP multipliers (logits x 1/m, attention scores / d_head)")
     if cfg.vocab_size < GPT2_VOCAB:
         return (f"{where}: model.vocab_size = {cfg.vocab_size}; the GPT-2 tokenizer needs at least {GPT2_VOCAB} "
                 "output ids")

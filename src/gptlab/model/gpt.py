@@ -6,7 +6,9 @@ CUDA); `attn_impl="explicit"` keeps the book's masked-softmax path for checking.
 generation path: it adds tokens to a KV cache (kv_cache.py) and attends to the cached keys and values.
 
 Options used by interventions (all off for the book's baseline): RoPE, RMSNorm, SwiGLU, QK-norm, logit
-soft-capping, no biases, tied embeddings, GPT-2 style init, zero-initialised output projections.
+soft-capping, no biases, tied embeddings, GPT-2 style init, zero-initialised output projections, muP
+(`cfg.mup`: hidden init and logits scaled with the width multiplier, attention scores by 1/d_head; the lr side is
+in train/optim.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_out, d_out, bias=cfg.bias)
         self.dropout_p = dropout
         self.dropout = nn.Dropout(dropout)
+        # muP scores q.k / d_head (Yang et al. 2022, sec. 4): q and k become correlated in training, so their dot
+        # product grows like d_head, not sqrt(d_head); None: SDPA's default 1/sqrt(d_head)
+        self.scale = 1.0 / self.head_dim if cfg.mup else None
         self.attn_impl = cfg.attn_impl
         self.rotary = Rotary(self.head_dim, context_length) if cfg.pos_emb == "rope" else None
         self.q_norm = RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
@@ -62,14 +67,15 @@ class MultiHeadAttention(nn.Module):
         if self.attn_impl == "sdpa":
             context = F.scaled_dot_product_attention(
                 queries, keys, values, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0,
-                is_causal=cache is None)
+                is_causal=cache is None, scale=self.scale)
         else:  # the book's explicit path
             attn_scores = queries @ keys.transpose(2, 3)
             if cache is None:
                 attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
             elif attn_mask is not None:
                 attn_scores.masked_fill_(~attn_mask, -torch.inf)
-            attn_weights = torch.softmax(attn_scores / self.head_dim ** 0.5, dim=-1)
+            attn_weights = torch.softmax(attn_scores / self.head_dim ** 0.5 if self.scale is None
+                                         else attn_scores * self.scale, dim=-1)
             attn_weights = self.dropout(attn_weights)
             context = attn_weights @ values
         context = context.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
@@ -147,6 +153,34 @@ class GPTModel(nn.Module):
             for blk in self.trf_blocks:
                 nn.init.zeros_(blk.att.out_proj.weight)
                 nn.init.zeros_(blk.ff.out_proj.weight)
+        if cfg.mup:
+            self._mup_rescale_init()
+
+    @torch.no_grad()
+    def _mup_rescale_init(self) -> None:
+        """muP init (Tensor Programs V, table 3; the mup package): every weight starts with the std its init gives at
+        the base width, except hidden matrices, whose std is the base width's / sqrt(m) (variance ~ 1/fan_in).
+        Rescales in place after the usual init, so the random numbers drawn are those of the standard model.
+
+        - gpt2 init (a fixed 0.02 at every width): hidden matrices x 1/sqrt(m); the rest already as at base width.
+        - torch init: nn.Linear draws std ~ 1/sqrt(fan_in), already the base width's / sqrt(m) for hidden
+          matrices; the untied out_head is scaled by sqrt(m) back to its base-width std, as mup's MuReadout does
+          (the logits' 1/m multiplier in `_head` then carries the width dependence). Embeddings: N(0, 1) at every
+          width."""
+        m = self.cfg.mup_width_mult()
+        if m == 1.0:
+            return
+        if self.cfg.init == "gpt2":
+            for p in self.mup_hidden_params():
+                p.mul_(m ** -0.5)
+        elif not self.cfg.tie_weights:
+            self.out_head.weight.mul_(m ** 0.5)
+
+    def mup_hidden_params(self) -> list[nn.Parameter]:
+        """muP's hidden ('matrix-like') weights: both dimensions grow with the width. Every 2-D weight inside the
+        blocks (attention and feed-forward); not the embeddings or the out_head (one dimension is the vocabulary
+        or the context), biases or norm gains."""
+        return [p for p in self.trf_blocks.parameters() if p.dim() == 2]
 
     def forward(self, in_idx: torch.Tensor, targets: torch.Tensor | None = None, z_loss: float = 0.0):
         """Logits (b, T, vocab) for `in_idx`, as in the book; with `targets`, the training loss instead:
@@ -199,6 +233,8 @@ class GPTModel(nn.Module):
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final_norm(x)
         logits = self.out_head(x)
+        if self.cfg.mup:  # muP readout: logits x 1/m (the practitioner's guide's output multiplier; mup's MuReadout)
+            logits = logits * (1.0 / self.cfg.mup_width_mult())
         if self.cfg.logit_softcap > 0:  # Gemma 2: cap * tanh(logits / cap)
             c = self.cfg.logit_softcap
             logits = c * torch.tanh(logits / c)

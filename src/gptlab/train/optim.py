@@ -1,5 +1,10 @@
 """Optimizers for pretraining and fine-tuning alike: AdamW (fused kernels on CPU and CUDA) with optional decay on
-matrices only, plus Muon for the hidden matrices when asked. Every group remembers its `base_lr` for the schedule."""
+matrices only, plus Muon for the hidden matrices when asked. Every group remembers its `base_lr` for the schedule.
+
+Under muP (a GPTModel with cfg.mup) the hidden matrices get their own AdamW groups at lr / m and weight decay x m
+(m = the width multiplier), so that lr x decay, torch AdamW's decoupled shrink per step, stays as at the base width:
+the mup package's MuAdamW does the same (Yang et al. 2022, table 3). Embeddings, the out_head, biases and norm gains
+keep the lr."""
 
 from __future__ import annotations
 
@@ -40,10 +45,18 @@ def make_optimizers(model: torch.nn.Module, s: OptimSettings, device: torch.devi
         muon_params = [p for n, p in named if p.dim() == 2 and n.startswith("trf_blocks.")]
         ids = {id(p) for p in muon_params}
         adam_named = [(n, p) for n, p in named if id(p) not in ids]
+    hidden, m = _mup_hidden(model)
+    full = [(n, p) for n, p in adam_named if id(p) not in hidden]
     groups = [
-        {"params": [p for n, p in adam_named if decays(n, p)], "weight_decay": s.weight_decay},
-        {"params": [p for n, p in adam_named if not decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in full if decays(n, p)], "weight_decay": s.weight_decay},
+        {"params": [p for n, p in full if not decays(n, p)], "weight_decay": 0.0},
     ]
+    if hidden:  # after the full-lr groups: param_groups[0] (the lr logged) stays at the base lr
+        scaled = [(n, p) for n, p in adam_named if id(p) in hidden]
+        groups += [
+            {"params": [p for n, p in scaled if decays(n, p)], "weight_decay": s.weight_decay * m, "lr": s.lr / m},
+            {"params": [p for n, p in scaled if not decays(n, p)], "weight_decay": 0.0, "lr": s.lr / m},
+        ]
     groups = [g for g in groups if g["params"]]
     fused = device.type in ("cuda", "cpu")  # fused AdamW kernels exist for both (CPU: ~7x faster step)
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, eps=s.eps, fused=fused)]
@@ -57,6 +70,15 @@ def make_optimizers(model: torch.nn.Module, s: OptimSettings, device: torch.devi
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
     return opts
+
+
+def _mup_hidden(model: torch.nn.Module) -> tuple[set[int], float]:
+    """(ids of the hidden matrices whose lr muP scales, m): empty unless the model is a GPTModel under muP with
+    m != 1 (at the base width the groups are the standard ones)."""
+    cfg = getattr(model, "cfg", None)
+    if not getattr(cfg, "mup", False) or cfg.mup_width_mult() == 1.0:
+        return set(), 1.0
+    return {id(p) for p in model.mup_hidden_params()}, cfg.mup_width_mult()
 
 
 def _muon_class() -> type:
