@@ -262,3 +262,20 @@ def test_spec_alpha_is_checked_and_kept_for_gptlab_report(small_data, tmp_path):
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "spec.toml").write_text(spec.read_text())
     assert report_settings(tmp_path / "exp")["alpha"] == 0.01
+
+
+def test_moving_a_changed_run_aside_takes_its_log_and_tensorboard_folder(tmp_path):
+    """--rerun-changed: runs/RID, runs/RID.log and tensorboard/RID all move to RID.stale-N with one N, the first
+    free for all three (here 2: the TensorBoard folder of an earlier redo holds stale-1); nothing is deleted."""
+    from gptlab.experiments.runner import _move_aside
+
+    runs, tb = tmp_path / "runs", tmp_path / "tensorboard"
+    for d in (runs / "b-s1", tb / "b-s1", tb / "b-s1.stale-1"):
+        d.mkdir(parents=True)
+        (d / "x").write_text(d.name)
+    (runs / "b-s1.log").write_text("log")
+    assert _move_aside(runs, "b-s1") == runs / "b-s1.stale-2"
+    assert (runs / "b-s1.stale-2" / "x").read_text() == "b-s1" and (runs / "b-s1.stale-2.log").read_text() == "log"
+    assert (tb / "b-s1.stale-2" / "x").read_text() == "b-s1" and (tb / "b-s1.stale-1" / "x").read_text() == "b-s1.stale-1"
+    assert not (runs / "b-s1").exists() and not (tb / "b-s1").exists()
+    assert _move_aside(runs, "b-s1") is None

@@ -5,7 +5,8 @@ recorded in `results.sqlite` by this process alone as it finishes, and the repor
 A finished run counts only with the config the spec now gives it: its recorded config hash (results.sqlite) and
 its run folder's config.toml are checked against the spec before anything starts; a changed one stops the
 experiment with one line naming the run and the fields, or with --rerun-changed is redone (its old folder moved
-aside to runs/RUN_ID.stale-N). The report covers the spec's runs only (rows of removed variants stay recorded).
+aside to runs/RUN_ID.stale-N, with its log and TensorBoard folder). The report covers the spec's runs only (rows
+of removed variants stay recorded).
 
 An experiment folder holds spec.toml (the spec as run, --set overrides merged in; written once the recorded runs
 are known to match it), configs/RUN_ID.toml (what each run was started with), runs/RUN_ID/ (its run directory),
@@ -339,18 +340,19 @@ def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_
 
 
 def _move_aside(runs: Path, rid: str) -> Path | None:
-    """runs/RID (and its log) -> runs/RID.stale-N, the first N free; nothing is deleted."""
-    if not (runs / rid).exists() and not (runs / f"{rid}.log").exists():
+    """runs/RID, its log and its TensorBoard folder (EXP/tensorboard/RID) -> RID.stale-N beside them, the first N
+    free for all three; nothing is deleted. The old curves stay visible in TensorBoard under RID.stale-N."""
+    tb = runs.parent / "tensorboard"
+    moves = [(runs / rid, "{}"), (runs / f"{rid}.log", "{}.log"), (tb / rid, "{}")]
+    if not any(src.exists() for src, _ in moves):
         return None
     n = 1
-    while (runs / f"{rid}.stale-{n}").exists() or (runs / f"{rid}.stale-{n}.log").exists():
+    while any(src.with_name(pat.format(f"{rid}.stale-{n}")).exists() for src, pat in moves):
         n += 1
-    dest = runs / f"{rid}.stale-{n}"
-    if (runs / rid).exists():
-        (runs / rid).rename(dest)
-    if (runs / f"{rid}.log").exists():
-        (runs / f"{rid}.log").rename(runs / f"{rid}.stale-{n}.log")
-    return dest
+    for src, pat in moves:
+        if src.exists():
+            src.rename(src.with_name(pat.format(f"{rid}.stale-{n}")))
+    return runs / f"{rid}.stale-{n}"
 
 
 def _make_backend(name: str, exp_dir: Path, parallel: int | None, procs_per_run: int | None,
