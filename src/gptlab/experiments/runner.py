@@ -36,6 +36,7 @@ from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
 from gptlab.experiments.spec import Spec, Variant, load_spec
 from gptlab.io import atomic_write_json, atomic_write_text
+from gptlab.train.loggers import tensorboard_dir
 from gptlab.train.signals import EXIT_PREEMPTED
 
 
@@ -342,7 +343,7 @@ def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_
 def _move_aside(runs: Path, rid: str) -> Path | None:
     """runs/RID, its log and its TensorBoard folder (EXP/tensorboard/RID) -> RID.stale-N beside them, the first N
     free for all three; nothing is deleted. The old curves stay visible in TensorBoard under RID.stale-N."""
-    tb = runs.parent / "tensorboard"
+    tb = tensorboard_dir(runs.parent)
     moves = [(runs / rid, "{}"), (runs / f"{rid}.log", "{}.log"), (tb / rid, "{}")]
     if not any(src.exists() for src, _ in moves):
         return None

@@ -24,6 +24,7 @@ from gptlab.experiments.scheduler.slurm import (
     squeue_states,
 )
 from gptlab.experiments.spec import load_spec
+from gptlab.train.loggers import tensorboard_dir
 
 
 def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
@@ -59,7 +60,7 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
             state = "pending"
         rows.append({"run_id": rid, "state": state, "job_id": job_id, "slurm_state": sstate,
                      "log": _last_line(log), **progress(run_dir),
-                     "tensorboard": str(exp_dir / "tensorboard") if _logs_to_tensorboard(exp_dir, rid) else None})
+                     "tensorboard": str(tensorboard_dir(exp_dir)) if _logs_to_tensorboard(exp_dir, rid) else None})
     return rows
 
 

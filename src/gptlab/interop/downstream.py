@@ -70,9 +70,12 @@ def report_columns(run_dir: str | Path | None) -> dict[str, tuple[float, str]]:
         entries = read_results(run_dir)
     except (GptlabError, OSError):
         return {}
+    if ck is None:
+        return {}
+    model = checkpoint_id(ck)
     out: dict[str, tuple[str, float, str]] = {}
     for e in entries.values():
-        if not isinstance(e, dict) or ck is None or e.get("checkpoint") != checkpoint_id(ck) or e.get("acc_norm") is None:
+        if not isinstance(e, dict) or e.get("checkpoint") != model or e.get("acc_norm") is None:
             continue
         label = f"{e.get('task')} acc_norm (n={e.get('n_docs')})"
         when = str(e.get("evaluated_at", ""))

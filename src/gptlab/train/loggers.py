@@ -61,7 +61,7 @@ def place(cfg: RunConfig, run_dir: Path) -> Place:
     run_dir = Path(run_dir)
     exp, _, rid = cfg.name.rpartition("/")
     if exp and rid == run_dir.name and run_dir.parent.name == "runs":  # EXP/runs/RUN_ID, named "EXP_NAME/RUN_ID"
-        return Place(exp, rid, run_dir.parent.parent / "tensorboard" / rid)
+        return Place(exp, rid, tensorboard_dir(run_dir.parent.parent) / rid)
     return Place(None, run_dir.name, run_dir / "tensorboard")
 
 
@@ -111,6 +111,10 @@ def close_all(loggers: list, ok: bool) -> None:
             print(f"gptlab: warning: {type(lg).__name__}: {e}", file=sys.stderr)
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _hparam(v):
     return v if isinstance(v, (int, float, str, bool)) else str(v)
 
@@ -148,9 +152,8 @@ class WandbLogger:
                                   id=run_uid(run_dir), resume="allow", dir=str(run_dir), config=cfg.to_dict(),
                                   settings=wandb.Settings(console="off"))
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise GptlabError(f"train.loggers: wandb could not start the run ({first}); log in with `wandb login`, "
-                              f"or set WANDB_MODE=offline and upload later with `wandb sync`") from None
+            raise GptlabError(f"train.loggers: wandb could not start the run ({_first_line(e)}); log in with "
+                              f"`wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`") from None
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if step > self.skip:
@@ -169,8 +172,7 @@ class TrackioLogger:
                                     config=cfg.to_dict(), resume="allow" if start_step else "never", embed=False,
                                     auto_log_gpu=False, auto_log_cpu=False)
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise GptlabError(f"train.loggers: trackio could not start the run ({first})") from None
+            raise GptlabError(f"train.loggers: trackio could not start the run ({_first_line(e)})") from None
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if step > self.skip:

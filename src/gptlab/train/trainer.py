@@ -89,10 +89,6 @@ class Trainer:
         set_lr(self.opts, factor)
 
     @property
-    def lr(self) -> float:
-        return self.opts[0].param_groups[0]["lr"]
-
-    @property
     def lrs(self) -> dict[str, float]:
         """Each optimizer's current lr: "lr" (AdamW, the first), "lr_muon" (Muon, under train.optimizer = muon)."""
         muon = getattr(torch.optim, "Muon", ())
