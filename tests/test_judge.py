@@ -133,9 +133,9 @@ class TogetherPeer(FixedPeer):
     """Holds every request until `n` are in flight at once (a barrier), then scores each by its answer's
     reference: a judge that sees its requests one at a time breaks the barrier and answers 500."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, timeout: float = 20):
         super().__init__("")
-        self.barrier = threading.Barrier(n, timeout=20)
+        self.barrier = threading.Barrier(n, timeout=timeout)
 
     def next_reply(self, body: dict) -> str:
         super().next_reply(body)
@@ -229,3 +229,9 @@ def test_cli_verbs(sft, tmp_path, capsys):
         assert a.fn(a) == 0
         out = json.loads(capsys.readouterr().out)
     assert out["n"] == 2 and set(out["models"]) == {"x", "y"}
+    # --concurrency reaches judge-compare: one request at a time never gets a peer that waits for two
+    with Running(TogetherPeer(2, timeout=3)) as u:
+        a = p.parse_args(["judge-compare", f"x={sft}", f"y={sft}", "--judge-url", u, "--judge-model", "j",
+                          "--n", "2", "--max-new-tokens", "2", "--quiet", "--retries", "0", "--concurrency", "1"])
+        with pytest.raises(GptlabError, match="no answer after 1 attempt"):
+            a.fn(a)

@@ -160,7 +160,7 @@ def _cmd_compare(a) -> int:
                         judge_temperature=a.judge_temperature, api_key_env=a.api_key_env,
                         db=a.db, retries=a.retries, timeout=a.timeout, seed=a.seed, device=a.device,
                         judge_max_tokens=a.judge_max_tokens, out=a.out, progress=not a.quiet,
-                        batch_size=a.batch)
+                        batch_size=a.batch, concurrency=a.concurrency)
     if a.json:
         print(json.dumps({k: v for k, v in res.items() if k != "items"}))
         return 0
