@@ -53,6 +53,9 @@ def test_offset_model_recovers_a_known_offset(delta):
     assert f.model == "offset"  # 3 rungs < MIN_RUNGS_FULL
     assert f.delta == pytest.approx(delta, abs=0.01)
     assert f.delta_at(1e18) == f.delta and f.var(1e11) - f.base(1e11) == pytest.approx(f.delta)
+    # two rungs (a pure power law for the baseline): the variant's curve is still the baseline's + δ
+    two = scaling.fit_pair(rungs[:2])
+    assert two.base.form == "power" and two.var(1e11) - two.base(1e11) == pytest.approx(two.delta)
     # a single rung: the offset is the difference of the means
     one = scaling.fit_pair(rungs[:1])
     assert one.delta == pytest.approx(np.mean(rungs[0].var) - np.mean(rungs[0].base))

@@ -52,7 +52,8 @@ TREND_RULE = (
 # ---------------------------------------------------------------------------------------------------- curves
 @dataclass
 class Curve:
-    """L(C) = E + A (C / c0)^(-alpha); form "saturating", "power" (E = 0) or "constant" (A = 0)."""
+    """L(C) = E + A (C / c0)^(-alpha); form "saturating", "power" (E = 0; a variant's
+    offset curve: E = its δ) or "constant" (A = 0)."""
     form: str
     E: float
     A: float
@@ -238,7 +239,7 @@ def fit_offset(rungs: list[Rung], c0: float | None = None) -> PairFit | None:
         r = optimize.minimize_scalar(sse, bounds=(delta0 - span, delta0 + span), method="bounded")
     d = float(r.x)
     power = _power_only(c_all * c0, y - d * ind, c0, sd)
-    return PairFit("offset", power, Curve("power", 0.0, power.A, power.alpha, c0), d) if power else None
+    return PairFit("offset", power, Curve("power", d, power.A, power.alpha, c0), d) if power else None  # L_b + d
 
 
 def _power_only(c, y, c0, sd) -> Curve | None:
