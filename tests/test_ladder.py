@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 from gptlab import GptlabError
 from gptlab.cli import main
 from gptlab.config import parse_overrides
-from gptlab.experiments.ladder import load_ladder, run_ladder
+from gptlab.experiments.ladder import collect, load_ladder, run_ladder
 
 RUNGS = [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 64, "n_heads": 2}]
 
@@ -47,6 +47,10 @@ def write_ladder(tmp_path, data, ladder=None, seeds=(1, 2), variants=None, drop=
     ({"tokens": [1000, -5]}, (), r"ladder\.tokens: expected a list of 2 positive numbers"),
     ({"tokens_per_param": -1}, ("tokens",), r"ladder\.tokens_per_param: expected a positive number"),
     ({"flops": "many"}, ("tokens",), r"ladder\.flops: expected a list of 2"),
+    ({"tokens_per_param": 1e305}, ("tokens",), r"ladder\.tokens_per_param: gives inf training tokens at rung 0"),
+    ({"tokens_per_param": 1e-9}, ("tokens",), r"ladder\.tokens_per_param: gives [\d.e-]+ training tokens at rung 0; "
+                                              r"expected at least 1"),
+    ({"flops": [1, 1e12]}, ("tokens",), r"ladder\.flops\[0\]: 1 FLOPs is less than one token"),
     ({"seeds": [[1, 2]]}, (), r"ladder\.seeds: expected one seed list per rung \(2\), got 1"),
     ({"seeds": [1, 1]}, (), r"seeds: duplicate seeds"),
     ({"bootstrap": 5}, (), r"ladder\.bootstrap: expected an integer from 20 to 100000, got 5"),
@@ -121,6 +125,12 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     assert "8 runs, 8 already done, 0 to run" in printed and printed.count(", 0 to run") == 3
     assert {p: p.stat().st_mtime for p in out.glob("rung-*/runs/*/final.json")} == mtimes
     assert json.loads((out / "ladder.json").read_text())["variants"][0]["target_delta"] == v["target_delta"]
+    # runs recorded with another config than the ladder now gives them are not analysed (e.g. a variant left out
+    # by --only after the rungs' settings changed)
+    assert {k: [len(x) for x in r] for k, r in collect(load_ladder(spec), out).items()} == \
+        {"baseline": [2, 2], "no_dropout": [2, 2]}
+    changed = collect(load_ladder(spec, parse_overrides(["train.lr=0.5"])), out)
+    assert {k: [len(x) for x in r] for k, r in changed.items()} == {"baseline": [0, 0], "no_dropout": [0, 0]}
 
 
 def test_ladder_verb_checks_its_options(capsys):

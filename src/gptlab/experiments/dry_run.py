@@ -3,7 +3,6 @@ timed on this machine's own training step where that is practical, otherwise est
 
 from __future__ import annotations
 
-import math
 import time
 
 from gptlab.experiments.spec import Spec, Variant
@@ -44,7 +43,7 @@ def _print_run(spec: Spec, v: Variant, seed: int, extra: dict) -> float:
 
     from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.model import GPTModel, count_params
-    from gptlab.train.flops import flops_per_token, token_budget
+    from gptlab.train.flops import flops_per_token, planned_steps
 
     cfg = spec.resolved_config(v, seed, extra)
     resolve_corpus_vocab(cfg)
@@ -52,7 +51,7 @@ def _print_run(spec: Spec, v: Variant, seed: int, extra: dict) -> float:
         n = count_params(GPTModel(cfg.model))
     t = cfg.train
     tokens_per_step = t.global_batch_size * cfg.model.context_length
-    tokens = math.ceil(token_budget(cfg, n) / tokens_per_step) * tokens_per_step
+    tokens = planned_steps(cfg, n) * tokens_per_step
     fl = flops_per_token(cfg.model) * tokens
     ref = f"{v.reference:.3f}" if v.reference is not None else ""
     sched = t.schedule if not t.warmup_frac else f"{t.schedule}+w"

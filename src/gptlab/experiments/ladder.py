@@ -84,6 +84,7 @@ class Ladder:
     target_tokens: float
     target_flops: float
     bootstrap: int
+    extra: dict | None = None  # the --set overrides the rungs were resolved with (what their runs must match)
 
     @property
     def spec(self) -> Spec:
@@ -176,7 +177,8 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
     with _meta():
         t_params = count_params(GPTModel(tcfg.model))
     t_tokens = float(target.get("tokens") or token_budget(tcfg, t_params))
-    return Ladder(p, name, plans, tcfg_path, t_params, t_tokens, flops_per_token(tcfg.model) * t_tokens, n_boot)
+    return Ladder(p, name, plans, tcfg_path, t_params, t_tokens, flops_per_token(tcfg.model) * t_tokens, n_boot,
+                  extra)
 
 
 def _meta():
@@ -189,7 +191,7 @@ def _plan_rung(p: Path, d: dict, base: Path, name: str, i: int, model: dict, see
                extra: dict | None) -> RungPlan:
     from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.model import GPTModel, count_params, non_embedding_params
-    from gptlab.train.flops import flops_per_token, token_budget
+    from gptlab.train.flops import flops_per_token, planned_steps, tokens_for_flops
 
     where = f"{p}: ladder.rungs[{i}]"
 
@@ -207,16 +209,25 @@ def _plan_rung(p: Path, d: dict, base: Path, name: str, i: int, model: dict, see
     cfg = probe.resolved_config(bv, probe.seeds[0], extra)
     with _meta():
         n_ne = non_embedding_params(GPTModel(cfg.model))
-    train = {"tokens": 0, "flops": float(value)} if rule == "flops" else \
-        {"tokens": int(round(value * n_ne if rule == "tokens_per_param" else value)), "flops": 0.0}
+    if rule == "flops":
+        if tokens_for_flops(cfg.model, value) < 1:
+            raise GptlabError(f"{p}: ladder.flops[{i}]: {value:g} FLOPs is less than one token of this rung's "
+                              f"model ({flops_per_token(cfg.model):.3g} FLOPs per token)")
+        train = {"tokens": 0, "flops": float(value)}
+    else:
+        want = value * n_ne if rule == "tokens_per_param" else value
+        if not 1 <= want < 2**63:
+            field = rule if rule == "tokens_per_param" else f"{rule}[{i}]"
+            raise GptlabError(f"{p}: ladder.{field}: gives {want:g} training tokens at rung {i}; expected at least "
+                              f"1 and less than 2^63")
+        train = {"tokens": int(round(want)), "flops": 0.0}
     t = table(train)
     spec = load_spec(p, t)
     cfg = spec.resolved_config(bv, spec.seeds[0], extra)
     resolve_corpus_vocab(cfg)
     with _meta():
         n = count_params(GPTModel(cfg.model))
-    step = cfg.train.global_batch_size * cfg.model.context_length
-    tokens = math.ceil(token_budget(cfg, n) / step) * step
+    tokens = planned_steps(cfg, n) * cfg.train.global_batch_size * cfg.model.context_length
     return RungPlan(i, dict(model), spec, t, n_ne, n, tokens, flops_per_token(cfg.model) * tokens)
 
 
@@ -318,8 +329,11 @@ def _done_counts(lad: Ladder, exp_dir: Path, keep: set[str] | None = None) -> li
 
 # ---------------------------------------------------------------------------------------------------- analysis
 def collect(lad: Ladder, exp_dir: Path) -> dict[str, list[list[dict]]]:
-    """variant -> per rung, its recorded runs of the rung's matrix with a finite test loss."""
+    """variant -> per rung, its recorded runs of the rung's matrix with a finite test loss, trained with the config
+    the ladder now gives them (a run recorded before the rung's model, tokens or overrides changed, and not redone,
+    e.g. of a variant left out by --only, is left out)."""
     from gptlab.experiments.results import DB_NAME, ResultsDB
+    from gptlab.experiments.runner import _expected_config
 
     out: dict[str, list[list[dict]]] = {v.name: [] for v in lad.spec.variants}
     for r in lad.rungs:
@@ -329,7 +343,8 @@ def collect(lad: Ladder, exp_dir: Path) -> dict[str, list[list[dict]]]:
             with ResultsDB(db_path, create=False) as db:
                 rows = {x["run_id"]: x for x in db.runs()}
         for v in r.spec.variants:
-            got = [rows[rid] for rid in (r.spec.run_id(v.name, s) for s in (v.seeds or r.spec.seeds)) if rid in rows]
+            got = [rows[rid] for s in (v.seeds or r.spec.seeds) if (rid := r.spec.run_id(v.name, s)) in rows
+                   and rows[rid]["config_hash"] == _expected_config(r.spec, v, s, lad.extra).hash()]
             out[v.name].append([x for x in got if x["test_loss"] is not None and math.isfinite(x["test_loss"])
                                 and x["flops"]])
     return out

@@ -13,6 +13,7 @@ shared machine it falls with the other processes' load.
 
 from __future__ import annotations
 
+import math
 import re
 
 from gptlab import GptlabError
@@ -79,6 +80,12 @@ def token_budget(cfg, n_params: int) -> int:
     if t.flops:
         return tokens_for_flops(cfg.model, t.flops)
     return int(t.tokens_per_param * n_params)
+
+
+def planned_steps(cfg, n_params: int) -> int:
+    """Optimizer steps a RunConfig trains: its token budget in whole steps (rounded up), at least one."""
+    step_tokens = cfg.train.global_batch_size * cfg.model.context_length
+    return max(1, math.ceil(token_budget(cfg, n_params) / step_tokens))
 
 
 def gpu_key(name: str) -> str | None:

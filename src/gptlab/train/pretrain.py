@@ -27,7 +27,13 @@ from gptlab.model import GPTModel, count_params
 from gptlab.train.checkpoint import latest_checkpoint, remove_partial, resume_point
 from gptlab.train.distributed import Dist, resolve_device, resolve_precision
 from gptlab.train.evaluate import evaluate_loss, perplexity
-from gptlab.train.flops import device_peak_flops, flops_per_token, mfu, token_budget
+from gptlab.train.flops import (
+    device_peak_flops,
+    flops_per_token,
+    mfu,
+    planned_steps,
+    token_budget,
+)
 from gptlab.train.loggers import open_loggers
 from gptlab.train.loggers import require as require_loggers
 from gptlab.train.metrics import TrainLog, median_tokens_per_s
@@ -111,7 +117,7 @@ class Pretraining:
         self.n_params = count_params(model)
         self.tokens_budget = token_budget(self.cfg, self.n_params)
         self.step_tokens = t.global_batch_size * self.T
-        self.total_steps = max(1, math.ceil(self.tokens_budget / self.step_tokens))
+        self.total_steps = planned_steps(self.cfg, self.n_params)
         self.trainer = Trainer(model, OptimSettings.of(self.cfg), self.device, self.precision, self.dist,
                                grad_clip=t.grad_clip, z_loss=t.z_loss, compile=t.compile, fsdp=t.fsdp)
 
