@@ -186,3 +186,15 @@ def test_cli_generate_top_p(compact, capsys):
     with pytest.raises(SystemExit) as e:
         main(["generate", str(compact), "--prompt", "x", "--top-p", "1.5"])
     assert e.value.code == 2 and "--top-p" in capsys.readouterr().err
+
+
+def test_a_vanishing_temperature_is_greedy_not_a_crash(compact):
+    """temperature 1e-40 passes every range check (> 0) but overflows the logits to inf: its limit, greedy,
+    instead of multinomial's 'probability tensor contains inf/nan' (a 500 for a whole server batch)."""
+    gen = Generator.from_run(compact, "cpu")
+    ids = gen.encode("Name a colour.")
+    greedy = gen.complete(ids, 12, Sampling(0.0)).text
+    assert gen.complete(ids, 12, Sampling(1e-40, seed=3)).text == greedy
+    prompts = [gen.encode(p) for p in PROMPTS]
+    assert [o.text for o in gen.complete_batch(prompts, 12, [Sampling(1e-300, seed=1)] * len(PROMPTS))] == \
+        [gen.complete(p, 12, Sampling(0.0)).text for p in prompts]

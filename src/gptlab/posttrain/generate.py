@@ -269,7 +269,11 @@ def _pick(logits: torch.Tensor, samplings: Sequence[Sampling], rngs: Sequence[to
         if s.top_k:
             v, _ = torch.topk(row, min(s.top_k, row.shape[-1]))
             row = row.masked_fill(row < v[:, -1:], float("-inf"))
-        probs = torch.softmax(row / s.temperature, dim=-1)
+        scaled = row / s.temperature
+        if not torch.isfinite(scaled.max()):  # a temperature so small the logits overflow: its limit, greedy
+            out.append(int(row.argmax(dim=-1)))
+            continue
+        probs = torch.softmax(scaled, dim=-1)
         if s.top_p is not None and s.top_p < 1:
             probs = _nucleus(probs, s.top_p)
         out.append(int(torch.multinomial(probs, 1, generator=rng)))
