@@ -459,13 +459,13 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, 
     ck = latest_checkpoint(Path(run_dir))
     created = int(ck.stat().st_mtime) if ck else int(time.time())
     name = model_name or Path(run_dir).resolve().name
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as e:
+        sock.close()
         raise GptlabError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
     state = State(generator, Batcher(generator, max_batch, batch_wait_ms), api_key, max_tokens_limit, name,
                   max_body_bytes, created, float(read_timeout))
