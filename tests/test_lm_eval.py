@@ -155,6 +155,12 @@ def test_random_model_on_an_include_path_task_and_the_registered_name(tmp_path):
     assert (mine["acc"], mine["acc_norm"]) == (bundled["acc"], bundled["acc_norm"])
     assert mine["counts"]["tokens_outside_vocab"] > 0  # most GPT-2 ids are outside this vocabulary: counted
     assert sorted(e["task"] for e in read_results(run).values()) == ["my_cloze", TASK]
+    # the same task again is read back; the same documents under an edited prompt are evaluated afresh
+    assert evaluate_run(run, ["my_cloze"], include_path=[str(tasks)])[0]["reused"]
+    (tasks / "mine.yaml").write_text((tasks / "mine.yaml").read_text() + 'description: "A cloze. "\n')
+    (edited,) = evaluate_run(run, ["my_cloze"], include_path=[str(tasks)])
+    assert not edited["reused"] and edited["data_sha256"] == mine["data_sha256"]
+    assert edited["task_sha256"] != mine["task_sha256"] and len(read_results(run)) == 3
 
     from gptlab.interop.lm_eval import load_tasks
 
@@ -253,5 +259,9 @@ def test_report_shows_the_mean_acc_norm_beside_test_loss(tmp_path):
     weights = latest_checkpoint(exp / "runs" / "other-s0") / "model.safetensors"  # new weights, same step name:
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # its result is stale
     assert "0.4000" not in Path(write_report(exp)["markdown"]).read_text()
+    damaged = exp / "runs" / "baseline-s0"  # an entry whose acc_norm is not a number: left out, no traceback
+    store_result(damaged, "bad", dict(task=TASK, n_docs=200, acc_norm="x", data_sha256="abc",
+                                      checkpoint=checkpoint_id(latest_checkpoint(damaged)), evaluated_at="2027"))
+    assert "0.3200" in write_report(exp)["table"]
     shutil.rmtree(exp / "runs" / "baseline-s1" / "checkpoints")  # no checkpoint: no result for it
     assert "0.3200" not in write_report(exp)["table"]

@@ -1,8 +1,9 @@
 """Downstream results kept with a run: RUN/downstream.json, written by `gptlab eval RUN --task NAME`
 (interop/lm_eval.py) and read by experiment reports. No lm-eval import here, so reports do not need it.
 
-    {"format": 1, "results": {"TASK|limit=N|data=SHA256|CHECKPOINT": {"task": ..., "acc": ..., "acc_stderr": ...,
-     "acc_norm": ..., "acc_norm_stderr": ..., "n_docs": ..., "data_sha256": ..., "checkpoint": ..., ...}}}
+    {"format": 1, "results": {"TASK|limit=N|data=SHA256|task=SHA256|CHECKPOINT": {"task": ..., "acc": ...,
+     "acc_stderr": ..., "acc_norm": ..., "acc_norm_stderr": ..., "n_docs": ..., "data_sha256": ...,
+     "task_sha256": ..., "checkpoint": ..., ...}}}
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def read_results(run_dir: str | Path) -> dict[str, dict]:
     return entries
 
 
-def entry_key(task: str, limit: int | None, sha: str, checkpoint: str) -> str:
-    return f"{task}|limit={limit if limit is not None else 'all'}|data={sha}|{checkpoint}"
+def entry_key(task: str, limit: int | None, sha: str, settings: str, checkpoint: str) -> str:
+    """The evaluation a result is of: task, limit, documents' sha256, task settings' sha256 (lm_eval.task_sha256),
+    checkpoint (checkpoint_id)."""
+    return f"{task}|limit={limit if limit is not None else 'all'}|data={sha}|task={settings}|{checkpoint}"
 
 
 def store_result(run_dir: Path, key: str, entry: dict) -> None:
@@ -58,7 +61,7 @@ def checkpoint_id(ck: Path) -> str:
 
 
 def report_columns(run_dir: str | Path | None) -> dict[str, tuple[float, str]]:
-    """{"TASK acc_norm (n=N)": (acc_norm, data sha256)} of a run's stored results for its latest checkpoint
+    """{"TASK acc_norm (n=N)": (acc_norm, "data sha256|task sha256")} of a run's stored results for its latest checkpoint
     (the newest entry per task and number of documents); {} without any. Never raises: a report must not
     fail on a damaged downstream.json."""
     if run_dir is None:
@@ -75,10 +78,10 @@ def report_columns(run_dir: str | Path | None) -> dict[str, tuple[float, str]]:
     model = checkpoint_id(ck)
     out: dict[str, tuple[str, float, str]] = {}
     for e in entries.values():
-        if not isinstance(e, dict) or e.get("checkpoint") != model or e.get("acc_norm") is None:
-            continue
+        if not isinstance(e, dict) or e.get("checkpoint") != model or not isinstance(e.get("acc_norm"), (int, float)):
+            continue  # another model's, or damaged (the report must not fail on it)
         label = f"{e.get('task')} acc_norm (n={e.get('n_docs')})"
         when = str(e.get("evaluated_at", ""))
         if label not in out or when >= out[label][0]:
-            out[label] = (when, float(e["acc_norm"]), str(e.get("data_sha256")))
+            out[label] = (when, float(e["acc_norm"]), f"{e.get('data_sha256')}|{e.get('task_sha256')}")
     return {k: (v, sha) for k, (_, v, sha) in out.items()}

@@ -271,6 +271,17 @@ def docs_sha256(task, limit: int | None) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def task_sha256(task) -> str:
+    """sha256 of how lm-eval evaluates the task: its settings (task.dump_config(): prompt template, choices,
+    delimiters, few-shot, metrics; functions by their qualified name) and lm-eval's version. With the documents'
+    sha256 it keys a stored result, so an edited task YAML or another lm-eval is evaluated afresh."""
+    def name(o) -> str:
+        return f"{getattr(o, '__module__', '')}.{getattr(o, '__qualname__', repr(o))}" if callable(o) else str(o)
+
+    blob = json.dumps([task.dump_config(), lm_eval.__version__], sort_keys=True, default=name)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 def _metrics(res: dict) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for m in METRICS:
@@ -285,7 +296,7 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None
                  force: bool = False, lm: GptlabLM | None = None) -> list[dict]:
     """Run lm-eval's `simple_evaluate` on the run's latest checkpoint for each task (a group expands to its
     tasks); return one entry per task, read back from RUN/downstream.json when that exact evaluation (task,
-    limit, documents' sha256, checkpoint) is there and not `force`, else computed and stored (atomically)."""
+    limit, documents' sha256, task settings' sha256, checkpoint) is there and not `force`, else computed and stored (atomically)."""
     from gptlab.train import latest_checkpoint
 
     run_dir = Path(run_dir)
@@ -297,7 +308,8 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None
     out = []
     for name, task in loaded.items():
         sha, n_docs = docs_sha256(task, limit)
-        key = entry_key(name, limit, sha, ck_id)
+        settings = task_sha256(task)
+        key = entry_key(name, limit, sha, settings, ck_id)
         if key in stored and not force:
             out.append(dict(stored[key], reused=True))
             continue
@@ -315,7 +327,7 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None
         r = res["results"][name]
         entry = dict(task=name, limit=limit, n_docs=int(res.get("n-samples", {}).get(name, {}).get("effective",
                                                                                                    n_docs)),
-                     data_sha256=sha, checkpoint=ck_id, **_metrics(r),
+                     data_sha256=sha, task_sha256=settings, checkpoint=ck_id, **_metrics(r),
                      chance=_chance(task), counts=dict(lm.counts), lm_eval_version=lm_eval.__version__,
                      task_version=res.get("versions", {}).get(name), seconds=round(time.time() - t0, 2),
                      evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
