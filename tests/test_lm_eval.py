@@ -265,3 +265,19 @@ def test_report_shows_the_mean_acc_norm_beside_test_loss(tmp_path):
     assert "0.3200" in write_report(exp)["table"]
     shutil.rmtree(exp / "runs" / "baseline-s1" / "checkpoints")  # no checkpoint: no result for it
     assert "0.3200" not in write_report(exp)["table"]
+
+
+def test_a_vocabulary_map_of_another_size_is_one_line_everywhere(tmp_path):
+    """A run whose vocab_map.npy does not match model.vocab_size: the harness's model class, generation and
+    loss evaluation all stop with the same one line (data/vocab.load_vocab_map), not an index error later."""
+    import numpy as np
+
+    from gptlab.cli import main
+    from gptlab.posttrain.generate import Generator
+
+    run = make_tiny_run(tmp_path / "run", vocab_ids=list(range(0, 50257, 7)))
+    np.save(run / "vocab_map.npy", np.array([*range(9), 50256], dtype=np.int64))
+    for load in (lambda: GptlabLM(run=str(run)), lambda: Generator.from_run(run, "cpu")):
+        with pytest.raises(GptlabError, match=r"vocab_map\.npy: 10 ids but model\.vocab_size is 7181$"):
+            load()
+    assert main(["eval", str(run), "--device", "cpu"]) == 2

@@ -147,7 +147,7 @@ def cmd_eval(a) -> int:
     batches = e.batches if a.batches is None else a.batches
     bs = a.batch_size or e.batch_size
     dev = resolve_device(a.device)
-    vmap = load_vocab_map(a.run)
+    vmap = load_vocab_map(a.run, cfg.model.vocab_size)
     out = {"run": str(a.run), "split": split}
     if vmap is not None:  # ids the run's vocabulary lacks are scored as <|endoftext|>: say how many, or refuse
         start, stop = eval_span(ds, cfg.model.context_length, bs, offset, batches)

@@ -118,14 +118,19 @@ def corpus_vocab(data_dir: str | Path) -> VocabMap:
     return VocabMap(ids)
 
 
-def load_vocab_map(run_dir: str | Path) -> VocabMap | None:
+def load_vocab_map(run_dir: str | Path, vocab_size: int | None = None) -> VocabMap | None:
+    """A run's vocabulary map (None for a full-vocabulary run); with `vocab_size` (the run's model.vocab_size)
+    a map of another size is a one-line error, not a failed lookup deep in the model."""
     p = Path(run_dir) / RUN_FILE
     if not p.exists():
         return None
     try:
-        return VocabMap(np.load(p, allow_pickle=False))
+        vm = VocabMap(np.load(p, allow_pickle=False))
     except (ValueError, OSError) as e:
         raise GptlabError(f"{p}: unreadable vocabulary map ({e})") from None
+    if vocab_size is not None and len(vm) != vocab_size:
+        raise GptlabError(f"{p}: {len(vm)} ids but model.vocab_size is {vocab_size}")
+    return vm
 
 
 def resolve_corpus_vocab(cfg) -> VocabMap | None:

@@ -74,8 +74,8 @@ class GptlabLM(TemplateLM):
             from gptlab.data.vocab import load_vocab_map
             from gptlab.train import load_run_model
 
-            model, _ = load_run_model(run, device)
-            vocab_map = load_vocab_map(run)
+            model, cfg = load_run_model(run, device)
+            vocab_map = load_vocab_map(run, cfg.model.vocab_size)
         if str(batch_size).startswith("auto"):
             batch_size = 16
         try:
@@ -86,7 +86,8 @@ class GptlabLM(TemplateLM):
             raise GptlabError(f"GptlabLM: batch_size must be at least 1, got {self.batch_size}")
         self.model = model.eval()
         self.dev = next(model.parameters()).device
-        self._autocast = lambda: autocast_ctx(resolve_precision("auto", self.dev), self.dev)
+        precision = resolve_precision("auto", self.dev)
+        self._autocast = lambda: autocast_ctx(precision, self.dev)
         self.vocab_map = vocab_map
         self.max_length = model.cfg.context_length
         self.reset_counts()
@@ -241,7 +242,7 @@ def load_tasks(names: list[str], include_path: list[str] | None = None) -> tuple
                     + "); list them with `lm-eval ls tasks`")
         try:
             loaded = tm.load(specs)
-        except (ConnectionError, OSError) as e:  # a Hub dataset (hellaswag, ...) without a network or a cache
+        except OSError as e:  # (ConnectionError too) a Hub dataset (hellaswag, ...) without a network or a cache
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GptlabError(f"--task {', '.join(names)}: lm-eval could not load the task's data ({first}); "
                               "Hub datasets such as HellaSwag need a network the first time (then they are "

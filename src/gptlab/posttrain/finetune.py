@@ -85,7 +85,7 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
     Returns the contents of finetune.json.
     """
     from gptlab.config import config_from_run
-    from gptlab.data.vocab import RUN_FILE, load_vocab_map
+    from gptlab.data.vocab import load_vocab_map
 
     run_dir, out_dir, data_path = Path(run_dir), Path(out_dir), Path(data_file)
     _check_numbers(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, weight_decay=weight_decay,
@@ -103,9 +103,7 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
     if not 1 <= max_len <= ctx:
         raise GptlabError(f"finetune: max_len: must be in [1, {ctx}] (the model's context), got {max_len}")
     records = load_records(data_path)
-    vm = load_vocab_map(run_dir)
-    if vm is not None and len(vm) != cfg.model.vocab_size:
-        raise GptlabError(f"{run_dir / RUN_FILE}: {len(vm)} ids but model.vocab_size is {cfg.model.vocab_size}")
+    vm = load_vocab_map(run_dir, cfg.model.vocab_size)
     args = {"base_run": str(run_dir.resolve()), "base_checkpoint": base_ck.name, "data_file": str(data_path.resolve()),
             "data_sha256": file_sha256(data_path), "epochs": epochs, "lr": lr, "batch_size": batch_size,
             "max_len": max_len, "val_frac": val_frac, "test_frac": test_frac, "seed": seed,

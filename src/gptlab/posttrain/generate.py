@@ -26,7 +26,7 @@ import torch
 
 from gptlab import GptlabError
 from gptlab.data.tokenizer import EOT_ID, decode, encode
-from gptlab.data.vocab import RUN_FILE, VocabMap, load_vocab_map
+from gptlab.data.vocab import VocabMap, load_vocab_map
 from gptlab.model import GPTModel
 from gptlab.model.kv_cache import KVCache
 from gptlab.train import load_run_model
@@ -58,11 +58,7 @@ class Generator:
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> Generator:
         """The run's latest checkpoint with its vocabulary map (checked against the model's vocab_size)."""
         model, cfg = load_run_model(run_dir, device)
-        vocab_map = load_vocab_map(run_dir)
-        if vocab_map is not None and len(vocab_map) != cfg.model.vocab_size:
-            raise GptlabError(f"{Path(run_dir) / RUN_FILE}: {len(vocab_map)} ids but model.vocab_size is "
-                              f"{cfg.model.vocab_size}")
-        return cls(model, vocab_map)
+        return cls(model, load_vocab_map(run_dir, cfg.model.vocab_size))
 
     def encode(self, text: str) -> list[int]:
         """GPT-2 ids (what a prompt's length is counted in)."""
