@@ -81,7 +81,7 @@ def test_models(url):
 
 def test_completion_matches_generate_text(url, run):
     prompt = "The opposite of hot is"
-    status, body, _ = call(url, "/v1/completions", {"model": "x", "prompt": prompt, "max_tokens": 6,
+    status, body, _ = call(url, "/v1/completions", {"model": "tiny-sft", "prompt": prompt, "max_tokens": 6,
                                                     "temperature": 0})
     assert status == 200 and body["object"] == "text_completion" and body["model"] == "tiny-sft"
     choice = body["choices"][0]

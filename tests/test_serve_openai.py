@@ -74,40 +74,41 @@ def test_chat_and_its_stream(client):
 
 
 def test_stop_seed_and_top_p(client):
-    full = client.completions.create(model="m", prompt="The", max_tokens=12, temperature=0).choices[0].text
+    full = client.completions.create(model="tiny-sft", prompt="The", max_tokens=12, temperature=0).choices[0].text
     assert len(full) > 6
     stop = full[3:5]
-    cut = client.completions.create(model="m", prompt="The", max_tokens=12, temperature=0, stop=[stop]).choices[0]
+    cut = client.completions.create(model="tiny-sft", prompt="The", max_tokens=12, temperature=0,
+                                    stop=[stop]).choices[0]
     assert cut.text == full[:full.find(stop)] and cut.finish_reason == "stop"
-    seeded = dict(model="m", prompt="Hello", max_tokens=10, temperature=1.0, seed=3)
+    seeded = dict(model="tiny-sft", prompt="Hello", max_tokens=10, temperature=1.0, seed=3)
     a, b = (client.completions.create(**seeded).choices[0].text for _ in range(2))
     assert a == b
-    greedy = client.completions.create(model="m", prompt="Hello", max_tokens=10, temperature=0).choices[0].text
+    greedy = client.completions.create(model="tiny-sft", prompt="Hello", max_tokens=10, temperature=0).choices[0].text
     assert a != greedy
     assert client.completions.create(**seeded, top_p=0.0).choices[0].text == greedy
 
 
 def test_errors_are_the_clients_exception_types(server, client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="m", prompt="x", temperature=3)
+        client.completions.create(model="tiny-sft", prompt="x", temperature=3)
     assert e.value.status_code == 400 and e.value.param == "temperature"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=[{"role": "system", "content": "x"}])
+        client.chat.completions.create(model="tiny-sft", messages=[{"role": "system", "content": "x"}])
     assert "no user message" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="m", prompt="x", max_tokens=257)
+        client.completions.create(model="tiny-sft", prompt="x", max_tokens=257)
     assert e.value.param == "max_tokens" and "at most 256" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="m", prompt="word " * 80)
+        client.completions.create(model="tiny-sft", prompt="word " * 80)
     assert e.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="m", prompt="x", extra_body={"bogus": 1})
+        client.completions.create(model="tiny-sft", prompt="x", extra_body={"bogus": 1})
     assert e.value.code == "unknown_parameter" and e.value.param == "bogus"
     with pytest.raises(openai.NotFoundError):
         client.get("/nothing", cast_to=object)
     bad = OpenAI(base_url=server[1] + "/v1", api_key="sk-wrong", max_retries=0, timeout=60)
     with pytest.raises(openai.AuthenticationError) as e:
-        bad.completions.create(model="m", prompt="x")
+        bad.completions.create(model="tiny-sft", prompt="x")
     assert e.value.code == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
@@ -122,8 +123,8 @@ def test_concurrent_clients_get_the_answers_they_get_alone(server, client):
     def ask(prompt, n, stream):
         if stream:
             return "".join(c.choices[0].text for c in client.completions.create(
-                model="m", prompt=prompt, max_tokens=n, temperature=0, stream=True))
-        return client.completions.create(model="m", prompt=prompt, max_tokens=n, temperature=0).choices[0].text
+                model="tiny-sft", prompt=prompt, max_tokens=n, temperature=0, stream=True))
+        return client.completions.create(model="tiny-sft", prompt=prompt, max_tokens=n, temperature=0).choices[0].text
 
     alone = [ask(*j) for j in jobs]
     before = srv.batcher.batch_sizes.copy()

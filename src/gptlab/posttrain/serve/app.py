@@ -10,10 +10,11 @@ event ids, retries or keep-alive pings (which some clients of this format do not
 StreamingResponse already stops the stream when the client disconnects.
 
 Sampling: temperature (0 = greedy), top_p (nucleus), top_k (an extension; 0/null = off), seed (reproducible
-sampling, also inside a batch), stop (a string or up to 4). `model` may name anything: there is one model and
-responses report its name. Defaults: max_tokens 16 for /v1/completions (as OpenAI's), the server's
-max_tokens_limit for chat. A prompt longer than the model's context is refused (400); the generation itself may
-run past the context with a sliding window, as `gptlab generate` does. Usage counts GPT-2 tokens.
+sampling, also inside a batch), stop (a string or up to 4). `model` names the one model served (as GET
+/v1/models lists it) or is left out; any other name gets 404 model_not_found, as GET /v1/models/NAME does.
+Defaults: max_tokens 16 for /v1/completions (as OpenAI's), the server's max_tokens_limit for chat. A prompt
+longer than the model's context is refused (400); the generation itself may run past the context with a sliding
+window, as `gptlab generate` does. Usage counts GPT-2 tokens.
 
 Security: with api_key set, /v1/* need `Authorization: Bearer KEY` (compared in constant time); the key is
 never logged or echoed (the request log holds the client, method, path and status only). /health, /docs and
@@ -276,17 +277,22 @@ def create_app(state: State) -> FastAPI:
     async def models():
         return {"object": "list", "data": [card()]}
 
-    @app.get("/v1/models/{model_id:path}", summary="The model's card")
-    async def model(model_id: str):
-        if model_id != state.model_name:
+    def served(model_id: str | None) -> None:
+        """A request for another model than the one served (None: left out, which means the one served)."""
+        if model_id is not None and model_id != state.model_name:
             raise ApiError(404, f"The model '{model_id}' does not exist; this server serves '{state.model_name}'",
                            "model", "model_not_found")
+
+    @app.get("/v1/models/{model_id:path}", summary="The model's card")
+    async def model(model_id: str):
+        served(model_id)
         return card()
 
     @app.post("/v1/completions", summary="Continue a prompt (text or GPT-2 token ids)",
               openapi_extra=_body_schema(CompletionRequest, defs))
     async def completions(request: Request):
         req = parse(CompletionRequest, await _json(request), state.max_tokens_limit)
+        served(req.model)
         ids = req.prompt if isinstance(req.prompt, list) else state.generator.encode(req.prompt)
         return await _generate(state, request, req, ids, "prompt", min(16, state.max_tokens_limit),
                                Reply(state.model_name, False, req.include_usage))
@@ -295,6 +301,7 @@ def create_app(state: State) -> FastAPI:
               openapi_extra=_body_schema(ChatRequest, defs))
     async def chat(request: Request):
         req = parse(ChatRequest, await _json(request), state.max_tokens_limit)
+        served(req.model)
         ids = state.generator.encode(format_prompt({"instruction": req.instruction, "input": ""}))
         return await _generate(state, request, req, ids, "messages", state.max_tokens_limit,
                                Reply(state.model_name, True, req.include_usage))
