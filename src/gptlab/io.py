@@ -267,3 +267,92 @@ def coerce(value: Any, tp, where: str) -> Any:
             return value
         raise BoundaryError(f"{where}: expected a string, got {value!r}")
     raise BoundaryError(f"{where}: unsupported type {getattr(tp, '__name__', tp)}")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Names that become paths, and folders gptlab writes into
+# --------------------------------------------------------------------------------------------
+def plain_name(name: Any, what: str) -> str:
+    """`name` when it is one plain path component (not empty, not . or .., no / or \\, not absolute, no NUL or
+    control character); else a one-line GptlabError naming `what` and the name."""
+    why = None
+    if not isinstance(name, str):
+        why = f"expected a string, got {type(name).__name__}"
+    elif not name:
+        why = "is empty"
+    elif os.path.isabs(name) or name.startswith(("/", "\\")):
+        why = "is an absolute path"
+    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        why = "contains a path separator"
+    elif name in (".", ".."):
+        why = "names a folder above or the folder itself"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "contains a control character"
+    if why:
+        raise GptlabError(f"{what} {name!r}: {why}; expected a plain name (no /, \\ or ..)")
+    return name
+
+
+def confined(parent: str | Path, name: Any, what: str) -> Path:
+    """parent / name, refused (a one-line GptlabError: what, the name, why) unless `name` is a plain name
+    (plain_name) and the path resolves inside `parent` (a symlink pointing out of it is refused too)."""
+    parent = Path(parent)
+    path = parent / plain_name(name, what)
+    if not path.resolve().is_relative_to(parent.resolve()):
+        raise GptlabError(f"{what} {name!r}: resolves outside {parent} (to {path.resolve()}); expected a name "
+                          f"inside it")
+    return path
+
+
+OWNER_FILE = ".gptlab-owner"  # what gptlab wrote a folder as: {"kind": "experiment"}; see claim_dir
+
+
+def dir_owner(path: str | Path) -> str | None:
+    """The kind of folder gptlab wrote `path` as (its OWNER_FILE), None without one."""
+    try:
+        d = json.loads((Path(path) / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return d.get("kind") if isinstance(d, dict) and isinstance(d.get("kind"), str) else None
+
+
+_FORCE_ADVICE = "choose a new or empty folder (or --force to write into it anyway)"
+
+
+def check_dir(path: str | Path, kind: str, what: str, force: bool = False,
+              written_before: Callable[[Path], bool] | None = None, foreign: str = "files gptlab did not write",
+              advice: str = _FORCE_ADVICE) -> Path:
+    """Refuse to write into `path` what gptlab did not write there, with one line naming `what` and the path:
+    a path that exists and is not a folder (always), or a folder holding files unless gptlab wrote it as `kind`
+    (its OWNER_FILE says so, or `written_before(path)`: the kind's own test for a folder written before owner files
+    existed). `force` accepts such a folder (the user's choice). `foreign` and `advice` word the refusal.
+    Returns `path`; writes nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GptlabError(f"{what} {path}: exists and is not a folder; gptlab writes a folder there, so choose "
+                          f"another path (or move the file)")
+    if force or not path.is_dir():
+        return path
+    entries = sorted(p.name for p in path.iterdir())
+    owner = dir_owner(path)
+    if not entries or owner == kind or (owner is None and written_before is not None and written_before(path)):
+        return path
+    if owner is not None:
+        raise GptlabError(f"{what} {path}: is a gptlab {owner} folder, not {'an' if kind[0] in 'aeiou' else 'a'} "
+                          f"{kind} folder; {advice}")
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise GptlabError(f"{what} {path}: holds {foreign} ({shown}); {advice}")
+
+
+def claim_dir(path: str | Path, kind: str, what: str, force: bool = False,
+              written_before: Callable[[Path], bool] | None = None) -> Path:
+    """check_dir, then create the folder and record that gptlab writes it as `kind` (OWNER_FILE), so that the
+    next command of the same kind (a resumed experiment, a second export) writes there again. Returns `path`."""
+    path = check_dir(path, kind, what, force, written_before)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if dir_owner(path) != kind:
+            atomic_write_json(path / OWNER_FILE, {"kind": kind})
+    except OSError as e:
+        raise (fs_error(e, path) or e) from None
+    return path

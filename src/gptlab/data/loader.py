@@ -20,7 +20,7 @@ import torch
 
 from gptlab import GptlabError
 from gptlab.data.tokenizer import VOCAB_SIZE, tokenizer_hash
-from gptlab.io import file_sha256
+from gptlab.io import confined, file_sha256
 
 SPLITS = ("train", "val", "test")
 
@@ -53,7 +53,18 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
                           f"{meta['tokenizer_hash']!r}, this gptlab's is {tokenizer_hash()!r}); "
                           "re-run `gptlab prepare`")
     _get(meta, "splits", str(path), dict)
+    _shard_paths(Path(data_dir), meta, path)
     return meta
+
+
+def _shard_paths(data_dir: Path, meta: dict, where: Path) -> None:
+    """Every shard file meta.json names is a file name inside the data folder: a forged meta.json
+    ("file": "../../etc/passwd") is one line naming meta.json and the field, before anything is opened."""
+    for split, info in meta["splits"].items():
+        shards = info.get("shards") if isinstance(info, dict) else None
+        for i, sh in enumerate(shards if isinstance(shards, list) else []):
+            if isinstance(sh, dict) and isinstance(sh.get("file"), str):
+                confined(data_dir, sh["file"], f"{where}: field splits.{split}.shards[{i}].file")
 
 
 _sha256 = file_sha256
@@ -82,10 +93,10 @@ class TokenDataset:
         info = _get(self.meta["splits"], split, where, dict)
         self.arrays: list[np.ndarray] = []
         starts, total = [], 0
-        for sh in _get(info, "shards", f"{where} splits.{split}", list):
+        for i, sh in enumerate(_get(info, "shards", f"{where} splits.{split}", list)):
             name = _get(sh, "file", f"{where} splits.{split}.shards", str)
             n = _get(sh, "tokens", f"{where} splits.{split}.shards", int)
-            path = self.dir / name
+            path = confined(self.dir, name, f"{where}: field splits.{split}.shards[{i}].file")
             if not path.is_file():
                 raise GptlabError(f"shard {path} is missing: data folder truncated or corrupted; "
                                   "re-run `gptlab prepare`")
