@@ -50,7 +50,7 @@ def _run_options(a) -> dict:
     return dict(out=a.out, parallel=a.parallel, overrides=a.set, quiet=a.quiet,
                 only=[x.strip() for x in a.only.split(",") if x.strip()] if a.only else None,
                 procs_per_run=a.procs_per_run, gpus_per_run=a.gpus_per_run, rerun_changed=a.rerun_changed,
-                backend=a.backend, backend_options=slurm)
+                backend=a.backend, backend_options=slurm, force=a.force)
 
 
 def cmd_ladder(a) -> int:
@@ -153,7 +153,11 @@ def register(sub) -> None:
 
 def _add_run_arguments(s, backends: list[str]) -> None:
     """Where an experiment's or sweep's runs go and how they are scheduled (scheduler/)."""
-    s.add_argument("--out", help="experiment folder (default: experiments/NAME)")
+    s.add_argument("--out", help="experiment folder (default: experiments/NAME); refused when it is a file or a "
+                                 "folder holding files gptlab did not write there")
+    s.add_argument("--force", action="store_true",
+                   help="write into the experiment folder even if it holds files gptlab did not write (files of the "
+                        "same name, e.g. report.md or spec.toml, are overwritten)")
     s.add_argument("--parallel", type=POSITIVE, metavar="N",
                    help="runs at a time (default 1; with --gpus-per-run: one per GPU slot, at most N)")
     s.add_argument("--gpus-per-run", type=POSITIVE, metavar="N",

@@ -8,7 +8,7 @@ from gptlab.cli.common import verb_parser
 def cmd_export(a) -> int:
     from gptlab.interop.hf import export_run
 
-    out = export_run(a.run, a.out, push=a.push)
+    out = export_run(a.run, a.out, push=a.push, force=a.force)
     print(f"wrote {out} (load with GPT2LMHeadModel.from_pretrained('{out}'))")
     if a.push:
         print(f"pushed to https://huggingface.co/{a.push}")
@@ -33,7 +33,10 @@ def register(sub) -> None:
                     "gptlab export runs/tiny-cpu --out hf/tiny-cpu\n"
                     "HF_TOKEN=hf_... gptlab export runs/tiny-cpu --out hf/tiny-cpu --push user/tiny-cpu")
     s.add_argument("run", help="run directory")
-    s.add_argument("--out", required=True, help="output folder (new, empty or a previous export)")
+    s.add_argument("--out", required=True, help="output folder: new, empty or an earlier export (a folder holding "
+                                                "other files is refused)")
+    s.add_argument("--force", action="store_true", help="write into --out even if it holds files gptlab did not "
+                   "write (its README.md, config.json and other export files are overwritten)")
     s.add_argument("--push", metavar="REPO", help="also upload to this Hub model repo (token from $HF_TOKEN)")
     s.set_defaults(fn=cmd_export)
 

@@ -33,7 +33,8 @@ def cmd_prepare(a) -> int:
     elif a.hf_name or a.hf_revision or a.hf_data_files or a.hf_split != "train":
         raise GptlabError("prepare: --hf-name/--hf-split/--hf-revision/--hf-data-files need --hf-dataset")
     meta = prepare(sources, a.out, text_field=a.text_field, val_frac=a.val_frac, test_frac=a.test_frac,
-                   shard_tokens=a.shard_tokens, workers=a.workers, progress=not a.quiet, max_docs=a.max_docs)
+                   shard_tokens=a.shard_tokens, workers=a.workers, progress=not a.quiet, max_docs=a.max_docs,
+                   force=a.force)
     for split, info in meta["splits"].items():
         print(f"{split:<6} {info['tokens']:>12,} tokens  {info['documents']:>8,} documents  {len(info['shards'])} shard(s)")
     print(f"unigram baseline (test loss of a unigram model fitted on train): {unigram_loss(a.out):.4f}")
@@ -285,7 +286,10 @@ def register(sub) -> None:
                 "gptlab prepare --hf-dataset HuggingFaceFW/fineweb --hf-name sample-10BT --out data/fineweb10B\n"
                 "    # streams FineWeb's 10B sample from the Hub (pip install -e '.[fineweb]')")
     s.add_argument("sources", nargs="*", help="files or folders (.txt, .jsonl, .parquet, .bin) or 'bundled' (default)")
-    s.add_argument("--out", required=True, help="output folder for shards + meta.json")
+    s.add_argument("--out", required=True, help="output folder for shards + meta.json: new, empty or a prepared "
+                   "folder, which is replaced as a whole (a file, or a folder holding other files, is refused)")
+    s.add_argument("--force", action="store_true", help="replace --out even if it holds files prepare did not "
+                   "write (they are deleted with the old folder)")
     s.add_argument("--text-field", default="text", help="jsonl field / parquet or dataset column holding the text")
     s.add_argument("--hf-dataset", metavar="ID", help="stream a Hugging Face dataset instead of files, e.g. "
                    "HuggingFaceFW/fineweb (needs the 'datasets' package: pip install -e '.[fineweb]')")

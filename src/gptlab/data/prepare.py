@@ -33,7 +33,7 @@ from gptlab.data.sources import (
     progress_total,
 )
 from gptlab.data.tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer, tokenizer_hash
-from gptlab.io import atomic_write_json, file_sha256, fsync_dir
+from gptlab.io import atomic_write_json, check_dir, file_sha256, fsync_dir
 
 SPLITS = ("train", "val", "test")
 _SHARD_NAME = re.compile(r"^(train|val|test)_\d{6}\.bin(\.tmp)?$")
@@ -174,7 +174,7 @@ def _check_args(val_frac, test_frac, shard_tokens, workers, max_docs, text_field
 
 def prepare(sources: Sequence[str] | str, out_dir: str | os.PathLike, *, text_field: str = "text",
             val_frac: float = 0.05, test_frac: float = 0.05, shard_tokens: int = 100_000_000,
-            workers: int = 0, progress: bool = True, max_docs: int = 0) -> dict:
+            workers: int = 0, progress: bool = True, max_docs: int = 0, force: bool = False) -> dict:
     """Tokenise `sources` into train/val/test uint16 shards in `out_dir`; write meta.json last and
     return it. workers=0 uses os.cpu_count() tokeniser threads; max_docs=0 reads everything.
     A source may be an `HFDataset` (streamed; needs the optional `datasets` package).
@@ -182,14 +182,15 @@ def prepare(sources: Sequence[str] | str, out_dir: str | os.PathLike, *, text_fi
     Output depends only on the sources and the split/shard settings (not on workers), so re-runs
     are byte-identical. Everything is written into a staging folder beside `out_dir` (`staging_dir`) that
     replaces `out_dir` by a rename only once complete: a prepare that fails or is killed leaves the old
-    dataset as it was. A source inside `out_dir`, or an `out_dir` holding files of its own, is refused.
+    dataset as it was. A source inside `out_dir`, an `out_dir` that is a file, or an `out_dir` holding files of
+    its own is refused; `force` replaces such a folder too (its other files are deleted with it).
     """
     _check_args(val_frac, test_frac, shard_tokens, workers, max_docs, text_field)
     out = Path(os.path.realpath(out_dir) if os.path.islink(out_dir) else os.path.abspath(out_dir))
     staging, old = staging_dir(out), out.parent / f".{out.name}.old"
     files = expand_sources(sources)
     _refuse_sources_inside(files, out)
-    _refuse_foreign_files(out)
+    _refuse_foreign_files(out, force)
     total = progress_total(files, text_field)  # also checks parquet/HF columns early, before anything is written
     total = None if max_docs else total
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=not progress, dynamic_ncols=True)
@@ -234,20 +235,21 @@ def _refuse_sources_inside(files, out: Path) -> None:
                               "move it out or choose another --out")
 
 
-def _refuse_foreign_files(out: Path) -> None:
-    """`out` is replaced as a whole, so it may only hold what prepare and the data layer write there."""
-    if not out.is_dir():
-        return
+def _only_prepared_files(out: Path) -> bool:
+    """Whether `out` holds only what prepare and the data layer write there (prepare's test of "ours")."""
     from gptlab.data.verify import RECORD
     from gptlab.data.vocab import CACHE
 
     ours = {"meta.json", CACHE, RECORD, "corpus_vocab.npy", ".staging"}
-    foreign = sorted(f.name for f in out.iterdir()
-                     if f.name not in ours and not _SHARD_NAME.match(f.name) and not f.name.endswith(".tmp"))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise GptlabError(f"{out}: holds files that are not part of a prepared dataset ({shown}); prepare "
-                          "replaces the whole folder, so choose a new or empty --out")
+    return all(f.name in ours or _SHARD_NAME.match(f.name) or f.name.endswith(".tmp") for f in out.iterdir())
+
+
+def _refuse_foreign_files(out: Path, force: bool) -> None:
+    """`out` is replaced as a whole, so it may only hold what prepare and the data layer write there (unless
+    `force`: then its other files go too); a file at `out` is always refused."""
+    check_dir(out, "data", "data folder", force, _only_prepared_files, "files that are not part of a prepared dataset",
+              "prepare replaces the whole folder, so choose a new or empty one (`gptlab prepare --force` replaces "
+              "it anyway)")
 
 
 def _recover_swap(out: Path, old: Path) -> None:

@@ -45,6 +45,7 @@ from gptlab.config import (
 )
 from gptlab.experiments import scaling
 from gptlab.experiments.spec import Spec, load_spec
+from gptlab.io import claim_dir, confined, plain_name
 
 LADDER_KEYS = ("rungs", "tokens_per_param", "tokens", "flops", "seeds", "target", "bootstrap")
 TARGET_KEYS = ("config", "tokens")
@@ -161,7 +162,7 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
     if "base" not in d:
         raise GptlabError(f"{p}: base: missing (the base config TOML, relative to this file)")
     base = (p.parent / d["base"]).resolve()
-    name = str(d.get("name", p.stem))
+    name = plain_name(d.get("name", p.stem), f"{p}: name")  # experiments/NAME: a folder of experiments/
     plans: list[RungPlan] = []
     for i, model in enumerate(rungs):
         plans.append(_plan_rung(p, d, base, name, i, model, per_rung[i], rule,
@@ -291,7 +292,8 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
     if dry_run:
         print_dry_run(lad, extra)
         return 0
-    exp_dir = Path(out or Path("experiments") / lad.name)
+    exp_dir = claim_dir(Path(out) if out else confined("experiments", lad.name, f"{lad.path}: name"), LADDER_DIR,
+                        "--out" if out else "ladder folder", run_options.get("force", False), _written_before)
     keep = None if not only else set(only) | {lad.spec.baseline}  # --only: these variants and the baseline
     done = _done_counts(lad, exp_dir, keep)
     total = sum(sum(keep is None or v.name in keep for v, _ in r.spec.matrix()) for r in lad.rungs)
@@ -310,6 +312,14 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
     print(format_summary(res))
     print(f"ladder report: {res['markdown']}  {res['html']}")
     return status
+
+
+LADDER_DIR = "ladder"  # the kind of folder `ladder` writes (io.claim_dir)
+
+
+def _written_before(p: Path) -> bool:
+    """A ladder folder of an earlier gptlab (no owner file): specs/rung-K.toml and a rung-K folder."""
+    return any((p / "specs").glob("rung-*.toml")) and any(q.is_dir() for q in p.glob("rung-*"))
 
 
 def _done_counts(lad: Ladder, exp_dir: Path, keep: set[str] | None = None) -> list[int]:

@@ -34,8 +34,8 @@ from gptlab.config import (
 )
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
-from gptlab.experiments.spec import Spec, Variant, load_spec
-from gptlab.io import atomic_write_json, atomic_write_text
+from gptlab.experiments.spec import Spec, Variant, claim_experiment_dir, load_spec
+from gptlab.io import atomic_write_json, atomic_write_text, confined
 from gptlab.train.loggers import tensorboard_dir
 from gptlab.train.signals import EXIT_PREEMPTED
 
@@ -45,7 +45,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
                    procs_per_run: int | None = None, gpus_per_run: int | None = None,
                    rerun_changed: bool = False, backend: str = "local", backend_options: dict | None = None,
                    until_decided: bool = False, max_seeds: int | None = None,
-                   seeds_per_round: int | None = None) -> int:
+                   seeds_per_round: int | None = None, force: bool = False) -> int:
     """Run (or with dry_run, only print) the matrix of `spec_path`; the exit status for the CLI.
 
     `backend`: "local" (scheduler/local.py: `gpus_per_run` splits the visible GPUs into slots, one run per slot;
@@ -55,7 +55,10 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
     run folder moved aside to runs/RUN_ID.stale-N).
 
     `until_decided`: after the spec's seeds, add `seeds_per_round` seeds at a time to the variants not yet decided
-    (and the baseline) until each is decided or has `max_seeds` (sequential.py; state in sequential.json)."""
+    (and the baseline) until each is decided or has `max_seeds` (sequential.py; state in sequential.json).
+
+    `force`: write into an experiment folder holding files gptlab did not write (io.claim_dir); without it such
+    a folder is refused."""
     spec = load_spec(spec_path)
     spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}  # what the report shows (--only included)
     seq_opts = _sequential_options(spec, until_decided, max_seeds, seeds_per_round)
@@ -82,7 +85,7 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
     if spec.tune and seq_opts:
         raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
     exp_dir, runner_backend, db = _open(spec, extra, out, backend, parallel, procs_per_run, gpus_per_run,
-                                        backend_options, quiet)
+                                        backend_options, quiet, force)
     try:
         redone = _check_changed(spec, extra, exp_dir, db, rerun_changed)
         # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
@@ -112,7 +115,7 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
               seeds: list[int] | None = None, out: str | None = None, parallel: int | None = None,
               overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None,
               procs_per_run: int | None = None, gpus_per_run: int | None = None, rerun_changed: bool = False,
-              backend: str = "local", backend_options: dict | None = None) -> int:
+              backend: str = "local", backend_options: dict | None = None, force: bool = False) -> int:
     """`gptlab sweep`: train every variant of the spec at every value of the grid on the sweep's seeds (the
     spec's tune / tune_grid / tune_seeds, or `param`, `grid`, `seeds` instead), record the runs in the
     experiment's results.sqlite, write sweep.json with each variant's chosen value and print the table. A later
@@ -133,7 +136,7 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
                           seeds=seeds if seeds is not None else (spec.tune.seeds if spec.tune else None))
     sweep = tuning.sweep_spec(spec)
     exp_dir, runner_backend, db = _open(spec, extra, out, backend, parallel, procs_per_run, gpus_per_run,
-                                        backend_options, quiet)
+                                        backend_options, quiet, force)
     try:
         notes = _check_changed(sweep, extra, exp_dir, db, rerun_changed)
         failures = _run_matrix(sweep, extra, exp_dir, db, runner_backend, notes)
@@ -156,9 +159,11 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
 
 def _open(spec: Spec, extra: dict, out: str | None, backend: str, parallel: int | None,
           procs_per_run: int | None, gpus_per_run: int | None, backend_options: dict | None,
-          quiet: bool) -> tuple[Path, Backend, ResultsDB]:
-    """The experiment folder, the backend that runs its jobs and its results database; the data prepared."""
-    exp_dir = Path(out or Path("experiments") / spec.name)
+          quiet: bool, force: bool = False) -> tuple[Path, Backend, ResultsDB]:
+    """The experiment folder (refused when it holds files gptlab did not write, unless `force`), the backend
+    that runs its jobs and its results database; the data prepared."""
+    exp_dir = claim_experiment_dir(Path(out) if out else confined("experiments", spec.name, f"{spec.path}: name"),
+                                   "--out" if out else "experiment folder", force)
     runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
     for d in (exp_dir, exp_dir / "runs", exp_dir / "configs"):
         d.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from gptlab import GptlabError
 from gptlab.config import deep_merge, read_config_toml, read_toml
+from gptlab.io import claim_dir, plain_name
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _SPEC_KEYS = {"name", "base", "seeds", "baseline", "variants", "overrides", "description", "equivalence_margin",
@@ -98,7 +99,8 @@ class Spec:
     tune: Tune | None = None  # sweep a setting and compare each variant at its best value too (tuning.py)
 
     def run_id(self, variant: str, seed: int) -> str:
-        return f"{variant}-s{seed}"
+        """The run's name, also its folder's under runs/ (a plain name: never a path out of it)."""
+        return plain_name(f"{variant}-s{seed}", f"{self.path}: run id")
 
     def run_seed(self, variant: Variant, seed: int) -> int:
         """The train.seed run `seed` of `variant` trains with (initialisation, dropout and, unless data.data_seed
@@ -177,7 +179,8 @@ def load_spec(path: str | Path, data: dict | None = None) -> Spec:
     alpha = d.get("alpha", 0.05)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5:
         raise GptlabError(f"{where}: alpha: expected a number between 0 and 0.5 (e.g. 0.05), got {alpha!r}")
-    spec = Spec(p, d.get("name", p.stem), base, seeds, baseline, variants, overrides,
+    name = plain_name(d.get("name", p.stem), f"{where}: name")  # experiments/NAME: a folder of experiments/
+    spec = Spec(p, name, base, seeds, baseline, variants, overrides,
                 None if margin is None else float(margin), design, float(alpha))
     for v in variants:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
@@ -218,8 +221,9 @@ def read_tune(spec: Spec, d: dict, where: str, param: str | None = None, grid: l
 
 def _variant(v, where: str) -> Variant:
     """One [[variants]] entry, checked; `where` is "SPEC: variants[i]"."""
-    if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not _NAME_RE.match(v["name"]):
-        raise GptlabError(f"{where}.name: expected a name of letters, digits, _ . + -")
+    if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not _NAME_RE.match(v["name"]) \
+            or v["name"] in (".", ".."):
+        raise GptlabError(f"{where}.name: expected a name of letters, digits, _ . + - (not . or ..)")
     extra = set(v) - _VARIANT_KEYS
     if extra:
         raise GptlabError(f"{where}.{sorted(extra)[0]}: unknown key (name, interventions, reference, seeds)")
@@ -240,6 +244,19 @@ def _seed_list(seeds, where: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise GptlabError(f"{where}: duplicate seeds in {seeds}")
     return seeds
+
+
+EXPERIMENT_DIR = "experiment"  # the kind of folder `experiment` and `sweep` write (io.claim_dir)
+
+
+def claim_experiment_dir(path: Path, what: str, force: bool = False) -> Path:
+    """The experiment folder `path`, created and marked as gptlab's; refused (one line naming `what`) when it is
+    a file, or a folder holding files gptlab did not write, unless `force`. A folder of an earlier gptlab (no
+    owner file) counts as gptlab's when it holds results.sqlite, runs/ and configs/."""
+    def written_before(p: Path) -> bool:
+        return (p / "results.sqlite").is_file() and (p / "runs").is_dir() and (p / "configs").is_dir()
+
+    return claim_dir(path, EXPERIMENT_DIR, what, force, written_before)
 
 
 def report_settings(exp_dir: Path) -> dict:

@@ -28,7 +28,7 @@ import torch
 
 from gptlab import GptlabError
 from gptlab.config import ModelConfig, RunConfig, config_from_run, save_config
-from gptlab.io import atomic_write, atomic_write_json, atomic_write_text
+from gptlab.io import atomic_write, atomic_write_json, atomic_write_text, check_dir, claim_dir
 from gptlab.model import GPTModel
 
 GPT2_VOCAB = 50257
@@ -142,16 +142,19 @@ def _check_exportable(run_dir: Path) -> RunConfig:
     return cfg
 
 
-def _check_out_dir(out: Path, run_dir: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise GptlabError(f"--out {out}: exists and is not a directory")
+EXPORT_DIR = "export"  # the kind of folder `export` writes (io.claim_dir)
+
+
+def _earlier_export(out: Path) -> bool:
+    """A complete export of an earlier gptlab (no owner file): every file of an export is there."""
+    return all((out / f).is_file() for f in EXPORT_FILES)
+
+
+def _check_out_dir(out: Path, run_dir: Path, force: bool) -> None:
+    """--out: not the run directory, not a file, and new, empty or an export gptlab wrote (unless `force`)."""
     if out.resolve() == run_dir.resolve():
         raise GptlabError(f"--out {out}: must not be the run directory")
-    if out.is_dir():
-        extra = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
-        if extra:
-            raise GptlabError(f"--out {out}: directory holds files that are not part of an export "
-                              f"({', '.join(extra[:3])}); choose an empty or new directory")
+    check_dir(out, EXPORT_DIR, "--out", force, _earlier_export)
 
 
 def _write_tokenizer(out: Path, context_length: int) -> None:
@@ -246,16 +249,20 @@ def _model_card(run_dir: Path, cfg: RunConfig, ck: Path | None, n_params: int) -
     return "\n".join(lines)
 
 
-def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, push: str | None = None) -> Path:
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, push: str | None = None,
+               force: bool = False) -> Path:
     """Write `out_dir` so that `transformers.GPT2LMHeadModel.from_pretrained(out_dir)` and
     `GPT2TokenizerFast.from_pretrained(out_dir)` load the run's latest checkpoint offline; `push`: also upload
-    it to that Hub repo with the token in $HF_TOKEN (never printed or written). Returns out_dir."""
+    it to that Hub repo with the token in $HF_TOKEN (never printed or written). Returns out_dir.
+
+    `out_dir` must be new, empty or an earlier export (io.claim_dir); `force` writes into a folder holding other
+    files too (the export's own files, e.g. README.md and config.json, are then overwritten)."""
     run_dir, out = Path(run_dir), Path(out_dir)
     token = None
     if push is not None:
         token = _hub_token(push)
     cfg = _check_exportable(run_dir)
-    _check_out_dir(out, run_dir)
+    _check_out_dir(out, run_dir, force)
     from gptlab.train import latest_checkpoint, load_run_model
 
     model, _ = load_run_model(run_dir, "cpu")  # refuses a run without a checkpoint
@@ -268,7 +275,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, push: str
 
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, EXPORT_DIR, "--out", force, _earlier_export)
     atomic_write(out / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
     atomic_write_json(out / "config.json", hf_config_dict(cfg.model))
     _write_tokenizer(out, cfg.model.context_length)
