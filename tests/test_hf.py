@@ -68,7 +68,7 @@ def test_export_round_trip_matches_transformers(tmp_path, kw):
     out = export_run(tmp_path / "run", tmp_path / "hf")
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
-         "special_tokens_map.json", "README.md"])
+         "special_tokens_map.json", "README.md", ".gptlab-owner"])  # the owner file: a re-export writes here again
     conf = json.loads((out / "config.json").read_text())
     assert conf["tie_word_embeddings"] is mcfg.tie_weights
     assert conf["n_positions"] == 64 and conf["activation_function"] == "gelu_new"
