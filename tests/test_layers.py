@@ -1,8 +1,12 @@
-"""The package's layering: lower layers never import higher ones, and no two modules import each other.
+"""The package's layering: lower layers never import higher ones, and the modules' imports form no cycle.
 
 Every `import gptlab...` / `from gptlab... import` in src/gptlab is read with `ast` (module level and inside
 functions alike, since a lazy import is still a dependency; only `if TYPE_CHECKING:` blocks, which never run, are
-left out), mapped to its layer, and checked."""
+left out), mapped to its layer, and checked. `from gptlab import train` counts as importing gptlab.train (a name
+that is a module or subpackage is imported), and so does `importlib.import_module("gptlab.train")` (or
+`import_module(...)`, `__import__(...)`) with a string literal. Cycles of any length are found (strongly connected
+components of the module graph), not only two modules importing each other. Each rule has a self-test on a small
+package written to tmp_path with that violation."""
 
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ LAYERS = [
     {"gptlab.cli", "gptlab.__main__"},
 ]
 
+IMPORT_CALLS = {"import_module", "__import__"}  # importlib.import_module(...), import_module(...), __import__(...)
+
 
 def layer_of(module: str) -> int:
     parts = module.split(".")
@@ -34,12 +40,18 @@ def layer_of(module: str) -> int:
     raise AssertionError(f"{module}: not assigned to a layer in tests/test_layers.py")
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(SRC.parent).with_suffix("")
+def module_name(path: Path, src: Path = SRC) -> str:
+    rel = path.relative_to(src.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
+
+
+def is_module(dotted: str, root: Path) -> bool:
+    """Whether `dotted` (gptlab.x.y) is a module or a package under `root` (the folder that holds gptlab/)."""
+    base = root / dotted.replace(".", "/")
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
 def _runtime_nodes(tree: ast.AST):
@@ -52,34 +64,102 @@ def _runtime_nodes(tree: ast.AST):
         yield from _runtime_nodes(node)
 
 
-def imports(path: Path) -> set[str]:
+def _import_call_target(node: ast.AST) -> str | None:
+    """"gptlab.x" for import_module("gptlab.x") / importlib.import_module("gptlab.x") / __import__("gptlab.x")."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    arg = node.args[0]
+    if name in IMPORT_CALLS and isinstance(arg, ast.Constant) and isinstance(arg.value, str) \
+            and arg.value.split(".")[0] == "gptlab":
+        return arg.value
+    return None
+
+
+def imports(path: Path, root: Path = SRC.parent) -> set[str]:
     out = set()
     for node in _runtime_nodes(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gptlab"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gptlab":
             assert node.level == 0, f"{path}: relative import (use absolute gptlab.* imports)"
             out.add(node.module)
-            out.update(f"{node.module}.{a.name}" for a in node.names
-                       if (SRC.parent / node.module.replace(".", "/") / f"{a.name}.py").exists())
+            out.update(f"{node.module}.{a.name}" for a in node.names if is_module(f"{node.module}.{a.name}", root))
         elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.startswith("gptlab"))
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "gptlab")
+        elif target := _import_call_target(node):
+            out.add(target)
     return out
 
 
-def graph() -> dict[str, set[str]]:
-    return {module_name(p): imports(p) for p in SRC.rglob("*.py")}
+def graph(src: Path = SRC) -> dict[str, set[str]]:
+    return {module_name(p, src): imports(p, src.parent) for p in src.rglob("*.py")}
+
+
+def upward_imports(g: dict[str, set[str]]) -> list[str]:
+    return [f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
+            for m, deps in sorted(g.items()) for d in sorted(deps)
+            if layer_of(d) > layer_of(m) and not (m == "gptlab" and d.startswith("gptlab."))]
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """One import cycle per strongly connected component of more than one module (Tarjan), as [a, b, ..., a]."""
+    edges = {m: sorted(d for d in deps if d in g and d != m) for m, deps in g.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                components.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+
+    out = []
+    for comp in sorted(components):  # a shortest way from the component's first module back to itself
+        members, start = set(comp), comp[0]
+        paths = {w: [start, w] for w in edges[start] if w in members}
+        frontier = list(paths)
+        while start not in paths:
+            nxt = []
+            for v in frontier:
+                for w in edges[v]:
+                    if w in members and w not in paths:
+                        paths[w] = paths[v] + [w]
+                        nxt.append(w)
+            frontier = nxt
+        out.append(paths[start])
+    return out
 
 
 def test_lower_layers_never_import_higher_ones():
-    wrong = [f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
-             for m, deps in graph().items() for d in deps
-             if layer_of(d) > layer_of(m) and not (m == "gptlab" and d.startswith("gptlab."))]
+    wrong = upward_imports(graph())
     assert not wrong, "\n".join(wrong)
 
 
-def test_no_two_modules_import_each_other():
-    g = graph()
-    pairs = sorted({tuple(sorted((a, b))) for a, deps in g.items() for b in deps if b != a and a in g.get(b, ())})
-    assert not pairs, pairs
+def test_the_modules_imports_form_no_cycle():
+    found = cycles(graph())
+    assert not found, "\n".join(" -> ".join(c) for c in found)
 
 
 def test_the_checker_sees_lazy_imports_and_skips_type_checking_blocks(tmp_path):
@@ -87,3 +167,52 @@ def test_the_checker_sees_lazy_imports_and_skips_type_checking_blocks(tmp_path):
     src.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gptlab.config import RunConfig\n"
                    "def f():\n    from gptlab.cli import main\n")
     assert imports(src) == {"gptlab.cli"} and layer_of("gptlab.cli") > layer_of("gptlab.train")
+
+
+def _fake_package(root: Path, files: dict[str, str]) -> Path:
+    """root/gptlab with the given modules (path relative to gptlab/: source); every folder gets an __init__.py."""
+    pkg = root / "gptlab"
+    for rel, text in {"__init__.py": "", **files}.items():
+        path = pkg / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for parent in [p for p in path.parents if p != root and pkg in (p, *p.parents)]:
+            (parent / "__init__.py").touch()
+        path.write_text(text)
+    return pkg
+
+
+def test_the_checker_sees_from_gptlab_import_subpackage(tmp_path):
+    pkg = _fake_package(tmp_path, {
+        "io.py": "from gptlab import GptlabError, train\n",  # a name and a subpackage
+        "config.py": "def f():\n    from gptlab import cli\n",
+        "train/__init__.py": "", "cli/__init__.py": "", "train/pretrain.py": "from gptlab.train import loop\n",
+        "train/loop.py": "from gptlab import config\n"})
+    g = graph(pkg)
+    assert g["gptlab.io"] == {"gptlab", "gptlab.train"} and g["gptlab.train.pretrain"] == {"gptlab.train",
+                                                                                             "gptlab.train.loop"}
+    assert upward_imports(g) == ["gptlab.config (layer 1) imports gptlab.cli (layer 5)",
+                                 "gptlab.io (layer 0) imports gptlab.train (layer 3)"]
+
+
+def test_the_checker_sees_import_module_with_a_literal(tmp_path):
+    pkg = _fake_package(tmp_path, {
+        "io.py": "import importlib\n\ndef f():\n    return importlib.import_module('gptlab.train.pretrain')\n",
+        "config.py": "from importlib import import_module\nCLI = import_module('gptlab.cli')\n",
+        "data/__init__.py": "m = __import__('gptlab.experiments')\nn = __import__(NAME)\nimport_module('numpy')\n",
+        "train/pretrain.py": "", "cli/__init__.py": "", "experiments/__init__.py": ""})
+    g = graph(pkg)
+    assert g["gptlab.io"] == {"gptlab.train.pretrain"} and g["gptlab.data"] == {"gptlab.experiments"}
+    assert upward_imports(g) == ["gptlab.config (layer 1) imports gptlab.cli (layer 5)",
+                                 "gptlab.data (layer 2) imports gptlab.experiments (layer 4)",
+                                 "gptlab.io (layer 0) imports gptlab.train.pretrain (layer 3)"]
+
+
+def test_the_checker_finds_cycles_of_any_length(tmp_path):
+    pkg = _fake_package(tmp_path, {  # all in one layer, so only the cycle check can see them
+        "train/a.py": "from gptlab.train import b\n",
+        "train/b.py": "import gptlab.train.c\n",
+        "train/c.py": "def f():\n    from gptlab.train.a import x\n",
+        "train/d.py": "import gptlab.train.e\n", "train/e.py": "import gptlab.train.d\n",
+        "train/f.py": "import gptlab.train.a\nimport gptlab.train.f\n"})  # f leads into a cycle, imports itself
+    assert cycles(graph(pkg)) == [["gptlab.train.a", "gptlab.train.b", "gptlab.train.c", "gptlab.train.a"],
+                                  ["gptlab.train.d", "gptlab.train.e", "gptlab.train.d"]]

@@ -1,6 +1,7 @@
 """train.loggers: TensorBoard, W&B (offline) and Trackio (local) get exactly what metrics.jsonl has, read back with
 each tool's own reader; experiments group their runs; a resume duplicates no step; bad names and missing packages
-are one-line errors; `gptlab experiment --status` shows progress. Nothing here touches the network or ~."""
+are one-line errors; `gptlab experiment --status` shows progress. Nothing here touches the network or ~. A test skips, naming the
+package, only when a logger package it uses is not installed; those that need none always run."""
 
 import json
 import os
@@ -22,11 +23,13 @@ from gptlab.experiments.status import experiment_status, format_status
 from gptlab.io import read_jsonl
 from gptlab.train import train
 
-pytest.importorskip("tensorboard")
-pytest.importorskip("wandb")
-pytest.importorskip("trackio")
-
 ALL = "tensorboard,wandb,trackio"
+
+
+def need(*packages: str) -> None:
+    """Skip the calling test, naming the package, unless every logger package it needs is installed."""
+    for name in packages:
+        pytest.importorskip(name, reason=f"{name} is not installed (pip install 'gptlab[{name}]')")
 
 
 def offline_env(tmp_path: Path) -> dict:
@@ -133,6 +136,7 @@ def trackio_values(logs: list[dict]) -> dict[tuple[int, str], float]:
 
 
 def test_every_logger_gets_what_metrics_jsonl_has(small_data, tmp_path):
+    need("tensorboard", "wandb", "trackio")
     run = tmp_path / "run"
     gptlab_train(tmp_path, small_data, run, **{"train.loggers": ALL, "train.optimizer": "muon"})
     want = jsonl_values(run)
@@ -160,6 +164,7 @@ def test_every_logger_gets_what_metrics_jsonl_has(small_data, tmp_path):
 def test_resume_duplicates_no_step(small_data, tmp_path):
     """Stopped at step 6 with checkpoints at 4 and 6, the one at 6 lost: the resume continues from 4 and logs 5 and
     6 again. TensorBoard shows the resumed values once (purge_step); W&B and Trackio keep the first values."""
+    need("tensorboard", "wandb", "trackio")
     run = tmp_path / "run"
     over = {"train.loggers": ALL, "train.keep_checkpoints": 0}
     gptlab_train(tmp_path, small_data, run, stop_after=6, **over)
@@ -199,6 +204,7 @@ def write_spec(tmp_path, data, loggers, seeds=(1, 2)):
 
 
 def test_experiment_groups_its_runs(small_data, tmp_path, monkeypatch, capsys):
+    need("tensorboard", "wandb", "trackio")
     for k, v in offline_env(tmp_path).items():
         monkeypatch.setenv(k, v)
     spec = write_spec(tmp_path, small_data, ["tensorboard", "wandb", "trackio"])
@@ -232,6 +238,7 @@ def test_experiment_groups_its_runs(small_data, tmp_path, monkeypatch, capsys):
 
 
 def test_status_shows_progress_of_a_partial_run(small_data, tmp_path):
+    need("tensorboard")
     spec = write_spec(tmp_path, small_data, ["tensorboard"], seeds=(1, 2))
     out = tmp_path / "exp"
     rows = experiment_status(str(spec), out=str(out))
@@ -301,10 +308,10 @@ def test_loggers_are_outside_the_config_hash(tmp_path):
         prepare_run_dir(load_config(None, ["train.lr=1e-3"]), tmp_path, resume=True)
 
 
-def test_missing_package_and_wandb_without_login_are_one_line_errors_before_training(small_data, tmp_path):
-    """With the package's import failing for real (sys.modules[name] = None), `gptlab train` stops before step 1;
-    so does W&B online without an API key (HOME and W&B's folders in tmp_path, no WANDB_MODE)."""
-    over = [a for o in tiny_overrides(small_data) for a in ("--set", o)]
+def _train_in_a_subprocess(tmp_path: Path, data: str, before: str, names: list[tuple[str, str]]) -> tuple[dict, str]:
+    """({run name: exit status}, stderr) of `gptlab train` with train.loggers=LOGGER for each (run name, LOGGER), in
+    one process that first runs `before`."""
+    over = [a for o in tiny_overrides(data) for a in ("--set", o)]
     code = ("import os, sys, json\n"
             "from gptlab.cli import main\n"
             "def train(name, logger):\n"
@@ -313,26 +320,38 @@ def test_missing_package_and_wandb_without_login_are_one_line_errors_before_trai
             "                     '--set', 'train.loggers=' + logger])\n"
             "    except SystemExit as e:\n"
             "        return e.code\n"
-            "out = {}\n"
-            "for name in ('tensorboard', 'wandb', 'trackio'):\n"
-            "    sys.modules[name] = None\n"
-            "    out[name] = train(name, name)\n"
-            "del sys.modules['wandb']\n"
-            "os.environ.pop('WANDB_MODE')\n"
-            "os.environ['HOME'] = sys.argv[1]\n"
-            "out['online'] = train('online', 'wandb')\n"
-            "print(json.dumps(out))\n")
+            f"{before}\n"
+            f"print(json.dumps({{name: train(name, logger) for name, logger in {names!r}}}))\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
                        env=offline_env(tmp_path))
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"tensorboard": 2, "wandb": 2, "trackio": 2,
-                                                              "online": 2}, r.stderr
-    errors = [x for x in r.stderr.splitlines() if "error:" in x]
-    assert errors[:3] == [f"gptlab: error: train.loggers: {n} needs the {n} package, which is not installed: "
-                          f"pip install 'gptlab[{n}]'" for n in ("tensorboard", "wandb", "trackio")], r.stderr
-    assert errors[3].startswith("gptlab: error: train.loggers: wandb could not start the run (") and \
-        errors[3].endswith("log in with `wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`")
-    assert len(errors) == 4 and "Traceback" not in r.stderr
-    for n in ("tensorboard", "wandb", "trackio"):
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+
+def test_missing_package_is_a_one_line_error_before_training(small_data, tmp_path):
+    """With the package's import failing for real (sys.modules[name] = None: whether or not it is installed),
+    `gptlab train` stops before step 1."""
+    names = ("tensorboard", "wandb", "trackio")
+    got, stderr = _train_in_a_subprocess(tmp_path, small_data, f"for n in {names!r}:\n    sys.modules[n] = None",
+                                         [(n, n) for n in names])
+    assert got == {n: 2 for n in names}, stderr
+    errors = [x for x in stderr.splitlines() if "error:" in x]
+    assert errors == [f"gptlab: error: train.loggers: {n} needs the {n} package, which is not installed: "
+                      f"pip install 'gptlab[{n}]'" for n in names], stderr
+    assert "Traceback" not in stderr
+    for n in names:
         assert not (tmp_path / n / "config.toml").exists()
-    for n in ("tensorboard", "wandb", "trackio", "online"):
         assert not (tmp_path / n / "metrics.jsonl").exists() and not (tmp_path / n / "checkpoints").exists()
+
+
+def test_wandb_without_login_is_a_one_line_error_before_training(small_data, tmp_path):
+    """W&B online without an API key (HOME and W&B's folders in tmp_path, no WANDB_MODE) stops before step 1."""
+    need("wandb")
+    got, stderr = _train_in_a_subprocess(tmp_path, small_data, "os.environ.pop('WANDB_MODE')\n"
+                                         "os.environ['HOME'] = sys.argv[1]", [("online", "wandb")])
+    assert got == {"online": 2}, stderr
+    (error,) = [x for x in stderr.splitlines() if "error:" in x]
+    assert error.startswith("gptlab: error: train.loggers: wandb could not start the run (") and \
+        error.endswith("log in with `wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`")
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "online" / "metrics.jsonl").exists() and not (tmp_path / "online" / "checkpoints").exists()
