@@ -9,7 +9,8 @@ Design (Jennison & Turnbull, "Group Sequential Methods with Applications to Clin
 - Error spending: Lan & DeMets (1983) O'Brien-Fleming-type, two-sided,
   alpha(t) = 2 - 2 Phi(z_{alpha/2} / sqrt(t)), t = information fraction. For a two-sample comparison the
   information is 1 / (1/n_variant + 1/n_baseline), so t = that / (max_seeds / 2) (= n / max_seeds when both
-  groups have n seeds; paired: n pairs, t = n / max_seeds); a look with both groups at max_seeds is the final one (t = 1, the rest of alpha spent).
+  groups have n seeds; paired: n pairs, t = n / max_seeds); a look with both groups at max_seeds is the final
+  one (t = 1, the rest of alpha spent).
   Because the boundaries come from a spending function, looks may fall anywhere: each variant's boundaries are
   computed from the information fractions of the looks it actually had.
 - Boundaries: the standard recursive numerical integration (Armitage, McPherson & Rowe 1969; J&T ch. 19) of the
