@@ -1,6 +1,7 @@
 """`gptlab ladder`: the [ladder] table's checks, the rung plans, and a real tiny 2-rung ladder end to end."""
 
 import json
+import math
 import sqlite3
 
 import pytest
@@ -10,7 +11,7 @@ from conftest import tiny_overrides
 from gptlab import GptlabError
 from gptlab.cli import main
 from gptlab.config import parse_overrides
-from gptlab.experiments.ladder import collect, load_ladder, run_ladder
+from gptlab.experiments.ladder import collect, load_ladder, run_ladder, write_ladder_report
 
 RUNGS = [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 64, "n_heads": 2}]
 
@@ -84,8 +85,17 @@ def test_token_rules_and_seeds_per_rung(small_data, tmp_path):
     assert (cfg.train.flops, cfg.train.tokens) == (4e9, 0)
 
 
+FROZEN = {"name": "frozen", "interventions": ["lr:value=1e-7"]}  # a known strong effect: it barely trains
+
+
 def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
-    spec = write_ladder(tmp_path, small_data, {"bootstrap": 50})
+    """A real 2-rung ladder whose variant is built to lose: lr 1e-7 leaves it near its initial loss (~9.3 nats)
+    at both rungs while the baseline learns, a little in rung 0's 4 steps, much more in rung 1's 12 steps
+    (measured here: Δ +0.08 then +1.75, per-rung SEs 0.03 and 0.08). So Δ grows with scale (slope t ~19, p ~0.01)
+    and the backtest, which can only carry rung 0's Δ forward (offset model), misses rung 1's by far more than
+    its interval (error ~1.7, interval half-width ~0.2): unreliable."""
+    spec = write_ladder(tmp_path, small_data, {"bootstrap": 50, "tokens": [8 * 32 * 4, 8 * 32 * 12]},
+                        variants=[{"name": "baseline"}, FROZEN])
     assert main(["ladder", str(spec), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "rung-0" in printed and "rung-1" in printed and "non-embedding span" in printed
@@ -101,19 +111,25 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
             assert c.execute("select count(*) from runs").fetchone()[0] == 4
         assert (out / f"rung-{k}" / "report.md").is_file() and (out / "specs" / f"rung-{k}.toml").is_file()
     md = (out / "report.md").read_text()
-    assert "## Backtest" in md and "no_dropout: fit on 1 rung(s), predicted Δ" in md
-    assert any(f"| {w} |" in md for w in ("grows", "shrinks", "flips", "flat"))
-    assert "Δ at target" in md and "offset" in md and "unreliable" in md  # the rule's explanation at least
-    assert "![no_dropout](plots/ladder-no_dropout.png)" in md
-    png = out / "plots" / "ladder-no_dropout.png"
+    assert "## Backtest" in md and "frozen: fit on 1 rung(s), predicted Δ" in md
+    assert "Δ at target" in md and "offset" in md
+    assert "![frozen](plots/ladder-frozen.png)" in md
+    png = out / "plots" / "ladder-frozen.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Backtest" in html
     res = json.loads((out / "ladder.json").read_text())
     (v,) = res["variants"]
-    assert v["variant"] == "no_dropout" and v["trend"]["word"] in ("grows", "shrinks", "flips", "flat")
-    assert v["fit"] == "offset" and v["target_delta"] is not None
-    assert v["backtest"]["reliable"] in (True, False)
+    r0, r1 = v["per_rung"]
+    assert v["variant"] == "frozen" and 0 < r0["diff"] < r1["diff"] - 0.5 and r1["ci_low"] > 0
+    assert v["trend"]["word"] == "grows" and v["trend"]["tested"] and v["trend"]["slope"] > 0
+    assert v["fit"] == "offset" and v["target_delta"] > 0
+    bt = v["backtest"]
+    assert bt["reliable"] is False and bt["predicted"] == pytest.approx(r0["diff"], abs=1e-6)
+    assert bt["measured"] == pytest.approx(r1["diff"]) and bt["measured"] > bt["interval"][1] + 0.5
+    row = next(x for x in md.splitlines() if x.startswith("| frozen |"))
+    assert row.split(" | ")[3] == "grows" and row.endswith("| **unreliable** |")
+    assert "> **unreliable**: frozen" in md
     # the rungs' measured FLOPs grow and the target is far beyond them
     assert v["per_rung"][0]["compute"] < v["per_rung"][1]["compute"] < 1e18
 
@@ -128,9 +144,92 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     # runs recorded with another config than the ladder now gives them are not analysed (e.g. a variant left out
     # by --only after the rungs' settings changed)
     assert {k: [len(x) for x in r] for k, r in collect(load_ladder(spec), out).items()} == \
-        {"baseline": [2, 2], "no_dropout": [2, 2]}
-    changed = collect(load_ladder(spec, parse_overrides(["train.lr=0.5"])), out)
-    assert {k: [len(x) for x in r] for k, r in changed.items()} == {"baseline": [0, 0], "no_dropout": [0, 0]}
+        {"baseline": [2, 2], "frozen": [2, 2]}
+    changed = collect(load_ladder(spec, parse_overrides(["train.weight_decay=0.5"])), out)
+    assert {k: [len(x) for x in r] for k, r in changed.items()} == {"baseline": [0, 0], "frozen": [0, 0]}
+
+
+def record(lad, out, losses):
+    """Constructed results, recorded as the runner records them: losses[variant][k] are the final test losses of
+    rung k's seeds (in the rung's seed order), each run with the config hash the ladder expects and the rung's
+    FLOPs, in out/rung-K/results.sqlite."""
+    from gptlab.experiments.results import DB_NAME, ResultsDB
+    from gptlab.experiments.runner import _expected_config
+
+    for r in lad.rungs:
+        (out / r.name).mkdir(parents=True, exist_ok=True)
+        with ResultsDB(out / r.name / DB_NAME) as db:
+            for v in r.spec.variants:
+                for s, loss in zip(r.spec.seeds, losses[v.name][r.index], strict=True):
+                    db.record_run({"run_id": r.spec.run_id(v.name, s), "experiment": r.spec.name, "variant": v.name,
+                                   "seed": s, "config_hash": _expected_config(r.spec, v, s, lad.extra).hash(),
+                                   "flops": r.flops, "tokens": r.tokens, "test_loss": loss})
+
+
+def shifted(base, deltas, noise=(-0.01, 0.01, 0.0)):
+    """Per rung: the baseline's losses + that rung's Δ, with another seed-to-seed scatter of the same size."""
+    return [[b + d + e for b, e in zip(bs, noise)] for bs, d in zip(base, deltas)]
+
+
+def test_ladder_words_on_constructed_results(small_data, tmp_path):
+    """Results built to give each outcome (3 seeds, seed SD 0.01, Δ in hundredths): a constant Δ is flat and its
+    backtest reliable; a Δ that grows, shrinks or flips between the rungs gets that word, and the backtest from
+    the smaller rung (a constant Δ: the offset model) misses the largest one's: unreliable."""
+    names = {"steady": (-0.05, -0.05), "bigger": (-0.05, -0.20), "smaller": (-0.20, -0.05), "flipped": (-0.10, 0.10)}
+    spec = write_ladder(tmp_path, small_data, {"bootstrap": 100}, seeds=(1, 2, 3),
+                        variants=[{"name": "baseline"}] + [{"name": n} for n in names])
+    lad = load_ladder(spec)
+    base = [[5.01, 5.00, 4.99], [4.51, 4.50, 4.49]]
+    out = tmp_path / "out"
+    record(lad, out, {"baseline": base, **{n: shifted(base, d) for n, d in names.items()}})
+    res = write_ladder_report(lad, out)
+    head, body = res["summary"]
+    cells = {row[0]: dict(zip(head, row)) for row in body}
+    assert {n: (c["trend"], c["backtest"]) for n, c in cells.items()} == {
+        "steady": ("flat", "reliable"), "bigger": ("grows", "**unreliable**"),
+        "smaller": ("shrinks", "**unreliable**"), "flipped": ("flips", "**unreliable**")}
+    e = {x["variant"]: x for x in res["analysis"]["variants"]}
+    assert e["bigger"]["backtest"].predicted == pytest.approx(-0.05, abs=1e-6)
+    assert e["bigger"]["backtest"].measured == pytest.approx(-0.20, abs=1e-6)
+    assert e["steady"]["backtest"].low < -0.05 < e["steady"]["backtest"].high
+    md = (out / "report.md").read_text()
+    assert "> **unreliable**: bigger, smaller, flipped" in md
+
+
+def test_one_seed_rung_claims_no_noise_estimate(small_data, tmp_path):
+    """seeds = [[1, 2], [3]]: the one-seed rung's Δ is shown with the note and without CI or p; the trend is
+    untested and there is neither a target interval nor a backtest interval or verdict (the bootstrap cannot
+    resample one seed: an interval would take that rung's Δ as exact)."""
+    spec = write_ladder(tmp_path, small_data, {"bootstrap": 50, "seeds": [[1, 2], [3]]})
+    lad = load_ladder(spec)
+    out = tmp_path / "out"
+    record(lad, out, {"baseline": [[5.00, 5.02], [4.50]], "no_dropout": [[4.95, 4.97], [4.40]]})
+    res = write_ladder_report(lad, out)
+    (e,) = res["analysis"]["variants"]
+    r0, r1 = e["per_rung"]
+    assert r0["note"] == "" and r0["ci_low"] < r0["diff"] < r0["ci_high"]
+    assert r1["note"] == "1 seed: no noise estimate" and r1["diff"] == pytest.approx(-0.10)
+    assert all(math.isnan(r1[k]) for k in ("ci_low", "ci_high", "p"))
+    bt, ex = e["backtest"], e["extrapolation"]
+    assert bt.reliable is None and math.isnan(bt.low) and math.isnan(bt.high) and bt.note == r1["note"]
+    assert bt.predicted == pytest.approx(-0.05) and bt.measured == pytest.approx(-0.10)
+    assert math.isnan(ex.low) and ex.note == r1["note"]
+    # the fit weights rung-1's single runs by the pooled seed SD of rung 0's groups (the same 0.0141 here):
+    # each of the 6 runs counts equally, δ = (4 runs at -0.05 + 2 at -0.10 per group pair) -> -0.2/3
+    assert ex.delta == pytest.approx(-0.2 / 3, abs=1e-4)
+    head, (row,) = res["summary"]
+    cell = dict(zip(head, row))
+    assert cell["trend"] == "flat (untested)" and cell["backtest"] == "not tested (1 seed: no noise estimate)"
+    assert cell["95% PI"] == "— (1 seed: no noise estimate)"
+    md = (out / "report.md").read_text()
+    rung1 = next(x for x in md.splitlines() if x.startswith("| rung-1 | ") and "4.5000" in x)
+    assert rung1.endswith("| -0.1000 | — | — | 1 seed: no noise estimate |")
+    assert "no interval of the measured Δ (1 seed: no noise estimate): not tested" in md
+    assert "- no_dropout: rung-1: 1 seed: no noise estimate (no CI or p at that rung, no interval at the target, " \
+           "the backtest not tested)." in md
+    j = json.loads((out / "ladder.json").read_text())["variants"][0]
+    assert j["backtest"]["reliable"] is None and j["backtest"]["interval"] == [None, None]
+    assert j["target_interval"] == [None, None] and j["target_note"] == "1 seed: no noise estimate"
 
 
 def test_ladder_verb_checks_its_options(capsys):

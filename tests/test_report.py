@@ -12,6 +12,8 @@ import pytest
 
 from gptlab import GptlabError
 from gptlab.experiments.report import build_rows, format_table, write_report
+from gptlab.experiments.report.rows import verdict_sentence
+from gptlab.experiments.report.tables import verdict_table
 from gptlab.experiments.results import ResultsDB
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -154,6 +156,14 @@ def test_rows_small_n_and_diverged_runs():
     assert rows["diverged"]["n"] == 1 and rows["diverged"]["n_excluded"] == 2
     text = format_table(list(rows.values()), style="text")
     assert "needs >= 2 seeds" in text and "(+2 excl.)" in text
+    # one seed: the numbers that exist (mean, Δ) and the note; no interval, p, effect size, MDE or seeds needed
+    head, body = verdict_table(list(rows.values()))
+    one = dict(zip(head, next(b for b in body if b[0] == "one_seed")))
+    assert (one["mean test loss"], one["Δ vs baseline"], one["verdict"]) == ("3.5000", "-0.5100", "needs >= 2 seeds")
+    assert {one[k] for k in ("95% CI", "95% CI of Δ", "p (Welch)", "p (Holm)", "Hedges' g", "MDE",
+                             "seeds needed (estimate)")} == {"—"}
+    assert verdict_sentence(rows["one_seed"], "baseline").endswith(
+        "run more seeds. Δ = -0.5100 from 1 seed: no noise estimate, so no CI, p or verdict.")
 
 
 # ---- Yardsticks: the seed's 3.692 / 3.578 and GPT-2 small's 3.500 beside ours -------------------------------

@@ -174,3 +174,22 @@ def test_offset_model_weights_a_noisy_rung_less():
     rungs = [Rung([c] * 3, law(c) + rng.normal(0, sd, 3), [c] * 3, law(c) + off + rng.normal(0, sd, 3))
              for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs)]
     assert scaling.fit_pair(rungs).delta == pytest.approx(-0.20, abs=0.03)
+
+
+def test_one_seed_group_is_weighted_by_the_pooled_seed_variance():
+    # a group with one seed has no variance of its own: its points take the pooled SD of the groups with 2+ seeds,
+    # sqrt(sum (n - 1) s^2 / sum (n - 1)) = sqrt((4 * 2 * 0.01^2 + 1 * 2 * 0.03^2) / 10), not their median 0.02
+    five, two = np.array([-0.02, -0.01, 0.0, 0.01, 0.02]), np.array([-0.03, 0.03]) / math.sqrt(2)
+    five *= 0.01 / np.std(five, ddof=1)
+    rungs = [Rung([1e10] * 5, 3 + five, [1e10] * 5, 3 - five), Rung([1e11] * 2, 2.5 + two, [1e11] * 2, 2.4 + two),
+             Rung([1e12], [2.0], [1e12], [1.9])]
+    sb, sv = scaling._sigmas(rungs)
+    pooled = math.sqrt((4 * 2 * 0.01**2 + 1 * 2 * 0.03**2) / 10)
+    assert sb[:5] == pytest.approx([0.01] * 5) and sv[5:7] == pytest.approx([0.03] * 2)
+    assert sb[-1] == pytest.approx(pooled) and sv[-1] == pytest.approx(pooled)
+    assert scaling.noise_note(rungs) == "1 seed: no noise estimate" and scaling.noise_note(rungs[:2]) == ""
+    assert scaling.noise_note(rungs, paired=True) == "1 seed pair: no noise estimate"
+    ex = scaling.extrapolate(rungs, 1e15, n_boot=50)
+    bt = scaling.backtest(rungs, n_boot=50)
+    assert math.isfinite(ex.delta) and math.isnan(ex.low) and ex.note == "1 seed: no noise estimate"
+    assert bt.reliable is None and math.isfinite(bt.predicted) and bt.measured == pytest.approx(-0.1)

@@ -5,6 +5,7 @@ naive peeking shown to inflate the rate, and a real `gptlab experiment --until-d
 import json
 import math
 import sqlite3
+import tomllib
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from scipy import stats
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
 from gptlab.experiments import sequential as sq
-from gptlab.experiments.stats import compare, power_two_sample, seeds_needed
+from gptlab.experiments.stats import compare, compare_paired, power_two_sample, seeds_needed
 
 ALPHA = 0.05
 
@@ -68,15 +69,88 @@ def test_boundaries_spend_alpha_on_a_brownian_motion():
         assert lo <= crossed[k] <= hi, (k, crossed[k], target)
 
 
-def test_welch_is_the_reports_test():
+def test_each_looks_test_is_the_reports_test():
     rng = np.random.default_rng(3)
     a, b = rng.normal(3.7, 0.02, 5), rng.normal(3.68, 0.04, 3)
-    diff, t, df, p = (float(x) for x in sq.welch(a, b))
+    diff, t, df, p = (float(x) for x in sq.look_test(a, b))
     ref = compare(a, b)
     assert (diff, t, df, p) == pytest.approx((ref["diff"], ref["t"], ref["df"], ref["p"]), rel=1e-9)
+    b = a - 0.01 + rng.normal(0, 0.001, 5)
+    diff, t, df, p = (float(x) for x in sq.look_test(a, b, "paired"))
+    ref = compare_paired(a, b)
+    assert (diff, t, df, p) == pytest.approx((ref["diff"], ref["t"], ref["df"], ref["p"]), rel=1e-9)
+    assert p < 1e-3 and float(sq.look_test(a, b)[3]) > 0.1  # pairing removes the seed effect Welch sees
     # identical losses in both groups (an A/A comparison on a deterministic machine): p = 1
-    assert float(sq.welch([3.7, 3.8], [3.7, 3.8])[3]) == 1.0
-    assert float(sq.welch([3.7, 3.7], [3.6, 3.6])[3]) == 0.0
+    assert float(sq.look_test([3.7, 3.8], [3.7, 3.8])[3]) == 1.0
+    assert float(sq.look_test([3.7, 3.7], [3.6, 3.6])[3]) == 0.0
+    assert float(sq.look_test([3.7, 3.8], [3.7, 3.8], "paired")[3]) == 1.0
+    assert float(sq.look_test([3.5, 3.75], [3.25, 3.5], "paired")[3]) == 0.0  # the same difference in every pair
+
+
+# Paired data built so that the two tests disagree: a seed effect of ~0.1 shared by the baseline and the variant
+# of each seed, and a small consistent difference of -0.01 (within 1e-6). The paired t-test sees -0.01 at every
+# seed; Welch's sees two groups whose means differ by a tenth of their spread.
+SEED_EFFECT = np.array([0.10, -0.08, 0.05, -0.12, 0.02, 0.09])
+PAIRED_BASE = 3.7 + SEED_EFFECT
+PAIRED_VAR = PAIRED_BASE - 0.01 + np.array([0.0, 1e-6, -1e-6, 2e-6, 0.0, -1e-6])
+
+
+def run_looks(design, seeds_per_look=(2, 4, 6)):
+    s = sq.Sequential("base", ["v"], max_seeds=6, seeds_per_round=2, design=design)
+    for r, k in enumerate(seeds_per_look, start=1):
+        if not s.undecided():
+            break
+        s.update({"base": dict(zip(range(1, k + 1), PAIRED_BASE[:k])), "v": dict(zip(range(1, k + 1), PAIRED_VAR[:k]))},
+                 {"base": k, "v": k}, r)
+    return s
+
+
+def test_paired_design_looks_use_the_paired_test():
+    paired, welch = run_looks("paired"), run_looks("independent")
+    # paired: decided at the first look (2 pairs), by the paired p, the one the report shows
+    assert paired.decision == {"v": "better"} and len(paired.looks["v"]) == 1
+    lk = paired.looks["v"][0]
+    ref = compare_paired(PAIRED_BASE[:2], PAIRED_VAR[:2])
+    assert lk.p == pytest.approx(ref["p"], rel=1e-9) and lk.df == 1 and lk.p <= lk.nominal_p
+    assert lk.info == pytest.approx(2 / 6)
+    # Welch on the same numbers never crosses: it runs to the last look and finds nothing
+    assert welch.decision == {"v": "within noise"} and len(welch.looks["v"]) == 3
+    assert all(x.p > 0.5 for x in welch.looks["v"])
+    j = paired.to_json(2)
+    assert j["test"] == "paired t-test on the per-seed differences" and "paired t-test" in j["method"]
+    assert run_looks("independent").to_json(2)["test"] == "Welch's t-test"
+
+
+def test_paired_looks_pair_by_seed():
+    """The seeds both groups have are the pairs, whatever the order or the extra seeds of the baseline; a
+    variant seed whose run diverged (no loss) drops its pair."""
+    s = sq.Sequential("base", ["v"], max_seeds=6, seeds_per_round=2, design="paired")
+    base = {7: PAIRED_BASE[0], 3: PAIRED_BASE[1], 9: PAIRED_BASE[2], 4: 9.9}
+    var = {9: PAIRED_VAR[2], 7: PAIRED_VAR[0], 3: PAIRED_VAR[1], 5: 1.0}  # 5: no baseline run; 4: no variant run
+    s.update({"base": base, "v": var}, {"base": 4, "v": 4}, 1)
+    lk = s.looks["v"][0]
+    order = [3, 7, 9]
+    ref = compare_paired([base[k] for k in order], [var[k] for k in order])
+    assert (lk.n_variant, lk.n_baseline) == (3, 3) and lk.p == pytest.approx(ref["p"], rel=1e-9)
+    assert lk.diff == pytest.approx(ref["diff"], rel=1e-9)
+
+
+def test_paired_null_family_wise_rate_stays_at_alpha():
+    """4,000 null experiments in the paired design (a seed effect shared within each pair, 3 variants): the
+    family-wise rate is within the binomial 99% interval of alpha; with a small effect the paired test finds
+    it far more often than Welch's on the same data."""
+    looks, n, m = sq.schedule(2, 2, 8), 4000, 3
+    rng = np.random.default_rng(17)
+    seed_effect = rng.normal(0, 3.0, (n, 1, 8))
+    base = seed_effect[:, 0] + rng.standard_normal((n, 8))
+    variants = seed_effect + rng.standard_normal((n, m, 8))
+    verdict, _ = sq.simulate(base, variants, looks, ALPHA, design="paired")
+    lo, hi = binom_interval(ALPHA, n)
+    assert lo <= float((verdict != 0).any(1).mean()) <= hi
+    variants[:, 0] -= 2.0
+    paired, _ = sq.simulate(base, variants, looks, ALPHA, design="paired")
+    welch, _ = sq.simulate(base, variants, looks, ALPHA)
+    assert (paired[:, 0] == -1).mean() > 0.5 > 5 * (welch[:, 0] == -1).mean()
 
 
 # The simulated experiments: m variants compared with one shared baseline, seeds in rounds, a look every round.
@@ -249,7 +323,7 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
     expected_b = sq.boundaries([0.5, 1.0], ALPHA)
     for lk, b in zip(looks, expected_b):
         k = lk["n_variant"]
-        diff, _, _, p = (float(x) for x in sq.welch(losses["baseline"][:k], losses["same"][:k]))
+        diff, _, _, p = (float(x) for x in sq.look_test(losses["baseline"][:k], losses["same"][:k]))
         assert lk["diff"] == pytest.approx(diff, abs=1e-12) and lk["p"] == pytest.approx(p)
         assert lk["z_boundary"] == pytest.approx(b) and lk["crossed"] == (p <= lk["nominal_p"])
     assert state["variants"]["same"]["decision"] == "within noise"
@@ -262,3 +336,34 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
     again = capsys.readouterr().out
     assert "0 to run" in again and "4 already done" in again and "8 already done" in again
     assert json.loads((out / "sequential.json").read_text()) == state
+
+
+def test_until_decided_in_the_paired_design_looks_with_the_paired_test(small_data, tmp_path, capsys):
+    """design = "paired" with --until-decided: every look's p is the paired t-test's on the seed-matched losses
+    recorded in results.sqlite (the report's test), not Welch's, and the report's rule names that test."""
+    from gptlab.cli import main
+
+    spec = write_spec(tmp_path, small_data, [{"name": "baseline"}, {"name": "qkv_bias", "interventions": ["qkv_bias"]}])
+    d = tomllib.loads(spec.read_text())
+    d["design"] = "paired"
+    spec.write_text(tomli_w.dumps(d))
+    out = tmp_path / "exp"
+    assert main(["experiment", str(spec), "--out", str(out), "--quiet", "--until-decided", "--max-seeds", "4",
+                 "--seeds-per-round", "2"]) == 0
+    capsys.readouterr()
+    with sqlite3.connect(out / "results.sqlite") as c:
+        rows = c.execute("select variant, seed, test_loss from runs").fetchall()
+    loss = {(v, s): x for v, s, x in rows}
+    state = json.loads((out / "sequential.json").read_text())
+    assert state["experiment_design"] == "paired" and state["test"] == "paired t-test on the per-seed differences"
+    looks = state["variants"]["qkv_bias"]["looks"]
+    assert looks and [lk["n_variant"] for lk in looks] == [2, 4][:len(looks)]
+    for lk in looks:
+        seeds = sorted(s for v, s in loss if v == "qkv_bias")[:lk["n_variant"]]
+        b, v = [loss["baseline", s] for s in seeds], [loss["qkv_bias", s] for s in seeds]
+        ref = compare_paired(b, v)
+        assert lk["p"] == pytest.approx(ref["p"], rel=1e-9) and lk["df"] == len(seeds) - 1
+        assert lk["p"] != pytest.approx(compare(b, v)["p"], rel=1e-6)  # Welch's would be another number
+        assert lk["crossed"] == (lk["p"] <= lk["nominal_p"])
+    report = (out / "report.md").read_text()
+    assert "p (paired t)" in report and "(paired t-test on the per-seed differences, the design's test)" in report

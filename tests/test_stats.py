@@ -15,6 +15,7 @@ from gptlab.experiments.stats import (
     SD_UPPER_CONFIDENCE,
     compare,
     compare_paired,
+    design_test,
     hedges_correction,
     holm,
     mde,
@@ -472,3 +473,23 @@ def test_simulated_tost_size_and_power():
     eq_welch = float(np.mean(tost(base, var, margin)["equivalent"]))
     eq_paired = float(np.mean(tost(base, var, margin, paired=True)["equivalent"]))
     assert eq_paired > 0.9 and eq_paired > eq_welch + 0.5  # measured 0.948 and 0.063 over 100,000
+
+
+def test_design_test_and_simulated_experiments_broadcast():
+    """One test per design, for the report, the ladder and the sequential looks; many experiments at once
+    (baseline (sims, 1, n) against variants (sims, m, n)) give each experiment's own numbers."""
+    assert design_test("independent") is welch_test and design_test("paired") is paired_test
+    with pytest.raises(ValueError, match="design must be one of independent, paired"):
+        design_test("welch")
+    rng = np.random.default_rng(2)
+    base, var = rng.normal(3.7, 0.05, (4, 6)), rng.normal(3.68, 0.05, (4, 3, 6))
+    for test in (welch_test, paired_test):
+        many = test(base[:, None, :], var)
+        assert many["p"].shape == (4, 3)
+        for i in range(4):
+            for j in range(3):
+                one = test(base[i], var[i, j])
+                assert (many["diff"][i, j], many["t"][i, j], many["p"][i, j]) == pytest.approx(
+                    (one["diff"], one["t"], one["p"]), rel=1e-12)
+    with pytest.raises(ValueError, match="as many baseline as variant values"):
+        paired_test(base[:, None, :5], var)

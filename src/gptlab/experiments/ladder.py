@@ -423,7 +423,8 @@ def _label(e: dict) -> str:
         return "**unreliable**"
     if e.get("reliable") is True:
         return "reliable"
-    return "not tested"
+    bt = e.get("backtest")
+    return f"not tested ({bt.note})" if bt is not None and bt.note else "not tested"
 
 
 def _trend_word(t: dict) -> str:
@@ -451,7 +452,7 @@ def _summary_table(lad: Ladder, an: dict) -> tuple[list[str], list[list[str]]]:
         body.append([
             e["variant"], _f(pr[0]["diff"]), _f(pr[-1]["diff"]), _trend_word(t),
             f"{_f(t['slope'])} ({_f(t['p'], '.3g')})", ex.fit.model if ex.fit else "—", _f(ex.delta),
-            _ci(ex.low, ex.high),
+            _ci(ex.low, ex.high) if not ex.note else f"— ({ex.note})",
             _f(bt.predicted) if bt else "—", _f(bt.measured) if bt else "—", _f(bt.error) if bt else "—",
             _ci(bt.low, bt.high) if bt else "—", _label(e)])
     return head, body
@@ -472,6 +473,10 @@ def _variant_table(e: dict, lad: Ladder) -> tuple[list[str], list[list[str]]]:
     body = [[lad.rungs[x["rung"]].name, f"{x['compute']:.3e}", str(x["n_baseline"]), str(x["n_variant"]),
              _f(x["mean_baseline"], ".4f"), _f(x["mean_variant"], ".4f"), _f(x["diff"]), _ci(x["ci_low"], x["ci_high"]),
              _f(x["p"], ".3g")] for x in e["per_rung"]]
+    if any(x["note"] for x in e["per_rung"]):
+        head.append("note")
+        for row, x in zip(body, e["per_rung"]):
+            row.append(x["note"] or "—")
     return head, body
 
 
@@ -485,7 +490,8 @@ def _rules(lad: Ladder, an: dict) -> list[str]:
         scaling.TREND_RULE.replace("alpha", f"alpha = {spec.alpha:g}"),
         f"Fits of loss against training FLOPs C (what each run recorded): with at least {scaling.MIN_RUNGS_FULL} "
         f"rungs the baseline and the variant each get L(C) = E + A·C^(−α) (least squares over every run, each "
-        f"weighted by 1/the seed variance of its group at its rung, "
+        f"weighted by 1/the seed variance of its group at its rung; a group with fewer than 2 seeds, or no "
+        f"spread, takes the pooled seed variance of the groups with 2+ seeds, "
         f"0 ≤ E < min loss, A > 0, {scaling.ALPHA_BOUNDS[0]:g} ≤ α ≤ {scaling.ALPHA_BOUNDS[1]:g}); with fewer "
         f"rungs, or when that fit fails, the **offset** model: the baseline's form with one shared E, A, α and "
         f"the variant shifted by a constant δ, so its extrapolated Δ is δ at every scale (a constant-Δ "
@@ -500,6 +506,12 @@ def _rules(lad: Ladder, an: dict) -> list[str]:
         f"variant whose measured Δ falls outside it is **unreliable**: the ladder's trend did not carry one rung "
         f"further, so its extrapolation many orders of magnitude further should not be trusted either. "
         f"*reliable* only says the one-rung backtest passed.",
+        f"Seed noise needs seeds: at a rung where the baseline or the variant has fewer than 2 seeds"
+        f"{' (pairs)' if spec.design == 'paired' else ''}, Δ is shown without CI or p, with the note "
+        f"\"1 seed: no noise estimate\"; the trend is then untested, and the {lv} PI at the target and the "
+        f"backtest's interval are not computed (the bootstrap cannot resample that rung, so they would treat its "
+        f"Δ as exact): the point values are shown and the backtest is *not tested*, neither reliable nor "
+        f"unreliable.",
     ]
 
 
@@ -515,6 +527,10 @@ def _warnings(lad: Ladder, an: dict) -> list[str]:
     out.append(f"The target's compute is {lad.target_flops / c_max:.3g}x the largest rung's: the extrapolation "
                f"assumes the fitted form holds over that range.")
     for e in an["variants"]:
+        thin = [(lad.rungs[x["rung"]].name, x["note"]) for x in e["per_rung"] if x["note"]]
+        if thin:
+            out.append(f"{e['variant']}: " + "; ".join(f"{name}: {note}" for name, note in thin)
+                       + " (no CI or p at that rung, no interval at the target, the backtest not tested).")
         ex = e.get("extrapolation")
         if ex is not None and ex.failed:
             out.append(f"{e['variant']}: {ex.failed} of {lad.bootstrap} bootstrap refits failed (left out of "
@@ -545,8 +561,9 @@ def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
             ax.plot(grid, curve(grid), color=color, lw=1.4, ls="--" if name == baseline else "-",
                     label=f"{name}: {curve.form} fit", zorder=3 if name == baseline else 2)
     far = grid >= cmax
-    ax.fill_between(grid[far], band["var"][0][far], band["var"][1][far], color="#1f77b4", alpha=0.15, lw=0,
-                    label=f"{e['variant']}: {level:.0%} band")
+    if band:  # none when a rung has fewer than 2 seeds (scaling.noise_note)
+        ax.fill_between(grid[far], band["var"][0][far], band["var"][1][far], color="#1f77b4", alpha=0.15, lw=0,
+                        label=f"{e['variant']}: {level:.0%} band")
     ax.axvline(lad.target_flops, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -563,7 +580,8 @@ def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
     bx.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color="#1f77b4", capsize=3, label=f"Δ per rung ({level:.0%} CI)")
     if fit is not None:
         bx.plot(grid, np.broadcast_to(fit.delta_at(grid), grid.shape), color="#1f77b4", lw=1.2, label="fitted Δ")
-    bx.fill_between(grid, band["delta"][0], band["delta"][1], color="#1f77b4", alpha=0.12, lw=0)
+    if band:
+        bx.fill_between(grid, band["delta"][0], band["delta"][1], color="#1f77b4", alpha=0.12, lw=0)
     if math.isfinite(ex.delta):
         yerr = [[ex.delta - ex.low], [ex.high - ex.delta]] if math.isfinite(ex.low) else None
         bx.errorbar([lad.target_flops], [ex.delta], yerr=yerr, fmt="s", color="#d62728", capsize=4,
@@ -624,9 +642,11 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         if bt is None:
             lines.append(f"- {e['variant']}: not run (needs 2 rungs with runs of both)")
             continue
+        where = (f"no interval of the measured Δ ({bt.note})" if bt.note else
+                 f"{an['level']:.0%} interval of the measured Δ {_ci(bt.low, bt.high)}")
         lines.append(f"- {e['variant']}: fit on {len(e['rungs']) - 1} rung(s), predicted Δ {_f(bt.predicted)} at "
                      f"{lad.rungs[e['rungs'][-1]].name}, measured {_f(bt.measured)}, error {_f(bt.error)}, "
-                     f"{an['level']:.0%} interval of the measured Δ {_ci(bt.low, bt.high)}: {_label(e)}")
+                     f"{where}: {_label(e)}")
     lines += ["", "## Per variant", ""]
     for e in an["variants"]:
         lines += [f"### {e['variant']}", ""]
@@ -638,7 +658,8 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         lines += [markdown_table(*_variant_table(e, lad)), "",
                   f"Trend: **{_trend_word(t)}** (slope {_f(t['slope'])} per decade of compute, SE {_f(t['slope_se'], '.4f')}, "
                   f"p {_f(t['p'], '.3g')}, df {_f(t['df'], '.3g')}). "
-                  f"Δ at target: {_f(ex.delta)}, {an['level']:.0%} PI {_ci(ex.low, ex.high)} "
+                  f"Δ at target: {_f(ex.delta)}, "
+                  + (f"no PI ({ex.note})" if ex.note else f"{an['level']:.0%} PI {_ci(ex.low, ex.high)}") + " "
                   f"({fit.model if fit else 'no'} fit). Backtest: {_label(e)}.", ""]
         if fit is not None:
             lines += [f"Fit: baseline L = {fit.base.E:.4f} + {fit.base.A:.4g}·(C/{fit.base.c0:.3g})^(−{fit.base.alpha:.4g})"
@@ -676,7 +697,8 @@ def _to_json(lad: Ladder, an: dict) -> dict:
             "trend": {k: (num(v) if isinstance(v, float) else v) for k, v in e["trend"].items()},
             "fit": ex.fit.model if ex.fit else None,
             "target_delta": num(ex.delta), "target_interval": [num(ex.low), num(ex.high)],
+            "target_note": ex.note or None,
             "backtest": None if bt is None else {"predicted": num(bt.predicted), "measured": num(bt.measured),
                                                  "error": num(bt.error), "interval": [num(bt.low), num(bt.high)],
-                                                 "reliable": bt.reliable}})
+                                                 "reliable": bt.reliable, "note": bt.note or None}})
     return out

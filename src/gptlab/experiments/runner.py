@@ -254,7 +254,8 @@ def _run_rounds(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
 
     seeds = {v.name: list(v.seeds or spec.seeds) for v in spec.variants}
     compared = [n for n in o.family if n in seeds]  # --only: the others keep their share of alpha
-    seq = Sequential(spec.baseline, compared, o.max_seeds, o.per_round, family=len(o.family), alpha=spec.alpha)
+    seq = Sequential(spec.baseline, compared, o.max_seeds, o.per_round, family=len(o.family), alpha=spec.alpha,
+                     design=spec.design)
     ext, round_no = spec, 1
     while True:
         seq.update(_test_losses(db, spec, seeds), {g: len(s) for g, s in seeds.items()}, round_no)
@@ -278,13 +279,14 @@ def _run_rounds(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
     return [], {ext.run_id(v.name, s) for v, s in ext.matrix()}
 
 
-def _test_losses(db: ResultsDB, spec: Spec, seeds: dict[str, list[int]]) -> dict[str, list[float]]:
-    """Each group's recorded finite test losses for its seeds in the matrix (a diverged run has none)."""
+def _test_losses(db: ResultsDB, spec: Spec, seeds: dict[str, list[int]]) -> dict[str, dict[int, float]]:
+    """Each group's recorded finite test losses for its seeds in the matrix, {seed: loss} (a diverged run has
+    none; the paired design pairs by seed)."""
     rows = {r["run_id"]: r for r in db.runs()}
-    out: dict[str, list[float]] = {}
+    out: dict[str, dict[int, float]] = {}
     for g, ss in seeds.items():
-        vals = [rows[rid]["test_loss"] for rid in (spec.run_id(g, s) for s in ss) if rid in rows]
-        out[g] = [float(x) for x in vals if x is not None and math.isfinite(x)]
+        vals = {s: rows[rid]["test_loss"] for s in ss if (rid := spec.run_id(g, s)) in rows}
+        out[g] = {s: float(x) for s, x in vals.items() if x is not None and math.isfinite(x)}
     return out
 
 

@@ -7,7 +7,10 @@ Conventions as in stats.py: lower loss is better, Δ = variant - baseline (negat
 Fits (`fit_pair`):
 - "separate": with at least MIN_RUNGS_FULL rungs, baseline and variant each get a saturating power law
   L(C) = E + A (C / C0)^(-α) (C0: the smallest compute of the ladder), fitted by weighted least squares on every
-  run's loss (each weighted by 1 / the seed variance of its group at its rung, so a noisy rung counts less) (scipy.optimize.curve_fit, trust-region reflective, bounds 0 <= E < min loss, A > 0, ALPHA_BOUNDS),
+  run's loss (each weighted by 1 / the seed variance of its group at its rung, so a noisy rung counts less; a
+  group with fewer than 2 seeds, or no spread, has no variance of its own and takes the pooled seed variance of
+  the groups that have 2+ seeds) (scipy.optimize.curve_fit, trust-region reflective, bounds 0 <= E < min loss,
+  A > 0, ALPHA_BOUNDS),
   started from the best of a grid of E values with log(L - E) regressed on log C. Δ(C) = L_v(C) - L_b(C).
 - "offset": with fewer rungs, or when a separate fit fails, both are fitted together with the baseline's form
   and one shared E, A, α: L_b(C) = f(C), L_v(C) = f(C) + δ; Δ(C) = δ at every scale. f is the saturating law
@@ -20,6 +23,12 @@ independently, or the pairs together in a paired design), each resampled loss pu
 mean + sqrt(n / (n - 1)) (x - mean) so that the resampled mean has the sample's unbiased variance (the plain
 bootstrap shrinks it by (n - 1) / n, a lot with 2-3 seeds), and refits. Percentiles of the replicates give the
 intervals.
+
+Seed noise needs seeds: a rung where the baseline or the variant has fewer than 2 seeds (paired: 2 pairs) has no
+noise estimate (`noise_note`). Its Δ gets no CI or p (only the number and the note), the trend is untested, and
+neither the target's prediction interval nor the backtest is computed: the bootstrap cannot resample that rung,
+so an interval would treat its Δ as exact and come out too narrow (a backtest could then fail, or pass, on noise
+it never saw). The point estimates (fits, extrapolated Δ, backtest prediction and error) are still given.
 """
 
 from __future__ import annotations
@@ -151,15 +160,24 @@ def _points(rungs: list[Rung]) -> tuple[np.ndarray, ...]:
     return cb, lb, cv, lv
 
 
+def noise_note(rungs: list[Rung], paired: bool = False) -> str:
+    """"" when every rung has at least 2 seeds in both groups (paired: 2 pairs); else the note that replaces
+    seed-noise intervals, e.g. "1 seed: no noise estimate" (the smallest count of the rungs)."""
+    n = min(min(r.base.size, r.var.size) for r in rungs) if rungs else 0
+    if n >= 2:
+        return ""
+    return f"{n} {'seed pair' if paired else 'seed'}{'' if n == 1 else 's'}: no noise estimate"
+
+
 def _sigmas(rungs: list[Rung]) -> tuple[np.ndarray, np.ndarray]:
     """Each point's weight in the fits: the seed SD of its group (baseline or variant) at its rung, so that a
-    noisy rung counts less; a group without spread (1 seed, or equal losses) takes the median of the others
-    (1 if none has any)."""
-    def sd(v):
-        return float(np.std(v, ddof=1)) if v.size >= 2 else math.nan
-    raw = [sd(r.base) for r in rungs] + [sd(r.var) for r in rungs]
-    good = [x for x in raw if math.isfinite(x) and x > 0]
-    fill = float(np.median(good)) if good else 1.0
+    noisy rung counts less; a group without spread of its own (1 seed, or equal losses) takes the pooled SD of
+    the groups with 2+ seeds, sqrt(sum (n - 1) s^2 / sum (n - 1)) (1 if there is none, or it is 0)."""
+    groups = [r.base for r in rungs] + [r.var for r in rungs]
+    raw = [float(np.std(v, ddof=1)) if v.size >= 2 else math.nan for v in groups]
+    dof = sum(v.size - 1 for v in groups if v.size >= 2)
+    pooled = math.sqrt(sum((v.size - 1) * x**2 for v, x in zip(groups, raw) if v.size >= 2) / dof) if dof else 0.0
+    fill = pooled if math.isfinite(pooled) and pooled > 0 else 1.0
     fixed = [x if math.isfinite(x) and x > 0 else fill for x in raw]
     k = len(rungs)
     sb = np.concatenate([np.full(r.base.size, fixed[i]) for i, r in enumerate(rungs)])
@@ -268,12 +286,14 @@ def fit_pair(rungs: list[Rung], min_full: int = MIN_RUNGS_FULL, c0: float | None
 
 # ---------------------------------------------------------------------------------------------------- per rung
 def rung_delta(r: Rung, design: str = "independent", alpha: float = 0.05) -> dict:
-    """Δ at one rung by stats.py (Welch or paired as the design says): diff, ci_low, ci_high, p, se, df."""
+    """Δ at one rung by stats.py (Welch or paired as the design says): diff, ci_low, ci_high, p, se, df, and
+    note: "" or, with fewer than 2 seeds in a group, noise_note's (then CI, p, se and df are nan)."""
     paired = design == "paired" and r.base.size == r.var.size
     cmp = (stats.compare_paired if paired else stats.compare)(r.base, r.var, alpha=alpha)
     out = {k: cmp[k] for k in ("diff", "ci_low", "ci_high", "p", "mean_baseline", "mean_variant")}
-    if r.base.size >= 2 and r.var.size >= 2:
-        t = (stats.paired_test if paired else stats.welch_test)(r.base, r.var)
+    out["note"] = noise_note([r], paired)
+    if not out["note"]:
+        t = stats.design_test("paired" if paired else "independent")(r.base, r.var)
         out.update(se=float(t["se"]), df=float(t["df"]))
     else:
         out.update(se=float("nan"), df=float("nan"))
@@ -377,6 +397,7 @@ class Extrapolation:
     draws: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     failed: int = 0  # bootstrap replicates that could not be fitted
     band: dict = field(repr=False, default_factory=dict)  # {"var": (lo, hi), "delta": (lo, hi)} over the grid
+    note: str = ""  # why there is no interval (noise_note: a rung with fewer than 2 seeds)
 
 
 def _delta_fn(c_target: float, min_full: int, c0: float):
@@ -389,10 +410,14 @@ def _delta_fn(c_target: float, min_full: int, c0: float):
 def extrapolate(rungs: list[Rung], c_target: float, level: float = 0.95, n_boot: int = 200, seed: int = 0,
                 paired: bool = False, min_full: int = MIN_RUNGS_FULL, grid=None) -> Extrapolation:
     """Δ at `c_target` from the fit on all rungs, with the bootstrap percentile interval over seeds (and, with
-    `grid`, the bands of the same replicates over it)."""
+    `grid`, the bands of the same replicates over it). No interval or bands, only the point and a note, when a
+    rung has fewer than 2 seeds in a group (noise_note)."""
     c0 = min(r.c_base.min() for r in rungs)
     fit = fit_pair(rungs, min_full, c0)
     point = float("nan") if fit is None else float(fit.delta_at(c_target))
+    note = noise_note(rungs, paired)
+    if note:
+        return Extrapolation(fit, point, float("nan"), float("nan"), note=note)
     g = np.zeros(0) if grid is None else np.asarray(grid, float)
 
     def fn(rs: list[Rung]) -> np.ndarray:
@@ -423,6 +448,7 @@ class Backtest:
     low: float  # prediction interval of the measured Δ
     high: float
     reliable: bool | None  # None: could not be run
+    note: str = ""  # why it could not be judged (noise_note: a rung with fewer than 2 seeds)
 
     @property
     def error(self) -> float:
@@ -433,7 +459,9 @@ def backtest(rungs: list[Rung], level: float = 0.95, n_boot: int = 200, seed: in
              min_full: int = MIN_RUNGS_FULL) -> Backtest:
     """Fit on rungs[:-1], predict Δ at the last rung's compute. The interval is for the *measured* Δ: each
     bootstrap replicate adds the fit's variation (prediction on resampled smaller rungs) and the measurement's
-    (the resampled largest rung's Δ minus the measured one). reliable = the measured Δ is inside it."""
+    (the resampled largest rung's Δ minus the measured one). reliable = the measured Δ is inside it. With a rung
+    of fewer than 2 seeds in a group: the prediction and the error only, no interval, reliable None and the
+    note (noise_note)."""
     nan = float("nan")
     if len(rungs) < 2:
         return Backtest(nan, nan, nan, nan, None)
@@ -444,6 +472,9 @@ def backtest(rungs: list[Rung], level: float = 0.95, n_boot: int = 200, seed: in
     if fit is None:
         return Backtest(nan, measured, nan, nan, None)
     predicted = float(fit.delta_at(last.compute))
+    note = noise_note(rungs, paired)
+    if note:
+        return Backtest(predicted, measured, nan, nan, None, note)
     pred_fn = _delta_fn(last.compute, min_full, c0)
 
     def fn(rs: list[Rung]) -> np.ndarray:

@@ -3,11 +3,14 @@ seeds and stop the variants already decided without inflating the false-positive
 
 Design (Jennison & Turnbull, "Group Sequential Methods with Applications to Clinical Trials", 2000, ch. 7 and 19):
 
-- Each variant is compared with the baseline by Welch's t-test on the final test losses (the report's test).
+- Each variant is compared with the baseline on the final test losses by the design's test, the report's
+  (stats.design_test): Welch's t-test in the "independent" design; in the "paired" design the paired t-test on
+  the per-seed differences (the seeds both the variant and the baseline have, matched by seed number).
 - Error spending: Lan & DeMets (1983) O'Brien-Fleming-type, two-sided,
   alpha(t) = 2 - 2 Phi(z_{alpha/2} / sqrt(t)), t = information fraction. For a two-sample comparison the
   information is 1 / (1/n_variant + 1/n_baseline), so t = that / (max_seeds / 2) (= n / max_seeds when both
-  groups have n seeds); a look with both groups at max_seeds is the final one (t = 1, the rest of alpha spent).
+  groups have n seeds; paired: n pairs, t = n / max_seeds); a look with both groups at max_seeds is the final
+  one (t = 1, the rest of alpha spent).
   Because the boundaries come from a spending function, looks may fall anywhere: each variant's boundaries are
   computed from the information fractions of the looks it actually had.
 - Boundaries: the standard recursive numerical integration (Armitage, McPherson & Rowe 1969; J&T ch. 19) of the
@@ -16,8 +19,8 @@ Design (Jennison & Turnbull, "Group Sequential Methods with Applications to Clin
   published boundaries (ldbounds, gsDesign) are reproduced to 2e-4, and a Monte Carlo run of the Brownian motion
   crosses them with probability alpha (tests/test_sequential.py).
 - Small df: the boundary c_k at look k is turned into its nominal two-sided tail probability
-  p_k = 2 (1 - Phi(c_k)); the variant crosses when Welch's p-value (t distribution at that look's
-  Welch-Satterthwaite df) is <= p_k, i.e. |T| >= t_df^{-1}(1 - p_k / 2) ("significance level approach",
+  p_k = 2 (1 - Phi(c_k)); the variant crosses when the test's p-value (t distribution at that look's df:
+  Welch-Satterthwaite, or n - 1 pairs) is <= p_k, i.e. |T| >= t_df^{-1}(1 - p_k / 2) ("significance level approach",
   J&T sec. 3.8). The simulations in tests/test_sequential.py measure its family-wise error rate.
 - Several variants: Bonferroni, each variant's design spends alpha / m (m = the variants compared with the
   baseline). Every variant shares the baseline's seeds, so the comparisons are correlated; Bonferroni holds under
@@ -34,15 +37,23 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import optimize
 from scipy import stats as _st
 
+from gptlab.experiments import stats
+
 DESIGN = "group-sequential, O'Brien-Fleming spending"
-METHOD = ("Lan-DeMets O'Brien-Fleming-type alpha spending, boundaries by recursive numerical integration; "
-          "Welch p-value against each look's nominal p; Bonferroni (alpha / variants) across variants")
+TESTS = {"independent": "Welch's t-test", "paired": "paired t-test on the per-seed differences"}
+
+
+def method(design: str = "independent") -> str:
+    return ("Lan-DeMets O'Brien-Fleming-type alpha spending, boundaries by recursive numerical integration; "
+            f"{TESTS[design]} p-value against each look's nominal p; Bonferroni (alpha / variants) across variants")
+
+
 _POINTS_PER_SD = 24
 _MAX_GRID = 2001
 
@@ -156,22 +167,12 @@ def info_fraction(n_variant: int, n_baseline: int, max_seeds: int) -> float:
     return min(1.0, (1.0 / (1.0 / n_variant + 1.0 / n_baseline)) / (max_seeds / 2.0))
 
 
-def welch(baseline, variant) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Welch's test along the last axis, vectorised: (diff = mean(variant) - mean(baseline), t, df, two-sided p),
-    as stats.compare computes them (identical values in both groups: t = 0 or +-inf, p = 1 or 0)."""
-    a, b = np.asarray(baseline, dtype=float), np.asarray(variant, dtype=float)
-    n1, n2 = a.shape[-1], b.shape[-1]
-    diff = b.mean(-1) - a.mean(-1)
-    v1, v2 = a.var(-1, ddof=1) / n1, b.var(-1, ddof=1) / n2
-    se2 = v1 + v2
-    ok = se2 > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(ok, diff / np.sqrt(np.where(ok, se2, 1.0)), np.where(diff == 0, 0.0, np.sign(diff) * np.inf))
-        big = np.maximum(v1, v2)
-        w1, w2 = v1 / np.where(ok, big, 1.0), v2 / np.where(ok, big, 1.0)
-        df = np.where(ok, (w1 + w2) ** 2 / (w1**2 / (n1 - 1) + w2**2 / (n2 - 1)), float(n1 + n2 - 2))
-    p = np.where(ok, 2.0 * _st.t.sf(np.abs(t), df), np.where(diff == 0, 1.0, 0.0))
-    return diff, t, df, p
+def look_test(baseline, variant, design: str = "independent") -> tuple:
+    """The design's test (stats.design_test) along the last axis: (diff = mean(variant) - mean(baseline), t, df,
+    two-sided p), the report's numbers (identical values: t = 0 or +-inf, p = 1 or 0). Paired: the i-th values
+    of the two groups are a pair."""
+    r = stats.design_test(design)(baseline, variant)
+    return r["diff"], r["t"], r["df"], r["p"]
 
 
 def schedule(n_first: int, per_round: int, max_seeds: int) -> list[int]:
@@ -188,11 +189,12 @@ def schedule(n_first: int, per_round: int, max_seeds: int) -> list[int]:
 
 
 def simulate(baseline: np.ndarray, variants: np.ndarray, looks: Sequence[int], alpha: float,
-             adjust: bool = True) -> tuple[np.ndarray, np.ndarray]:
+             adjust: bool = True, design: str = "independent") -> tuple[np.ndarray, np.ndarray]:
     """Run the design on simulated experiments, vectorised. `baseline` (sims, max_seeds), `variants`
     (sims, m, max_seeds) losses; at look k every undecided variant and the baseline have their first looks[k]
-    seeds. Returns (verdict (sims, m): -1 better, +1 worse, 0 within noise; look index where decided). With
-    `adjust` False: the naive rule, Welch p < alpha at every look, no correction at all."""
+    seeds (paired design: the j-th seeds of the baseline and a variant are a pair). Returns (verdict (sims, m):
+    -1 better, +1 worse, 0 within noise; look index where decided). With `adjust` False: the naive rule,
+    p < alpha at every look, no correction at all."""
     m = variants.shape[1]
     max_seeds = looks[-1]
     info = [info_fraction(n, n, max_seeds) for n in looks]
@@ -201,7 +203,7 @@ def simulate(baseline: np.ndarray, variants: np.ndarray, looks: Sequence[int], a
     at = np.full(variants.shape[:2], len(looks) - 1)
     open_ = np.ones(variants.shape[:2], dtype=bool)
     for k, n in enumerate(looks):
-        diff, _, _, p = welch(baseline[:, None, :n], variants[:, :, :n])
+        diff, _, _, p = look_test(baseline[:, None, :n], variants[:, :, :n], design)
         cross = open_ & ((p <= p_k[k]) if adjust else (p < alpha))
         verdict[cross] = np.where(diff[cross] < 0, -1, 1)
         at[cross] = k
@@ -237,6 +239,7 @@ class Sequential:
     seeds_per_round: int
     alpha: float = 0.05
     family: int | None = None  # variants in the Bonferroni family (default: len(variants))
+    design: str = "independent"  # the experiment's design: its test (stats.design_test) at every look
     looks: dict[str, list[Look]] = field(default_factory=dict)
     decision: dict[str, str] = field(default_factory=dict)  # "better" / "worse" / "within noise"
     rounds: list[dict] = field(default_factory=list)
@@ -248,13 +251,23 @@ class Sequential:
     def undecided(self) -> list[str]:
         return [v for v in self.variants if v not in self.decision]
 
-    def update(self, losses: dict[str, Sequence[float]], planned: dict[str, int], round_no: int) -> None:
-        """One round's look: `losses` the finite test losses of each group, `planned` the seeds each group has
-        in the matrix (a group at max_seeds, its baseline too, has its final look even if a run diverged)."""
-        base = np.asarray(losses.get(self.baseline, []), dtype=float)
+    def update(self, losses: dict[str, Sequence[float] | Mapping[int, float]], planned: dict[str, int],
+               round_no: int) -> None:
+        """One round's look: `losses` the finite test losses of each group, as {seed: loss} (a plain sequence
+        counts as seeds 0, 1, ...), `planned` the seeds each group has in the matrix (a group at max_seeds, its
+        baseline too, has its final look even if a run diverged). Paired design: only the seeds both the
+        variant and the baseline have are compared, as pairs."""
+        base_by = _by_seed(losses.get(self.baseline, []))
         looked = self.undecided()
         for v in looked:
-            x = np.asarray(losses.get(v, []), dtype=float)
+            var_by = _by_seed(losses.get(v, []))
+            if self.design == "paired":
+                both = sorted(set(base_by) & set(var_by))
+                base = np.array([base_by[s] for s in both], dtype=float)
+                x = np.array([var_by[s] for s in both], dtype=float)
+            else:
+                base = np.array(list(base_by.values()), dtype=float)
+                x = np.array(list(var_by.values()), dtype=float)
             if x.size < 2 or base.size < 2:
                 continue
             final = planned.get(v, 0) >= self.max_seeds and planned.get(self.baseline, 0) >= self.max_seeds
@@ -265,7 +278,7 @@ class Sequential:
             info = [lk.info for lk in hist] + [t]
             c = float(boundaries(info, self.alpha_per_variant)[-1])
             p_k = float(nominal_p(c))
-            diff, tt, df, p = (float(a) for a in welch(base, x))
+            diff, tt, df, p = (float(a) for a in look_test(base, x, self.design))
             crossed = p <= p_k
             hist.append(Look(len(hist) + 1, round_no, int(x.size), int(base.size), t,
                              float(obf_spending(t, self.alpha_per_variant)), c, p_k, diff, tt, df, p, final, crossed))
@@ -292,13 +305,18 @@ class Sequential:
     def to_json(self, n_first: int) -> dict:
         looks = self.planned_looks(n_first)
         return {
-            "design": f"{DESIGN}, {len(looks)} looks", "method": METHOD, "alpha": self.alpha,
+            "design": f"{DESIGN}, {len(looks)} looks", "method": method(self.design),
+            "experiment_design": self.design, "test": TESTS[self.design], "alpha": self.alpha,
             "alpha_per_variant": self.alpha_per_variant, "family": self.family or len(self.variants), "baseline": self.baseline, "variants_compared":
             list(self.variants), "max_seeds": self.max_seeds, "seeds_per_round": self.seeds_per_round,
             "planned_looks_seeds": looks, "rounds": self.rounds,
             "variants": {v: {"decision": self.decision.get(v, "undecided"),
                              "looks": [_finite(vars(lk)) for lk in self.looks.get(v, [])]} for v in self.variants},
         }
+
+
+def _by_seed(losses) -> dict:
+    return dict(losses) if isinstance(losses, Mapping) else dict(enumerate(np.asarray(losses, dtype=float).tolist()))
 
 
 def _finite(d: dict) -> dict:

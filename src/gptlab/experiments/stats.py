@@ -56,10 +56,11 @@ def _as_array(values: Iterable[float]) -> np.ndarray:
 
 
 def _as_samples(values) -> np.ndarray:
-    """A 1-d sequence, or a 2-d array of many samples (one per row; the simulations)."""
+    """A 1-d sequence, or an array of many samples along its last axis (the simulations: one sample per row,
+    or per (experiment, variant) in 3-d; the two groups' leading axes broadcast against each other)."""
     arr = np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype=float)
-    if arr.ndim not in (1, 2):
-        raise ValueError("expected a flat sequence of numbers (or a 2-d array, one sample per row)")
+    if arr.ndim < 1:
+        raise ValueError("expected a flat sequence of numbers (or an array of samples along its last axis)")
     return arr
 
 
@@ -208,7 +209,8 @@ def holm(pvalues: Sequence[float | None]) -> list[float]:
 
 def welch_test(baseline, variant) -> dict:
     """Welch's t-test of diff = mean(variant) - mean(baseline): diff, se, df (Welch–Satterthwaite), t, p
-    (two-sided). 1-d inputs give floats; 2-d inputs (one simulated experiment per row) give arrays. A zero
+    (two-sided). 1-d inputs give floats; N-d inputs (samples along the last axis, leading axes broadcast; the
+    simulated experiments of sequential.py) give arrays. A zero
     standard error gives t = ±inf (p = 0) or, with diff = 0, t = 0 (p = 1): the difference is exact."""
     a, b = _as_samples(baseline), _as_samples(variant)
     n1, n2 = a.shape[-1], b.shape[-1]
@@ -227,9 +229,11 @@ def welch_test(baseline, variant) -> dict:
 
 def paired_test(baseline, variant) -> dict:
     """Paired t-test on the per-seed differences d_i = variant_i - baseline_i (pairs in the given order):
-    diff (mean of d), sd (of d), se, df = n - 1, t, p (two-sided). 2-d inputs: one experiment per row."""
+    diff (mean of d), sd (of d), se, df = n - 1, t, p (two-sided). N-d inputs: pairs along the last axis, the
+    leading axes broadcast (one simulated experiment per row). A zero SD of d gives t = ±inf (p = 0) or, with
+    diff = 0, t = 0 (p = 1)."""
     a, b = _as_samples(baseline), _as_samples(variant)
-    if a.shape != b.shape:
+    if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"paired test needs as many baseline as variant values (pairs), got {a.shape[-1]} and "
                          f"{b.shape[-1]}")
     d = b - a
@@ -242,6 +246,14 @@ def paired_test(baseline, variant) -> dict:
     df = np.full(np.shape(diff), n - 1.0)
     p = 2.0 * _st.t.sf(np.abs(t), df)
     return dict(diff=_scalar(diff), sd=_scalar(sd), se=_scalar(se), df=_scalar(df), t=_scalar(t), p=_scalar(p))
+
+
+def design_test(design: str):
+    """The test statistic of a design: paired_test for "paired" (pairs by seed), welch_test for "independent".
+    The report (compare / compare_paired), the ladder's rungs and the sequential looks all take it from here."""
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
+    return paired_test if design == "paired" else welch_test
 
 
 def tost(baseline, variant, margin: float, alpha: float = 0.05, paired: bool = False) -> dict:

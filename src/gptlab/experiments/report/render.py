@@ -234,10 +234,12 @@ def _sequential_verdicts(exp_dir: Path, rows: list[dict]) -> list[str]:
             r["verdict"] = f"within noise at n={r['n']}"
         elif decision == "undecided":
             r["verdict"] = f"undecided at n={r['n']}"
+    test = seq.get("test", "Welch's t-test")  # a sequential.json written before the design's test was recorded
     return [f"Sequential design (`--until-decided`, sequential.json): {seq['design']}, alpha {seq['alpha']} split "
             f"over {seq['family']} variant(s) (Bonferroni: {seq['alpha_per_variant']:.4g} each), up to "
             f"{seq['max_seeds']} seeds, looks at {', '.join(map(str, seq['planned_looks_seeds']))} seeds. These "
-            f"verdicts replace the rules above: **better** / **worse** when the variant's Welch p at a look is at "
+            f"verdicts replace the rules above: **better** / **worse** when the variant's p "
+            f"({test}, the design's test) at a look is at "
             f"or below that look's O'Brien-Fleming nominal p; **within noise** when it reached the last look without "
             f"crossing; **undecided** when the run stopped before. The p and Holm columns are fixed-design numbers "
             f"that do not account for the looks."]

@@ -239,8 +239,11 @@ def verdict_sentence(r: dict, baseline: str, alpha: float = 0.05) -> str:
     if r["verdict"] == st.NEEDS_SEEDS:
         unit = "seed pair(s)" if r.get("design") == "paired" else "seed(s) with a finite test loss"
         n = r["n_compared"] if r.get("design") == "paired" and r.get("n_compared") is not None else r["n"]
+        delta = (f" Δ = {fmt(r['diff'], '+.4f')} from {r['n_compared']} "
+                 f"{'seed pair' if r.get('design') == 'paired' else 'seed'}{'' if r['n_compared'] == 1 else 's'}: "
+                 f"no noise estimate, so no CI, p or verdict." if finite(r.get("diff")) and r.get("n_compared") else "")
         return (f"**{v}**: cannot judge yet: it has {n} {unit}; a comparison needs at least 2 for both it and "
-                f"the baseline, so run more seeds.")
+                f"the baseline, so run more seeds.{delta}")
     ci = f"{1 - alpha:.0%} CI of the difference {fmt_ci(r['diff_ci_low'], r['diff_ci_high'], '+.4f')}"
     mde_text = (f" With these seeds the design detects a difference of about {fmt(r['mde'], '.4f')} "
                 f"{st.POWER:.0%} of the time (MDE)." if finite(r.get("mde")) else "")
