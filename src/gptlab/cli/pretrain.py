@@ -323,8 +323,9 @@ def register(sub) -> None:
                         "intact checkpoint, said in one line; none intact: stop, nothing deleted)")
     s.add_argument("--continue-with", action="append", default=[], metavar="KEY=VALUE",
                    help="with --resume: change a field from the checkpoint's step on (repeatable): "
-                        "train.tokens/flops/tokens_per_param (the length; the warmup keeps its steps and the lr decays "
-                        "from where it was to the new end), train.lr/muon_lr (the base lr from that step on), "
+                        "train.tokens/flops/tokens_per_param (the length: warmups keep their steps, and a cosine or "
+                        "linear lr decays from where it was to min_lr_frac at the new end), train.lr/muon_lr (the "
+                        "base lr the schedule multiplies from that step on), "
                         "train.eval_interval/checkpoint_interval/keep_checkpoints/log_interval. config.toml is "
                         "rewritten and meta.json's history records {step, changes}. Without it, --resume refuses a "
                         "config other than the one the checkpoint was trained under, listing the changed fields")
