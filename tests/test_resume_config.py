@@ -123,6 +123,16 @@ def test_continue_with_lr_is_the_lr_from_the_resume_step_and_is_recorded(small_d
     assert state["config_hash"] == cfg.hash() and state["config"]["train"]["lr"] == 0.01
 
 
+def test_continue_with_muon_lr_sets_the_second_optimizers_lr(small_data, tmp_path, capsys):
+    run = tmp_path / "r"
+    train(cfg_for(small_data, **{"train.optimizer": "muon", "train.muon_lr": 0.02}), run, stop_after=4)
+    rc, err = gptlab(capsys, "--run-dir", run, "--resume", "--continue-with", "train.muon_lr=0.05")
+    assert rc == 0, err
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    got = {r["step"]: (r["lr"], r["lr_muon"]) for r in rows if "train_loss" in r}
+    assert got == {s: (LR, 0.02 if s <= 4 else 0.05) for s in range(1, 13)}
+
+
 def test_continue_with_more_tokens_keeps_the_warmup_and_decays_from_where_it_was(small_data, tmp_path, capsys):
     """A cosine schedule over 12 steps (3 of warmup) continued at step 6 to 24 steps: the warmup keeps its 3 steps,
     step 7 gets the lr the old plan gave it (no jump), and the lr decays from there to lr x min_lr_frac at step 24.
