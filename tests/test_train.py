@@ -85,7 +85,8 @@ def test_sigkill_and_resume_matches_uninterrupted(small_data, tmp_path):
 
 def test_resume_with_other_config_is_refused(small_data, tmp_path):
     train(cfg_for(small_data), tmp_path / "r", stop_after=2)
-    with pytest.raises(GptlabError, match=r"config\.toml: checkpoint is from another config \(differs in train\.lr"):
+    with pytest.raises(GptlabError, match=r"step_0000002: checkpoint is from another config "
+                                          r"\(differs in train\.lr 0\.003 -> 0\.001\)"):
         train(cfg_for(small_data, **{"train.lr": 1e-3}), tmp_path / "r", resume=True)
 
 

@@ -203,17 +203,26 @@ class RunConfig:
     def hash(self) -> str:
         """What the run trains: every field but those declared hashed=False (how it is watched) and those declared
         hashed "unless_default" that hold their default (fields added later: old configs keep their hash)."""
-        d = self.to_dict()
-        for section, cls in SECTIONS.items():
-            for f in dataclasses.fields(cls):
-                h = f.metadata.get("hashed")
-                if h is False or (h == "unless_default" and d[section][f.name] == f.default):
-                    del d[section][f.name]
-        blob = json.dumps(d, sort_keys=True).encode()
+        blob = json.dumps(hashed_view(self.to_dict()), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def hashed_view(d: dict) -> dict:
+    """A copy of config dict `d` (RunConfig.to_dict()) with only the fields its hash covers: without those declared
+    hashed=False and those declared hashed "unless_default" that hold their default."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for section, cls in SECTIONS.items():
+        values = d.get(section)
+        if not isinstance(values, dict):
+            continue
+        for f in dataclasses.fields(cls):
+            h = f.metadata.get("hashed")
+            if f.name in values and (h is False or (h == "unless_default" and values[f.name] == f.default)):
+                del values[f.name]
+    return d
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,13 +46,19 @@ def cmd_train(a) -> int:
     from gptlab.config import load_config
     from gptlab.train import train
 
+    if a.continue_with and not a.resume:
+        raise GptlabError("train: --continue-with changes a run it resumes; add --resume")
     cfg = load_config(a.config, a.set)
+    saved = Path(a.run_dir or Path(cfg.out_dir) / cfg.name) / "config.toml"
+    if a.resume and a.config is None and saved.is_file():
+        # resuming without --config: the run folder's config (resolved: its interventions are applied already)
+        cfg = load_config(saved, a.set, apply_interventions=False)
     if a.quiet:
         cfg.train.progress = False
     run_dir = Path(a.run_dir or Path(cfg.out_dir) / cfg.name)
     from gptlab.train.signals import EXIT_PREEMPTED
 
-    final = train(cfg, run_dir, resume=a.resume, stop_after=a.stop_after)
+    final = train(cfg, run_dir, resume=a.resume, stop_after=a.stop_after, continue_with=a.continue_with)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if "preempted" in final:
         if main_rank:
@@ -311,12 +317,22 @@ def register(sub) -> None:
                 "gptlab train --config configs/tiny-cpu.toml\n"
                 "gptlab train --config configs/tiny-cpu.toml --set train.lr=1e-3 --set model.drop_rate=0\n"
                 "gptlab train --config configs/tiny-cpu.toml --run-dir runs/tiny-cpu --resume\n"
+                "gptlab train --run-dir runs/tiny-cpu --resume --continue-with train.tokens=2000000 "
+                "--continue-with train.lr=1e-4\n"
                 "torchrun --nproc_per_node 8 -m gptlab train --config configs/gpt2-small-baseline.toml")
-    s.add_argument("--config", help="TOML config (defaults if omitted)")
+    s.add_argument("--config", help="TOML config (defaults if omitted; with --resume, the run folder's config.toml)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME from the config)")
     s.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint (a missing or damaged one: from the newest "
                         "intact checkpoint, said in one line; none intact: stop, nothing deleted)")
+    s.add_argument("--continue-with", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --resume: change a field from the checkpoint's step on (repeatable): "
+                        "train.tokens/flops/tokens_per_param (the length: warmups keep their steps, and a cosine or "
+                        "linear lr decays from where it was to min_lr_frac at the new end), train.lr/muon_lr (the "
+                        "base lr the schedule multiplies from that step on), "
+                        "train.eval_interval/checkpoint_interval/keep_checkpoints/log_interval. config.toml is "
+                        "rewritten and meta.json's history records {step, changes}. Without it, --resume refuses a "
+                        "config other than the one the checkpoint was trained under, listing the changed fields")
     s.add_argument("--stop-after", type=POSITIVE, help=argparse.SUPPRESS)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)

@@ -4,7 +4,14 @@ train() holds the run directory (lock, config, meta.json), builds the model and 
 the lr schedule, the global batch of each step (a function of the data order seed and the step only: train.seed
 unless data.data_seed pins it, so a resumed run sees the batches it would have seen), the NaN policy, val loss every
 eval_interval steps, checkpoints every checkpoint_interval steps, preemption (signals.py: SIGTERM/SIGUSR1 ->
-checkpoint, preempted.json, exit 75), and at the end val and test loss in final.json."""
+checkpoint, preempted.json, exit 75), and at the end val and test loss in final.json.
+
+Every checkpoint records the config it was trained under (state.json: config, config_hash, total_steps). A resume
+with another config stops in one line before the run folder is touched (rundir.check_resume); one that continues
+with changes (`--continue-with train.lr=...`: rundir.CONTINUABLE) applies them from the checkpoint's step on (the
+optimizer's base lr is always the config's, never the one saved in the optimizer state), rewrites config.toml and
+appends {step, changes} to meta.json's history. A run continued with another length keeps its warmups' lengths in
+steps and decays the lr from where it was (schedule.lr_factor's anchor), recorded in state.json's schedule."""
 
 from __future__ import annotations
 
@@ -38,15 +45,17 @@ from gptlab.train.loggers import open_loggers
 from gptlab.train.loggers import require as require_loggers
 from gptlab.train.metrics import TrainLog, median_tokens_per_s
 from gptlab.train.optim import OptimSettings
-from gptlab.train.rundir import RunLock, environment, prepare_run_dir
+from gptlab.train.rundir import ResumePlan, RunLock, check_resume, describe, environment
 from gptlab.train.schedule import lr_factor
 from gptlab.train.signals import MARKER, Preemption
 from gptlab.train.trainer import Trainer
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None) -> dict:
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
+          continue_with: list[str] | tuple[str, ...] = ()) -> dict:
     """Train `cfg` in `run_dir`. `stop_after`: stop (with a checkpoint) after that many optimizer steps —
-    used by tests to simulate an interruption. Returns the final metrics (or progress when stopped)."""
+    used by tests to simulate an interruption. `continue_with`: KEY=VALUE changes a resume applies from its
+    checkpoint on (rundir.CONTINUABLE fields). Returns the final metrics (or progress when stopped)."""
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
     dist_ = Dist.from_env(device)
@@ -55,7 +64,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after:
             run_dir.mkdir(parents=True, exist_ok=True)
         dist_.barrier()
         with RunLock(run_dir) if dist_.main else contextlib.nullcontext():
-            out = Pretraining(cfg, run_dir, resume, device, dist_).run(stop_after)
+            out = Pretraining(cfg, run_dir, resume, device, dist_, tuple(continue_with)).run(stop_after)
         dist_.barrier()  # every rank past its last collective before the group is torn down (not after an error)
         return out
     finally:
@@ -73,8 +82,16 @@ class Progress:
 
 
 class Pretraining:
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device, dist_: Dist):
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device, dist_: Dist,
+                 continue_with: tuple[str, ...] = ()):
         self.cfg, self.run_dir, self.resume, self.device, self.dist = cfg, run_dir, resume, device, dist_
+        self.continue_with = continue_with
+        self.plan = ResumePlan(cfg)
+        # the schedule of a run continued with another length (None: the plan's own, from warmup_frac and
+        # seq_len_warmup_frac x total steps): warmups pinned in steps, and (step, factor) the decay starts from
+        self.warm_steps: int | None = None
+        self.seq_warm_steps: int | None = None
+        self.anchor: tuple[int, float] | None = None
         self.last_checkpoint = -1  # the step of the newest checkpoint this process wrote
         self.resumed_from: tuple[Path, ...] = ()  # the checkpoint this process resumed from: never pruned
 
@@ -133,7 +150,18 @@ class Pretraining:
                           f"starting again from step 1", file=sys.stderr)
                 self._write_run_files()
             return Progress()
+        # the config's lr is the base of the schedule: the optimizer state saved with the checkpoint holds the
+        # base_lr it was trained with, the same when the config is (check_resume), not after --continue-with
+        bases = [[g["base_lr"] for g in o.param_groups] for o in self.trainer.opts]
         state = self.trainer.restore(ck)
+        for o, b in zip(self.trainer.opts, bases):
+            for g, lr in zip(o.param_groups, b):
+                g["base_lr"] = lr
+        sched = state.get("schedule") or {}
+        self.warm_steps, self.seq_warm_steps = sched.get("warmup_steps"), sched.get("seq_len_warmup_steps")
+        self.anchor = tuple(sched["anchor"]) if sched.get("anchor") else None
+        if self.plan.changes:
+            self._continue_with(state)
         self.resumed_from = (ck,)
         # the global batch of a step does not depend on the number of ranks, so resuming on another
         # number of ranks continues the same data order (dropout RNG of new ranks starts fresh)
@@ -143,6 +171,41 @@ class Pretraining:
         return Progress(step, state.get("skips", 0), state.get("lr_scale", 1.0),
                         state.get("tokens", step * self.step_tokens),
                         state.get("flops", flops_per_token(self.cfg.model, self.T) * step * self.step_tokens))
+
+    def _continue_with(self, state: dict) -> None:
+        """Apply --continue-with from the checkpoint's step on: a new length keeps the warmups it had (in steps)
+        and decays from the factor the old plan reached; then config.toml is the new config and meta.json's
+        history says from which step."""
+        step, t, old = state["step"], self.cfg.train, self.plan.recorded
+        if self.total_steps <= step:
+            raise GptlabError(f"--continue-with: the budget is {self.total_steps} steps ({self.tokens_budget:,} "
+                              f"tokens); the checkpoint has trained {step} already; ask for more")
+        old_total = state.get("total_steps") or planned_steps(old, self.n_params)
+        if old_total != self.total_steps:
+            warm = self.warm_steps if self.warm_steps is not None else int(round(t.warmup_frac * old_total))
+            factor = lr_factor(step, old_total, old, warm, self.anchor)
+            self.warm_steps = warm
+            if self.seq_warm_steps is None:
+                self.seq_warm_steps = int(t.seq_len_warmup_frac * old_total)
+            self.anchor = (step, factor) if step >= warm else None
+        if not self.dist.main:
+            return
+        try:
+            meta = json.loads((self.run_dir / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            raise GptlabError(f"{self.run_dir / 'meta.json'}: unreadable ({e}); the history of --continue-with "
+                              f"changes cannot be recorded") from None
+        if not isinstance(meta, dict):
+            raise GptlabError(f"{self.run_dir / 'meta.json'}: expected a JSON object")
+        save_config(self.cfg, self.run_dir / "config.toml")
+        if self.plan.new_entry:
+            meta["history"] = list(meta.get("history") or []) + [{
+                "step": step, "changes": self.plan.changes, "config_hash": self.cfg.hash(),
+                "from_config_hash": old.hash(), "argv": sys.argv, "time": time.time()}]
+        meta.update(tokens=self.tokens_budget, total_steps=self.total_steps, config_hash=self.cfg.hash())
+        atomic_write_json(self.run_dir / "meta.json", meta)
+        print(f"gptlab: continuing {self.run_dir} from step {step} with {describe(self.plan.changes)}",
+              file=sys.stderr)
 
     def _write_run_files(self) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -165,7 +228,8 @@ class Pretraining:
 
         _ensure_data(self.cfg, self.dist)
         self.vmap = resolve_corpus_vocab(self.cfg)
-        self.cfg = prepare_run_dir(self.cfg, self.run_dir, self.resume)
+        self.plan = check_resume(self.cfg, self.run_dir, self.resume, self.continue_with, main=self.dist.main)
+        self.cfg = self.plan.cfg
         if self.dist.main:
             require_loggers(self.cfg.train.loggers)  # a missing package stops the run before it starts
         self.dist.barrier()  # every rank has checked the run folder before rank 0 writes config.toml into it
@@ -244,7 +308,7 @@ class Pretraining:
         """Train step `step`. A step whose batch was skipped (non-finite loss or gradient) is done too: the
         weights stay as they were, and the checkpoint and eval schedule go on, so the final checkpoint is always
         the state final.json scores and a resume never repeats a skipped step."""
-        self.trainer.set_lr(lr_factor(step, self.total_steps, self.cfg) * p.lr_scale)
+        self.trainer.set_lr(lr_factor(step, self.total_steps, self.cfg, self.warm_steps, self.anchor) * p.lr_scale)
         res = self.trainer.step(self.batches.get(step), self.accum)
         p.step = step + 1
         if not res.ok:
@@ -256,7 +320,9 @@ class Pretraining:
 
     def seq_len(self, step: int) -> int:
         """The sequence length of `step`: the context, or shorter during seq_len_warmup."""
-        warm_steps = int(self.cfg.train.seq_len_warmup_frac * self.total_steps)
+        warm_steps = self.seq_warm_steps
+        if warm_steps is None:
+            warm_steps = int(self.cfg.train.seq_len_warmup_frac * self.total_steps)
         if warm_steps and step < warm_steps:
             return min(self.T, max(8, int(self.T * (step + 1) / warm_steps) // 8 * 8))
         return self.T
@@ -291,7 +357,12 @@ class Pretraining:
         self.log.skipped(step + 1, msg, p.lr_scale)
 
     def _checkpoint(self, p: Progress) -> None:
-        state = {"skips": p.skips, "lr_scale": p.lr_scale, "tokens": p.tokens, "flops": p.flops}
+        # the config trained under: a resume compares the config it is asked for with this one (rundir.check_resume)
+        state = {"skips": p.skips, "lr_scale": p.lr_scale, "tokens": p.tokens, "flops": p.flops,
+                 "config_hash": self.cfg.hash(), "config": self.cfg.to_dict(), "total_steps": self.total_steps}
+        if self.warm_steps is not None:
+            state["schedule"] = {"warmup_steps": self.warm_steps, "seq_len_warmup_steps": self.seq_warm_steps,
+                                 "anchor": list(self.anchor) if self.anchor else None}
         self.trainer.save(self.run_dir, p.step, state, keep=self.cfg.train.keep_checkpoints or None,
                           protect=self.resumed_from)
         self.last_checkpoint = p.step

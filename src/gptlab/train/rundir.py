@@ -1,20 +1,32 @@
 """The run directory, the unit of truth: one process at a time (an flock), never overwritten by a new run, resumed
-only with the config it was started with, and described before step 1 (environment, git commit, versions)."""
+only with the config its checkpoint was trained under (or with the changes --continue-with names, among
+CONTINUABLE), and described before step 1 (environment, git commit, versions)."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from gptlab import GptlabError, __version__
-from gptlab.config import RunConfig, config_changes, config_from_run, with_watching
+from gptlab.config import (
+    RunConfig,
+    config_from_run,
+    deep_merge,
+    flat,
+    from_dict,
+    hashed_view,
+    parse_overrides,
+    validate,
+)
 
 # flock() errors of filesystems without locks (some Lustre and NFS mounts): the run goes on without a lock
 NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
@@ -54,19 +66,137 @@ class RunLock:
             os.close(self.fd)
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
-    """New run: refuse to overwrite. Resume: use the saved config, refuse a different one (the loggers, outside
-    the hash, are the ones asked for now)."""
+# What a resumed run may change (`gptlab train --resume --continue-with KEY=VALUE`): how long it trains, its lr from
+# the resume step on, and how often it evaluates, logs and checkpoints. Everything else (the model, the data and
+# its order, the seed, the optimizer's other settings, the batch) made the checkpoint's weights and optimizer state
+# what they are: changing it is a new run.
+CONTINUABLE = ("train.tokens", "train.flops", "train.tokens_per_param", "train.lr", "train.muon_lr",
+               "train.eval_interval", "train.checkpoint_interval", "train.keep_checkpoints", "train.log_interval")
+
+
+@dataclass
+class ResumePlan:
+    """What a run directory says about the run `gptlab train` is asked for (check_resume)."""
+    cfg: RunConfig  # the config to train
+    checkpoint: Path | None = None  # the checkpoint a resume starts from
+    recorded: RunConfig | None = None  # the config that checkpoint was trained under
+    changes: dict[str, list] = field(default_factory=dict)  # dotted field -> [old, new] that --continue-with applies
+    new_entry: bool = True  # False: these changes were applied from this checkpoint before (meta.json's history)
+
+
+def continue_config(cfg: RunConfig, items: list[str] | tuple[str, ...]) -> RunConfig:
+    """`cfg` with --continue-with KEY=VALUE items applied: only fields in CONTINUABLE, checked like any config."""
+    for item in items:
+        key = item.partition("=")[0].strip()
+        if "=" not in item:
+            raise GptlabError(f"--continue-with {item}: expected section.key=value, e.g. train.lr=1e-3")
+        if key not in CONTINUABLE:
+            raise GptlabError(f"--continue-with {key}: a resumed run cannot change this field (its checkpoint's "
+                              f"weights, optimizer state and data order were made under the old value; start a new "
+                              f"run instead); expected one of {', '.join(CONTINUABLE)}")
+    out = from_dict(deep_merge(cfg.to_dict(), parse_overrides(list(items))), "--continue-with")
+    validate(out, "--continue-with")
+    return out
+
+
+def differences(old: dict, new: dict) -> dict[str, list]:
+    """The fields in the config hash that differ between config dicts `old` and `new`: dotted name -> [old, new],
+    interventions first (they explain the rest), then in config order."""
+    o, n = flat(hashed_view(old)), flat(hashed_view(new))
+    keys = [k for k in {**n, **o} if o.get(k) != n.get(k)]
+    return {k: [o.get(k), n.get(k)] for k in sorted(keys, key=lambda k: k != "interventions")}
+
+
+def describe(changes: dict[str, list], most: int = 8) -> str:
+    """'train.lr 0.002 -> 0.5, model.norm 'layernorm' -> 'rmsnorm'': at most `most`, then '+N more'."""
+    parts = [f"{k} {o!r} -> {n!r}" if isinstance(o, str) or isinstance(n, str) else f"{k} {o} -> {n}"
+             for k, (o, n) in list(changes.items())[:most]]
+    return ", ".join(parts) + (f", +{len(changes) - most} more" if len(changes) > most else "")
+
+
+def history(run_dir: Path) -> list[dict]:
+    """meta.json's history: one {step, changes, config_hash, from_config_hash} per --continue-with applied."""
+    try:
+        h = json.loads((run_dir / "meta.json").read_text()).get("history", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return h if isinstance(h, list) else []
+
+
+def recorded_config(ck: Path | None, run_dir: Path, main: bool = True) -> tuple[RunConfig, str]:
+    """(the config checkpoint `ck` was trained under, where it was read): its state.json records it; a checkpoint
+    written before checkpoints recorded their config (or no checkpoint) is compared with RUN/config.toml, the
+    former with a one-line warning."""
+    if ck is not None:
+        p = ck / "state.json"
+        try:
+            state = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise GptlabError(f"{p}: unreadable checkpoint state ({e})") from None
+        if isinstance(state, dict) and isinstance(state.get("config"), dict):
+            cfg = from_dict(state["config"], f"{p}: config")
+            return cfg, str(ck)
+        if main:
+            print(f"gptlab: warning: {ck}: checkpoint records no config (written before checkpoints recorded "
+                  f"theirs); comparing the config asked for with {run_dir / 'config.toml'}", file=sys.stderr)
+    return config_from_run(run_dir), str(run_dir / "config.toml")
+
+
+def check_resume(cfg: RunConfig, run_dir: Path, resume: bool, continue_with: list[str] | tuple[str, ...] = (),
+                 main: bool = True) -> ResumePlan:
+    """New run: refuse to overwrite. Resume: the config asked for (with `continue_with` applied) must be the one the
+    checkpoint it starts from was trained under, but for the fields --continue-with names; any other difference
+    stops here, in one line listing the changed fields, before anything in the run folder is touched. The fields
+    outside the config hash (loggers, ...) are the ones asked for now."""
+    from gptlab.train.checkpoint import resume_point
+
     saved = run_dir / "config.toml"
     if not saved.exists():
-        return cfg
-    old = config_from_run(run_dir)
+        if continue_with:
+            raise GptlabError(f"--continue-with: {run_dir} has no run to continue (no config.toml)")
+        return ResumePlan(cfg)
     if not resume:
         raise GptlabError(f"{run_dir}: run directory already exists; pass --resume to continue it "
                           f"or choose another --run-dir")
-    if old.hash() != cfg.hash():
-        raise GptlabError(f"{saved}: checkpoint is from another config (differs in {config_changes(old, cfg)})")
-    return with_watching(old, cfg)
+    ck = resume_point(run_dir, main=False)
+    if ck is None and continue_with:
+        raise GptlabError(f"--continue-with: {run_dir} has no checkpoint to continue from (the run starts again "
+                          f"from step 1 with the config in {saved})")
+    recorded, where = recorded_config(ck, run_dir, main)
+    target = continue_config(cfg, continue_with) if continue_with else cfg
+    if target.hash() == recorded.hash():
+        return ResumePlan(target, ck, recorded)
+    changes = differences(recorded.to_dict(), target.to_dict())
+    # the same changes applied from this checkpoint before (then the process stopped before its next checkpoint):
+    # config.toml holds them already, meta.json's history says so, and they apply again without a new entry
+    again = ck is not None and any(
+        isinstance(h, dict) and h.get("step") == int(ck.name[5:]) and h.get("config_hash") == target.hash()
+        and h.get("from_config_hash") == recorded.hash() for h in history(run_dir))
+    named = set(flat(parse_overrides(list(continue_with))))
+    unnamed = {} if again else {k: v for k, v in changes.items() if k not in named}
+    if unnamed or not changes:
+        what = describe(unnamed) if unnamed else f"config hash {recorded.hash()} -> {target.hash()}"
+        hint = ""
+        if unnamed and all(k in CONTINUABLE for k in unnamed):
+            hint = (", or continue with the change from this checkpoint on: " +
+                    " ".join(f"--continue-with {k}={_literal(n)}" for k, (_, n) in unnamed.items()))
+        raise GptlabError(f"{where}: checkpoint is from another config (differs in {what}); resume with the config "
+                          f"it was trained under{hint}")
+    if (run_dir / "final.json").exists():
+        raise GptlabError(f"{run_dir / 'final.json'}: the run has finished; --continue-with continues an unfinished "
+                          f"run (start a new run to train longer)")
+    return ResumePlan(target, ck, recorded, changes, new_entry=not again)
+
+
+def _literal(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
+    """The config check_resume allows (the config to train), for a resume without changes."""
+    return check_resume(cfg, run_dir, resume).cfg
 
 
 def git_commit() -> str:
