@@ -69,6 +69,17 @@ def test_experiment_ladder_and_sweep_names_stay_inside_experiments(small_data, t
     assert not (work / "experiments").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["home", "victim"]
 
 
+@pytest.mark.parametrize("name", ["../../victim", "exp/../../victim", "/tmp/victim", "exp//run"])
+def test_a_train_config_name_stays_inside_out_dir(small_data, tmp_path, monkeypatch, capsys, name):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    sets = tiny_overrides(small_data, **{"train.tokens": 8 * 32 * 2}) + [f"name={name}"]
+    assert main(["train", *[x for s in sets for x in ("--set", s)]]) == 2
+    assert "config name: part" in error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"] and not (work / "runs").exists()
+
+
 @pytest.mark.parametrize("name", ["..", "."])
 def test_a_variant_named_dot_or_dotdot_is_refused(small_data, tmp_path, capsys, name):
     spec = write_spec(tmp_path, small_data, variants=[{"name": "baseline"}, {"name": name}])

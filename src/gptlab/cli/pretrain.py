@@ -42,6 +42,17 @@ def cmd_prepare(a) -> int:
     return 0
 
 
+def _named_run_dir(cfg) -> Path:
+    """out_dir / name without --run-dir: each /-separated part of the config's name a plain name, so the run
+    folder stays inside out_dir (an experiment's runs are named EXP/RUN_ID)."""
+    from gptlab.io import confined
+
+    path = Path(cfg.out_dir)
+    for part in str(cfg.name).split("/"):
+        path = confined(path, part, "config name: part")
+    return path
+
+
 def cmd_train(a) -> int:
     from gptlab.config import load_config
     from gptlab.train import train
@@ -49,13 +60,13 @@ def cmd_train(a) -> int:
     if a.continue_with and not a.resume:
         raise GptlabError("train: --continue-with changes a run it resumes; add --resume")
     cfg = load_config(a.config, a.set)
-    saved = Path(a.run_dir or Path(cfg.out_dir) / cfg.name) / "config.toml"
+    saved = Path(a.run_dir or _named_run_dir(cfg)) / "config.toml"
     if a.resume and a.config is None and saved.is_file():
         # resuming without --config: the run folder's config (resolved: its interventions are applied already)
         cfg = load_config(saved, a.set, apply_interventions=False)
     if a.quiet:
         cfg.train.progress = False
-    run_dir = Path(a.run_dir or Path(cfg.out_dir) / cfg.name)
+    run_dir = Path(a.run_dir or _named_run_dir(cfg))
     from gptlab.train.signals import EXIT_PREEMPTED
 
     final = train(cfg, run_dir, resume=a.resume, stop_after=a.stop_after, continue_with=a.continue_with)
