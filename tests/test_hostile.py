@@ -5,7 +5,7 @@ where the process's own streams matter) and the real server on 127.0.0.1."""
 import http.client
 import json
 import os
-import sqlite3
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +190,82 @@ def test_deeply_nested_request_is_a_400(server, body):
     assert "nested more than 32 levels" in reply["error"]["message"]
     status, reply = _post(server, json.dumps({"prompt": "Hi", "max_tokens": 2}).encode())  # still serving
     assert status == 200 and reply["choices"]
+
+
+# ---- prepared data folders ---------------------------------------------------------------------------------
+
+
+def _train_argv(data_dir, run_dir, **extra) -> list[str]:
+    argv = ["train", "--run-dir", str(run_dir), "--quiet"]
+    for o in tiny_overrides(str(data_dir), **{"train.tokens": 8 * 32 * 2, **extra}):
+        argv += ["--set", o]
+    return argv
+
+
+def test_forged_max_id_is_caught_by_verify_and_train(small_data, tmp_path, capsys):
+    """A shard with an id past GPT-2's vocabulary, its sha256 updated in meta.json and max_id left small."""
+    import hashlib
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data, ignore=shutil.ignore_patterns("verified.json", "corpus_vocab.npz"))
+    meta = json.loads((data / "meta.json").read_text())
+    sh = meta["splits"]["train"]["shards"][0]
+    ids = np.fromfile(data / sh["file"], dtype="<u2")
+    ids[10] = 60000
+    ids.tofile(data / sh["file"])
+    sh["sha256"] = hashlib.sha256((data / sh["file"]).read_bytes()).hexdigest()
+    assert sh["max_id"] < 60000
+    (data / "meta.json").write_text(json.dumps(meta))
+    assert main(["verify", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"shard {data / sh['file']}: token id 60000 >= 50,257" in err and "ids in range" not in err
+    assert main(_train_argv(data, tmp_path / "run", **{"data.vocab": "gpt2"})) == 2
+    assert "token id 60000 >= 50,257" in one_line_error(capsys)
+    sh["max_id"] = 60000  # honest about the id: still past the vocabulary
+    (data / "meta.json").write_text(json.dumps(meta))
+    assert main(["verify", str(data)]) == 2
+    assert "token id 60000 >= 50257" in one_line_error(capsys)
+
+
+def test_read_only_data_folder_with_corpus_vocab_trains(small_data, tmp_path, mount, capsys):
+    ro = tmp_path / "ro"
+    mount(ro, "size=16m")
+    shutil.copytree(small_data, ro / "data", ignore=shutil.ignore_patterns("verified.json", "corpus_vocab.npz"))
+    mount(ro, "ro", remount=True)
+    assert main(_train_argv(ro / "data", tmp_path / "run")) == 0
+    err = capsys.readouterr().err
+    assert f"note: {ro / 'data' / 'corpus_vocab.npz'} not written (Read-only file system)" in err
+    assert (tmp_path / "run" / "final.json").is_file() and not (ro / "data" / "corpus_vocab.npz").exists()
+
+
+def test_fifo_given_to_prepare_is_named_as_such(tmp_path, capsys):
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+    assert main(["prepare", str(fifo), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert f"{fifo}: a FIFO (named pipe), not a regular file or folder" in err and "no such file" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# ---- user-supplied YAML and TOML ---------------------------------------------------------------------------
+
+
+def test_malformed_task_yaml_reports_the_parse_error(tiny_run, tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mine.yaml").write_text("task: my_task\ndataset_path: json\ndoc_to_text: !function utils.doc\n"
+                                     "doc_to_choice: [a, b\n")
+    assert main(["eval", str(tiny_run), "--task", "my_task", "--include-path", str(tasks), "--device", "cpu"]) == 2
+    err = one_line_error(capsys)
+    assert f"{tasks / 'mine.yaml'} line 5 column 1:" in err and "no such lm-eval task" not in err, err
+
+
+def test_malformed_toml_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nlr = 3e-4\ntokens = = 5\n')
+    assert main(["config", str(bad)]) == 2
+    err = one_line_error(capsys)
+    assert str(bad) in err and "line 3" in err, err
