@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 from conftest import tiny_overrides
-from conftest_ft import Running, make_tiny_run
+from conftest_ft import Running, make_tiny_run, write_records
 
 from gptlab.cli import main
 from gptlab.config import parse_overrides
@@ -129,6 +129,17 @@ def test_non_json_final_json_is_one_line_naming_it(trained, capsys):
         assert json.loads(final.read_text())["test_loss"] == json.loads(good)["test_loss"]
     finally:
         final.write_bytes(good)
+
+
+def test_damaged_finetune_split_file_is_one_line_naming_it(tiny_run, tmp_path, capsys):
+    data = write_records(tmp_path / "records.json")
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "split.json").write_bytes(b'{"args": {"seed": \xff}}')
+    argv = ["finetune", str(tiny_run), "--data", str(data), "--out", str(out), "--resume", "--device", "cpu",
+            "--quiet"]
+    assert main(argv) == 2
+    assert f"{out / 'split.json'}: not UTF-8 text (byte 18); start the fine-tune afresh" in one_line_error(capsys)
 
 
 # ---- upper bounds of the "how many" options --------------------------------------------------------------
