@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _tolerant_streams()
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        except SystemExit:  # argparse's --help, --version or usage error: its output may meet a closed pipe too
+            sys.stdout.flush()
+            raise
     except BrokenPipeError:  # the reader went away (`gptlab config X | head -1`): stop quietly, as Unix tools do
         _stdout_to_devnull()
         return EXIT_BROKEN_PIPE
