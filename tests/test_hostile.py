@@ -171,6 +171,12 @@ def test_how_many_options_have_an_upper_bound(small_data, tiny_run, tmp_path, ca
     assert not (tmp_path / "o").exists() and not (tmp_path / "out").exists()
 
 
+def test_plan_says_when_gpus_outnumber_the_batch(small_data, tmp_path, capsys):
+    assert main(["plan", str(_spec(tmp_path, small_data).parent / "base.toml"), "--gpus", "64"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("grad accumulation 0.03125 micro-steps") and "under one: more GPUs" in line, line
+
+
 # ---- the server ------------------------------------------------------------------------------------------
 
 
