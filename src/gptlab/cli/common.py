@@ -26,8 +26,8 @@ class Number:
     """`type=` for a numeric option: an int or float inside `interval` ("[1, inf)", "[0, 1)", ...), or one of the
     `special` values (e.g. -1 = "the base run's")."""
 
-    def __init__(self, tp: type, interval: str, special: tuple = ()):
-        self.tp, self.range, self.special = tp, Range(interval), special
+    def __init__(self, tp: type, interval: str, special: tuple = (), most: int | None = None):
+        self.tp, self.range, self.special, self.most = tp, Range(interval), special, most
         self.__name__ = tp.__name__  # argparse names the type in some messages
 
     def __call__(self, text: str):
@@ -37,12 +37,16 @@ class Number:
             value = self.tp(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what} {self.range}{extra}, got {text!r}") from None
-        if value in self.special or value in self.range:
+        if value in self.special:
             return value
-        raise argparse.ArgumentTypeError(f"must be {self.range}{extra}, got {text}")
+        if value not in self.range:
+            raise argparse.ArgumentTypeError(f"must be {self.range}{extra}, got {text}")
+        if self.most is not None and value > self.most:
+            raise argparse.ArgumentTypeError(f"must be <= {self.most:,} (the upper bound of this option), got {text}")
+        return value
 
     def __repr__(self) -> str:
-        return f"Number({self.tp.__name__}, {self.range.text!r})"
+        return f"Number({self.tp.__name__}, {self.range.text!r}{'' if self.most is None else f', most={self.most}'})"
 
 
 COUNT = Number(int, "[0, inf)")  # 0 allowed (usually "off" or "all"): for positions and thresholds, not amounts
@@ -63,9 +67,9 @@ MAX_MINUTES = 525_600  # a SLURM time limit: one year
 MAX_SHARD_TOKENS = 2**31  # tokens per shard: a 4 GiB file
 
 
-def upto(hi: int, lo: int = 1) -> Number:
-    """`type=` for an integer option in [lo, hi]."""
-    return Number(int, f"[{lo}, {hi}]")
+def upto(most: int, lo: int = 1) -> Number:
+    """`type=` for an integer option >= lo and <= most (each bound with its own message)."""
+    return Number(int, f"[{lo}, inf)", most=most)
 FRACTION = Number(float, "[0, 1)")
 SEED = Number(int, SEEDS)
 
