@@ -1,4 +1,5 @@
-"""`gptlab <verb>`: every verb has --help with an example. Errors print one line and exit 2.
+"""`gptlab <verb>`: every verb has --help with an example. Errors print one line and exit 2; output to a pipe that
+its reader closed (`| head`) stops quietly with exit 141; characters stdout's encoding lacks print as \\xNN escapes.
 
 Each verb group lives in its own module (pretrain, experiments, posttrain, interop): parsing and printing only;
 the work is one call into a subpackage, imported when the verb runs so `gptlab --help` stays fast."""
