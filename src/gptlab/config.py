@@ -42,7 +42,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------------------------
 # Field declarations: what each field accepts (checked by `validate`)
 # --------------------------------------------------------------------------------------------
-# Sizes are bounded far above any GPT-2-class model, so that no value overflows a tensor dimension.
+# Sizes are bounded far above any GPT-2-class model, so that no value overflows a tensor dimension; batch sizes too
+# (65,536 sequences per forward pass, 2^24 per optimizer step), so a typo's extra zeros fails here, not in an allocation.
 SEEDS = "[0, 4294967295]"  # numpy's and torch's seeding accept these everywhere (train.seed x 1000 + rank too)
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
@@ -128,8 +129,8 @@ class TrainConfig:
     precision: str = one_of("auto", "bf16", "fp16", "fp32")  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | fp16 | fp32
     tf32: bool = False
     compile: bool = False
-    micro_batch_size: int = ranged(8, "[1, inf)")  # sequences per device per forward pass
-    global_batch_size: int = ranged(32, "[1, inf)")  # sequences per optimizer step (all ranks, all accumulation steps)
+    micro_batch_size: int = ranged(8, "[1, 65536]")  # sequences per device per forward pass
+    global_batch_size: int = ranged(32, "[1, 16777216]")  # sequences per optimizer step (all ranks, all accumulation steps)
     tokens: int = ranged(0, "[0, inf)", "0 = from flops or tokens_per_param")  # training token budget; 0 = from `flops` if set, else tokens_per_param * parameters
     flops: float = ranged(0.0, "[0, inf)", "0 = off")  # training FLOP budget (0 = off): tokens = flops / FLOPs-per-token, so variants that
     # change the model's size (SwiGLU, tying, ...) get the same compute, not the same tokens
@@ -156,7 +157,7 @@ class TrainConfig:
     # stop | skip (skip the batch and halve the lr, at most max_skips times). Under fp16 a non-finite step is first
     # skipped the GradScaler's way (loss scale lowered, lr kept), at most max_skips times; then this policy applies.
     nan_policy: str = one_of("stop", "skip")
-    max_skips: int = ranged(5, "[0, inf)")
+    max_skips: int = ranged(5, "[0, 1000000]")
     activation_checkpointing: bool = False
     fsdp: bool = False  # FSDP2 (fully_shard per block) under torchrun; checkpoints via torch.distributed.checkpoint
     progress: bool = True
@@ -176,7 +177,7 @@ class EvalConfig:
     split: str = one_of("test", "train", "val")
     offset: int = ranged(0, "[0, inf)")
     batches: int = ranged(0, "[0, inf)", "0 = the whole split")
-    batch_size: int = ranged(8, "[1, inf)")
+    batch_size: int = ranged(8, "[1, 65536]")
 
 
 @dataclass

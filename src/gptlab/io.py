@@ -128,18 +128,19 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read JSONL, ignoring a torn last line (a crash mid-append)."""
+    """Read JSONL, skipping lines that are not a JSON value in UTF-8: a torn last line (a crash mid-append), or a
+    damaged line elsewhere (each line is decoded on its own, so one bad byte costs that line only)."""
     out = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
+    for raw in p.read_bytes().splitlines():
+        raw = raw.strip()
+        if not raw:
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            out.append(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
     return out
 
@@ -356,3 +357,23 @@ def claim_dir(path: str | Path, kind: str, what: str, force: bool = False,
     except OSError as e:
         raise (fs_error(e, path) or e) from None
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the JSON files gptlab writes (final.json, meta.json, ...): a damaged file is one line naming it
+# --------------------------------------------------------------------------------------------
+def read_json(path: str | Path, hint: str = "") -> Any:
+    """The JSON value in `path`. A file that is not UTF-8 JSON (torn, overwritten, forged) raises a one-line
+    GptlabError naming the file, the place and the parser's message, then `hint` (what to do about it). A missing
+    or unreadable file raises OSError as open() does."""
+    p = Path(path)
+    data = p.read_bytes()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        why = f"not UTF-8 text (byte {e.start})"
+    except json.JSONDecodeError as e:
+        why = f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})"
+    except RecursionError:
+        why = "not usable JSON (nested too deeply)"
+    raise GptlabError(f"{p}: {why}" + (f"; {hint}" if hint else ""))

@@ -115,6 +115,8 @@ def format_plan(p: dict) -> str:
         f"{md['casts']:.1f} + activations {md['activations']:.1f} + logits {md['logits']:.1f}"
         + (f"  of {p['gpu_memory_gib']} GiB: {'fits' if p['fits'] else 'DOES NOT FIT'}" if p["gpu_memory_gib"] else ""),
         f"grad accumulation {p['grad_accum']:g} micro-steps per optimizer step"
-        + ("" if p["grad_accum_ok"] else "  (not a whole number: change micro_batch_size or the GPU count)"),
+        + ("" if p["grad_accum_ok"] else "  (under one: more GPUs x micro_batch_size than global_batch_size; "
+           "fewer GPUs or a larger global_batch_size)" if p["grad_accum"] < 1
+           else "  (not a whole number: change micro_batch_size or the GPU count)"),
     ]
     return "\n".join(lines)

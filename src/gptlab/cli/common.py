@@ -26,8 +26,8 @@ class Number:
     """`type=` for a numeric option: an int or float inside `interval` ("[1, inf)", "[0, 1)", ...), or one of the
     `special` values (e.g. -1 = "the base run's")."""
 
-    def __init__(self, tp: type, interval: str, special: tuple = ()):
-        self.tp, self.range, self.special = tp, Range(interval), special
+    def __init__(self, tp: type, interval: str, special: tuple = (), most: int | None = None):
+        self.tp, self.range, self.special, self.most = tp, Range(interval), special, most
         self.__name__ = tp.__name__  # argparse names the type in some messages
 
     def __call__(self, text: str):
@@ -37,16 +37,39 @@ class Number:
             value = self.tp(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what} {self.range}{extra}, got {text!r}") from None
-        if value in self.special or value in self.range:
+        if value in self.special:
             return value
-        raise argparse.ArgumentTypeError(f"must be {self.range}{extra}, got {text}")
+        if value not in self.range:
+            raise argparse.ArgumentTypeError(f"must be {self.range}{extra}, got {text}")
+        if self.most is not None and value > self.most:
+            raise argparse.ArgumentTypeError(f"must be <= {self.most:,} (the upper bound of this option), got {text}")
+        return value
 
     def __repr__(self) -> str:
-        return f"Number({self.tp.__name__}, {self.range.text!r})"
+        return f"Number({self.tp.__name__}, {self.range.text!r}{'' if self.most is None else f', most={self.most}'})"
 
 
-COUNT = Number(int, "[0, inf)")  # 0 allowed (usually "off" or "all")
+COUNT = Number(int, "[0, inf)")  # 0 allowed (usually "off" or "all"): for positions and thresholds, not amounts
 POSITIVE = Number(int, "[1, inf)")
+
+# Upper bounds of the "how many" options (an amount of work, memory or processes): each far above any real use, so
+# that a typo's extra zeros is argparse's one-line error at once, not hours of work or an allocation that fails late.
+MAX_TOKENS = 1_048_576  # new tokens per answer: the longest context a config may declare (model.context_length)
+MAX_BATCH = 65_536  # sequences or prompts per forward pass
+MAX_PARALLEL = 1_024  # runs, requests or judge calls at once
+MAX_GPUS = 65_536  # GPUs (or processes, nodes) of one run or plan: beyond the largest clusters
+MAX_PER_NODE = 1_024  # GPUs or processes on one node
+MAX_SEEDS = 1_000  # seeds of a variant: each one is a training run
+MAX_WORKERS = 1_024  # tokeniser processes
+MAX_EPOCHS = 10_000
+MAX_RETRIES = 100
+MAX_MINUTES = 525_600  # a SLURM time limit: one year
+MAX_SHARD_TOKENS = 2**31  # tokens per shard: a 4 GiB file
+
+
+def upto(most: int, lo: int = 1) -> Number:
+    """`type=` for an integer option >= lo and <= most (each bound with its own message)."""
+    return Number(int, f"[{lo}, inf)", most=most)
 FRACTION = Number(float, "[0, 1)")
 SEED = Number(int, SEEDS)
 

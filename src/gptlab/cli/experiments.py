@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+
 from gptlab import GptlabError
-from gptlab.cli.common import COUNT, POSITIVE, Number, verb_parser
+from gptlab.cli.common import (
+    MAX_GPUS,
+    MAX_MINUTES,
+    MAX_PARALLEL,
+    MAX_PER_NODE,
+    MAX_SEEDS,
+    SEED,
+    Number,
+    upto,
+    verb_parser,
+)
 
 
 def cmd_experiment(a) -> int:
@@ -34,9 +46,12 @@ def cmd_sweep(a) -> int:
     seeds = None
     if a.seeds:
         try:
-            seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
-        except ValueError:
-            raise GptlabError(f"--seeds: expected integers like 1001,1002, got {a.seeds!r}") from None
+            seeds = [SEED(x.strip()) for x in a.seeds.split(",") if x.strip()]
+        except argparse.ArgumentTypeError as e:
+            raise GptlabError(f"--seeds: {e} (expected seeds like 1001,1002)") from None
+        if len(seeds) > MAX_SEEDS:
+            raise GptlabError(f"--seeds: {len(seeds)} seeds; at most {MAX_SEEDS} (each one is a run per variant "
+                              "and grid value)")
     return run_sweep(a.spec, param=a.param, grid=parse_grid(a.grid) if a.grid else None, seeds=seeds,
                      **_run_options(a))
 
@@ -101,8 +116,8 @@ def register(sub) -> None:
                    help="after the spec's seeds, add seeds in rounds to the variants not yet decided (and the "
                         "baseline): group-sequential design, O'Brien-Fleming spending, alpha / variants each; "
                         "state in EXPERIMENT/sequential.json")
-    s.add_argument("--max-seeds", type=POSITIVE, metavar="K", help="with --until-decided: the most seeds a variant gets")
-    s.add_argument("--seeds-per-round", type=POSITIVE, metavar="R",
+    s.add_argument("--max-seeds", type=upto(MAX_SEEDS), metavar="K", help="with --until-decided: the most seeds a variant gets")
+    s.add_argument("--seeds-per-round", type=upto(MAX_SEEDS), metavar="R",
                    help="with --until-decided: seeds added per round (default: the spec's seed count, at least 2)")
     s.add_argument("--status", action="store_true",
                    help="list every run: pending/running/done/failed, its SLURM job id, its progress (latest step "
@@ -158,12 +173,12 @@ def _add_run_arguments(s, backends: list[str]) -> None:
     s.add_argument("--force", action="store_true",
                    help="write into the experiment folder even if it holds files gptlab did not write (files of the "
                         "same name, e.g. report.md or spec.toml, are overwritten)")
-    s.add_argument("--parallel", type=POSITIVE, metavar="N",
+    s.add_argument("--parallel", type=upto(MAX_PARALLEL), metavar="N",
                    help="runs at a time (default 1; with --gpus-per-run: one per GPU slot, at most N)")
-    s.add_argument("--gpus-per-run", type=POSITIVE, metavar="N",
+    s.add_argument("--gpus-per-run", type=upto(MAX_GPUS), metavar="N",
                    help="split the visible GPUs (CUDA_VISIBLE_DEVICES, else all) into slots of N; each run "
                         "under torchrun with N processes on its slot's GPUs, one run per slot at a time")
-    s.add_argument("--procs-per-run", type=POSITIVE, metavar="N",
+    s.add_argument("--procs-per-run", type=upto(MAX_GPUS), metavar="N",
                    help="each run under torchrun with N processes without a device list (CPU: gloo); "
                         "--parallel says how many runs at once")
     s.add_argument("--rerun-changed", action="store_true",
@@ -179,9 +194,9 @@ def _add_run_arguments(s, backends: list[str]) -> None:
                            if "skypilot" in backends else ""))
     s.add_argument("--partition", help="slurm: partition (default: the cluster's default)")
     s.add_argument("--account", help="slurm: account to charge")
-    s.add_argument("--nodes-per-run", type=POSITIVE, default=1, help="slurm: nodes per run (torchrun across them)")
-    s.add_argument("--gpus-per-node", type=COUNT, default=None,
+    s.add_argument("--nodes-per-run", type=upto(MAX_GPUS), default=1, help="slurm: nodes per run (torchrun across them)")
+    s.add_argument("--gpus-per-node", type=upto(MAX_PER_NODE, 0), default=None,
                    help="slurm: GPUs per node, one process each; skypilot: GPUs of the node (default 8)")
-    s.add_argument("--procs-per-node", type=POSITIVE, default=None,
+    s.add_argument("--procs-per-node", type=upto(MAX_PER_NODE), default=None,
                    help="slurm without GPUs: gloo processes per node, one core each (default 1)")
-    s.add_argument("--time", type=POSITIVE, default=60, metavar="MINUTES", help="slurm: time limit per job")
+    s.add_argument("--time", type=upto(MAX_MINUTES), default=60, metavar="MINUTES", help="slurm: time limit per job")

@@ -10,10 +10,16 @@ from gptlab import GptlabError
 from gptlab.cli.common import (
     COUNT,
     FRACTION,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_PARALLEL,
+    MAX_RETRIES,
+    MAX_TOKENS,
     POSITIVE,
     SEED,
     Number,
     device,
+    upto,
     verb_parser,
 )
 
@@ -60,10 +66,10 @@ def _register_finetune(sub) -> None:
     s.add_argument("run", help="base run directory (its latest checkpoint is fine-tuned)")
     s.add_argument("--data", required=True, help="Alpaca-format .json list or .jsonl file")
     s.add_argument("--out", required=True, help="output run directory")
-    s.add_argument("--epochs", type=POSITIVE, default=2)
+    s.add_argument("--epochs", type=upto(MAX_EPOCHS), default=2)
     s.add_argument("--lr", type=Number(float, "(0, inf)"), default=5e-5)
-    s.add_argument("--batch-size", type=POSITIVE, default=8)
-    s.add_argument("--max-len", type=POSITIVE, default=None, help="max tokens per example (default: model context)")
+    s.add_argument("--batch-size", type=upto(MAX_BATCH), default=8)
+    s.add_argument("--max-len", type=upto(MAX_TOKENS), default=None, help="max tokens per example (default: model context)")
     s.add_argument("--val-frac", type=FRACTION, default=0.1)
     s.add_argument("--test-frac", type=FRACTION, default=0.1)
     s.add_argument("--seed", type=SEED, default=123)
@@ -106,12 +112,12 @@ def _register_serve(sub) -> None:
     s.add_argument("--port", type=Number(int, "[0, 65535]"), default=8000)
     s.add_argument("--api-key-env", metavar="NAME", help="require 'Authorization: Bearer $NAME' (the key is read "
                                                          "from this environment variable, never from the command line)")
-    s.add_argument("--max-tokens-limit", type=POSITIVE, default=512, help="largest max_tokens a request may ask for")
+    s.add_argument("--max-tokens-limit", type=upto(MAX_TOKENS), default=512, help="largest max_tokens a request may ask for")
     s.add_argument("--model-name", help="the model id reported by /v1/models (default: the run folder's name)")
     s.add_argument("--read-timeout", type=Number(float, "(0, inf)"), default=30.0, metavar="SECONDS",
                    help="the longest one read of a request body waits (a stalled request gets a 408); also how "
                         "long an idle keep-alive connection stays open")
-    s.add_argument("--max-batch", type=POSITIVE, default=8, metavar="N",
+    s.add_argument("--max-batch", type=upto(MAX_PARALLEL), default=8, metavar="N",
                    help="decode up to N waiting requests together as one batch (default 8; 1 = one at a time). "
                         "A greedy or seeded request's answer does not depend on the batch it lands in")
     s.add_argument("--batch-wait-ms", type=Number(float, "[0, 10000]"), default=0.0, metavar="MS",
@@ -177,19 +183,19 @@ def _judge_args(s) -> None:
     s.add_argument("--judge-model", required=True, help="model name sent to the judge endpoint")
     s.add_argument("--data", help="Alpaca-format records (default: the fine-tune's held-out test split)")
     s.add_argument("--n", type=POSITIVE, help="judge only the first N items")
-    s.add_argument("--max-new-tokens", type=POSITIVE, default=256, help="answer length limit for the judged run(s)")
-    s.add_argument("--batch", type=POSITIVE, default=8, metavar="N",
+    s.add_argument("--max-new-tokens", type=upto(MAX_TOKENS), default=256, help="answer length limit for the judged run(s)")
+    s.add_argument("--batch", type=upto(MAX_BATCH), default=8, metavar="N",
                    help="generate the answers N at a time as one batch (default 8; the answers do not change)")
     s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=0.0,
                    help="sampling temperature of the judged run(s) (0 = greedy)")
     s.add_argument("--judge-temperature", type=Number(float, "[0, 2]"), default=0.0, help="temperature sent to the judge")
-    s.add_argument("--judge-max-tokens", type=POSITIVE, default=None, help="max_tokens sent to the judge (default: unset)")
+    s.add_argument("--judge-max-tokens", type=upto(MAX_TOKENS), default=None, help="max_tokens sent to the judge (default: unset)")
     s.add_argument("--api-key-env", default="JUDGE_API_KEY", metavar="NAME",
                    help="environment variable holding the judge's API key (default JUDGE_API_KEY; unset = no key)")
     s.add_argument("--db", help="results.sqlite to record the per-item scores in")
-    s.add_argument("--retries", type=COUNT, default=2, help="re-asks for a reply without a usable score")
+    s.add_argument("--retries", type=upto(MAX_RETRIES, 0), default=2, help="re-asks for a reply without a usable score")
     s.add_argument("--timeout", type=Number(float, "(0, inf)"), default=60, help="seconds per judge request")
-    s.add_argument("--concurrency", type=POSITIVE, default=4, metavar="N",
+    s.add_argument("--concurrency", type=upto(MAX_PARALLEL), default=4, metavar="N",
                    help="judge requests in flight at once (default 4; the scores keep the items' order)")
     s.add_argument("--seed", type=SEED, default=123)
     s.add_argument("--device", default="auto", type=device)

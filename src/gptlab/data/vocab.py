@@ -10,12 +10,14 @@ then over that restricted vocabulary — comparable between runs of one experime
 
 The ids are cached in the data folder (`corpus_vocab.npz`) together with a key naming the train shards they were
 derived from (file names and sha256s from meta.json); a cache whose key differs from the folder's meta.json is
-rebuilt, never reused.
+rebuilt, never reused. In a read-only data folder the ids are computed in memory each time (one read of the train
+split) and a one-line note says the cache was not written.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +115,10 @@ def corpus_vocab(data_dir: str | Path) -> VocabMap:
 
     try:
         atomic_write(cache, write)
-    except OSError:  # a read-only data folder: the vocabulary is rebuilt next time, which is only slower
-        pass
+    except (OSError, GptlabError) as e:  # a read-only data folder: the cache is optional, only slower without it
+        why = str(e).rsplit(": ", 1)[-1] if isinstance(e, GptlabError) else (e.strerror or str(e))
+        print(f"note: {cache} not written ({why}): the corpus vocabulary is computed in memory, again next time",
+              file=sys.stderr)
     return VocabMap(ids)
 
 

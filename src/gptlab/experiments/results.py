@@ -7,6 +7,7 @@ the whole run (row + metrics) or nothing, and re-recording a run_id replaces it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
@@ -76,6 +77,27 @@ def _coerce(col: str, v: Any) -> Any:
     return None if v is None else str(v)
 
 
+def damaged(path: str | Path, e: sqlite3.Error) -> GptlabError:
+    """One line for a results database SQLite cannot use (overwritten, truncated, not SQLite at all)."""
+    return GptlabError(f"{path}: not a usable gptlab results database (SQLite said: {e}); move it aside and re-run "
+                       "`gptlab experiment`: finished runs are recorded again from their run folders' final.json "
+                       "without training")
+
+
+def _one_line(method):
+    """A public method of ResultsDB: an SQLite error there (a damaged page, a disk I/O error) is one line naming
+    the file. SQLite reports a damaged page only when a query reaches it, so opening the file is not enough."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            raise damaged(self.path, e) from None
+
+    return wrapper
+
+
 class ResultsDB:
     """`with ResultsDB(exp_dir / "results.sqlite") as db: db.record_run(row, metrics)`.
 
@@ -99,7 +121,7 @@ class ResultsDB:
             self._init_retrying()
         except sqlite3.DatabaseError as e:
             self._con.close()
-            raise GptlabError(f"{self.path} is not a usable gptlab results database (SQLite said: {e})") from None
+            raise damaged(self.path, e) from None
         except BaseException:
             self._con.close()
             raise
@@ -169,6 +191,7 @@ class ResultsDB:
         return ResultsDB._Tx(self._con)
 
     # ------------------------------------------------------------------ writes
+    @_one_line
     def record_run(self, row: dict, metrics: Iterable[dict] = ()) -> None:
         """Insert or replace one finished run and its per-step metrics, atomically.
 
@@ -200,6 +223,7 @@ class ResultsDB:
             c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             c.executemany(f"INSERT OR REPLACE INTO metrics({', '.join(METRIC_COLUMNS)}) VALUES ({mplace})", mrows)
 
+    @_one_line
     def forget(self, run_ids: list[str]) -> None:
         """Remove these runs' rows (the run, its metrics, its judge scores) in one transaction."""
         marks = ", ".join("?" for _ in run_ids)
@@ -207,6 +231,7 @@ class ResultsDB:
             for table in ("runs", "metrics", "judge_scores"):
                 c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", [str(r) for r in run_ids])
 
+    @_one_line
     def record_judge(self, run_id: str, judge_model: str, items: Iterable[dict]) -> None:
         """Replace this (run, judge model)'s scores with `items` (dicts: item, instruction, response,
         score; score None = the judge's answer could not be parsed), in one transaction."""
@@ -222,6 +247,7 @@ class ResultsDB:
                 f"INSERT OR REPLACE INTO judge_scores({', '.join(JUDGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     # ------------------------------------------------------------------ reads
+    @_one_line
     def runs(self, experiment: str | None = None) -> list[dict]:
         """Run rows as dicts (interventions decoded to a list), ordered by variant, seed, run_id."""
         q = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
@@ -240,13 +266,16 @@ class ResultsDB:
             out.append(d)
         return out
 
+    @_one_line
     def run_ids(self) -> set[str]:
         return {r[0] for r in self._con.execute("SELECT run_id FROM runs")}
 
+    @_one_line
     def metrics(self, run_id: str) -> list[dict]:
         q = f"SELECT {', '.join(METRIC_COLUMNS[1:])} FROM metrics WHERE run_id = ? ORDER BY step"
         return [dict(r) for r in self._con.execute(q, (run_id,))]
 
+    @_one_line
     def judge_items(self, run_id: str, judge_model: str | None = None) -> list[dict]:
         q = f"SELECT {', '.join(JUDGE_COLUMNS)} FROM judge_scores WHERE run_id = ?"
         args: tuple = (run_id,)
@@ -255,6 +284,7 @@ class ResultsDB:
             args += (judge_model,)
         return [dict(r) for r in self._con.execute(q + " ORDER BY judge_model, item", args)]
 
+    @_one_line
     def judge_summary(self, judge_model: str | None = None) -> dict[str, float]:
         """{run_id: mean parsed score} over all judge models (or one); unparsed (NULL) scores are
         left out, and runs with no parsed score at all are absent."""

@@ -35,7 +35,7 @@ from gptlab.config import (
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
 from gptlab.experiments.spec import Spec, Variant, claim_experiment_dir, load_spec
-from gptlab.io import atomic_write_json, atomic_write_text, confined
+from gptlab.io import atomic_write_json, atomic_write_text, confined, read_json
 from gptlab.train.loggers import tensorboard_dir
 from gptlab.train.signals import EXIT_PREEMPTED
 
@@ -458,8 +458,8 @@ def _write_job(spec: Spec, v: Variant, seed: int, extra: dict, exp_dir: Path) ->
 
 def record(db: ResultsDB, spec: Spec, v: Variant, seed: int, run_dir: Path) -> dict:
     """Record a finished run (final.json, meta.json and its per-step metrics) in `db`; return the row."""
-    final = json.loads((run_dir / "final.json").read_text())
-    meta = json.loads((run_dir / "meta.json").read_text())
+    final = read_json(run_dir / "final.json", "delete it and re-run to score the finished run again")
+    meta = read_json(run_dir / "meta.json")
     row = {
         "run_id": spec.run_id(v.name, seed), "experiment": spec.name, "variant": v.name, "seed": seed,
         "interventions": json.dumps(v.interventions), "run_dir": str(run_dir), "config_hash": meta.get("config_hash"),

@@ -152,6 +152,10 @@ def _recorded(db: Path) -> set[str]:
             return {r[0] for r in c.execute("select run_id from runs")}
     except sqlite3.OperationalError:  # created, tables not yet
         return set()
+    except sqlite3.DatabaseError as e:  # damaged or not SQLite
+        from gptlab.experiments.results import damaged
+
+        raise damaged(db, e) from None
 
 
 def _last_line(log: Path) -> str:

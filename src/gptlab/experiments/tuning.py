@@ -29,12 +29,20 @@ SWEEP_FILE = "sweep.json"
 CRITERION = "lowest mean final validation loss over the sweep's seeds"
 
 
+MAX_GRID = 1_000  # values of a grid: each one is a run per variant and seed
+
+
 def parse_grid(text: str, where: str = "--grid") -> list[float]:
-    """"1e-3,2e-3,4e-3" (a list) or "1e-3:8e-3:4" (4 values spaced evenly in log from 1e-3 to 8e-3)."""
+    """"1e-3,2e-3,4e-3" (a list) or "1e-3:8e-3:4" (4 values spaced evenly in log from 1e-3 to 8e-3); at most
+    MAX_GRID values."""
+    if text.count(",") >= MAX_GRID:
+        raise GptlabError(f"{where}: more than {MAX_GRID} values (each one is a run per variant and seed)")
     try:
         if ":" in text:
             lo, hi, n = text.split(":")
             lo_f, hi_f, k = float(lo), float(hi), int(n)
+            if k > MAX_GRID:
+                raise GptlabError(f"{where}: {k} values; at most {MAX_GRID} (each one is a run per variant and seed)")
             if not (0 < lo_f < hi_f and k >= 2):
                 raise ValueError
             step = (math.log(hi_f) - math.log(lo_f)) / (k - 1)

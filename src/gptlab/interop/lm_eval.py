@@ -206,6 +206,30 @@ def _bundled_spec(path: Path) -> dict:
     return spec
 
 
+def yaml_errors(include_path: list[str]) -> list[str]:
+    """"FILE line N: the parser's message" for each .yaml/.yml under the folders that does not parse as YAML
+    (lm-eval's tags such as `!function` are accepted: they are lm-eval's to resolve)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    out = []
+    for folder in include_path:
+        for f in sorted(p for p in Path(folder).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()):
+            try:
+                yaml.load(f.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 - SafeLoader's subclass
+            except UnicodeDecodeError as e:
+                out.append(f"{f}: not UTF-8 text (byte {e.start})")
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+                msg = " ".join(str(getattr(e, "problem", None) or e).split())
+                out.append(f"{f}{where}: {msg}")
+    return out
+
+
 def load_tasks(names: list[str], include_path: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
     """(TaskManager, {task name: lm-eval Task}) for `names`: bundled tasks first, then task YAMLs under
     `include_path`, then lm-eval's own (indexing those takes seconds, so only when needed). An unknown
@@ -234,6 +258,11 @@ def load_tasks(names: list[str], include_path: list[str] | None = None) -> tuple
             else:
                 import difflib
 
+                broken = yaml_errors(include_path or [])
+                if broken:  # lm-eval skips a task YAML it cannot parse with a warning: say why it is not found
+                    raise GptlabError(f"--task {n}: not found; {len(broken)} task YAML(s) under --include-path do "
+                                      f"not parse: {broken[0]}" + (f" (and {len(broken) - 1} more)"
+                                                                   if len(broken) > 1 else ""))
                 near = difflib.get_close_matches(n, list(bundled) + tm.all_tasks, n=3)
                 raise GptlabError(
                     f"--task {n}: no such lm-eval task (not bundled with gptlab: {', '.join(bundled)}; not in "

@@ -27,7 +27,6 @@ checkpoints/latest -> the best-validation weights, so `load_run_model(OUT)`, `gp
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from gptlab.io import (
     atomic_write_json,
     atomic_write_text,
     file_sha256,
+    read_json,
 )
 from gptlab.model import GPTModel
 from gptlab.posttrain.instructions import (
@@ -148,7 +148,7 @@ def _open_out_dir(run_dir: Path, out_dir: Path, records: list[dict], args: dict,
     if not resume:
         raise GptlabError(f"{out_dir}: already holds a fine-tune; pass --resume to continue it or "
                           f"choose another --out")
-    saved = json.loads(split_path.read_text())
+    saved = read_json(split_path, "start the fine-tune afresh in another --out")
     old = saved.get("args", {})
     diff = [k for k in _RESUME_KEYS if old.get(k) != args[k]]
     if diff:
@@ -156,7 +156,7 @@ def _open_out_dir(run_dir: Path, out_dir: Path, records: list[dict], args: dict,
                           f"{', '.join(repr(old.get(k)) for k in diff)})")
     done = out_dir / RESULT_FILE
     if done.exists():
-        res = json.loads(done.read_text())
+        res = read_json(done)
         if res.get("finished") and (res.get("stopped_early") or res.get("epochs_run", 0) >= args["epochs"]):
             return saved["split"], res
     return saved["split"], None

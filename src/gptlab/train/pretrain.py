@@ -16,7 +16,6 @@ steps and decays the lr from where it was (schedule.lr_factor's anchor), recorde
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -29,7 +28,7 @@ import torch
 from gptlab import GptlabError
 from gptlab.config import RunConfig, save_config
 from gptlab.data.prefetch import Prefetcher
-from gptlab.io import atomic_write_json
+from gptlab.io import atomic_write_json, read_json
 from gptlab.model import GPTModel, count_params
 from gptlab.train.checkpoint import latest_checkpoint, remove_partial, resume_point
 from gptlab.train.distributed import Dist, resolve_device, resolve_precision
@@ -235,7 +234,7 @@ class Pretraining:
         self.dist.barrier()  # every rank has checked the run folder before rank 0 writes config.toml into it
         final_file = self.run_dir / "final.json"
         if final_file.exists():
-            return json.loads(final_file.read_text())
+            return read_json(final_file, "delete it and re-run with --resume to score the finished run again")
         self._open_data()
         self._build()
         p = self._start_or_resume()

@@ -66,6 +66,44 @@ class ApiError(Exception):
 
 
 # --------------------------------------------------------------------------------------------
+# The body: UTF-8 JSON, an object, nested at most MAX_DEPTH deep
+# --------------------------------------------------------------------------------------------
+MAX_DEPTH = 32  # lists/objects inside each other; a valid request nests 5 (body, messages, a message, content, a part)
+
+
+def parse_body(raw: bytes) -> dict:
+    """The request body as a JSON object, or an ApiError 400 (invalid_json) in OpenAI's shape: not UTF-8, not
+    JSON, not an object, or nested deeper than MAX_DEPTH. Nesting so deep that the JSON parser itself runs out of
+    recursion (100,000 `[`) is the same 400, never a 500, and no value deeper than MAX_DEPTH reaches the checks."""
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not UTF-8", None, "invalid_json") from None
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"We could not parse the JSON body of your request ({e.msg} at line {e.lineno} "
+                            f"column {e.colno})", None, "invalid_json") from None
+    except RecursionError:
+        body = None  # deeper than the parser goes: certainly deeper than MAX_DEPTH
+    if body is None or _depth_over(body, MAX_DEPTH):
+        raise ApiError(400, f"the JSON body is nested more than {MAX_DEPTH} levels deep", None, "invalid_json")
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the JSON body must be an object, got {type(body).__name__}", None, "invalid_json")
+    return body
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether lists/objects in `value` nest more than `limit` deep (iterative: no recursion to run out of)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            if d > limit:
+                return True
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+# --------------------------------------------------------------------------------------------
 # Declarative checks
 # --------------------------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from gptlab.posttrain.serve.api import (
     CompletionRequest,
     Sampled,
     parse,
+    parse_body,
 )
 from gptlab.posttrain.serve.batcher import Batcher, Job
 from gptlab.posttrain.serve.responses import Reply, usage
@@ -319,17 +320,7 @@ def create_app(state: State) -> FastAPI:
 
 
 async def _json(request: Request) -> dict:
-    raw = await request.body()
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "request body is not UTF-8", None, "invalid_json") from None
-    except json.JSONDecodeError as e:
-        raise ApiError(400, f"We could not parse the JSON body of your request ({e.msg} at line {e.lineno} "
-                            f"column {e.colno})", None, "invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the JSON body must be an object, got {type(body).__name__}", None, "invalid_json")
-    return body
+    return parse_body(await request.body())
 
 
 async def _generate(state: State, request: Request, req: Sampled, ids: list[int], prompt_param: str,
