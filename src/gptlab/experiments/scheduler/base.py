@@ -40,8 +40,9 @@ class Backend(Protocol):
     def exit_code(self, handle: Any) -> int | None:
         ...
 
-    def stop(self, handles: list[Any]) -> None:
-        """Stop these runs (Ctrl-C on the runner); their checkpoints stay for a later resume."""
+    def stop(self, handles: list[Any], signum: int) -> None:
+        """Pass the stop signal `signum` the runner got (SIGTERM, SIGINT or SIGUSR1) on to these runs, so that they
+        write their checkpoints and end; returns at once, state() says when each has ended."""
 
 
 def train_command(job: RunJob, nproc: int = 1) -> list[str]:
