@@ -181,3 +181,18 @@ def test_sigterm_to_a_ladder_stops_its_rung_and_starts_no_other(small_data, tmp_
     assert _procs_on(out) == []
     assert (rung_run / MARKER).exists()
     assert [p.parent.parent.name for p in out.glob("*/runs/baseline-s1")] == [rung_run.parent.parent.name]
+
+
+def test_sigusr1_reaches_every_worker_of_a_torchrun_run(small_data, tmp_path):
+    """A run of 2 gloo processes under torchrun: torchrun relays the runner's SIGUSR1 to its workers (which run in
+    sessions of their own) instead of dying of it; both ranks stop at one step, nothing survives."""
+    spec, out = _spec(tmp_path, small_data, variants=("baseline",)), tmp_path / "exp"
+    runner = _start(spec, "--out", out, "--procs-per-run", 2)
+    _trained_a_step(out / "runs" / "baseline-s1", runner)
+    runner.send_signal(signal.SIGUSR1)
+    printed = runner.communicate(timeout=300)[0]
+    assert runner.returncode == EXIT_PREEMPTED, printed[-3000:]
+    assert _procs_on(out) == []
+    marker = json.loads((out / "runs" / "baseline-s1" / MARKER).read_text())
+    assert marker["preempted"] == "SIGUSR1" and latest_checkpoint(out / "runs" / "baseline-s1").name == \
+        f"step_{marker['stopped_at']:07d}"

@@ -45,11 +45,14 @@ class Backend(Protocol):
         write their checkpoints and end; returns at once, state() says when each has ended."""
 
 
-def train_command(job: RunJob, nproc: int = 1) -> list[str]:
+def train_command(job: RunJob, nproc: int = 1, relay: str | None = None) -> list[str]:
     """`gptlab train --resume` on the job, under `torchrun --standalone` (a free rendezvous port of its own) when
-    it runs as `nproc` processes."""
+    it runs as `nproc` processes; `relay`: the signals torchrun passes on to its workers (--signals-to-handle,
+    instead of its default SIGTERM,SIGINT,SIGHUP,SIGQUIT)."""
     train = ["-m", "gptlab", "train", "--config", str(job.config), "--run-dir", str(job.run_dir), "--resume",
              "--quiet"]
     if nproc <= 1:
         return [sys.executable, *train]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *train]
+    opts = ["--signals-to-handle", relay] if relay else []
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *opts,
+            *train]

@@ -14,10 +14,11 @@ Stops: each run starts in a session (and process group) of its own, so a Ctrl-C 
 alone, which passes the stop on exactly once: `stop` sends SIGTERM (for the runner's SIGTERM or SIGINT: a trainer's
 SIGINT would end it without a checkpoint) or SIGUSR1 to the run's process group. A single trainer checkpoints and
 exits 75; torchrun relays the signal to its workers (they run in sessions of their own; SIGUSR1 is added to the
-signals torchrun relays, TORCHELASTIC_SIGNALS_TO_HANDLE) and waits for them, up to its shutdown timeout (30 s,
-TORCH_ELASTIC_SHUTDOWN_TIMEOUT). On Linux every run also gets PR_SET_PDEATHSIG=SIGTERM: if the runner dies without
-passing a stop on (SIGKILL, the OOM killer), its runs get SIGTERM from the kernel and checkpoint: no trainer
-outlives its runner. The runs inherit `pass_fds` (the experiment folder's lock, runner.py)."""
+signals torchrun relays, --signals-to-handle, else it would die of it and leave its workers) and waits for them, up
+to its shutdown timeout (30 s, TORCH_ELASTIC_SHUTDOWN_TIMEOUT). On Linux every run also gets
+PR_SET_PDEATHSIG=SIGTERM: if the runner dies without passing a stop on (SIGKILL, the OOM killer), its runs get
+SIGTERM from the kernel and checkpoint: no trainer outlives its runner. The runs inherit `pass_fds` (the experiment
+folder's lock, runner.py)."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ class LocalBackend:
         self.n_slots = n_slots
         self.threads = max(1, _cores() // (n_slots * self.nproc))  # runs at once share the cores
         self.env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
-                        TORCH_DISABLE_SHARE_RDZV_TCP_STORE="0", TORCHELASTIC_SIGNALS_TO_HANDLE=TORCHRUN_SIGNALS)
+                        TORCH_DISABLE_SHARE_RDZV_TCP_STORE="0")
         self.running: list[_Proc] = []
         self.pass_fds: tuple[int, ...] = ()  # descriptors every run inherits (the experiment folder's lock)
 
@@ -140,8 +141,9 @@ class LocalBackend:
             raise GptlabError(f"{job.run_id}: no free slot (the runner starts runs only when free_slots() > 0)")
         slot = free[0]
         with open(job.log, "a") as f:
-            proc = subprocess.Popen(train_command(job, self.nproc), stdout=f, stderr=subprocess.STDOUT,
-                                    env=self.slot_env(slot), start_new_session=True, pass_fds=self.pass_fds,
+            proc = subprocess.Popen(train_command(job, self.nproc, relay=TORCHRUN_SIGNALS), stdout=f,
+                                    stderr=subprocess.STDOUT, env=self.slot_env(slot), start_new_session=True,
+                                    pass_fds=self.pass_fds,
                                     preexec_fn=_die_with(os.getpid()) if _libc is not None else None)
         p = _Proc(job, proc, slot)
         self.running.append(p)
