@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import tomli_w
 from conftest import tiny_overrides
 from safetensors.torch import load_file
@@ -18,6 +19,8 @@ from safetensors.torch import load_file
 from gptlab.config import load_config, parse_overrides
 from gptlab.train import latest_checkpoint, train
 from gptlab.train.signals import EXIT_PREEMPTED, MARKER
+
+pytest_plugins = ["conftest_slurm"]  # the slurm_cluster fixture (a real one-node cluster), for the SLURM stop
 
 STEPS = 100  # long enough that a signal arrives mid-run on a loaded machine too; a step takes milliseconds idle
 
@@ -196,3 +199,21 @@ def test_sigusr1_reaches_every_worker_of_a_torchrun_run(small_data, tmp_path):
     marker = json.loads((out / "runs" / "baseline-s1" / MARKER).read_text())
     assert marker["preempted"] == "SIGUSR1" and latest_checkpoint(out / "runs" / "baseline-s1").name == \
         f"step_{marker['stopped_at']:07d}"
+
+
+def test_sigterm_to_a_slurm_runner_cancels_its_job_which_checkpoints(small_data, slurm_cluster, tmp_path):
+    """--backend slurm on a real one-node cluster (conftest_slurm): the runner's stop scancels its job, whose
+    trainer gets SLURM's SIGTERM and checkpoints; the runner waits until SLURM has ended the job, exits 75."""
+    pytest.importorskip("submitit")
+    from gptlab.experiments.scheduler.slurm import load_jobs, squeue_states
+
+    spec, out = _spec(tmp_path, small_data, variants=("baseline",)), tmp_path / "exp"
+    runner = _start(spec, "--out", out, "--backend", "slurm", "--partition", slurm_cluster or "", "--time", 10)
+    _trained_a_step(out / "runs" / "baseline-s1", runner)
+    runner.send_signal(signal.SIGTERM)
+    printed = runner.communicate(timeout=300)[0]
+    assert runner.returncode == EXIT_PREEMPTED, printed[-3000:]
+    job_id = load_jobs(out)["baseline-s1"]["job_id"]
+    assert squeue_states().get(job_id) in (None, "CANCELLED")  # SLURM has ended it: nothing left running
+    assert json.loads((out / "runs" / "baseline-s1" / MARKER).read_text())["preempted"] == "SIGTERM"
+    assert _procs_on(out / "runs") == []
