@@ -29,6 +29,7 @@ import dataclasses
 import datetime as _dt
 import difflib
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,8 +283,9 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
                only: list[str] | None = None, bootstrap: int | None = None, **run_options) -> int:
     """Run (or with dry_run, only print) every rung of the ladder through the experiment runner, then write the
     ladder report. The exit status for the CLI."""
-    from gptlab.experiments.runner import run_experiment
+    from gptlab.experiments.runner import ExperimentLock, StopSignals, Stopped, run_experiment
     from gptlab.io import atomic_write_text
+    from gptlab.train.signals import EXIT_PREEMPTED
 
     extra = parse_overrides(overrides or [])
     lad = load_ladder(spec_path, extra)
@@ -295,20 +297,29 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
     exp_dir = claim_dir(Path(out) if out else confined("experiments", lad.name, f"{lad.path}: name"), LADDER_DIR,
                         "--out" if out else "ladder folder", run_options.get("force", False), _written_before)
     keep = None if not only else set(only) | {lad.spec.baseline}  # --only: these variants and the baseline
-    done = _done_counts(lad, exp_dir, keep)
-    total = sum(sum(keep is None or v.name in keep for v, _ in r.spec.matrix()) for r in lad.rungs)
-    print(f"ladder {lad.name}: {len(lad.rungs)} rungs, {total} runs, {sum(done)} already done, "
-          f"{total - sum(done)} to run -> {exp_dir}", flush=True)
-    status = 0
-    for r in lad.rungs:
-        spec_file = exp_dir / "specs" / f"{r.name}.toml"
-        atomic_write_text(spec_file, f"# rung {r.index} of {lad.path} (written by `gptlab ladder`)\n"
-                          + tomli_w.dumps(r.table))
-        rc = run_experiment(str(spec_file), out=str(exp_dir / r.name), overrides=overrides, only=only, **run_options)
-        if rc == 130:
-            return rc
-        status = status or rc
-    res = write_ladder_report(lad, exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    # one ladder runner per folder (each rung's runner also locks its rung's folder); a stop signal between rungs
+    # ends the ladder, one during a rung is passed on to its runs by the rung's runner (runner.py)
+    try:
+        with ExperimentLock(exp_dir, "ladder folder"), StopSignals():
+            done = _done_counts(lad, exp_dir, keep)
+            total = sum(sum(keep is None or v.name in keep for v, _ in r.spec.matrix()) for r in lad.rungs)
+            print(f"ladder {lad.name}: {len(lad.rungs)} rungs, {total} runs, {sum(done)} already done, "
+                  f"{total - sum(done)} to run -> {exp_dir}", flush=True)
+            status = 0
+            for r in lad.rungs:
+                spec_file = exp_dir / "specs" / f"{r.name}.toml"
+                atomic_write_text(spec_file, f"# rung {r.index} of {lad.path} (written by `gptlab ladder`)\n"
+                                  + tomli_w.dumps(r.table))
+                rc = run_experiment(str(spec_file), out=str(exp_dir / r.name), overrides=overrides, only=only,
+                                    **run_options)
+                if rc in (130, EXIT_PREEMPTED):  # stopped: the rung's runner said so
+                    return rc
+                status = status or rc
+            res = write_ladder_report(lad, exp_dir)
+    except Stopped as s:
+        print(s.line(), file=sys.stderr)
+        return s.exit_code
     print(format_summary(res))
     print(f"ladder report: {res['markdown']}  {res['html']}")
     return status

@@ -11,13 +11,26 @@ of removed variants stay recorded).
 An experiment folder holds spec.toml (the spec as run, --set overrides merged in; written once the recorded runs
 are known to match it), configs/RUN_ID.toml (what each run was started with), runs/RUN_ID/ (its run directory),
 runs/RUN_ID.log (its output), results.sqlite and the report.
+
+One runner at a time per folder: an flock on EXP/runner.lock (ExperimentLock) stops a second one with one line
+naming the folder and the other runner's pid; `--status` and `gptlab report` only read and take no lock.
+
+Stops: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 to the runner (how SLURM, systemd, `timeout` and `docker stop` end a
+job) is passed on to every run in flight (Backend.stop), no new run starts, and the runner waits until they have
+ended (a trainer writes its checkpoint and preempted.json first), then exits 75 (EXIT_PREEMPTED) after SIGTERM or
+SIGUSR1 and 130 after SIGINT. Re-running the same command resumes the partial runs from those checkpoints.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
+import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +50,121 @@ from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
 from gptlab.experiments.spec import Spec, Variant, claim_experiment_dir, load_spec
 from gptlab.io import atomic_write_json, atomic_write_text, confined, read_json
 from gptlab.train.loggers import tensorboard_dir
-from gptlab.train.signals import EXIT_PREEMPTED
+from gptlab.train.rundir import NO_LOCKS
+from gptlab.train.signals import EXIT_PREEMPTED, MARKER
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+LOCK_FILE = "runner.lock"
+
+
+class Stopped(BaseException):
+    """A stop signal reached the runner; raised once no run of it is in flight any more. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """130 after SIGINT (Ctrl-C), EXIT_PREEMPTED (75: start me again) after SIGTERM or SIGUSR1."""
+        return 130 if self.signum == signal.SIGINT else EXIT_PREEMPTED
+
+    def line(self) -> str:
+        return (f"stopped by {signal.Signals(self.signum).name}: finished runs are recorded, stopped ones resume "
+                f"from their checkpoints; re-run the same command to continue")
+
+
+class StopSignals:
+    """`with StopSignals(defer) as stops:` catches SIGTERM, SIGINT and SIGUSR1 (in the main thread; elsewhere it
+    catches nothing) and restores the previous handlers on exit. `defer=False`: raise Stopped at once (nothing is
+    in flight to wait for); `defer=True` (the run loop): only note the first signal in `stops.signum`, for the loop
+    to pass on to its runs and wait for them. Nested, the inner one decides while it is open."""
+
+    def __init__(self, defer: bool = False):
+        self.defer = defer
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if not self.defer:
+            raise Stopped(self.signum)
+
+
+class ExperimentLock:
+    """An exclusive flock on EXP/runner.lock, the run directory's lock (train/rundir.py) for an experiment folder:
+    a second runner on the folder gets one line naming it and the first runner's pid. The runs a runner starts
+    inherit the lock (`fd`, see LocalBackend.pass_fds), so a folder whose runner was killed stays locked until its
+    last trainer has written its checkpoint and exited; a new runner on this host waits for that instead of
+    failing, since the pid in the lock file is then no longer alive."""
+
+    def __init__(self, folder: Path, what: str = "experiment folder"):
+        self.path, self.what = folder / LOCK_FILE, what
+        self.fd: int | None = None
+        self.locked = False
+
+    def acquire(self) -> "ExperimentLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.locked = True
+        except BlockingIOError:
+            other = os.read(self.fd, 200).decode(errors="replace").split()
+            pid = other[0] if other else "?"
+            if len(other) == 2 and other[1] == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                print(f"{self.path.parent}: waiting for the runs of a stopped runner (pid {pid}) to write their "
+                      f"checkpoints and exit", file=sys.stderr, flush=True)
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                self.locked = True
+            else:
+                os.close(self.fd)
+                self.fd = None
+                where = "" if len(other) < 2 or other[1] == socket.gethostname() else f" on {other[1]}"
+                raise GptlabError(f"{self.path.parent}: {self.what} is in use by another runner (pid {pid}{where}); "
+                                  f"`--status` shows its progress") from None
+        except OSError as e:
+            if e.errno not in NO_LOCKS:
+                raise
+            print(f"gptlab: warning: {self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
+                  f"a second runner from using the {self.what}", file=sys.stderr)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        return self
+
+    def release(self) -> None:
+        """Close the runner's descriptor; no LOCK_UN, which would unlock the runs that share the lock too: the
+        lock ends when the last process holding it has closed it."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd, self.locked = None, False
+
+    def __enter__(self) -> "ExperimentLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int | None = None,
@@ -84,26 +211,32 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
         return 0
     if spec.tune and seq_opts:
         raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
-    exp_dir, runner_backend, db = _open(spec, extra, out, backend, parallel, procs_per_run, gpus_per_run,
-                                        backend_options, quiet, force)
+    exp_dir = _exp_dir(spec, out, force)
+    runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
+    lock, db = ExperimentLock(exp_dir), None
     try:
-        redone = _check_changed(spec, extra, exp_dir, db, rerun_changed)
-        # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
-        atomic_write_text(exp_dir / "spec.toml", _spec_text(spec, extra))
-        if spec.tune:
-            failures = _run_tuned(spec, extra, exp_dir, db, runner_backend, redone, rerun_changed)
-        else:
-            failures = _run_matrix(spec, extra, exp_dir, db, runner_backend, redone)
-        if seq_opts and not failures:
-            failures, seq_runs = _run_rounds(spec, extra, exp_dir, db, runner_backend, seq_opts, rerun_changed)
-            spec_runs |= seq_runs
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
-        return 130
+        with StopSignals():
+            db = _open(spec, extra, exp_dir, runner_backend, lock, quiet)
+            redone = _check_changed(spec, extra, exp_dir, db, rerun_changed)
+            # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
+            atomic_write_text(exp_dir / "spec.toml", _spec_text(spec, extra))
+            if spec.tune:
+                failures = _run_tuned(spec, extra, exp_dir, db, runner_backend, redone, rerun_changed)
+            else:
+                failures = _run_matrix(spec, extra, exp_dir, db, runner_backend, redone)
+            if seq_opts and not failures:
+                failures, seq_runs = _run_rounds(spec, extra, exp_dir, db, runner_backend, seq_opts, rerun_changed)
+                spec_runs |= seq_runs
+            db.close()
+            if not _report(spec, exp_dir, spec_runs):
+                return 1
+    except Stopped as s:
+        print(s.line(), file=sys.stderr)
+        return s.exit_code
     finally:
-        db.close()
-    if not _report(spec, exp_dir, spec_runs):
-        return 1
+        if db is not None:
+            db.close()
+        lock.release()
     if failures:
         print(f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",
               file=sys.stderr)
@@ -135,17 +268,22 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
     spec.tune = read_tune(spec, raw, "sweep", param=param or (spec.tune.param if spec.tune else None), grid=grid,
                           seeds=seeds if seeds is not None else (spec.tune.seeds if spec.tune else None))
     sweep = tuning.sweep_spec(spec)
-    exp_dir, runner_backend, db = _open(spec, extra, out, backend, parallel, procs_per_run, gpus_per_run,
-                                        backend_options, quiet, force)
+    exp_dir = _exp_dir(spec, out, force)
+    runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
+    lock, db = ExperimentLock(exp_dir), None
     try:
-        notes = _check_changed(sweep, extra, exp_dir, db, rerun_changed)
-        failures = _run_matrix(sweep, extra, exp_dir, db, runner_backend, notes)
-        chosen = None if failures else _choose(spec, exp_dir, db)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are recorded; re-run the same command to continue", file=sys.stderr)
-        return 130
+        with StopSignals():
+            db = _open(spec, extra, exp_dir, runner_backend, lock, quiet)
+            notes = _check_changed(sweep, extra, exp_dir, db, rerun_changed)
+            failures = _run_matrix(sweep, extra, exp_dir, db, runner_backend, notes)
+            chosen = None if failures else _choose(spec, exp_dir, db)
+    except Stopped as s:
+        print(s.line(), file=sys.stderr)
+        return s.exit_code
     finally:
-        db.close()
+        if db is not None:
+            db.close()
+        lock.release()
     if failures:
         print(f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",
               file=sys.stderr)
@@ -157,19 +295,25 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
     return 0
 
 
-def _open(spec: Spec, extra: dict, out: str | None, backend: str, parallel: int | None,
-          procs_per_run: int | None, gpus_per_run: int | None, backend_options: dict | None,
-          quiet: bool, force: bool = False) -> tuple[Path, Backend, ResultsDB]:
-    """The experiment folder (refused when it holds files gptlab did not write, unless `force`), the backend
-    that runs its jobs and its results database; the data prepared."""
-    exp_dir = claim_experiment_dir(Path(out) if out else confined("experiments", spec.name, f"{spec.path}: name"),
-                                   "--out" if out else "experiment folder", force)
-    runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
+def _exp_dir(spec: Spec, out: str | None, force: bool) -> Path:
+    """The experiment folder, created and marked as gptlab's: experiments/NAME (the name confined to
+    experiments/) or --out; refused when it holds files gptlab did not write, unless `force`."""
+    return claim_experiment_dir(Path(out) if out else confined("experiments", spec.name, f"{spec.path}: name"),
+                                "--out" if out else "experiment folder", force)
+
+
+def _open(spec: Spec, extra: dict, exp_dir: Path, backend: Backend, lock: ExperimentLock,
+          quiet: bool) -> ResultsDB:
+    """The experiment folder's runs/ and configs/ created, the folder locked (its runs inherit the lock), the
+    data prepared; its results database."""
     for d in (exp_dir, exp_dir / "runs", exp_dir / "configs"):
         d.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    if lock.fd is not None and hasattr(backend, "pass_fds"):
+        backend.pass_fds = (lock.fd,)
     # data once, before any run starts (runs in parallel must not race to prepare it)
     _prepare_data(spec.resolved_config(spec.variants[0], spec.seeds[0], extra), quiet)
-    return exp_dir, runner_backend, ResultsDB(exp_dir / "results.sqlite")
+    return ResultsDB(exp_dir / "results.sqlite")
 
 
 def _run_tuned(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, notes: list[str],
@@ -407,7 +551,8 @@ class _Running:
 def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend,
                 notes: list[str] | None = None) -> list[str]:
     """Run every run not yet in `db` on `backend`, recording each success as it finishes; return the failed run
-    ids. On Ctrl-C the running children are stopped before KeyboardInterrupt propagates."""
+    ids. A stop signal (StopSignals) is passed on to the runs in flight; once they have ended (the finished ones
+    recorded), Stopped is raised."""
     done = db.run_ids()
     todo = [(v, s) for v, s in spec.matrix() if spec.run_id(v.name, s) not in done]
     print(f"experiment {spec.name}: {len(spec.matrix())} runs, {len(spec.matrix()) - len(todo)} already done, "
@@ -416,36 +561,60 @@ def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
         print(note, flush=True)
     queue, running, failures = list(todo), [], []
     t_start, n_done = time.time(), 0
-    try:
+
+    def finished(run: _Running, stopped_by: int | None = None) -> None:
+        nonlocal n_done
+        running.remove(run)
+        n_done += 1
+        counter = f"[{n_done}/{len(todo)}] {run.job.run_id:<30}"
+        if backend.state(run.handle) == State.DONE and (run.job.run_dir / "final.json").exists():
+            row = record(db, spec, run.variant, run.seed, run.job.run_dir)
+            eta = (time.time() - t_start) / n_done * (len(todo) - n_done)
+            print(f"{counter} test {row['test_loss']:.4f}  val {row['val_loss']:.4f}  "
+                  f"{time.time() - run.started:6.1f}s  ETA {eta / 60:.1f} min", flush=True)
+        elif stopped_by is not None:
+            print(f"{counter} stopped ({signal.Signals(stopped_by).name}): {_stopped_how(run, backend)}", flush=True)
+        else:
+            tail = run.job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+            failures.append(run.job.run_id)
+            print(f"{counter} FAILED (exit {backend.exit_code(run.handle)}): {tail[0]}", flush=True)
+
+    with StopSignals(defer=True) as stops:
         while queue or running:
-            while queue and backend.free_slots() > 0:
+            while queue and backend.free_slots() > 0 and stops.signum is None:
                 v, seed = queue.pop(0)
                 job = _write_job(spec, v, seed, extra, exp_dir)
                 running.append(_Running(job, backend.start(job), v, seed, time.time()))
+            if stops.signum is not None:
+                break
             time.sleep(0.2)
             for run in [r for r in running if backend.state(r.handle) in (State.DONE, State.FAILED)]:
                 if (backend.state(run.handle) == State.FAILED and getattr(backend, "requeue_preempted", False)
-                        and backend.exit_code(run.handle) == EXIT_PREEMPTED):
+                        and backend.exit_code(run.handle) == EXIT_PREEMPTED and stops.signum is None):
                     run.handle = backend.requeue(run.handle)  # checkpoint written: resume it in a new job
                     print(f"{'':>{len(str(len(todo))) * 2 + 3}} {run.job.run_id:<30} preempted (exit "
                           f"{EXIT_PREEMPTED}): requeued, resumes from its checkpoint", flush=True)
                     continue
-                running.remove(run)
-                n_done += 1
-                counter = f"[{n_done}/{len(todo)}] {run.job.run_id:<30}"
-                if backend.state(run.handle) == State.DONE and (run.job.run_dir / "final.json").exists():
-                    row = record(db, spec, run.variant, run.seed, run.job.run_dir)
-                    eta = (time.time() - t_start) / n_done * (len(todo) - n_done)
-                    print(f"{counter} test {row['test_loss']:.4f}  val {row['val_loss']:.4f}  "
-                          f"{time.time() - run.started:6.1f}s  ETA {eta / 60:.1f} min", flush=True)
-                else:
-                    tail = run.job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-                    failures.append(run.job.run_id)
-                    print(f"{counter} FAILED (exit {backend.exit_code(run.handle)}): {tail[0]}", flush=True)
-    except KeyboardInterrupt:
-        backend.stop([r.handle for r in running])
-        raise
-    return failures
+                finished(run)
+        if stops.signum is None:
+            return failures
+        # stopped: pass it on, start nothing more, wait for every run in flight to end (checkpoint first)
+        backend.stop([r.handle for r in running], stops.signum)
+        while running:
+            time.sleep(0.2)
+            for run in [r for r in running if backend.state(r.handle) in (State.DONE, State.FAILED)]:
+                finished(run, stops.signum)
+        raise Stopped(stops.signum)
+
+
+def _stopped_how(run: _Running, backend: Backend) -> str:
+    """What a run stopped by a signal left: the checkpoint its preempted.json names, or only its exit code."""
+    try:
+        step = json.loads((run.job.run_dir / MARKER).read_text())["stopped_at"]
+        return f"checkpoint at step {step}, resumes from it on re-run"
+    except (OSError, ValueError, KeyError, TypeError):
+        return (f"exit {backend.exit_code(run.handle)} before a checkpoint of its own; re-run resumes from its last "
+                f"checkpoint, if any")
 
 
 def _write_job(spec: Spec, v: Variant, seed: int, extra: dict, exp_dir: Path) -> RunJob:

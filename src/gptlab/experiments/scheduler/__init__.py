@@ -5,8 +5,8 @@ The runner (experiments/runner.py) is the only writer of results.sqlite. It hand
 its state; the runner then reads the result from the run folder. Backends: `local` (subprocesses on this machine,
 in slots: the GPUs split by `plan_slots`, or N CPU processes per run), `slurm` (slurm.py: one sbatch job per run
 through submitit, imported only when chosen). skypilot.py is not a backend: it writes a SkyPilot task that runs the
-matrix on a cloud node with the local backend. A backend only starts and watches processes: it never reads or
-writes results."""
+matrix on a cloud node with the local backend. A backend only starts and watches processes (and passes the runner's
+stop signals on to them, `stop`): it never reads or writes results."""
 
 from gptlab.experiments.scheduler.base import Backend, RunJob, State, train_command
 from gptlab.experiments.scheduler.local import LocalBackend, plan_slots

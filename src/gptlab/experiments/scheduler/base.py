@@ -40,15 +40,19 @@ class Backend(Protocol):
     def exit_code(self, handle: Any) -> int | None:
         ...
 
-    def stop(self, handles: list[Any]) -> None:
-        """Stop these runs (Ctrl-C on the runner); their checkpoints stay for a later resume."""
+    def stop(self, handles: list[Any], signum: int) -> None:
+        """Pass the stop signal `signum` the runner got (SIGTERM, SIGINT or SIGUSR1) on to these runs, so that they
+        write their checkpoints and end; returns at once, state() says when each has ended."""
 
 
-def train_command(job: RunJob, nproc: int = 1) -> list[str]:
+def train_command(job: RunJob, nproc: int = 1, relay: str | None = None) -> list[str]:
     """`gptlab train --resume` on the job, under `torchrun --standalone` (a free rendezvous port of its own) when
-    it runs as `nproc` processes."""
+    it runs as `nproc` processes; `relay`: the signals torchrun passes on to its workers (--signals-to-handle,
+    instead of its default SIGTERM,SIGINT,SIGHUP,SIGQUIT)."""
     train = ["-m", "gptlab", "train", "--config", str(job.config), "--run-dir", str(job.run_dir), "--resume",
              "--quiet"]
     if nproc <= 1:
         return [sys.executable, *train]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *train]
+    opts = ["--signals-to-handle", relay] if relay else []
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *opts,
+            *train]

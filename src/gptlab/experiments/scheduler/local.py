@@ -8,16 +8,47 @@ CUDA_VISIBLE_DEVICES set to the slot's device ids, so as many runs go at once as
 Two runs at once never share a rendezvous port: `--standalone` binds its c10d store to port 0 (the kernel picks a
 free one) and the workers reuse that store (torch's shared TCPStore), so no port is chosen before it is bound; the
 backend pins TORCH_DISABLE_SHARE_RDZV_TCP_STORE=0, the one setting that would make torch pick a port by probing.
-Each run's OMP/MKL threads are the cores divided by (runs at once x processes per run), at least 1."""
+Each run's OMP/MKL threads are the cores divided by (runs at once x processes per run), at least 1.
+
+Stops: each run starts in a session (and process group) of its own, so a Ctrl-C in the terminal reaches the runner
+alone, which passes the stop on exactly once: `stop` sends SIGTERM (for the runner's SIGTERM or SIGINT: a trainer's
+SIGINT would end it without a checkpoint) or SIGUSR1 to the run's process group. A single trainer checkpoints and
+exits 75; torchrun relays the signal to its workers (they run in sessions of their own; SIGUSR1 is added to the
+signals torchrun relays, --signals-to-handle, else it would die of it and leave its workers) and waits for them, up
+to its shutdown timeout (30 s, TORCH_ELASTIC_SHUTDOWN_TIMEOUT). On Linux every run also gets
+PR_SET_PDEATHSIG=SIGTERM: if the runner dies without passing a stop on (SIGKILL, the OOM killer), its runs get
+SIGTERM from the kernel and checkpoint: no trainer outlives its runner. The runs inherit `pass_fds` (the experiment
+folder's lock, runner.py)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 
 from gptlab import GptlabError
 from gptlab.experiments.scheduler.base import RunJob, State, train_command
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+# torchrun's default relayed signals, and SIGUSR1: a runner's SIGUSR1 reaches the workers, not torchrun's death
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def _die_with(parent: int):
+    """A preexec_fn (Linux): the child gets SIGTERM when `parent` dies; if it already has, at once."""
+    prctl, term = _libc.prctl, int(signal.SIGTERM)  # looked up before fork: only the call runs in the child
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, term, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
 
 
 def plan_slots(devices: list[str], per_run: int) -> list[list[str]]:
@@ -80,6 +111,7 @@ class LocalBackend:
         self.env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
                         TORCH_DISABLE_SHARE_RDZV_TCP_STORE="0")
         self.running: list[_Proc] = []
+        self.pass_fds: tuple[int, ...] = ()  # descriptors every run inherits (the experiment folder's lock)
 
     def describe(self) -> str:
         if self.gpus is not None:
@@ -109,8 +141,10 @@ class LocalBackend:
             raise GptlabError(f"{job.run_id}: no free slot (the runner starts runs only when free_slots() > 0)")
         slot = free[0]
         with open(job.log, "a") as f:
-            proc = subprocess.Popen(train_command(job, self.nproc), stdout=f, stderr=subprocess.STDOUT,
-                                    env=self.slot_env(slot))
+            proc = subprocess.Popen(train_command(job, self.nproc, relay=TORCHRUN_SIGNALS), stdout=f,
+                                    stderr=subprocess.STDOUT, env=self.slot_env(slot), start_new_session=True,
+                                    pass_fds=self.pass_fds,
+                                    preexec_fn=_die_with(os.getpid()) if _libc is not None else None)
         p = _Proc(job, proc, slot)
         self.running.append(p)
         return p
@@ -124,8 +158,13 @@ class LocalBackend:
     def exit_code(self, handle: _Proc) -> int | None:
         return handle.proc.poll()
 
-    def stop(self, handles: list[_Proc]) -> None:
+    def stop(self, handles: list[_Proc], signum: int = signal.SIGTERM) -> None:
+        """Pass the runner's stop signal on to each run's process group (SIGINT as SIGTERM); they end on their own
+        (state() says when), after their checkpoints."""
+        sig = signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM
         for h in handles:
-            h.proc.terminate()
-        for h in handles:
-            h.proc.wait()
+            if h.proc.poll() is None:  # not reaped: its pid is still its process group's id
+                try:
+                    os.killpg(h.proc.pid, sig)
+                except ProcessLookupError:
+                    pass

@@ -4,7 +4,13 @@ matrix on it with the local backend, bring the experiment folder back.
 `gptlab experiment SPEC --backend skypilot --emit sky.yaml` writes the task; `sky launch -c gptlab sky.yaml` runs
 it (SkyPilot syncs the working directory to ~/sky_workdir on the node); `sky rsync-down gptlab
 ~/sky_workdir/experiments/NAME experiments/NAME` fetches results.sqlite, the runs and the report. Nothing here
-imports SkyPilot: the file follows its task schema (name, workdir, num_nodes, resources.accelerators, setup, run)."""
+imports SkyPilot: the file follows its task schema (name, workdir, num_nodes, resources.accelerators, setup, run).
+
+Stops: nothing here stops anything, by choice. On the node the task's `run` is an ordinary `gptlab experiment` with
+the local backend, so a SIGTERM, SIGINT or SIGUSR1 that reaches that process is passed on to its runs as on any
+machine (they checkpoint; runner.py); which signal SkyPilot sends when a job is cancelled or a spot node reclaimed is
+SkyPilot's business. The checkpoints stay in the experiment folder on the node: running the task again on the same
+cluster resumes the partial runs from them."""
 
 from __future__ import annotations
 

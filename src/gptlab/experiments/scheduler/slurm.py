@@ -213,8 +213,10 @@ class SlurmBackend:
             return EXIT_PREEMPTED
         return job_exit_code(self.folder, handle.job_id)
 
-    def stop(self, handles: list[SlurmJob]) -> None:
-        """scancel: SLURM sends TERM (the run checkpoints), then KILL after its KillWait."""
+    def stop(self, handles: list[SlurmJob], signum: int = signal.SIGTERM) -> None:
+        """The runner was stopped (any of its stop signals): scancel the runs' jobs, queued ones too (nothing is
+        left running that the runner no longer watches); SLURM sends TERM to the job's processes (the run
+        checkpoints, preempted.json), then KILL after its KillWait. A re-run submits them again: they resume."""
         if handles:
             subprocess.run(["scancel", *[h.job_id for h in handles]], capture_output=True, timeout=60)
 
