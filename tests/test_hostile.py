@@ -18,6 +18,7 @@ from conftest_ft import Running, make_tiny_run, write_records
 from gptlab.cli import main
 from gptlab.config import parse_overrides
 from gptlab.experiments.results import ResultsDB
+from gptlab.experiments.spec import claim_experiment_dir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -82,7 +83,7 @@ def _spec(tmp_path, data) -> Path:
 
 
 def test_damaged_results_database_is_one_line(small_data, tmp_path, capsys):
-    exp = tmp_path / "exp"
+    exp = claim_experiment_dir(tmp_path / "exp", "--out")  # an experiment folder gptlab wrote
     db_path = exp / "results.sqlite"
     with ResultsDB(db_path) as db:
         db.record_run({"run_id": "baseline-s1", "experiment": "t", "variant": "baseline", "seed": 1})

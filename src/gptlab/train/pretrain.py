@@ -190,10 +190,10 @@ class Pretraining:
         if not self.dist.main:
             return
         try:
-            meta = json.loads((self.run_dir / "meta.json").read_text())
-        except (OSError, ValueError) as e:
-            raise GptlabError(f"{self.run_dir / 'meta.json'}: unreadable ({e}); the history of --continue-with "
-                              f"changes cannot be recorded") from None
+            meta = read_json(self.run_dir / "meta.json", "the history of --continue-with changes cannot be recorded")
+        except OSError as e:
+            raise GptlabError(f"{self.run_dir / 'meta.json'}: unreadable ({e.strerror}); the history of "
+                              f"--continue-with changes cannot be recorded") from None
         if not isinstance(meta, dict):
             raise GptlabError(f"{self.run_dir / 'meta.json'}: expected a JSON object")
         save_config(self.cfg, self.run_dir / "config.toml")
