@@ -47,7 +47,7 @@ from gptlab.config import (
 )
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
-from gptlab.experiments.spec import Spec, Variant, claim_experiment_dir, load_spec
+from gptlab.experiments.spec import Spec, Variant, check_experiment_dir, claim_experiment_dir, load_spec
 from gptlab.io import atomic_write_json, atomic_write_text, confined, read_json
 from gptlab.train.loggers import tensorboard_dir
 from gptlab.train.rundir import NO_LOCKS
@@ -296,16 +296,17 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
 
 
 def _exp_dir(spec: Spec, out: str | None, force: bool) -> Path:
-    """The experiment folder, created and marked as gptlab's: experiments/NAME (the name confined to
-    experiments/) or --out; refused when it holds files gptlab did not write, unless `force`."""
-    return claim_experiment_dir(Path(out) if out else confined("experiments", spec.name, f"{spec.path}: name"),
+    """The experiment folder: experiments/NAME (the name confined to experiments/) or --out; refused when it
+    holds files gptlab did not write, unless `force`. Nothing is created yet (_open claims it)."""
+    return check_experiment_dir(Path(out) if out else confined("experiments", spec.name, f"{spec.path}: name"),
                                 "--out" if out else "experiment folder", force)
 
 
 def _open(spec: Spec, extra: dict, exp_dir: Path, backend: Backend, lock: ExperimentLock,
           quiet: bool) -> ResultsDB:
-    """The experiment folder's runs/ and configs/ created, the folder locked (its runs inherit the lock), the
-    data prepared; its results database."""
+    """The experiment folder created and marked as gptlab's (_exp_dir checked it), with its runs/ and configs/,
+    locked (its runs inherit the lock), the data prepared; its results database."""
+    claim_experiment_dir(exp_dir, str(exp_dir), force=True)
     for d in (exp_dir, exp_dir / "runs", exp_dir / "configs"):
         d.mkdir(parents=True, exist_ok=True)
     lock.acquire()
