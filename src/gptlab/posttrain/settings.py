@@ -29,12 +29,12 @@ MAX_PARALLEL = 1_024  # runs, requests or judge calls at once
 MAX_EPOCHS = 10_000
 
 
-def setting(default, interval: str | None = None, help: str = "", *, most: int | None = None,  # noqa: A002
+def setting(default, interval: str | None = None, help_: str = "", *, most: int | None = None,
             special: tuple = (), pattern: str | None = None, expected: str = "", flag: bool = True):
     """A field with its declaration: values inside `interval` (and <= `most`), or one of `special`; a string
     matching `pattern` (`expected` says what in words). `flag=False`: not a command-line option. A default of None
     means "unset" and is always accepted."""
-    md: dict[str, Any] = {"help": help, "flag": flag, "special": special, "most": most}
+    md: dict[str, Any] = {"help": help_, "flag": flag, "special": special, "most": most}
     if interval is not None:
         md["range"] = Range(interval)
     if pattern is not None:
@@ -73,7 +73,7 @@ class ServeSettings:
     host: str = setting("127.0.0.1")
     port: int = setting(8000, "[0, 65535]")
     max_tokens_limit: int = setting(512, "[1, inf)", "largest max_tokens a request may ask for", most=MAX_TOKENS)
-    model_name: str | None = setting(None, help="the model id reported by /v1/models (default: the run folder's "
+    model_name: str | None = setting(None, help_="the model id reported by /v1/models (default: the run folder's "
                                                 "name)")
     read_timeout: float = setting(30.0, "(0, inf)", "the longest one read of a request body waits (a stalled "
                                   "request gets a 408); also how long an idle keep-alive connection stays open")
