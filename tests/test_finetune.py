@@ -2,6 +2,7 @@
 fine-tune of a tiny model (best checkpoint, finetune.json, load_run_model), exact resume, bad inputs, the CLI."""
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -223,3 +224,44 @@ def test_resume_from_a_checkpoint_in_the_earlier_fine_tune_format(compact_run, d
     (ck / "rng_rank0.pt").rename(ck / "rng.pt")
     done = finetune(compact_run, data_file, tmp_path / "cut", resume=True, **kw)
     assert done["history"] == full["history"] and done["test_loss"] == full["test_loss"]
+
+
+@pytest.mark.parametrize("bad, field", [(dict(lr="fast"), "lr"), (dict(device="gpu"), "device"),
+                                        (dict(grad_clip=-1.0), "grad_clip"), (dict(seed=-1), "seed"),
+                                        (dict(epochs=True), "epochs"), (dict(checkpoint_interval=-2),
+                                                                         "checkpoint_interval")])
+def test_library_checks_every_setting_before_writing(compact_run, data_file, tmp_path, bad, field):
+    """The library refuses what the CLI refuses (one declaration): a bad setting is one line naming it, and the
+    output folder is not created."""
+    out = tmp_path / "o"
+    with pytest.raises(GptlabError, match=rf"^finetune: {field}: ") as e:
+        finetune(compact_run, data_file, out, progress=False, **bad)
+    assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_unknown_setting_names_the_closest(compact_run, data_file, tmp_path):
+    with pytest.raises(GptlabError, match=r"finetune: learning_rate: unknown setting"):
+        finetune(compact_run, data_file, tmp_path / "o", progress=False, learning_rate=1e-3)
+    with pytest.raises(GptlabError, match=r"did you mean 'epochs'"):
+        finetune(compact_run, data_file, tmp_path / "o", progress=False, overrides=["epoch=1"])
+
+
+def test_cli_options_are_the_settings_defaults_and_set_overrides_them(compact_run, data_file, tmp_path, capsys):
+    from gptlab.posttrain.settings import FinetuneSettings
+
+    p = argparse.ArgumentParser()
+    register_cli(p.add_subparsers(dest="verb", required=True))
+    a = p.parse_args(["finetune", "RUN", "--data", "D", "--out", "O"])
+    assert {k: getattr(a, k) for k in dataclasses.asdict(FinetuneSettings())} == \
+        dataclasses.asdict(FinetuneSettings())
+    out = tmp_path / "set-sft"
+    a = p.parse_args(["finetune", str(compact_run), "--data", str(data_file), "--out", str(out), "--epochs", "3",
+                      "--set", "epochs=1", "--set", "lr=1e-3", "--quiet", "--json"])
+    assert a.fn(a) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["epochs_run"] == 1 and res["args"]["lr"] == 1e-3
+    with pytest.raises(GptlabError, match=r"^finetune: lr: must be > 0"):
+        a = p.parse_args(["finetune", str(compact_run), "--data", str(data_file), "--out", str(tmp_path / "x"),
+                          "--set", "lr=-1"])
+        a.fn(a)
+    assert not (tmp_path / "x").exists()

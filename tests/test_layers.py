@@ -6,12 +6,23 @@ left out), mapped to its layer, and checked. `from gptlab import train` counts a
 that is a module or subpackage is imported), and so does `importlib.import_module("gptlab.train")` (or
 `import_module(...)`, `__import__(...)`) with a string literal. Cycles of any length are found (strongly connected
 components of the module graph), not only two modules importing each other. Each rule has a self-test on a small
-package written to tmp_path with that violation."""
+package written to tmp_path with that violation.
+
+Inside the top layer, the rooms (experiments, posttrain, interop, plan) meet only through declared doors (`DOORS`:
+the names one room may import from another), and some modules must stay light: importing them in a fresh
+process does not load the modules listed in `LIGHT` (serving, generation and fine-tuning never load the
+pretraining loop or the loggers; reports never load lm-eval)."""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import gptlab
 
@@ -26,6 +37,20 @@ LAYERS = [
     {"gptlab.experiments", "gptlab.posttrain", "gptlab.interop", "gptlab.plan"},
     {"gptlab.cli", "gptlab.__main__"},
 ]
+
+ROOMS = ("gptlab.experiments", "gptlab.posttrain", "gptlab.interop", "gptlab.plan")
+DOORS = {  # (room, other room) -> the only (module, name) the room imports from the other
+    ("gptlab.posttrain", "gptlab.experiments"): {("gptlab.experiments.results", "record_judge_scores")},
+    ("gptlab.experiments", "gptlab.interop"): {("gptlab.interop.downstream", "report_columns")},
+}
+PRETRAINING = ("gptlab.train.pretrain", "gptlab.train.loggers")
+LIGHT = {  # module -> modules that importing it must not load
+    "gptlab.posttrain.serve.app": PRETRAINING,
+    "gptlab.posttrain.generate": PRETRAINING,
+    "gptlab.posttrain.finetune": PRETRAINING,
+    "gptlab.posttrain.judge": PRETRAINING + ("gptlab.experiments.report", "gptlab.experiments.runner"),
+    "gptlab.experiments.report": ("gptlab.interop.lm_eval", "gptlab.interop.hf", "lm_eval", "gptlab.train"),
+}
 
 IMPORT_CALLS = {"import_module", "__import__"}  # importlib.import_module(...), import_module(...), __import__(...)
 
@@ -216,3 +241,75 @@ def test_the_checker_finds_cycles_of_any_length(tmp_path):
         "train/f.py": "import gptlab.train.a\nimport gptlab.train.f\n"})  # f leads into a cycle, imports itself
     assert cycles(graph(pkg)) == [["gptlab.train.a", "gptlab.train.b", "gptlab.train.c", "gptlab.train.a"],
                                   ["gptlab.train.d", "gptlab.train.e", "gptlab.train.d"]]
+
+
+# ---- rooms and their doors ------------------------------------------------------------------------------
+
+
+def room_of(module: str) -> str | None:
+    return next((r for r in ROOMS if module == r or module.startswith(r + ".")), None)
+
+
+def imported_names(path: Path) -> set[tuple[str, str | None]]:
+    """(module, name) for each `from module import name`; (module, None) for `import module` and import_module."""
+    out: set[tuple[str, str | None]] = set()
+    for node in _runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gptlab":
+            out.update((node.module, a.name) for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update((a.name, None) for a in node.names if a.name.split(".")[0] == "gptlab")
+        elif target := _import_call_target(node):
+            out.add((target, None))
+    return out
+
+
+def doors_broken(src: Path = SRC) -> list[str]:
+    wrong = []
+    for p in sorted(src.rglob("*.py")):
+        here = room_of(module_name(p, src))
+        for mod, name in sorted(imported_names(p), key=str):
+            there = room_of(mod if name is None else f"{mod}.{name}")
+            if here and there and there != here and (mod, name) not in DOORS.get((here, there), set()):
+                wrong.append(f"{module_name(p, src)} imports {mod}{'' if name is None else f'.{name}'}")
+    return wrong
+
+
+def test_rooms_meet_only_through_their_doors():
+    wrong = doors_broken()
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_door_check_sees_a_wide_import(tmp_path):
+    pkg = _fake_package(tmp_path, {
+        "posttrain/judge.py": "from gptlab.experiments.results import ResultsDB, record_judge_scores\n",
+        "experiments/results.py": "", "experiments/report.py": "from gptlab.interop import lm_eval\n"
+                                                              "from gptlab.interop.downstream import report_columns\n",
+        "interop/lm_eval.py": "", "interop/downstream.py": "", "plan.py": "import gptlab.posttrain\n"})
+    assert doors_broken(pkg) == ["gptlab.experiments.report imports gptlab.interop.lm_eval",
+                                 "gptlab.plan imports gptlab.posttrain",
+                                 "gptlab.posttrain.judge imports gptlab.experiments.results.ResultsDB"]
+
+
+# ---- what an import loads -------------------------------------------------------------------------------
+
+
+def loaded_by(module: str, root: Path = SRC.parent) -> set[str]:
+    """The modules a fresh Python process has loaded after `import module`, with `root` first on its path."""
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("module", sorted(LIGHT))
+def test_light_modules_do_not_load_what_they_do_not_use(module):
+    heavy = sorted(set(LIGHT[module]) & loaded_by(module))
+    assert not heavy, f"importing {module} loads {', '.join(heavy)}"
+
+
+def test_the_load_check_sees_a_package_init_that_loads_everything(tmp_path):
+    _fake_package(tmp_path, {
+        "train/__init__.py": "from gptlab.train.pretrain import train\n", "train/pretrain.py": "train = 1\n",
+        "train/checkpoint.py": "", "posttrain/serve.py": "import gptlab.train.checkpoint\n"})
+    assert "gptlab.train.pretrain" in loaded_by("gptlab.posttrain.serve", tmp_path)

@@ -409,3 +409,33 @@ def test_cli_serve_passes_the_batching_options_and_stops_on_ctrl_c(run):
         proc.kill()
     assert proc.returncode == 0, rest
     assert "Traceback" not in "".join(lines) + rest
+
+
+@pytest.mark.parametrize("bad, field", [(dict(max_batch=True), "max_batch"), (dict(max_tokens_limit=True),
+                                                                             "max_tokens_limit"),
+                                        (dict(port=70000), "port"), (dict(max_batch=5000), "max_batch"),
+                                        (dict(host=8000), "host"),
+                                        (dict(max_batch_size=4), "max_batch_size")])
+def test_server_settings_are_checked_against_their_declaration(run, bad, field):
+    """One declaration (posttrain/settings.py) for the CLI and the library: a boolean is not a count, a port is
+    in [0, 65535], the CLI's upper bounds hold here too, and an unknown name is refused, each as one line."""
+    with pytest.raises(GptlabError, match=rf"^serve: {field}: ") as e:
+        make_server(run, device="cpu", **dict(dict(port=0), **bad))
+    assert "\n" not in str(e.value)
+
+
+def test_server_from_a_settings_object_and_set_overrides(run):
+    from gptlab.posttrain.settings import ServeSettings
+
+    srv = make_server(run, ServeSettings(port=0, device="cpu", max_batch=2), overrides=["batch_wait_ms=3"])
+    with Running(srv) as u:
+        health = call(u, "/health")[1]
+    assert health["max_batch"] == 2 and health["batch_wait_ms"] == 3
+
+
+def test_cli_serve_set_is_checked(run, capsys):
+    from gptlab.cli import main
+
+    assert main(["serve", str(run), "--device", "cpu", "--port", "0", "--set", "max_batch=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "gptlab: error: serve: max_batch: must be >= 1, got 0", err

@@ -10,6 +10,7 @@ import textwrap
 
 from gptlab.config import DEVICE, SEEDS
 from gptlab.io import Range
+from gptlab.posttrain.settings import MAX_BATCH, MAX_EPOCHS, MAX_PARALLEL, MAX_TOKENS  # noqa: F401 - declared there
 
 
 def fmt(x, nd=4):
@@ -54,14 +55,10 @@ POSITIVE = Number(int, "[1, inf)")
 
 # Upper bounds of the "how many" options (an amount of work, memory or processes): each far above any real use, so
 # that a typo's extra zeros is argparse's one-line error at once, not hours of work or an allocation that fails late.
-MAX_TOKENS = 1_048_576  # new tokens per answer: the longest context a config may declare (model.context_length)
-MAX_BATCH = 65_536  # sequences or prompts per forward pass
-MAX_PARALLEL = 1_024  # runs, requests or judge calls at once
 MAX_GPUS = 65_536  # GPUs (or processes, nodes) of one run or plan: beyond the largest clusters
 MAX_PER_NODE = 1_024  # GPUs or processes on one node
 MAX_SEEDS = 1_000  # seeds of a variant: each one is a training run
 MAX_WORKERS = 1_024  # tokeniser processes
-MAX_EPOCHS = 10_000
 MAX_RETRIES = 100
 MAX_MINUTES = 525_600  # a SLURM time limit: one year
 MAX_SHARD_TOKENS = 2**31  # tokens per shard: a 4 GiB file

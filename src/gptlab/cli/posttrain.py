@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 from gptlab import GptlabError
 from gptlab.cli.common import (
-    COUNT,
-    FRACTION,
     MAX_BATCH,
-    MAX_EPOCHS,
     MAX_PARALLEL,
     MAX_RETRIES,
     MAX_TOKENS,
@@ -28,14 +28,51 @@ def fmt1(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+class Matching:
+    """`type=` for a string option whose whole value must match `pattern` (`expected` says what in words)."""
+
+    __name__ = "str"  # argparse names the type in some messages
+
+    def __init__(self, pattern: str, expected: str):
+        self.pattern, self.expected = pattern, expected
+
+    def __call__(self, text: str) -> str:
+        if re.fullmatch(self.pattern, text):
+            return text
+        raise argparse.ArgumentTypeError(f"expected {self.expected}, got {text!r}")
+
+
+def _setting_options(s, cls, metavars: dict[str, str] | None = None) -> None:
+    """One option per field of settings class `cls` (--batch-size for batch_size), its default, range and help
+    read from the field's declaration (posttrain/settings.py), and `--set NAME=VALUE` for any field."""
+    from gptlab.posttrain.settings import value_type
+
+    for f in dataclasses.fields(cls):
+        md = f.metadata
+        if not md.get("flag", True):
+            continue
+        kw: dict = {"default": f.default, "help": md.get("help") or None}
+        if "range" in md:
+            kw["type"] = Number(value_type(cls, f.name)[0], md["range"].text, special=md["special"], most=md["most"])
+        elif "pattern" in md:
+            kw["type"] = Matching(md["pattern"], md["expected"])
+        if metavars and f.name in metavars:
+            kw["metavar"] = metavars[f.name]
+        s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
+    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="set any of the settings above by its name (e.g. batch_size=4), after the options")
+
+
+def _setting_values(a, cls) -> dict:
+    return {f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if f.metadata.get("flag", True)}
+
+
 def _cmd_finetune(a) -> int:
     from gptlab.posttrain.finetune import finetune
+    from gptlab.posttrain.settings import FinetuneSettings
 
-    res = finetune(a.run, a.data, a.out, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, max_len=a.max_len,
-                   val_frac=a.val_frac, test_frac=a.test_frac, seed=a.seed, weight_decay=a.weight_decay,
-                   dropout=None if a.dropout < 0 else a.dropout, patience=a.patience, grad_clip=a.grad_clip,
-                   checkpoint_interval=a.checkpoint_interval, device=a.device, progress=not a.quiet,
-                   resume=a.resume)
+    res = finetune(a.run, a.data, a.out, overrides=a.set, progress=not a.quiet, resume=a.resume,
+                   **_setting_values(a, FinetuneSettings))
     if a.json:
         print(json.dumps(res))
         return 0
@@ -64,21 +101,11 @@ def _register_finetune(sub) -> None:
                     "# data: a JSON list (or .jsonl) of {\"instruction\", \"input\", \"output\"} records, e.g. the\n"
                     "# book's instruction-data.json (rasbt/LLMs-from-scratch, ch07/01_main-chapter-code)")
     s.add_argument("run", help="base run directory (its latest checkpoint is fine-tuned)")
+    from gptlab.posttrain.settings import FinetuneSettings
+
     s.add_argument("--data", required=True, help="Alpaca-format .json list or .jsonl file")
     s.add_argument("--out", required=True, help="output run directory")
-    s.add_argument("--epochs", type=upto(MAX_EPOCHS), default=2)
-    s.add_argument("--lr", type=Number(float, "(0, inf)"), default=5e-5)
-    s.add_argument("--batch-size", type=upto(MAX_BATCH), default=8)
-    s.add_argument("--max-len", type=upto(MAX_TOKENS), default=None, help="max tokens per example (default: model context)")
-    s.add_argument("--val-frac", type=FRACTION, default=0.1)
-    s.add_argument("--test-frac", type=FRACTION, default=0.1)
-    s.add_argument("--seed", type=SEED, default=123)
-    s.add_argument("--weight-decay", type=Number(float, "[0, inf)"), default=0.1)
-    s.add_argument("--dropout", type=Number(float, "[0, 1)", special=(-1,)), default=0.0, help="drop rate while fine-tuning (-1 = the base run's)")
-    s.add_argument("--patience", type=COUNT, default=3, help="epochs without val improvement before stopping (0 = off)")
-    s.add_argument("--grad-clip", type=Number(float, "[0, inf)"), default=0.0, help="max gradient norm (0 = off)")
-    s.add_argument("--checkpoint-interval", type=COUNT, default=0, help="also checkpoint every N steps (0 = epochs)")
-    s.add_argument("--device", default="auto", type=device)
+    _setting_options(s, FinetuneSettings)
     s.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out")
     s.add_argument("--json", action="store_true", help="print finetune.json instead of a table")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -87,14 +114,14 @@ def _register_finetune(sub) -> None:
 
 def _cmd_serve(a) -> int:
     from gptlab.posttrain.serve import serve
+    from gptlab.posttrain.settings import ServeSettings
 
     key = None
     if a.api_key_env:
         key = os.environ.get(a.api_key_env)
         if not key:
             raise GptlabError(f"--api-key-env: environment variable {a.api_key_env} is not set or empty")
-    serve(a.run, a.host, a.port, key, a.max_tokens_limit, a.model_name, device=a.device, read_timeout=a.read_timeout,
-          max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms)
+    serve(a.run, api_key=key, overrides=a.set, **_setting_values(a, ServeSettings))
     return 0
 
 
@@ -107,23 +134,12 @@ def _register_serve(sub) -> None:
                     "curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
                     "  -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Name a colour.\"}], \"max_tokens\": 20}'\n"
                     "# API docs: http://localhost:8000/docs; the openai client: OpenAI(base_url=\"http://localhost:8000/v1\")")
+    from gptlab.posttrain.settings import ServeSettings
+
     s.add_argument("run", help="run directory (e.g. a `gptlab finetune` output)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=Number(int, "[0, 65535]"), default=8000)
     s.add_argument("--api-key-env", metavar="NAME", help="require 'Authorization: Bearer $NAME' (the key is read "
                                                          "from this environment variable, never from the command line)")
-    s.add_argument("--max-tokens-limit", type=upto(MAX_TOKENS), default=512, help="largest max_tokens a request may ask for")
-    s.add_argument("--model-name", help="the model id reported by /v1/models (default: the run folder's name)")
-    s.add_argument("--read-timeout", type=Number(float, "(0, inf)"), default=30.0, metavar="SECONDS",
-                   help="the longest one read of a request body waits (a stalled request gets a 408); also how "
-                        "long an idle keep-alive connection stays open")
-    s.add_argument("--max-batch", type=upto(MAX_PARALLEL), default=8, metavar="N",
-                   help="decode up to N waiting requests together as one batch (default 8; 1 = one at a time). "
-                        "A greedy or seeded request's answer does not depend on the batch it lands in")
-    s.add_argument("--batch-wait-ms", type=Number(float, "[0, 10000]"), default=0.0, metavar="MS",
-                   help="once the model is free and a request waits, wait up to MS milliseconds more for others "
-                        "to fill the batch (default 0: take only what is already waiting)")
-    s.add_argument("--device", default="auto", type=device)
+    _setting_options(s, ServeSettings, {"read_timeout": "SECONDS", "max_batch": "N", "batch_wait_ms": "MS"})
     s.set_defaults(fn=_cmd_serve)
 
 

@@ -313,3 +313,11 @@ class ResultsDB:
             self.close()
         except Exception:
             pass
+
+
+def record_judge_scores(db_path: str | Path, scores: dict[tuple[str, str], Iterable[dict]]) -> None:
+    """The one way into a results database from outside experiments/ (the judge): for each (run_id, judge_model),
+    replace its per-item scores with the given ones (dicts: item, instruction, response, score)."""
+    with ResultsDB(db_path) as db:
+        for (run_id, judge_model), items in scores.items():
+            db.record_judge(run_id, judge_model, items)

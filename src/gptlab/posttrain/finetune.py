@@ -51,16 +51,18 @@ from gptlab.posttrain.instructions import (
     load_records,
     split_indices,
 )
-from gptlab.train import (
-    OptimSettings,
-    RunLock,
-    Trainer,
+from gptlab.posttrain.settings import FinetuneSettings, resolve
+from gptlab.train.checkpoint import (
+    drop_training_state,
     latest_checkpoint,
     load_model_weights,
-    resolve_device,
-    resolve_precision,
+    pointed,
+    resume_point,
 )
-from gptlab.train.checkpoint import drop_training_state, pointed, resume_point
+from gptlab.train.distributed import resolve_device, resolve_precision
+from gptlab.train.optim import OptimSettings
+from gptlab.train.rundir import RunLock
+from gptlab.train.trainer import Trainer
 from gptlab.train.evaluate import IGNORE_INDEX, loss_sum
 from gptlab.train.metrics import progress_bar
 
@@ -71,16 +73,15 @@ _RESUME_KEYS = ("base_run", "data_sha256", "lr", "batch_size", "max_len", "val_f
                 "weight_decay", "dropout", "grad_clip")
 
 
-def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *, epochs: int = 2,
-             lr: float = 5e-5, batch_size: int = 8, max_len: int | None = None, val_frac: float = 0.1,
-             test_frac: float = 0.1, seed: int = 123, weight_decay: float = 0.1, dropout: float | None = 0.0,
-             patience: int = 3, grad_clip: float = 0.0, checkpoint_interval: int = 0, device: str = "auto",
-             progress: bool = True, resume: bool = False, stop_after: int | None = None) -> dict:
+def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path,
+             settings: FinetuneSettings | None = None, *, overrides: list[str] | None = None, progress: bool = True,
+             resume: bool = False, stop_after: int | None = None, **values) -> dict:
     """Instruction-fine-tune the latest checkpoint of `run_dir` on `data_file`, writing run directory `out_dir`.
 
-    dropout: drop rate during fine-tuning (0 = off, the default; None = the base run's model.drop_rate).
-    patience: stop after this many epochs without a better validation loss (0 = never stop early).
-    checkpoint_interval: also save a resumable checkpoint every N optimizer steps (0 = at epoch ends only).
+    The settings (FinetuneSettings: epochs, lr, batch_size, ...) are `settings`, else its defaults, with `values`
+    (e.g. epochs=3) and `--set NAME=VALUE` `overrides` on top, all checked against their declarations.
+    dropout -1 = the base run's model.drop_rate; patience 0 = never stop early; checkpoint_interval N = also save
+    a resumable checkpoint every N optimizer steps (0 = at epoch ends only).
     stop_after: stop (with a checkpoint) after N optimizer steps of this call — simulates an interruption.
     Returns the contents of finetune.json.
     """
@@ -88,8 +89,8 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
     from gptlab.data.vocab import load_vocab_map
 
     run_dir, out_dir, data_path = Path(run_dir), Path(out_dir), Path(data_file)
-    _check_numbers(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, weight_decay=weight_decay,
-                   dropout=dropout)
+    base = dataclasses.asdict(settings) if settings is not None else {}
+    st = resolve(FinetuneSettings, base | values, overrides, "finetune")
     cfg = config_from_run(run_dir)
     base_ck = latest_checkpoint(run_dir)
     if base_ck is None:
@@ -99,34 +100,24 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
     if (out_dir / "config.toml").exists() and not (out_dir / SPLIT_FILE).exists():
         raise GptlabError(f"{out_dir}: is a pre-training run directory, not a fine-tune; choose another --out")
     ctx = cfg.model.context_length
-    max_len = ctx if max_len is None else int(max_len)
+    max_len = ctx if st.max_len is None else st.max_len
     if not 1 <= max_len <= ctx:
         raise GptlabError(f"finetune: max_len: must be in [1, {ctx}] (the model's context), got {max_len}")
     records = load_records(data_path)
     vm = load_vocab_map(run_dir, cfg.model.vocab_size)
     args = {"base_run": str(run_dir.resolve()), "base_checkpoint": base_ck.name, "data_file": str(data_path.resolve()),
-            "data_sha256": file_sha256(data_path), "epochs": epochs, "lr": lr, "batch_size": batch_size,
-            "max_len": max_len, "val_frac": val_frac, "test_frac": test_frac, "seed": seed,
-            "weight_decay": weight_decay, "dropout": cfg.model.drop_rate if dropout is None else dropout,
-            "patience": patience, "grad_clip": grad_clip}
+            "data_sha256": file_sha256(data_path), "epochs": st.epochs, "lr": st.lr, "batch_size": st.batch_size,
+            "max_len": max_len, "val_frac": st.val_frac, "test_frac": st.test_frac, "seed": st.seed,
+            "weight_decay": st.weight_decay, "dropout": cfg.model.drop_rate if st.dropout == -1 else st.dropout,
+            "patience": st.patience, "grad_clip": st.grad_clip}
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(out_dir):
         split, finished = _open_out_dir(run_dir, out_dir, records, args, resume)
         if finished is not None:
             return finished
         pad_id = int(vm.lut[EOT_ID]) if vm is not None else EOT_ID
-        job = FineTuning(cfg, out_dir, records, split, args, vm, pad_id, resolve_device(device))
-        return job.run(base_ck, epochs, resume, progress, checkpoint_interval, stop_after)
-
-
-def _check_numbers(*, epochs, batch_size, lr, patience, weight_decay, dropout) -> None:
-    for name, v, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
-                        ("lr", lr, lr > 0), ("patience", patience, patience >= 0),
-                        ("weight_decay", weight_decay, weight_decay >= 0)):
-        if not ok:
-            raise GptlabError(f"finetune: {name}: invalid value {v!r}")
-    if dropout is not None and not 0.0 <= dropout < 1.0:
-        raise GptlabError(f"finetune: dropout: must be in [0, 1), got {dropout}")
+        job = FineTuning(cfg, out_dir, records, split, args, vm, pad_id, resolve_device(st.device))
+        return job.run(base_ck, st.epochs, resume, progress, st.checkpoint_interval, stop_after)
 
 
 def _open_out_dir(run_dir: Path, out_dir: Path, records: list[dict], args: dict, resume: bool

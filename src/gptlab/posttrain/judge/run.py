@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gptlab import GptlabError
+from gptlab.experiments.results import record_judge_scores
 from gptlab.io import atomic_write_json
 from gptlab.posttrain.generate import Generator, Sampling
 from gptlab.posttrain.instructions import TEST_FILE, format_prompt, load_records
@@ -133,8 +134,6 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
     `db` also records the per-item scores in that results.sqlite (run_id: default the run folder's name). `temperature` is the answers'
     (0 = greedy; otherwise sampled with seed + item); the judge is asked at `judge_temperature` (0, as the
     book); answers are generated `batch_size` at a time. Returns the judge.json contents."""
-    from gptlab.experiments.results import ResultsDB
-
     run_dir = Path(run_dir)
     _check(retries, concurrency)
     records, source = _records(run_dir, data_file, n)
@@ -165,8 +164,7 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
            "retries": retries, "judge_calls": client.calls, "seed": seed, "time": time.time(), "items": items}
     atomic_write_json(run_dir / JUDGE_FILE, res)
     if db is not None:
-        with ResultsDB(db) as rdb:
-            rdb.record_judge(rid, judge_model, items)
+        record_judge_scores(db, {(rid, judge_model): items})
     return res
 
 
@@ -195,8 +193,6 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
     Default data: the runs' shared held-out test split. With `db`, per-model scores are recorded under
     run_id = name and judge_model = "<judge_model> [compare]". Returns per-model means and per-item rows
     (and writes them to `out` if given)."""
-    from gptlab.experiments.results import ResultsDB
-
     if not isinstance(run_dirs, dict) or len(run_dirs) < 2:
         raise GptlabError("judge-compare: give at least two runs (name -> run directory)")
     names = list(run_dirs)
@@ -224,9 +220,7 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
     if out is not None:
         atomic_write_json(out, res)
     if db is not None:
-        with ResultsDB(db) as rdb:
-            for nm in names:
-                rdb.record_judge(nm, f"{judge_model} [compare]",
-                                 [{"item": it["item"], "instruction": it["instruction"],
-                                   "response": it["responses"][nm], "score": it["scores"][nm]} for it in items])
+        record_judge_scores(db, {(nm, f"{judge_model} [compare]"): [
+            {"item": it["item"], "instruction": it["instruction"], "response": it["responses"][nm],
+             "score": it["scores"][nm]} for it in items] for nm in names})
     return res

@@ -40,6 +40,7 @@ from pydantic_core import PydanticCustomError
 
 from gptlab.data.tokenizer import VOCAB_SIZE
 from gptlab.io import Range
+from gptlab.posttrain.settings import ServeSettings, declared_range
 
 MAX_STOP = 4
 ROLES = ("system", "developer", "user", "assistant")
@@ -165,7 +166,9 @@ def _text_parts(content):
 
 Number = StrictInt | StrictFloat
 INT64 = f"[{-2**63}, {2**63 - 1}]"
-MaxTokens = Annotated[StrictInt, in_range("max_tokens", "[1, inf)"), AfterValidator(_max_tokens_within_limit)]
+# a request's max_tokens accepts what the server's limit accepts (ServeSettings.max_tokens_limit), then the limit
+MaxTokens = Annotated[StrictInt, in_range("max_tokens", declared_range(ServeSettings, "max_tokens_limit")),
+                      AfterValidator(_max_tokens_within_limit)]
 Stop = Annotated[list[StrictStr], BeforeValidator(lambda s: [s] if isinstance(s, str) else s),
                  check(lambda s: len(s) <= MAX_STOP, lambda s: f"stop: at most {MAX_STOP} sequences, got {len(s)}"),
                  check(lambda s: "" not in s, "stop: sequences must not be empty")]

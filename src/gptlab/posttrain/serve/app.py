@@ -35,6 +35,7 @@ import logging
 import socket
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptlab import GptlabError
-from gptlab.io import Range
 from gptlab.posttrain.generate import Generator, Sampling
 from gptlab.posttrain.instructions import format_prompt
 from gptlab.posttrain.serve.api import (
@@ -58,15 +58,12 @@ from gptlab.posttrain.serve.api import (
 )
 from gptlab.posttrain.serve.batcher import Batcher, Job
 from gptlab.posttrain.serve.responses import Reply, usage
-from gptlab.train import latest_checkpoint
+from gptlab.posttrain.settings import ServeSettings, resolve
+from gptlab.train.checkpoint import latest_checkpoint
 
 log = logging.getLogger("gptlab.posttrain.serve")
 
-MAX_BODY_BYTES = 1 << 20
-READ_TIMEOUT = 30.0  # seconds one read of a request body (or an idle keep-alive connection) may wait
 DRAIN_LIMIT = 16 << 20  # an over-size body up to this size is read and dropped before the 413
-MAX_BATCH = 8
-BATCH_WAIT_MS = 0.0
 OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")  # no API key needed
 ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health")
 
@@ -437,26 +434,21 @@ class GptlabServer:
         self.state.batcher.stop()
 
 
-def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                max_tokens_limit: int = 512, model_name: str | None = None, *, device: str = "auto",
-                max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT,
-                max_batch: int = MAX_BATCH, batch_wait_ms: float = BATCH_WAIT_MS) -> GptlabServer:
+def make_server(run_dir: str | Path, settings: ServeSettings | None = None, api_key: str | None = None, *,
+                overrides: list[str] | None = None, **values) -> GptlabServer:
     """Load the run's model, start its batcher and bind (not start) the server; `server.url`,
-    `server.serve_forever()`, `server.shutdown()`, `server.server_close()`. port=0 picks a free port."""
-    if not isinstance(max_tokens_limit, int) or max_tokens_limit < 1:
-        raise GptlabError(f"serve: max_tokens_limit: expected a positive integer, got {max_tokens_limit!r}")
-    if read_timeout not in Range("(0, inf)"):
-        raise GptlabError(f"serve: read_timeout: expected a positive number of seconds, got {read_timeout!r}")
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise GptlabError(f"serve: max_batch: expected a positive number of requests, got {max_batch!r}")
-    if batch_wait_ms not in Range("[0, 10000]"):
-        raise GptlabError(f"serve: batch_wait_ms: expected milliseconds in [0, 10000], got {batch_wait_ms!r}")
+    `server.serve_forever()`, `server.shutdown()`, `server.server_close()`. The settings (ServeSettings: host,
+    port, max_tokens_limit, ...) are `settings`, else its defaults, with `values` (e.g. port=0: a free port) and
+    `--set NAME=VALUE` `overrides` on top, all checked against their declarations."""
+    base = dataclasses.asdict(settings) if settings is not None else {}
+    st = resolve(ServeSettings, base | values, overrides, "serve")
+    host, port = st.host, st.port
     if api_key is not None and not api_key.strip():
         raise GptlabError("serve: api_key: empty key; unset it to serve without authentication")
-    generator = Generator.from_run(run_dir, device)
+    generator = Generator.from_run(run_dir, st.device)
     ck = latest_checkpoint(Path(run_dir))
     created = int(ck.stat().st_mtime) if ck else int(time.time())
-    name = model_name or Path(run_dir).resolve().name
+    name = st.model_name or Path(run_dir).resolve().name
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -465,25 +457,22 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, 
     except OSError as e:
         sock.close()
         raise GptlabError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
-    state = State(generator, Batcher(generator, max_batch, batch_wait_ms), api_key, max_tokens_limit, name,
-                  max_body_bytes, created, float(read_timeout))
+    state = State(generator, Batcher(generator, st.max_batch, st.batch_wait_ms), api_key, st.max_tokens_limit, name,
+                  st.max_body_bytes, created, float(st.read_timeout))
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach it can use it", host)
     return GptlabServer(sock, state)
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_tokens_limit: int = 512, model_name: str | None = None, *, device: str = "auto",
-          max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT, max_batch: int = MAX_BATCH,
-          batch_wait_ms: float = BATCH_WAIT_MS) -> None:
+def serve(run_dir: str | Path, settings: ServeSettings | None = None, api_key: str | None = None, *,
+          overrides: list[str] | None = None, **values) -> None:
     """make_server(...) and serve until interrupted."""
     if not log.handlers and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    srv = make_server(run_dir, host, port, api_key, max_tokens_limit, model_name, device=device,
-                      max_body_bytes=max_body_bytes, read_timeout=read_timeout, max_batch=max_batch,
-                      batch_wait_ms=batch_wait_ms)
+    srv = make_server(run_dir, settings, api_key, overrides=overrides, **values)
     log.info("serving %s (%s, context %d, batches of up to %d) at %s/v1%s", srv.model_name, srv.generator.device,
-             srv.generator.context_length, max_batch, srv.url, " (API key required)" if api_key else "")
+             srv.generator.context_length, srv.state.batcher.max_batch, srv.url,
+             " (API key required)" if api_key else "")
     try:
         srv.serve_forever()  # uvicorn handles Ctrl-C (SIGINT/SIGTERM) in the main thread: a graceful stop
     except KeyboardInterrupt:

@@ -52,7 +52,7 @@ class Batcher:
     generation). `batch_sizes` counts the batches decoded by their number of rows; `cancelled_rows` counts rows
     dropped because their client left."""
 
-    def __init__(self, generator: Generator, max_batch: int = 8, batch_wait_ms: float = 0.0):
+    def __init__(self, generator: Generator, max_batch: int, batch_wait_ms: float):
         self.generator, self.max_batch, self.batch_wait = generator, max_batch, batch_wait_ms / 1000
         self.lock = threading.Lock()
         self.batch_sizes: Counter[int] = Counter()
