@@ -15,13 +15,13 @@ import sys
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from gptlab.data.tokenizer import EOT_ID, encode  # noqa: E402
-from gptlab.data.vocab import load_vocab_map  # noqa: E402
-from gptlab.interop.lm_eval import GptlabLM, evaluate_run, load_tasks  # noqa: E402
-from gptlab.model import GPTModel  # noqa: E402
-from gptlab.train import load_run_model  # noqa: E402
+from gptlab.data.tokenizer import EOT_ID, encode
+from gptlab.data.vocab import load_vocab_map
+from gptlab.interop.lm_eval import GptlabLM, evaluate_run, load_tasks
+from gptlab.model import GPTModel
+from gptlab.train import load_run_model
 
 TASK = "shakespeare_cloze"
 

@@ -136,7 +136,7 @@ def main() -> None:
     warm = Source(tokens, args.context, args.micro_batch, args.accum, 0.0)
     cold = Source(tokens, args.context, args.micro_batch, args.accum, args.latency_ms / 1000)
 
-    print(f"# gptlab loader-prefetch benchmark  {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    print(f"# gptlab loader-prefetch benchmark  {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}")
     print(f"# torch {torch.__version__}  numpy {np.__version__}  python {platform.python_version()}  "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     print(f"# cmd: {' '.join(['benchmarks/loader_prefetch.py', *sys.argv[1:]])}")

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     lrs = [float(x) for x in a.lrs.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
     base = min(widths)
-    lines = [f"# gptlab muP lr-transfer benchmark  {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+    lines = [f"# gptlab muP lr-transfer benchmark  {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
              f"# torch {torch.__version__}  python {platform.python_version()}  cpu, {torch.get_num_threads()} threads, "
              f"fp32",
              f"# cmd: benchmarks/mup_transfer.py {' '.join(sys.argv[1:] if argv is None else argv)}",

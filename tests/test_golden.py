@@ -29,7 +29,7 @@ import pytest
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import tiny_overrides  # noqa: E402
+from conftest import tiny_overrides
 
 GOLDEN = Path(__file__).parent / "golden"
 

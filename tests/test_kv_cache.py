@@ -96,7 +96,7 @@ def test_decode_logits_match_forward_logits(variant):
     idx = torch.tensor([[0] * (width - len(r)) + r for r in rows])
     valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
     logits = m.decode(idx, cache, valid)
-    for step in range(CTX - width):
+    for _step in range(CTX - width):
         with torch.no_grad():
             want = torch.cat([m(torch.tensor([r]))[:, -1] for r in rows])
         torch.testing.assert_close(logits, want, rtol=0, atol=1e-5)

@@ -283,7 +283,7 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
                only: list[str] | None = None, bootstrap: int | None = None, **run_options) -> int:
     """Run (or with dry_run, only print) every rung of the ladder through the experiment runner, then write the
     ladder report. The exit status for the CLI."""
-    from gptlab.experiments.runner import ExperimentLock, StopSignals, Stopped, run_experiment
+    from gptlab.experiments.runner import ExperimentLock, Stopped, StopSignals, run_experiment
     from gptlab.io import atomic_write_text
     from gptlab.train.signals import EXIT_PREEMPTED
 

@@ -86,7 +86,7 @@ class StopSignals:
         self.signum: int | None = None
         self._old: dict = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -115,7 +115,7 @@ class ExperimentLock:
         self.fd: int | None = None
         self.locked = False
 
-    def acquire(self) -> "ExperimentLock":
+    def acquire(self) -> ExperimentLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -150,7 +150,7 @@ class ExperimentLock:
             os.close(self.fd)
             self.fd, self.locked = None, False
 
-    def __enter__(self) -> "ExperimentLock":
+    def __enter__(self) -> ExperimentLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

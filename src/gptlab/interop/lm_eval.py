@@ -42,7 +42,7 @@ from gptlab.interop.downstream import (
 
 try:
     import lm_eval
-    import lm_eval.models  # noqa: F401  lm-eval's own models (lazy); registering ours first would hide them
+    import lm_eval.models  # lm-eval's own models (lazy); registering ours first would hide them
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
 except ModuleNotFoundError:  # pragma: no cover - install problem
@@ -219,7 +219,7 @@ def yaml_errors(include_path: list[str]) -> list[str]:
     for folder in include_path:
         for f in sorted(p for p in Path(folder).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()):
             try:
-                yaml.load(f.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 - SafeLoader's subclass
+                yaml.load(f.read_text(encoding="utf-8"), Loader=Loader)  # a SafeLoader subclass
             except UnicodeDecodeError as e:
                 out.append(f"{f}: not UTF-8 text (byte {e.start})")
             except yaml.YAMLError as e:

@@ -3,7 +3,8 @@ table (the report template and `gptlab leaderboard --markdown`) and aligned text
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gptlab.experiments.report.rows import DASH, fmt, fmt_ci, fmt_p
 
