@@ -43,7 +43,7 @@ def context_free(lm: GptlabLM) -> tuple[float, float]:
     acc = norm = 0
     for i, d in enumerate(docs):
         s = lls[4 * i: 4 * i + 4]
-        n = [x / len(" " + e) for x, e in zip(s, d["endings"])]
+        n = [x / len(" " + e) for x, e in zip(s, d["endings"], strict=True)]
         acc += max(range(4), key=s.__getitem__) == d["label"]
         norm += max(range(4), key=n.__getitem__) == d["label"]
     return acc / len(docs), norm / len(docs)

@@ -29,7 +29,7 @@ def verse_pairs(text: str) -> list[tuple[str, str]]:
     """(previous line, line) for lines of 8-14 words of plain verse inside a speech."""
     lines = [ln.strip() for ln in text.splitlines()]
     out = []
-    for prev, line in zip(lines, lines[1:]):
+    for prev, line in zip(lines, lines[1:], strict=False):
         words = line.split()
         if not (8 <= len(words) <= 14) or len(prev.split()) < 4 or prev.isupper() or line.isupper():
             continue

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for mup in (False, True):
         b = [best[mup, w] for w in widths]
         moved = "stays put" if len(set(b)) == 1 else "moves"
-        lines.append(f"best lr {'muP' if mup else 'SP '}: " + ", ".join(f"width {w}: {x:g}" for w, x in zip(widths, b))
+        lines.append(f"best lr {'muP' if mup else 'SP '}: " + ", ".join(f"width {w}: {x:g}" for w, x in zip(widths, b, strict=True))
                      + f"  -> {moved}")
     report = "\n".join(lines) + "\n"
     print(report)

@@ -172,7 +172,7 @@ def test_offset_model_weights_a_noisy_rung_less():
     rng = np.random.default_rng(6)
     sds, offs = [0.2, 0.01, 0.01], [0.22, -0.20, -0.20]
     rungs = [Rung([c] * 3, law(c) + rng.normal(0, sd, 3), [c] * 3, law(c) + off + rng.normal(0, sd, 3))
-             for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs)]
+             for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs, strict=True)]
     assert scaling.fit_pair(rungs).delta == pytest.approx(-0.20, abs=0.03)
 
 

@@ -100,7 +100,7 @@ def run_looks(design, seeds_per_look=(2, 4, 6)):
     for r, k in enumerate(seeds_per_look, start=1):
         if not s.undecided():
             break
-        s.update({"base": dict(zip(range(1, k + 1), PAIRED_BASE[:k])), "v": dict(zip(range(1, k + 1), PAIRED_VAR[:k]))},
+        s.update({"base": dict(zip(range(1, k + 1), PAIRED_BASE[:k], strict=True)), "v": dict(zip(range(1, k + 1), PAIRED_VAR[:k], strict=True))},
                  {"base": k, "v": k}, r)
     return s
 
@@ -321,7 +321,7 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
     looks = state["variants"]["same"]["looks"]
     assert [lk["n_variant"] for lk in looks] == [2, 4] and [lk["info"] for lk in looks] == [0.5, 1.0]
     expected_b = sq.boundaries([0.5, 1.0], ALPHA)
-    for lk, b in zip(looks, expected_b):
+    for lk, b in zip(looks, expected_b, strict=True):
         k = lk["n_variant"]
         diff, _, _, p = (float(x) for x in sq.look_test(losses["baseline"][:k], losses["same"][:k]))
         assert lk["diff"] == pytest.approx(diff, abs=1e-12) and lk["p"] == pytest.approx(p)

@@ -216,7 +216,7 @@ def _eval_tasks(a) -> int:
         return 0
     print(f"{'task':<24} {'n':>6}  {'acc':>16}  {'acc_norm':>16}  {'chance':>6}")
     for e in entries:
-        def pm(m: str) -> str:
+        def pm(m: str, e: dict = e) -> str:
             v, se = e.get(m), e.get(f"{m}_stderr")
             return "-" if v is None else f"{v:.4f} ± {se:.4f}" if se is not None else f"{v:.4f}"
 
@@ -250,7 +250,7 @@ def cmd_generate(a) -> int:
     prompts = read_prompts(a.prompts)
     outs = gen.complete_batch([gen.encode(p) for p in prompts], a.max_new_tokens, sampling,
                               batch_size=a.batch or 8)
-    for p, out in zip(prompts, outs):
+    for p, out in zip(prompts, outs, strict=True):
         print(json.dumps({"prompt": p, "completion": out.text, "finish_reason": out.finish_reason,
                           "completion_tokens": out.completion_tokens}))
     return 0

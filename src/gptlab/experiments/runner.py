@@ -334,7 +334,7 @@ def _run_tuned(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: B
                                                                               rerun_changed))
     if not failures:
         chosen["tuned_runs"] = {tuned.run_id(t.name, s): v.name
-                                for v, t in zip(spec.variants, tuned.variants) for s in (t.seeds or spec.seeds)}
+                                for v, t in zip(spec.variants, tuned.variants, strict=True) for s in (t.seeds or spec.seeds)}
         atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
     return failures
 

@@ -162,7 +162,7 @@ class GptlabLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         res = self.score([(ctx, cont) for _, ctx, cont in requests], disable_tqdm=disable_tqdm)
-        for (key, _, _), r in zip(requests, res):
+        for (key, _, _), r in zip(requests, res, strict=True):
             self.cache_hook.add_partial("loglikelihood", key, r)
         return res
 
@@ -179,9 +179,9 @@ class GptlabLM(TemplateLM):
                 pairs.append(make_disjoint_window(w))
                 owner.append(n)
         sums = [0.0] * len(requests)
-        for n, (ll, _) in zip(owner, self.score(pairs, disable_tqdm=disable_tqdm)):
+        for n, (ll, _) in zip(owner, self.score(pairs, disable_tqdm=disable_tqdm), strict=True):
             sums[n] += ll
-        for req, s in zip(requests, sums):
+        for req, s in zip(requests, sums, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), s)
         return sums
 

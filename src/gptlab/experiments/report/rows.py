@@ -77,7 +77,7 @@ def build_rows(runs: list[dict], baseline: str, judge: dict[str, float] | None =
                margin=equivalence_margin, design=design, base_runs=groups[baseline])
     rows = [_row(variant, rs, **ctx) for variant, rs in groups.items()]
     others = [r for r in rows if r["variant"] != baseline]
-    for r, ph in zip(others, st.holm([r["p"] for r in others])):
+    for r, ph in zip(others, st.holm([r["p"] for r in others]), strict=True):
         r["p_holm"] = _clean(ph)
     m = sum(r["p"] is not None for r in others)  # the Holm family: every comparison that has a p
     for r in rows:

@@ -175,7 +175,7 @@ def _compare_item(client: JudgeClient, i: int, rec: dict, answers: dict[str, lis
     """One record's row: every model's answer under its label for this item, the judge's scores mapped back."""
     names = list(answers)
     labels = labels_for(len(names))
-    label_of = dict(zip(labels, compare_order(names, seed, i)))
+    label_of = dict(zip(labels, compare_order(names, seed, i), strict=True))
     prompt = compare_prompt(rec, [(lb, answers[nm][i]) for lb, nm in label_of.items()])
     got, reply, attempts = _ask_until(client, prompt, lambda t: parse_compare(t, labels), retries)
     scores = {nm: (got[lb] if got else None) for lb, nm in label_of.items()}
