@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+# E402: these imports come after the skip without transformers
 from gptlab import GptlabError  # noqa: E402
 from gptlab.cli.interop import register as register_cli  # noqa: E402
 from gptlab.config import PRESETS, ModelConfig, RunConfig, config_from_run, save_config  # noqa: E402

@@ -15,6 +15,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"  # before `datasets` is imported: nothin
 os.environ["HF_HUB_OFFLINE"] = "1"
 lm_eval = pytest.importorskip("lm_eval")
 
+# E402: these imports come after the environment above and the skip without lm-eval
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from conftest import tiny_overrides  # noqa: E402

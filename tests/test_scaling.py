@@ -66,7 +66,9 @@ def test_separate_fits_from_four_rungs_give_a_scale_dependent_delta():
     rungs = ladder(rng, np.logspace(10, 13, 5), 3, 0.003, var=lambda c: law(c, E=1.9, A=3.3))
     f = scaling.fit_pair(rungs)
     assert f.model == "separate"
-    truth = lambda c: law(c, E=1.9, A=3.3) - law(c)  # noqa: E731
+    def truth(c):
+        return law(c, E=1.9, A=3.3) - law(c)
+
     assert f.delta_at(1e10) == pytest.approx(truth(1e10), abs=0.02)
     assert f.delta_at(1e14) == pytest.approx(truth(1e14), abs=0.03)
 

@@ -196,8 +196,8 @@ def test_known_effect_found_with_planned_power(m):
     """A variant 1.0 SD better than the baseline (the other m - 1 variants null), max_seeds = what the fixed
     design needs for 80% power at alpha / m. Planned power of the sequential design: the fixed t-test's power
     less what O'Brien-Fleming spending gives up for its early looks (exact, by the same integration with drift).
-    The variant is found at least that often (the lower end of the binomial 99% interval), never in the wrong direction, and with
-    fewer seeds on average than the fixed design."""
+    The variant is found at least that often (the lower end of the binomial 99% interval), never in the wrong direction,
+    and with fewer seeds on average than the fixed design."""
     d, n = 1.0, 4000
     max_seeds = seeds_needed(d, alpha=ALPHA / m, power=0.8)
     looks = sq.schedule(2, 2, max_seeds)

@@ -667,7 +667,8 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         ex, t = e["extrapolation"], e["trend"]
         fit = ex.fit
         lines += [markdown_table(*_variant_table(e, lad)), "",
-                  f"Trend: **{_trend_word(t)}** (slope {_f(t['slope'])} per decade of compute, SE {_f(t['slope_se'], '.4f')}, "
+                  f"Trend: **{_trend_word(t)}** (slope {_f(t['slope'])} per decade of compute, "
+                  f"SE {_f(t['slope_se'], '.4f')}, "
                   f"p {_f(t['p'], '.3g')}, df {_f(t['df'], '.3g')}). "
                   f"Δ at target: {_f(ex.delta)}, "
                   + (f"no PI ({ex.note})" if ex.note else f"{an['level']:.0%} PI {_ci(ex.low, ex.high)}") + " "

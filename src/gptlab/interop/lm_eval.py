@@ -326,7 +326,8 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None
                  force: bool = False, lm: GptlabLM | None = None) -> list[dict]:
     """Run lm-eval's `simple_evaluate` on the run's latest checkpoint for each task (a group expands to its
     tasks); return one entry per task, read back from RUN/downstream.json when that exact evaluation (task,
-    limit, documents' sha256, task settings' sha256, checkpoint) is there and not `force`, else computed and stored (atomically)."""
+    limit, documents' sha256, task settings' sha256, checkpoint) is there and not `force`, else computed and stored
+    (atomically)."""
     from gptlab.train import latest_checkpoint
 
     run_dir = Path(run_dir)

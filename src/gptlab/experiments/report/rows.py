@@ -126,7 +126,8 @@ def _pairs(variant: str, rs: list[dict], base_runs: list[dict]) -> tuple[list[fl
 
 def _downstream(rs: list[dict]) -> dict[str, float]:
     """{"TASK acc_norm (n=N)": mean over the variant's runs} for each downstream column that every run of the
-    variant has, on the same documents and task settings (equal shas); runs carry them as r["downstream"] (render.py)."""
+    variant has, on the same documents and task settings (equal shas); runs carry them as r["downstream"]
+    (render.py)."""
     cols: list[dict] = [r.get("downstream") or {} for r in rs]
     out = {}
     for label in sorted(set().union(*cols)) if cols else []:
