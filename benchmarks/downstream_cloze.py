@@ -15,13 +15,13 @@ import sys
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from gptlab.data.tokenizer import EOT_ID, encode  # noqa: E402
-from gptlab.data.vocab import load_vocab_map  # noqa: E402
-from gptlab.interop.lm_eval import GptlabLM, evaluate_run, load_tasks  # noqa: E402
-from gptlab.model import GPTModel  # noqa: E402
-from gptlab.train import load_run_model  # noqa: E402
+from gptlab.data.tokenizer import EOT_ID, encode
+from gptlab.data.vocab import load_vocab_map
+from gptlab.interop.lm_eval import GptlabLM, evaluate_run, load_tasks
+from gptlab.model import GPTModel
+from gptlab.train import load_run_model
 
 TASK = "shakespeare_cloze"
 
@@ -43,7 +43,7 @@ def context_free(lm: GptlabLM) -> tuple[float, float]:
     acc = norm = 0
     for i, d in enumerate(docs):
         s = lls[4 * i: 4 * i + 4]
-        n = [x / len(" " + e) for x, e in zip(s, d["endings"])]
+        n = [x / len(" " + e) for x, e in zip(s, d["endings"], strict=True)]
         acc += max(range(4), key=s.__getitem__) == d["label"]
         norm += max(range(4), key=n.__getitem__) == d["label"]
     return acc / len(docs), norm / len(docs)

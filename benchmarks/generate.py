@@ -105,10 +105,11 @@ def main() -> None:
     rows = []
     for size in a.sizes:
         model = build(size, a.new_tokens, a.prompt_len, a.seed)
-        engines = {"cached": lambda p, n: run_cached(model, p, n), "uncached": lambda p, n: run_uncached(model, p, n)}
+        engines = {"cached": lambda p, n, model=model: run_cached(model, p, n),
+                   "uncached": lambda p, n, model=model: run_uncached(model, p, n)}
         if "hf" in a.engines and size != "tiny-ctx64":
             hf = hf_model(model)
-            engines["hf"] = lambda p, n: run_hf(hf, p, n)
+            engines["hf"] = lambda p, n, hf=hf: run_hf(hf, p, n)
         engines = {k: v for k, v in engines.items() if k in a.engines}
         for batch in a.batches:
             prompts = torch.randint(0, EOT_ID, (batch, a.prompt_len), generator=torch.Generator().manual_seed(1))
@@ -132,10 +133,10 @@ def main() -> None:
     print("\n| size | batch | cached tok/s | uncached tok/s | HF tok/s | cached / uncached | cached / HF |")
     print("|---|---|---|---|---|---|---|")
     for size, batch, tps in rows:
-        def f(k):
+        def f(k, tps=tps):
             return f"{tps[k]:,.1f}" if k in tps else "-"
 
-        def ratio(k):
+        def ratio(k, tps=tps):
             return f"{tps['cached'] / tps[k]:.2f}x" if "cached" in tps and k in tps else "-"
 
         print(f"| {size} | {batch} | {f('cached')} | {f('uncached')} | {f('hf')} | {ratio('uncached')} | "

@@ -29,11 +29,11 @@ import torch
 from safetensors.torch import save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest_ft import RECORDS  # noqa: E402
+from conftest_ft import RECORDS
 
-from gptlab.config import PRESETS, ModelConfig, RunConfig, save_config  # noqa: E402
-from gptlab.model import GPTModel  # noqa: E402
-from gptlab.posttrain.judge import generate_answers  # noqa: E402
+from gptlab.config import PRESETS, ModelConfig, RunConfig, save_config
+from gptlab.model import GPTModel
+from gptlab.posttrain.judge import generate_answers
 
 
 def make_run(run_dir: Path) -> None:

@@ -136,7 +136,7 @@ def main() -> None:
     warm = Source(tokens, args.context, args.micro_batch, args.accum, 0.0)
     cold = Source(tokens, args.context, args.micro_batch, args.accum, args.latency_ms / 1000)
 
-    print(f"# gptlab loader-prefetch benchmark  {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    print(f"# gptlab loader-prefetch benchmark  {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}")
     print(f"# torch {torch.__version__}  numpy {np.__version__}  python {platform.python_version()}  "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     print(f"# cmd: {' '.join(['benchmarks/loader_prefetch.py', *sys.argv[1:]])}")
@@ -159,7 +159,7 @@ def main() -> None:
         for s in range(7, 7 + args.steps):
             got, want = pf.get(s), warm(s)
             assert len(got) == len(want) and all(torch.equal(a, c) and torch.equal(b, d)
-                                                 for (a, b), (c, d) in zip(got, want)), f"step {s} differs"
+                                                 for (a, b), (c, d) in zip(got, want, strict=True)), f"step {s} differs"
     print(f"# check: Prefetcher batches == synchronous batches for {args.steps} steps: ok")
 
     res: dict[str, list[float]] = {"a": [], "b": [], "c": []}
@@ -178,7 +178,7 @@ def main() -> None:
     print(f"| (a) warm cache, synchronous | {a * 1e3:.2f} | 1.000 |")
     print(f"| (b) {args.latency_ms:g} ms/row latency, synchronous | {b * 1e3:.2f} | {b / a:.3f} |")
     print(f"| (c) {args.latency_ms:g} ms/row latency, Prefetcher | {c * 1e3:.2f} | {c / a:.3f} |")
-    per_round = [rc / ra for ra, rc in zip(res["a"], res["c"])]
+    per_round = [rc / ra for ra, rc in zip(res["a"], res["c"], strict=True)]
     print(f"ratio (c)/(a) = {c / a:.3f}  (target <= 1.10: {'met' if c / a <= 1.10 else 'NOT met'}); "
           f"per round (a and c run back to back): {', '.join(f'{x:.3f}' for x in per_round)}, "
           f"median {statistics.median(per_round):.3f}")

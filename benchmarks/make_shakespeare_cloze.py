@@ -3,9 +3,9 @@ made from the bundled Shakespeare corpus, so `gptlab eval RUN --task shakespeare
 lm-evaluation-harness without a network.
 
 Each item: ctx = the line before + the first half of a verse line (8-14 words after a line of 4 or more, no
-speaker names or stage directions); the true ending is the rest of that line; the 3 wrong endings are second halves of other lines of
-the corpus whose length is within 25% of the true ending's (so a length bias cannot pick the answer), in a
-random order. Deterministic: the plays are read in name order, items and endings drawn with random.Random(SEED).
+speaker names or stage directions); the true ending is the rest of that line; the 3 wrong endings are second halves of
+other lines of the corpus whose length is within 25% of the true ending's (so a length bias cannot pick the answer), in
+a random order. Deterministic: the plays are read in name order, items and endings drawn with random.Random(SEED).
 
     python benchmarks/make_shakespeare_cloze.py   # rewrites src/gptlab/interop/lm_eval_tasks/shakespeare_cloze.jsonl
 """
@@ -29,7 +29,7 @@ def verse_pairs(text: str) -> list[tuple[str, str]]:
     """(previous line, line) for lines of 8-14 words of plain verse inside a speech."""
     lines = [ln.strip() for ln in text.splitlines()]
     out = []
-    for prev, line in zip(lines, lines[1:]):
+    for prev, line in zip(lines, lines[1:], strict=False):
         words = line.split()
         if not (8 <= len(words) <= 14) or len(prev.split()) < 4 or prev.isupper() or line.isupper():
             continue

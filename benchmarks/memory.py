@@ -8,7 +8,8 @@ Each case runs in a fresh subprocess (nothing left over from a previous case): t
 `gptlab train` builds them (build_optimizers: fused AdamW), random token batches, and the training loop's step
 (ACCUM micro-steps of gptlab.train.forward_backward, the function the training loop calls; then
 clip_grad_norm_, optimizer step, zero_grad(set_to_none=True)). The first optimizer step (AdamW allocates its
-moments) is a warm-up. Eager mode: torch.compile saves and frees other tensors, which neither this nor the formula models.
+moments) is a warm-up. Eager mode: torch.compile saves and frees other tensors, which neither this nor the formula
+models.
 
   CUDA: torch.cuda.max_memory_allocated() over all `--steps` steps, minus what was allocated before the model
         (everything the caching allocator handed out: weights, grads, AdamW moments, activations, logits,

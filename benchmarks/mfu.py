@@ -203,7 +203,9 @@ def main(argv=None) -> int:
           f"context {bench.T}, dropout {m.drop_rate}; precision {bench.precision}; compile {compile_}; "
           f"optimizer {type(bench.opts[0]).__name__}(fused={bench.opts[0].defaults.get('fused')})")
 
-    log = lambda s: print(s, flush=True)  # noqa: E731
+    def log(s):
+        print(s, flush=True)
+
     searched = a.micro_batch is None
     if searched:
         limit = None

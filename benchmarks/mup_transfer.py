@@ -2,10 +2,11 @@
 
 Every cell is a real `gptlab.train.train` run (AdamW, linear warmup 5% then cosine to 10%, no dropout, no weight
 decay) of a 2-layer, 4-head model on the bundled Shakespeare (the first `--docs` passages, corpus vocabulary),
-context 64, `--batch` sequences a step, `--steps` steps; the number is its final validation loss (`--eval-batches` val batches).
-Widths: emb_dim `--widths` (d_head grows with the width: 4 heads throughout). muP's base width is the narrowest,
-so at the narrowest width the two parametrisations differ only in the attention scale (1/d_head vs 1/sqrt(d_head)).
-For each (parametrisation, width) the best lr is the one with the lowest val loss averaged over the seeds.
+context 64, `--batch` sequences a step, `--steps` steps; the number is its final validation loss (`--eval-batches` val
+batches). Widths: emb_dim `--widths` (d_head grows with the width: 4 heads throughout). muP's base width is the
+narrowest, so at the narrowest width the two parametrisations differ only in the attention scale (1/d_head vs
+1/sqrt(d_head)). For each (parametrisation, width) the best lr is the one with the lowest val loss averaged over the
+seeds.
 
     python benchmarks/mup_transfer.py                                     # the committed run
     python benchmarks/mup_transfer.py --seeds 0 --steps 60 --lrs 1e-3,1e-2   # a quick look
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     lrs = [float(x) for x in a.lrs.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
     base = min(widths)
-    lines = [f"# gptlab muP lr-transfer benchmark  {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+    lines = [f"# gptlab muP lr-transfer benchmark  {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
              f"# torch {torch.__version__}  python {platform.python_version()}  cpu, {torch.get_num_threads()} threads, "
              f"fp32",
              f"# cmd: benchmarks/mup_transfer.py {' '.join(sys.argv[1:] if argv is None else argv)}",
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     for mup in (False, True):
         b = [best[mup, w] for w in widths]
         moved = "stays put" if len(set(b)) == 1 else "moves"
-        lines.append(f"best lr {'muP' if mup else 'SP '}: " + ", ".join(f"width {w}: {x:g}" for w, x in zip(widths, b))
+        lines.append(f"best lr {'muP' if mup else 'SP '}: " + ", ".join(f"width {w}: {x:g}" for w, x in zip(widths, b, strict=True))
                      + f"  -> {moved}")
     report = "\n".join(lines) + "\n"
     print(report)

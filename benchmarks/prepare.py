@@ -157,7 +157,7 @@ def main(argv=None) -> int:
             x, y = sampler.batch_at(step, 0, 0, 1, B, B)
         tl_train.append(a.loader_steps * B * T / (time.perf_counter() - t0))
         t0, n = time.perf_counter(), 0
-        for x, y in eval_batches(ds, T, B):
+        for x, _y in eval_batches(ds, T, B):
             n += x.numel()
         tl_eval.append(n / (time.perf_counter() - t0))
     tr, ev = statistics.median(tl_train), statistics.median(tl_eval)

@@ -87,8 +87,9 @@ def main() -> None:
     for name in a.configs:
         r = bench(name, a.batch, a.steps, a.warmup, a.compile, a.device)
         extra = f"  MFU {r['mfu']:.1%}  peak mem {r['peak_mem_gib']:.1f} GiB" if "mfu" in r else ""
-        print(f"{r['config']:<11} {r['device']:<7} {r['precision']:<5} params {r['params']:>12,}  batch {r['batch']:>3} x "
-              f"{r['context']:<5} {r['tokens_per_s']:>10,.0f} tokens/s  {r['achieved_tflops']:.3f} TFLOP/s{extra}")
+        print(f"{r['config']:<11} {r['device']:<7} {r['precision']:<5} params {r['params']:>12,}  "
+              f"batch {r['batch']:>3} x {r['context']:<5} {r['tokens_per_s']:>10,.0f} tokens/s  "
+              f"{r['achieved_tflops']:.3f} TFLOP/s{extra}")
 
 
 if __name__ == "__main__":

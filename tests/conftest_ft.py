@@ -149,7 +149,7 @@ class _PeerHandler(BaseHTTPRequestHandler):
     def log_message(self, *a):  # quiet
         pass
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):  # the name http.server dispatches to
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.auth.append(self.headers.get("Authorization"))
         if self.path != "/v1/chat/completions":

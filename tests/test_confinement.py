@@ -12,11 +12,11 @@ from conftest import tiny_overrides
 from conftest_ft import Running, make_tiny_run
 from openai import OpenAI
 
+import gptlab.io
 from gptlab import GptlabError
 from gptlab.cli import main
 from gptlab.config import parse_overrides
 from gptlab.data.loader import TokenDataset
-import gptlab.io
 
 
 def error_line(capsys) -> str:

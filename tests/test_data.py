@@ -421,7 +421,7 @@ def test_eval_batches_limits_and_ranks(counting):
         for rank in range(world):
             mine = list(eval_batches(counting, T, bs, rank=rank, world=world))
             assert len(mine) == eval_batch_count(counting, T, bs, rank=rank, world=world)
-            assert all(torch.equal(a[0], full[b][0]) for a, b in zip(mine, range(rank, 25, world)))
+            assert all(torch.equal(a[0], full[b][0]) for a, b in zip(mine, range(rank, 25, world), strict=True))
     with pytest.raises(GptlabError, match="split too small to evaluate"):
         list(eval_batches(counting, T, bs, offset=991))
 

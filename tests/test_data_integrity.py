@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import tiny_overrides  # noqa: E402
+from conftest import tiny_overrides
 
-from gptlab import GptlabError  # noqa: E402
-from gptlab.cli import main  # noqa: E402
-from gptlab.data import TokenDataset, prepare  # noqa: E402
-from gptlab.data.tokenizer import EOT_ID, tokenizer_hash  # noqa: E402
+from gptlab import GptlabError
+from gptlab.cli import main
+from gptlab.data import TokenDataset, prepare
+from gptlab.data.tokenizer import EOT_ID, tokenizer_hash
 
 WORDS = ["river", "mill", "letter", "harvest", "market", "apples", "bread", "bridge", "village", "harbour",
          "winter", "wells", "wool", "lunch", "teacher", "train", "storm", "notebook", "square", "oak"]
@@ -229,7 +229,7 @@ def test_prepare_records_each_shards_largest_id_and_opening_checks_it(tmp_path):
     out = tmp_path / "data"
     meta = prepare([jsonl(tmp_path / "a.jsonl", english_docs(30))], str(out), shard_tokens=500, progress=False,
                    workers=1)
-    for split, info in meta["splits"].items():
+    for info in meta["splits"].values():
         for sh in info["shards"]:
             assert sh["max_id"] == int(np.fromfile(out / sh["file"], "<u2").max())
     meta["splits"]["train"]["shards"][1]["max_id"] = 50300  # checked without reading the shard

@@ -56,7 +56,7 @@ def test_template_is_the_books_exactly():
 def test_masking_prompt_and_padding_targets_keep_first_eot():
     short, long_ = RECORDS[8], RECORDS[0]  # plural of "cat" (has input) / opposite of hot
     ex = [build_example(short, 1024), build_example(long_, 1024)]
-    for (ids, n_prompt), rec in zip(ex, (short, long_)):
+    for (ids, n_prompt), rec in zip(ex, (short, long_), strict=True):
         assert ids == encode(format_prompt(rec)) + encode(rec["output"]) + [EOT_ID]
         assert n_prompt == len(encode(format_prompt(rec)))
     x, y = collate(ex)

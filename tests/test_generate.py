@@ -138,7 +138,7 @@ def test_top_p_tiny_is_greedy_and_one_is_off(compact):
     # a nucleus changes what is drawn from the same seed (the tail is cut), and a row keeps it inside a batch
     nucleus = [Sampling(1.0, seed=5 + i, top_p=0.5) for i in range(len(PROMPTS))]
     prompts = [gen.encode(p) for p in PROMPTS]
-    solo = [gen.complete(p, 16, s).text for p, s in zip(prompts, nucleus)]
+    solo = [gen.complete(p, 16, s).text for p, s in zip(prompts, nucleus, strict=True)]
     assert [o.text for o in gen.complete_batch(prompts, 16, nucleus, batch_size=len(PROMPTS))] == solo
 
 

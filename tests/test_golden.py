@@ -29,7 +29,7 @@ import pytest
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import tiny_overrides  # noqa: E402
+from conftest import tiny_overrides
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -154,7 +154,7 @@ def golden_differences(got: dict, want: dict) -> list[str]:
         if [r[0] for r in got["train_loss"]] != [r[0] for r in want["train_loss"]]:
             return bad + [f"train_loss steps {[r[0] for r in got['train_loss']]}, "
                           f"recorded {[r[0] for r in want['train_loss']]}"]
-        for g, w in zip(got["train_loss"], want["train_loss"]):
+        for g, w in zip(got["train_loss"], want["train_loss"], strict=True):
             num(f"train_loss at step {w[0]}", g[1], w[1], LOSS_RTOL)
             num(f"lr at step {w[0]}", g[2], w[2], LR_RTOL)
             num(f"grad_norm at step {w[0]}", g[3], w[3], STAT_RTOL)
@@ -162,12 +162,12 @@ def golden_differences(got: dict, want: dict) -> list[str]:
         if [r[0] for r in got["val_loss"]] != [r[0] for r in want["val_loss"]]:
             return bad + [f"val_loss steps {[r[0] for r in got['val_loss']]}, "
                           f"recorded {[r[0] for r in want['val_loss']]}"]
-        for g, w in zip(got["val_loss"], want["val_loss"]):
+        for g, w in zip(got["val_loss"], want["val_loss"], strict=True):
             num(f"val_loss at step {w[0]}", g[1], w[1], LOSS_RTOL)
     if "history" in want:
         if [(h["epoch"], h["step"]) for h in got["history"]] != [(h["epoch"], h["step"]) for h in want["history"]]:
             return bad + [f"history epochs/steps differ: {got['history']}, recorded {want['history']}"]
-        for g, w in zip(got["history"], want["history"]):
+        for g, w in zip(got["history"], want["history"], strict=True):
             for k in ("train_loss", "val_loss"):
                 num(f"history epoch {w['epoch']} {k}", g[k], w[k], LOSS_RTOL)
     if sorted(got["weights"]) != sorted(want["weights"]):

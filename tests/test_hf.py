@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+# E402: these imports come after the skip without transformers
 from gptlab import GptlabError  # noqa: E402
 from gptlab.cli.interop import register as register_cli  # noqa: E402
 from gptlab.config import PRESETS, ModelConfig, RunConfig, config_from_run, save_config  # noqa: E402
@@ -39,7 +40,7 @@ def make_run(run_dir: Path, mcfg: ModelConfig, seed: int = 0, final: dict | None
     torch.manual_seed(seed)
     model = GPTModel(mcfg).eval()
     with torch.no_grad():  # make biases/LayerNorm non-trivial so a mapping mistake cannot hide
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     cfg = RunConfig(name=run_dir.name, model=mcfg)
@@ -109,7 +110,7 @@ def test_import_random_transformers_gpt2(tmp_path, tied, fmt):
                                    tie_word_embeddings=tied, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     ref = transformers.GPT2LMHeadModel(conf).eval()
     with torch.no_grad():  # random biases/LayerNorms (HF initialises them to 0/1)
-        for name, p in ref.named_parameters():
+        for p in ref.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     ref.save_pretrained(str(tmp_path / "hf"), safe_serialization=(fmt == "safetensors"))

@@ -118,7 +118,9 @@ def test_flop_budget_matches_compute_not_tokens():
 def test_modern_architecture_interventions():
     assert model("rope").pos_emb is None and model("rope").trf_blocks[0].att.rotary is not None
     assert isinstance(model("rmsnorm").final_norm, torch.nn.RMSNorm)
-    ff = lambda m: sum(p.numel() for p in m.trf_blocks[0].ff.parameters())  # noqa: E731
+    def ff(m):
+        return sum(p.numel() for p in m.trf_blocks[0].ff.parameters())
+
     assert abs(ff(model("swiglu")) - ff(model())) / ff(model()) < 0.05  # 8d/3 hidden, rounded up to 8
     assert model("swiglu").trf_blocks[0].ff.gate is not None
     assert model("qk_norm").trf_blocks[0].att.q_norm is not None

@@ -169,7 +169,7 @@ def test_compare_maps_labels_back_to_models(tmp_path):
     assert res["n"] == 8 and res["n_unparsed"] == 0 and len(peer.requests) == 8
     orders = [compare_order(["m1", "m2"], 123, i) for i in range(8)]
     assert {tuple(o) for o in orders} == {("m1", "m2"), ("m2", "m1")}  # both positions are used
-    for i, (it, order) in enumerate(zip(res["items"], orders)):
+    for i, (it, order) in enumerate(zip(res["items"], orders, strict=True)):
         assert it["labels"] == {"A": order[0], "B": order[1]}
         assert it["scores"] == {order[0]: 70.0, order[1]: 40.0}
         # the text the judge saw under each label is that model's answer (requests arrive in any order)

@@ -96,12 +96,12 @@ def test_decode_logits_match_forward_logits(variant):
     idx = torch.tensor([[0] * (width - len(r)) + r for r in rows])
     valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
     logits = m.decode(idx, cache, valid)
-    for step in range(CTX - width):
+    for _step in range(CTX - width):
         with torch.no_grad():
             want = torch.cat([m(torch.tensor([r]))[:, -1] for r in rows])
         torch.testing.assert_close(logits, want, rtol=0, atol=1e-5)
         nxt = logits.argmax(-1).tolist()
-        rows = [r + [t] for r, t in zip(rows, nxt)]
+        rows = [r + [t] for r, t in zip(rows, nxt, strict=True)]
         logits = m.decode(torch.tensor(nxt)[:, None], cache)
     with pytest.raises(ValueError, match="context_length"):
         m.decode(torch.tensor(nxt)[:, None], cache)
@@ -116,7 +116,7 @@ def test_batch_matches_one_at_a_time(variant):
     solo = [decode_rows(gen, [p], 2 * CTX, greedy[:1])[0] for p in PROMPTS]
     assert decode_rows(gen, PROMPTS, 2 * CTX, greedy) == solo
     sampled = [Sampling(1.0, 20, seed=3 + i) for i in range(len(PROMPTS))]
-    solo = [decode_rows(gen, [p], 2 * CTX, [s])[0] for p, s in zip(PROMPTS, sampled)]
+    solo = [decode_rows(gen, [p], 2 * CTX, [s])[0] for p, s in zip(PROMPTS, sampled, strict=True)]
     assert decode_rows(gen, PROMPTS, 2 * CTX, sampled) == solo
 
 
@@ -128,7 +128,7 @@ def test_rows_leaving_the_batch_do_not_change_the_others(variant):
     solo = [decode_rows(gen, [p], 2 * CTX, greedy[:1])[0] for p in PROMPTS]
     got = decode_rows(gen, PROMPTS, 2 * CTX, greedy, stop_at={2: 1, 0: 5, 1: 9})  # the longest prompt first
     assert [len(r) for r in got] == [6, 10, 2, 2 * CTX]
-    assert got == [s[:len(r)] for r, s in zip(got, solo)]
+    assert got == [s[:len(r)] for r, s in zip(got, solo, strict=True)]
 
 
 def test_kv_cache_refuses_more_tokens_than_its_capacity():

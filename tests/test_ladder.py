@@ -168,7 +168,7 @@ def record(lad, out, losses):
 
 def shifted(base, deltas, noise=(-0.01, 0.01, 0.0)):
     """Per rung: the baseline's losses + that rung's Δ, with another seed-to-seed scatter of the same size."""
-    return [[b + d + e for b, e in zip(bs, noise)] for bs, d in zip(base, deltas)]
+    return [[b + d + e for b, e in zip(bs, noise, strict=True)] for bs, d in zip(base, deltas, strict=True)]
 
 
 def test_ladder_words_on_constructed_results(small_data, tmp_path):
@@ -184,7 +184,7 @@ def test_ladder_words_on_constructed_results(small_data, tmp_path):
     record(lad, out, {"baseline": base, **{n: shifted(base, d) for n, d in names.items()}})
     res = write_ladder_report(lad, out)
     head, body = res["summary"]
-    cells = {row[0]: dict(zip(head, row)) for row in body}
+    cells = {row[0]: dict(zip(head, row, strict=True)) for row in body}
     assert {n: (c["trend"], c["backtest"]) for n, c in cells.items()} == {
         "steady": ("flat", "reliable"), "bigger": ("grows", "**unreliable**"),
         "smaller": ("shrinks", "**unreliable**"), "flipped": ("flips", "**unreliable**")}
@@ -218,7 +218,7 @@ def test_one_seed_rung_claims_no_noise_estimate(small_data, tmp_path):
     # each of the 6 runs counts equally, δ = (4 runs at -0.05 + 2 at -0.10 per group pair) -> -0.2/3
     assert ex.delta == pytest.approx(-0.2 / 3, abs=1e-4)
     head, (row,) = res["summary"]
-    cell = dict(zip(head, row))
+    cell = dict(zip(head, row, strict=True))
     assert cell["trend"] == "flat (untested)" and cell["backtest"] == "not tested (1 seed: no noise estimate)"
     assert cell["95% PI"] == "— (1 seed: no noise estimate)"
     md = (out / "report.md").read_text()

@@ -15,6 +15,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"  # before `datasets` is imported: nothin
 os.environ["HF_HUB_OFFLINE"] = "1"
 lm_eval = pytest.importorskip("lm_eval")
 
+# E402: these imports come after the environment above and the skip without lm-eval
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from conftest import tiny_overrides  # noqa: E402
@@ -120,7 +121,7 @@ def test_loglikelihood_is_the_models_own_log_prob(tmp_path, arch):
         got[bs] = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)],
                                    disable_tqdm=True)
         assert lm.counts["tokens_outside_vocab"] == 1 and lm.counts["requests_truncated"] == 1
-    for (ctx, cont), (ll1, g1), (ll3, g3) in zip(reqs, got[1], got[3]):
+    for (ctx, cont), (ll1, g1), (ll3, g3) in zip(reqs, got[1], got[3], strict=True):
         want, greedy = direct(ctx, cont)
         assert ll1 == pytest.approx(want, abs=1e-4) and ll3 == pytest.approx(want, abs=1e-4)
         assert g1 == g3 == greedy
@@ -193,7 +194,7 @@ def test_exported_run_through_lm_evals_hf_model_agrees(tmp_path):
     theirs = HFLM(pretrained=str(hf), batch_size=4, device="cpu", dtype="float32").loglikelihood(
         reqs, disable_tqdm=True)
     assert len(ours) == len(reqs) == 40
-    for (a, ga), (b, gb) in zip(ours, theirs):
+    for (a, ga), (b, gb) in zip(ours, theirs, strict=True):
         assert a == pytest.approx(b, abs=1e-3) and ga == gb
     (a_res,) = evaluate_run(run, [TASK], limit=LIMIT)
     (b_res,) = evaluate_hf(hf, [TASK], limit=LIMIT, batch_size=8)

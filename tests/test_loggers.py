@@ -1,7 +1,7 @@
 """train.loggers: TensorBoard, W&B (offline) and Trackio (local) get exactly what metrics.jsonl has, read back with
 each tool's own reader; experiments group their runs; a resume duplicates no step; bad names and missing packages
-are one-line errors; `gptlab experiment --status` shows progress. Nothing here touches the network or ~. A test skips, naming the
-package, only when a logger package it uses is not installed; those that need none always run."""
+are one-line errors; `gptlab experiment --status` shows progress. Nothing here touches the network or ~. A test skips,
+naming the package, only when a logger package it uses is not installed; those that need none always run."""
 
 import json
 import os

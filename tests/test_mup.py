@@ -58,7 +58,7 @@ def coords(small_data):
             (opt,) = build_optimizers(model, c, CPU)
             hidden = {}
             model.trf_blocks[-1].ff.layers[1].register_forward_hook(
-                lambda mod, i, o: hidden.__setitem__("h", o.abs().mean().item()))
+                lambda mod, i, o, hidden=hidden: hidden.__setitem__("h", o.abs().mean().item()))
             held, _ = batch(10_000)
             with torch.no_grad():
                 logits0 = model(held)

@@ -27,7 +27,7 @@ def _maker(sampler: SequenceSampler, rank: int = 0, world: int = 1):
 
 def _assert_same(got, want):
     assert len(got) == len(want)
-    for (gx, gy), (wx, wy) in zip(got, want):
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
         assert gx.dtype == wx.dtype and gx.shape == wx.shape
         assert torch.equal(gx, wx) and torch.equal(gy, wy)
 
@@ -189,7 +189,7 @@ def test_look_ahead_is_bounded(depth):
         assert max(calls) == start + depth - 1
         for step in range(start, start + 6):
             pf.get(step)
-            assert _wait_until(lambda: max(calls) >= step + depth)  # it does run ahead ...
+            assert _wait_until(lambda step=step: max(calls) >= step + depth)  # it does run ahead ...
             time.sleep(0.05)
             with lock:
                 assert max(calls) == step + depth  # ... but never more than depth steps beyond the last get

@@ -158,7 +158,7 @@ def test_rows_small_n_and_diverged_runs():
     assert "needs >= 2 seeds" in text and "(+2 excl.)" in text
     # one seed: the numbers that exist (mean, Δ) and the note; no interval, p, effect size, MDE or seeds needed
     head, body = verdict_table(list(rows.values()))
-    one = dict(zip(head, next(b for b in body if b[0] == "one_seed")))
+    one = dict(zip(head, next(b for b in body if b[0] == "one_seed"), strict=True))
     assert (one["mean test loss"], one["Δ vs baseline"], one["verdict"]) == ("3.5000", "-0.5100", "needs >= 2 seeds")
     assert {one[k] for k in ("95% CI", "95% CI of Δ", "p (Welch)", "p (Holm)", "Hedges' g", "MDE",
                              "seeds needed (estimate)")} == {"—"}

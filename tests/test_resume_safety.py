@@ -282,3 +282,30 @@ def test_file_system_refusals_anywhere_are_one_line(small_data, tmp_path, mount,
     with pytest.raises(GptlabError, match=rf"^{full}/big.bin: cannot write: No space left on device \([\d.]+ MiB free"):
         atomic_write_text(full / "big.bin", "x" * 200_000)
     assert list(full.iterdir()) == []  # the temp file is gone
+
+
+def test_checkpoint_with_fewer_optimizer_states_than_optimizers_is_refused(tmp_path):
+    """optimizer.pt holding one optimizer's state while the run has two is refused in one line, not loaded into the
+    first optimizer with the second left fresh."""
+    from gptlab.model import GPTModel
+    from gptlab.train.checkpoint import load_checkpoint, save_checkpoint
+    from gptlab.train.distributed import Dist
+    from gptlab.train.optim import build_optimizers
+
+    cfg = load_config(
+        None,
+        [
+            "model.preset=nano",
+            "model.vocab_size=64",
+            "model.emb_dim=16",
+            "model.n_heads=2",
+            "model.n_layers=1",
+            "model.context_length=8",
+        ],
+    )
+    model = GPTModel(cfg.model)
+    opts = build_optimizers(model, cfg, torch.device("cpu"))
+    ck = save_checkpoint(tmp_path, 1, model, opts, {"step": 1}, Dist(1, 0, 0))
+    two = [*opts, torch.optim.SGD(model.parameters(), lr=0.1)]
+    with pytest.raises(GptlabError, match=r"step_0000001: unreadable checkpoint state \(zip\(\) argument 2 is shorter"):
+        load_checkpoint(ck, model, two, 0)

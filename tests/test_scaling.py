@@ -66,7 +66,9 @@ def test_separate_fits_from_four_rungs_give_a_scale_dependent_delta():
     rungs = ladder(rng, np.logspace(10, 13, 5), 3, 0.003, var=lambda c: law(c, E=1.9, A=3.3))
     f = scaling.fit_pair(rungs)
     assert f.model == "separate"
-    truth = lambda c: law(c, E=1.9, A=3.3) - law(c)  # noqa: E731
+    def truth(c):
+        return law(c, E=1.9, A=3.3) - law(c)
+
     assert f.delta_at(1e10) == pytest.approx(truth(1e10), abs=0.02)
     assert f.delta_at(1e14) == pytest.approx(truth(1e14), abs=0.03)
 
@@ -172,7 +174,7 @@ def test_offset_model_weights_a_noisy_rung_less():
     rng = np.random.default_rng(6)
     sds, offs = [0.2, 0.01, 0.01], [0.22, -0.20, -0.20]
     rungs = [Rung([c] * 3, law(c) + rng.normal(0, sd, 3), [c] * 3, law(c) + off + rng.normal(0, sd, 3))
-             for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs)]
+             for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs, strict=True)]
     assert scaling.fit_pair(rungs).delta == pytest.approx(-0.20, abs=0.03)
 
 

@@ -100,7 +100,7 @@ def run_looks(design, seeds_per_look=(2, 4, 6)):
     for r, k in enumerate(seeds_per_look, start=1):
         if not s.undecided():
             break
-        s.update({"base": dict(zip(range(1, k + 1), PAIRED_BASE[:k])), "v": dict(zip(range(1, k + 1), PAIRED_VAR[:k]))},
+        s.update({"base": dict(zip(range(1, k + 1), PAIRED_BASE[:k], strict=True)), "v": dict(zip(range(1, k + 1), PAIRED_VAR[:k], strict=True))},
                  {"base": k, "v": k}, r)
     return s
 
@@ -196,8 +196,8 @@ def test_known_effect_found_with_planned_power(m):
     """A variant 1.0 SD better than the baseline (the other m - 1 variants null), max_seeds = what the fixed
     design needs for 80% power at alpha / m. Planned power of the sequential design: the fixed t-test's power
     less what O'Brien-Fleming spending gives up for its early looks (exact, by the same integration with drift).
-    The variant is found at least that often (the lower end of the binomial 99% interval), never in the wrong direction, and with
-    fewer seeds on average than the fixed design."""
+    The variant is found at least that often (the lower end of the binomial 99% interval), never in the wrong direction,
+    and with fewer seeds on average than the fixed design."""
     d, n = 1.0, 4000
     max_seeds = seeds_needed(d, alpha=ALPHA / m, power=0.8)
     looks = sq.schedule(2, 2, max_seeds)
@@ -321,7 +321,7 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
     looks = state["variants"]["same"]["looks"]
     assert [lk["n_variant"] for lk in looks] == [2, 4] and [lk["info"] for lk in looks] == [0.5, 1.0]
     expected_b = sq.boundaries([0.5, 1.0], ALPHA)
-    for lk, b in zip(looks, expected_b):
+    for lk, b in zip(looks, expected_b, strict=True):
         k = lk["n_variant"]
         diff, _, _, p = (float(x) for x in sq.look_test(losses["baseline"][:k], losses["same"][:k]))
         assert lk["diff"] == pytest.approx(diff, abs=1e-12) and lk["p"] == pytest.approx(p)

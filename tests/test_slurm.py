@@ -123,7 +123,7 @@ def test_multi_node_command_rendezvous_on_the_first_node(tmp_path):
     assert "--standalone" in one and one[one.index("--nproc_per_node") + 1] == "8"
     two = t.command(["n1", "n2"], 1, "123")
     assert "--standalone" not in two
-    args = dict(zip(two[3:13:2], two[4:14:2]))
+    args = dict(zip(two[3:13:2], two[4:14:2], strict=True))
     assert args == {"--nnodes": "2", "--node_rank": "1", "--nproc_per_node": "8", "--master_addr": "n1",
                     "--master_port": str(20000 + 123)}
     assert two[-8:] == ["-m", "gptlab", "train", "--config", str(job.config), "--run-dir", str(job.run_dir),

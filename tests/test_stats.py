@@ -100,7 +100,7 @@ def test_t_interval_r_sleep_paired_differences():
     # R, t.test(sleep$extra[1:10], sleep$extra[11:20], paired = TRUE) is the one-sample t-interval of the
     # differences: t = -4.0621, df = 9, p-value = 0.002833, 95 percent CI -2.4598858 -0.7001142,
     # mean of the differences -1.58.
-    diffs = [a - b for a, b in zip(SLEEP_1, SLEEP_2)]
+    diffs = [a - b for a, b in zip(SLEEP_1, SLEEP_2, strict=True)]
     s = summarize(diffs)
     assert s["n"] == 10
     assert s["mean"] == pytest.approx(-1.58)
@@ -449,7 +449,7 @@ def test_simulated_holm_keeps_the_family_wise_rate():
     base = rng.normal(3.7, 0.03, size=(N_SIM, 5))
     ps = np.stack([welch_test(base, rng.normal(3.7, 0.03, size=(N_SIM, 5)))["p"] for _ in range(3)], axis=1)
     adjusted = np.array([holm(row) for row in ps])
-    words = [[verdict(-1.0, p, q, 5) for p, q in zip(pr, qr)] for pr, qr in zip(ps, adjusted)]
+    words = [[verdict(-1.0, p, q, 5) for p, q in zip(pr, qr, strict=True)] for pr, qr in zip(ps, adjusted, strict=True)]
     fwer = np.mean([any(w in ("better", "worse") for w in ws) for ws in words])
     raw = np.mean(np.any(ps < ALPHA, axis=1))
     assert fwer <= BINOM_99[1]

@@ -132,7 +132,7 @@ def test_lr_schedule_shapes():
     f = [lr_factor(s, 100, cfg) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert f[10] == pytest.approx(1.0) and f[99] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
     const = load_config(None, [])
     assert {lr_factor(s, 100, const) for s in range(100)} == {1.0}
 
@@ -176,7 +176,7 @@ def test_ddp_torchrun_two_processes_matches_single(small_data, tmp_path):
     l2 = [json.loads(x)["train_loss"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
           if "train_loss" in x]
     assert len(l1) == len(l2) == 12
-    assert max(abs(a - b) for a, b in zip(l1, l2)) < 2e-4
+    assert max(abs(a - b) for a, b in zip(l1, l2, strict=True)) < 2e-4
 
 
 def _torchrun(run_dir, over, *extra, nproc=2):
@@ -224,7 +224,7 @@ def test_two_processes_with_gradient_accumulation_match_one(fsdp, muon, small_da
     losses = [[json.loads(x)["train_loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
                if "train_loss" in x] for d in ("one", "two")]
     assert len(losses[0]) == len(losses[1]) == 12
-    assert max(abs(a - b) for a, b in zip(*losses)) < tol
+    assert max(abs(a - b) for a, b in zip(*losses, strict=True)) < tol
 
 
 def test_fsdp2_with_muon_is_refused_in_one_line(small_data, tmp_path):

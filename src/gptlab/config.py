@@ -43,7 +43,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Field declarations: what each field accepts (checked by `validate`)
 # --------------------------------------------------------------------------------------------
 # Sizes are bounded far above any GPT-2-class model, so that no value overflows a tensor dimension; batch sizes too
-# (65,536 sequences per forward pass, 2^24 per optimizer step), so a typo's extra zeros fails here, not in an allocation.
+# (65,536 sequences per forward pass, 2^24 per optimizer step), so a typo's extra zeros fails here, not in an
+# allocation.
 SEEDS = "[0, 4294967295]"  # numpy's and torch's seeding accept these everywhere (train.seed x 1000 + rank too)
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 

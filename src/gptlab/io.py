@@ -12,9 +12,10 @@ import shutil
 import tempfile
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gptlab import GptlabError
 

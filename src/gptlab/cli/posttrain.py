@@ -82,7 +82,9 @@ def _cmd_finetune(a) -> int:
     if res.get("unknown_tokens"):
         print(f"note: {res['unknown_tokens']} token(s) of the data are not in the base run's compact vocabulary "
               f"(vocab_map.npy): read as <|endoftext|> and never trained on as targets")
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+
     print(f"{'epoch':>5} {'steps':>7} {'train loss':>10} {'val loss':>9}")
     print(f"{0:>5} {0:>7} {'-':>10} {fmt(res['val_loss_before']):>9}")
     for h in res["history"]:

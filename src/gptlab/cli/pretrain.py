@@ -1,4 +1,5 @@
-"""`gptlab prepare`, `train`, `eval`, `generate`, `interventions`, `config` and `plan`: argument parsing and printing only."""
+"""`gptlab prepare`, `train`, `eval`, `generate`, `interventions`, `config` and `plan`: argument parsing and printing
+only."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def cmd_prepare(a) -> int:
                    shard_tokens=a.shard_tokens, workers=a.workers, progress=not a.quiet, max_docs=a.max_docs,
                    force=a.force)
     for split, info in meta["splits"].items():
-        print(f"{split:<6} {info['tokens']:>12,} tokens  {info['documents']:>8,} documents  {len(info['shards'])} shard(s)")
+        print(f"{split:<6} {info['tokens']:>12,} tokens  {info['documents']:>8,} documents  "
+              f"{len(info['shards'])} shard(s)")
     print(f"unigram baseline (test loss of a unigram model fitted on train): {unigram_loss(a.out):.4f}")
     print(f"wrote {a.out}/meta.json")
     return 0
@@ -216,7 +218,7 @@ def _eval_tasks(a) -> int:
         return 0
     print(f"{'task':<24} {'n':>6}  {'acc':>16}  {'acc_norm':>16}  {'chance':>6}")
     for e in entries:
-        def pm(m: str) -> str:
+        def pm(m: str, e: dict = e) -> str:
             v, se = e.get(m), e.get(f"{m}_stderr")
             return "-" if v is None else f"{v:.4f} ± {se:.4f}" if se is not None else f"{v:.4f}"
 
@@ -250,7 +252,7 @@ def cmd_generate(a) -> int:
     prompts = read_prompts(a.prompts)
     outs = gen.complete_batch([gen.encode(p) for p in prompts], a.max_new_tokens, sampling,
                               batch_size=a.batch or 8)
-    for p, out in zip(prompts, outs):
+    for p, out in zip(prompts, outs, strict=True):
         print(json.dumps({"prompt": p, "completion": out.text, "finish_reason": out.finish_reason,
                           "completion_tokens": out.completion_tokens}))
     return 0
@@ -414,7 +416,8 @@ def register(sub) -> None:
                 "gptlab interventions")
     s.set_defaults(fn=cmd_interventions)
     s = verb_parser(sub, "config", "print the resolved config, parameter count and FLOPs",
-                "gptlab config configs/gpt2-small-baseline.toml\ngptlab config configs/tiny-cpu.toml --set interventions=[\"qkv_bias\"]")
+                "gptlab config configs/gpt2-small-baseline.toml\n"
+                "gptlab config configs/tiny-cpu.toml --set interventions=[\"qkv_bias\"]")
     s.add_argument("config", nargs="?")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_config)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import bisect
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

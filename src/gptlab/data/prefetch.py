@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

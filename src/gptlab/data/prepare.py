@@ -15,9 +15,9 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm

@@ -15,9 +15,9 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -31,7 +31,7 @@ FOLDER_SUFFIXES = (".txt", ".jsonl", ".parquet")
 FILE_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet", ".bin": "bin"}
 _BIN_CHUNK = 1 << 24  # tokens scanned at a time in a .bin source
 
-Doc = Union[str, np.ndarray]  # a text, or the tokens of a pre-tokenised document
+Doc = str | np.ndarray  # a text, or the tokens of a pre-tokenised document
 
 
 @dataclass(frozen=True)

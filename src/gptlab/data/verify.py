@@ -68,7 +68,7 @@ def shard_failures(data_dir: str | os.PathLike, force: bool = False) -> tuple[li
     verified, failures, hashed = {}, [], 0
     vocab_size = meta.get("vocab_size", VOCAB_SIZE)
     limit = min(vocab_size, VOCAB_SIZE) if isinstance(vocab_size, int) else VOCAB_SIZE
-    for split, info in meta["splits"].items():
+    for info in meta["splits"].values():
         for sh in info["shards"]:
             path, want, max_id = data_dir / sh["file"], sh.get("sha256"), sh.get("max_id")
             stamp = _stamp(path, want, max_id, vocab_size)

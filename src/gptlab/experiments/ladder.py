@@ -168,7 +168,7 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
     for i, model in enumerate(rungs):
         plans.append(_plan_rung(p, d, base, name, i, model, per_rung[i], rule,
                                 value if rule == "tokens_per_param" else value[i], extra))
-    for a, b in zip(plans, plans[1:]):
+    for a, b in zip(plans, plans[1:], strict=False):
         if b.non_embedding <= a.non_embedding:
             raise GptlabError(f"{where}.rungs[{b.index}]: {b.non_embedding:,} non-embedding parameters, not more "
                               f"than rung {a.index}'s {a.non_embedding:,} (list the rungs smallest first)")
@@ -283,7 +283,7 @@ def run_ladder(spec_path: str, out: str | None = None, dry_run: bool = False, ov
                only: list[str] | None = None, bootstrap: int | None = None, **run_options) -> int:
     """Run (or with dry_run, only print) every rung of the ladder through the experiment runner, then write the
     ladder report. The exit status for the CLI."""
-    from gptlab.experiments.runner import ExperimentLock, StopSignals, Stopped, run_experiment
+    from gptlab.experiments.runner import ExperimentLock, Stopped, StopSignals, run_experiment
     from gptlab.io import atomic_write_text
     from gptlab.train.signals import EXIT_PREEMPTED
 
@@ -374,7 +374,7 @@ def collect(lad: Ladder, exp_dir: Path) -> dict[str, list[list[dict]]]:
 def _pair_rungs(base: list[list[dict]], var: list[list[dict]], paired: bool) -> tuple[list[int], list]:
     """The rungs where both have runs, as scaling.Rung (paired: the seeds both have, in seed order)."""
     idx, out = [], []
-    for k, (b, v) in enumerate(zip(base, var)):
+    for k, (b, v) in enumerate(zip(base, var, strict=True)):
         if paired:
             seeds = sorted({x["seed"] for x in b} & {x["seed"] for x in v})
             b = sorted([x for x in b if x["seed"] in seeds], key=lambda x: x["seed"])
@@ -402,7 +402,7 @@ def analyse(lad: Ladder, exp_dir: Path) -> dict:
         if not rungs:
             entry["missing"] = True
             continue
-        for k, r in zip(idx, rungs):
+        for k, r in zip(idx, rungs, strict=True):
             entry["per_rung"].append(dict(scaling.rung_delta(r, spec.design, spec.alpha), rung=k, compute=r.compute))
         pr = entry["per_rung"]
         entry["trend"] = scaling.trend([math.log10(x["compute"]) for x in pr], [x["diff"] for x in pr],
@@ -473,7 +473,7 @@ def _rung_table(lad: Ladder, exp_dir: Path) -> tuple[list[str], list[list[str]]]
     done = _done_counts(lad, exp_dir)
     head = ["rung", "model", "non-emb params", "params", "tokens/run", "FLOPs/run (baseline)", "runs done"]
     body = [[r.name, r.describe(), f"{r.non_embedding:,}", f"{r.params:,}", f"{r.tokens:,}", f"{r.flops:.3e}",
-             f"{n}/{len(r.spec.matrix())}"] for r, n in zip(lad.rungs, done)]
+             f"{n}/{len(r.spec.matrix())}"] for r, n in zip(lad.rungs, done, strict=True)]
     return head, body
 
 
@@ -486,7 +486,7 @@ def _variant_table(e: dict, lad: Ladder) -> tuple[list[str], list[list[str]]]:
              _f(x["p"], ".3g")] for x in e["per_rung"]]
     if any(x["note"] for x in e["per_rung"]):
         head.append("note")
-        for row, x in zip(body, e["per_rung"]):
+        for row, x in zip(body, e["per_rung"], strict=True):
             row.append(x["note"] or "—")
     return head, body
 
@@ -564,7 +564,7 @@ def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
     for name, cs, ls, color, curve in (
             (baseline, [r.c_base for r in rungs], [r.base for r in rungs], "#222222", fit.base if fit else None),
             (e["variant"], [r.c_var for r in rungs], [r.var for r in rungs], "#1f77b4", fit.var if fit else None)):
-        for c, y in zip(cs, ls):
+        for c, y in zip(cs, ls, strict=True):
             ax.scatter(c, y, s=12, color=color, alpha=0.45, lw=0)
             ax.errorbar([np.mean(c)], [np.mean(y)], yerr=[[np.mean(y) - y.min()], [y.max() - np.mean(y)]],
                         fmt="o", color=color, ms=5, capsize=3)
@@ -667,7 +667,8 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         ex, t = e["extrapolation"], e["trend"]
         fit = ex.fit
         lines += [markdown_table(*_variant_table(e, lad)), "",
-                  f"Trend: **{_trend_word(t)}** (slope {_f(t['slope'])} per decade of compute, SE {_f(t['slope_se'], '.4f')}, "
+                  f"Trend: **{_trend_word(t)}** (slope {_f(t['slope'])} per decade of compute, "
+                  f"SE {_f(t['slope_se'], '.4f')}, "
                   f"p {_f(t['p'], '.3g')}, df {_f(t['df'], '.3g')}). "
                   f"Δ at target: {_f(ex.delta)}, "
                   + (f"no PI ({ex.note})" if ex.note else f"{an['level']:.0%} PI {_ci(ex.low, ex.high)}") + " "

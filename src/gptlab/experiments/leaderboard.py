@@ -1,6 +1,6 @@
 """`gptlab leaderboard`: every variant of every experiment found under the given folders (or results.sqlite
-files), with mean test loss, CI, difference to its own experiment's baseline, p (Welch's, or the paired t-test for a paired
-design; raw and Holm-adjusted over the experiment's comparisons), the minimum detectable effect, tokens/s and the
+files), with mean test loss, CI, difference to its own experiment's baseline, p (Welch's, or the paired t-test for a
+paired design; raw and Holm-adjusted over the experiment's comparisons), the minimum detectable effect, tokens/s and the
 verdict.
 Variants are compared only with the baseline of the same experiment (same budget, data order and test set)."""
 

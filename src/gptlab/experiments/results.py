@@ -12,8 +12,9 @@ import json
 import math
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from gptlab import GptlabError
 
@@ -187,7 +188,7 @@ class ResultsDB:
             else:
                 self.con.execute("ROLLBACK")
 
-    def _transaction(self) -> "ResultsDB._Tx":
+    def _transaction(self) -> ResultsDB._Tx:
         return ResultsDB._Tx(self._con)
 
     # ------------------------------------------------------------------ writes
@@ -302,7 +303,7 @@ class ResultsDB:
             con.close()
             self._con = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "ResultsDB":
+    def __enter__(self) -> ResultsDB:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -86,7 +86,7 @@ class StopSignals:
         self.signum: int | None = None
         self._old: dict = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -115,7 +115,7 @@ class ExperimentLock:
         self.fd: int | None = None
         self.locked = False
 
-    def acquire(self) -> "ExperimentLock":
+    def acquire(self) -> ExperimentLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -150,7 +150,7 @@ class ExperimentLock:
             os.close(self.fd)
             self.fd, self.locked = None, False
 
-    def __enter__(self) -> "ExperimentLock":
+    def __enter__(self) -> ExperimentLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -335,7 +335,7 @@ def _run_tuned(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: B
                                                                               rerun_changed))
     if not failures:
         chosen["tuned_runs"] = {tuned.run_id(t.name, s): v.name
-                                for v, t in zip(spec.variants, tuned.variants) for s in (t.seeds or spec.seeds)}
+                                for v, t in zip(spec.variants, tuned.variants, strict=True) for s in (t.seeds or spec.seeds)}
         atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
     return failures
 

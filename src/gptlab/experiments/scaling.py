@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import optimize
@@ -176,7 +176,7 @@ def _sigmas(rungs: list[Rung]) -> tuple[np.ndarray, np.ndarray]:
     groups = [r.base for r in rungs] + [r.var for r in rungs]
     raw = [float(np.std(v, ddof=1)) if v.size >= 2 else math.nan for v in groups]
     dof = sum(v.size - 1 for v in groups if v.size >= 2)
-    pooled = math.sqrt(sum((v.size - 1) * x**2 for v, x in zip(groups, raw) if v.size >= 2) / dof) if dof else 0.0
+    pooled = math.sqrt(sum((v.size - 1) * x**2 for v, x in zip(groups, raw, strict=True) if v.size >= 2) / dof) if dof else 0.0
     fill = pooled if math.isfinite(pooled) and pooled > 0 else 1.0
     fixed = [x if math.isfinite(x) and x > 0 else fill for x in raw]
     k = len(rungs)

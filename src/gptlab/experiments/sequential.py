@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import optimize
@@ -98,15 +98,15 @@ def _looks(info: np.ndarray, bounds: np.ndarray | None, alpha: float, drift: flo
         dt, s = t - prev_t, math.sqrt(t)
         if k == 0:
             def tails(c):
-                return _st.norm.sf(c - drift * s), _st.norm.cdf(-c - drift * s)
+                return _st.norm.sf(c - drift * s), _st.norm.cdf(-c - drift * s)  # noqa: B023 - used in this look only
         else:
             sd = math.sqrt(dt)
             mass = f * w
 
             def tails(c):
-                hi = (c * s - u - drift * dt) / sd
-                lo = (-c * s - u - drift * dt) / sd
-                return float(mass @ _st.norm.sf(hi)), float(mass @ _st.norm.cdf(lo))
+                hi = (c * s - u - drift * dt) / sd  # noqa: B023 - tails is used in this look only
+                lo = (-c * s - u - drift * dt) / sd  # noqa: B023 - likewise
+                return float(mass @ _st.norm.sf(hi)), float(mass @ _st.norm.cdf(lo))  # noqa: B023 - likewise
         if bounds is not None:
             c = float(bounds[k])
         else:
@@ -114,7 +114,8 @@ def _looks(info: np.ndarray, bounds: np.ndarray | None, alpha: float, drift: flo
             if target <= 0:
                 c = math.inf
             else:
-                c = optimize.brentq(lambda c: sum(tails(c)) - target, 0.0, 60.0, xtol=1e-10, rtol=1e-12)
+                c = optimize.brentq(lambda c: sum(tails(c)) - target,  # noqa: B023 - brentq calls it right here
+                                    0.0, 60.0, xtol=1e-10, rtol=1e-12)
             prev_spent = float(spent[k])
         out_b[k] = c
         up[k], down[k] = tails(c) if math.isfinite(c) else (0.0, 0.0)

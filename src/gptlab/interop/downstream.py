@@ -61,8 +61,8 @@ def checkpoint_id(ck: Path) -> str:
 
 
 def report_columns(run_dir: str | Path | None) -> dict[str, tuple[float, str]]:
-    """{"TASK acc_norm (n=N)": (acc_norm, "data sha256|task sha256")} of a run's stored results for its latest checkpoint
-    (the newest entry per task and number of documents); {} without any. Never raises: a report must not
+    """{"TASK acc_norm (n=N)": (acc_norm, "data sha256|task sha256")} of a run's stored results for its latest
+    checkpoint (the newest entry per task and number of documents); {} without any. Never raises: a report must not
     fail on a damaged downstream.json."""
     if run_dir is None:
         return {}

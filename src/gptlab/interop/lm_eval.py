@@ -42,7 +42,7 @@ from gptlab.interop.downstream import (
 
 try:
     import lm_eval
-    import lm_eval.models  # noqa: F401  lm-eval's own models (lazy); registering ours first would hide them
+    import lm_eval.models  # lm-eval's own models (lazy); registering ours first would hide them
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
 except ModuleNotFoundError:  # pragma: no cover - install problem
@@ -162,7 +162,7 @@ class GptlabLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         res = self.score([(ctx, cont) for _, ctx, cont in requests], disable_tqdm=disable_tqdm)
-        for (key, _, _), r in zip(requests, res):
+        for (key, _, _), r in zip(requests, res, strict=True):
             self.cache_hook.add_partial("loglikelihood", key, r)
         return res
 
@@ -179,9 +179,9 @@ class GptlabLM(TemplateLM):
                 pairs.append(make_disjoint_window(w))
                 owner.append(n)
         sums = [0.0] * len(requests)
-        for n, (ll, _) in zip(owner, self.score(pairs, disable_tqdm=disable_tqdm)):
+        for n, (ll, _) in zip(owner, self.score(pairs, disable_tqdm=disable_tqdm), strict=True):
             sums[n] += ll
-        for req, s in zip(requests, sums):
+        for req, s in zip(requests, sums, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), s)
         return sums
 
@@ -219,7 +219,7 @@ def yaml_errors(include_path: list[str]) -> list[str]:
     for folder in include_path:
         for f in sorted(p for p in Path(folder).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()):
             try:
-                yaml.load(f.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 - SafeLoader's subclass
+                yaml.load(f.read_text(encoding="utf-8"), Loader=Loader)  # a SafeLoader subclass
             except UnicodeDecodeError as e:
                 out.append(f"{f}: not UTF-8 text (byte {e.start})")
             except yaml.YAMLError as e:
@@ -326,7 +326,8 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None
                  force: bool = False, lm: GptlabLM | None = None) -> list[dict]:
     """Run lm-eval's `simple_evaluate` on the run's latest checkpoint for each task (a group expands to its
     tasks); return one entry per task, read back from RUN/downstream.json when that exact evaluation (task,
-    limit, documents' sha256, task settings' sha256, checkpoint) is there and not `force`, else computed and stored (atomically)."""
+    limit, documents' sha256, task settings' sha256, checkpoint) is there and not `force`, else computed and stored
+    (atomically)."""
     from gptlab.train import latest_checkpoint
 
     run_dir = Path(run_dir)

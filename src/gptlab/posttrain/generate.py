@@ -108,11 +108,11 @@ class Generator:
             else:
                 logits = self.model.decode(self._tensor([[seqs[r][-1]] for r in rows]), cache)
             toks = _pick(logits.float(), [samplings[r] for r in rows], [rngs[r] for r in rows])
-            for r, tok in zip(rows, toks):
+            for r, tok in zip(rows, toks, strict=True):
                 seqs[r].append(tok)
                 made[r] += 1
-            yield dict(zip(rows, toks))
-            keep = [i for i, (r, tok) in enumerate(zip(rows, toks))
+            yield dict(zip(rows, toks, strict=True))
+            keep = [i for i, (r, tok) in enumerate(zip(rows, toks, strict=True))
                     if tok != self.eos_id and r not in stopped and made[r] < limits[r]]
             if not keep:
                 return
@@ -258,7 +258,7 @@ def _pick(logits: torch.Tensor, samplings: Sequence[Sampling], rngs: Sequence[to
     if not any(s.temperature and s.temperature > 0 for s in samplings):
         return logits.argmax(dim=-1).tolist()  # top-k and top-p never change the argmax
     out = []
-    for row, s, rng in zip(logits.split(1), samplings, rngs):
+    for row, s, rng in zip(logits.split(1), samplings, rngs, strict=True):
         if not (s.temperature and s.temperature > 0):
             out.append(int(row.argmax(dim=-1)))
             continue

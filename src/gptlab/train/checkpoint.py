@@ -286,7 +286,7 @@ def load_checkpoint(ck: Path, model, opts, rank: int) -> dict:
             states = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
             if isinstance(states, dict):  # a fine-tune checkpointed before the shared format: one state dict
                 states = [states]
-            for o, s in zip(opts, states):
+            for o, s in zip(opts, states, strict=True):
                 o.load_state_dict(s)
         rng_file = ck / f"rng_rank{rank}.pt"
         if not rng_file.exists() and (ck / "rng.pt").exists():  # likewise: its RNG file had no rank

@@ -22,7 +22,7 @@ class Dist:
         self._own = False
 
     @classmethod
-    def from_env(cls, device: torch.device) -> "Dist":
+    def from_env(cls, device: torch.device) -> Dist:
         """On CUDA the device is set before the process group exists and bound to it (`device_id`), so NCCL's
         first collective and every barrier use this rank's GPU, not GPU 0."""
         d = cls(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),

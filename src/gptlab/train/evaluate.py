@@ -4,7 +4,7 @@ distributed. Targets of -100 (prompt and padding in fine-tuning) are not counted
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

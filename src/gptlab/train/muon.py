@@ -31,7 +31,7 @@ class ShardedNewtonSchulzMuon(torch.optim.Muon):
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
             updates, pending = [], []
-            for i, (grad, buf) in enumerate(zip(grads, bufs)):
+            for i, (grad, buf) in enumerate(zip(grads, bufs, strict=True)):
                 buf.lerp_(grad, 1 - group["momentum"])  # as torch's Muon, on every rank (replicated state)
                 update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
                 src = owner(i, world)
@@ -45,7 +45,7 @@ class ShardedNewtonSchulzMuon(torch.optim.Muon):
             for work in pending:
                 work.wait()
             lr, wd = _muon._to_scalar(group["lr"]), group["weight_decay"]
-            for param, update in zip(params, updates):
+            for param, update in zip(params, updates, strict=True):
                 param.mul_(1 - lr * wd)
                 param.add_(update, alpha=-_muon._adjust_lr(lr, group["adjust_lr_fn"], param.shape))
         return loss

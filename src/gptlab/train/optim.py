@@ -28,7 +28,7 @@ class OptimSettings:
     muon_lr: float | None = None  # None: AdamW only; else Muon at this lr on the blocks' 2-D weights
 
     @classmethod
-    def of(cls, cfg: RunConfig) -> "OptimSettings":
+    def of(cls, cfg: RunConfig) -> OptimSettings:
         t = cfg.train
         return cls(lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2), eps=t.eps,
                    decay_matrices_only=t.decay_matrices_only, muon_lr=t.muon_lr if t.optimizer == "muon" else None)

@@ -153,8 +153,8 @@ class Pretraining:
         # base_lr it was trained with, the same when the config is (check_resume), not after --continue-with
         bases = [[g["base_lr"] for g in o.param_groups] for o in self.trainer.opts]
         state = self.trainer.restore(ck)
-        for o, b in zip(self.trainer.opts, bases):
-            for g, lr in zip(o.param_groups, b):
+        for o, b in zip(self.trainer.opts, bases, strict=True):
+            for g, lr in zip(o.param_groups, b, strict=True):
                 g["base_lr"] = lr
         sched = state.get("schedule") or {}
         self.warm_steps, self.seq_warm_steps = sched.get("warmup_steps"), sched.get("seq_len_warmup_steps")

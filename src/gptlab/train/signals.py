@@ -27,7 +27,7 @@ class Preemption:
         self.signal: str | None = None
         self._old: dict = {}
 
-    def __enter__(self) -> "Preemption":
+    def __enter__(self) -> Preemption:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)

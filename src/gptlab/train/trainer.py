@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 

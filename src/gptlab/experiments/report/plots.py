@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ def plot_loss_curves(metrics: dict[str, list[list[dict]]], order: list[str], col
         _draw_loss_axis(ax, metrics, order, colors, ykey, name, use_tokens)
     by_variant: dict[str, Any] = {}
     for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             by_variant.setdefault(lab, h)
     labels = [v for v in order if v in by_variant]
     if labels:
@@ -219,7 +220,7 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
         return _png(fig)
     ys = np.arange(m)[::-1]
     seen = set()
-    for y, r in zip(ys, others):
+    for y, r in zip(ys, others, strict=True):
         if r["diff"] is None:
             continue
         verdict = r["verdict"]
@@ -243,7 +244,7 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     span = max(hi - lo, 1e-6)
     ax.set_xlim(lo - 0.05 * span, hi + 0.45 * span)  # room on the right for the p-value notes
-    for y, r in zip(ys, others):
+    for y, r in zip(ys, others, strict=True):
         if r["diff"] is None:
             continue
         note = p_is(r["p"]).replace(" ", "") if r["p"] is not None else r["verdict"]

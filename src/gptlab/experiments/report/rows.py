@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def build_rows(runs: list[dict], baseline: str, judge: dict[str, float] | None =
                margin=equivalence_margin, design=design, base_runs=groups[baseline])
     rows = [_row(variant, rs, **ctx) for variant, rs in groups.items()]
     others = [r for r in rows if r["variant"] != baseline]
-    for r, ph in zip(others, st.holm([r["p"] for r in others])):
+    for r, ph in zip(others, st.holm([r["p"] for r in others]), strict=True):
         r["p_holm"] = _clean(ph)
     m = sum(r["p"] is not None for r in others)  # the Holm family: every comparison that has a p
     for r in rows:
@@ -125,7 +126,8 @@ def _pairs(variant: str, rs: list[dict], base_runs: list[dict]) -> tuple[list[fl
 
 def _downstream(rs: list[dict]) -> dict[str, float]:
     """{"TASK acc_norm (n=N)": mean over the variant's runs} for each downstream column that every run of the
-    variant has, on the same documents and task settings (equal shas); runs carry them as r["downstream"] (render.py)."""
+    variant has, on the same documents and task settings (equal shas); runs carry them as r["downstream"]
+    (render.py)."""
     cols: list[dict] = [r.get("downstream") or {} for r in rs]
     out = {}
     for label in sorted(set().union(*cols)) if cols else []:

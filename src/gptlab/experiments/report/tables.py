@@ -3,7 +3,8 @@ table (the report template and `gptlab leaderboard --markdown`) and aligned text
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gptlab.experiments.report.rows import DASH, fmt, fmt_ci, fmt_p
 
@@ -78,7 +79,7 @@ def text_table(headers: list[str], body: list[list[str]]) -> str:
     widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(c) for c in body])
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from gptlab import GptlabError
 from gptlab.experiments.scheduler.base import RunJob, State, train_command
 
-
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 # torchrun's default relayed signals, and SIGUSR1: a runner's SIGUSR1 reaches the workers, not torchrun's death

@@ -83,9 +83,10 @@ def write_task(spec_path: str, emit: str | None, **kw) -> Path:
     if not emit:
         raise GptlabError("--emit: expected a file to write the SkyPilot task to (--backend skypilot --emit sky.yaml)")
     t = task(spec_path, **kw)
+    out = t["run"].strip().splitlines()[-1].split("--out ")[1].split()[0]  # the experiment folder on the node
     head = (f"# SkyPilot task written by `gptlab experiment --backend skypilot`\n"
             f"#   sky launch -c gptlab {emit}\n"
-            f"#   sky rsync-down gptlab ~/sky_workdir/{t['run'].strip().splitlines()[-1].split('--out ')[1].split()[0]} <local folder>\n")
+            f"#   sky rsync-down gptlab ~/sky_workdir/{out} <local folder>\n")
     atomic_write_text(emit, head + to_yaml(t))
     return Path(emit)
 

@@ -109,5 +109,5 @@ def _error_message(e: urllib.error.HTTPError) -> str:
     try:
         body = e.read()
         return str(json.loads(body)["error"]["message"])[:200]
-    except Exception:  # noqa: BLE001 - any body: fall back to the reason
+    except Exception:  # any body: fall back to the reason
         return str(e.reason)[:200]

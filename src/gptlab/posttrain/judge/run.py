@@ -131,9 +131,9 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
               judge_temperature: float = 0.0, judge_max_tokens: int | None = None, progress: bool = True,
               batch_size: int = 8, concurrency: int = 4) -> dict:
     """Score a run's answers with an LLM judge, `concurrency` requests in flight. Writes RUN/judge.json; with
-    `db` also records the per-item scores in that results.sqlite (run_id: default the run folder's name). `temperature` is the answers'
-    (0 = greedy; otherwise sampled with seed + item); the judge is asked at `judge_temperature` (0, as the
-    book); answers are generated `batch_size` at a time. Returns the judge.json contents."""
+    `db` also records the per-item scores in that results.sqlite (run_id: default the run folder's name). `temperature`
+    is the answers' (0 = greedy; otherwise sampled with seed + item); the judge is asked at `judge_temperature` (0, as
+    the book); answers are generated `batch_size` at a time. Returns the judge.json contents."""
     run_dir = Path(run_dir)
     _check(retries, concurrency)
     records, source = _records(run_dir, data_file, n)
@@ -173,7 +173,7 @@ def _compare_item(client: JudgeClient, i: int, rec: dict, answers: dict[str, lis
     """One record's row: every model's answer under its label for this item, the judge's scores mapped back."""
     names = list(answers)
     labels = labels_for(len(names))
-    label_of = dict(zip(labels, compare_order(names, seed, i)))
+    label_of = dict(zip(labels, compare_order(names, seed, i), strict=True))
     prompt = compare_prompt(rec, [(lb, answers[nm][i]) for lb, nm in label_of.items()])
     got, reply, attempts = _ask_until(client, prompt, lambda t: parse_compare(t, labels), retries)
     scores = {nm: (got[lb] if got else None) for lb, nm in label_of.items()}
@@ -188,9 +188,9 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
                   retries: int = 2, timeout: float = 60, seed: int = 123, device: str = "auto",
                   judge_temperature: float = 0.0, judge_max_tokens: int | None = None, out: str | Path | None = None,
                   progress: bool = True, batch_size: int = 8, concurrency: int = 4) -> dict:
-    """Score several runs' answers side by side (`concurrency` requests in flight): per item ONE prompt with all answers under labels A, B, ...
-    in a seeded random order (`compare_order`); the judge's JSON scores are mapped back to the run names.
-    Default data: the runs' shared held-out test split. With `db`, per-model scores are recorded under
+    """Score several runs' answers side by side (`concurrency` requests in flight): per item ONE prompt with all answers
+    under labels A, B, ... in a seeded random order (`compare_order`); the judge's JSON scores are mapped back to the
+    run names. Default data: the runs' shared held-out test split. With `db`, per-model scores are recorded under
     run_id = name and judge_model = "<judge_model> [compare]". Returns per-model means and per-item rows
     (and writes them to `out` if given)."""
     if not isinstance(run_dirs, dict) or len(run_dirs) < 2:

@@ -3,9 +3,9 @@ of a validation failure into OpenAI's error shape: {"error": {"message", "type",
 
 Types are strict (JSON true is not a number, 2.0 is not an integer) and unknown fields are refused. `null`
 means "the default" for every optional field. Every number has a declared interval (`in_range`, the same
-gptlab.io.Range the config and the CLI use): seed is a signed 64-bit integer, as OpenAI's. A failed `check` reports its own message ("{param}" in it is
-replaced by the offending parameter, e.g. messages[0].role); any other wrong type is reported as
-"Invalid type for 'PARAM': expected WHAT, got TYPE (VALUE)" with WHAT from `EXPECTED`. Only the first error
+gptlab.io.Range the config and the CLI use): seed is a signed 64-bit integer, as OpenAI's. A failed `check` reports its
+own message ("{param}" in it is replaced by the offending parameter, e.g. messages[0].role); any other wrong type is
+reported as "Invalid type for 'PARAM': expected WHAT, got TYPE (VALUE)" with WHAT from `EXPECTED`. Only the first error
 is sent: unknown fields first, then a missing required field, then the fields in the order declared below
 (where within a message its unknown keys come first).
 

@@ -110,7 +110,7 @@ class Guard:
         if len(path) > 1 and path.endswith("/"):
             scope = dict(scope, path=path.rstrip("/") or "/")
         method, path = scope["method"], scope["path"]
-        client = "%s:%s" % tuple(scope.get("client") or ("-", "-"))
+        client = "{}:{}".format(*(scope.get("client") or ("-", "-")))
         sent = {"status": None}
 
         async def send_logged(message):
@@ -380,7 +380,7 @@ async def _events(job: Job, reply: Reply, prompt_tokens: int, request: Request):
     finally:
         if not done:
             job.cancelled = True
-            client = "%s:%s" % tuple(request.client or ("-", "-"))
+            client = "{}:{}".format(*(request.client or ("-", "-")))
             log.info("%s POST %s: client disconnected mid-stream; its generation is dropped", client,
                      request.url.path)
 

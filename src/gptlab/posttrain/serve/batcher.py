@@ -120,7 +120,7 @@ class Batcher:
                     if job.cancelled and row not in cancelled and row not in finished:
                         cancelled.add(row)
                         self.cancelled_rows += 1
-        except Exception as e:  # noqa: BLE001 - a bug must not kill the worker: fail this batch's requests
+        except Exception as e:  # a bug must not kill the worker: fail this batch's requests
             log.exception("generation failed for a batch of %d", len(batch))
             for row, job in enumerate(batch):
                 if row not in finished:
