@@ -138,7 +138,8 @@ def load_vocab_map(run_dir: str | Path, vocab_size: int | None = None) -> VocabM
 
 
 def resolve_corpus_vocab(cfg) -> VocabMap | None:
-    """For `data.vocab = "corpus"` with prepared data: set cfg.model.vocab_size and return the map."""
+    """For `data.vocab = "corpus"` with prepared data: set cfg.model.vocab_size and return the map. A step of
+    config.resolve (the config's last), not called on its own."""
     if cfg.data.vocab != "corpus" or not (Path(cfg.data.dir) / "meta.json").exists():
         return None
     vm = corpus_vocab(cfg.data.dir)
