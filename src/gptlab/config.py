@@ -372,8 +372,7 @@ def validate(cfg: RunConfig, where: str = "<config>") -> None:
 
 
 class Resolved(NamedTuple):
-    """A resolved config: the RunConfig, its hash, and its corpus vocabulary (a data.vocab.VocabMap when
-    data.vocab = "corpus" and the data is prepared, else None)."""
+    """A resolved config, its hash, its corpus vocabulary (data.vocab.VocabMap; None without one or its data)."""
 
     cfg: RunConfig
     hash: str
@@ -382,25 +381,18 @@ class Resolved(NamedTuple):
 
 def resolve(source: str | Path | dict | None, *, where: str | None = None, extra: dict | None = None,
             overrides: list[str] | None = None, apply_interventions: bool = True) -> Resolved:
-    """The one resolution of a run's config. `source` is a config file (read with its `base` chain), a raw
-    config table (a file's, its chain merged, e.g. an experiment run's), or None (the defaults). Then `extra`
-    (a table) and `overrides` (--set items) are merged over it, the table typed, the preset filled in, the
-    listed interventions applied (not for an already resolved config: apply_interventions=False), every field
-    validated, and with data.vocab = "corpus" model.vocab_size set to the corpus vocabulary's size when the data
-    is prepared (until then it stays as written: training prepares the data and resolves the config again).
-    Errors name `where` (default: the file, or "<defaults>")."""
+    """The one resolution of a run's config: `source` (a config file, read with its `base` chain; a raw table, its
+    chain merged, e.g. an experiment run's; None: the defaults), `extra` (a table) and `overrides` (--set) merged
+    over it, typed, the preset filled in, the interventions applied (apply_interventions=False: an already resolved
+    config), validated, and for data.vocab = "corpus" with its data prepared, model.vocab_size set to the corpus
+    vocabulary's size (training prepares missing data, then resolves again). Errors name `where` (default: the file)."""
     if isinstance(source, dict):
         raw, where = dict(source), where or "<config>"
-    elif source:
-        raw, where = read_config_toml(source), where or str(source)
     else:
-        raw, where = {}, where or "<defaults>"
-    if extra:
-        raw = deep_merge(raw, extra)
-    raw = deep_merge(raw, parse_overrides(overrides or []))
+        raw, where = (read_config_toml(source) if source else {}), where or str(source or "<defaults>")
+    raw = deep_merge(deep_merge(raw, extra or {}), parse_overrides(overrides or []))
     cfg = from_dict(raw, where)
-    explicit = set((raw.get("model") or {}).keys()) - {"preset"}
-    resolve_preset(cfg, explicit, f"{where}: model.preset")
+    resolve_preset(cfg, set((raw.get("model") or {}).keys()) - {"preset"}, f"{where}: model.preset")
     if apply_interventions and cfg.interventions:
         interventions.apply_interventions(cfg, cfg.interventions, where)
     validate(cfg, where)
