@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from gptlab import GptlabError
@@ -59,3 +61,57 @@ def test_config_hash_stable_and_sensitive():
     a, b = load_config(None, ["train.lr=1e-3"]), load_config(None, ["train.lr=1e-3"])
     c = load_config(None, ["train.lr=2e-3"])
     assert a.hash() == b.hash() != c.hash()
+
+
+def _corpus_jsonl(path, n_docs=100, n_words=300):
+    """A small corpus of made-up documents over a 200-word vocabulary: its corpus vocabulary is a few hundred
+    GPT-2 ids."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6))) for _ in range(200)]
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(n_words))}) + "\n"
+                            for _ in range(n_docs)))
+    return path
+
+
+def test_runner_and_its_train_child_resolve_the_same_config(tmp_path):
+    """A spec whose data.vocab = "corpus" data is not prepared when the spec is read, run with --set: the hash the
+    `gptlab train` child records (meta.json, results.sqlite) is the one the runner resolves for the run, so a
+    re-run finds the run done rather than changed; and a config of that run, resolved now, has the corpus
+    vocabulary's size."""
+    import sqlite3
+
+    import tomli_w
+
+    from conftest import tiny_overrides
+    from gptlab.config import resolve
+    from gptlab.experiments.runner import run_experiment
+    from gptlab.experiments.spec import load_spec
+
+    data = tmp_path / "data"
+    base = parse_overrides(tiny_overrides(str(data), **{"data.source": str(_corpus_jsonl(tmp_path / "c.jsonl")),
+                                                        "train.tokens": 8 * 32 * 3, "eval.batches": 0}))
+    (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
+    spec_path = tmp_path / "exp.toml"
+    spec_path.write_text(tomli_w.dumps({"name": "t", "base": "base.toml", "seeds": [1],
+                                        "variants": [{"name": "baseline", "interventions": ["no_dropout"]}]}))
+    spec = load_spec(spec_path)
+    v = spec.variants[0]
+    before = spec.resolve(v, 1)
+    assert before.vocab is None and before.cfg.model.vocab_size == 50257  # data not prepared yet
+    sets = ["train.lr=0.002", "model.qkv_bias=true"]
+    out = tmp_path / "exp"
+    assert run_experiment(str(spec_path), out=str(out), overrides=sets, quiet=True) == 0
+    expected = spec.resolve(v, 1, parse_overrides(sets))
+    assert expected.vocab is not None and expected.cfg.model.vocab_size == len(expected.vocab) < 1000
+    assert expected.cfg.train.lr == 0.002 and expected.cfg.model.drop_rate == 0.0
+    meta = json.loads((out / "runs" / "baseline-s1" / "meta.json").read_text())
+    with sqlite3.connect(out / "results.sqlite") as c:
+        (row_hash,) = c.execute("select config_hash from runs where run_id = 'baseline-s1'").fetchone()
+    assert meta["config_hash"] == row_hash == expected.hash
+    assert resolve(out / "configs" / "baseline-s1.toml").hash == expected.hash  # the child's table, resolved
+    assert run_experiment(str(spec_path), out=str(out), overrides=sets, quiet=True) == 0  # done, not "changed"
+    with pytest.raises(GptlabError, match=r"^baseline-s1: finished with another config \(train.lr 0.002 -> 0.003\)"):
+        run_experiment(str(spec_path), out=str(out), overrides=sets[1:], quiet=True)

@@ -192,14 +192,12 @@ def test_changed_partial_run_is_named_before_it_fails_in_training(small_data, tm
     spec = write_spec(tmp_path, small_data, seeds=(1,), variants=[{"name": "baseline", "interventions": []}])
     out = tmp_path / "exp"
     from gptlab.config import save_config
-    from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.experiments.spec import claim_experiment_dir
 
     s = load_spec(spec)
-    cfg = s.resolved_config(s.variants[0], 1)
-    resolve_corpus_vocab(cfg)
+    cfg = s.resolved_config(s.variants[0], 1)  # the corpus vocabulary's size in, as training writes it
     cfg.train.lr = 0.01
-    claim_experiment_dir(out, "--out")  # the experiment folder as gptlab left it
+    claim_experiment_dir(out, "--out")  # an experiment folder gptlab made, then killed in its first run
     (out / "runs" / "baseline-s1").mkdir(parents=True)
     save_config(cfg, out / "runs" / "baseline-s1" / "config.toml")
     with pytest.raises(GptlabError, match=r"^baseline-s1: started with another config \(train.lr 0.01 -> 0.003\); "

@@ -154,7 +154,6 @@ def record(lad, out, losses):
     rung k's seeds (in the rung's seed order), each run with the config hash the ladder expects and the rung's
     FLOPs, in out/rung-K/results.sqlite."""
     from gptlab.experiments.results import DB_NAME, ResultsDB
-    from gptlab.experiments.runner import _expected_config
 
     for r in lad.rungs:
         (out / r.name).mkdir(parents=True, exist_ok=True)
@@ -162,7 +161,7 @@ def record(lad, out, losses):
             for v in r.spec.variants:
                 for s, loss in zip(r.spec.seeds, losses[v.name][r.index], strict=True):
                     db.record_run({"run_id": r.spec.run_id(v.name, s), "experiment": r.spec.name, "variant": v.name,
-                                   "seed": s, "config_hash": _expected_config(r.spec, v, s, lad.extra).hash(),
+                                   "seed": s, "config_hash": r.spec.resolve(v, s, lad.extra).hash,
                                    "flops": r.flops, "tokens": r.tokens, "test_loss": loss})
 
 

@@ -3,7 +3,8 @@
 Every error is one line naming the file, the field and what was expected; unknown keys get the
 closest valid name suggested. Each field declares what it accepts in its metadata (`ranged`: an interval for a
 number, `one_of`: choices, `matching`: a pattern) and `validate` checks every declaration, then the rules that
-tie fields together, on every resolved config.
+tie fields together, on every resolved config. `resolve` is the one way from a file or a raw table to a run's
+config and its hash (load_config, experiment specs, the runner and the `gptlab train` it starts all use it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tomli_w
 
@@ -371,23 +372,43 @@ def validate(cfg: RunConfig, where: str = "<config>") -> None:
             raise GptlabError(f"{where}: {fld}: {msg}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                extra: dict | None = None, apply_interventions: bool = True) -> RunConfig:
-    """Read a TOML file (or defaults), merge `extra` (dict) and `--set` overrides, resolve the preset,
-    apply the listed interventions, validate. Returns the resolved config."""
-    raw: dict = read_config_toml(path) if path else {}
-    where = str(path) if path else "<defaults>"
-    if extra:
-        raw = deep_merge(raw, extra)
-    ov = parse_overrides(overrides or [])
-    raw = deep_merge(raw, ov)
+class Resolved(NamedTuple):
+    """A resolved config, its hash, its corpus vocabulary (data.vocab.VocabMap; None without one or its data)."""
+
+    cfg: RunConfig
+    hash: str
+    vocab: Any
+
+
+def resolve(source: str | Path | dict | None, *, where: str | None = None, extra: dict | None = None,
+            overrides: list[str] | None = None, apply_interventions: bool = True) -> Resolved:
+    """The one resolution of a run's config: `source` (a config file, read with its `base` chain; a raw table, its
+    chain merged, e.g. an experiment run's; None: the defaults), `extra` (a table) and `overrides` (--set) merged
+    over it, typed, the preset filled in, the interventions applied (apply_interventions=False: an already resolved
+    config), validated, and for data.vocab = "corpus" with its data prepared, model.vocab_size set to the corpus
+    vocabulary's size (training prepares missing data, then resolves again). Errors name `where` (default: the file)."""
+    if isinstance(source, dict):
+        raw, where = dict(source), where or "<config>"
+    else:
+        raw, where = (read_config_toml(source) if source else {}), where or str(source or "<defaults>")
+    raw = deep_merge(deep_merge(raw, extra or {}), parse_overrides(overrides or []))
     cfg = from_dict(raw, where)
-    explicit = set((raw.get("model") or {}).keys()) - {"preset"}
-    resolve_preset(cfg, explicit, f"{where}: model.preset")
+    resolve_preset(cfg, set((raw.get("model") or {}).keys()) - {"preset"}, f"{where}: model.preset")
     if apply_interventions and cfg.interventions:
         interventions.apply_interventions(cfg, cfg.interventions, where)
     validate(cfg, where)
-    return cfg
+    vocab = None
+    if cfg.data.vocab == "corpus":  # (the import loads torch: only when needed)
+        from gptlab.data.vocab import resolve_corpus_vocab
+
+        vocab = resolve_corpus_vocab(cfg)
+    return Resolved(cfg, cfg.hash(), vocab)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                extra: dict | None = None, apply_interventions: bool = True) -> RunConfig:
+    """A TOML file's (or the defaults') resolved config, with `extra` (a table) and `--set` overrides (`resolve`)."""
+    return resolve(path, extra=extra, overrides=overrides, apply_interventions=apply_interventions).cfg
 
 
 def flat(d: dict, prefix: str = "") -> dict:

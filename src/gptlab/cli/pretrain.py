@@ -267,11 +267,9 @@ def cmd_interventions(a) -> int:
 
 def cmd_config(a) -> int:
     from gptlab.config import load_config
-    from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.model import GPTModel, count_params
 
     cfg = load_config(a.config, a.set)
-    resolve_corpus_vocab(cfg)
     print(cfg.to_toml())
     import torch
 
@@ -287,12 +285,10 @@ def cmd_config(a) -> int:
 
 def cmd_plan(a) -> int:
     from gptlab.config import load_config
-    from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.plan import format_plan, plan
     from gptlab.train.flops import peak_of, tokens_for_flops
 
     cfg = load_config(a.config, a.set)
-    resolve_corpus_vocab(cfg)
     budget = a.flops
     if a.gpu_hours:
         budget = a.gpu_hours * 3600 * peak_of(a.gpu_type) * a.mfu

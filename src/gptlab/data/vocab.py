@@ -93,9 +93,14 @@ def _cached(cache: Path, key: str) -> VocabMap | None:
     return None
 
 
+# (data folder, train key) -> its corpus vocabulary: a process resolves many configs (an experiment's every run), and
+# reads or counts the train split once, even where the folder's cache cannot be written
+_KNOWN: dict[tuple[str, str], VocabMap] = {}
+
+
 def corpus_vocab(data_dir: str | Path) -> VocabMap:
     """Sorted distinct token ids of the train split, plus <|endoftext|> (cached in the data folder, keyed by the
-    train shards' sha256s)."""
+    train shards' sha256s, and in this process)."""
     from gptlab.data.loader import TokenDataset, read_meta
     from gptlab.data.unigram import token_counts
     from gptlab.io import atomic_write
@@ -103,7 +108,11 @@ def corpus_vocab(data_dir: str | Path) -> VocabMap:
     data_dir = Path(data_dir)
     cache = data_dir / CACHE
     key = _train_key(read_meta(data_dir))
+    known = (str(data_dir.resolve()), key)
+    if known in _KNOWN:
+        return _KNOWN[known]
     if cache.exists() and (vm := _cached(cache, key)) is not None:
+        _KNOWN[known] = vm
         return vm
     seen = token_counts(TokenDataset(data_dir, "train")) > 0
     seen[EOT_ID] = True
@@ -119,7 +128,8 @@ def corpus_vocab(data_dir: str | Path) -> VocabMap:
         why = str(e).rsplit(": ", 1)[-1] if isinstance(e, GptlabError) else (e.strerror or str(e))
         print(f"note: {cache} not written ({why}): the corpus vocabulary is computed in memory, again next time",
               file=sys.stderr)
-    return VocabMap(ids)
+    _KNOWN[known] = VocabMap(ids)
+    return _KNOWN[known]
 
 
 def load_vocab_map(run_dir: str | Path, vocab_size: int | None = None) -> VocabMap | None:
@@ -138,7 +148,8 @@ def load_vocab_map(run_dir: str | Path, vocab_size: int | None = None) -> VocabM
 
 
 def resolve_corpus_vocab(cfg) -> VocabMap | None:
-    """For `data.vocab = "corpus"` with prepared data: set cfg.model.vocab_size and return the map."""
+    """For `data.vocab = "corpus"` with prepared data: set cfg.model.vocab_size and return the map. A step of
+    config.resolve (the config's last), not called on its own."""
     if cfg.data.vocab != "corpus" or not (Path(cfg.data.dir) / "meta.json").exists():
         return None
     vm = corpus_vocab(cfg.data.dir)

@@ -13,15 +13,14 @@ _MEASURABLE_PARAMS = 50_000_000  # without a GPU, time the step only for models 
 def print_dry_run(spec: Spec, extra: dict) -> None:
     import torch
 
-    from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.model import GPTModel, count_params
 
     print(f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})")
     print(f"{'run':<30} {'params':>12} {'tokens':>14} {'FLOPs':>9} {'lr':>8} {'wd':>7} {'clip':>5} {'drop':>5} "
           f"{'sched':>8} {'prec':>5} {'published':>9}  interventions")
     total_flops = sum(_print_run(spec, v, s, extra) for v, s in spec.matrix())
-    cfg0 = spec.resolved_config(spec.variants[0], spec.seeds[0], extra)
-    if cfg0.data.vocab == "corpus" and resolve_corpus_vocab(cfg0) is None:
+    cfg0, _, vocab0 = spec.resolve(spec.variants[0], spec.seeds[0], extra)
+    if cfg0.data.vocab == "corpus" and vocab0 is None:
         print(f"(data.vocab = 'corpus' but {cfg0.data.dir} is not prepared yet: sizes above use the full vocabulary)")
     with torch.device("meta"):
         n0 = count_params(GPTModel(cfg0.model))
@@ -41,12 +40,10 @@ def _print_run(spec: Spec, v: Variant, seed: int, extra: dict) -> float:
     """Print one run's line of the matrix; return its training FLOPs."""
     import torch
 
-    from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.model import GPTModel, count_params
     from gptlab.train.flops import flops_per_token, planned_steps
 
     cfg = spec.resolved_config(v, seed, extra)
-    resolve_corpus_vocab(cfg)
     with torch.device("meta"):
         n = count_params(GPTModel(cfg.model))
     t = cfg.train

@@ -191,7 +191,6 @@ def _meta():
 
 def _plan_rung(p: Path, d: dict, base: Path, name: str, i: int, model: dict, seeds, rule: str, value,
                extra: dict | None) -> RungPlan:
-    from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.model import GPTModel, count_params, non_embedding_params
     from gptlab.train.flops import flops_per_token, planned_steps, tokens_for_flops
 
@@ -226,7 +225,6 @@ def _plan_rung(p: Path, d: dict, base: Path, name: str, i: int, model: dict, see
     t = table(train)
     spec = load_spec(p, t)
     cfg = spec.resolved_config(bv, spec.seeds[0], extra)
-    resolve_corpus_vocab(cfg)
     with _meta():
         n = count_params(GPTModel(cfg.model))
     tokens = planned_steps(cfg, n) * cfg.train.global_batch_size * cfg.model.context_length
@@ -237,7 +235,6 @@ def _plan_rung(p: Path, d: dict, base: Path, name: str, i: int, model: dict, see
 def print_dry_run(lad: Ladder, extra: dict) -> None:
     import torch
 
-    from gptlab.data.vocab import resolve_corpus_vocab
     from gptlab.experiments.dry_run import _MEASURABLE_PARAMS, _measure_flops
     from gptlab.train.flops import PEAK_FLOPS, flops_per_token
 
@@ -250,8 +247,8 @@ def print_dry_run(lad: Ladder, extra: dict) -> None:
     for r in lad.rungs:
         runs = len(r.spec.matrix())
         fl = r.flops * runs
-        cfg = r.spec.resolved_config(r.spec.variants[0], r.spec.seeds[0], extra)
-        if resolve_corpus_vocab(cfg) is None and cfg.data.vocab == "corpus":
+        cfg, _, vocab = r.spec.resolve(r.spec.variants[0], r.spec.seeds[0], extra)
+        if vocab is None and cfg.data.vocab == "corpus":
             unprepared = cfg.data.dir
         step_flops = flops_per_token(cfg.model) * cfg.train.micro_batch_size * cfg.model.context_length
         if torch.cuda.is_available() or (r.params < _MEASURABLE_PARAMS and step_flops < _MEASURABLE_STEP_FLOPS):
@@ -354,7 +351,6 @@ def collect(lad: Ladder, exp_dir: Path) -> dict[str, list[list[dict]]]:
     the ladder now gives them (a run recorded before the rung's model, tokens or overrides changed, and not redone,
     e.g. of a variant left out by --only, is left out)."""
     from gptlab.experiments.results import DB_NAME, ResultsDB
-    from gptlab.experiments.runner import _expected_config
 
     out: dict[str, list[list[dict]]] = {v.name: [] for v in lad.spec.variants}
     for r in lad.rungs:
@@ -365,7 +361,7 @@ def collect(lad: Ladder, exp_dir: Path) -> dict[str, list[list[dict]]]:
                 rows = {x["run_id"]: x for x in db.runs()}
         for v in r.spec.variants:
             got = [rows[rid] for s in (v.seeds or r.spec.seeds) if (rid := r.spec.run_id(v.name, s)) in rows
-                   and rows[rid]["config_hash"] == _expected_config(r.spec, v, s, lad.extra).hash()]
+                   and rows[rid]["config_hash"] == r.spec.resolve(v, s, lad.extra).hash]
             out[v.name].append([x for x in got if x["test_loss"] is not None and math.isfinite(x["test_loss"])
                                 and x["flops"]])
     return out

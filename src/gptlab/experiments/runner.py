@@ -444,16 +444,6 @@ def _spec_text(spec: Spec, extra: dict) -> str:
     return "# written by `gptlab experiment` with --set merged into [overrides]\n" + tomli_w.dumps(d)
 
 
-def _expected_config(spec: Spec, v: Variant, seed: int, extra: dict):
-    """The config the run trains with: the spec's resolved config, the corpus vocabulary size filled in as
-    training does (data is prepared by now), so that its hash is the one the run records in meta.json."""
-    from gptlab.data.vocab import resolve_corpus_vocab
-
-    cfg = spec.resolved_config(v, seed, extra)
-    resolve_corpus_vocab(cfg)
-    return cfg
-
-
 def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_changed: bool) -> list[str]:
     """Stop (one line) if a recorded or started run of the matrix has another config than the spec now gives it;
     with `rerun_changed`, forget those runs' rows and move their folders aside so that they are redone (one
@@ -466,7 +456,9 @@ def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_
         saved = run_dir / "config.toml"
         if row is None and not saved.is_file():
             continue
-        new = _expected_config(spec, v, seed, extra)
+        # resolved as the run's `gptlab train` resolves configs/RUN_ID.toml (the same raw table, the same
+        # config.resolve; data is prepared by now, so the corpus vocabulary's size is in): the hash it records
+        new = spec.resolved_config(v, seed, extra)
         old = config_from_run(run_dir) if saved.is_file() else None
         old_hashes = {h for h in ((row or {}).get("config_hash"), old.hash() if old else None) if h}
         if not old_hashes - {new.hash()}:

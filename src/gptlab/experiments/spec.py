@@ -128,17 +128,16 @@ class Spec:
         raw["interventions"] = list(raw.get("interventions", [])) + list(variant.interventions)
         return raw
 
-    def resolved_config(self, variant: Variant, seed: int, extra: dict | None = None, where: str = ""):
-        """The run's typed, validated config with preset and interventions applied (errors name `where`)."""
-        from gptlab.config import from_dict, resolve_preset, validate
-        from gptlab.interventions import apply_interventions
+    def resolve(self, variant: Variant, seed: int, extra: dict | None = None, where: str = ""):
+        """The run's config resolved (config.resolve of raw_config: preset, interventions, validation, corpus
+        vocabulary) with its hash; errors name `where` (default: the spec file)."""
+        from gptlab.config import resolve
 
-        raw = self.raw_config(variant, seed, extra)
-        cfg = from_dict(raw, where or str(self.path))
-        resolve_preset(cfg, set(raw.get("model", {})) - {"preset"}, where)
-        apply_interventions(cfg, cfg.interventions, where)
-        validate(cfg, where)
-        return cfg
+        return resolve(self.raw_config(variant, seed, extra), where=where or str(self.path))
+
+    def resolved_config(self, variant: Variant, seed: int, extra: dict | None = None, where: str = ""):
+        """The run's typed, validated config (`resolve`'s)."""
+        return self.resolve(variant, seed, extra, where).cfg
 
 
 def load_spec(path: str | Path, data: dict | None = None) -> Spec:

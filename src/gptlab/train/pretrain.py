@@ -223,10 +223,13 @@ class Pretraining:
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self, stop_after: int | None) -> dict:
-        from gptlab.data.vocab import resolve_corpus_vocab
+        from gptlab.config import resolve
 
         _ensure_data(self.cfg, self.dist)
-        self.vmap = resolve_corpus_vocab(self.cfg)
+        # resolved again now that the data is prepared (a corpus vocabulary is read from its train split); a
+        # resolved config's interventions are applied already
+        self.cfg, _, self.vmap = resolve(self.cfg.to_dict(), where=f"{self.run_dir}: config",
+                                         apply_interventions=False)
         self.plan = check_resume(self.cfg, self.run_dir, self.resume, self.continue_with, main=self.dist.main)
         self.cfg = self.plan.cfg
         if self.dist.main:
