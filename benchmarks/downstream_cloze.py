@@ -42,7 +42,7 @@ def context_free(lm: GptlabLM) -> tuple[float, float]:
     lls = [ll for ll, _ in lm.score(pairs)]
     acc = norm = 0
     for i, d in enumerate(docs):
-        s = lls[4 * i: 4 * i + 4]
+        s = lls[4 * i : 4 * i + 4]
         n = [x / len(" " + e) for x, e in zip(s, d["endings"], strict=True)]
         acc += max(range(4), key=s.__getitem__) == d["label"]
         norm += max(range(4), key=n.__getitem__) == d["label"]
@@ -66,18 +66,34 @@ def main() -> int:
         import json
 
         test = f", test loss {json.load(open(final)).get('test_loss', float('nan')):.4f}"
-    print(f"run {a.run}: {cfg.model.n_layers} layers, {cfg.model.emb_dim}-dim, {cfg.train.tokens:,} training "
-          f"tokens{test}")
+    print(
+        f"run {a.run}: {cfg.model.n_layers} layers, {cfg.model.emb_dim}-dim, {cfg.train.tokens:,} training tokens{test}"
+    )
     print(f"{'model':<22} {'acc':>16} {'acc_norm':>16}   context-free acc / acc_norm")
     for name, acc, se, norm, nse, lm in (
-            ("trained (harness)", trained["acc"], trained["acc_stderr"], trained["acc_norm"],
-             trained["acc_norm_stderr"], GptlabLM(model=model, vocab_map=vm, batch_size=32)),
-            (f"random init seed {a.seed}", r["acc,none"], r["acc_stderr,none"], r["acc_norm,none"],
-             r["acc_norm_stderr,none"], rand)):
+        (
+            "trained (harness)",
+            trained["acc"],
+            trained["acc_stderr"],
+            trained["acc_norm"],
+            trained["acc_norm_stderr"],
+            GptlabLM(model=model, vocab_map=vm, batch_size=32),
+        ),
+        (
+            f"random init seed {a.seed}",
+            r["acc,none"],
+            r["acc_stderr,none"],
+            r["acc_norm,none"],
+            r["acc_norm_stderr,none"],
+            rand,
+        ),
+    ):
         cf = context_free(lm)
         print(f"{name:<22} {acc:.4f} ± {se:.4f}  {norm:.4f} ± {nse:.4f}   {cf[0]:.4f} / {cf[1]:.4f}")
-    print(f"chance 0.25 (4 endings, {trained['n_docs']} items); lm-eval {trained['lm_eval_version']}; stored in "
-          f"{a.run}/downstream.json")
+    print(
+        f"chance 0.25 (4 endings, {trained['n_docs']} items); lm-eval {trained['lm_eval_version']}; stored in "
+        f"{a.run}/downstream.json"
+    )
     return 0
 
 

@@ -72,20 +72,27 @@ def run_uncached(model: GPTModel, prompts: torch.Tensor, n: int) -> list[list[in
     for _ in range(n):
         nxt = model(idx[:, -ctx:])[:, -1, :].float().argmax(dim=-1, keepdim=True)
         idx = torch.cat([idx, nxt], dim=1)
-    return idx[:, prompts.shape[1]:].tolist()
+    return idx[:, prompts.shape[1] :].tolist()
 
 
 @torch.no_grad()
 def run_hf(hf, prompts: torch.Tensor, n: int) -> list[list[int]]:
-    out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, do_sample=False,
-                      use_cache=True, pad_token_id=EOT_ID)
-    return out[:, prompts.shape[1]:].tolist()
+    out = hf.generate(
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        max_new_tokens=n,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=EOT_ID,
+    )
+    return out[:, prompts.shape[1] :].tolist()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=["tiny", "tiny-ctx64", "gpt2-small"],
-                    choices=["tiny", "tiny-ctx64", "gpt2-small"])
+    ap.add_argument(
+        "--sizes", nargs="+", default=["tiny", "tiny-ctx64", "gpt2-small"], choices=["tiny", "tiny-ctx64", "gpt2-small"]
+    )
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=16)
@@ -98,15 +105,19 @@ def main() -> None:
     import transformers
 
     torch.set_num_threads(a.threads)
-    print(f"# benchmarks/generate.py  torch {torch.__version__}  transformers {transformers.__version__}  "
-          f"{platform.processor() or platform.machine()}  {torch.get_num_threads()} threads  "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"# benchmarks/generate.py  torch {torch.__version__}  transformers {transformers.__version__}  "
+        f"{platform.processor() or platform.machine()}  {torch.get_num_threads()} threads  "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     print(f"# greedy, {a.new_tokens} new tokens per row, prompts of {a.prompt_len} random tokens, fp32, CPU")
     rows = []
     for size in a.sizes:
         model = build(size, a.new_tokens, a.prompt_len, a.seed)
-        engines = {"cached": lambda p, n, model=model: run_cached(model, p, n),
-                   "uncached": lambda p, n, model=model: run_uncached(model, p, n)}
+        engines = {
+            "cached": lambda p, n, model=model: run_cached(model, p, n),
+            "uncached": lambda p, n, model=model: run_uncached(model, p, n),
+        }
         if "hf" in a.engines and size != "tiny-ctx64":
             hf = hf_model(model)
             engines["hf"] = lambda p, n, hf=hf: run_hf(hf, p, n)
@@ -126,21 +137,25 @@ def main() -> None:
             ref = tokens.get("cached")
             for name in engines:
                 same = "-" if name == "cached" or ref is None else ("yes" if tokens[name] == ref else "NO")
-                print(f"{size:<11} params {count_params(model):>11,}  ctx {model.cfg.context_length:>4}  "
-                      f"batch {batch:>2}  {name:<8} {tps[name]:>9,.1f} new tokens/s  "
-                      f"(median of {a.repeats}: {statistics.median(times[name]):.2f} s)  same tokens as cached: {same}")
+                print(
+                    f"{size:<11} params {count_params(model):>11,}  ctx {model.cfg.context_length:>4}  "
+                    f"batch {batch:>2}  {name:<8} {tps[name]:>9,.1f} new tokens/s  "
+                    f"(median of {a.repeats}: {statistics.median(times[name]):.2f} s)  same tokens as cached: {same}"
+                )
             rows.append((size, batch, tps))
     print("\n| size | batch | cached tok/s | uncached tok/s | HF tok/s | cached / uncached | cached / HF |")
     print("|---|---|---|---|---|---|---|")
     for size, batch, tps in rows:
+
         def f(k, tps=tps):
             return f"{tps[k]:,.1f}" if k in tps else "-"
 
         def ratio(k, tps=tps):
             return f"{tps['cached'] / tps[k]:.2f}x" if "cached" in tps and k in tps else "-"
 
-        print(f"| {size} | {batch} | {f('cached')} | {f('uncached')} | {f('hf')} | {ratio('uncached')} | "
-              f"{ratio('hf')} |")
+        print(
+            f"| {size} | {batch} | {f('cached')} | {f('uncached')} | {f('hf')} | {ratio('uncached')} | {ratio('hf')} |"
+        )
     print(f"# finished, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -64,10 +64,12 @@ def main() -> None:
         answers = generate_answers(run, records, max_new_tokens=a.max_new_tokens, device="cpu", **kw)
         secs = time.perf_counter() - t0
     digest = hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]
-    print(f"judge answers: {a.n} instructions, max_new_tokens {a.max_new_tokens}, "
-          f"{'batch ' + str(a.batch) if kw else 'one at a time (no batching in this code)'}, "
-          f"{torch.get_num_threads()} thread(s): {secs:.1f} s  answers sha256 {digest}  "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"judge answers: {a.n} instructions, max_new_tokens {a.max_new_tokens}, "
+        f"{'batch ' + str(a.batch) if kw else 'one at a time (no batching in this code)'}, "
+        f"{torch.get_num_threads()} thread(s): {secs:.1f} s  answers sha256 {digest}  "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
 
 
 if __name__ == "__main__":

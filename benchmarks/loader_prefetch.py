@@ -62,15 +62,20 @@ class Source:
             for r, j in enumerate(rng.integers(0, self.n, self.micro)):
                 if self.latency_s:
                     time.sleep(self.latency_s)
-                rows[r] = self.tokens[j * self.T: j * self.T + self.T + 1]
-            out.append((torch.from_numpy(np.ascontiguousarray(rows[:, :-1])),
-                        torch.from_numpy(np.ascontiguousarray(rows[:, 1:]))))
+                rows[r] = self.tokens[j * self.T : j * self.T + self.T + 1]
+            out.append(
+                (
+                    torch.from_numpy(np.ascontiguousarray(rows[:, :-1])),
+                    torch.from_numpy(np.ascontiguousarray(rows[:, 1:])),
+                )
+            )
         return out
 
 
 def sleep_step(seconds: float):
     def step(batches):
         time.sleep(seconds)
+
     return step
 
 
@@ -90,6 +95,7 @@ def model_step(T: int, vocab: int, emb: int, layers: int):
             forward_backward(model, x, y, "fp32", dev, accum=len(batches))
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step, sum(p.numel() for p in model.parameters())
 
 
@@ -124,9 +130,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a shared, oversubscribed CPU, 2 OpenMP threads made the tiny model's "
-                         "step 20x slower and erratic)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared, oversubscribed CPU, 2 OpenMP threads made the tiny model's "
+        "step 20x slower and erratic)",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -137,29 +147,39 @@ def main() -> None:
     cold = Source(tokens, args.context, args.micro_batch, args.accum, args.latency_ms / 1000)
 
     print(f"# gptlab loader-prefetch benchmark  {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}")
-    print(f"# torch {torch.__version__}  numpy {np.__version__}  python {platform.python_version()}  "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+    print(
+        f"# torch {torch.__version__}  numpy {np.__version__}  python {platform.python_version()}  "
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+    )
     print(f"# cmd: {' '.join(['benchmarks/loader_prefetch.py', *sys.argv[1:]])}")
-    print(f"# SHARED machine (other engineers' processes run on the same cores); /proc/loadavg at start: "
-          f"{load_average()}")
+    print(
+        f"# SHARED machine (other engineers' processes run on the same cores); /proc/loadavg at start: {load_average()}"
+    )
     if args.compute == "sleep":
         train_step = sleep_step(args.compute_ms / 1000)
         what = f"time.sleep({args.compute_ms:g} ms)"
     else:
         train_step, n_params = model_step(args.context, vocab, emb=128, layers=2)
-        what = (f"tiny GPTModel (2 layers, 128 dims, vocab {vocab}, {n_params:,} params) forward/backward over "
-                f"{args.accum} micro-batches + AdamW, fp32 CPU")
-    print(f"# step: {args.accum} micro-batches x {args.micro_batch} rows x {args.context + 1} tokens = {rows} rows; "
-          f"cold read: sleep {args.latency_ms:g} ms per row = {rows * args.latency_ms:g} ms/step; compute: {what}")
-    print(f"# Prefetcher depth {args.depth}; {args.warmup} warm-up + {args.steps} timed steps per way, "
-          f"{args.rounds} round(s)")
+        what = (
+            f"tiny GPTModel (2 layers, 128 dims, vocab {vocab}, {n_params:,} params) forward/backward over "
+            f"{args.accum} micro-batches + AdamW, fp32 CPU"
+        )
+    print(
+        f"# step: {args.accum} micro-batches x {args.micro_batch} rows x {args.context + 1} tokens = {rows} rows; "
+        f"cold read: sleep {args.latency_ms:g} ms per row = {rows * args.latency_ms:g} ms/step; compute: {what}"
+    )
+    print(
+        f"# Prefetcher depth {args.depth}; {args.warmup} warm-up + {args.steps} timed steps per way, "
+        f"{args.rounds} round(s)"
+    )
 
     # the prefetched batches are the synchronous ones
     with Prefetcher(warm, start=7, depth=args.depth) as pf:
         for s in range(7, 7 + args.steps):
             got, want = pf.get(s), warm(s)
-            assert len(got) == len(want) and all(torch.equal(a, c) and torch.equal(b, d)
-                                                 for (a, b), (c, d) in zip(got, want, strict=True)), f"step {s} differs"
+            assert len(got) == len(want) and all(
+                torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, want, strict=True)
+            ), f"step {s} differs"
     print(f"# check: Prefetcher batches == synchronous batches for {args.steps} steps: ok")
 
     res: dict[str, list[float]] = {"a": [], "b": [], "c": []}
@@ -168,8 +188,10 @@ def main() -> None:
         res["a"].append(run_sync(warm, train_step, args.steps, args.warmup, start))
         res["b"].append(run_sync(cold, train_step, args.steps, args.warmup, start))
         res["c"].append(run_prefetched(cold, train_step, args.steps, args.warmup, start, args.depth))
-        print(f"  round {r + 1}: (a) {res['a'][-1] * 1e3:7.2f}  (b) {res['b'][-1] * 1e3:7.2f}  "
-              f"(c) {res['c'][-1] * 1e3:7.2f}  ms/step")
+        print(
+            f"  round {r + 1}: (a) {res['a'][-1] * 1e3:7.2f}  (b) {res['b'][-1] * 1e3:7.2f}  "
+            f"(c) {res['c'][-1] * 1e3:7.2f}  ms/step"
+        )
         start += args.warmup + args.steps
     a, b, c = (statistics.median(res[k]) for k in "abc")
     print()
@@ -179,9 +201,11 @@ def main() -> None:
     print(f"| (b) {args.latency_ms:g} ms/row latency, synchronous | {b * 1e3:.2f} | {b / a:.3f} |")
     print(f"| (c) {args.latency_ms:g} ms/row latency, Prefetcher | {c * 1e3:.2f} | {c / a:.3f} |")
     per_round = [rc / ra for ra, rc in zip(res["a"], res["c"], strict=True)]
-    print(f"ratio (c)/(a) = {c / a:.3f}  (target <= 1.10: {'met' if c / a <= 1.10 else 'NOT met'}); "
-          f"per round (a and c run back to back): {', '.join(f'{x:.3f}' for x in per_round)}, "
-          f"median {statistics.median(per_round):.3f}")
+    print(
+        f"ratio (c)/(a) = {c / a:.3f}  (target <= 1.10: {'met' if c / a <= 1.10 else 'NOT met'}); "
+        f"per round (a and c run back to back): {', '.join(f'{x:.3f}' for x in per_round)}, "
+        f"median {statistics.median(per_round):.3f}"
+    )
     print(f"# /proc/loadavg at end: {load_average()}")
 
 

@@ -48,15 +48,18 @@ def main() -> int:
     halves = []
     for _, _, line in pairs:
         w = line.split()
-        halves.append(" ".join(w[len(w) // 2:]))
+        halves.append(" ".join(w[len(w) // 2 :]))
     chosen = rng.sample(range(len(pairs)), N_ITEMS)
     items = []
     for i in chosen:
         play, prev, line = pairs[i]
         w = line.split()
         ctx, true = prev + "\n" + " ".join(w[: len(w) // 2]), halves[i]
-        similar = [j for j in range(len(halves)) if j != i and abs(len(halves[j]) - len(true)) <= 0.25 * len(true)
-                   and halves[j] != true]
+        similar = [
+            j
+            for j in range(len(halves))
+            if j != i and abs(len(halves[j]) - len(true)) <= 0.25 * len(true) and halves[j] != true
+        ]
         wrong = [halves[j] for j in rng.sample(similar, 3)]
         label = rng.randrange(4)
         endings = wrong[:label] + [true] + wrong[label:]

@@ -59,10 +59,18 @@ def _status(key: str) -> int:
 def _run_config(preset: str, micro_batch: int, precision: str, device: str, dropout: float, attn_impl: str):
     from gptlab.config import load_config
 
-    return load_config(None, extra={
-        "model": {"preset": preset, "drop_rate": dropout, "attn_impl": attn_impl},
-        "train": {"precision": precision, "device": device, "micro_batch_size": micro_batch,
-                  "global_batch_size": micro_batch}})
+    return load_config(
+        None,
+        extra={
+            "model": {"preset": preset, "drop_rate": dropout, "attn_impl": attn_impl},
+            "train": {
+                "precision": precision,
+                "device": device,
+                "micro_batch_size": micro_batch,
+                "global_batch_size": micro_batch,
+            },
+        },
+    )
 
 
 def tensor_peak_from_profile(prof) -> tuple[int, int]:
@@ -129,8 +137,16 @@ def child(a) -> dict:
             f.write("5")
     for _ in range(a.steps - 1):
         step()
-    out = {"preset": a.preset, "micro_batch": a.micro_batch, "accum": a.accum, "device": str(dev),
-           "precision": precision, "params": count_params(model), "steps": a.steps, "torch": torch.__version__}
+    out = {
+        "preset": a.preset,
+        "micro_batch": a.micro_batch,
+        "accum": a.accum,
+        "device": str(dev),
+        "precision": precision,
+        "params": count_params(model),
+        "steps": a.steps,
+        "torch": torch.__version__,
+    }
     if cuda:
         torch.cuda.synchronize()
         out["measured"] = torch.cuda.max_memory_allocated(dev) - base_alloc
@@ -140,8 +156,9 @@ def child(a) -> dict:
         out["rss_peak"] = _status("VmHWM") - base_rss
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                     with_stack=True) as prof:
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
             step()
         out["measured"], out["live_after_step"] = tensor_peak_from_profile(prof)
     out["seconds"] = time.perf_counter() - t0
@@ -157,14 +174,25 @@ def formula(preset, micro_batch, precision, device, dropout, attn_impl) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default=DEFAULT_CASES,
-                    help=f"comma-separated PRESET:MICRO_BATCH[:ACCUM] (default {DEFAULT_CASES})")
+    ap.add_argument(
+        "--cases", default=DEFAULT_CASES, help=f"comma-separated PRESET:MICRO_BATCH[:ACCUM] (default {DEFAULT_CASES})"
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
-    ap.add_argument("--steps", type=int, default=2, help="optimizer steps before the measurement (>= 2: the first "
-                                                         "allocates AdamW's moments and is not measured on CPU)")
-    ap.add_argument("--accum", type=int, default=2, help="micro-steps per optimizer step unless a case sets it "
-                                                         "(>= 2: grads live during backward, as the formula counts)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=2,
+        help="optimizer steps before the measurement (>= 2: the first "
+        "allocates AdamW's moments and is not measured on CPU)",
+    )
+    ap.add_argument(
+        "--accum",
+        type=int,
+        default=2,
+        help="micro-steps per optimizer step unless a case sets it "
+        "(>= 2: grads live during backward, as the formula counts)",
+    )
     ap.add_argument("--dropout", type=float, default=0.1, help="model.drop_rate (the presets' book default 0.1)")
     ap.add_argument("--attn-impl", default="sdpa", choices=["sdpa", "explicit"])
     ap.add_argument("--timeout", type=float, default=600, help="seconds per case before it is skipped")
@@ -183,26 +211,53 @@ def main(argv=None) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"# gptlab memory benchmark  {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"# torch {torch.__version__}  python {platform.python_version()}  machine: {os.cpu_count()} CPU cores"
-          + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
+    print(
+        f"# torch {torch.__version__}  python {platform.python_version()}  machine: {os.cpu_count()} CPU cores"
+        + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
+    )
     print(f"# cmd: {' '.join(sys.argv)}")
-    print(f"# device {device}, precision {a.precision}, dropout {a.dropout}, attention {a.attn_impl}, "
-          f"{a.steps} optimizer step(s) before measuring; one fresh subprocess per case")
-    what = ("torch.cuda.max_memory_allocated" if device.startswith("cuda") else
-            "peak live CPU tensor bytes over one steady-state step (torch.profiler memory timeline)")
+    print(
+        f"# device {device}, precision {a.precision}, dropout {a.dropout}, attention {a.attn_impl}, "
+        f"{a.steps} optimizer step(s) before measuring; one fresh subprocess per case"
+    )
+    what = (
+        "torch.cuda.max_memory_allocated"
+        if device.startswith("cuda")
+        else "peak live CPU tensor bytes over one steady-state step (torch.profiler memory timeline)"
+    )
     fdev = "cuda" if device.startswith("cuda") else "cpu"
-    print(f"# measured = {what}; formula = gptlab.plan.memory_bytes(device={fdev!r}) (what `gptlab plan` prints is "
-          f"the cuda one); MiB = 2**20 B")
-    print("# accum 1: grads are freed between steps, so the formula's state over-counts by 4 B/param; "
-          "'vs formula - 4N' compares with that removed")
+    print(
+        f"# measured = {what}; formula = gptlab.plan.memory_bytes(device={fdev!r}) (what `gptlab plan` prints is "
+        f"the cuda one); MiB = 2**20 B"
+    )
+    print(
+        "# accum 1: grads are freed between steps, so the formula's state over-counts by 4 B/param; "
+        "'vs formula - 4N' compares with that removed"
+    )
     M = 2**20
     rows = []
     for case in [c.strip() for c in a.cases.split(",") if c.strip()]:
         parts = case.split(":")
         preset, mb, accum = parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else a.accum
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", preset, str(mb), "--device", device,
-               "--precision", a.precision, "--steps", str(a.steps), "--accum", str(accum),
-               "--dropout", str(a.dropout), "--attn-impl", a.attn_impl]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            preset,
+            str(mb),
+            "--device",
+            device,
+            "--precision",
+            a.precision,
+            "--steps",
+            str(a.steps),
+            "--accum",
+            str(accum),
+            "--dropout",
+            str(a.dropout),
+            "--attn-impl",
+            a.attn_impl,
+        ]
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
@@ -220,26 +275,36 @@ def main(argv=None) -> int:
         r["formula_cmp"] = f["total"] - (4 * f["params"] if accum == 1 else 0)
         r["wall"] = time.perf_counter() - t0
         rows.append(r)
-        extra = (f"  RSS peak {r['rss_peak'] / M:8.1f} MiB" if "rss_peak" in r else
-                 f"  reserved {r['reserved'] / M:8.1f} MiB")
-        print(f"{preset}:{mb} accum {accum} {r['precision']:<5} measured {r['measured'] / M:8.1f} MiB  formula "
-              f"{f['total'] / M:8.1f} MiB (state {f['state'] / M:.1f} + casts {f['casts'] / M:.1f} + acts "
-              f"{f['activations'] / M:.1f} + logits {f['logits'] / M:.1f})  measured/formula "
-              f"{r['measured'] / f['total']:.3f}" + (f" (vs formula - 4N {r['measured'] / r['formula_cmp']:.3f})"
-                                                     if accum == 1 else "") + f"{extra}  [{r['wall']:.0f} s]",
-              flush=True)
+        extra = (
+            f"  RSS peak {r['rss_peak'] / M:8.1f} MiB"
+            if "rss_peak" in r
+            else f"  reserved {r['reserved'] / M:8.1f} MiB"
+        )
+        print(
+            f"{preset}:{mb} accum {accum} {r['precision']:<5} measured {r['measured'] / M:8.1f} MiB  formula "
+            f"{f['total'] / M:8.1f} MiB (state {f['state'] / M:.1f} + casts {f['casts'] / M:.1f} + acts "
+            f"{f['activations'] / M:.1f} + logits {f['logits'] / M:.1f})  measured/formula "
+            f"{r['measured'] / f['total']:.3f}"
+            + (f" (vs formula - 4N {r['measured'] / r['formula_cmp']:.3f})" if accum == 1 else "")
+            + f"{extra}  [{r['wall']:.0f} s]",
+            flush=True,
+        )
     if rows:
         other = "RSS peak MiB" if "rss_peak" in rows[0] else "reserved MiB"
-        print("\n| config | micro-batch | accum | precision | params | measured MiB | formula MiB | "
-              f"measured/formula | {other} |")
+        print(
+            "\n| config | micro-batch | accum | precision | params | measured MiB | formula MiB | "
+            f"measured/formula | {other} |"
+        )
         print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
         for r in rows:
             o = r.get("rss_peak", r.get("reserved", 0)) / M
             ratio = f"{r['measured'] / r['formula']['total']:.3f}"
             if r["accum"] == 1:
                 ratio += f" ({r['measured'] / r['formula_cmp']:.3f} vs formula - 4N)"
-            print(f"| {r['preset']} | {r['micro_batch']} | {r['accum']} | {r['precision']} | {r['params']:,} | "
-                  f"{r['measured'] / M:,.1f} | {r['formula']['total'] / M:,.1f} | {ratio} | {o:,.1f} |")
+            print(
+                f"| {r['preset']} | {r['micro_batch']} | {r['accum']} | {r['precision']} | {r['params']:,} | "
+                f"{r['measured'] / M:,.1f} | {r['formula']['total'] / M:,.1f} | {ratio} | {o:,.1f} |"
+            )
     return 0
 
 

@@ -44,7 +44,8 @@ import torch
 
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))  # CPU allocator (RuntimeError)
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )  # CPU allocator (RuntimeError)
 
 
 def _vm_size() -> int:
@@ -162,16 +163,26 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="gpt2-small", help="model preset (ignored with --config)")
     ap.add_argument("--config", help="a gptlab TOML config instead of --preset (its model and optimizer settings)")
     ap.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
-    ap.add_argument("--precision", help="auto | bf16 | fp16 | fp32 (default: the config's; preset: auto = bf16 on "
-                                        "CUDA, fp32 on CPU)")
+    ap.add_argument(
+        "--precision",
+        help="auto | bf16 | fp16 | fp32 (default: the config's; preset: auto = bf16 on CUDA, fp32 on CPU)",
+    )
     ap.add_argument("--dropout", type=float, help="model.drop_rate (default: the config's / preset's, 0.1)")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                    help="torch.compile the model (default: on CUDA yes, on CPU no)")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model (default: on CUDA yes, on CPU no)",
+    )
     ap.add_argument("--micro-batch", type=int, help="fixed micro-batch: skip the search")
     ap.add_argument("--max-micro-batch", type=int, default=1024, help="search cap")
     ap.add_argument("--search-compiled", action="store_true", help="search with the compiled model (recompiles)")
-    ap.add_argument("--cpu-mem-limit-gib", type=float, default=2.0,
-                    help="CPU only: address-space headroom (GiB) allowed during the search (RLIMIT_AS)")
+    ap.add_argument(
+        "--cpu-mem-limit-gib",
+        type=float,
+        default=2.0,
+        help="CPU only: address-space headroom (GiB) allowed during the search (RLIMIT_AS)",
+    )
     ap.add_argument("--steps", type=int, default=10, help="timed training steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     ap.add_argument("--peak-tflops", type=float, help="override the peak (TFLOP/s) the MFU is relative to")
@@ -193,15 +204,19 @@ def main(argv=None) -> int:
             pass
     print(f"# gptlab MFU benchmark  {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"# torch {torch.__version__}  CUDA {torch.version.cuda}  python {platform.python_version()}")
-    print(f"# device {dev} ({dev_name})" + ("" if bench.cuda else f", {torch.get_num_threads()} threads, "
-                                            f"{os.cpu_count()} CPU cores"))
+    print(
+        f"# device {dev} ({dev_name})"
+        + ("" if bench.cuda else f", {torch.get_num_threads()} threads, {os.cpu_count()} CPU cores")
+    )
     print(f"# cmd: {' '.join(sys.argv)}")
     if not bench.cuda:
         print(f"# load average at start (other processes share this machine): {os.getloadavg()[0]:.2f}")
     m = cfg.model
-    print(f"# model {a.config or a.preset}: {bench.params:,} params, {m.n_layers} layers, d {m.emb_dim}, "
-          f"context {bench.T}, dropout {m.drop_rate}; precision {bench.precision}; compile {compile_}; "
-          f"optimizer {type(bench.opts[0]).__name__}(fused={bench.opts[0].defaults.get('fused')})")
+    print(
+        f"# model {a.config or a.preset}: {bench.params:,} params, {m.n_layers} layers, d {m.emb_dim}, "
+        f"context {bench.T}, dropout {m.drop_rate}; precision {bench.precision}; compile {compile_}; "
+        f"optimizer {type(bench.opts[0]).__name__}(fused={bench.opts[0].defaults.get('fused')})"
+    )
 
     def log(s):
         print(s, flush=True)
@@ -213,8 +228,9 @@ def main(argv=None) -> int:
             soft, hard = resource.getrlimit(resource.RLIMIT_AS)
             limit = (soft, hard)
             cap_bytes = _vm_size() + int(a.cpu_mem_limit_gib * 2**30)
-            resource.setrlimit(resource.RLIMIT_AS, (cap_bytes if hard == resource.RLIM_INFINITY else
-                                                    min(cap_bytes, hard), hard))
+            resource.setrlimit(
+                resource.RLIMIT_AS, (cap_bytes if hard == resource.RLIM_INFINITY else min(cap_bytes, hard), hard)
+            )
             log(f"## search (CPU, address space capped at +{a.cpu_mem_limit_gib:g} GiB over the current process)")
         else:
             gib = torch.cuda.get_device_properties(dev).total_memory / 2**30
@@ -273,24 +289,43 @@ def main(argv=None) -> int:
     else:
         cpu_peaks.append(measure_cpu_peak(dtype=cpu_dtype))
         peak = max(cpu_peaks)
-        peak_src = (f"CPU measured: best of gptlab.train.flops.measure_cpu_peak({str(cpu_dtype).replace('torch.', '')}) "
-                    f"just before and after the timed steps: {' / '.join(f'{p / 1e12:.3f}' for p in cpu_peaks)}")
+        peak_src = (
+            f"CPU measured: best of gptlab.train.flops.measure_cpu_peak({str(cpu_dtype).replace('torch.', '')}) "
+            f"just before and after the timed steps: {' / '.join(f'{p / 1e12:.3f}' for p in cpu_peaks)}"
+        )
     mfu = fpt * tps / peak if peak else None
     res = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "model": a.config or a.preset, "params": bench.params, "context": bench.T, "device": str(dev),
-        "device_name": dev_name, "torch": torch.__version__, "cuda": torch.version.cuda,
-        "precision": bench.precision, "compile": compile_, "fused_adamw": bench.opts[0].defaults.get("fused"),
-        "micro_batch": b, "micro_batch_searched": searched, "steps": a.steps, "warmup": a.warmup,
-        "warmup_s": warm_s, "step_s_median": statistics.median(times), "tokens_per_s": tps,
-        "flops_per_token": fpt, "achieved_tflops": fpt * tps / 1e12, "peak_tflops": peak / 1e12 if peak else None,
-        "peak_source": peak_src if peak else None, "mfu": mfu,
+        "model": a.config or a.preset,
+        "params": bench.params,
+        "context": bench.T,
+        "device": str(dev),
+        "device_name": dev_name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "precision": bench.precision,
+        "compile": compile_,
+        "fused_adamw": bench.opts[0].defaults.get("fused"),
+        "micro_batch": b,
+        "micro_batch_searched": searched,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "warmup_s": warm_s,
+        "step_s_median": statistics.median(times),
+        "tokens_per_s": tps,
+        "flops_per_token": fpt,
+        "achieved_tflops": fpt * tps / 1e12,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "peak_source": peak_src if peak else None,
+        "mfu": mfu,
     }
     if bench.cuda:
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-    print(f"\nmicro-batch {b} x {bench.T} = {tokens:,} tokens/step ({'searched' if searched else 'fixed'}); "
-          f"{a.warmup} warm-up step(s) in {warm_s:.1f} s, then {a.steps} timed: "
-          f"median {res['step_s_median']:.3f} s/step")
+    print(
+        f"\nmicro-batch {b} x {bench.T} = {tokens:,} tokens/step ({'searched' if searched else 'fixed'}); "
+        f"{a.warmup} warm-up step(s) in {warm_s:.1f} s, then {a.steps} timed: "
+        f"median {res['step_s_median']:.3f} s/step"
+    )
     print(f"tokens/s        {tps:,.0f}")
     print(f"FLOPs/token     {fpt:.4e}  (gptlab.train.flops.flops_per_token, context {bench.T})")
     print(f"achieved        {res['achieved_tflops']:.3f} TFLOP/s")
@@ -301,11 +336,19 @@ def main(argv=None) -> int:
         print(f"peak            unknown for '{dev_name}' (add it to PEAK_FLOPS or pass --peak-tflops); no MFU")
     if "peak_mem_gib" in res:
         print(f"peak memory     {res['peak_mem_gib']:.1f} GiB (torch.cuda.max_memory_allocated, timed steps)")
-    on_target = bench.cuda and "H100" in dev_name.upper() and (a.config or a.preset) == "gpt2-small" \
-        and bench.T == 1024 and compile_ and bench.precision == "bf16"
+    on_target = (
+        bench.cuda
+        and "H100" in dev_name.upper()
+        and (a.config or a.preset) == "gpt2-small"
+        and bench.T == 1024
+        and compile_
+        and bench.precision == "bf16"
+    )
     if on_target and mfu is not None:
-        print(f"target          >= 45% MFU (gpt2-small, ctx 1024, compile, bf16, one H100): "
-              f"{'met' if mfu >= 0.45 else 'NOT met'}")
+        print(
+            f"target          >= 45% MFU (gpt2-small, ctx 1024, compile, bf16, one H100): "
+            f"{'met' if mfu >= 0.45 else 'NOT met'}"
+        )
     else:
         print("target          >= 45% MFU applies to gpt2-small ctx 1024 compile+bf16 on one H100; not this run")
     if not bench.cuda:

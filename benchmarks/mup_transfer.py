@@ -36,16 +36,47 @@ from gptlab.train import train
 T = 64
 
 
-def run_cell(data: str, tmp: Path, width: int, lr: float, mup: bool, seed: int, steps: int, batch: int, base: int,
-             eval_batches: int) -> float:
-    sets = {"model.preset": "nano", "model.emb_dim": width, "model.n_heads": 4, "model.n_layers": 2,
-            "model.context_length": T, "model.drop_rate": 0.0, "data.dir": data, "data.source": "",
-            "data.vocab": "corpus", "data.data_seed": 0, "train.seed": seed, "train.lr": lr,
-            "train.weight_decay": 0.0, "train.schedule": "cosine", "train.warmup_frac": 0.05,
-            "train.min_lr_frac": 0.1, "train.micro_batch_size": batch, "train.global_batch_size": batch,
-            "train.tokens": steps * batch * T, "train.eval_interval": 0, "train.eval_batches": eval_batches,
-            "train.checkpoint_interval": 0, "train.keep_checkpoints": 1, "train.progress": False,
-            "train.log_interval": steps, "train.device": "cpu", "eval.batches": 1}
+def run_cell(
+    data: str,
+    tmp: Path,
+    width: int,
+    lr: float,
+    mup: bool,
+    seed: int,
+    steps: int,
+    batch: int,
+    base: int,
+    eval_batches: int,
+) -> float:
+    sets = {
+        "model.preset": "nano",
+        "model.emb_dim": width,
+        "model.n_heads": 4,
+        "model.n_layers": 2,
+        "model.context_length": T,
+        "model.drop_rate": 0.0,
+        "data.dir": data,
+        "data.source": "",
+        "data.vocab": "corpus",
+        "data.data_seed": 0,
+        "train.seed": seed,
+        "train.lr": lr,
+        "train.weight_decay": 0.0,
+        "train.schedule": "cosine",
+        "train.warmup_frac": 0.05,
+        "train.min_lr_frac": 0.1,
+        "train.micro_batch_size": batch,
+        "train.global_batch_size": batch,
+        "train.tokens": steps * batch * T,
+        "train.eval_interval": 0,
+        "train.eval_batches": eval_batches,
+        "train.checkpoint_interval": 0,
+        "train.keep_checkpoints": 1,
+        "train.progress": False,
+        "train.log_interval": steps,
+        "train.device": "cpu",
+        "eval.batches": 1,
+    }
     overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
     overrides.append("interventions=" + json.dumps([f"mup:base_width={base}"] if mup else []))
     cfg = load_config(None, overrides)
@@ -69,15 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     lrs = [float(x) for x in a.lrs.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
     base = min(widths)
-    lines = [f"# gptlab muP lr-transfer benchmark  {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
-             f"# torch {torch.__version__}  python {platform.python_version()}  cpu, {torch.get_num_threads()} threads, "
-             f"fp32",
-             f"# cmd: benchmarks/mup_transfer.py {' '.join(sys.argv[1:] if argv is None else argv)}",
-             f"# load average at start (other processes share this machine): {os.getloadavg()[0]:.2f}",
-             f"# model: 2 layers, 4 heads, context {T}, batch {a.batch}, {a.steps} steps; AdamW, warmup 5% + cosine "
-             f"to 10%, no dropout, no weight decay; muP base width {base}",
-             f"# data: bundled Shakespeare, first {a.docs} passages, corpus vocabulary; final val loss on "
-             f"{a.eval_batches} val batches"]
+    lines = [
+        f"# gptlab muP lr-transfer benchmark  {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
+        f"# torch {torch.__version__}  python {platform.python_version()}  cpu, {torch.get_num_threads()} threads, "
+        f"fp32",
+        f"# cmd: benchmarks/mup_transfer.py {' '.join(sys.argv[1:] if argv is None else argv)}",
+        f"# load average at start (other processes share this machine): {os.getloadavg()[0]:.2f}",
+        f"# model: 2 layers, 4 heads, context {T}, batch {a.batch}, {a.steps} steps; AdamW, warmup 5% + cosine "
+        f"to 10%, no dropout, no weight decay; muP base width {base}",
+        f"# data: bundled Shakespeare, first {a.docs} passages, corpus vocabulary; final val loss on "
+        f"{a.eval_batches} val batches",
+    ]
     t0 = time.time()
     res: dict[tuple[bool, int, float], list[float]] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -90,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                     for lr in lrs:
                         v = run_cell(data, tmp, w, lr, mup, seed, a.steps, a.batch, base, a.eval_batches)
                         res.setdefault((mup, w, lr), []).append(v)
-                        print(f"mup={mup} width={w} lr={lr:g} seed={seed}: val {v:.4f}  ({time.time() - t0:.0f} s)",
-                              flush=True)
+                        print(
+                            f"mup={mup} width={w} lr={lr:g} seed={seed}: val {v:.4f}  ({time.time() - t0:.0f} s)",
+                            flush=True,
+                        )
     lines.append(f"# wall time {time.time() - t0:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     lines.append("")
     lines.append("final val loss, mean over seeds (min..max); * = the best lr of its row")
@@ -112,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     for mup in (False, True):
         b = [best[mup, w] for w in widths]
         moved = "stays put" if len(set(b)) == 1 else "moves"
-        lines.append(f"best lr {'muP' if mup else 'SP '}: " + ", ".join(f"width {w}: {x:g}" for w, x in zip(widths, b, strict=True))
-                     + f"  -> {moved}")
+        lines.append(
+            f"best lr {'muP' if mup else 'SP '}: "
+            + ", ".join(f"width {w}: {x:g}" for w, x in zip(widths, b, strict=True))
+            + f"  -> {moved}"
+        )
     report = "\n".join(lines) + "\n"
     print(report)
     if a.out:

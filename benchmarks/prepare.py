@@ -70,8 +70,10 @@ def main(argv=None) -> int:
 
     workers = a.workers or os.cpu_count() or 1
     print(f"# gptlab data-pipeline benchmark  {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"# torch {torch.__version__}  tiktoken {tiktoken.__version__}  numpy {np.__version__}  "
-          f"python {platform.python_version()}")
+    print(
+        f"# torch {torch.__version__}  tiktoken {tiktoken.__version__}  numpy {np.__version__}  "
+        f"python {platform.python_version()}"
+    )
     print(f"# machine: {os.cpu_count()} CPU cores ({platform.machine()}), tokeniser workers {workers}")
     print(f"# cmd: {' '.join(sys.argv)}")
     print(f"# load average at start (other processes share this machine): {os.getloadavg()[0]:.2f}")
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
             if ids:  # the check, not timed: drop the EOT to compare with plain
                 return [toks[:-1].tolist() for toks, _key, _n in out]
             return out
+
         return run
 
     def tk_batch():
@@ -110,8 +113,13 @@ def main(argv=None) -> int:
         source_bytes[0] = sum(s["bytes"] for s in meta["sources"])
         return None
 
-    methods = {"plain": plain, "gptlab": gptlab_path(workers), "gptlab-1": gptlab_path(1), "tiktoken": tk_batch,
-               "prepare": end_to_end}
+    methods = {
+        "plain": plain,
+        "gptlab": gptlab_path(workers),
+        "gptlab-1": gptlab_path(1),
+        "tiktoken": tk_batch,
+        "prepare": end_to_end,
+    }
     # warm-up (tokeniser caches, page cache) and correctness: every method's ids equal the plain loop's
     ref = plain()
     checks = {"gptlab": gptlab_path(workers, True), "gptlab-1": gptlab_path(1, True), "tiktoken": tk_batch}
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
     cpu = {k: [] for k in methods}
     names = list(methods)
     for r in range(a.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             c0, t0 = time.process_time(), time.perf_counter()
             methods[name]()
@@ -139,11 +147,15 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for name in names:
         mbps = _mb(nbytes) / med[name]
-        print(f"| {name} | {med[name]:.3f} | {med_cpu[name]:.3f} | {mbps:.1f} | {n_tokens / med[name]:,.0f} | "
-              f"{med['plain'] / med[name]:.2f}x |")
-    print(f"ratio gptlab/plain (tokenisation stage, {workers} threads): {med['plain'] / med['gptlab']:.2f}x   "
-          f"prepare end to end/plain: {med['plain'] / med['prepare']:.2f}x   "
-          f"(source files {_mb(source_bytes[0]):.2f} MB)")
+        print(
+            f"| {name} | {med[name]:.3f} | {med_cpu[name]:.3f} | {mbps:.1f} | {n_tokens / med[name]:,.0f} | "
+            f"{med['plain'] / med[name]:.2f}x |"
+        )
+    print(
+        f"ratio gptlab/plain (tokenisation stage, {workers} threads): {med['plain'] / med['gptlab']:.2f}x   "
+        f"prepare end to end/plain: {med['plain'] / med['prepare']:.2f}x   "
+        f"(source files {_mb(source_bytes[0]):.2f} MB)"
+    )
 
     # ---------------------------------------------------------------- loader
     ds = TokenDataset(out_dir, "train")
@@ -163,11 +175,15 @@ def main(argv=None) -> int:
     tr, ev = statistics.median(tl_train), statistics.median(tl_eval)
     m = ModelConfig(**PRESETS["gpt2-small"])
     need = 0.45 * PEAK_FLOPS["H100"] / flops_per_token(m)
-    print(f"SequenceSampler.batch_at: {tr:,.0f} tokens/s ({tr / (B * T):,.0f} batches/s; median of {a.rounds} rounds "
-          f"of {a.loader_steps} batches)")
+    print(
+        f"SequenceSampler.batch_at: {tr:,.0f} tokens/s ({tr / (B * T):,.0f} batches/s; median of {a.rounds} rounds "
+        f"of {a.loader_steps} batches)"
+    )
     print(f"eval_batches:             {ev:,.0f} tokens/s (median of {a.rounds} passes over the split)")
-    print(f"consumer: gpt2-small ctx {m.context_length} at 45% MFU on one H100 needs {need:,.0f} tokens/s "
-          f"({flops_per_token(m):.3e} FLOPs/token)")
+    print(
+        f"consumer: gpt2-small ctx {m.context_length} at 45% MFU on one H100 needs {need:,.0f} tokens/s "
+        f"({flops_per_token(m):.3e} FLOPs/token)"
+    )
     print(f"loader headroom (tokens/s / needed): batch_at {tr / need:.1f}x, eval_batches {ev / need:.1f}x")
     print(f"# load average at end: {os.getloadavg()[0]:.2f}")
     tmp.cleanup()

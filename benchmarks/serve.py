@@ -66,9 +66,27 @@ class Server:
     def __init__(self, run: Path, max_batch: int, threads: int, batch_wait_ms: float):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(Path(gptlab.__file__).parents[1]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from gptlab.cli import main; raise SystemExit(main())", "serve", str(run),
-             "--port", "0", "--device", "cpu", "--max-batch", str(max_batch), "--batch-wait-ms", str(batch_wait_ms),
-             "--max-tokens-limit", "4096"], env=env, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                "from gptlab.cli import main; raise SystemExit(main())",
+                "serve",
+                str(run),
+                "--port",
+                "0",
+                "--device",
+                "cpu",
+                "--max-batch",
+                str(max_batch),
+                "--batch-wait-ms",
+                str(batch_wait_ms),
+                "--max-tokens-limit",
+                "4096",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for line in self.proc.stderr:
             if m := re.search(r"at (http://\S+)/v1", line):
                 self.url = m.group(1)
@@ -82,9 +100,12 @@ class Server:
 
 
 def complete(url: str, prompt: str, max_tokens: int) -> dict:
-    req = urllib.request.Request(url + "/v1/completions", method="POST", headers={"Content-Type": "application/json"},
-                                 data=json.dumps({"prompt": prompt, "max_tokens": max_tokens,
-                                                  "temperature": 0}).encode())
+    req = urllib.request.Request(
+        url + "/v1/completions",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode(),
+    )
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.loads(r.read())
 
@@ -119,27 +140,36 @@ def main() -> None:
     a = ap.parse_args()
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"# {platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, {a.threads} torch thread(s) "
-          f"per server; load average before: {' '.join(f'{x:.2f}' for x in load) if load else 'n/a'}")
-    print(f"# nano model (random init), {a.clients} concurrent clients, {a.requests} requests x {a.max_tokens} "
-          f"tokens (greedy), {a.rounds} rounds, --batch-wait-ms {a.batch_wait_ms:g}")
+    print(
+        f"# {platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, {a.threads} torch thread(s) "
+        f"per server; load average before: {' '.join(f'{x:.2f}' for x in load) if load else 'n/a'}"
+    )
+    print(
+        f"# nano model (random init), {a.clients} concurrent clients, {a.requests} requests x {a.max_tokens} "
+        f"tokens (greedy), {a.rounds} rounds, --batch-wait-ms {a.batch_wait_ms:g}"
+    )
     rng = torch.Generator().manual_seed(a.seed)
-    prompts = [" ".join(WORDS[int(j)] for j in torch.randint(len(WORDS), (int(n),), generator=rng))
-               for n in torch.randint(2, 13, (a.requests,), generator=rng)]
+    prompts = [
+        " ".join(WORDS[int(j)] for j in torch.randint(len(WORDS), (int(n),), generator=rng))
+        for n in torch.randint(2, 13, (a.requests,), generator=rng)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         run = write_run(Path(tmp) / "nano-serve-bench", a.seed)
         servers = {mb: Server(run, mb, a.threads, a.batch_wait_ms) for mb in a.max_batch}
         try:
             for s in servers.values():  # warm up: the first requests pay for lazy initialisation
-                one_round(s.url, prompts[:a.clients], 4, a.clients)
+                one_round(s.url, prompts[: a.clients], 4, a.clients)
             results: dict[int, list[tuple[float, int, str]]] = {mb: [] for mb in servers}
             before = {mb: batches(s.url) for mb, s in servers.items()}
             for r in range(a.rounds):
                 for mb, s in servers.items():
                     results[mb].append(one_round(s.url, prompts, a.max_tokens, a.clients))
                     wall, tokens, _ = results[mb][-1]
-                    print(f"  round {r + 1} --max-batch {mb:<3} {wall:7.2f} s  {tokens / wall:8.1f} tok/s  "
-                          f"{len(prompts) / wall:6.2f} req/s", flush=True)
+                    print(
+                        f"  round {r + 1} --max-batch {mb:<3} {wall:7.2f} s  {tokens / wall:8.1f} tok/s  "
+                        f"{len(prompts) / wall:6.2f} req/s",
+                        flush=True,
+                    )
             rows = {}
             for mb, s in servers.items():
                 after = batches(s.url)
@@ -150,14 +180,18 @@ def main() -> None:
                 s.close()
     ref = a.max_batch[0]
     med = {mb: statistics.median(w for w, _, _ in rs) for mb, rs in results.items()}
-    print(f"{'setting':<16} {'wall s':>8} {'compl. tok/s':>13} {'req/s':>7} {'vs ' + f'--max-batch {ref}':>18} "
-          f"{'same answers':>13} {'rows/batch':>11}")
+    print(
+        f"{'setting':<16} {'wall s':>8} {'compl. tok/s':>13} {'req/s':>7} {'vs ' + f'--max-batch {ref}':>18} "
+        f"{'same answers':>13} {'rows/batch':>11}"
+    )
     for mb, rs in results.items():
         tokens, digest = rs[0][1], rs[0][2]
         same = all(d == results[ref][0][2] for _, _, d in rs)
-        print(f"--max-batch {mb:<4} {med[mb]:8.2f} {tokens / med[mb]:13.1f} {len(prompts) / med[mb]:7.2f} "
-              f"{med[ref] / med[mb]:17.2f}x {'yes' if same else 'NO':>13} {rows[mb]:11.2f}  (answers sha256 "
-              f"{digest})")
+        print(
+            f"--max-batch {mb:<4} {med[mb]:8.2f} {tokens / med[mb]:13.1f} {len(prompts) / med[mb]:7.2f} "
+            f"{med[ref] / med[mb]:17.2f}x {'yes' if same else 'NO':>13} {rows[mb]:11.2f}  (answers sha256 "
+            f"{digest})"
+        )
     for mb in a.max_batch[1:]:
         print(f"dynamic batching (--max-batch {ref}) / --max-batch {mb}: {med[mb] / med[ref]:.2f}x the throughput")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -63,9 +63,17 @@ def bench(name: str, batch: int | None, steps: int, warmup: int, compile_: bool,
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     tps = B * T * steps / dt
-    out = {"config": name, "device": str(dev), "precision": precision, "params": count_params(model),
-           "batch": B, "context": T, "tokens_per_s": tps, "flops_per_token": flops_per_token(cfg.model),
-           "achieved_tflops": flops_per_token(cfg.model) * tps / 1e12}
+    out = {
+        "config": name,
+        "device": str(dev),
+        "precision": precision,
+        "params": count_params(model),
+        "batch": B,
+        "context": T,
+        "tokens_per_s": tps,
+        "flops_per_token": flops_per_token(cfg.model),
+        "achieved_tflops": flops_per_token(cfg.model) * tps / 1e12,
+    }
     u = mfu(cfg.model, tps, device_peak_flops(dev))
     if u is not None:
         out["mfu"] = u
@@ -82,14 +90,19 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
-    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(
+        f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    )
     for name in a.configs:
         r = bench(name, a.batch, a.steps, a.warmup, a.compile, a.device)
         extra = f"  MFU {r['mfu']:.1%}  peak mem {r['peak_mem_gib']:.1f} GiB" if "mfu" in r else ""
-        print(f"{r['config']:<11} {r['device']:<7} {r['precision']:<5} params {r['params']:>12,}  "
-              f"batch {r['batch']:>3} x {r['context']:<5} {r['tokens_per_s']:>10,.0f} tokens/s  "
-              f"{r['achieved_tflops']:.3f} TFLOP/s{extra}")
+        print(
+            f"{r['config']:<11} {r['device']:<7} {r['precision']:<5} params {r['params']:>12,}  "
+            f"batch {r['batch']:>3} x {r['context']:<5} {r['tokens_per_s']:>10,.0f} tokens/s  "
+            f"{r['achieved_tflops']:.3f} TFLOP/s{extra}"
+        )
 
 
 if __name__ == "__main__":

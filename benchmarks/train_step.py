@@ -59,9 +59,17 @@ def build(kind: str, name: str, device: torch.device, drop: float, seq_len: int,
     else:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        conf = GPT2Config(vocab_size=p["vocab_size"], n_positions=p["context_length"], n_embd=p["emb_dim"],
-                          n_layer=p["n_layers"], n_head=p["n_heads"], resid_pdrop=drop, embd_pdrop=drop,
-                          attn_pdrop=drop, tie_word_embeddings=False)
+        conf = GPT2Config(
+            vocab_size=p["vocab_size"],
+            n_positions=p["context_length"],
+            n_embd=p["emb_dim"],
+            n_layer=p["n_layers"],
+            n_head=p["n_heads"],
+            resid_pdrop=drop,
+            embd_pdrop=drop,
+            attn_pdrop=drop,
+            tie_word_embeddings=False,
+        )
         model = GPT2LMHeadModel(conf)
     model.to(device).train()
     fused = device.type == "cuda" if fused is None else fused
@@ -73,8 +81,11 @@ def make_step(kind: str, model, opt, x, y, device, as_trained: bool = False):
     """One training step. Default: the same loss code (F.cross_entropy on the logits) around both models.
     as_trained: each side's own step, ours gptlab train's micro-step (train.forward_backward), HF's what its
     docs and Trainer do (labels=, the loss and the shift inside the model)."""
-    ctx = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
-           else torch.autocast(device_type="cpu", enabled=False))
+    ctx = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast(device_type="cpu", enabled=False)
+    )
     precision = "bf16" if device.type == "cuda" else "fp32"
 
     def loss_backward():
@@ -136,7 +147,7 @@ def bench_config(name, device, batch, seq_len, steps, warmup, repeats, drop, as_
     for r in range(repeats):
         times = {k: [] for k in kinds}
         for _ in range(steps):
-            for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+            for kind in kinds if i % 2 == 0 else kinds[::-1]:
                 sync(device)
                 t0 = time.perf_counter()
                 fns[kind]()
@@ -146,8 +157,11 @@ def bench_config(name, device, batch, seq_len, steps, warmup, repeats, drop, as_
             i += 1
         for kind in kinds:
             tps[kind].append(batch * seq_len / statistics.median(times[kind]))
-            print(f"  round {r + 1} {kind:<4} {tps[kind][-1]:>12,.0f} tokens/s  (median of {steps} step(s): "
-                  f"{statistics.median(times[kind]):.3f} s/step)", flush=True)
+            print(
+                f"  round {r + 1} {kind:<4} {tps[kind][-1]:>12,.0f} tokens/s  (median of {steps} step(s): "
+                f"{statistics.median(times[kind]):.3f} s/step)",
+                flush=True,
+            )
     info["pair_ratios"] = pair_ratios
     del fns
     gc.collect()
@@ -188,29 +202,41 @@ def main(argv=None) -> int:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler top ops for one step each")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (warm-up includes compiling)")
-    ap.add_argument("--as-trained", action="store_true",
-                    help="each side's own training step (ours: gptlab's forward_backward; HF: labels= loss) with "
-                         "fused AdamW on both, instead of the same loss and optimizer code around both models")
+    ap.add_argument(
+        "--as-trained",
+        action="store_true",
+        help="each side's own training step (ours: gptlab's forward_backward; HF: labels= loss) with "
+        "fused AdamW on both, instead of the same loss and optimizer code around both models",
+    )
     a = ap.parse_args(argv)
 
     import transformers
 
-    device = torch.device("cuda" if (a.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if (a.device == "auto" and torch.cuda.is_available()) else ("cpu" if a.device == "auto" else a.device)
+    )
     if a.threads:
         torch.set_num_threads(a.threads)
     defaults = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     print(f"# gptlab train-step benchmark  {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"# torch {torch.__version__}  transformers {transformers.__version__}  python {platform.python_version()}")
-    print(f"# device {device}" + (f" ({torch.cuda.get_device_name(device)}, bf16 autocast)" if device.type == "cuda"
-                                   else f" ({cpu_name()}, {torch.get_num_threads()} threads, fp32)"))
+    print(
+        f"# device {device}"
+        + (
+            f" ({torch.cuda.get_device_name(device)}, bf16 autocast)"
+            if device.type == "cuda"
+            else f" ({cpu_name()}, {torch.get_num_threads()} threads, fp32)"
+        )
+    )
     print(f"# cmd: {' '.join(sys.argv)}" + ("  (both models torch.compile'd)" if a.compile else ""))
     print(f"# load average at start (other processes share this machine): {os.getloadavg()[0]:.2f}")
     print("# ours: GPTModel, F.scaled_dot_product_attention, untied head, no qkv bias (the book's model)")
     print("# HF:   GPT2LMHeadModel, tie_word_embeddings=False, default attention implementation, use_cache=False")
     if a.as_trained:
-        print(f"# dropout {a.dropout} in both; --as-trained: ours gptlab.train.forward_backward, HF model(input_ids, "
-              f"labels=...).loss; fused AdamW lr 4e-4 wd 0.1 on both")
+        print(
+            f"# dropout {a.dropout} in both; --as-trained: ours gptlab.train.forward_backward, HF model(input_ids, "
+            f"labels=...).loss; fused AdamW lr 4e-4 wd 0.1 on both"
+        )
     else:
         print(f"# dropout {a.dropout} in both; AdamW lr 4e-4 wd 0.1; loss F.cross_entropy outside both models")
     summary = []
@@ -220,17 +246,22 @@ def main(argv=None) -> int:
         b0, s0, w0 = defaults.get(name, (4, 5, 1))
         batch, steps, warmup = a.batch or b0, a.steps or s0, a.warmup if a.warmup is not None else w0
         T = a.seq_len or PRESETS[name]["context_length"]
-        print(f"\n## {name}: batch {batch} x seq {T} = {batch * T} tokens/step, {warmup} warm-up step(s) each, "
-              f"then {a.repeats} round(s) of {steps} timed step(s) each, ours/HF alternating step by step")
-        res, info = bench_config(name, device, batch, T, steps, warmup, a.repeats, a.dropout, a.as_trained,
-                                 a.compile)
+        print(
+            f"\n## {name}: batch {batch} x seq {T} = {batch * T} tokens/step, {warmup} warm-up step(s) each, "
+            f"then {a.repeats} round(s) of {steps} timed step(s) each, ours/HF alternating step by step"
+        )
+        res, info = bench_config(name, device, batch, T, steps, warmup, a.repeats, a.dropout, a.as_trained, a.compile)
         ours, hf = statistics.median(res["ours"]), statistics.median(res["hf"])
-        print(f"  params: ours {info['ours']['params']:,}  HF {info['hf']['params']:,} "
-              f"(HF attention implementation: {info['hf']['attn']})")
+        print(
+            f"  params: ours {info['ours']['params']:,}  HF {info['hf']['params']:,} "
+            f"(HF attention implementation: {info['hf']['attn']})"
+        )
         pr = info["pair_ratios"]
         print(f"  median tokens/s: ours {ours:,.0f}  HF {hf:,.0f}  ratio ours/HF {ours / hf:.3f}")
-        print(f"  per adjacent step pair, HF time / our time: median {statistics.median(pr):.3f} "
-              f"(min {min(pr):.3f}, max {max(pr):.3f}, {len(pr)} pairs)")
+        print(
+            f"  per adjacent step pair, HF time / our time: median {statistics.median(pr):.3f} "
+            f"(min {min(pr):.3f}, max {max(pr):.3f}, {len(pr)} pairs)"
+        )
         summary.append((name, ours, hf, statistics.median(pr)))
         if a.profile:
             profile_one("ours", name, device, batch, T, a.dropout)

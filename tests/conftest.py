@@ -26,11 +26,25 @@ def small_data(tmp_path_factory):
 def tiny_overrides(data_dir: str, **extra) -> list[str]:
     """A 1-layer, 32-dim model on a 32-token context: a training step takes milliseconds."""
     base = {
-        "model.preset": "nano", "model.emb_dim": 32, "model.n_heads": 2, "model.n_layers": 1,
-        "model.context_length": 32, "data.dir": data_dir, "data.vocab": "corpus", "data.source": "",
-        "train.micro_batch_size": 4, "train.global_batch_size": 8, "train.tokens": 8 * 32 * 12,
-        "train.lr": 3e-3, "train.eval_interval": 4, "train.eval_batches": 2, "train.log_interval": 1,
-        "train.checkpoint_interval": 4, "train.progress": False, "eval.batches": 4, "eval.batch_size": 8,
+        "model.preset": "nano",
+        "model.emb_dim": 32,
+        "model.n_heads": 2,
+        "model.n_layers": 1,
+        "model.context_length": 32,
+        "data.dir": data_dir,
+        "data.vocab": "corpus",
+        "data.source": "",
+        "train.micro_batch_size": 4,
+        "train.global_batch_size": 8,
+        "train.tokens": 8 * 32 * 12,
+        "train.lr": 3e-3,
+        "train.eval_interval": 4,
+        "train.eval_batches": 2,
+        "train.log_interval": 1,
+        "train.checkpoint_interval": 4,
+        "train.progress": False,
+        "eval.batches": 4,
+        "eval.batch_size": 8,
     }
     base.update(extra)
     return [f"{k}={_lit(v)}" for k, v in base.items()]
@@ -53,8 +67,11 @@ def mount():
 
     def do(path: Path, options: str, remount: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        cmd = ["mount", "-o", f"remount,{options}", str(path)] if remount else \
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
+        cmd = (
+            ["mount", "-o", f"remount,{options}", str(path)]
+            if remount
+            else ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
+        )
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")

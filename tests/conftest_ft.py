@@ -153,16 +153,24 @@ class _PeerHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.auth.append(self.headers.get("Authorization"))
         if self.path != "/v1/chat/completions":
-            data = json.dumps({"error": {"message": "not found", "type": "invalid_request_error", "param": None,
-                                         "code": None}}).encode()
+            data = json.dumps(
+                {"error": {"message": "not found", "type": "invalid_request_error", "param": None, "code": None}}
+            ).encode()
             self.send_response(404)
         else:
             text = self.server.next_reply(body)
-            data = json.dumps({"id": "chatcmpl-peer", "object": "chat.completion", "created": 0,
-                               "model": body.get("model"),
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                            "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+            data = json.dumps(
+                {
+                    "id": "chatcmpl-peer",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body.get("model"),
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            ).encode()
             self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

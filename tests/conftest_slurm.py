@@ -30,8 +30,9 @@ def _ok(cmd: list[str], env=None) -> bool:
 
 def _node_states(env=None) -> list[str]:
     try:
-        r = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%T"], capture_output=True, text=True,
-                           timeout=20, env=env)
+        r = subprocess.run(
+            ["sinfo", "--noheader", "--Node", "--format=%T"], capture_output=True, text=True, timeout=20, env=env
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return r.stdout.split() if r.returncode == 0 else []
@@ -91,8 +92,12 @@ def slurm_cluster(tmp_path_factory):
     if shutil.which("slurmctld") is None or shutil.which("munged") is None:
         if not root:
             pytest.skip("SLURM binaries (slurmctld, slurmd, munged) are missing and installing them needs root")
-        r = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm "
-                           "munge", shell=True, capture_output=True, text=True)
+        r = subprocess.run(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge",
+            shell=True,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, f"apt-get install slurm-wlm munge failed: {r.stderr[-2000:]}"
     if not root:
         pytest.skip("no working SLURM cluster (sinfo) and starting slurmd needs root")

@@ -29,9 +29,12 @@ from gptlab.cli.common import Number
 from gptlab.config import SECTIONS, load_config
 from gptlab.io import Range
 
-CONFIG_FIELDS = [(f"{section}.{f.name}", typing.get_type_hints(cls)[f.name], f.metadata)
-                 for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
-                 if typing.get_type_hints(cls)[f.name] in (int, float)]
+CONFIG_FIELDS = [
+    (f"{section}.{f.name}", typing.get_type_hints(cls)[f.name], f.metadata)
+    for section, cls in SECTIONS.items()
+    for f in dataclasses.fields(cls)
+    if typing.get_type_hints(cls)[f.name] in (int, float)
+]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -40,22 +43,30 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 VERBS = _subparsers(build_parser())
-CLI_OPTIONS = [(verb, a) for verb, p in VERBS.items() for a in p._actions
-               if isinstance(a.type, Number) or a.type in (int, float)
-               or (isinstance(a.default, (int, float)) and not isinstance(a.default, bool))]
+CLI_OPTIONS = [
+    (verb, a)
+    for verb, p in VERBS.items()
+    for a in p._actions
+    if isinstance(a.type, Number)
+    or a.type in (int, float)
+    or (isinstance(a.default, (int, float)) and not isinstance(a.default, bool))
+]
 
 
 def _edges(tp: type, r: Range, special: tuple = ()) -> list:
     """Values at and just beyond the interval's ends, plus the usual suspects (0, -1, 2**63, nan, inf, ...)."""
     lo, hi, _, _ = r.bounds
     ends = [b for b in (lo, hi) if math.isfinite(b)]
-    out = [0, 1, -1, 2, 2**31, 2**63, 2**64 + 1, 10**30, -2**64, *special]
+    out = [0, 1, -1, 2, 2**31, 2**63, 2**64 + 1, 10**30, -(2**64), *special]
     out += [b + d for b in ends for d in (-1, 0, 1)]
     if tp is float:
         out += [math.nan, math.inf, -math.inf, 1e-300, -1e-300, 0.5, 1e300]
         out += [b + d for b in ends for d in (-1e-9, 1e-9)]
-    return [tp(v) if tp is int and isinstance(v, float) and v.is_integer() else v for v in out
-            if tp is float or isinstance(v, int) or (isinstance(v, float) and v.is_integer())]
+    return [
+        tp(v) if tp is int and isinstance(v, float) and v.is_integer() else v
+        for v in out
+        if tp is float or isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+    ]
 
 
 def _values(tp: type, r: Range, special: tuple = ()):
@@ -97,23 +108,26 @@ def test_every_numeric_config_field_declares_a_range():
     assert [name for name, _, md in CONFIG_FIELDS if not isinstance(md.get("range"), Range)] == []
 
 
-@pytest.mark.parametrize("override,match", [
-    ("model.n_heads=0", r"model\.n_heads: must be in \[1, "),  # was ZeroDivisionError
-    ("model.emb_dim=0", r"model\.emb_dim: must be in \[1, "),  # was a 0-parameter model trained, exit 0
-    ("model.emb_dim=100", r"model\.emb_dim: must be divisible by model\.n_heads"),
-    ('train.device="gpu7"', r"train\.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu7'"),
-    ("train.beta1=1.0", r"train\.beta1: must be in \[0, 1\), got 1\.0"),  # was ValueError from AdamW
-    ("train.beta2=-0.1", r"train\.beta2: must be in \[0, 1\)"),
-    ("train.weight_decay=-0.1", r"train\.weight_decay: must be >= 0"),  # was accepted
-    ("train.lr=inf", r"train\.lr: must be > 0, got inf"),  # was accepted
-    ("train.eps=0", r"train\.eps: must be > 0"),
-    ("train.log_interval=0", r"train\.log_interval: must be >= 1"),  # was ZeroDivisionError in the log
-    ("train.seed=-1", r"train\.seed: must be in \[0, 4294967295\]"),  # was ValueError from numpy
-    ("model.vocab_size=-2", r"model\.vocab_size: must be in \[1, 65536\] \(token shards are uint16\)"),
-    ('interventions=["tf32:enabled=nope"]', r"'tf32:enabled=nope': enabled: expected true or false"),
-    ('interventions=["weight_decay:matrices_only=maybe"]', r"matrices_only: expected true or false"),
-    ('interventions=["grad_clip:max_norm=-1"]', r"train\.grad_clip: must be >= 0 \(0 = off\)"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("model.n_heads=0", r"model\.n_heads: must be in \[1, "),  # was ZeroDivisionError
+        ("model.emb_dim=0", r"model\.emb_dim: must be in \[1, "),  # was a 0-parameter model trained, exit 0
+        ("model.emb_dim=100", r"model\.emb_dim: must be divisible by model\.n_heads"),
+        ('train.device="gpu7"', r"train\.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu7'"),
+        ("train.beta1=1.0", r"train\.beta1: must be in \[0, 1\), got 1\.0"),  # was ValueError from AdamW
+        ("train.beta2=-0.1", r"train\.beta2: must be in \[0, 1\)"),
+        ("train.weight_decay=-0.1", r"train\.weight_decay: must be >= 0"),  # was accepted
+        ("train.lr=inf", r"train\.lr: must be > 0, got inf"),  # was accepted
+        ("train.eps=0", r"train\.eps: must be > 0"),
+        ("train.log_interval=0", r"train\.log_interval: must be >= 1"),  # was ZeroDivisionError in the log
+        ("train.seed=-1", r"train\.seed: must be in \[0, 4294967295\]"),  # was ValueError from numpy
+        ("model.vocab_size=-2", r"model\.vocab_size: must be in \[1, 65536\] \(token shards are uint16\)"),
+        ('interventions=["tf32:enabled=nope"]', r"'tf32:enabled=nope': enabled: expected true or false"),
+        ('interventions=["weight_decay:matrices_only=maybe"]', r"matrices_only: expected true or false"),
+        ('interventions=["grad_clip:max_norm=-1"]', r"train\.grad_clip: must be >= 0 \(0 = off\)"),
+    ],
+)
 def test_known_bad_values_are_one_line_errors(override, match):
     with pytest.raises(GptlabError, match=match) as e:
         load_config(None, [override])
@@ -163,8 +177,9 @@ def _small_in_range(tp: type, r: Range):
     return st.floats(lo, top, exclude_min=not lo_closed, exclude_max=top == hi and not r.bounds[3])
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_property_in_range_values_train_two_steps(small_data, tmp_path_factory, data):
     name, tp, md = data.draw(st.sampled_from(CONFIG_FIELDS), label="field")
@@ -196,23 +211,26 @@ def _required(parser: argparse.ArgumentParser) -> list[str]:
     return argv
 
 
-@pytest.mark.parametrize("argv,match", [
-    ("plan configs/tiny-cpu.toml --gpus 0", "argument --gpus: must be >= 1, got 0"),
-    ("plan configs/tiny-cpu.toml --mfu 0", "argument --mfu: must be in (0, 1], got 0"),
-    ("plan configs/tiny-cpu.toml --gpu-hours -5", "argument --gpu-hours: must be in (0, 1e12]"),
-    ("plan configs/tiny-cpu.toml --gpu-hours 1e300", "argument --gpu-hours: must be in (0, 1e12]"),  # was inf FLOPs
-    ("generate r --prompt x --max-new-tokens -1", "argument --max-new-tokens: must be >= 1"),
-    ("generate r --prompt x --seed 99999999999999999999", "argument --seed: must be in [0, 4294967295]"),
-    ("generate r --prompt x --temperature nan", "argument --temperature: must be >= 0, got nan"),
-    ("serve r --port 70000", "argument --port: must be in [0, 65535]"),
-    ("serve r --max-tokens-limit 0", "argument --max-tokens-limit: must be >= 1"),
-    ("serve r --read-timeout 0", "argument --read-timeout: must be > 0"),
-    ("serve r --max-batch 0", "argument --max-batch: must be >= 1"),
-    ("serve r --batch-wait-ms 20000", "argument --batch-wait-ms: must be in [0, 10000], got 20000"),
-    ("eval r --device gpu7", "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
-    ("finetune r --data d --out o --dropout -0.5", "argument --dropout: must be in [0, 1) or -1, got -0.5"),
-    ("experiment s --parallel 0", "argument --parallel: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        ("plan configs/tiny-cpu.toml --gpus 0", "argument --gpus: must be >= 1, got 0"),
+        ("plan configs/tiny-cpu.toml --mfu 0", "argument --mfu: must be in (0, 1], got 0"),
+        ("plan configs/tiny-cpu.toml --gpu-hours -5", "argument --gpu-hours: must be in (0, 1e12]"),
+        ("plan configs/tiny-cpu.toml --gpu-hours 1e300", "argument --gpu-hours: must be in (0, 1e12]"),  # was inf FLOPs
+        ("generate r --prompt x --max-new-tokens -1", "argument --max-new-tokens: must be >= 1"),
+        ("generate r --prompt x --seed 99999999999999999999", "argument --seed: must be in [0, 4294967295]"),
+        ("generate r --prompt x --temperature nan", "argument --temperature: must be >= 0, got nan"),
+        ("serve r --port 70000", "argument --port: must be in [0, 65535]"),
+        ("serve r --max-tokens-limit 0", "argument --max-tokens-limit: must be >= 1"),
+        ("serve r --read-timeout 0", "argument --read-timeout: must be > 0"),
+        ("serve r --max-batch 0", "argument --max-batch: must be >= 1"),
+        ("serve r --batch-wait-ms 20000", "argument --batch-wait-ms: must be in [0, 10000], got 20000"),
+        ("eval r --device gpu7", "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
+        ("finetune r --data d --out o --dropout -0.5", "argument --dropout: must be in [0, 1) or -1, got -0.5"),
+        ("experiment s --parallel 0", "argument --parallel: must be >= 1"),
+    ],
+)
 def test_out_of_range_options_are_argparse_errors(argv, match):
     rc, err = _run_cli(argv.split())
     _one_line_error(rc, err, re.escape(match))
@@ -224,7 +242,9 @@ def test_property_cli_option_values(data):
     verb, action = data.draw(st.sampled_from(CLI_OPTIONS), label="option")
     num: Number = action.type
     value = data.draw(_values(num.tp, num.range, num.special), label="value")
-    text = _literal(value) if not (isinstance(value, float) and value.is_integer() and num.tp is int) else str(int(value))
+    text = (
+        _literal(value) if not (isinstance(value, float) and value.is_integer() and num.tp is int) else str(int(value))
+    )
     argv = [verb, *_required(VERBS[verb]), action.option_strings[-1], text]
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

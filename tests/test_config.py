@@ -19,23 +19,30 @@ def test_defaults_and_preset(tmp_path):
 
 
 def test_overrides_types(tmp_path):
-    cfg = load_config(None, ["train.lr=3e-4", "model.qkv_bias=true", "train.tokens=1_000", "name=x",
-                             'interventions=["no_dropout"]'])
+    cfg = load_config(
+        None, ["train.lr=3e-4", "model.qkv_bias=true", "train.tokens=1_000", "name=x", 'interventions=["no_dropout"]']
+    )
     assert cfg.train.lr == 3e-4 and cfg.model.qkv_bias is True and cfg.train.tokens == 1000 and cfg.name == "x"
     assert cfg.model.drop_rate == 0.0
 
 
-@pytest.mark.parametrize("text,match", [
-    ("[train]\nlrr = 1\n", r"c\.toml: train\.lrr: unknown key \(did you mean 'lr'\?\)"),
-    ("[train]\nlr = 'fast'\n", r"train\.lr: expected a number"),
-    ("[train]\nmicro_batch_size = 1.5\n", r"train\.micro_batch_size: expected an integer"),
-    ("[model]\nqkv_bias = 3\n", r"model\.qkv_bias: expected true or false"),
-    ("[model\n", r"c\.toml: malformed TOML"),
-    ("[model]\npreset = 'gpt2-smal'\n", r"model\.preset: unknown preset 'gpt2-smal' \(did you mean 'gpt2-small'\?\)"),
-    ("[model]\nemb_dim = 100\nn_heads = 3\n", r"model\.emb_dim: must be divisible"),
-    ("interventions = ['grad_clipp']\n", r"unknown intervention 'grad_clipp' \(did you mean 'grad_clip'\?\)"),
-    ("modle = 1\n", r"modle: unknown key \(did you mean 'model'\?\)"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[train]\nlrr = 1\n", r"c\.toml: train\.lrr: unknown key \(did you mean 'lr'\?\)"),
+        ("[train]\nlr = 'fast'\n", r"train\.lr: expected a number"),
+        ("[train]\nmicro_batch_size = 1.5\n", r"train\.micro_batch_size: expected an integer"),
+        ("[model]\nqkv_bias = 3\n", r"model\.qkv_bias: expected true or false"),
+        ("[model\n", r"c\.toml: malformed TOML"),
+        (
+            "[model]\npreset = 'gpt2-smal'\n",
+            r"model\.preset: unknown preset 'gpt2-smal' \(did you mean 'gpt2-small'\?\)",
+        ),
+        ("[model]\nemb_dim = 100\nn_heads = 3\n", r"model\.emb_dim: must be divisible"),
+        ("interventions = ['grad_clipp']\n", r"unknown intervention 'grad_clipp' \(did you mean 'grad_clip'\?\)"),
+        ("modle = 1\n", r"modle: unknown key \(did you mean 'model'\?\)"),
+    ],
+)
 def test_bad_config_one_line_errors(tmp_path, text, match):
     with pytest.raises(GptlabError, match=match) as e:
         load_config(write(tmp_path, text))
@@ -71,8 +78,9 @@ def _corpus_jsonl(path, n_docs=100, n_words=300):
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6))) for _ in range(200)]
-    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(n_words))}) + "\n"
-                            for _ in range(n_docs)))
+    path.write_text(
+        "".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(n_words))}) + "\n" for _ in range(n_docs))
+    )
     return path
 
 
@@ -84,19 +92,31 @@ def test_runner_and_its_train_child_resolve_the_same_config(tmp_path):
     import sqlite3
 
     import tomli_w
-
     from conftest import tiny_overrides
+
     from gptlab.config import resolve
     from gptlab.experiments.runner import run_experiment
     from gptlab.experiments.spec import load_spec
 
     data = tmp_path / "data"
-    base = parse_overrides(tiny_overrides(str(data), **{"data.source": str(_corpus_jsonl(tmp_path / "c.jsonl")),
-                                                        "train.tokens": 8 * 32 * 3, "eval.batches": 0}))
+    base = parse_overrides(
+        tiny_overrides(
+            str(data),
+            **{"data.source": str(_corpus_jsonl(tmp_path / "c.jsonl")), "train.tokens": 8 * 32 * 3, "eval.batches": 0},
+        )
+    )
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
     spec_path = tmp_path / "exp.toml"
-    spec_path.write_text(tomli_w.dumps({"name": "t", "base": "base.toml", "seeds": [1],
-                                        "variants": [{"name": "baseline", "interventions": ["no_dropout"]}]}))
+    spec_path.write_text(
+        tomli_w.dumps(
+            {
+                "name": "t",
+                "base": "base.toml",
+                "seeds": [1],
+                "variants": [{"name": "baseline", "interventions": ["no_dropout"]}],
+            }
+        )
+    )
     spec = load_spec(spec_path)
     v = spec.variants[0]
     before = spec.resolve(v, 1)

@@ -30,31 +30,45 @@ def snapshot(folder):
 
 
 def write_spec(folder, data, name="t", variants=None, ladder=None):
-    base = parse_overrides(tiny_overrides(data, **{"train.tokens": 8 * 32 * 2, "train.checkpoint_interval": 100,
-                                                   "train.eval_interval": 100}))
+    base = parse_overrides(
+        tiny_overrides(
+            data, **{"train.tokens": 8 * 32 * 2, "train.checkpoint_interval": 100, "train.eval_interval": 100}
+        )
+    )
     (folder / "base.toml").write_text(tomli_w.dumps(base))
-    spec = {"name": name, "base": "base.toml", "seeds": [1], "baseline": "baseline",
-            "variants": variants or [{"name": "baseline"}]}
+    spec = {
+        "name": name,
+        "base": "base.toml",
+        "seeds": [1],
+        "baseline": "baseline",
+        "variants": variants or [{"name": "baseline"}],
+    }
     if ladder:
         (folder / "target.toml").write_text(tomli_w.dumps({"model": {"preset": "gpt2-small"}}))
-        spec["ladder"] = {"rungs": [{"n_layers": 1, "emb_dim": 16, "n_heads": 2},
-                                    {"n_layers": 1, "emb_dim": 64, "n_heads": 2}],
-                          "tokens": [8 * 32, 8 * 32], "target": {"config": "target.toml"}}
+        spec["ladder"] = {
+            "rungs": [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 64, "n_heads": 2}],
+            "tokens": [8 * 32, 8 * 32],
+            "target": {"config": "target.toml"},
+        }
     p = folder / ("ladder.toml" if ladder else "exp.toml")
     p.write_text(tomli_w.dumps(spec))
     return p
 
 
 # ---------------------------------------------------------------------------------------------- names -> paths
-@pytest.mark.parametrize("name, why", [
-    ("../../victim", "contains a path separator"),
-    ("/tmp/victim", "is an absolute path"),
-    ("..", "names a folder above or the folder itself"),
-    ("", "is empty"),
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("../../victim", "contains a path separator"),
+        ("/tmp/victim", "is an absolute path"),
+        ("..", "names a folder above or the folder itself"),
+        ("", "is empty"),
+    ],
+)
 @pytest.mark.parametrize("verb", ["experiment", "sweep", "ladder"])
-def test_experiment_ladder_and_sweep_names_stay_inside_experiments(small_data, tmp_path, monkeypatch, capsys,
-                                                                     verb, name, why):
+def test_experiment_ladder_and_sweep_names_stay_inside_experiments(
+    small_data, tmp_path, monkeypatch, capsys, verb, name, why
+):
     work = tmp_path / "home" / "work"
     (work / "specs").mkdir(parents=True)
     victim = tmp_path / "victim"  # what ../../victim reaches from work/experiments
@@ -114,8 +128,10 @@ def forged(small_data, tmp_path):
 def test_shard_files_of_a_forged_meta_json_are_not_opened(forged, capsys):
     assert main(["verify", str(forged)]) == 2
     line = error_line(capsys)
-    assert f"{forged / 'meta.json'}: field splits.train.shards[0].file '../outside/stolen.bin': contains a path " \
-           "separator" in line
+    assert (
+        f"{forged / 'meta.json'}: field splits.train.shards[0].file '../outside/stolen.bin': contains a path "
+        "separator" in line
+    )
     with pytest.raises(GptlabError, match=r"meta\.json: field splits\.train\.shards\[0\]\.file"):
         TokenDataset(forged, "val")  # the whole meta.json is checked, whichever split is read
 
@@ -157,9 +173,12 @@ def test_server_answers_only_for_the_model_it_serves(server, model):
 def test_a_request_without_model_is_for_the_model_served(server):
     import urllib.request
 
-    req = urllib.request.Request(server + "/v1/completions", method="POST",
-                                 data=json.dumps({"prompt": "Hello", "max_tokens": 2}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server + "/v1/completions",
+        method="POST",
+        data=json.dumps({"prompt": "Hello", "max_tokens": 2}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         assert r.status == 200 and json.loads(r.read())["model"] == "tiny-sft"
 
@@ -195,8 +214,12 @@ def test_a_file_given_as_the_output_folder_is_left_alone(small_data, tiny_run, t
     target = tmp_path / "existing_file.txt"
     target.write_text("keep me\n")
     spec = write_spec(tmp_path, small_data, ladder=verb == "ladder")
-    args = {"export": ["export", str(tiny_run)], "experiment": ["experiment", str(spec)],
-            "ladder": ["ladder", str(spec)], "prepare": ["prepare", "bundled", "--max-docs", "3"]}[verb]
+    args = {
+        "export": ["export", str(tiny_run)],
+        "experiment": ["experiment", str(spec)],
+        "ladder": ["ladder", str(spec)],
+        "prepare": ["prepare", "bundled", "--max-docs", "3"],
+    }[verb]
     for force in ([], ["--force"]):
         assert main([*args, "--out", str(target), *force]) == 2
         assert f"{target}: exists and is not a folder" in error_line(capsys)

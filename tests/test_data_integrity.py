@@ -23,8 +23,28 @@ from gptlab.cli import main
 from gptlab.data import TokenDataset, prepare
 from gptlab.data.tokenizer import EOT_ID, tokenizer_hash
 
-WORDS = ["river", "mill", "letter", "harvest", "market", "apples", "bread", "bridge", "village", "harbour",
-         "winter", "wells", "wool", "lunch", "teacher", "train", "storm", "notebook", "square", "oak"]
+WORDS = [
+    "river",
+    "mill",
+    "letter",
+    "harvest",
+    "market",
+    "apples",
+    "bread",
+    "bridge",
+    "village",
+    "harbour",
+    "winter",
+    "wells",
+    "wool",
+    "lunch",
+    "teacher",
+    "train",
+    "storm",
+    "notebook",
+    "square",
+    "oak",
+]
 
 
 def english_docs(n: int, seed: int = 0) -> list[str]:
@@ -64,12 +84,33 @@ def hand_prepared(path: Path, train: list[int], test: list[int], **shard_extra) 
     for split, toks in (("train", train), ("val", train), ("test", test)):
         data = np.asarray(toks, dtype="<u2").tobytes()
         (path / f"{split}_000000.bin").write_bytes(data)
-        splits[split] = {"tokens": len(toks), "documents": 1, "shards": [
-            {"file": f"{split}_000000.bin", "tokens": len(toks), "sha256": hashlib.sha256(data).hexdigest(),
-             **shard_extra}]}
-    (path / "meta.json").write_text(json.dumps({
-        "format": 1, "tokenizer": "gpt2", "tokenizer_hash": tokenizer_hash(), "eot_id": EOT_ID, "dtype": "uint16",
-        "vocab_size": 50257, "sources": [], "split_rule": {}, "splits": splits}))
+        splits[split] = {
+            "tokens": len(toks),
+            "documents": 1,
+            "shards": [
+                {
+                    "file": f"{split}_000000.bin",
+                    "tokens": len(toks),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    **shard_extra,
+                }
+            ],
+        }
+    (path / "meta.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "tokenizer": "gpt2",
+                "tokenizer_hash": tokenizer_hash(),
+                "eot_id": EOT_ID,
+                "dtype": "uint16",
+                "vocab_size": 50257,
+                "sources": [],
+                "split_rule": {},
+                "splits": splits,
+            }
+        )
+    )
     return path
 
 
@@ -165,8 +206,11 @@ def test_eval_on_other_data_with_unknown_tokens_is_an_error_unless_allowed(small
     argv = ["eval", str(corpus_run), "--data", str(other), "--split", "test", "--batches", "2", "--device", "cpu"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and re.search(r"^gptlab: error: .*other: .*outside the run's vocabulary.*"
-                                          r"pass --allow-unknown-tokens", err)
+    assert "\n" not in err and re.search(
+        r"^gptlab: error: .*other: .*outside the run's vocabulary.*"
+        r"pass --allow-unknown-tokens",
+        err,
+    )
     assert main(argv + ["--allow-unknown-tokens", "--json"]) == 0
     cap = capsys.readouterr()
     out = json.loads(cap.out)
@@ -227,8 +271,9 @@ def test_token_id_outside_the_vocabulary_is_one_line_naming_the_shard(tmp_path, 
 
 def test_prepare_records_each_shards_largest_id_and_opening_checks_it(tmp_path):
     out = tmp_path / "data"
-    meta = prepare([jsonl(tmp_path / "a.jsonl", english_docs(30))], str(out), shard_tokens=500, progress=False,
-                   workers=1)
+    meta = prepare(
+        [jsonl(tmp_path / "a.jsonl", english_docs(30))], str(out), shard_tokens=500, progress=False, workers=1
+    )
     for info in meta["splits"].values():
         for sh in info["shards"]:
             assert sh["max_id"] == int(np.fromfile(out / sh["file"], "<u2").max())
@@ -253,8 +298,11 @@ def test_verify_names_a_changed_shard(tmp_path, capsys):
     assert re.search(r"\d+ shards.*sha256 as in meta\.json", capsys.readouterr().out)
     corrupt_in_range(out / "val_000000.bin")
     assert main(["verify", str(out)]) == 2
-    assert re.fullmatch(r"shard \S+/val_000000\.bin: sha256 differs from meta\.json's.*\n"
-                        r"gptlab: error: \S+: 1 of \d+ shard\(s\) failed verification\n", capsys.readouterr().err)
+    assert re.fullmatch(
+        r"shard \S+/val_000000\.bin: sha256 differs from meta\.json's.*\n"
+        r"gptlab: error: \S+: 1 of \d+ shard\(s\) failed verification\n",
+        capsys.readouterr().err,
+    )
 
 
 def test_training_verifies_data_it_has_not_verified_before(tmp_path, capsys):
@@ -266,8 +314,9 @@ def test_training_verifies_data_it_has_not_verified_before(tmp_path, capsys):
     assert verify_data(out) == 0  # recorded: the same shards (names, sizes, mtimes, hashes) are not hashed again
     corrupt_in_range(out / "train_000000.bin")
     assert train_cli(out, tmp_path / "run", **{"train.tokens": 8 * 32 * 2}) == 2
-    assert re.search(r"gptlab: error: shard \S+/train_000000\.bin: sha256 differs from meta\.json",
-                     capsys.readouterr().err)
+    assert re.search(
+        r"gptlab: error: shard \S+/train_000000\.bin: sha256 differs from meta\.json", capsys.readouterr().err
+    )
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before the first step
 
 
@@ -312,6 +361,7 @@ def test_prepare_into_a_mount_point_replaces_its_files(tmpfs, tmp_path):
     first = snapshot(tmpfs)
     meta = prepare([big_bin(tmp_path / "b.bin", 30_000)], str(tmpfs), shard_tokens=10_000, progress=False, workers=1)
     assert sorted(p.name for p in tmpfs.iterdir()) == sorted(
-        ["meta.json"] + [sh["file"] for info in meta["splits"].values() for sh in info["shards"]])
+        ["meta.json"] + [sh["file"] for info in meta["splits"].values() for sh in info["shards"]]
+    )
     assert snapshot(tmpfs) != first
     assert TokenDataset(tmpfs, "train").meta == meta

@@ -90,7 +90,7 @@ def command_errors(snippet: str, parser: argparse.ArgumentParser | None = None) 
         if token != "gptlab" or not at_command:  # `sky launch -c gptlab sky.yaml`: a cluster name, not a command
             continue
         current, name = parser, "gptlab"
-        for tok in tokens[start + 1:]:
+        for tok in tokens[start + 1 :]:
             if tok in ENDS or tok.startswith("#"):
                 break
             tok = tok.strip("[]")
@@ -168,13 +168,24 @@ def config_table() -> str:
     cfg = RunConfig()
     for section in fields(RunConfig):
         value = getattr(cfg, section.name)
-        members = [(f"{section.name}.{f.name}", f, getattr(value, f.name)) for f in fields(value)] \
-            if is_dataclass(value) else [(section.name, section, value)]
+        members = (
+            [(f"{section.name}.{f.name}", f, getattr(value, f.name)) for f in fields(value)]
+            if is_dataclass(value)
+            else [(section.name, section, value)]
+        )
         for name, f, default in members:
             md = f.metadata
-            accepts = (md["range"].text if "range" in md else " / ".join(md["choices"]) if "choices" in md
-                       else "any of " + ", ".join(md["subset"]) if "subset" in md
-                       else md.get("expected", "") if "pattern" in md else "")
+            accepts = (
+                md["range"].text
+                if "range" in md
+                else " / ".join(md["choices"])
+                if "choices" in md
+                else "any of " + ", ".join(md["subset"])
+                if "subset" in md
+                else md.get("expected", "")
+                if "pattern" in md
+                else ""
+            )
             if md.get("note"):
                 accepts += f" ({md['note']})"
             if not accepts and isinstance(default, bool):
@@ -196,15 +207,20 @@ def test_checker_catches_a_broken_link_a_missing_anchor_and_unknown_verbs_and_op
     (tmp_path / "docs").mkdir()
     (tmp_path / "real.md").write_text("# A real heading\n", encoding="utf-8")
     page = tmp_path / "README.md"
-    page.write_text("[ok](real.md#a-real-heading) [gone](docs/missing.md) [bad anchor](real.md#nope) "
-                    "[web](https://example.org/x)\n", encoding="utf-8")
+    page.write_text(
+        "[ok](real.md#a-real-heading) [gone](docs/missing.md) [bad anchor](real.md#nope) "
+        "[web](https://example.org/x)\n",
+        encoding="utf-8",
+    )
     errors = link_errors(page)
     assert len(errors) == 2
     assert "docs/missing.md" in errors[0] and "#nope" in errors[1]
 
-    text = ("```bash\ngptlab train --config c.toml --no-such-flag 1   # comment --ignored\n"
-            "gptlab trian --config c.toml\n```\n"
-            "and `gptlab experiment SPEC --until-decided\n[--seeds-per-round R] --max-seedz 3`\n")
+    text = (
+        "```bash\ngptlab train --config c.toml --no-such-flag 1   # comment --ignored\n"
+        "gptlab trian --config c.toml\n```\n"
+        "and `gptlab experiment SPEC --until-decided\n[--seeds-per-round R] --max-seedz 3`\n"
+    )
     parser = build_parser()
     found = [e for c in commands(text) for e in command_errors(c, parser)]
     assert len(found) == 3

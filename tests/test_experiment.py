@@ -21,9 +21,17 @@ from gptlab.experiments.spec import load_spec
 def write_spec(tmp_path, data, seeds=(1, 2), tokens=8 * 32 * 6, variants=None):
     base = parse_overrides(tiny_overrides(data, **{"train.tokens": tokens, "train.checkpoint_interval": 2}))
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    spec = {"name": "t", "base": "base.toml", "seeds": list(seeds), "baseline": "baseline",
-            "variants": variants or [{"name": "baseline", "interventions": []},
-                                     {"name": "no_dropout", "interventions": ["no_dropout"], "reference": 3.641}]}
+    spec = {
+        "name": "t",
+        "base": "base.toml",
+        "seeds": list(seeds),
+        "baseline": "baseline",
+        "variants": variants
+        or [
+            {"name": "baseline", "interventions": []},
+            {"name": "no_dropout", "interventions": ["no_dropout"], "reference": 3.641},
+        ],
+    }
     p = tmp_path / "exp.toml"
     p.write_text(tomli_w.dumps(spec))
     return p
@@ -111,12 +119,15 @@ def test_dry_run_prints_matrix(small_data, tmp_path, capsys):
     assert not (tmp_path / "experiments").exists()
 
 
-@pytest.mark.parametrize("variants,match", [
-    ([{"name": "baseline"}, {"name": "x", "interventions": ["grad_clipp"]}], r"unknown intervention 'grad_clipp'"),
-    ([{"name": "baseline", "interventions": []}, {"name": "baseline"}], r"duplicate name baseline"),
-    ([{"name": "a b"}], r"variants\[0\]\.name"),
-    ([{"name": "v", "interventions": []}], r"baseline: 'baseline' is not one of the variants \(v\)"),
-])
+@pytest.mark.parametrize(
+    "variants,match",
+    [
+        ([{"name": "baseline"}, {"name": "x", "interventions": ["grad_clipp"]}], r"unknown intervention 'grad_clipp'"),
+        ([{"name": "baseline", "interventions": []}, {"name": "baseline"}], r"duplicate name baseline"),
+        ([{"name": "a b"}], r"variants\[0\]\.name"),
+        ([{"name": "v", "interventions": []}], r"baseline: 'baseline' is not one of the variants \(v\)"),
+    ],
+)
 def test_bad_specs(small_data, tmp_path, variants, match):
     spec = write_spec(tmp_path, small_data, variants=variants)
     with pytest.raises(GptlabError, match=match):
@@ -153,8 +164,10 @@ def test_changed_config_stops_then_rerun_changed_redoes_only_that_run(small_data
     capsys.readouterr()
     assert main([*cli, "--set", "train.lr=0.002"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("gptlab: error: no_dropout-s1: finished with another config (interventions ['no_dropout'] -> "
-                   "['no_dropout', 'qkv_bias'], model.qkv_bias False -> True); re-run with --rerun-changed to redo it")
+    assert err == (
+        "gptlab: error: no_dropout-s1: finished with another config (interventions ['no_dropout'] -> "
+        "['no_dropout', 'qkv_bias'], model.qkv_bias False -> True); re-run with --rerun-changed to redo it"
+    )
     assert run_rows(out) == before and (out / "spec.toml").read_text() == as_run
     assert not list((out / "runs").glob("*.stale-*"))
     # --rerun-changed: that run is redone (row replaced, old folder kept aside), the other one untouched
@@ -177,7 +190,8 @@ def test_changed_config_stops_then_rerun_changed_redoes_only_that_run(small_data
     assert main(cli) == 2
     assert capsys.readouterr().err.strip() == (
         "gptlab: error: baseline-s1: finished with another config (train.lr 0.002 -> 0.003); also no_dropout-s1; "
-        "re-run with --rerun-changed to redo them")
+        "re-run with --rerun-changed to redo them"
+    )
     # a variant removed from the spec: out of the report's table, its row kept in the database
     write_spec(tmp_path, small_data, seeds=(1,), variants=variants[:1])
     assert main([*cli, "--set", "train.lr=0.002"]) == 0
@@ -200,8 +214,11 @@ def test_changed_partial_run_is_named_before_it_fails_in_training(small_data, tm
     claim_experiment_dir(out, "--out")  # an experiment folder gptlab made, then killed in its first run
     (out / "runs" / "baseline-s1").mkdir(parents=True)
     save_config(cfg, out / "runs" / "baseline-s1" / "config.toml")
-    with pytest.raises(GptlabError, match=r"^baseline-s1: started with another config \(train.lr 0.01 -> 0.003\); "
-                                          r"re-run with --rerun-changed to redo it$"):
+    with pytest.raises(
+        GptlabError,
+        match=r"^baseline-s1: started with another config \(train.lr 0.01 -> 0.003\); "
+        r"re-run with --rerun-changed to redo it$",
+    ):
         run_experiment(str(spec), out=str(out), quiet=True)
     assert not (out / "configs" / "baseline-s1.toml").exists() and not (out / "spec.toml").exists()
 
@@ -224,8 +241,9 @@ def test_paired_design_and_margin_carry_from_the_spec_to_every_report(small_data
     (out / "report.md").unlink()
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
-    assert (out / "report.md").read_text().split("Generated")[1].split("\n", 1)[1] == \
-        first.split("Generated")[1].split("\n", 1)[1]  # the same report, but for its time stamp
+    assert (out / "report.md").read_text().split("Generated")[1].split("\n", 1)[1] == first.split("Generated")[1].split(
+        "\n", 1
+    )[1]  # the same report, but for its time stamp
     lb = {r["variant"]: r for r in leaderboard([str(out)])}
     verdict = next(line for line in first.splitlines() if line.startswith("| no_dropout")).split("|")
     assert lb["no_dropout"]["design"] == "paired" and f" {lb['no_dropout']['verdict']} " in verdict
@@ -245,7 +263,8 @@ def test_independent_design_gives_every_run_its_own_seed_and_paired_shares_them(
     assert used[("baseline", 1)] == zlib.crc32(b"baseline/1") & 0x7FFFFFFF  # stable across versions and machines
     spec.design = "paired"
     assert {(v.name, s): spec.resolved_config(v, s).train.seed for v, s in spec.matrix()} == {
-        (v, s): s for v in ("baseline", "no_dropout") for s in (1, 2, 3)}
+        (v, s): s for v in ("baseline", "no_dropout") for s in (1, 2, 3)
+    }
 
 
 def test_spec_alpha_is_checked_and_kept_for_gptlab_report(small_data, tmp_path):
@@ -276,6 +295,8 @@ def test_moving_a_changed_run_aside_takes_its_log_and_tensorboard_folder(tmp_pat
     (runs / "b-s1.log").write_text("log")
     assert _move_aside(runs, "b-s1") == runs / "b-s1.stale-2"
     assert (runs / "b-s1.stale-2" / "x").read_text() == "b-s1" and (runs / "b-s1.stale-2.log").read_text() == "log"
-    assert (tb / "b-s1.stale-2" / "x").read_text() == "b-s1" and (tb / "b-s1.stale-1" / "x").read_text() == "b-s1.stale-1"
+    assert (tb / "b-s1.stale-2" / "x").read_text() == "b-s1" and (
+        tb / "b-s1.stale-1" / "x"
+    ).read_text() == "b-s1.stale-1"
     assert not (runs / "b-s1").exists() and not (tb / "b-s1").exists()
     assert _move_aside(runs, "b-s1") is None

@@ -26,8 +26,7 @@ from gptlab.posttrain.instructions import (
 )
 from gptlab.train import latest_checkpoint, load_run_model
 
-BOOK = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-        "request.")
+BOOK = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +41,20 @@ def data_file(tmp_path_factory):
 
 
 def test_template_is_the_books_exactly():
-    rec = {"instruction": "Identify the correct spelling of the following word.", "input": "Ocassion",
-           "output": "The correct spelling is 'Occasion.'"}
+    rec = {
+        "instruction": "Identify the correct spelling of the following word.",
+        "input": "Ocassion",
+        "output": "The correct spelling is 'Occasion.'",
+    }
     assert format_prompt(rec) == (
         f"{BOOK}\n\n### Instruction:\nIdentify the correct spelling of the following word.\n\n"
-        "### Input:\nOcassion\n\n### Response:\n")
+        "### Input:\nOcassion\n\n### Response:\n"
+    )
     no_input = {"instruction": "What is an antonym of 'complicated'?", "input": "", "output": "simple"}
-    assert format_prompt(no_input) == f"{BOOK}\n\n### Instruction:\nWhat is an antonym of 'complicated'?\n\n### Response:\n"
+    assert (
+        format_prompt(no_input)
+        == f"{BOOK}\n\n### Instruction:\nWhat is an antonym of 'complicated'?\n\n### Response:\n"
+    )
     assert format_input(no_input) == f"{BOOK}\n\n### Instruction:\nWhat is an antonym of 'complicated'?"
     assert format_prompt({"instruction": "x", "output": "y"}) == f"{BOOK}\n\n### Instruction:\nx\n\n### Response:\n"
 
@@ -148,8 +154,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(compact_run, dat
     assert part["stopped_at"] == 5
     done = finetune(compact_run, data_file, tmp_path / "cut", resume=True, **kw)
     assert done["finished"] and done["steps"] == full["steps"] == 8
-    assert [h["val_loss"] for h in done["history"]] == pytest.approx([h["val_loss"] for h in full["history"]],
-                                                                     rel=1e-6)
+    assert [h["val_loss"] for h in done["history"]] == pytest.approx([h["val_loss"] for h in full["history"]], rel=1e-6)
     a = load_file(str(latest_checkpoint(tmp_path / "full") / "model.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "cut") / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -161,22 +166,27 @@ def test_full_vocabulary_run_fine_tunes(tmp_path):
     base = make_tiny_run(tmp_path / "base")  # vocab_size 50257, context 64
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS[:12]))  # .jsonl works too
-    res = finetune(base, data, tmp_path / "sft", epochs=1, batch_size=8, val_frac=0.2, test_frac=0.2,
-                   progress=False)
+    res = finetune(base, data, tmp_path / "sft", epochs=1, batch_size=8, val_frac=0.2, test_frac=0.2, progress=False)
     assert res["finished"] and res["split"]["train"] == 8 and res["steps"] == 1
     assert res["best_epoch"] == 1 and latest_checkpoint(tmp_path / "sft") is not None
 
 
-@pytest.mark.parametrize("content,match", [
-    (None, "not found"),
-    ("{not json", "not JSON"),
-    ('{"instruction": "x"}', "expected a JSON list"),
-    ("[]", "no records"),
-    ('[{"instruction": "a", "output": "b"}, {"instruction": "c", "input": ""}]', r"record 1: missing field 'output'"),
-    ('[{"output": "b"}]', r"record 0: missing field 'instruction'"),
-    ('[{"instruction": "a", "input": 3, "output": "b"}]', r"record 0: field 'input' must be a string, got int"),
-    ('["just text"]', "record 0: expected an object"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (None, "not found"),
+        ("{not json", "not JSON"),
+        ('{"instruction": "x"}', "expected a JSON list"),
+        ("[]", "no records"),
+        (
+            '[{"instruction": "a", "output": "b"}, {"instruction": "c", "input": ""}]',
+            r"record 1: missing field 'output'",
+        ),
+        ('[{"output": "b"}]', r"record 0: missing field 'instruction'"),
+        ('[{"instruction": "a", "input": 3, "output": "b"}]', r"record 0: field 'input' must be a string, got int"),
+        ('["just text"]', "record 0: expected an object"),
+    ],
+)
 def test_bad_data_is_a_one_line_error(tmp_path, content, match):
     p = tmp_path / "data.json"
     if content is not None:
@@ -204,8 +214,9 @@ def test_cli_verb(compact_run, data_file, tmp_path, capsys):
     sub = p.add_subparsers(dest="verb", required=True)
     register_cli(sub)
     out = tmp_path / "cli-sft"
-    a = p.parse_args(["finetune", str(compact_run), "--data", str(data_file), "--out", str(out), "--epochs", "1",
-                      "--quiet"])
+    a = p.parse_args(
+        ["finetune", str(compact_run), "--data", str(data_file), "--out", str(out), "--epochs", "1", "--quiet"]
+    )
     assert a.fn(a) == 0
     text = capsys.readouterr().out
     assert "train 32, val 4, test 4" in text and "best epoch 1" in text
@@ -226,10 +237,17 @@ def test_resume_from_a_checkpoint_in_the_earlier_fine_tune_format(compact_run, d
     assert done["history"] == full["history"] and done["test_loss"] == full["test_loss"]
 
 
-@pytest.mark.parametrize("bad, field", [(dict(lr="fast"), "lr"), (dict(device="gpu"), "device"),
-                                        (dict(grad_clip=-1.0), "grad_clip"), (dict(seed=-1), "seed"),
-                                        (dict(epochs=True), "epochs"), (dict(checkpoint_interval=-2),
-                                                                         "checkpoint_interval")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (dict(lr="fast"), "lr"),
+        (dict(device="gpu"), "device"),
+        (dict(grad_clip=-1.0), "grad_clip"),
+        (dict(seed=-1), "seed"),
+        (dict(epochs=True), "epochs"),
+        (dict(checkpoint_interval=-2), "checkpoint_interval"),
+    ],
+)
 def test_library_checks_every_setting_before_writing(compact_run, data_file, tmp_path, bad, field):
     """The library refuses what the CLI refuses (one declaration): a bad setting is one line naming it, and the
     output folder is not created."""
@@ -252,16 +270,32 @@ def test_cli_options_are_the_settings_defaults_and_set_overrides_them(compact_ru
     p = argparse.ArgumentParser()
     register_cli(p.add_subparsers(dest="verb", required=True))
     a = p.parse_args(["finetune", "RUN", "--data", "D", "--out", "O"])
-    assert {k: getattr(a, k) for k in dataclasses.asdict(FinetuneSettings())} == \
-        dataclasses.asdict(FinetuneSettings())
+    assert {k: getattr(a, k) for k in dataclasses.asdict(FinetuneSettings())} == dataclasses.asdict(FinetuneSettings())
     out = tmp_path / "set-sft"
-    a = p.parse_args(["finetune", str(compact_run), "--data", str(data_file), "--out", str(out), "--epochs", "3",
-                      "--set", "epochs=1", "--set", "lr=1e-3", "--quiet", "--json"])
+    a = p.parse_args(
+        [
+            "finetune",
+            str(compact_run),
+            "--data",
+            str(data_file),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--set",
+            "epochs=1",
+            "--set",
+            "lr=1e-3",
+            "--quiet",
+            "--json",
+        ]
+    )
     assert a.fn(a) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["epochs_run"] == 1 and res["args"]["lr"] == 1e-3
     with pytest.raises(GptlabError, match=r"^finetune: lr: must be > 0"):
-        a = p.parse_args(["finetune", str(compact_run), "--data", str(data_file), "--out", str(tmp_path / "x"),
-                          "--set", "lr=-1"])
+        a = p.parse_args(
+            ["finetune", str(compact_run), "--data", str(data_file), "--out", str(tmp_path / "x"), "--set", "lr=-1"]
+        )
         a.fn(a)
     assert not (tmp_path / "x").exists()

@@ -40,7 +40,7 @@ def test_stream_joins_to_the_text_and_stops_before_a_stop_string(compact):
     assert len(full.text) > 6
     stop = full.text[3:5]
     deltas = list(cut := gen.stream(ids, 16, sampling, stop=[stop]))
-    assert "".join(deltas) == full.text[:full.text.find(stop)] and cut.finish_reason == "stop"
+    assert "".join(deltas) == full.text[: full.text.find(stop)] and cut.finish_reason == "stop"
     assert not any(stop in d for d in deltas)
 
 
@@ -52,8 +52,15 @@ def test_vocabulary_map_must_fit_the_model(tmp_path):
         Generator.from_run(run, "cpu")
 
 
-PROMPTS = ["The", "Name a colour.", "What is the opposite of hot? The opposite", "Translate the word into French.",
-           "", "A duck says", "What sound does a duck make? A duck says quack and the cat says"]
+PROMPTS = [
+    "The",
+    "Name a colour.",
+    "What is the opposite of hot? The opposite",
+    "Translate the word into French.",
+    "",
+    "A duck says",
+    "What sound does a duck make? A duck says quack and the cat says",
+]
 
 
 @pytest.mark.parametrize("sampling", [Sampling(0.0), Sampling(1.0, 20, seed=4)])
@@ -64,8 +71,9 @@ def test_complete_batch_matches_complete_one_at_a_time(compact, sampling):
     ids = [gen.encode(p) for p in PROMPTS]
     solo = [gen.complete(i, 24, sampling, stop=["ck"]) for i in ids]
     batch = gen.complete_batch(ids, 24, sampling, stop=["ck"], batch_size=3)
-    assert [(o.text, o.finish_reason, o.completion_tokens) for o in batch] == \
-        [(o.text, o.finish_reason, o.completion_tokens) for o in solo]
+    assert [(o.text, o.finish_reason, o.completion_tokens) for o in batch] == [
+        (o.text, o.finish_reason, o.completion_tokens) for o in solo
+    ]
     assert {o.finish_reason for o in solo} == {"stop", "length"}
 
 
@@ -75,10 +83,15 @@ def test_judge_answers_do_not_depend_on_the_batch_size(compact):
     from gptlab.posttrain.judge import generate_answers
 
     for temperature in (0.0, 0.9):
-        one = generate_answers(compact, RECORDS[:7], max_new_tokens=12, temperature=temperature, device="cpu",
-                               batch_size=1)
-        assert generate_answers(compact, RECORDS[:7], max_new_tokens=12, temperature=temperature, device="cpu",
-                                batch_size=4) == one
+        one = generate_answers(
+            compact, RECORDS[:7], max_new_tokens=12, temperature=temperature, device="cpu", batch_size=1
+        )
+        assert (
+            generate_answers(
+                compact, RECORDS[:7], max_new_tokens=12, temperature=temperature, device="cpu", batch_size=4
+            )
+            == one
+        )
         assert len(set(one)) > 1
 
 
@@ -96,7 +109,7 @@ def test_cli_generate_prompts_file(compact, tmp_path, capsys):
     alone = []
     for p in prompts:
         assert main(["generate", str(compact), "--prompt", p, *args]) == 0
-        alone.append(capsys.readouterr().out[len(p):-1])
+        alone.append(capsys.readouterr().out[len(p) : -1])
     for f in ("p.txt", "p.jsonl"):
         assert main(["generate", str(compact), "--prompts", str(tmp_path / f), "--batch", "2", *args]) == 0
         rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -150,8 +163,15 @@ def test_decode_together_gives_each_row_its_own_length_stop_and_sampling(compact
     ref = gen.complete(ids[0], 16, Sampling(0.0)).text
     stop = ref[3:5]
     limits = [16, 3, 8, 24, 5, 12, 20]
-    specs = [(ids[i], limits[i], Sampling(0.0) if i % 2 == 0 else Sampling(0.8, 40, seed=i, top_p=0.9),
-              [stop] if i == 0 else ["ck"] if i == 3 else []) for i in range(len(ids))]
+    specs = [
+        (
+            ids[i],
+            limits[i],
+            Sampling(0.0) if i % 2 == 0 else Sampling(0.8, 40, seed=i, top_p=0.9),
+            [stop] if i == 0 else ["ck"] if i == 3 else [],
+        )
+        for i in range(len(ids))
+    ]
     solo = [gen.complete(*spec) for spec in specs]
     outs = [gen.stream(*spec) for spec in specs]
     deltas = [""] * len(outs)
@@ -163,10 +183,11 @@ def test_decode_together_gives_each_row_its_own_length_stop_and_sampling(compact
             if end:
                 ended.add(row)
     assert ended == set(range(len(outs)))
-    assert [(o.text, o.finish_reason, o.completion_tokens) for o in outs] == \
-        [(o.text, o.finish_reason, o.completion_tokens) for o in solo]
+    assert [(o.text, o.finish_reason, o.completion_tokens) for o in outs] == [
+        (o.text, o.finish_reason, o.completion_tokens) for o in solo
+    ]
     assert deltas == [o.text for o in solo]
-    assert outs[0].finish_reason == "stop" and outs[0].text == ref[:ref.find(stop)]
+    assert outs[0].finish_reason == "stop" and outs[0].text == ref[: ref.find(stop)]
     assert len({o.completion_tokens for o in outs}) > 3  # the rows really end at different steps
 
 
@@ -176,8 +197,24 @@ def test_cli_generate_top_p(compact, capsys):
     from gptlab.cli import main
 
     def run(*extra: str) -> str:
-        assert main(["generate", str(compact), "--prompt", "Name a colour.", "--max-new-tokens", "12",
-                     "--seed", "7", "--device", "cpu", *extra]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    str(compact),
+                    "--prompt",
+                    "Name a colour.",
+                    "--max-new-tokens",
+                    "12",
+                    "--seed",
+                    "7",
+                    "--device",
+                    "cpu",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return capsys.readouterr().out
 
     greedy = run("--temperature", "0")
@@ -196,5 +233,6 @@ def test_a_vanishing_temperature_is_greedy_not_a_crash(compact):
     greedy = gen.complete(ids, 12, Sampling(0.0)).text
     assert gen.complete(ids, 12, Sampling(1e-40, seed=3)).text == greedy
     prompts = [gen.encode(p) for p in PROMPTS]
-    assert [o.text for o in gen.complete_batch(prompts, 12, [Sampling(1e-300, seed=1)] * len(PROMPTS))] == \
-        [gen.complete(p, 12, Sampling(0.0)).text for p in prompts]
+    assert [o.text for o in gen.complete_batch(prompts, 12, [Sampling(1e-300, seed=1)] * len(PROMPTS))] == [
+        gen.complete(p, 12, Sampling(0.0)).text for p in prompts
+    ]

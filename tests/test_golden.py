@@ -36,10 +36,19 @@ GOLDEN = Path(__file__).parent / "golden"
 # A: the book's architecture with dropout, 2 accumulation micro-steps, clipping, warmup + cosine, eval, checkpoints.
 # B: the modern path: RoPE, RMSNorm, SwiGLU, QK-norm, z-loss and Muon (the second optimizer), linear decay.
 PRETRAIN = {
-    "book": {"model.drop_rate": 0.1, "train.grad_clip": 1.0, "train.schedule": "cosine",
-             "train.warmup_frac": 0.25, "train.tokens": 8 * 32 * 12},
-    "modern": {"train.schedule": "linear", "train.tokens": 8 * 32 * 10, "model.drop_rate": 0.0,
-               "interventions": ["rope", "rmsnorm", "swiglu", "qk_norm", "z_loss", "muon"]},
+    "book": {
+        "model.drop_rate": 0.1,
+        "train.grad_clip": 1.0,
+        "train.schedule": "cosine",
+        "train.warmup_frac": 0.25,
+        "train.tokens": 8 * 32 * 12,
+    },
+    "modern": {
+        "train.schedule": "linear",
+        "train.tokens": 8 * 32 * 10,
+        "model.drop_rate": 0.0,
+        "interventions": ["rope", "rmsnorm", "swiglu", "qk_norm", "z_loss", "muon"],
+    },
 }
 
 LOSS_RTOL = 1e-4  # train / val / test losses, relative (module docstring: measured across CPUs up to 7e-6)
@@ -97,9 +106,13 @@ def pretrain_fingerprint(data_dir: str, run_dir: Path, extra: dict) -> dict:
     final = json.loads((run_dir / "final.json").read_text())
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     digest, stats = weights_summary(run_dir / "checkpoints" / latest / "model.safetensors")
-    return {"train_loss": [(r["step"], r["train_loss"], r["lr"], r["grad_norm"]) for r in rows if "train_loss" in r],
-            "val_loss": [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r],
-            "test_loss": final["test_loss"], "weights": stats, "weights_sha256": digest}
+    return {
+        "train_loss": [(r["step"], r["train_loss"], r["lr"], r["grad_norm"]) for r in rows if "train_loss" in r],
+        "val_loss": [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r],
+        "test_loss": final["test_loss"],
+        "weights": stats,
+        "weights_sha256": digest,
+    }
 
 
 def finetune_fingerprint(tmp: Path) -> dict:
@@ -110,14 +123,43 @@ def finetune_fingerprint(tmp: Path) -> dict:
     base = make_tiny_run(tmp / "base", seed=3)
     data = write_records(tmp / "data.json")
     out = tmp / "sft"
-    assert main(["finetune", str(base), "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "4",
-                 "--lr", "1e-3", "--grad-clip", "1.0", "--dropout", "0.1", "--device", "cpu", "--quiet",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                str(base),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--lr",
+                "1e-3",
+                "--grad-clip",
+                "1.0",
+                "--dropout",
+                "0.1",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "finetune.json").read_text())
     latest = (out / "checkpoints" / "latest").read_text().strip()
     digest, stats = weights_summary(out / "checkpoints" / latest / "model.safetensors")
-    return {"history": res["history"], "val_loss_before": res["val_loss_before"], "test_loss": res["test_loss"],
-            "weights": stats, "weights_sha256": digest}
+    return {
+        "history": res["history"],
+        "val_loss_before": res["val_loss_before"],
+        "test_loss": res["test_loss"],
+        "weights": stats,
+        "weights_sha256": digest,
+    }
 
 
 def fingerprint(name: str, data_dir: str, tmp: Path) -> dict:
@@ -152,16 +194,18 @@ def golden_differences(got: dict, want: dict) -> list[str]:
             num(key, got[key], want[key], LOSS_RTOL)
     if "train_loss" in want:
         if [r[0] for r in got["train_loss"]] != [r[0] for r in want["train_loss"]]:
-            return bad + [f"train_loss steps {[r[0] for r in got['train_loss']]}, "
-                          f"recorded {[r[0] for r in want['train_loss']]}"]
+            return bad + [
+                f"train_loss steps {[r[0] for r in got['train_loss']]}, recorded {[r[0] for r in want['train_loss']]}"
+            ]
         for g, w in zip(got["train_loss"], want["train_loss"], strict=True):
             num(f"train_loss at step {w[0]}", g[1], w[1], LOSS_RTOL)
             num(f"lr at step {w[0]}", g[2], w[2], LR_RTOL)
             num(f"grad_norm at step {w[0]}", g[3], w[3], STAT_RTOL)
     if "val_loss" in want:
         if [r[0] for r in got["val_loss"]] != [r[0] for r in want["val_loss"]]:
-            return bad + [f"val_loss steps {[r[0] for r in got['val_loss']]}, "
-                          f"recorded {[r[0] for r in want['val_loss']]}"]
+            return bad + [
+                f"val_loss steps {[r[0] for r in got['val_loss']]}, recorded {[r[0] for r in want['val_loss']]}"
+            ]
         for g, w in zip(got["val_loss"], want["val_loss"], strict=True):
             num(f"val_loss at step {w[0]}", g[1], w[1], LOSS_RTOL)
     if "history" in want:
@@ -189,6 +233,7 @@ def first_run(small_data, tmp_path_factory):
         if name not in done:
             done[name] = fingerprint(name, small_data, tmp_path_factory.mktemp(f"golden_{name}"))
         return done[name]
+
     return get
 
 
@@ -205,7 +250,7 @@ def test_run_matches_golden(name, first_run):
     assert not bad, "\n".join(bad)
 
 
-REPEAT = r'''
+REPEAT = r"""
 import json, sys
 from pathlib import Path
 import torch
@@ -215,15 +260,20 @@ torch.set_num_threads(test_golden.THREADS)
 tmp = Path(sys.argv[3])
 fps = {name: test_golden.fingerprint(name, sys.argv[2], tmp / name) for name in test_golden.NAMES}
 (tmp / "fingerprints.json").write_text(json.dumps(fps))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def second_run(small_data, tmp_path_factory) -> dict:
     """{name: fingerprint} of the same runs in one fresh process (another hash seed, nothing shared in memory)."""
     tmp = tmp_path_factory.mktemp("golden_repeat")
-    r = subprocess.run([sys.executable, "-c", REPEAT, str(Path(__file__).parent), small_data, str(tmp)],
-                       capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONHASHSEED="random"))
+    r = subprocess.run(
+        [sys.executable, "-c", REPEAT, str(Path(__file__).parent), small_data, str(tmp)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, PYTHONHASHSEED="random"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((tmp / "fingerprints.json").read_text())
 
@@ -242,8 +292,11 @@ def test_golden_tolerance_rejects_a_changed_learning_rate(small_data, tmp_path):
     want = json.loads(_golden_file("modern").read_text())
     bad = golden_differences(got, want)
     assert all(f"train_loss at step {s}:" in "\n".join(bad) for s, *_ in want["train_loss"][1:])
-    finals = [(got["train_loss"][-1][1], want["train_loss"][-1][1]), (got["val_loss"][-1][1], want["val_loss"][-1][1]),
-              (got["test_loss"], want["test_loss"])]
+    finals = [
+        (got["train_loss"][-1][1], want["train_loss"][-1][1]),
+        (got["val_loss"][-1][1], want["val_loss"][-1][1]),
+        (got["test_loss"], want["test_loss"]),
+    ]
     assert all(abs(g - w) > 10 * LOSS_RTOL * abs(w) for g, w in finals), finals
 
 

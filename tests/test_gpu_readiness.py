@@ -28,12 +28,24 @@ def test_cuda_without_an_index_resolves_to_this_ranks_gpu(monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda", 3) and resolve_device("cuda:1") == torch.device("cuda", 1)
 
 
-@pytest.mark.parametrize("name,key", [
-    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100-PCIE"), ("NVIDIA H100 NVL", "H100-NVL"),
-    ("NVIDIA L40S", "L40S"), ("NVIDIA L40", "L40"), ("NVIDIA L4", "L4"), ("NVIDIA H800", "H800"),
-    ("NVIDIA H800 PCIe", "H800-PCIE"), ("NVIDIA B200", "B200"), ("NVIDIA A100-SXM4-80GB", "A100"),
-    ("NVIDIA GH200 480GB", "H200"), ("NVIDIA GeForce RTX 4090", "RTX4090"), ("Tesla T4", None),
-])
+@pytest.mark.parametrize(
+    "name,key",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA H100 PCIe", "H100-PCIE"),
+        ("NVIDIA H100 NVL", "H100-NVL"),
+        ("NVIDIA L40S", "L40S"),
+        ("NVIDIA L40", "L40"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA H800", "H800"),
+        ("NVIDIA H800 PCIe", "H800-PCIE"),
+        ("NVIDIA B200", "B200"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA GH200 480GB", "H200"),
+        ("NVIDIA GeForce RTX 4090", "RTX4090"),
+        ("Tesla T4", None),
+    ],
+)
 def test_gpu_names_map_to_their_own_peak(name, key):
     assert gpu_key(name) == key
 
@@ -65,8 +77,9 @@ def test_run_lock_on_a_filesystem_without_flock_warns_and_goes_on(monkeypatch, t
 
 def _tiny_model(**kw):
     torch.manual_seed(0)
-    return GPTModel(ModelConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0,
-                                **kw))
+    return GPTModel(
+        ModelConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0, **kw)
+    )
 
 
 def test_fp16_step_with_a_non_finite_loss_is_skipped_and_the_next_one_trains():
@@ -154,8 +167,10 @@ def test_fsdp2_bf16_mixed_precision_matches_one_process(small_data, tmp_path):
     trains like one bf16 process."""
     from test_train import _torchrun
 
-    over = tiny_overrides(small_data, **{"model.drop_rate": 0.0, "train.fsdp": True, "train.checkpoint_interval": 0,
-                                         "train.precision": "bf16"})
+    over = tiny_overrides(
+        small_data,
+        **{"model.drop_rate": 0.0, "train.fsdp": True, "train.checkpoint_interval": 0, "train.precision": "bf16"},
+    )
     single = train(load_config(None, over), tmp_path / "one")
     r = _torchrun(tmp_path / "two", over)
     assert r.returncode == 0, r.stderr[-3000:]

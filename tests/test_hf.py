@@ -61,15 +61,27 @@ def hf_logits(path: Path, x: torch.Tensor) -> torch.Tensor:
         return m(input_ids=x).logits
 
 
-@pytest.mark.parametrize("kw", [dict(qkv_bias=False), dict(qkv_bias=True), dict(tie_weights=True)],
-                         ids=["book-untied-no-qkv-bias", "qkv-bias", "tied"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(qkv_bias=False), dict(qkv_bias=True), dict(tie_weights=True)],
+    ids=["book-untied-no-qkv-bias", "qkv-bias", "tied"],
+)
 def test_export_round_trip_matches_transformers(tmp_path, kw):
     mcfg = nano(**kw)
     model = make_run(tmp_path / "run", mcfg, final={"tokens": 12345, "test_loss": 5.4321, "steps": 10})
     out = export_run(tmp_path / "run", tmp_path / "hf")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
-         "special_tokens_map.json", "README.md", ".gptlab-owner"])  # the owner file: a re-export writes here again
+        [
+            "config.json",
+            "model.safetensors",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "README.md",
+            ".gptlab-owner",
+        ]
+    )  # the owner file: a re-export writes here again
     conf = json.loads((out / "config.json").read_text())
     assert conf["tie_word_embeddings"] is mcfg.tie_weights
     assert conf["n_positions"] == 64 and conf["activation_function"] == "gelu_new"
@@ -106,15 +118,26 @@ def test_export_then_import_round_trip_and_run(tmp_path):
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_import_random_transformers_gpt2(tmp_path, tied, fmt):
     torch.manual_seed(0)
-    conf = transformers.GPT2Config(vocab_size=1000, n_positions=48, n_embd=64, n_layer=2, n_head=4,
-                                   tie_word_embeddings=tied, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    conf = transformers.GPT2Config(
+        vocab_size=1000,
+        n_positions=48,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        tie_word_embeddings=tied,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     ref = transformers.GPT2LMHeadModel(conf).eval()
     with torch.no_grad():  # random biases/LayerNorms (HF initialises them to 0/1)
         for p in ref.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     ref.save_pretrained(str(tmp_path / "hf"), safe_serialization=(fmt == "safetensors"))
-    if fmt == "bin" and not (tmp_path / "hf" / "pytorch_model.bin").exists():  # transformers 5 always writes safetensors
+    if (
+        fmt == "bin" and not (tmp_path / "hf" / "pytorch_model.bin").exists()
+    ):  # transformers 5 always writes safetensors
         sd = {k: v.clone() for k, v in ref.state_dict().items() if not (tied and k == "lm_head.weight")}
         torch.save(sd, tmp_path / "hf" / "pytorch_model.bin")
         (tmp_path / "hf" / "model.safetensors").unlink()
@@ -137,14 +160,17 @@ def test_exported_tokenizer_encodes_like_gpt2(tmp_path):
     assert transformers.AutoTokenizer.from_pretrained(str(out))("Hello world")["input_ids"] == [15496, 995]
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(pos_emb="rope"), "pos_emb = 'rope'"),
-    (dict(norm="rmsnorm"), "norm = 'rmsnorm'"),
-    (dict(mlp="swiglu"), "mlp = 'swiglu'"),
-    (dict(qk_norm=True), "qk_norm"),
-    (dict(bias=False), "bias = false"),
-    (dict(logit_softcap=30.0), "logit_softcap"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(pos_emb="rope"), "pos_emb = 'rope'"),
+        (dict(norm="rmsnorm"), "norm = 'rmsnorm'"),
+        (dict(mlp="swiglu"), "mlp = 'swiglu'"),
+        (dict(qk_norm=True), "qk_norm"),
+        (dict(bias=False), "bias = false"),
+        (dict(logit_softcap=30.0), "logit_softcap"),
+    ],
+)
 def test_export_refuses_what_gpt2_cannot_represent(tmp_path, kw, match):
     make_run(tmp_path / "run", nano(**kw))
     with pytest.raises(GptlabError, match=match) as e:
@@ -188,8 +214,9 @@ def test_import_errors(tmp_path):
     (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(GptlabError, match="model_type = 'llama'"):
         import_hf(d)
-    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 1,
-                                               "n_positions": 8, "vocab_size": 10}))
+    (d / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 1, "n_positions": 8, "vocab_size": 10})
+    )
     with pytest.raises(GptlabError, match="no weights found"):
         import_hf(d)
     (d / "model.safetensors").write_bytes(b"garbage")
@@ -221,7 +248,6 @@ def test_push_uses_token_without_leaking_it(tmp_path, monkeypatch, capsys, caplo
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     import argparse
-
 
     p = argparse.ArgumentParser()
     register_cli(p.add_subparsers(dest="verb"))
@@ -269,8 +295,12 @@ def test_cli_import_hf_and_eval_hf(tmp_path, capsys):
 
     data = tmp_path / "data"
     src = tmp_path / "corpus.jsonl"
-    src.write_text("".join(json.dumps({"text": f"Document {i}: to be, or not to be, that is the question. " * 20})
-                           + "\n" for i in range(40)))
+    src.write_text(
+        "".join(
+            json.dumps({"text": f"Document {i}: to be, or not to be, that is the question. " * 20}) + "\n"
+            for i in range(40)
+        )
+    )
     prepare([str(src)], str(data), val_frac=0.2, test_frac=0.2, workers=1, progress=False)
     got = eval_hf(out, data, "test", 0, 0, 2, device="cpu")
     want = evaluate_loss(model, TokenDataset(data, "test"), 64, 2, torch.device("cpu"), "fp32")
@@ -285,11 +315,29 @@ def test_cli_eval_hf_dir(tmp_path, capsys):
     make_run(tmp_path / "run", nano())
     out = export_run(tmp_path / "run", tmp_path / "hf")
     src = tmp_path / "corpus.jsonl"
-    src.write_text("".join(json.dumps({"text": f"Passage {i}: the quality of mercy is not strained. " * 20}) + "\n"
-                           for i in range(30)))
+    src.write_text(
+        "".join(
+            json.dumps({"text": f"Passage {i}: the quality of mercy is not strained. " * 20}) + "\n" for i in range(30)
+        )
+    )
     prepare([str(src)], str(tmp_path / "d"), val_frac=0.2, test_frac=0.2, workers=1, progress=False)
-    assert main(["eval", "--hf-dir", str(out), "--data", str(tmp_path / "d"), "--batch-size", "2", "--json",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--hf-dir",
+                str(out),
+                "--data",
+                str(tmp_path / "d"),
+                "--batch-size",
+                "2",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["loss"] == pytest.approx(eval_hf(out, tmp_path / "d", "test", 0, 0, 2, device="cpu"), rel=1e-6)
     assert main(["eval", "--hf-dir", str(out)]) == 2

@@ -24,8 +24,12 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def gptlab(*argv, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gptlab", *argv], capture_output=True,
-                          env={**os.environ, "PYTHONPATH": SRC, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *argv],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": SRC, **env},
+        timeout=300,
+    )
 
 
 def one_line_error(capsys) -> str:
@@ -56,8 +60,12 @@ def trained(small_data, tmp_path_factory):
 
 def test_closed_pipe_ends_quietly_with_141(tmp_path):
     """`gptlab config X | head -1`: the reader goes away before gptlab writes; no BrokenPipeError traceback."""
-    p = subprocess.Popen([sys.executable, "-m", "gptlab", "config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**os.environ, "PYTHONPATH": SRC})
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", "config"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
     p.stdout.close()  # long before the interpreter has imported gptlab and printed anything
     err = p.stderr.read().decode()
     assert p.wait(timeout=300) == 141
@@ -65,8 +73,19 @@ def test_closed_pipe_ends_quietly_with_141(tmp_path):
 
 
 def test_ascii_stdout_escapes_a_non_ascii_prompt(tiny_run):
-    r = gptlab("generate", str(tiny_run), "--prompt", "h\u00e9llo", "--max-new-tokens", "3", "--temperature", "0",
-               "--device", "cpu", PYTHONIOENCODING="ascii")
+    r = gptlab(
+        "generate",
+        str(tiny_run),
+        "--prompt",
+        "h\u00e9llo",
+        "--max-new-tokens",
+        "3",
+        "--temperature",
+        "0",
+        "--device",
+        "cpu",
+        PYTHONIOENCODING="ascii",
+    )
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.startswith(b"h\\xe9llo")
 
@@ -76,8 +95,13 @@ def test_ascii_stdout_escapes_a_non_ascii_prompt(tiny_run):
 
 def _spec(tmp_path, data) -> Path:
     (tmp_path / "base.toml").write_text(tomli_w.dumps(parse_overrides(tiny_overrides(data))))
-    spec = {"name": "t", "base": "base.toml", "seeds": [1], "baseline": "baseline",
-            "variants": [{"name": "baseline", "interventions": []}]}
+    spec = {
+        "name": "t",
+        "base": "base.toml",
+        "seeds": [1],
+        "baseline": "baseline",
+        "variants": [{"name": "baseline", "interventions": []}],
+    }
     (tmp_path / "exp.toml").write_text(tomli_w.dumps(spec))
     return tmp_path / "exp.toml"
 
@@ -120,7 +144,7 @@ def test_non_json_final_json_is_one_line_naming_it(trained, capsys):
     run_dir, argv = trained
     final = run_dir / "final.json"
     good = final.read_bytes()
-    final.write_bytes(b"{\"test_loss\": 3.1, \x00garbage")
+    final.write_bytes(b'{"test_loss": 3.1, \x00garbage')
     try:
         assert main(argv + ["--resume"]) == 2
         err = one_line_error(capsys)
@@ -137,8 +161,7 @@ def test_damaged_finetune_split_file_is_one_line_naming_it(tiny_run, tmp_path, c
     out = tmp_path / "sft"
     out.mkdir()
     (out / "split.json").write_bytes(b'{"args": {"seed": \xff}}')
-    argv = ["finetune", str(tiny_run), "--data", str(data), "--out", str(out), "--resume", "--device", "cpu",
-            "--quiet"]
+    argv = ["finetune", str(tiny_run), "--data", str(data), "--out", str(out), "--resume", "--device", "cpu", "--quiet"]
     assert main(argv) == 2
     assert f"{out / 'split.json'}: not UTF-8 text (byte 18); start the fine-tune afresh" in one_line_error(capsys)
 
@@ -146,19 +169,33 @@ def test_damaged_finetune_split_file_is_one_line_naming_it(tiny_run, tmp_path, c
 # ---- upper bounds of the "how many" options --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, option", [
-    (["sweep", "SPEC", "--param", "train.lr", "--grid", "1e-3:8e-3:1000000"], "--grid"),
-    (["sweep", "SPEC", "--param", "train.lr", "--grid", "1e-3:8e-3:3", "--seeds", ",".join(map(str, range(1001)))],
-     "--seeds"),
-    (["generate", "RUN", "--prompt", "x", "--max-new-tokens", "100000000"], "--max-new-tokens"),
-    (["plan", "SPEC", "--gpus", "1000000000"], "--gpus"),
-    (["experiment", "SPEC", "--parallel", "100000"], "--parallel"),
-    (["experiment", "SPEC", "--until-decided", "--max-seeds", "1000000"], "--max-seeds"),
-    (["serve", "RUN", "--max-batch", "1000000"], "--max-batch"),
-    (["judge", "RUN", "--judge-url", "u", "--judge-model", "m", "--concurrency", "100000"], "--concurrency"),
-    (["prepare", "--out", "OUT", "--workers", "100000"], "--workers"),
-    (["train", "--set", "train.micro_batch_size=100000000"], "train.micro_batch_size"),
-])
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["sweep", "SPEC", "--param", "train.lr", "--grid", "1e-3:8e-3:1000000"], "--grid"),
+        (
+            [
+                "sweep",
+                "SPEC",
+                "--param",
+                "train.lr",
+                "--grid",
+                "1e-3:8e-3:3",
+                "--seeds",
+                ",".join(map(str, range(1001))),
+            ],
+            "--seeds",
+        ),
+        (["generate", "RUN", "--prompt", "x", "--max-new-tokens", "100000000"], "--max-new-tokens"),
+        (["plan", "SPEC", "--gpus", "1000000000"], "--gpus"),
+        (["experiment", "SPEC", "--parallel", "100000"], "--parallel"),
+        (["experiment", "SPEC", "--until-decided", "--max-seeds", "1000000"], "--max-seeds"),
+        (["serve", "RUN", "--max-batch", "1000000"], "--max-batch"),
+        (["judge", "RUN", "--judge-url", "u", "--judge-model", "m", "--concurrency", "100000"], "--concurrency"),
+        (["prepare", "--out", "OUT", "--workers", "100000"], "--workers"),
+        (["train", "--set", "train.micro_batch_size=100000000"], "train.micro_batch_size"),
+    ],
+)
 def test_how_many_options_have_an_upper_bound(small_data, tiny_run, tmp_path, capsys, argv, option):
     spec = _spec(tmp_path, small_data)
     argv = [{"SPEC": str(spec), "RUN": str(tiny_run), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
@@ -274,8 +311,9 @@ def test_malformed_task_yaml_reports_the_parse_error(tiny_run, tmp_path, capsys)
     pytest.importorskip("lm_eval")
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "mine.yaml").write_text("task: my_task\ndataset_path: json\ndoc_to_text: !function utils.doc\n"
-                                     "doc_to_choice: [a, b\n")
+    (tasks / "mine.yaml").write_text(
+        "task: my_task\ndataset_path: json\ndoc_to_text: !function utils.doc\ndoc_to_choice: [a, b\n"
+    )
     assert main(["eval", str(tiny_run), "--task", "my_task", "--include-path", str(tasks), "--device", "cpu"]) == 2
     err = one_line_error(capsys)
     assert f"{tasks / 'mine.yaml'} line 5 column 1:" in err and "no such lm-eval task" not in err, err
@@ -283,7 +321,7 @@ def test_malformed_task_yaml_reports_the_parse_error(tiny_run, tmp_path, capsys)
 
 def test_malformed_toml_names_file_and_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[train]\nlr = 3e-4\ntokens = = 5\n')
+    bad.write_text("[train]\nlr = 3e-4\ntokens = = 5\n")
     assert main(["config", str(bad)]) == 2
     err = one_line_error(capsys)
     assert str(bad) in err and "line 3" in err, err

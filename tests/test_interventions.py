@@ -72,8 +72,15 @@ def test_weight_decay_on_matrices_only():
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1]
 
 
-@pytest.mark.parametrize("name,field,value", [("fp32", "precision", "fp32"), ("fp16", "precision", "fp16"),
-                                              ("bf16", "precision", "bf16"), ("tf32", "tf32", True)])
+@pytest.mark.parametrize(
+    "name,field,value",
+    [
+        ("fp32", "precision", "fp32"),
+        ("fp16", "precision", "fp16"),
+        ("bf16", "precision", "bf16"),
+        ("tf32", "tf32", True),
+    ],
+)
 def test_precision_interventions(name, field, value):
     assert getattr(cfg(name).train, field) == value
 
@@ -118,6 +125,7 @@ def test_flop_budget_matches_compute_not_tokens():
 def test_modern_architecture_interventions():
     assert model("rope").pos_emb is None and model("rope").trf_blocks[0].att.rotary is not None
     assert isinstance(model("rmsnorm").final_norm, torch.nn.RMSNorm)
+
     def ff(m):
         return sum(p.numel() for p in m.trf_blocks[0].ff.parameters())
 
@@ -153,11 +161,14 @@ def test_stacking_applies_in_order():
     assert t.lr == 0.001
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("grad_clipp", r"unknown intervention 'grad_clipp' \(did you mean 'grad_clip'\?\)"),
-    ("grad_clip:maxnorm=2", r"unknown parameter 'maxnorm' \(parameters: max_norm\)"),
-    ("grad_clip:2", r"expected key=value"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("grad_clipp", r"unknown intervention 'grad_clipp' \(did you mean 'grad_clip'\?\)"),
+        ("grad_clip:maxnorm=2", r"unknown parameter 'maxnorm' \(parameters: max_norm\)"),
+        ("grad_clip:2", r"expected key=value"),
+    ],
+)
 def test_bad_specs(spec, match):
     with pytest.raises(GptlabError, match=match):
         parse_spec(spec)

@@ -47,8 +47,7 @@ def own_judge(tmp_path_factory):
     """`gptlab serve` of a tiny model whose vocabulary has no digit token: it can never answer with a score.
     Context 512 so the book's scoring prompt fits."""
     assert not any(ch.isdigit() for i in record_vocab() for ch in decode([i]))
-    run = make_tiny_run(tmp_path_factory.mktemp("own") / "judge", seed=5, vocab_ids=record_vocab(),
-                        context_length=512)
+    run = make_tiny_run(tmp_path_factory.mktemp("own") / "judge", seed=5, vocab_ids=record_vocab(), context_length=512)
     with Running(make_server(run, port=0, model_name="tiny-judge", device="cpu")) as u:
         yield u
 
@@ -67,8 +66,10 @@ def test_parse_score():
 
 def test_parse_compare():
     assert parse_compare('{"A": 70, "B": 40}', ["A", "B"]) == {"A": 70, "B": 40}
-    assert parse_compare('Sure!\n```json\n{"Response A": "70", "response b": 40.5}\n```', ["A", "B"]) == \
-        {"A": 70, "B": 40.5}
+    assert parse_compare('Sure!\n```json\n{"Response A": "70", "response b": 40.5}\n```', ["A", "B"]) == {
+        "A": 70,
+        "B": 40.5,
+    }
     assert parse_compare("{'A': 10, 'B': 20}", ["A", "B"]) == {"A": 10, "B": 20}  # fallback for Python dicts
     assert parse_compare('{"A": 70} and later {"A": 1, "B": 2}', ["A", "B"]) == {"A": 1, "B": 2}
     for bad in ('{"A": 70}', '{"A": 170, "B": 3}', "no idea", '{"A": "good", "B": 4}', None):
@@ -86,8 +87,18 @@ def test_chat_url():
 
 def test_own_server_as_judge_gives_unparsed_scores(sft, own_judge, tmp_path):
     db = tmp_path / "results.sqlite"
-    res = judge_run(sft, own_judge + "/v1", "tiny-judge", n=3, max_new_tokens=8, retries=1, db=db,
-                    judge_max_tokens=4, api_key_env=None, progress=False)
+    res = judge_run(
+        sft,
+        own_judge + "/v1",
+        "tiny-judge",
+        n=3,
+        max_new_tokens=8,
+        retries=1,
+        db=db,
+        judge_max_tokens=4,
+        api_key_env=None,
+        progress=False,
+    )
     assert (res["n"], res["n_parsed"], res["n_unparsed"], res["mean_score"]) == (3, 0, 3, None)
     assert res["judge_calls"] == 3 * 2  # each item asked 1 + retries times
     assert all(it["score"] is None and it["attempts"] == 2 for it in res["items"])
@@ -105,8 +116,17 @@ def test_numeric_judge_scores_are_stored(sft, tmp_path, monkeypatch):
     peer = FixedPeer(["no idea", "Score: 85"])  # the first item needs one retry
     db = tmp_path / "results.sqlite"
     with Running(peer) as u:
-        res = judge_run(sft, u + "/v1", "peer-judge", max_new_tokens=8, db=db, run_id="sft-a",
-                        api_key_env="MY_JUDGE_KEY", progress=False, concurrency=1)
+        res = judge_run(
+            sft,
+            u + "/v1",
+            "peer-judge",
+            max_new_tokens=8,
+            db=db,
+            run_id="sft-a",
+            api_key_env="MY_JUDGE_KEY",
+            progress=False,
+            concurrency=1,
+        )
     assert res["n"] == 4 and res["n_parsed"] == 4 and res["mean_score"] == 85
     assert [it["attempts"] for it in res["items"]] == [2, 1, 1, 1]
     # the book's prompt, verbatim, for the model's own answer; greedy judge; the key as a Bearer token
@@ -149,8 +169,9 @@ def test_judge_requests_are_concurrent_and_keep_item_order(sft):
     gets its own score back whatever order the replies came in."""
     test = json.loads((sft / "test_data.json").read_text())
     with Running(TogetherPeer(4)) as u:
-        res = judge_run(sft, u, "peer", max_new_tokens=4, retries=0, timeout=30, progress=False, api_key_env=None,
-                        concurrency=4)
+        res = judge_run(
+            sft, u, "peer", max_new_tokens=4, retries=0, timeout=30, progress=False, api_key_env=None, concurrency=4
+        )
     assert [it["score"] for it in res["items"]] == [len(r["output"]) for r in test]
     assert res["judge_calls"] == 4
     with pytest.raises(GptlabError, match="concurrency: expected a positive number"):
@@ -158,14 +179,27 @@ def test_judge_requests_are_concurrent_and_keep_item_order(sft):
 
 
 def test_compare_maps_labels_back_to_models(tmp_path):
-    runs = {"m1": make_tiny_run(tmp_path / "m1", seed=1, vocab_ids=record_vocab()),
-            "m2": make_tiny_run(tmp_path / "m2", seed=2, vocab_ids=record_vocab())}
+    runs = {
+        "m1": make_tiny_run(tmp_path / "m1", seed=1, vocab_ids=record_vocab()),
+        "m2": make_tiny_run(tmp_path / "m2", seed=2, vocab_ids=record_vocab()),
+    }
     data = write_records(tmp_path / "data.json")
     peer = FixedPeer('Here you go: {"A": 70, "B": 40}')
     db = tmp_path / "results.sqlite"
     with Running(peer) as u:
-        res = judge_compare(runs, u + "/v1", "peer-judge", data_file=data, n=8, max_new_tokens=6, seed=123,
-                            db=db, out=tmp_path / "compare.json", api_key_env=None, progress=False)
+        res = judge_compare(
+            runs,
+            u + "/v1",
+            "peer-judge",
+            data_file=data,
+            n=8,
+            max_new_tokens=6,
+            seed=123,
+            db=db,
+            out=tmp_path / "compare.json",
+            api_key_env=None,
+            progress=False,
+        )
     assert res["n"] == 8 and res["n_unparsed"] == 0 and len(peer.requests) == 8
     orders = [compare_order(["m1", "m2"], 123, i) for i in range(8)]
     assert {tuple(o) for o in orders} == {("m1", "m2"), ("m2", "m1")}  # both positions are used
@@ -173,7 +207,7 @@ def test_compare_maps_labels_back_to_models(tmp_path):
         assert it["labels"] == {"A": order[0], "B": order[1]}
         assert it["scores"] == {order[0]: 70.0, order[1]: 40.0}
         # the text the judge saw under each label is that model's answer (requests arrive in any order)
-        prompt, = [p for r in peer.requests if f"`{RECORDS[i]['output']}`" in (p := r["messages"][0]["content"])]
+        (prompt,) = [p for r in peer.requests if f"`{RECORDS[i]['output']}`" in (p := r["messages"][0]["content"])]
         shown = dict(re.findall(r"Response ([AB]): `(.*?)`\n", prompt + "\n", flags=re.S))
         assert shown == {lb: it["responses"][nm] for lb, nm in it["labels"].items()}
         assert it["instruction"] == RECORDS[i]["instruction"]
@@ -183,15 +217,26 @@ def test_compare_maps_labels_back_to_models(tmp_path):
     assert json.loads((tmp_path / "compare.json").read_text())["models"] == res["models"]
     with ResultsDB(db) as rdb:
         assert rdb.judge_summary("peer-judge [compare]") == pytest.approx(
-            {nm: res["models"][nm]["mean_score"] for nm in runs})
+            {nm: res["models"][nm]["mean_score"] for nm in runs}
+        )
     # seeded: the same call gives the same orders
     assert [compare_order(["m1", "m2"], 123, i) for i in range(8)] == orders
 
 
 def test_compare_against_own_server_is_unparsed(sft, own_judge, tmp_path):
     other = make_tiny_run(tmp_path / "other", seed=3, vocab_ids=record_vocab())
-    res = judge_compare({"sft": sft, "other": other}, own_judge, "tiny-judge", data_file=sft / "test_data.json",
-                        n=2, max_new_tokens=4, retries=0, judge_max_tokens=4, api_key_env=None, progress=False)
+    res = judge_compare(
+        {"sft": sft, "other": other},
+        own_judge,
+        "tiny-judge",
+        data_file=sft / "test_data.json",
+        n=2,
+        max_new_tokens=4,
+        retries=0,
+        judge_max_tokens=4,
+        api_key_env=None,
+        progress=False,
+    )
     assert res["n_unparsed"] == 2 and all(m["mean_score"] is None for m in res["models"].values())
 
 
@@ -214,24 +259,71 @@ def test_judge_errors(sft, tmp_path, monkeypatch):
 def test_cli_verbs(sft, tmp_path, capsys):
     import argparse
 
-
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="verb", required=True)
     register_cli(sub)
     peer = FixedPeer('{"A": 60, "B": 50}')
     with Running(peer) as u:
-        a = p.parse_args(["judge", str(sft), "--judge-url", u, "--judge-model", "j", "--n", "1",
-                          "--max-new-tokens", "2", "--quiet", "--db", str(tmp_path / "r.sqlite")])
+        a = p.parse_args(
+            [
+                "judge",
+                str(sft),
+                "--judge-url",
+                u,
+                "--judge-model",
+                "j",
+                "--n",
+                "1",
+                "--max-new-tokens",
+                "2",
+                "--quiet",
+                "--db",
+                str(tmp_path / "r.sqlite"),
+            ]
+        )
         assert a.fn(a) == 0
         assert "mean score 60.0 / 100 over 1 item(s)" in capsys.readouterr().out
-        a = p.parse_args(["judge-compare", f"x={sft}", f"y={sft}", "--judge-url", u, "--judge-model", "j",
-                          "--n", "2", "--max-new-tokens", "2", "--quiet", "--json"])
+        a = p.parse_args(
+            [
+                "judge-compare",
+                f"x={sft}",
+                f"y={sft}",
+                "--judge-url",
+                u,
+                "--judge-model",
+                "j",
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "2",
+                "--quiet",
+                "--json",
+            ]
+        )
         assert a.fn(a) == 0
         out = json.loads(capsys.readouterr().out)
     assert out["n"] == 2 and set(out["models"]) == {"x", "y"}
     # --concurrency reaches judge-compare: one request at a time never gets a peer that waits for two
     with Running(TogetherPeer(2, timeout=3)) as u:
-        a = p.parse_args(["judge-compare", f"x={sft}", f"y={sft}", "--judge-url", u, "--judge-model", "j",
-                          "--n", "2", "--max-new-tokens", "2", "--quiet", "--retries", "0", "--concurrency", "1"])
+        a = p.parse_args(
+            [
+                "judge-compare",
+                f"x={sft}",
+                f"y={sft}",
+                "--judge-url",
+                u,
+                "--judge-model",
+                "j",
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "2",
+                "--quiet",
+                "--retries",
+                "0",
+                "--concurrency",
+                "1",
+            ]
+        )
         with pytest.raises(GptlabError, match="no answer after 1 attempt"):
             a.fn(a)

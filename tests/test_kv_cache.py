@@ -32,8 +32,9 @@ PROMPTS = [[5, 6, 7], [9] * 12, list(range(20, 40)), [1]]  # 20 tokens > CTX: cr
 
 def model(variant: str, seed: int = 0) -> GPTModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=50257, context_length=CTX, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1,
-                      **VARIANTS[variant])
+    cfg = ModelConfig(
+        vocab_size=50257, context_length=CTX, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1, **VARIANTS[variant]
+    )
     return GPTModel(cfg).eval()
 
 
@@ -128,7 +129,7 @@ def test_rows_leaving_the_batch_do_not_change_the_others(variant):
     solo = [decode_rows(gen, [p], 2 * CTX, greedy[:1])[0] for p in PROMPTS]
     got = decode_rows(gen, PROMPTS, 2 * CTX, greedy, stop_at={2: 1, 0: 5, 1: 9})  # the longest prompt first
     assert [len(r) for r in got] == [6, 10, 2, 2 * CTX]
-    assert got == [s[:len(r)] for r, s in zip(got, solo, strict=True)]
+    assert got == [s[: len(r)] for r, s in zip(got, solo, strict=True)]
 
 
 def test_kv_cache_refuses_more_tokens_than_its_capacity():

@@ -19,15 +19,21 @@ RUNGS = [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim"
 def write_ladder(tmp_path, data, ladder=None, seeds=(1, 2), variants=None, drop=()):
     base = parse_overrides(tiny_overrides(data, **{"train.checkpoint_interval": 100, "train.eval_interval": 100}))
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    (tmp_path / "target.toml").write_text(tomli_w.dumps({"model": {"preset": "gpt2-small"},
-                                                         "train": {"tokens": 1_000_000_000}}))
+    (tmp_path / "target.toml").write_text(
+        tomli_w.dumps({"model": {"preset": "gpt2-small"}, "train": {"tokens": 1_000_000_000}})
+    )
     lad = {"rungs": RUNGS, "tokens": [8 * 32 * 4, 8 * 32 * 6], "target": {"config": "target.toml"}}
     lad.update(ladder or {})
     for k in drop:
         lad.pop(k, None)
-    spec = {"name": "lad", "base": "base.toml", "seeds": list(seeds), "baseline": "baseline",
-            "variants": variants or [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}],
-            "ladder": lad}
+    spec = {
+        "name": "lad",
+        "base": "base.toml",
+        "seeds": list(seeds),
+        "baseline": "baseline",
+        "variants": variants or [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}],
+        "ladder": lad,
+    }
     if "ladder" in drop:
         del spec["ladder"]
     p = tmp_path / "ladder.toml"
@@ -35,34 +41,53 @@ def write_ladder(tmp_path, data, ladder=None, seeds=(1, 2), variants=None, drop=
     return p
 
 
-@pytest.mark.parametrize("ladder, drop, match", [
-    ({}, ("ladder",), r"missing \[ladder\] table"),
-    ({"rung": []}, (), r"ladder\.rung: unknown key \(did you mean 'rungs'\?\)"),
-    ({"rungs": [RUNGS[0]]}, (), r"ladder\.rungs: expected a list of at least 2 tables"),
-    ({"rungs": [RUNGS[0], {"n_layer": 2}]}, (), r"ladder\.rungs\[1\]\.n_layer: not a model setting \(did you mean "
-                                                r"'n_layers'\?\)"),
-    ({"tokens_per_param": 20}, (), r"exactly one token rule of tokens_per_param, tokens, flops, got "
-                                   r"tokens_per_param, tokens"),
-    ({}, ("tokens",), r"exactly one token rule .* got none"),
-    ({"tokens": [1000]}, (), r"ladder\.tokens: expected a list of 2 positive numbers \(one per rung\)"),
-    ({"tokens": [1000, -5]}, (), r"ladder\.tokens: expected a list of 2 positive numbers"),
-    ({"tokens_per_param": -1}, ("tokens",), r"ladder\.tokens_per_param: expected a positive number"),
-    ({"flops": "many"}, ("tokens",), r"ladder\.flops: expected a list of 2"),
-    ({"tokens_per_param": 1e305}, ("tokens",), r"ladder\.tokens_per_param: gives inf training tokens at rung 0"),
-    ({"tokens_per_param": 1e-9}, ("tokens",), r"ladder\.tokens_per_param: gives [\d.e-]+ training tokens at rung 0; "
-                                              r"expected at least 1"),
-    ({"flops": [1, 1e12]}, ("tokens",), r"ladder\.flops\[0\]: 1 FLOPs is less than one token"),
-    ({"seeds": [[1, 2]]}, (), r"ladder\.seeds: expected one seed list per rung \(2\), got 1"),
-    ({"seeds": [1, 1]}, (), r"seeds: duplicate seeds"),
-    ({"bootstrap": 5}, (), r"ladder\.bootstrap: expected an integer from 20 to 100000, got 5"),
-    ({}, ("target",), r"ladder\.target: expected a table \{ config"),
-    ({"target": {"config": "nope.toml"}}, (), r"ladder\.target\.config: nope\.toml not found"),
-    ({"target": {"config": "target.toml", "tokens": 0}}, (), r"ladder\.target\.tokens: expected a positive"),
-    ({"target": {"config": "target.toml", "flops": 1}}, (), r"ladder\.target\.flops: unknown key"),
-    ({"rungs": list(reversed(RUNGS))}, (), r"ladder\.rungs\[1\]: 3,\d+ non-embedding parameters, not more than "
-                                           r"rung 0's 49,\d+ \(list the rungs smallest first\)"),
-    ({"rungs": [RUNGS[0], {"n_layers": 1, "emb_dim": 64, "n_heads": 3}]}, (), r"ladder\.rungs\[1\]: .*n_heads"),
-])
+@pytest.mark.parametrize(
+    "ladder, drop, match",
+    [
+        ({}, ("ladder",), r"missing \[ladder\] table"),
+        ({"rung": []}, (), r"ladder\.rung: unknown key \(did you mean 'rungs'\?\)"),
+        ({"rungs": [RUNGS[0]]}, (), r"ladder\.rungs: expected a list of at least 2 tables"),
+        (
+            {"rungs": [RUNGS[0], {"n_layer": 2}]},
+            (),
+            r"ladder\.rungs\[1\]\.n_layer: not a model setting \(did you mean "
+            r"'n_layers'\?\)",
+        ),
+        (
+            {"tokens_per_param": 20},
+            (),
+            r"exactly one token rule of tokens_per_param, tokens, flops, got "
+            r"tokens_per_param, tokens",
+        ),
+        ({}, ("tokens",), r"exactly one token rule .* got none"),
+        ({"tokens": [1000]}, (), r"ladder\.tokens: expected a list of 2 positive numbers \(one per rung\)"),
+        ({"tokens": [1000, -5]}, (), r"ladder\.tokens: expected a list of 2 positive numbers"),
+        ({"tokens_per_param": -1}, ("tokens",), r"ladder\.tokens_per_param: expected a positive number"),
+        ({"flops": "many"}, ("tokens",), r"ladder\.flops: expected a list of 2"),
+        ({"tokens_per_param": 1e305}, ("tokens",), r"ladder\.tokens_per_param: gives inf training tokens at rung 0"),
+        (
+            {"tokens_per_param": 1e-9},
+            ("tokens",),
+            r"ladder\.tokens_per_param: gives [\d.e-]+ training tokens at rung 0; "
+            r"expected at least 1",
+        ),
+        ({"flops": [1, 1e12]}, ("tokens",), r"ladder\.flops\[0\]: 1 FLOPs is less than one token"),
+        ({"seeds": [[1, 2]]}, (), r"ladder\.seeds: expected one seed list per rung \(2\), got 1"),
+        ({"seeds": [1, 1]}, (), r"seeds: duplicate seeds"),
+        ({"bootstrap": 5}, (), r"ladder\.bootstrap: expected an integer from 20 to 100000, got 5"),
+        ({}, ("target",), r"ladder\.target: expected a table \{ config"),
+        ({"target": {"config": "nope.toml"}}, (), r"ladder\.target\.config: nope\.toml not found"),
+        ({"target": {"config": "target.toml", "tokens": 0}}, (), r"ladder\.target\.tokens: expected a positive"),
+        ({"target": {"config": "target.toml", "flops": 1}}, (), r"ladder\.target\.flops: unknown key"),
+        (
+            {"rungs": list(reversed(RUNGS))},
+            (),
+            r"ladder\.rungs\[1\]: 3,\d+ non-embedding parameters, not more than "
+            r"rung 0's 49,\d+ \(list the rungs smallest first\)",
+        ),
+        ({"rungs": [RUNGS[0], {"n_layers": 1, "emb_dim": 64, "n_heads": 3}]}, (), r"ladder\.rungs\[1\]: .*n_heads"),
+    ],
+)
 def test_bad_ladder_fields_are_one_line_errors(small_data, tmp_path, ladder, drop, match):
     spec = write_ladder(tmp_path, small_data, ladder, drop=drop)
     with pytest.raises(GptlabError, match=match) as e:
@@ -71,8 +96,9 @@ def test_bad_ladder_fields_are_one_line_errors(small_data, tmp_path, ladder, dro
 
 
 def test_token_rules_and_seeds_per_rung(small_data, tmp_path):
-    lad = load_ladder(write_ladder(tmp_path, small_data, {"tokens_per_param": 2, "seeds": [[1, 2, 3], [4, 5]]},
-                                   drop=("tokens",)))
+    lad = load_ladder(
+        write_ladder(tmp_path, small_data, {"tokens_per_param": 2, "seeds": [[1, 2, 3], [4, 5]]}, drop=("tokens",))
+    )
     for r in lad.rungs:
         cfg = r.spec.resolved_config(r.spec.variants[0], r.spec.seeds[0])
         assert cfg.train.tokens == 2 * r.non_embedding and cfg.model.emb_dim == RUNGS[r.index]["emb_dim"]
@@ -94,8 +120,12 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     (measured here: Δ +0.08 then +1.75, per-rung SEs 0.03 and 0.08). So Δ grows with scale (slope t ~19, p ~0.01)
     and the backtest, which can only carry rung 0's Δ forward (offset model), misses rung 1's by far more than
     its interval (error ~1.7, interval half-width ~0.2): unreliable."""
-    spec = write_ladder(tmp_path, small_data, {"bootstrap": 50, "tokens": [8 * 32 * 4, 8 * 32 * 12]},
-                        variants=[{"name": "baseline"}, FROZEN])
+    spec = write_ladder(
+        tmp_path,
+        small_data,
+        {"bootstrap": 50, "tokens": [8 * 32 * 4, 8 * 32 * 12]},
+        variants=[{"name": "baseline"}, FROZEN],
+    )
     assert main(["ladder", str(spec), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "rung-0" in printed and "rung-1" in printed and "non-embedding span" in printed
@@ -143,8 +173,10 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     assert json.loads((out / "ladder.json").read_text())["variants"][0]["target_delta"] == v["target_delta"]
     # runs recorded with another config than the ladder now gives them are not analysed (e.g. a variant left out
     # by --only after the rungs' settings changed)
-    assert {k: [len(x) for x in r] for k, r in collect(load_ladder(spec), out).items()} == \
-        {"baseline": [2, 2], "frozen": [2, 2]}
+    assert {k: [len(x) for x in r] for k, r in collect(load_ladder(spec), out).items()} == {
+        "baseline": [2, 2],
+        "frozen": [2, 2],
+    }
     changed = collect(load_ladder(spec, parse_overrides(["train.weight_decay=0.5"])), out)
     assert {k: [len(x) for x in r] for k, r in changed.items()} == {"baseline": [0, 0], "frozen": [0, 0]}
 
@@ -160,9 +192,18 @@ def record(lad, out, losses):
         with ResultsDB(out / r.name / DB_NAME) as db:
             for v in r.spec.variants:
                 for s, loss in zip(r.spec.seeds, losses[v.name][r.index], strict=True):
-                    db.record_run({"run_id": r.spec.run_id(v.name, s), "experiment": r.spec.name, "variant": v.name,
-                                   "seed": s, "config_hash": r.spec.resolve(v, s, lad.extra).hash,
-                                   "flops": r.flops, "tokens": r.tokens, "test_loss": loss})
+                    db.record_run(
+                        {
+                            "run_id": r.spec.run_id(v.name, s),
+                            "experiment": r.spec.name,
+                            "variant": v.name,
+                            "seed": s,
+                            "config_hash": r.spec.resolve(v, s, lad.extra).hash,
+                            "flops": r.flops,
+                            "tokens": r.tokens,
+                            "test_loss": loss,
+                        }
+                    )
 
 
 def shifted(base, deltas, noise=(-0.01, 0.01, 0.0)):
@@ -175,8 +216,13 @@ def test_ladder_words_on_constructed_results(small_data, tmp_path):
     backtest reliable; a Δ that grows, shrinks or flips between the rungs gets that word, and the backtest from
     the smaller rung (a constant Δ: the offset model) misses the largest one's: unreliable."""
     names = {"steady": (-0.05, -0.05), "bigger": (-0.05, -0.20), "smaller": (-0.20, -0.05), "flipped": (-0.10, 0.10)}
-    spec = write_ladder(tmp_path, small_data, {"bootstrap": 100}, seeds=(1, 2, 3),
-                        variants=[{"name": "baseline"}] + [{"name": n} for n in names])
+    spec = write_ladder(
+        tmp_path,
+        small_data,
+        {"bootstrap": 100},
+        seeds=(1, 2, 3),
+        variants=[{"name": "baseline"}] + [{"name": n} for n in names],
+    )
     lad = load_ladder(spec)
     base = [[5.01, 5.00, 4.99], [4.51, 4.50, 4.49]]
     out = tmp_path / "out"
@@ -185,8 +231,11 @@ def test_ladder_words_on_constructed_results(small_data, tmp_path):
     head, body = res["summary"]
     cells = {row[0]: dict(zip(head, row, strict=True)) for row in body}
     assert {n: (c["trend"], c["backtest"]) for n, c in cells.items()} == {
-        "steady": ("flat", "reliable"), "bigger": ("grows", "**unreliable**"),
-        "smaller": ("shrinks", "**unreliable**"), "flipped": ("flips", "**unreliable**")}
+        "steady": ("flat", "reliable"),
+        "bigger": ("grows", "**unreliable**"),
+        "smaller": ("shrinks", "**unreliable**"),
+        "flipped": ("flips", "**unreliable**"),
+    }
     e = {x["variant"]: x for x in res["analysis"]["variants"]}
     assert e["bigger"]["backtest"].predicted == pytest.approx(-0.05, abs=1e-6)
     assert e["bigger"]["backtest"].measured == pytest.approx(-0.20, abs=1e-6)
@@ -224,8 +273,10 @@ def test_one_seed_rung_claims_no_noise_estimate(small_data, tmp_path):
     rung1 = next(x for x in md.splitlines() if x.startswith("| rung-1 | ") and "4.5000" in x)
     assert rung1.endswith("| -0.1000 | — | — | 1 seed: no noise estimate |")
     assert "no interval of the measured Δ (1 seed: no noise estimate): not tested" in md
-    assert "- no_dropout: rung-1: 1 seed: no noise estimate (no CI or p at that rung, no interval at the target, " \
-           "the backtest not tested)." in md
+    assert (
+        "- no_dropout: rung-1: 1 seed: no noise estimate (no CI or p at that rung, no interval at the target, "
+        "the backtest not tested)." in md
+    )
     j = json.loads((out / "ladder.json").read_text())["variants"][0]
     assert j["backtest"]["reliable"] is None and j["backtest"]["interval"] == [None, None]
     assert j["target_interval"] == [None, None] and j["target_note"] == "1 seed: no noise estimate"

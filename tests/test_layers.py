@@ -90,14 +90,18 @@ def _runtime_nodes(tree: ast.AST):
 
 
 def _import_call_target(node: ast.AST) -> str | None:
-    """"gptlab.x" for import_module("gptlab.x") / importlib.import_module("gptlab.x") / __import__("gptlab.x")."""
+    """ "gptlab.x" for import_module("gptlab.x") / importlib.import_module("gptlab.x") / __import__("gptlab.x")."""
     if not isinstance(node, ast.Call) or not node.args:
         return None
     func = node.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
     arg = node.args[0]
-    if name in IMPORT_CALLS and isinstance(arg, ast.Constant) and isinstance(arg.value, str) \
-            and arg.value.split(".")[0] == "gptlab":
+    if (
+        name in IMPORT_CALLS
+        and isinstance(arg, ast.Constant)
+        and isinstance(arg.value, str)
+        and arg.value.split(".")[0] == "gptlab"
+    ):
         return arg.value
     return None
 
@@ -121,9 +125,12 @@ def graph(src: Path = SRC) -> dict[str, set[str]]:
 
 
 def upward_imports(g: dict[str, set[str]]) -> list[str]:
-    return [f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
-            for m, deps in sorted(g.items()) for d in sorted(deps)
-            if layer_of(d) > layer_of(m) and not (m == "gptlab" and d.startswith("gptlab."))]
+    return [
+        f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
+        for m, deps in sorted(g.items())
+        for d in sorted(deps)
+        if layer_of(d) > layer_of(m) and not (m == "gptlab" and d.startswith("gptlab."))
+    ]
 
 
 def cycles(g: dict[str, set[str]]) -> list[list[str]]:
@@ -189,8 +196,10 @@ def test_the_modules_imports_form_no_cycle():
 
 def test_the_checker_sees_lazy_imports_and_skips_type_checking_blocks(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gptlab.config import RunConfig\n"
-                   "def f():\n    from gptlab.cli import main\n")
+    src.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gptlab.config import RunConfig\n"
+        "def f():\n    from gptlab.cli import main\n"
+    )
     assert imports(src) == {"gptlab.cli"} and layer_of("gptlab.cli") > layer_of("gptlab.train")
 
 
@@ -207,40 +216,65 @@ def _fake_package(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_checker_sees_from_gptlab_import_subpackage(tmp_path):
-    pkg = _fake_package(tmp_path, {
-        "io.py": "from gptlab import GptlabError, train\n",  # a name and a subpackage
-        "config.py": "def f():\n    from gptlab import cli\n",
-        "train/__init__.py": "", "cli/__init__.py": "", "train/pretrain.py": "from gptlab.train import loop\n",
-        "train/loop.py": "from gptlab import config\n"})
+    pkg = _fake_package(
+        tmp_path,
+        {
+            "io.py": "from gptlab import GptlabError, train\n",  # a name and a subpackage
+            "config.py": "def f():\n    from gptlab import cli\n",
+            "train/__init__.py": "",
+            "cli/__init__.py": "",
+            "train/pretrain.py": "from gptlab.train import loop\n",
+            "train/loop.py": "from gptlab import config\n",
+        },
+    )
     g = graph(pkg)
-    assert g["gptlab.io"] == {"gptlab", "gptlab.train"} and g["gptlab.train.pretrain"] == {"gptlab.train",
-                                                                                             "gptlab.train.loop"}
-    assert upward_imports(g) == ["gptlab.config (layer 1) imports gptlab.cli (layer 5)",
-                                 "gptlab.io (layer 0) imports gptlab.train (layer 3)"]
+    assert g["gptlab.io"] == {"gptlab", "gptlab.train"} and g["gptlab.train.pretrain"] == {
+        "gptlab.train",
+        "gptlab.train.loop",
+    }
+    assert upward_imports(g) == [
+        "gptlab.config (layer 1) imports gptlab.cli (layer 5)",
+        "gptlab.io (layer 0) imports gptlab.train (layer 3)",
+    ]
 
 
 def test_the_checker_sees_import_module_with_a_literal(tmp_path):
-    pkg = _fake_package(tmp_path, {
-        "io.py": "import importlib\n\ndef f():\n    return importlib.import_module('gptlab.train.pretrain')\n",
-        "config.py": "from importlib import import_module\nCLI = import_module('gptlab.cli')\n",
-        "data/__init__.py": "m = __import__('gptlab.experiments')\nn = __import__(NAME)\nimport_module('numpy')\n",
-        "train/pretrain.py": "", "cli/__init__.py": "", "experiments/__init__.py": ""})
+    pkg = _fake_package(
+        tmp_path,
+        {
+            "io.py": "import importlib\n\ndef f():\n    return importlib.import_module('gptlab.train.pretrain')\n",
+            "config.py": "from importlib import import_module\nCLI = import_module('gptlab.cli')\n",
+            "data/__init__.py": "m = __import__('gptlab.experiments')\nn = __import__(NAME)\nimport_module('numpy')\n",
+            "train/pretrain.py": "",
+            "cli/__init__.py": "",
+            "experiments/__init__.py": "",
+        },
+    )
     g = graph(pkg)
     assert g["gptlab.io"] == {"gptlab.train.pretrain"} and g["gptlab.data"] == {"gptlab.experiments"}
-    assert upward_imports(g) == ["gptlab.config (layer 1) imports gptlab.cli (layer 5)",
-                                 "gptlab.data (layer 1) imports gptlab.experiments (layer 4)",
-                                 "gptlab.io (layer 0) imports gptlab.train.pretrain (layer 3)"]
+    assert upward_imports(g) == [
+        "gptlab.config (layer 1) imports gptlab.cli (layer 5)",
+        "gptlab.data (layer 1) imports gptlab.experiments (layer 4)",
+        "gptlab.io (layer 0) imports gptlab.train.pretrain (layer 3)",
+    ]
 
 
 def test_the_checker_finds_cycles_of_any_length(tmp_path):
-    pkg = _fake_package(tmp_path, {  # all in one layer, so only the cycle check can see them
-        "train/a.py": "from gptlab.train import b\n",
-        "train/b.py": "import gptlab.train.c\n",
-        "train/c.py": "def f():\n    from gptlab.train.a import x\n",
-        "train/d.py": "import gptlab.train.e\n", "train/e.py": "import gptlab.train.d\n",
-        "train/f.py": "import gptlab.train.a\nimport gptlab.train.f\n"})  # f leads into a cycle, imports itself
-    assert cycles(graph(pkg)) == [["gptlab.train.a", "gptlab.train.b", "gptlab.train.c", "gptlab.train.a"],
-                                  ["gptlab.train.d", "gptlab.train.e", "gptlab.train.d"]]
+    pkg = _fake_package(
+        tmp_path,
+        {  # all in one layer, so only the cycle check can see them
+            "train/a.py": "from gptlab.train import b\n",
+            "train/b.py": "import gptlab.train.c\n",
+            "train/c.py": "def f():\n    from gptlab.train.a import x\n",
+            "train/d.py": "import gptlab.train.e\n",
+            "train/e.py": "import gptlab.train.d\n",
+            "train/f.py": "import gptlab.train.a\nimport gptlab.train.f\n",
+        },
+    )  # f leads into a cycle, imports itself
+    assert cycles(graph(pkg)) == [
+        ["gptlab.train.a", "gptlab.train.b", "gptlab.train.c", "gptlab.train.a"],
+        ["gptlab.train.d", "gptlab.train.e", "gptlab.train.d"],
+    ]
 
 
 # ---- rooms and their doors ------------------------------------------------------------------------------
@@ -280,14 +314,23 @@ def test_rooms_meet_only_through_their_doors():
 
 
 def test_the_door_check_sees_a_wide_import(tmp_path):
-    pkg = _fake_package(tmp_path, {
-        "posttrain/judge.py": "from gptlab.experiments.results import ResultsDB, record_judge_scores\n",
-        "experiments/results.py": "", "experiments/report.py": "from gptlab.interop import lm_eval\n"
-                                                              "from gptlab.interop.downstream import report_columns\n",
-        "interop/lm_eval.py": "", "interop/downstream.py": "", "plan.py": "import gptlab.posttrain\n"})
-    assert doors_broken(pkg) == ["gptlab.experiments.report imports gptlab.interop.lm_eval",
-                                 "gptlab.plan imports gptlab.posttrain",
-                                 "gptlab.posttrain.judge imports gptlab.experiments.results.ResultsDB"]
+    pkg = _fake_package(
+        tmp_path,
+        {
+            "posttrain/judge.py": "from gptlab.experiments.results import ResultsDB, record_judge_scores\n",
+            "experiments/results.py": "",
+            "experiments/report.py": "from gptlab.interop import lm_eval\n"
+            "from gptlab.interop.downstream import report_columns\n",
+            "interop/lm_eval.py": "",
+            "interop/downstream.py": "",
+            "plan.py": "import gptlab.posttrain\n",
+        },
+    )
+    assert doors_broken(pkg) == [
+        "gptlab.experiments.report imports gptlab.interop.lm_eval",
+        "gptlab.plan imports gptlab.posttrain",
+        "gptlab.posttrain.judge imports gptlab.experiments.results.ResultsDB",
+    ]
 
 
 # ---- what an import loads -------------------------------------------------------------------------------
@@ -309,7 +352,13 @@ def test_light_modules_do_not_load_what_they_do_not_use(module):
 
 
 def test_the_load_check_sees_a_package_init_that_loads_everything(tmp_path):
-    _fake_package(tmp_path, {
-        "train/__init__.py": "from gptlab.train.pretrain import train\n", "train/pretrain.py": "train = 1\n",
-        "train/checkpoint.py": "", "posttrain/serve.py": "import gptlab.train.checkpoint\n"})
+    _fake_package(
+        tmp_path,
+        {
+            "train/__init__.py": "from gptlab.train.pretrain import train\n",
+            "train/pretrain.py": "train = 1\n",
+            "train/checkpoint.py": "",
+            "posttrain/serve.py": "import gptlab.train.checkpoint\n",
+        },
+    )
     assert "gptlab.train.pretrain" in loaded_by("gptlab.posttrain.serve", tmp_path)

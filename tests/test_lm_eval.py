@@ -84,9 +84,16 @@ def test_cli_runs_the_harness_stores_reuses_and_recomputes_identically(trained_r
     assert f"{TASK}" in forced.stdout and f"{e['acc_norm']:.4f} ±" in forced.stdout
 
 
-@pytest.mark.parametrize("arch", [{}, dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True,
-                                           logit_softcap=15.0, bias=False, tie_weights=True)],
-                         ids=["book", "rope-rmsnorm-swiglu-qknorm-softcap-tied"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {},
+        dict(
+            pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, logit_softcap=15.0, bias=False, tie_weights=True
+        ),
+    ],
+    ids=["book", "rope-rmsnorm-swiglu-qknorm-softcap-tied"],
+)
 def test_loglikelihood_is_the_models_own_log_prob(tmp_path, arch):
     """Against a direct forward pass: truncation from the left, a token outside a compact vocabulary, batching
     (batch size 1 vs 3 give the same numbers), greedy flags and the rolling log-likelihood; for the book's
@@ -107,19 +114,18 @@ def test_loglikelihood_is_the_models_own_log_prob(tmp_path, arch):
 
     def direct(ctx: str, cont: str) -> tuple[float, bool]:
         c, w = encode(ctx), encode(ctx + cont)
-        tgt_ids = w[len(c):]
+        tgt_ids = w[len(c) :]
         seq = w[-17:]  # the last context_length + 1 tokens
         x = vm.to_compact(torch.tensor(seq[:-1]))[None]
         with torch.no_grad():
-            lp = F.log_softmax(model(x)[0, -len(tgt_ids):].double(), -1)
+            lp = F.log_softmax(model(x)[0, -len(tgt_ids) :].double(), -1)
         tgt = vm.to_compact(torch.tensor(tgt_ids))
         return lp.gather(-1, tgt[:, None]).sum().item(), bool((lp.argmax(-1) == tgt).all())
 
     got = {}
     for bs in (1, 3):
         lm = GptlabLM(model=model, vocab_map=vm, batch_size=bs)
-        got[bs] = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)],
-                                   disable_tqdm=True)
+        got[bs] = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)], disable_tqdm=True)
         assert lm.counts["tokens_outside_vocab"] == 1 and lm.counts["requests_truncated"] == 1
     for (ctx, cont), (ll1, g1), (ll3, g3) in zip(reqs, got[1], got[3], strict=True):
         want, greedy = direct(ctx, cont)
@@ -129,7 +135,8 @@ def test_loglikelihood_is_the_models_own_log_prob(tmp_path, arch):
 
     text = "I come to bury Caesar"  # shorter than the context: one window after <|endoftext|>
     (rolling,) = GptlabLM(model=model, vocab_map=vm).loglikelihood_rolling(
-        [Instance("loglikelihood_rolling", {}, (text,), 0)], disable_tqdm=True)
+        [Instance("loglikelihood_rolling", {}, (text,), 0)], disable_tqdm=True
+    )
     ids = vm.to_compact(torch.tensor([EOT_ID] + encode(text)))
     with torch.no_grad():
         lp = F.log_softmax(model(ids[None, :-1])[0].double(), -1)
@@ -148,8 +155,11 @@ def test_random_model_on_an_include_path_task_and_the_registered_name(tmp_path):
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "mine.jsonl").write_text("\n".join(items) + "\n")
-    (tasks / "mine.yaml").write_text(src.read_text().replace(f"task: {TASK}", "task: my_cloze").replace(
-        f"validation: {TASK}.jsonl", f"validation: {tasks / 'mine.jsonl'}"))
+    (tasks / "mine.yaml").write_text(
+        src.read_text()
+        .replace(f"task: {TASK}", "task: my_cloze")
+        .replace(f"validation: {TASK}.jsonl", f"validation: {tasks / 'mine.jsonl'}")
+    )
     (mine,) = evaluate_run(run, ["my_cloze"], include_path=[str(tasks)])
     (bundled,) = evaluate_run(run, [TASK], limit=LIMIT)
     assert mine["n_docs"] == bundled["n_docs"] == LIMIT and mine["data_sha256"] == bundled["data_sha256"]
@@ -166,8 +176,14 @@ def test_random_model_on_an_include_path_task_and_the_registered_name(tmp_path):
     from gptlab.interop.lm_eval import load_tasks
 
     tm, loaded = load_tasks([TASK])
-    res = lm_eval.simple_evaluate(model="gptlab", model_args=f"run={run},batch_size=8", tasks=list(loaded.values()),
-                                  task_manager=tm, limit=LIMIT, log_samples=False)
+    res = lm_eval.simple_evaluate(
+        model="gptlab",
+        model_args=f"run={run},batch_size=8",
+        tasks=list(loaded.values()),
+        task_manager=tm,
+        limit=LIMIT,
+        log_samples=False,
+    )
     assert res["results"][TASK]["acc_norm,none"] == bundled["acc_norm"]
 
 
@@ -192,7 +208,8 @@ def test_exported_run_through_lm_evals_hf_model_agrees(tmp_path):
     ours = lm.loglikelihood(reqs, disable_tqdm=True)
     assert lm.counts["requests_truncated"] > 10
     theirs = HFLM(pretrained=str(hf), batch_size=4, device="cpu", dtype="float32").loglikelihood(
-        reqs, disable_tqdm=True)
+        reqs, disable_tqdm=True
+    )
     assert len(ours) == len(reqs) == 40
     for (a, ga), (b, gb) in zip(ours, theirs, strict=True):
         assert a == pytest.approx(b, abs=1e-3) and ga == gb
@@ -210,14 +227,20 @@ def test_bad_task_and_misuse_are_one_line_errors(tmp_path, gptlab_cli):
     assert "lm-eval ls tasks" in r.stderr
     gen = tmp_path / "gen"
     gen.mkdir()
-    (gen / "gen.yaml").write_text("task: my_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: "
-                                  f"{gen / 'd.jsonl'}\ntest_split: test\noutput_type: generate_until\n"
-                                  "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n")
+    (gen / "gen.yaml").write_text(
+        "task: my_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: "
+        f"{gen / 'd.jsonl'}\ntest_split: test\noutput_type: generate_until\n"
+        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+    )
     (gen / "d.jsonl").write_text('{"q": "a", "a": "b"}\n')
     r = gptlab_cli("eval", str(run), "--task", "my_gen", "--include-path", str(gen))
     assert r.returncode != 0 and "generation task" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    (gen / "hub.yaml").write_text((bundled_tasks()[TASK]).read_text().replace(f"task: {TASK}", "task: hub_task")
-                                  .replace("dataset_path: json", "dataset_path: gptlab-tests/no-such-dataset"))
+    (gen / "hub.yaml").write_text(
+        (bundled_tasks()[TASK])
+        .read_text()
+        .replace(f"task: {TASK}", "task: hub_task")
+        .replace("dataset_path: json", "dataset_path: gptlab-tests/no-such-dataset")
+    )
     r = gptlab_cli("eval", str(run), "--task", "hub_task", "--include-path", str(gen))  # as hellaswag offline
     assert r.returncode == 2 and "need a network the first time" in r.stderr.strip().splitlines()[-1]
     r = gptlab_cli("eval", str(run), "--task", TASK, "--split", "val")
@@ -243,11 +266,30 @@ def test_report_shows_the_mean_acc_norm_beside_test_loss(tmp_path):
         for (variant, seed), acc in accs.items():
             run = make_tiny_run(exp / "runs" / f"{variant}-s{seed}")
             if acc is not None:
-                store_result(run, "k", dict(task=TASK, n_docs=200, acc=0.25, acc_norm=acc, data_sha256="abc",
-                                            checkpoint=checkpoint_id(latest_checkpoint(run)),
-                                            evaluated_at="2026-01-01T00:00:00"))
-            db.record_run(dict(run_id=run.name, experiment="e", variant=variant, seed=seed, run_dir=str(run),
-                               test_loss=4.0 + seed / 100 + (variant == "other") / 10, tokens=1000))
+                store_result(
+                    run,
+                    "k",
+                    dict(
+                        task=TASK,
+                        n_docs=200,
+                        acc=0.25,
+                        acc_norm=acc,
+                        data_sha256="abc",
+                        checkpoint=checkpoint_id(latest_checkpoint(run)),
+                        evaluated_at="2026-01-01T00:00:00",
+                    ),
+                )
+            db.record_run(
+                dict(
+                    run_id=run.name,
+                    experiment="e",
+                    variant=variant,
+                    seed=seed,
+                    run_dir=str(run),
+                    test_loss=4.0 + seed / 100 + (variant == "other") / 10,
+                    tokens=1000,
+                )
+            )
     res = write_report(exp)
     md = Path(res["markdown"]).read_text()
     header = f"mean {TASK} acc_norm (n=200)"
@@ -261,8 +303,18 @@ def test_report_shows_the_mean_acc_norm_beside_test_loss(tmp_path):
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # its result is stale
     assert "0.4000" not in Path(write_report(exp)["markdown"]).read_text()
     damaged = exp / "runs" / "baseline-s0"  # an entry whose acc_norm is not a number: left out, no traceback
-    store_result(damaged, "bad", dict(task=TASK, n_docs=200, acc_norm="x", data_sha256="abc",
-                                      checkpoint=checkpoint_id(latest_checkpoint(damaged)), evaluated_at="2027"))
+    store_result(
+        damaged,
+        "bad",
+        dict(
+            task=TASK,
+            n_docs=200,
+            acc_norm="x",
+            data_sha256="abc",
+            checkpoint=checkpoint_id(latest_checkpoint(damaged)),
+            evaluated_at="2027",
+        ),
+    )
     assert "0.3200" in write_report(exp)["table"]
     shutil.rmtree(exp / "runs" / "baseline-s1" / "checkpoints")  # no checkpoint: no result for it
     assert "0.3200" not in write_report(exp)["table"]

@@ -35,10 +35,17 @@ def need(*packages: str) -> None:
 def offline_env(tmp_path: Path) -> dict:
     """W&B offline and Trackio local, every file of theirs under tmp_path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "TRACKIO_"))}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
-               WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"), WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
-               TRACKIO_DIR=str(tmp_path / "trackio"), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")]))
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
+        WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"),
+        WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
+        TRACKIO_DIR=str(tmp_path / "trackio"),
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")]),
+    )
     return env
 
 
@@ -91,8 +98,13 @@ def wandb_records(run_dir: Path, tmp_path: Path) -> list[list[dict]]:
     out = []
     for d in sorted((run_dir / "wandb").glob("offline-run-*")):
         (f,) = d.glob("run-*.wandb")
-        r = subprocess.run([str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--json", str(f)],
-                           capture_output=True, text=True, timeout=120, env=offline_env(tmp_path))
+        r = subprocess.run(
+            [str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--json", str(f)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=offline_env(tmp_path),
+        )
         assert r.returncode == 0, r.stderr
         out.append([json.loads(line) for line in r.stdout.splitlines() if line.strip()])
     return out
@@ -117,10 +129,10 @@ def wandb_run(records: list[dict]) -> dict:
 
 def trackio_read(tmp_path: Path, project: str, what: str) -> object:
     """Trackio's own reader of its local database (in a process whose TRACKIO_DIR is tmp_path/trackio)."""
-    code = (f"import json; from trackio.sqlite_storage import SQLiteStorage as S; "
-            f"print(json.dumps({what}))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=offline_env(tmp_path))
+    code = f"import json; from trackio.sqlite_storage import SQLiteStorage as S; print(json.dumps({what}))"
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=offline_env(tmp_path)
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -196,8 +208,13 @@ def write_spec(tmp_path, data, loggers, seeds=(1, 2)):
     base = parse_overrides(tiny_overrides(data, **{"train.tokens": 8 * 32 * 6, "train.checkpoint_interval": 2}))
     base["train"]["loggers"] = loggers
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    spec = {"name": "grp", "base": "base.toml", "seeds": list(seeds), "baseline": "baseline",
-            "variants": [{"name": "baseline", "interventions": []}]}
+    spec = {
+        "name": "grp",
+        "base": "base.toml",
+        "seeds": list(seeds),
+        "baseline": "baseline",
+        "variants": [{"name": "baseline", "interventions": []}],
+    }
     p = tmp_path / "exp.toml"
     p.write_text(tomli_w.dumps(spec))
     return p
@@ -264,8 +281,19 @@ def test_status_shows_progress_of_a_partial_run(small_data, tmp_path):
     assert f"3/6 train {last[-1]['train_loss']:.4f} val {last[0]['val_loss']:.4f}" in text
     assert f"curves: tensorboard --logdir {out / 'tensorboard'}" in text
     # while a training process works on it: running, with the same progress
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gptlab", "train", "--config",
-                          str(job.config), "--run-dir", str(job.run_dir)])
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+            "gptlab",
+            "train",
+            "--config",
+            str(job.config),
+            "--run-dir",
+            str(job.run_dir),
+        ]
+    )
     try:
         deadline = time.time() + 20
         while experiment_status(str(spec), out=str(out))[0]["state"] != "running" and time.time() < deadline:
@@ -278,18 +306,23 @@ def test_status_shows_progress_of_a_partial_run(small_data, tmp_path):
 
 
 def test_unknown_logger_is_a_one_line_error_naming_the_choices(capsys):
-    with pytest.raises(GptlabError, match=r"train\.loggers: expected a list of jsonl, tensorboard, wandb or "
-                                          r"trackio, got 'tensorbord'"):
+    with pytest.raises(
+        GptlabError,
+        match=r"train\.loggers: expected a list of jsonl, tensorboard, wandb or "
+        r"trackio, got 'tensorbord'",
+    ):
         load_config(None, ["train.loggers=jsonl,tensorbord"])
     from gptlab.cli import main
 
     try:
-        rc = main(["config", "--set", "train.loggers=[\"mlflow\"]"])
+        rc = main(["config", "--set", 'train.loggers=["mlflow"]'])
     except SystemExit as e:
         rc = e.code
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == ["gptlab: error: <defaults>: train.loggers: expected a list of jsonl, tensorboard, "
-                               "wandb or trackio, got 'mlflow'"]
+    assert rc == 2 and err == [
+        "gptlab: error: <defaults>: train.loggers: expected a list of jsonl, tensorboard, "
+        "wandb or trackio, got 'mlflow'"
+    ]
 
 
 def test_loggers_are_outside_the_config_hash(tmp_path):
@@ -312,18 +345,25 @@ def _train_in_a_subprocess(tmp_path: Path, data: str, before: str, names: list[t
     """({run name: exit status}, stderr) of `gptlab train` with train.loggers=LOGGER for each (run name, LOGGER), in
     one process that first runs `before`."""
     over = [a for o in tiny_overrides(data) for a in ("--set", o)]
-    code = ("import os, sys, json\n"
-            "from gptlab.cli import main\n"
-            "def train(name, logger):\n"
-            "    try:\n"
-            f"        return main(['train', '--run-dir', sys.argv[1] + '/' + name, '--quiet', *{over!r},\n"
-            "                     '--set', 'train.loggers=' + logger])\n"
-            "    except SystemExit as e:\n"
-            "        return e.code\n"
-            f"{before}\n"
-            f"print(json.dumps({{name: train(name, logger) for name, logger in {names!r}}}))\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
-                       env=offline_env(tmp_path))
+    code = (
+        "import os, sys, json\n"
+        "from gptlab.cli import main\n"
+        "def train(name, logger):\n"
+        "    try:\n"
+        f"        return main(['train', '--run-dir', sys.argv[1] + '/' + name, '--quiet', *{over!r},\n"
+        "                     '--set', 'train.loggers=' + logger])\n"
+        "    except SystemExit as e:\n"
+        "        return e.code\n"
+        f"{before}\n"
+        f"print(json.dumps({{name: train(name, logger) for name, logger in {names!r}}}))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=offline_env(tmp_path),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
 
@@ -332,12 +372,15 @@ def test_missing_package_is_a_one_line_error_before_training(small_data, tmp_pat
     """With the package's import failing for real (sys.modules[name] = None: whether or not it is installed),
     `gptlab train` stops before step 1."""
     names = ("tensorboard", "wandb", "trackio")
-    got, stderr = _train_in_a_subprocess(tmp_path, small_data, f"for n in {names!r}:\n    sys.modules[n] = None",
-                                         [(n, n) for n in names])
+    got, stderr = _train_in_a_subprocess(
+        tmp_path, small_data, f"for n in {names!r}:\n    sys.modules[n] = None", [(n, n) for n in names]
+    )
     assert got == {n: 2 for n in names}, stderr
     errors = [x for x in stderr.splitlines() if "error:" in x]
-    assert errors == [f"gptlab: error: train.loggers: {n} needs the {n} package, which is not installed: "
-                      f"pip install 'gptlab[{n}]'" for n in names], stderr
+    assert errors == [
+        f"gptlab: error: train.loggers: {n} needs the {n} package, which is not installed: pip install 'gptlab[{n}]'"
+        for n in names
+    ], stderr
     assert "Traceback" not in stderr
     for n in names:
         assert not (tmp_path / n / "config.toml").exists()
@@ -347,11 +390,13 @@ def test_missing_package_is_a_one_line_error_before_training(small_data, tmp_pat
 def test_wandb_without_login_is_a_one_line_error_before_training(small_data, tmp_path):
     """W&B online without an API key (HOME and W&B's folders in tmp_path, no WANDB_MODE) stops before step 1."""
     need("wandb")
-    got, stderr = _train_in_a_subprocess(tmp_path, small_data, "os.environ.pop('WANDB_MODE')\n"
-                                         "os.environ['HOME'] = sys.argv[1]", [("online", "wandb")])
+    got, stderr = _train_in_a_subprocess(
+        tmp_path, small_data, "os.environ.pop('WANDB_MODE')\nos.environ['HOME'] = sys.argv[1]", [("online", "wandb")]
+    )
     assert got == {"online": 2}, stderr
     (error,) = [x for x in stderr.splitlines() if "error:" in x]
-    assert error.startswith("gptlab: error: train.loggers: wandb could not start the run (") and \
-        error.endswith("log in with `wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`")
+    assert error.startswith("gptlab: error: train.loggers: wandb could not start the run (") and error.endswith(
+        "log in with `wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`"
+    )
     assert "Traceback" not in stderr
     assert not (tmp_path / "online" / "metrics.jsonl").exists() and not (tmp_path / "online" / "checkpoints").exists()

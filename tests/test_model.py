@@ -21,9 +21,18 @@ def test_gpt2_small_has_163m_untied_params():
 def test_book_structure_names():
     m = GPTModel(nano())
     names = dict(m.named_parameters())
-    for n in ["tok_emb.weight", "pos_emb.weight", "trf_blocks.0.att.W_query.weight", "trf_blocks.0.att.W_key.weight",
-              "trf_blocks.0.att.W_value.weight", "trf_blocks.0.att.out_proj.weight", "trf_blocks.0.ff.layers.0.weight",
-              "trf_blocks.1.norm2.weight", "final_norm.weight", "out_head.weight"]:
+    for n in [
+        "tok_emb.weight",
+        "pos_emb.weight",
+        "trf_blocks.0.att.W_query.weight",
+        "trf_blocks.0.att.W_key.weight",
+        "trf_blocks.0.att.W_value.weight",
+        "trf_blocks.0.att.out_proj.weight",
+        "trf_blocks.0.ff.layers.0.weight",
+        "trf_blocks.1.norm2.weight",
+        "final_norm.weight",
+        "out_head.weight",
+    ]:
         assert n in names
     assert "out_head.bias" not in names
     assert "trf_blocks.0.att.W_query.bias" not in names

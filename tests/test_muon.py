@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-SCRIPT = r'''
+SCRIPT = r"""
 import pathlib, sys
 import torch, torch.distributed as dist
 from torch.optim import _muon
@@ -39,14 +39,27 @@ bufs = all(torch.equal(ref.state[p]["momentum_buffer"], new.state[q]["momentum_b
 # one file per rank: two ranks printing to one pipe can interleave their lines
 pathlib.Path(sys.argv[1], f"rank{rank}.txt").write_text(f"rank {rank} same={same} bufs={bufs} ns_calls={calls['n']}")
 dist.destroy_process_group()
-'''
+"""
 
 
 def test_sharded_newton_schulz_muon_matches_torch_muon_on_two_ranks(tmp_path):
     (tmp_path / "muon_check.py").write_text(SCRIPT)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(tmp_path / "muon_check.py"), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "muon_check.py"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [(tmp_path / f"rank{i}.txt").read_text() for i in range(2)]
     # 5 matrices x 4 steps: rank 0 owns matrices 0, 2, 4 (12 calls), rank 1 owns 1, 3 (8 calls)

@@ -20,8 +20,16 @@ CPU = torch.device("cpu")
 
 
 def cfg(*sets: str, ivs: tuple[str, ...] = ()):
-    return load_config(None, ["model.preset=nano", "model.vocab_size=512", "model.drop_rate=0.0", *sets,
-                              "interventions=" + json.dumps(list(ivs))])
+    return load_config(
+        None,
+        [
+            "model.preset=nano",
+            "model.vocab_size=512",
+            "model.drop_rate=0.0",
+            *sets,
+            "interventions=" + json.dumps(list(ivs)),
+        ],
+    )
 
 
 # ---- 1. coordinate check ---------------------------------------------------------------------------------------
@@ -43,22 +51,34 @@ def coords(small_data):
 
     def batch(i: int):
         starts = np.random.default_rng(i).integers(0, len(ids) - T - 1, B)
-        rows = torch.from_numpy(np.stack([ids[s:s + T + 1] for s in starts]))
+        rows = torch.from_numpy(np.stack([ids[s : s + T + 1] for s in starts]))
         return rows[:, :-1], rows[:, 1:]
 
     out = {}
     for mup in (False, True):
         for w in WIDTHS:
-            c = load_config(None, ["model.preset=nano", f"model.vocab_size={vocab}", f"model.emb_dim={w}",
-                                   "model.n_heads=4", "model.n_layers=2", f"model.context_length={T}",
-                                   "model.drop_rate=0.0", f"train.lr={LR}", "train.weight_decay=0.0",
-                                   "interventions=" + json.dumps([f"mup:base_width={WIDTHS[0]}"] if mup else [])])
+            c = load_config(
+                None,
+                [
+                    "model.preset=nano",
+                    f"model.vocab_size={vocab}",
+                    f"model.emb_dim={w}",
+                    "model.n_heads=4",
+                    "model.n_layers=2",
+                    f"model.context_length={T}",
+                    "model.drop_rate=0.0",
+                    f"train.lr={LR}",
+                    "train.weight_decay=0.0",
+                    "interventions=" + json.dumps([f"mup:base_width={WIDTHS[0]}"] if mup else []),
+                ],
+            )
             torch.manual_seed(0)
             model = GPTModel(c.model)
             (opt,) = build_optimizers(model, c, CPU)
             hidden = {}
             model.trf_blocks[-1].ff.layers[1].register_forward_hook(
-                lambda mod, i, o, hidden=hidden: hidden.__setitem__("h", o.abs().mean().item()))
+                lambda mod, i, o, hidden=hidden: hidden.__setitem__("h", o.abs().mean().item())
+            )
             held, _ = batch(10_000)
             with torch.no_grad():
                 logits0 = model(held)
@@ -101,7 +121,7 @@ def test_coordinate_check_hidden_activations_stay_put_under_mup(coords):
 @pytest.mark.parametrize("init", ["torch", "gpt2"])
 @pytest.mark.parametrize("base", [0, 64])  # 0 = the model's emb_dim (64 for nano)
 def test_base_width_gives_the_standard_init_and_differs_only_in_attention_scale(init, base):
-    sp, mp = cfg(f"model.init=\"{init}\""), cfg(f"model.init=\"{init}\"", ivs=(f"mup:base_width={base}",))
+    sp, mp = cfg(f'model.init="{init}"'), cfg(f'model.init="{init}"', ivs=(f"mup:base_width={base}",))
     assert mp.model.mup and mp.model.mup_width_mult() == 1.0
     torch.manual_seed(0)
     a = GPTModel(sp.model)
@@ -124,9 +144,9 @@ def test_wider_model_hidden_init_std_scales_by_one_over_sqrt_m():
     matrices with std ~ 1/sqrt(fan_in), and muP puts the out_head back to its base-width std (as mup's MuReadout)."""
     for init in ("torch", "gpt2"):
         torch.manual_seed(0)
-        wide = GPTModel(cfg("model.emb_dim=256", f"model.init=\"{init}\"", ivs=("mup:base_width=64",)).model)
+        wide = GPTModel(cfg("model.emb_dim=256", f'model.init="{init}"', ivs=("mup:base_width=64",)).model)
         torch.manual_seed(0)
-        base = GPTModel(cfg("model.emb_dim=64", f"model.init=\"{init}\"", ivs=("mup",)).model)
+        base = GPTModel(cfg("model.emb_dim=64", f'model.init="{init}"', ivs=("mup",)).model)
         for name in ("att.W_query.weight", "ff.layers.0.weight", "ff.layers.2.weight"):
             w, b = (m.trf_blocks[0].get_submodule(name.rsplit(".", 1)[0]).weight.std().item() for m in (wide, base))
             assert w / b == pytest.approx(0.5, rel=0.05), (init, name)
@@ -139,8 +159,13 @@ def test_wider_model_hidden_init_std_scales_by_one_over_sqrt_m():
 
 @pytest.mark.parametrize("matrices_only", [False, True])
 def test_param_groups_hidden_matrices_get_lr_over_m(matrices_only):
-    c = cfg("model.emb_dim=256", "train.lr=0.004", "train.weight_decay=0.1",
-            f"train.decay_matrices_only={str(matrices_only).lower()}", ivs=("mup:base_width=64",))
+    c = cfg(
+        "model.emb_dim=256",
+        "train.lr=0.004",
+        "train.weight_decay=0.1",
+        f"train.decay_matrices_only={str(matrices_only).lower()}",
+        ivs=("mup:base_width=64",),
+    )
     model = GPTModel(c.model)
     (opt,) = build_optimizers(model, c, CPU)
     hidden = {id(p) for blk in model.trf_blocks for n, p in blk.named_parameters() if p.dim() == 2}
@@ -186,13 +211,16 @@ def test_configs_without_mup_keep_their_hashes():
     assert cfg(ivs=("mup",)).hash() != cfg().hash() != cfg(ivs=("mup:base_width=32",)).hash()
 
 
-@pytest.mark.parametrize("sets,message", [
-    (["model.mup_base_width=-1"], "model.mup_base_width: must be in [0, 65536] (0 = the model's emb_dim), got -1"),
-    (["model.mup_base_width=70000"], "model.mup_base_width: must be in [0, 65536]"),
-    (['interventions=["mup", "muon"]'], "model.mup: muP's lr scaling here is for AdamW"),
-    (['interventions=["mup:base_width=-3"]'], "'mup:base_width=-3': base_width: expected a width >= 1"),
-    (['interventions=["mup:base_width=wide"]'], "mup:base_width=wide"),
-])
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (["model.mup_base_width=-1"], "model.mup_base_width: must be in [0, 65536] (0 = the model's emb_dim), got -1"),
+        (["model.mup_base_width=70000"], "model.mup_base_width: must be in [0, 65536]"),
+        (['interventions=["mup", "muon"]'], "model.mup: muP's lr scaling here is for AdamW"),
+        (['interventions=["mup:base_width=-3"]'], "'mup:base_width=-3': base_width: expected a width >= 1"),
+        (['interventions=["mup:base_width=wide"]'], "mup:base_width=wide"),
+    ],
+)
 def test_bad_mup_settings_are_one_line_errors(sets, message):
     with pytest.raises(GptlabError) as e:
         load_config(None, ["model.preset=nano", *sets])

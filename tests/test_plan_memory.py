@@ -11,8 +11,13 @@ from gptlab.train.flops import matmul_params
 
 
 def cfg_of(preset="nano", precision="auto", drop=0.1, attn="sdpa", ckpt=False):
-    return load_config(None, extra={"model": {"preset": preset, "drop_rate": drop, "attn_impl": attn},
-                                    "train": {"precision": precision, "activation_checkpointing": ckpt}})
+    return load_config(
+        None,
+        extra={
+            "model": {"preset": preset, "drop_rate": drop, "attn_impl": attn},
+            "train": {"precision": precision, "activation_checkpointing": ckpt},
+        },
+    )
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])

@@ -23,13 +23,17 @@ STEPS = 120
 
 def _over(data):
     # a checkpoint only at the end (and at the preemption): the resume can only come from the preemption's
-    return tiny_overrides(data, **{"train.tokens": 8 * 32 * STEPS, "train.checkpoint_interval": 0,
-                                   "train.eval_interval": 0})
+    return tiny_overrides(
+        data, **{"train.tokens": 8 * 32 * STEPS, "train.checkpoint_interval": 0, "train.eval_interval": 0}
+    )
 
 
 def _cmd(run_dir, over, nproc=1):
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                     "--nproc_per_node", str(nproc)]
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    )
     args = [*launcher, "-m", "gptlab", "train", "--run-dir", str(run_dir), "--quiet"]
     for o in over:
         args += ["--set", o]
@@ -85,8 +89,9 @@ def test_one_rank_signalled_under_torchrun_stops_every_rank_at_the_same_step(sma
     ref = subprocess.run(_cmd(tmp_path / "ref", over, nproc=2), capture_output=True, text=True, timeout=300, env=env)
     assert ref.returncode == 0, ref.stderr[-2000:]
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(run, over, nproc=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        _cmd(run, over, nproc=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     _wait_for_step(run, proc, 3)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers

@@ -88,6 +88,7 @@ def test_generator_is_made_on_the_thread():
         def gen():
             where.append(threading.current_thread())
             yield torch.zeros(1), torch.ones(1)
+
         return gen()
 
     with Prefetcher(make) as pf:

@@ -82,8 +82,10 @@ def test_property_float_overrides_round_trip(field, value):
 
 
 @settings(max_examples=60, deadline=None)
-@given(key=st.text(alphabet=string.ascii_lowercase + "_.", min_size=1, max_size=20),
-       value=st.text(alphabet=string.printable.replace("\n", "").replace("\r", ""), max_size=12))
+@given(
+    key=st.text(alphabet=string.ascii_lowercase + "_.", min_size=1, max_size=20),
+    value=st.text(alphabet=string.printable.replace("\n", "").replace("\r", ""), max_size=12),
+)
 def test_property_any_override_is_valid_or_one_line_error(key, value):
     try:
         load_config(None, [f"{key}={value}"])
@@ -119,8 +121,9 @@ def test_repeated_sigkill_at_random_moments_loses_nothing(small_data, tmp_path):
     import sys
     import time
 
-    over = tiny_overrides(small_data, **{"train.tokens": 8 * 32 * 60, "train.checkpoint_interval": 2,
-                                         "train.keep_checkpoints": 1})
+    over = tiny_overrides(
+        small_data, **{"train.tokens": 8 * 32 * 60, "train.checkpoint_interval": 2, "train.keep_checkpoints": 1}
+    )
     ref = train(load_config(None, over), tmp_path / "ref")
     args = [sys.executable, "-m", "gptlab", "train", "--run-dir", str(tmp_path / "k"), "--quiet", "--resume"]
     for o in over:
@@ -150,8 +153,9 @@ def test_repeated_sigkill_at_random_moments_loses_nothing(small_data, tmp_path):
     import json
 
     assert json.loads((tmp_path / "k" / "final.json").read_text())["test_loss"] == ref["test_loss"]
-    steps = [json.loads(x)["step"] for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()
-             if "train_loss" in x]
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines() if "train_loss" in x
+    ]
     assert steps == list(range(1, 61))  # every step logged exactly once across the kills
 
 
@@ -168,8 +172,17 @@ def test_prepare_killed_midway_then_rerun_gives_identical_shards(tmp_path):
     from gptlab.data.prepare import prepare
 
     prepare(["bundled"], str(tmp_path / "clean"), shard_tokens=100_000, progress=False)
-    cmd = [sys.executable, "-m", "gptlab", "prepare", "--out", str(tmp_path / "k"), "--shard-tokens", "100000",
-           "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gptlab",
+        "prepare",
+        "--out",
+        str(tmp_path / "k"),
+        "--shard-tokens",
+        "100000",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from gptlab.data.prepare import staging_dir
 

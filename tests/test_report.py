@@ -35,15 +35,29 @@ def _record(db: ResultsDB, variant: str, seed: int, final: float, steps: int = 6
     metrics = []
     for s in range(steps + 1):
         loss = final + (10.8 - final) * math.exp(-s / 8.0) + 0.02 * math.sin(s + seed)
-        metrics.append(dict(step=s, tokens=s * 2048, train_loss=loss - 0.03,
-                            val_loss=loss if s % 10 == 0 else None, lr=1e-3))
-    db.record_run(dict(run_id=run_id, experiment="synthetic", variant=variant, seed=seed,
-                       interventions=[] if variant == "baseline" else [variant], tokens=steps * 2048,
-                       test_loss=final, val_loss=final - 0.01, train_loss=final - 0.05,
-                       tokens_per_s=1000.0 + seed, git_commit="abc123"), metrics)
+        metrics.append(
+            dict(step=s, tokens=s * 2048, train_loss=loss - 0.03, val_loss=loss if s % 10 == 0 else None, lr=1e-3)
+        )
+    db.record_run(
+        dict(
+            run_id=run_id,
+            experiment="synthetic",
+            variant=variant,
+            seed=seed,
+            interventions=[] if variant == "baseline" else [variant],
+            tokens=steps * 2048,
+            test_loss=final,
+            val_loss=final - 0.01,
+            train_loss=final - 0.05,
+            tokens_per_s=1000.0 + seed,
+            git_commit="abc123",
+        ),
+        metrics,
+    )
     if judge:
-        db.record_judge(run_id, "judge-1", [dict(item=i, instruction="q", response="a", score=3.0 + (i % 2))
-                                             for i in range(4)])
+        db.record_judge(
+            run_id, "judge-1", [dict(item=i, instruction="q", response="a", score=3.0 + (i % 2)) for i in range(4)]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +106,23 @@ def test_markdown_table(report):
     table = res["table"]
     lines = table.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    for col in ("variant", "n seeds", "mean test loss", "95% CI", "Δ vs baseline", "95% CI of Δ", "p (Welch)",
-                "p (Holm)", "Hedges' g", "verdict", "MDE", "seeds needed (estimate)", "tokens/s", "judge score", "published"):
+    for col in (
+        "variant",
+        "n seeds",
+        "mean test loss",
+        "95% CI",
+        "Δ vs baseline",
+        "95% CI of Δ",
+        "p (Welch)",
+        "p (Holm)",
+        "Hedges' g",
+        "verdict",
+        "MDE",
+        "seeds needed (estimate)",
+        "tokens/s",
+        "judge score",
+        "published",
+    ):
         assert col in header
     assert lines[1].startswith("|---")
     assert lines[2].startswith("| baseline |")
@@ -148,9 +177,11 @@ def test_empty_or_missing_db(tmp_path: Path):
 def test_rows_small_n_and_diverged_runs():
     runs = [dict(run_id=f"b{i}", variant="baseline", seed=i, test_loss=4.0 + 0.01 * i) for i in range(3)]
     runs += [dict(run_id="v0", variant="one_seed", seed=0, test_loss=3.5)]
-    runs += [dict(run_id="d0", variant="diverged", seed=0, test_loss=None),
-             dict(run_id="d1", variant="diverged", seed=1, test_loss=float("inf")),
-             dict(run_id="d2", variant="diverged", seed=2, test_loss=4.0)]
+    runs += [
+        dict(run_id="d0", variant="diverged", seed=0, test_loss=None),
+        dict(run_id="d1", variant="diverged", seed=1, test_loss=float("inf")),
+        dict(run_id="d2", variant="diverged", seed=2, test_loss=4.0),
+    ]
     rows = {r["variant"]: r for r in build_rows(runs, "baseline")}
     assert rows["one_seed"]["verdict"] == "needs >= 2 seeds" and rows["one_seed"]["p"] is None
     assert rows["diverged"]["n"] == 1 and rows["diverged"]["n_excluded"] == 2
@@ -160,16 +191,26 @@ def test_rows_small_n_and_diverged_runs():
     head, body = verdict_table(list(rows.values()))
     one = dict(zip(head, next(b for b in body if b[0] == "one_seed"), strict=True))
     assert (one["mean test loss"], one["Δ vs baseline"], one["verdict"]) == ("3.5000", "-0.5100", "needs >= 2 seeds")
-    assert {one[k] for k in ("95% CI", "95% CI of Δ", "p (Welch)", "p (Holm)", "Hedges' g", "MDE",
-                             "seeds needed (estimate)")} == {"—"}
+    assert {
+        one[k]
+        for k in ("95% CI", "95% CI of Δ", "p (Welch)", "p (Holm)", "Hedges' g", "MDE", "seeds needed (estimate)")
+    } == {"—"}
     assert verdict_sentence(rows["one_seed"], "baseline").endswith(
-        "run more seeds. Δ = -0.5100 from 1 seed: no noise estimate, so no CI, p or verdict.")
+        "run more seeds. Δ = -0.5100 from 1 seed: no noise estimate, so no CI, p or verdict."
+    )
 
 
 # ---- Yardsticks: the seed's 3.692 / 3.578 and GPT-2 small's 3.500 beside ours -------------------------------
 REPO = Path(__file__).resolve().parents[1]
-FINEWEB_SOURCES = [{"hf_dataset": "HuggingFaceFW/fineweb", "config": "sample-10BT", "split": "train",
-                    "revision": "0" * 40, "streaming": True}]
+FINEWEB_SOURCES = [
+    {
+        "hf_dataset": "HuggingFaceFW/fineweb",
+        "config": "sample-10BT",
+        "split": "train",
+        "revision": "0" * 40,
+        "streaming": True,
+    }
+]
 
 
 def _experiment_with_run_dirs(exp: Path, config: str, set_: list[str], data_meta, relative: bool = False) -> Path:
@@ -188,10 +229,19 @@ def _experiment_with_run_dirs(exp: Path, config: str, set_: list[str], data_meta
                 run_dir.mkdir(parents=True)
                 save_config(cfg, run_dir / "config.toml")
                 (run_dir / "meta.json").write_text(json.dumps({"data_meta": data_meta}))
-                db.record_run(dict(run_id=rid, experiment="yard", variant=variant, seed=seed, tokens=1000,
-                                   run_dir=f"elsewhere/runs/{rid}" if relative else str(run_dir),
-                                   test_loss=loss, val_loss=loss), [dict(step=0, tokens=0, train_loss=10.9),
-                                                                    dict(step=1, tokens=1000, train_loss=loss)])
+                db.record_run(
+                    dict(
+                        run_id=rid,
+                        experiment="yard",
+                        variant=variant,
+                        seed=seed,
+                        tokens=1000,
+                        run_dir=f"elsewhere/runs/{rid}" if relative else str(run_dir),
+                        test_loss=loss,
+                        val_loss=loss,
+                    ),
+                    [dict(step=0, tokens=0, train_loss=10.9), dict(step=1, tokens=1000, train_loss=loss)],
+                )
     return exp
 
 
@@ -222,14 +272,25 @@ def test_yardsticks_comparable_on_the_seeds_test_set(tmp_path, plotted_lines):
     md = Path(res["markdown"]).read_text()
     part = md.split("## Yardsticks", 1)[1].split("\n## ", 1)[0]
     assert part.lstrip().startswith("Comparable: every run was scored on the seed's test set spec")
-    for row in ("| seed baseline | 3.692 |", "| seed best stack | 3.578 |", "| OpenAI GPT-2 small | 3.500 |",
-                "| ours: baseline (baseline, n=3) | 3.712 |", "| ours: best_stack (lowest mean, n=3) | 3.592 |"):
+    for row in (
+        "| seed baseline | 3.692 |",
+        "| seed best stack | 3.578 |",
+        "| OpenAI GPT-2 small | 3.500 |",
+        "| ours: baseline (baseline, n=3) | 3.712 |",
+        "| ours: best_stack (lowest mean, n=3) | 3.592 |",
+    ):
         assert row in part
     # one scale, worst at the top; and the gaps in words
-    order = [ln.split("|")[1].strip() for ln in part.splitlines()
-             if ln.startswith("| ") and not ln.startswith("| model |")]
-    assert order == ["ours: baseline (baseline, n=3)", "seed baseline", "ours: best_stack (lowest mean, n=3)",
-                     "seed best stack", "OpenAI GPT-2 small"]
+    order = [
+        ln.split("|")[1].strip() for ln in part.splitlines() if ln.startswith("| ") and not ln.startswith("| model |")
+    ]
+    assert order == [
+        "ours: baseline (baseline, n=3)",
+        "seed baseline",
+        "ours: best_stack (lowest mean, n=3)",
+        "seed best stack",
+        "OpenAI GPT-2 small",
+    ]
     assert "0.092 above OpenAI GPT-2 small (3.500)" in part and "0.100 below seed baseline (3.692)" in part
     labels = plotted_lines()
     assert {"seed baseline 3.692", "seed best stack 3.578", "OpenAI GPT-2 small 3.500"} <= set(labels)
@@ -238,15 +299,31 @@ def test_yardsticks_comparable_on_the_seeds_test_set(tmp_path, plotted_lines):
     assert "dotted = the seed's published yardsticks" in unescape(html)
 
 
-@pytest.mark.parametrize("config, set_, data_meta, expect", [
-    ("configs/tiny-cpu.toml", [], [{"path": "bundled:shksprdata/texts/hamlet_gut.txt"}],
-     ["eval.split = 'test' (seed: 'val')", "eval.offset = 0 (seed: 50,000,000)", "eval.batches = 0 (seed: 3,200)",
-      "model.context_length = 64 (seed: 1,024)", "data.vocab = 'corpus' (seed: 'gpt2')",
-      "data: data/shakespeare (not FineWeb)"]),
-    ("configs/seed/baseline.toml", ["data.dir=data/owt"], [{"path": "/data/openwebtext/train.bin"}],
-     ["data: data/owt (not FineWeb)"]),
-    ("configs/seed/baseline.toml", ["eval.batches=3199"], FINEWEB_SOURCES, ["eval.batches = 3,199 (seed: 3,200)"]),
-])
+@pytest.mark.parametrize(
+    "config, set_, data_meta, expect",
+    [
+        (
+            "configs/tiny-cpu.toml",
+            [],
+            [{"path": "bundled:shksprdata/texts/hamlet_gut.txt"}],
+            [
+                "eval.split = 'test' (seed: 'val')",
+                "eval.offset = 0 (seed: 50,000,000)",
+                "eval.batches = 0 (seed: 3,200)",
+                "model.context_length = 64 (seed: 1,024)",
+                "data.vocab = 'corpus' (seed: 'gpt2')",
+                "data: data/shakespeare (not FineWeb)",
+            ],
+        ),
+        (
+            "configs/seed/baseline.toml",
+            ["data.dir=data/owt"],
+            [{"path": "/data/openwebtext/train.bin"}],
+            ["data: data/owt (not FineWeb)"],
+        ),
+        ("configs/seed/baseline.toml", ["eval.batches=3199"], FINEWEB_SOURCES, ["eval.batches = 3,199 (seed: 3,200)"]),
+    ],
+)
 def test_yardsticks_different_test_set_is_orientation_only(tmp_path, plotted_lines, config, set_, data_meta, expect):
     res = write_report(_experiment_with_run_dirs(tmp_path, config, set_, data_meta))
     yard = res["yardsticks"]
@@ -273,8 +350,10 @@ def test_yardsticks_unrecorded_test_set_is_not_comparable(report):
     from gptlab.experiments.report import yardstick_summary
 
     text = yardstick_summary(yard)
-    assert text.startswith("yardsticks (different test set, orientation only): seed baseline 3.692, seed best "
-                           "stack 3.578, OpenAI GPT-2 small 3.500")
+    assert text.startswith(
+        "yardsticks (different test set, orientation only): seed baseline 3.692, seed best "
+        "stack 3.578, OpenAI GPT-2 small 3.500"
+    )
 
 
 def test_html_is_the_markdown_converted(report):
@@ -284,8 +363,12 @@ def test_html_is_the_markdown_converted(report):
     html = Path(res["html"]).read_text()
     assert re.findall(r"^## (.+)$", md, re.M) == re.findall(r"<h2>(.+?)</h2>", html)
     assert re.findall(r"^# (.+)$", md, re.M) == re.findall(r"<h1>(.+?)</h1>", html) == ["Results: synthetic"]
-    for verdict, css in (("baseline", "baseline"), ("better", "better"), ("worse", "worse"),
-                         ("within noise at n=4", "noise")):
+    for verdict, css in (
+        ("baseline", "baseline"),
+        ("better", "better"),
+        ("worse", "worse"),
+        ("within noise at n=4", "noise"),
+    ):
         assert f'<td class="{css}">{verdict}</td>' in html
     assert html.count("<td class=") == 4  # the verdict column only
 
@@ -294,12 +377,12 @@ def test_html_is_the_markdown_converted(report):
 # Built so that each verdict word occurs once (equivalence margin 0.02 nats, alpha 0.05, 5 comparisons + 1 short):
 RULES_LOSS = {
     "baseline": [4.000, 4.012, 3.991, 4.005],
-    "big": [3.902, 3.895, 3.910, 3.899],          # better (Holm p < 0.05)
-    "bad": [4.101, 4.093, 4.110, 4.104],          # worse
-    "lead": [3.987, 3.983, 3.991, 3.989],         # raw p = 0.039, Holm p = 0.117 -> suggestive (lower)
-    "same": [4.003, 3.999, 4.001, 4.002],         # 90% CI inside ±0.02 -> equivalent within ±0.02
-    "noisy": [3.95, 4.06, 3.99, 4.03],            # within noise at n=4
-    "one": [3.9],                                 # needs >= 2 seeds
+    "big": [3.902, 3.895, 3.910, 3.899],  # better (Holm p < 0.05)
+    "bad": [4.101, 4.093, 4.110, 4.104],  # worse
+    "lead": [3.987, 3.983, 3.991, 3.989],  # raw p = 0.039, Holm p = 0.117 -> suggestive (lower)
+    "same": [4.003, 3.999, 4.001, 4.002],  # 90% CI inside ±0.02 -> equivalent within ±0.02
+    "noisy": [3.95, 4.06, 3.99, 4.03],  # within noise at n=4
+    "one": [3.9],  # needs >= 2 seeds
 }
 
 
@@ -326,8 +409,17 @@ def _footer(md: str) -> str:
 def test_every_verdict_word_is_a_rule_in_the_footer(tmp_path):
     res, md = _rules_report(tmp_path, equivalence_margin=0.02)
     words = _verdict_cells(res["table"])
-    assert sorted(words) == sorted(["baseline", "needs >= 2 seeds", "better", "worse", "suggestive (lower)",
-                                    "equivalent within ±0.02", "within noise at n=4"])
+    assert sorted(words) == sorted(
+        [
+            "baseline",
+            "needs >= 2 seeds",
+            "better",
+            "worse",
+            "suggestive (lower)",
+            "equivalent within ±0.02",
+            "within noise at n=4",
+        ]
+    )
     footer = _footer(md)
     for w in words:
         # a rule names each word in bold; "n=N" stands for the number of seeds the rule defines
@@ -353,8 +445,11 @@ def test_rules_follow_the_parameters(tmp_path):
     assert "Design: **paired**" in footer and "paired t-test on the per-seed differences" in footer
     assert "SD of the per-seed differences" in footer
     assert all(r["design"] == "paired" for r in rows.values())
-    runs = [dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
-            for v, xs in RULES_LOSS.items() for i, x in enumerate(xs)]
+    runs = [
+        dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
+        for v, xs in RULES_LOSS.items()
+        for i, x in enumerate(xs)
+    ]
     lead = next(r for r in build_rows(runs, "baseline", alpha=0.2) if r["variant"] == "lead")
     assert lead["verdict"] == "better"  # Holm p = 0.117: below alpha = 0.2, not below 0.05
     assert "p (paired t)" in res["table"] and "80% CI of Δ" in res["table"]  # the CI at 1 - alpha, named so
@@ -365,8 +460,11 @@ def test_rules_follow_the_parameters(tmp_path):
 def test_holm_decides_better_and_raw_p_only_suggests(tmp_path):
     """A raw p < alpha that does not survive Holm over the family reads "suggestive (lower)" (it read "better",
     with a caveat in its sentence, before the family-wise rule); alone in its family the same data read "better"."""
-    runs = [dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
-            for v, xs in RULES_LOSS.items() for i, x in enumerate(xs)]
+    runs = [
+        dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
+        for v, xs in RULES_LOSS.items()
+        for i, x in enumerate(xs)
+    ]
     rows = {r["variant"]: r for r in build_rows(runs, "baseline")}
     lead = rows["lead"]
     assert lead["p"] < 0.05 <= lead["p_holm"] and lead["verdict"] == "suggestive (lower)"
@@ -383,8 +481,11 @@ def test_holm_decides_better_and_raw_p_only_suggests(tmp_path):
 def test_mde_column(tmp_path):
     from gptlab.experiments.stats import mde
 
-    runs = [dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
-            for v, xs in RULES_LOSS.items() for i, x in enumerate(xs)]
+    runs = [
+        dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)
+        for v, xs in RULES_LOSS.items()
+        for i, x in enumerate(xs)
+    ]
     rows = {r["variant"]: r for r in build_rows(runs, "baseline")}
     b, n = RULES_LOSS["baseline"], RULES_LOSS["noisy"]
     sp = math.sqrt((np.var(b, ddof=1) + np.var(n, ddof=1)) / 2)  # equal n: the pooled SD is the mean variance

@@ -14,16 +14,39 @@ from gptlab.experiments.results import ResultsDB
 
 
 def _row(run_id: str, **kw) -> dict:
-    row = dict(run_id=run_id, experiment="exp", variant="baseline", seed=0, interventions=[], run_dir=f"runs/{run_id}",
-               config_hash="abc", git_commit="deadbeef", params=1000, tokens=4096, flops=1e12, train_loss=4.1,
-               val_loss=4.2, test_loss=4.25, wall_time=12.5, tokens_per_s=327.7)
+    row = dict(
+        run_id=run_id,
+        experiment="exp",
+        variant="baseline",
+        seed=0,
+        interventions=[],
+        run_dir=f"runs/{run_id}",
+        config_hash="abc",
+        git_commit="deadbeef",
+        params=1000,
+        tokens=4096,
+        flops=1e12,
+        train_loss=4.1,
+        val_loss=4.2,
+        test_loss=4.25,
+        wall_time=12.5,
+        tokens_per_s=327.7,
+    )
     row.update(kw)
     return row
 
 
 def _metrics(n: int, offset: float = 0.0) -> list[dict]:
-    return [dict(step=i, tokens=i * 128, train_loss=10.0 - i * 0.01 + offset,
-                 val_loss=(9.0 - i * 0.01) if i % 10 == 0 else None, lr=1e-3) for i in range(n)]
+    return [
+        dict(
+            step=i,
+            tokens=i * 128,
+            train_loss=10.0 - i * 0.01 + offset,
+            val_loss=(9.0 - i * 0.01) if i % 10 == 0 else None,
+            lr=1e-3,
+        )
+        for i in range(n)
+    ]
 
 
 def test_schema_wal_and_roundtrip(tmp_path: Path):

@@ -38,8 +38,11 @@ def lrs(run: Path) -> dict[int, float]:
 
 def folder(run: Path) -> dict[str, bytes]:
     """Every file of the run folder but the lock, with its bytes."""
-    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and p.name != "run.lock"}
+    return {
+        p.relative_to(run).as_posix(): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != "run.lock"
+    }
 
 
 def weights(run: Path) -> dict:
@@ -65,9 +68,11 @@ def test_edited_config_toml_stops_listing_the_change_and_touches_nothing(small_d
     for args in (["--config", toml], []):  # with the edited file, and with the run folder's (edited) config
         rc, err = gptlab(capsys, "--run-dir", run, "--resume", *args)
         assert rc == 2 and err.count("\n") == 1, err
-        assert err == (f"gptlab: error: {run}/checkpoints/step_0000004: checkpoint is from another config (differs in "
-                       f"train.lr 0.003 -> 0.5); resume with the config it was trained under, or continue with the "
-                       f"change from this checkpoint on: --continue-with train.lr=0.5\n")
+        assert err == (
+            f"gptlab: error: {run}/checkpoints/step_0000004: checkpoint is from another config (differs in "
+            f"train.lr 0.003 -> 0.5); resume with the config it was trained under, or continue with the "
+            f"change from this checkpoint on: --continue-with train.lr=0.5\n"
+        )
         assert folder(run) == before  # config.toml as edited, nothing appended to metrics.jsonl, no checkpoint
 
 
@@ -78,14 +83,15 @@ def test_several_changed_fields_are_listed_with_dotted_names(small_data, tmp_pat
     over = tiny_overrides(small_data, **{"model.n_layers": 2, "train.lr": 1e-3, "train.seed": 7})
     rc, err = gptlab(capsys, "--run-dir", run, "--resume", *[x for o in over for x in ("--set", o)])
     assert rc == 2 and err.count("\n") == 1
-    assert ("checkpoint is from another config (differs in model.n_layers 1 -> 2, train.seed 42 -> 7, "
-            "train.lr 0.003 -> 0.001); resume with the config it was trained under\n") in err
+    assert (
+        "checkpoint is from another config (differs in model.n_layers 1 -> 2, train.seed 42 -> 7, "
+        "train.lr 0.003 -> 0.001); resume with the config it was trained under\n"
+    ) in err
     assert "--continue-with" not in err  # n_layers and seed cannot be continued with
     assert folder(run) == before
 
 
-def test_plain_resume_uses_the_run_folders_config_and_continues_bit_for_bit(small_data, reference, tmp_path,
-                                                                              capsys):
+def test_plain_resume_uses_the_run_folders_config_and_continues_bit_for_bit(small_data, reference, tmp_path, capsys):
     """`gptlab train --run-dir RUN --resume`, no --config: it used to compare the defaults with the run's config
     and refuse; now the run's config.toml is the config, and the run ends as if never stopped."""
     ref, ref_w, ref_lrs = reference
@@ -116,8 +122,12 @@ def test_continue_with_lr_is_the_lr_from_the_resume_step_and_is_recorded(small_d
     assert cfg.train.lr == 0.01  # config.toml describes what was trained from step 4 on
     meta = json.loads((run / "meta.json").read_text())
     [h] = meta["history"]
-    assert (h["step"], h["changes"], h["from_config_hash"], h["config_hash"]) == \
-        (4, {"train.lr": [LR, 0.01]}, old_hash, cfg.hash())
+    assert (h["step"], h["changes"], h["from_config_hash"], h["config_hash"]) == (
+        4,
+        {"train.lr": [LR, 0.01]},
+        old_hash,
+        cfg.hash(),
+    )
     assert meta["config_hash"] == cfg.hash()
     state = json.loads((latest_checkpoint(run) / "state.json").read_text())
     assert state["config_hash"] == cfg.hash() and state["config"]["train"]["lr"] == 0.01
@@ -179,15 +189,23 @@ def test_changes_applied_again_after_a_crash_before_the_next_checkpoint(small_da
     assert len(json.loads((run / "meta.json").read_text())["history"]) == 1
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--continue-with", "model.n_layers=2"], "--continue-with model.n_layers: a resumed run cannot change this field"),
-    (["--continue-with", "train.seed=7"], "--continue-with train.seed: a resumed run cannot change this field"),
-    (["--continue-with", "data.dir=elsewhere"], "--continue-with data.dir: a resumed run cannot change this field"),
-    (["--continue-with", "train.lr"], "--continue-with train.lr: expected section.key=value"),
-    (["--continue-with", "train.lr=-1"], "--continue-with: train.lr: must be > 0, got -1.0"),
-    (["--continue-with", "train.tokens=1024"], "--continue-with: the budget is 4 steps (1,024 tokens); the "
-                                               "checkpoint has trained 4 already; ask for more"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--continue-with", "model.n_layers=2"],
+            "--continue-with model.n_layers: a resumed run cannot change this field",
+        ),
+        (["--continue-with", "train.seed=7"], "--continue-with train.seed: a resumed run cannot change this field"),
+        (["--continue-with", "data.dir=elsewhere"], "--continue-with data.dir: a resumed run cannot change this field"),
+        (["--continue-with", "train.lr"], "--continue-with train.lr: expected section.key=value"),
+        (["--continue-with", "train.lr=-1"], "--continue-with: train.lr: must be > 0, got -1.0"),
+        (
+            ["--continue-with", "train.tokens=1024"],
+            "--continue-with: the budget is 4 steps (1,024 tokens); the checkpoint has trained 4 already; ask for more",
+        ),
+    ],
+)
 def test_refused_continuations_are_one_line_and_touch_nothing(small_data, tmp_path, capsys, args, expected):
     run = tmp_path / "r"
     train(cfg_for(small_data), run, stop_after=4)
@@ -204,8 +222,10 @@ def test_continue_with_needs_resume_and_an_unfinished_run(small_data, tmp_path, 
     train(cfg_for(small_data, **{"train.tokens": 8 * 32 * 2}), run)
     before = folder(run)
     rc, err = gptlab(capsys, "--run-dir", run, "--resume", "--continue-with", "train.tokens=2048")
-    assert rc == 2 and err == (f"gptlab: error: {run}/final.json: the run has finished; --continue-with continues "
-                               f"an unfinished run (start a new run to train longer)\n")
+    assert rc == 2 and err == (
+        f"gptlab: error: {run}/final.json: the run has finished; --continue-with continues "
+        f"an unfinished run (start a new run to train longer)\n"
+    )
     assert folder(run) == before
 
 
@@ -230,12 +250,15 @@ def test_checkpoint_without_recorded_config_is_compared_with_config_toml(small_d
     before = folder(run)
     over = [x for o in tiny_overrides(small_data) for x in ("--set", o)]
     rc, err = gptlab(capsys, "--run-dir", run, "--resume", *over)
-    warning = (f"gptlab: warning: {run}/checkpoints/step_0000004: checkpoint records no config (written before "
-               f"checkpoints recorded theirs); comparing the config asked for with {toml}\n")
+    warning = (
+        f"gptlab: warning: {run}/checkpoints/step_0000004: checkpoint records no config (written before "
+        f"checkpoints recorded theirs); comparing the config asked for with {toml}\n"
+    )
     assert rc == 2 and err == warning + (
         f"gptlab: error: {toml}: checkpoint is from another config (differs in train.lr 0.5 -> 0.003); resume with "
         f"the config it was trained under, or continue with the change from this checkpoint on: "
-        f"--continue-with train.lr=0.003\n")
+        f"--continue-with train.lr=0.003\n"
+    )
     assert folder(run) == before
     toml.write_text(text)
     rc, err = gptlab(capsys, "--run-dir", run, "--resume")

@@ -52,8 +52,9 @@ def reference(small_data, tmp_path_factory):
     return train(cfg_for(small_data), run), weights(latest_checkpoint(run)), run
 
 
-def test_dangling_latest_falls_back_to_the_newest_intact_checkpoint_and_keeps_history(small_data, reference,
-                                                                                     tmp_path, capsys):
+def test_dangling_latest_falls_back_to_the_newest_intact_checkpoint_and_keeps_history(
+    small_data, reference, tmp_path, capsys
+):
     ref, ref_w, _ = reference
     cfg, run = cfg_for(small_data, **{"train.keep_checkpoints": 2}), tmp_path / "r"
     train(cfg, run, stop_after=6)
@@ -123,6 +124,7 @@ def test_checkpoint_without_manifest_still_resumes(small_data, reference, tmp_pa
 
 # ---- out of space, read-only -------------------------------------------------------------------
 
+
 def _checkpoint_bytes(ck: Path) -> int:
     return sum(p.stat().st_size for p in ck.rglob("*") if p.is_file())
 
@@ -147,8 +149,11 @@ def test_disk_full_while_checkpointing_is_one_line_with_the_space_needed(small_d
         train(cfg, run, resume=True)
     msg = str(e.value)
     assert "\n" not in msg
-    m = re.fullmatch(rf"{re.escape(str(ckdir))}: cannot write checkpoint step_0000008: No space left on device "
-                     r"\(it needs about ([\d.]+) MiB, ([\d.]+) MiB free\)", msg)
+    m = re.fullmatch(
+        rf"{re.escape(str(ckdir))}: cannot write checkpoint step_0000008: No space left on device "
+        r"\(it needs about ([\d.]+) MiB, ([\d.]+) MiB free\)",
+        msg,
+    )
     assert m, msg
     assert 0.5 * size < float(m.group(1)) * 2**20 < 2 * size  # about the size of the state being written
     _only_step_4_left_intact(run)
@@ -175,11 +180,18 @@ def test_read_only_checkpoint_folder_is_one_line(small_data, reference, mount, t
 
 # ---- a NaN-skipped last step ----------------------------------------------------------------------
 
+
 def test_nan_skipped_last_step_still_writes_the_final_checkpoint(small_data, tmp_path):
     """lr = 1e30: step 1 trains, its weights overflow, so steps 2 and 3 are skipped (nan_policy = skip). The final
     checkpoint must exist at step 3 with the weights final.json scored: those of step 1."""
-    kw = {"train.lr": 1e30, "train.nan_policy": "skip", "train.max_skips": 5, "train.tokens": 8 * 32 * 3,
-          "train.checkpoint_interval": 0, "train.eval_interval": 0}
+    kw = {
+        "train.lr": 1e30,
+        "train.nan_policy": "skip",
+        "train.max_skips": 5,
+        "train.tokens": 8 * 32 * 3,
+        "train.checkpoint_interval": 0,
+        "train.eval_interval": 0,
+    }
     train(cfg_for(small_data, **kw), tmp_path / "one", stop_after=1)
     final = train(cfg_for(small_data, **kw), tmp_path / "r")
     assert final["steps"] == 3 and final["skipped_batches"] == 2
@@ -192,6 +204,7 @@ def test_nan_skipped_last_step_still_writes_the_final_checkpoint(small_data, tmp
 
 
 # ---- fine-tuning with a compact vocabulary --------------------------------------------------------
+
 
 def test_finetune_masks_targets_outside_the_compact_vocabulary(tmp_path):
     """Tokens of the fine-tuning data outside the base run's vocabulary are read as <|endoftext|> but never
@@ -211,8 +224,15 @@ def test_finetune_masks_targets_outside_the_compact_vocabulary(tmp_path):
     odd = torch.tensor(encode(" Zebras quarrel with ocelots."))
     assert not torch.isin(odd, known).all()  # the data has tokens outside the vocabulary
 
-    res = finetune(base, write_records(tmp_path / "d.json", records), tmp_path / "ft", epochs=1, lr=1e-3,
-                   batch_size=8, progress=False)
+    res = finetune(
+        base,
+        write_records(tmp_path / "d.json", records),
+        tmp_path / "ft",
+        epochs=1,
+        lr=1e-3,
+        batch_size=8,
+        progress=False,
+    )
     assert res["unknown_tokens"] > 0
     # the validation loss before training, computed here over known response targets only
     model, _ = load_run_model(base)
@@ -221,7 +241,7 @@ def test_finetune_masks_targets_outside_the_compact_vocabulary(tmp_path):
     with torch.no_grad():
         for i in split["val"]:
             prompt = encode(format_prompt(records[i]))
-            ids = torch.tensor(prompt + encode(records[i]["output"]) + [EOT_ID])[:64 + 1]  # max_len: the context
+            ids = torch.tensor(prompt + encode(records[i]["output"]) + [EOT_ID])[: 64 + 1]  # max_len: the context
             logp = F.log_softmax(model(vm.lut[ids[:-1]][None])[0].float(), -1)
             for j in range(len(prompt) - 1, len(ids) - 1):  # position j predicts token j + 1
                 if torch.isin(ids[j + 1], known):

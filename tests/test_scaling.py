@@ -18,8 +18,10 @@ def law(c, E=2.0, A=3.0, alpha=0.3):
 def ladder(rng, computes, seeds, sd, base=law, var=None):
     """Rungs with `seeds` noisy losses of each curve at every compute."""
     var = var or base
-    return [Rung([c] * seeds, base(c) + rng.normal(0, sd, seeds), [c] * seeds, var(c) + rng.normal(0, sd, seeds))
-            for c in computes]
+    return [
+        Rung([c] * seeds, base(c) + rng.normal(0, sd, seeds), [c] * seeds, var(c) + rng.normal(0, sd, seeds))
+        for c in computes
+    ]
 
 
 def test_fit_recovers_a_known_exponent_offset_and_scale():
@@ -66,6 +68,7 @@ def test_separate_fits_from_four_rungs_give_a_scale_dependent_delta():
     rungs = ladder(rng, np.logspace(10, 13, 5), 3, 0.003, var=lambda c: law(c, E=1.9, A=3.3))
     f = scaling.fit_pair(rungs)
     assert f.model == "separate"
+
     def truth(c):
         return law(c, E=1.9, A=3.3) - law(c)
 
@@ -76,18 +79,27 @@ def test_separate_fits_from_four_rungs_give_a_scale_dependent_delta():
 def rungs_for_trend(deltas, se=0.005, df=4):
     deltas = np.asarray(deltas, float)
     half = 2.776 * se  # t(0.975, 4)
-    return dict(log_c=np.arange(deltas.size) + 10.0, delta=deltas, se=np.full(deltas.size, se),
-                df=np.full(deltas.size, df), ci_low=deltas - half, ci_high=deltas + half)
+    return dict(
+        log_c=np.arange(deltas.size) + 10.0,
+        delta=deltas,
+        se=np.full(deltas.size, se),
+        df=np.full(deltas.size, df),
+        ci_low=deltas - half,
+        ci_high=deltas + half,
+    )
 
 
-@pytest.mark.parametrize("deltas, word", [
-    ([-0.02, -0.05, -0.08, -0.11], "grows"),     # the win gets larger with scale
-    ([0.02, 0.05, 0.08, 0.11], "grows"),         # so does a loss
-    ([-0.11, -0.08, -0.05, -0.02], "shrinks"),   # the win fades
-    ([-0.06, -0.03, 0.03, 0.06], "flips"),       # helps small, hurts large, both ends significant
-    ([-0.05, -0.051, -0.049, -0.05], "flat"),
-    ([-0.05, 0.0, -0.05, 0.0], "flat"),          # scatter, no slope
-])
+@pytest.mark.parametrize(
+    "deltas, word",
+    [
+        ([-0.02, -0.05, -0.08, -0.11], "grows"),  # the win gets larger with scale
+        ([0.02, 0.05, 0.08, 0.11], "grows"),  # so does a loss
+        ([-0.11, -0.08, -0.05, -0.02], "shrinks"),  # the win fades
+        ([-0.06, -0.03, 0.03, 0.06], "flips"),  # helps small, hurts large, both ends significant
+        ([-0.05, -0.051, -0.049, -0.05], "flat"),
+        ([-0.05, 0.0, -0.05, 0.0], "flat"),  # scatter, no slope
+    ],
+)
 def test_trend_rule_gives_each_word(deltas, word):
     t = scaling.trend(**rungs_for_trend(deltas), alpha=0.05)
     assert t["word"] == word, t
@@ -153,7 +165,9 @@ def test_paired_bootstrap_keeps_the_pairs_together():
     rungs = []
     for c in np.logspace(10, 12, 3):
         seed_effect = rng.normal(0, 0.1, 4)
-        rungs.append(Rung([c] * 4, law(c) + seed_effect, [c] * 4, law(c) + seed_effect - 0.02 + rng.normal(0, .002, 4)))
+        rungs.append(
+            Rung([c] * 4, law(c) + seed_effect, [c] * 4, law(c) + seed_effect - 0.02 + rng.normal(0, 0.002, 4))
+        )
     paired = scaling.extrapolate(rungs, 1e15, n_boot=200, paired=True)
     independent = scaling.extrapolate(rungs, 1e15, n_boot=200, paired=False)
     assert paired.low < -0.02 < paired.high and paired.high - paired.low < 0.01
@@ -173,8 +187,10 @@ def test_offset_model_weights_a_noisy_rung_less():
     # weighted offset follows the two precise rungs (-0.20), an unweighted mean of the rungs' Δ would be -0.06
     rng = np.random.default_rng(6)
     sds, offs = [0.2, 0.01, 0.01], [0.22, -0.20, -0.20]
-    rungs = [Rung([c] * 3, law(c) + rng.normal(0, sd, 3), [c] * 3, law(c) + off + rng.normal(0, sd, 3))
-             for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs, strict=True)]
+    rungs = [
+        Rung([c] * 3, law(c) + rng.normal(0, sd, 3), [c] * 3, law(c) + off + rng.normal(0, sd, 3))
+        for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs, strict=True)
+    ]
     assert scaling.fit_pair(rungs).delta == pytest.approx(-0.20, abs=0.03)
 
 
@@ -183,8 +199,11 @@ def test_one_seed_group_is_weighted_by_the_pooled_seed_variance():
     # sqrt(sum (n - 1) s^2 / sum (n - 1)) = sqrt((4 * 2 * 0.01^2 + 1 * 2 * 0.03^2) / 10), not their median 0.02
     five, two = np.array([-0.02, -0.01, 0.0, 0.01, 0.02]), np.array([-0.03, 0.03]) / math.sqrt(2)
     five *= 0.01 / np.std(five, ddof=1)
-    rungs = [Rung([1e10] * 5, 3 + five, [1e10] * 5, 3 - five), Rung([1e11] * 2, 2.5 + two, [1e11] * 2, 2.4 + two),
-             Rung([1e12], [2.0], [1e12], [1.9])]
+    rungs = [
+        Rung([1e10] * 5, 3 + five, [1e10] * 5, 3 - five),
+        Rung([1e11] * 2, 2.5 + two, [1e11] * 2, 2.4 + two),
+        Rung([1e12], [2.0], [1e12], [1.9]),
+    ]
     sb, sv = scaling._sigmas(rungs)
     pooled = math.sqrt((4 * 2 * 0.01**2 + 1 * 2 * 0.03**2) / 10)
     assert sb[:5] == pytest.approx([0.01] * 5) and sv[5:7] == pytest.approx([0.03] * 2)

@@ -24,18 +24,22 @@ from gptlab.experiments.scheduler.local import (
 GPUS = [str(i) for i in range(8)]
 
 
-@pytest.mark.parametrize("per_run,slots", [
-    (1, [[str(i)] for i in range(8)]),
-    (2, [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]),
-    (8, [GPUS]),
-])
+@pytest.mark.parametrize(
+    "per_run,slots",
+    [
+        (1, [[str(i)] for i in range(8)]),
+        (2, [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]),
+        (8, [GPUS]),
+    ],
+)
 def test_plan_slots_splits_eight_gpus(per_run, slots):
     assert plan_slots(GPUS, per_run) == slots
 
 
 def test_plan_slots_errors():
-    with pytest.raises(GptlabError,
-                       match=r"^--gpus-per-run: 3 does not divide the 8 visible GPUs \(0,1,2,3,4,5,6,7\)$"):
+    with pytest.raises(
+        GptlabError, match=r"^--gpus-per-run: 3 does not divide the 8 visible GPUs \(0,1,2,3,4,5,6,7\)$"
+    ):
         plan_slots(GPUS, 3)
     with pytest.raises(GptlabError, match=r"^--gpus-per-run: no GPU is visible"):
         plan_slots([], 1)
@@ -74,12 +78,17 @@ def test_gpu_backend_gives_each_slot_its_devices_and_threads():
 
 def _spec(tmp_path, data):
     # no dropout: DDP ranks draw other dropout masks than one process would, everything else is the same batch
-    base = parse_overrides(tiny_overrides(data, **{"train.tokens": 8 * 32 * 6, "train.checkpoint_interval": 0,
-                                                   "model.drop_rate": 0.0}))
+    base = parse_overrides(
+        tiny_overrides(data, **{"train.tokens": 8 * 32 * 6, "train.checkpoint_interval": 0, "model.drop_rate": 0.0})
+    )
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    spec = {"name": "sched", "base": "base.toml", "seeds": [1], "baseline": "baseline",
-            "variants": [{"name": "baseline", "interventions": []},
-                         {"name": "qkv_bias", "interventions": ["qkv_bias"]}]}
+    spec = {
+        "name": "sched",
+        "base": "base.toml",
+        "seeds": [1],
+        "baseline": "baseline",
+        "variants": [{"name": "baseline", "interventions": []}, {"name": "qkv_bias", "interventions": ["qkv_bias"]}],
+    }
     p = tmp_path / "exp.toml"
     p.write_text(tomli_w.dumps(spec))
     return str(p)
@@ -89,9 +98,10 @@ def _overlap(out) -> bool:
     """Whether the two runs were in flight together: each from the moment its config was written (just before
     its start) to its final.json (training's torchrun start-up included; on 2 cores the training steps alone
     last about a second and the runs' steps need not coincide)."""
-    (a0, a1), (b0, b1) = [((out / "configs" / f"{rid}.toml").stat().st_mtime,
-                           (out / "runs" / rid / "final.json").stat().st_mtime)
-                          for rid in ("baseline-s1", "qkv_bias-s1")]
+    (a0, a1), (b0, b1) = [
+        ((out / "configs" / f"{rid}.toml").stat().st_mtime, (out / "runs" / rid / "final.json").stat().st_mtime)
+        for rid in ("baseline-s1", "qkv_bias-s1")
+    ]
     return a0 < b1 and b0 < a1
 
 
@@ -137,6 +147,8 @@ def test_cli_gpus_per_run_without_gpus_is_one_line_before_anything(small_data, t
     assert err.startswith("gptlab: error: --gpus-per-run: no GPU is visible") and "\n" not in err
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
     assert main(["experiment", _spec(tmp_path, small_data), "--out", str(out), "--gpus-per-run", "3"]) == 2
-    assert capsys.readouterr().err.strip() == \
-        "gptlab: error: --gpus-per-run: 3 does not divide the 8 visible GPUs (0,1,2,3,4,5,6,7)"
+    assert (
+        capsys.readouterr().err.strip()
+        == "gptlab: error: --gpus-per-run: 3 does not divide the 8 visible GPUs (0,1,2,3,4,5,6,7)"
+    )
     assert not out.exists()

@@ -19,12 +19,22 @@ SEED_ROWS = {  # file: (published loss, checks on the resolved config)
     "qkv_bias": (3.669, {"model.qkv_bias": True}),
     "weight_decay_0.01": (3.643, {"train.weight_decay": 0.01, "train.decay_matrices_only": False}),
     "no_dropout": (3.641, {"model.drop_rate": 0.0}),
-    "lr_schedule": (3.602, {"train.lr": 0.0014, "train.schedule": "cosine", "train.warmup_frac": 0.05,
-                            "train.min_lr_frac": 0.1}),
+    "lr_schedule": (
+        3.602,
+        {"train.lr": 0.0014, "train.schedule": "cosine", "train.warmup_frac": 0.05, "train.min_lr_frac": 0.1},
+    ),
     "weight_tying": (3.874, {"model.tie_weights": True}),
     "weight_decay_0.33724": (None, {"train.weight_decay": 0.33724}),
-    "best_stack": (3.578, {"train.grad_clip": 3.5, "model.drop_rate": 0.0, "train.lr": 0.0014,
-                           "train.weight_decay": 0.01, "train.schedule": "cosine"}),
+    "best_stack": (
+        3.578,
+        {
+            "train.grad_clip": 3.5,
+            "model.drop_rate": 0.0,
+            "train.lr": 0.0014,
+            "train.weight_decay": 0.01,
+            "train.schedule": "cosine",
+        },
+    ),
 }
 
 
@@ -42,9 +52,17 @@ def test_seed_row_configs(row):
     assert cfg.train.tokens == 3_260_190_720 and cfg.train.global_batch_size == 96 and cfg.train.micro_batch_size == 12
     assert cfg.train.seed == 42 and cfg.train.beta1 == 0.9 and cfg.train.beta2 == 0.999
     assert (cfg.eval.split, cfg.eval.offset, cfg.eval.batches, cfg.eval.batch_size) == ("val", 50_000_000, 3200, 6)
-    expected = {"train.precision": "fp16", "train.tf32": True, "train.grad_clip": 0.0, "model.drop_rate": 0.1,
-                "model.qkv_bias": False, "train.lr": 4e-4, "train.weight_decay": 0.1, "train.schedule": "constant",
-                "model.tie_weights": False}
+    expected = {
+        "train.precision": "fp16",
+        "train.tf32": True,
+        "train.grad_clip": 0.0,
+        "model.drop_rate": 0.1,
+        "model.qkv_bias": False,
+        "train.lr": 4e-4,
+        "train.weight_decay": 0.1,
+        "train.schedule": "constant",
+        "model.tie_weights": False,
+    }
     expected.update(SEED_ROWS[row][1])
     for k, v in expected.items():
         assert get(cfg, k) == v, (row, k)
@@ -96,12 +114,26 @@ def test_fp16_gradscaler_trains_without_nans(small_data, tmp_path):
 
 # ---- the goal past the seed: beat OpenAI's GPT-2 small (3.500) on the seed's budget and test set ----------------
 BEAT_GPT2 = {
-    "model.drop_rate": 0.0, "model.pos_emb": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
-    "model.mlp": "swiglu", "model.zero_init_proj": True, "model.logit_softcap": 30.0, "model.tie_weights": False,
-    "train.precision": "bf16", "train.optimizer": "muon", "train.muon_lr": 0.0018,
-    "train.lr": pytest.approx(0.0014 * 5 ** 0.5), "train.schedule": "linear", "train.warmup_frac": 0.05,
-    "train.min_lr_frac": 0.0, "train.weight_decay": 0.01, "train.decay_matrices_only": True,
-    "train.grad_clip": 1.0, "train.global_batch_size": 480, "train.micro_batch_size": 12,
+    "model.drop_rate": 0.0,
+    "model.pos_emb": "rope",
+    "model.norm": "rmsnorm",
+    "model.qk_norm": True,
+    "model.mlp": "swiglu",
+    "model.zero_init_proj": True,
+    "model.logit_softcap": 30.0,
+    "model.tie_weights": False,
+    "train.precision": "bf16",
+    "train.optimizer": "muon",
+    "train.muon_lr": 0.0018,
+    "train.lr": pytest.approx(0.0014 * 5**0.5),
+    "train.schedule": "linear",
+    "train.warmup_frac": 0.05,
+    "train.min_lr_frac": 0.0,
+    "train.weight_decay": 0.01,
+    "train.decay_matrices_only": True,
+    "train.grad_clip": 1.0,
+    "train.global_batch_size": 480,
+    "train.micro_batch_size": 12,
 }
 
 
@@ -132,9 +164,22 @@ def test_beat_gpt2_resolves_to_the_intended_recipe(capsys):
 def test_beat_gpt2_stack_trains(small_data, tmp_path):
     """The whole intervention stack (Muon, RoPE, RMSNorm, QK-norm, SwiGLU, zero-init, soft-cap, bf16, linear
     decay to zero) on a 1-layer model for a few steps: finite losses, Muon in the optimizer state."""
-    cfg = load_config("configs/seed/beat_gpt2.toml", tiny_overrides(small_data, **{
-        "train.compile": False, "train.tf32": False, "train.tokens": 40 * 32 * 3, "eval.offset": 0,
-        "eval.batches": 2, "eval.batch_size": 8, "eval.split": "test", "data.dir": small_data}))
+    cfg = load_config(
+        "configs/seed/beat_gpt2.toml",
+        tiny_overrides(
+            small_data,
+            **{
+                "train.compile": False,
+                "train.tf32": False,
+                "train.tokens": 40 * 32 * 3,
+                "eval.offset": 0,
+                "eval.batches": 2,
+                "eval.batch_size": 8,
+                "eval.split": "test",
+                "data.dir": small_data,
+            },
+        ),
+    )
     assert cfg.train.optimizer == "muon" and cfg.train.global_batch_size == 40  # batch_scaling x5 of the tiny 8
     final = train(cfg, tmp_path / "beat")
     assert math.isfinite(final["test_loss"]) and final["precision"] == "bf16"

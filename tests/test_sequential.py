@@ -32,12 +32,15 @@ def per_side(t, alpha):
     return 2 * sq.obf_spending(t, alpha / 2)
 
 
-@pytest.mark.parametrize("info,published", [
-    # ldbounds::bounds(c(.10, .33, 1), iuse=c(1, 1), alpha=c(.025, .025))
-    ([0.10, 0.33, 1.0], [6.9913, 3.7308, 1.9605]),
-    # gsDesign(k=5, test.type=2, sfu=sfLDOF): the textbook five equally spaced looks
-    ([0.2, 0.4, 0.6, 0.8, 1.0], [4.8769, 3.3569, 2.6803, 2.2898, 2.0310]),
-])
+@pytest.mark.parametrize(
+    "info,published",
+    [
+        # ldbounds::bounds(c(.10, .33, 1), iuse=c(1, 1), alpha=c(.025, .025))
+        ([0.10, 0.33, 1.0], [6.9913, 3.7308, 1.9605]),
+        # gsDesign(k=5, test.type=2, sfu=sfLDOF): the textbook five equally spaced looks
+        ([0.2, 0.4, 0.6, 0.8, 1.0], [4.8769, 3.3569, 2.6803, 2.2898, 2.0310]),
+    ],
+)
 def test_boundaries_reproduce_published_values(info, published):
     assert sq.boundaries(info, ALPHA, spending=per_side) == pytest.approx(published, abs=2e-4)
 
@@ -100,8 +103,14 @@ def run_looks(design, seeds_per_look=(2, 4, 6)):
     for r, k in enumerate(seeds_per_look, start=1):
         if not s.undecided():
             break
-        s.update({"base": dict(zip(range(1, k + 1), PAIRED_BASE[:k], strict=True)), "v": dict(zip(range(1, k + 1), PAIRED_VAR[:k], strict=True))},
-                 {"base": k, "v": k}, r)
+        s.update(
+            {
+                "base": dict(zip(range(1, k + 1), PAIRED_BASE[:k], strict=True)),
+                "v": dict(zip(range(1, k + 1), PAIRED_VAR[:k], strict=True)),
+            },
+            {"base": k, "v": k},
+            r,
+        )
     return s
 
 
@@ -155,8 +164,8 @@ def test_paired_null_family_wise_rate_stays_at_alpha():
 
 # The simulated experiments: m variants compared with one shared baseline, seeds in rounds, a look every round.
 NULL_DESIGNS = [  # (variants, first seeds, seeds per round, max seeds)
-    (3, 2, 2, 10),   # 5 looks
-    (3, 2, 1, 12),   # 11 looks, one seed at a time
+    (3, 2, 2, 10),  # 5 looks
+    (3, 2, 1, 12),  # 11 looks, one seed at a time
 ]
 
 
@@ -235,8 +244,11 @@ def test_state_per_round_agrees_with_the_vectorised_simulation():
         for r, k in enumerate(looks, start=1):
             for g in ["base", *s.undecided()]:
                 planned[g] = k
-            losses = {"base": base[i, :planned["base"]], "a": variants[i, 0, :planned["a"]],
-                      "b": variants[i, 1, :planned["b"]]}
+            losses = {
+                "base": base[i, : planned["base"]],
+                "a": variants[i, 0, : planned["a"]],
+                "b": variants[i, 1, : planned["b"]],
+            }
             s.update(losses, dict(planned), r)
         for j, v in enumerate(["a", "b"]):
             assert s.decision[v] == words[int(verdict[i, j])]
@@ -257,13 +269,24 @@ def test_next_seeds_extends_undecided_variants_and_the_baseline():
 
 def test_sequential_state_round_line_and_json():
     s = sq.Sequential("baseline", ["grad_clip", "qkv_bias"], max_seeds=4, seeds_per_round=2)
-    s.update({"baseline": [3.70, 3.71], "grad_clip": [3.60, 3.61], "qkv_bias": [3.70, 3.72]},
-             {"baseline": 2, "grad_clip": 2, "qkv_bias": 2}, 1)
+    s.update(
+        {"baseline": [3.70, 3.71], "grad_clip": [3.60, 3.61], "qkv_bias": [3.70, 3.72]},
+        {"baseline": 2, "grad_clip": 2, "qkv_bias": 2},
+        1,
+    )
     assert s.round_line() == "round 1: 2 seeds each; decided: -, undecided: grad_clip, qkv_bias"
-    s.update({"baseline": [3.70, 3.71, 3.70, 3.71], "grad_clip": [3.60, 3.61, 3.60, 3.61],
-              "qkv_bias": [3.70, 3.72, 3.69, 3.72]}, {"baseline": 4, "grad_clip": 4, "qkv_bias": 4}, 2)
-    assert s.round_line() == ("round 2: 4 seeds each; decided: grad_clip (better, look 2), "
-                              "qkv_bias (within noise, look 2), undecided: -")
+    s.update(
+        {
+            "baseline": [3.70, 3.71, 3.70, 3.71],
+            "grad_clip": [3.60, 3.61, 3.60, 3.61],
+            "qkv_bias": [3.70, 3.72, 3.69, 3.72],
+        },
+        {"baseline": 4, "grad_clip": 4, "qkv_bias": 4},
+        2,
+    )
+    assert s.round_line() == (
+        "round 2: 4 seeds each; decided: grad_clip (better, look 2), qkv_bias (within noise, look 2), undecided: -"
+    )
     j = s.to_json(2)
     assert j["design"] == "group-sequential, O'Brien-Fleming spending, 2 looks"
     assert j["alpha_per_variant"] == pytest.approx(0.025)
@@ -273,6 +296,7 @@ def test_sequential_state_round_line_and_json():
 
 
 # ------------------------------------------------------------------ a real experiment, run until decided
+
 
 def write_spec(tmp_path, data, variants):
     base = parse_overrides(tiny_overrides(data, **{"train.tokens": 8 * 32 * 4, "train.checkpoint_interval": 2}))
@@ -286,8 +310,9 @@ def write_spec(tmp_path, data, variants):
 def test_until_decided_options_and_dry_run(small_data, tmp_path, capsys):
     from gptlab.experiments.runner import run_experiment
 
-    spec = write_spec(tmp_path, small_data, [{"name": "baseline"}, {"name": "no_dropout",
-                                                                    "interventions": ["no_dropout"]}])
+    spec = write_spec(
+        tmp_path, small_data, [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}]
+    )
     assert run_experiment(str(spec), dry_run=True, until_decided=True, max_seeds=6) == 0
     out = capsys.readouterr().out
     assert "until decided: group-sequential, O'Brien-Fleming spending, 3 looks at 2, 4, 6 seeds" in out
@@ -306,8 +331,23 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
 
     spec = write_spec(tmp_path, small_data, [{"name": "baseline"}, {"name": "same"}])
     out = tmp_path / "exp"
-    assert main(["experiment", str(spec), "--out", str(out), "--quiet", "--until-decided", "--max-seeds", "4",
-                 "--seeds-per-round", "2"]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                str(spec),
+                "--out",
+                str(out),
+                "--quiet",
+                "--until-decided",
+                "--max-seeds",
+                "4",
+                "--seeds-per-round",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "round 1: 2 seeds each; decided: -, undecided: same" in printed
     assert "round 2: 4 seeds each; decided: same (within noise, look 2), undecided: -" in printed
@@ -328,11 +368,28 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
         assert lk["z_boundary"] == pytest.approx(b) and lk["crossed"] == (p <= lk["nominal_p"])
     assert state["variants"]["same"]["decision"] == "within noise"
     report = (out / "report.md").read_text()  # the report's verdict is the sequential decision, by its printed rule
-    assert next(x for x in report.splitlines() if x.startswith("| same ")).split("|").count(" within noise at n=4 ") == 1
+    assert (
+        next(x for x in report.splitlines() if x.startswith("| same ")).split("|").count(" within noise at n=4 ") == 1
+    )
     assert "Sequential design (`--until-decided`, sequential.json): group-sequential" in report.split("## Rules")[1]
     # re-running replays the rounds from results.sqlite and runs nothing new
-    assert main(["experiment", str(spec), "--out", str(out), "--quiet", "--until-decided", "--max-seeds", "4",
-                 "--seeds-per-round", "2"]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                str(spec),
+                "--out",
+                str(out),
+                "--quiet",
+                "--until-decided",
+                "--max-seeds",
+                "4",
+                "--seeds-per-round",
+                "2",
+            ]
+        )
+        == 0
+    )
     again = capsys.readouterr().out
     assert "0 to run" in again and "4 already done" in again and "8 already done" in again
     assert json.loads((out / "sequential.json").read_text()) == state
@@ -348,8 +405,23 @@ def test_until_decided_in_the_paired_design_looks_with_the_paired_test(small_dat
     d["design"] = "paired"
     spec.write_text(tomli_w.dumps(d))
     out = tmp_path / "exp"
-    assert main(["experiment", str(spec), "--out", str(out), "--quiet", "--until-decided", "--max-seeds", "4",
-                 "--seeds-per-round", "2"]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                str(spec),
+                "--out",
+                str(out),
+                "--quiet",
+                "--until-decided",
+                "--max-seeds",
+                "4",
+                "--seeds-per-round",
+                "2",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     with sqlite3.connect(out / "results.sqlite") as c:
         rows = c.execute("select variant, seed, test_loss from runs").fetchall()
@@ -357,9 +429,9 @@ def test_until_decided_in_the_paired_design_looks_with_the_paired_test(small_dat
     state = json.loads((out / "sequential.json").read_text())
     assert state["experiment_design"] == "paired" and state["test"] == "paired t-test on the per-seed differences"
     looks = state["variants"]["qkv_bias"]["looks"]
-    assert looks and [lk["n_variant"] for lk in looks] == [2, 4][:len(looks)]
+    assert looks and [lk["n_variant"] for lk in looks] == [2, 4][: len(looks)]
     for lk in looks:
-        seeds = sorted(s for v, s in loss if v == "qkv_bias")[:lk["n_variant"]]
+        seeds = sorted(s for v, s in loss if v == "qkv_bias")[: lk["n_variant"]]
         b, v = [loss["baseline", s] for s in seeds], [loss["qkv_bias", s] for s in seeds]
         ref = compare_paired(b, v)
         assert lk["p"] == pytest.approx(ref["p"], rel=1e-9) and lk["df"] == len(seeds) - 1

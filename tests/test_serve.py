@@ -65,7 +65,7 @@ def sse(text: str) -> list:
     out = []
     for event in text.strip("\n").split("\n\n"):
         assert event.startswith("data: "), event
-        payload = event[len("data: "):]
+        payload = event[len("data: ") :]
         out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
 
@@ -81,18 +81,25 @@ def test_models(url):
 
 def test_completion_matches_generate_text(url, run):
     prompt = "The opposite of hot is"
-    status, body, _ = call(url, "/v1/completions", {"model": "tiny-sft", "prompt": prompt, "max_tokens": 6,
-                                                    "temperature": 0})
+    status, body, _ = call(
+        url, "/v1/completions", {"model": "tiny-sft", "prompt": prompt, "max_tokens": 6, "temperature": 0}
+    )
     assert status == 200 and body["object"] == "text_completion" and body["model"] == "tiny-sft"
     choice = body["choices"][0]
     model, _ = load_run_model(run, "cpu")
     assert choice["text"] == generate_text(model, prompt, 6, temperature=0.0)  # greedy, same as `gptlab generate`
     u = body["usage"]
-    assert u["prompt_tokens"] == len(encode(prompt)) and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    assert (
+        u["prompt_tokens"] == len(encode(prompt)) and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    )
     assert (choice["finish_reason"], u["completion_tokens"]) in (("length", 6),) or choice["finish_reason"] == "stop"
     # token-id prompts are accepted too
-    assert call(url, "/v1/completions", {"prompt": encode(prompt), "max_tokens": 6, "temperature": 0})[1][
-        "choices"][0]["text"] == choice["text"]
+    assert (
+        call(url, "/v1/completions", {"prompt": encode(prompt), "max_tokens": 6, "temperature": 0})[1]["choices"][0][
+            "text"
+        ]
+        == choice["text"]
+    )
 
 
 def text_of(url, body) -> str:
@@ -122,11 +129,18 @@ def test_chat_uses_the_book_template(url):
     assert msg["content"] == same["choices"][0]["text"]
     assert body["usage"]["prompt_tokens"] == len(encode(prompt))
     # earlier turns are ignored; content parts are joined
-    multi = [{"role": "user", "content": "old"}, {"role": "assistant", "content": "reply"},
-             {"role": "system", "content": "Be brief."},
-             {"role": "user", "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}]}]
-    assert call(url, "/v1/chat/completions", {"messages": multi, "max_tokens": 5, "temperature": 0})[1][
-        "choices"][0]["message"]["content"] == msg["content"]
+    multi = [
+        {"role": "user", "content": "old"},
+        {"role": "assistant", "content": "reply"},
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}]},
+    ]
+    assert (
+        call(url, "/v1/chat/completions", {"messages": multi, "max_tokens": 5, "temperature": 0})[1]["choices"][0][
+            "message"
+        ]["content"]
+        == msg["content"]
+    )
 
 
 def test_streaming_completion_and_chat(url):
@@ -144,8 +158,9 @@ def test_streaming_completion_and_chat(url):
 
     msgs = [{"role": "user", "content": "Name a colour."}]
     plain = call(url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 7, "temperature": 0})[1]
-    events = sse(call(url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 7, "temperature": 0,
-                                                    "stream": True})[1])
+    events = sse(
+        call(url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 7, "temperature": 0, "stream": True})[1]
+    )
     assert events[-1] == "[DONE]"
     deltas = [e["choices"][0]["delta"] for e in events[:-1]]
     assert deltas[0] == {"role": "assistant", "content": ""} and deltas[-1] == {}
@@ -159,7 +174,7 @@ def test_stop_strings(url):
     full = call(url, "/v1/completions", body)[1]["choices"][0]["text"]
     assert len(full) > 6
     stop = full[3:5]
-    cut = full[:full.find(stop)]
+    cut = full[: full.find(stop)]
     got = call(url, "/v1/completions", dict(body, stop=[stop, "\u2603never"]))[1]
     assert got["choices"][0]["text"] == cut and got["choices"][0]["finish_reason"] == "stop"
     events = sse(call(url, "/v1/completions", dict(body, stop=stop, stream=True))[1])
@@ -182,8 +197,12 @@ def _err(status_body, status, param=None, match=None):
 def test_4xx_errors_in_openai_shape(url):
     _err(call(url, "/v1/completions", raw=b"{not json"), 400, match="parse the JSON")
     _err(call(url, "/v1/completions", raw=b"[1, 2]"), 400, match="must be an object")
-    _err(call(url, "/v1/completions", {"prompt": "x", "frequency_penalty": 1}), 400, "frequency_penalty",
-         "frequency_penalty")
+    _err(
+        call(url, "/v1/completions", {"prompt": "x", "frequency_penalty": 1}),
+        400,
+        "frequency_penalty",
+        "frequency_penalty",
+    )
     _err(call(url, "/v1/completions", {"prompt": "x", "max_tokens": "5"}), 400, "max_tokens")
     _err(call(url, "/v1/completions", {"prompt": "x", "temperature": True}), 400, "temperature")
     _err(call(url, "/v1/completions", {"prompt": "x", "stream": "yes"}), 400, "stream")
@@ -191,19 +210,25 @@ def test_4xx_errors_in_openai_shape(url):
     _err(call(url, "/v1/completions", {"max_tokens": 3}), 400, "prompt")
     _err(call(url, "/v1/completions", {"prompt": "x", "max_tokens": 513}), 400, "max_tokens", "at most 512")
     long_prompt = "word " * 80  # > 64 tokens
-    assert _err(call(url, "/v1/completions", {"prompt": long_prompt}), 400, "prompt")["code"] == \
-        "context_length_exceeded"
+    assert (
+        _err(call(url, "/v1/completions", {"prompt": long_prompt}), 400, "prompt")["code"] == "context_length_exceeded"
+    )
     _err(call(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": long_prompt}]}), 400, "messages")
     _err(call(url, "/v1/chat/completions", {"messages": "hi"}), 400, "messages")
-    _err(call(url, "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}), 400,
-         "messages[0].role")
-    _err(call(url, "/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}), 400, "messages",
-         "no user message")
-    _err(call(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "tone": 1}]}), 400,
-         "messages[0].tone")
+    _err(call(url, "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}), 400, "messages[0].role")
+    _err(
+        call(url, "/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}),
+        400,
+        "messages",
+        "no user message",
+    )
+    _err(
+        call(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "tone": 1}]}),
+        400,
+        "messages[0].tone",
+    )
     _err(call(url, "/v1/chat/completions", {"prompt": "x"}), 400, "prompt")
-    assert _err(call(url, "/v1/completions", raw=b" " * ((1 << 20) + 1)), 413)["code"] == \
-        "request_too_large"
+    assert _err(call(url, "/v1/completions", raw=b" " * ((1 << 20) + 1)), 413)["code"] == "request_too_large"
     _err(call(url, "/v1/nothing"), 404)
     _err(call(url, "/v1/completions"), 405)
     _err(call(url, "/v1/models", {"x": 1}), 405)
@@ -237,15 +262,25 @@ def test_api_key_required_and_never_logged(run, caplog, capfd):
 
 BATCHED = [  # (path, body): prompts and lengths differ; greedy and seeded; plain, streamed, with a stop string
     ("/v1/completions", {"prompt": "The", "max_tokens": 20, "temperature": 0}),
-    ("/v1/completions", {"prompt": "What is the opposite of hot? The opposite of hot is", "max_tokens": 3,
-                         "temperature": 0}),
+    (
+        "/v1/completions",
+        {"prompt": "What is the opposite of hot? The opposite of hot is", "max_tokens": 3, "temperature": 0},
+    ),
     ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "stream": True}),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 9,
-                              "temperature": 0}),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 15,
-                              "temperature": 0, "stream": True}),
-    ("/v1/completions", {"prompt": "A duck says", "max_tokens": 16, "temperature": 0.9, "top_p": 0.9,
-                         "seed": 11}),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 9, "temperature": 0},
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "max_tokens": 15,
+            "temperature": 0,
+            "stream": True,
+        },
+    ),
+    ("/v1/completions", {"prompt": "A duck says", "max_tokens": 16, "temperature": 0.9, "top_p": 0.9, "seed": 11}),
     ("/v1/completions", {"prompt": "The", "max_tokens": 20, "temperature": 0, "stop": ["e"]}),
 ]
 
@@ -256,11 +291,16 @@ def answer(url, path, body) -> tuple[str, str | None, int | None]:
     assert status == 200, got
     if not body.get("stream"):
         c = got["choices"][0]
-        return c["message"]["content"] if "message" in c else c["text"], c["finish_reason"], \
-            got["usage"]["completion_tokens"]
+        return (
+            c["message"]["content"] if "message" in c else c["text"],
+            c["finish_reason"],
+            got["usage"]["completion_tokens"],
+        )
     events = sse(got)[:-1]
-    text = "".join(e["choices"][0]["delta"].get("content", "") if "delta" in e["choices"][0]
-                   else e["choices"][0]["text"] for e in events)
+    text = "".join(
+        e["choices"][0]["delta"].get("content", "") if "delta" in e["choices"][0] else e["choices"][0]["text"]
+        for e in events
+    )
     return text, events[-1]["choices"][0]["finish_reason"], None
 
 
@@ -279,7 +319,7 @@ def test_requests_answered_in_one_batch_get_what_they_get_alone(server):
             futures = [pool.submit(answer, url, path, body) for path, body in BATCHED]
             deadline = time.time() + 30
             while srv.batcher.waiting < len(BATCHED) - 1 and time.time() < deadline:  # one is taken, waiting
-                time.sleep(0.01)                                                   # for the lock
+                time.sleep(0.01)  # for the lock
             status, models, _ = call(url, "/v1/models")
             assert status == 200 and models["data"][0]["id"] == "tiny-sft"
             assert not any(f.done() for f in futures)
@@ -353,8 +393,11 @@ def test_bounded_load_mixed_requests(server):
         if kind == "valid_completion":
             return kind, call(url, "/v1/completions", {"prompt": f"Hello {i}", "max_tokens": 3, "seed": i})[0]
         if kind == "valid_chat":
-            return kind, call(url, "/v1/chat/completions",
-                              {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 3})[0]
+            return kind, call(
+                url,
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 3},
+            )[0]
         if kind == "bad_json":
             return kind, call(url, "/v1/completions", raw=b'{"prompt": "x", ')[0]
         if kind == "unknown_field":
@@ -389,9 +432,26 @@ def test_cli_serve_passes_the_batching_options_and_stops_on_ctrl_c(run):
     import gptlab
 
     env = dict(os.environ, PYTHONPATH=str(Path(gptlab.__file__).parents[1]))
-    proc = subprocess.Popen([sys.executable, "-c", "from gptlab.cli import main; raise SystemExit(main())", "serve",
-                             str(run), "--port", "0", "--device", "cpu", "--max-batch", "3", "--batch-wait-ms", "2"],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from gptlab.cli import main; raise SystemExit(main())",
+            "serve",
+            str(run),
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            "--max-batch",
+            "3",
+            "--batch-wait-ms",
+            "2",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         for line in proc.stderr:
@@ -411,11 +471,17 @@ def test_cli_serve_passes_the_batching_options_and_stops_on_ctrl_c(run):
     assert "Traceback" not in "".join(lines) + rest
 
 
-@pytest.mark.parametrize("bad, field", [(dict(max_batch=True), "max_batch"), (dict(max_tokens_limit=True),
-                                                                             "max_tokens_limit"),
-                                        (dict(port=70000), "port"), (dict(max_batch=5000), "max_batch"),
-                                        (dict(host=8000), "host"),
-                                        (dict(max_batch_size=4), "max_batch_size")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (dict(max_batch=True), "max_batch"),
+        (dict(max_tokens_limit=True), "max_tokens_limit"),
+        (dict(port=70000), "port"),
+        (dict(max_batch=5000), "max_batch"),
+        (dict(host=8000), "host"),
+        (dict(max_batch_size=4), "max_batch_size"),
+    ],
+)
 def test_server_settings_are_checked_against_their_declaration(run, bad, field):
     """One declaration (posttrain/settings.py) for the CLI and the library: a boolean is not a count, a port is
     in [0, 65535], the CLI's upper bounds hold here too, and an unknown name is refused, each as one line."""

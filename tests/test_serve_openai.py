@@ -26,8 +26,16 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run):
-    srv = make_server(run, port=0, api_key=KEY, max_tokens_limit=256, model_name="tiny-sft", device="cpu",
-                      max_batch=8, batch_wait_ms=5)
+    srv = make_server(
+        run,
+        port=0,
+        api_key=KEY,
+        max_tokens_limit=256,
+        model_name="tiny-sft",
+        device="cpu",
+        max_batch=8,
+        batch_wait_ms=5,
+    )
     with Running(srv) as u:
         yield srv, u
 
@@ -51,8 +59,16 @@ def test_completion_and_its_stream(client, run):
     model, _ = load_run_model(run, "cpu")
     assert done.choices[0].text == generate_text(model, prompt, 8, temperature=0.0)
     assert done.usage.prompt_tokens == len(encode(prompt)) and done.usage.completion_tokens > 0
-    chunks = list(client.completions.create(model="tiny-sft", prompt=prompt, max_tokens=8, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="tiny-sft",
+            prompt=prompt,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == done.choices[0].text
     assert chunks[-1].choices == [] and chunks[-1].usage == done.usage
     assert chunks[-2].choices[0].finish_reason == done.choices[0].finish_reason
@@ -62,12 +78,16 @@ def test_chat_and_its_stream(client):
     done = client.chat.completions.create(model="tiny-sft", messages=MSGS, max_tokens=7, temperature=0)
     msg = done.choices[0].message
     assert msg.role == "assistant"
-    same = client.completions.create(model="tiny-sft", prompt=format_prompt({"instruction": "Name a colour.",
-                                                                             "input": ""}),
-                                     max_tokens=7, temperature=0)
+    same = client.completions.create(
+        model="tiny-sft",
+        prompt=format_prompt({"instruction": "Name a colour.", "input": ""}),
+        max_tokens=7,
+        temperature=0,
+    )
     assert msg.content == same.choices[0].text
-    chunks = list(client.chat.completions.create(model="tiny-sft", messages=MSGS, max_tokens=7, temperature=0,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model="tiny-sft", messages=MSGS, max_tokens=7, temperature=0, stream=True)
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == msg.content
     assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
@@ -77,9 +97,10 @@ def test_stop_seed_and_top_p(client):
     full = client.completions.create(model="tiny-sft", prompt="The", max_tokens=12, temperature=0).choices[0].text
     assert len(full) > 6
     stop = full[3:5]
-    cut = client.completions.create(model="tiny-sft", prompt="The", max_tokens=12, temperature=0,
-                                    stop=[stop]).choices[0]
-    assert cut.text == full[:full.find(stop)] and cut.finish_reason == "stop"
+    cut = client.completions.create(model="tiny-sft", prompt="The", max_tokens=12, temperature=0, stop=[stop]).choices[
+        0
+    ]
+    assert cut.text == full[: full.find(stop)] and cut.finish_reason == "stop"
     seeded = dict(model="tiny-sft", prompt="Hello", max_tokens=10, temperature=1.0, seed=3)
     a, b = (client.completions.create(**seeded).choices[0].text for _ in range(2))
     assert a == b
@@ -122,8 +143,12 @@ def test_concurrent_clients_get_the_answers_they_get_alone(server, client):
 
     def ask(prompt, n, stream):
         if stream:
-            return "".join(c.choices[0].text for c in client.completions.create(
-                model="tiny-sft", prompt=prompt, max_tokens=n, temperature=0, stream=True))
+            return "".join(
+                c.choices[0].text
+                for c in client.completions.create(
+                    model="tiny-sft", prompt=prompt, max_tokens=n, temperature=0, stream=True
+                )
+            )
         return client.completions.create(model="tiny-sft", prompt=prompt, max_tokens=n, temperature=0).choices[0].text
 
     alone = [ask(*j) for j in jobs]

@@ -102,8 +102,9 @@ def test_client_leaving_mid_stream_is_one_log_line_and_leaves_the_batch(served, 
     raw = json.dumps({"prompt": "Once upon a time", "max_tokens": 500, "temperature": 0, "stream": True}).encode()
     cancelled = served.batcher.cancelled_rows
     with _connect(served) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(raw)).encode()
-                  + b"\r\n\r\n" + raw)
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw
+        )
         got = b""
         while got.count(b"data: ") < 3:
             got += s.recv(65536)
@@ -129,15 +130,26 @@ def test_idle_keep_alive_connection_is_closed_after_the_read_timeout(served):
     assert reply.startswith(b"HTTP/1.1 200") and 0.4 < waited < 5
 
 
-@pytest.mark.parametrize("field,value", [
-    ("seed", 2**64), ("seed", -2**63 - 1), ("max_tokens", 2**70), ("temperature", 1e400),
-    ("n", 2**64), ("top_p", -1e-9),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("seed", 2**64),
+        ("seed", -(2**63) - 1),
+        ("max_tokens", 2**70),
+        ("temperature", 1e400),
+        ("n", 2**64),
+        ("top_p", -1e-9),
+    ],
+)
 def test_out_of_range_request_fields_are_400_not_500(served, field, value):
     raw = json.dumps({"prompt": "x", "max_tokens": 1, field: value}).encode()
     with _connect(served) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
-                  + str(len(raw)).encode() + b"\r\n\r\n" + raw)
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
+            + str(len(raw)).encode()
+            + b"\r\n\r\n"
+            + raw
+        )
         reply = _response(s)
     assert reply.startswith(b"HTTP/1.1 400"), reply[:300]
     err = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]
@@ -146,10 +158,12 @@ def test_out_of_range_request_fields_are_400_not_500(served, field, value):
 
 def test_chunked_bodies_are_read_under_the_same_cap(served):
     """A body without Content-Length (chunked) is accepted, and refused with a 413 once it outgrows the cap."""
+
     def post_chunked(chunks: list[bytes]) -> bytes:
         with _connect(served) as s:
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                      b"Transfer-Encoding: chunked\r\n\r\n")
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
             for c in chunks:
                 s.sendall(b"%x\r\n%s\r\n" % (len(c), c))
             s.sendall(b"0\r\n\r\n")

@@ -22,23 +22,55 @@ from test_slurm import write_spec
 from gptlab import GptlabError
 from gptlab.experiments.scheduler.skypilot import SETUP, write_task
 
-TASK_KEYS = {"name", "workdir", "num_nodes", "resources", "envs", "secrets", "file_mounts", "setup", "run",
-             "event_callback", "service", "config"}  # https://docs.skypilot.co/en/latest/reference/yaml-spec.html
+TASK_KEYS = {
+    "name",
+    "workdir",
+    "num_nodes",
+    "resources",
+    "envs",
+    "secrets",
+    "file_mounts",
+    "setup",
+    "run",
+    "event_callback",
+    "service",
+    "config",
+}  # https://docs.skypilot.co/en/latest/reference/yaml-spec.html
 
 
 def emit(tmp_path, data, *extra):
     spec = write_spec(tmp_path, data)
     out = tmp_path / "sky.yaml"
-    r = subprocess.run([sys.executable, "-m", "gptlab", "experiment", str(spec), "--backend", "skypilot",
-                        "--accelerator", "H100", "--gpus-per-node", "8", "--emit", str(out), *extra],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptlab",
+            "experiment",
+            str(spec),
+            "--backend",
+            "skypilot",
+            "--accelerator",
+            "H100",
+            "--gpus-per-node",
+            "8",
+            "--emit",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
 
 def test_task_yaml_follows_the_task_schema(small_data, tmp_path):
-    t = yaml.safe_load(emit(tmp_path, small_data, "--set", "train.lr=0.001", "--set", 'data.source="bundled"')
-                       .read_text())
+    t = yaml.safe_load(
+        emit(tmp_path, small_data, "--set", "train.lr=0.001", "--set", 'data.source="bundled"').read_text()
+    )
     assert set(t) <= TASK_KEYS
     assert t["name"] == "gptlab-t" and t["num_nodes"] == 1 and Path(t["workdir"]) == tmp_path
     assert t["resources"] == {"accelerators": "H100:8"}
@@ -50,8 +82,10 @@ def test_task_yaml_follows_the_task_schema(small_data, tmp_path):
     run = t["run"].splitlines()
     assert run[1] == ". .venv/bin/activate"
     assert run[2] == f"test -f {small_data}/meta.json || gptlab prepare bundled --out {small_data}"
-    assert run[3] == ("gptlab experiment exp.toml --out experiments/t --backend local --gpus-per-run 8 "
-                      "--set train.lr=0.001 --set 'data.source=\"bundled\"'")
+    assert run[3] == (
+        "gptlab experiment exp.toml --out experiments/t --backend local --gpus-per-run 8 "
+        "--set train.lr=0.001 --set 'data.source=\"bundled\"'"
+    )
 
 
 PARSE = """import json, sys
@@ -68,8 +102,10 @@ def _sky_python() -> str:
         return sys.executable
     py = os.environ.get("GPTLAB_SKY_PYTHON")
     if not py:
-        pytest.skip("SkyPilot is not installed here (its click pin conflicts with the test extra): set "
-                    "GPTLAB_SKY_PYTHON to a Python that has skypilot==0.14.1 to run its parser on the task")
+        pytest.skip(
+            "SkyPilot is not installed here (its click pin conflicts with the test extra): set "
+            "GPTLAB_SKY_PYTHON to a Python that has skypilot==0.14.1 to run its parser on the task"
+        )
     r = subprocess.run([py, "-c", "import sky"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"GPTLAB_SKY_PYTHON={py} cannot import sky: {r.stderr.strip()[-500:]}"
     return py
@@ -79,8 +115,13 @@ def test_sky_parses_the_task(small_data, tmp_path):
     """SkyPilot's own parser (sky.Task.from_yaml) reads the task."""
     path = emit(tmp_path, small_data, "--set", 'data.source="bundled"')
     (tmp_path / "parse.py").write_text(PARSE)
-    r = subprocess.run([_sky_python(), str(tmp_path / "parse.py"), str(path)], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+    r = subprocess.run(
+        [_sky_python(), str(tmp_path / "parse.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     task = json.loads(r.stdout.strip().splitlines()[-1])
     assert task["num_nodes"] == 1 and "gptlab experiment" in task["run"]

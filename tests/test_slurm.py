@@ -27,9 +27,14 @@ pytest_plugins = ["conftest_slurm"]  # the slurm_cluster fixture
 def write_spec(tmp_path, data, seeds=(1, 2), tokens=8 * 32 * 6, variants=None, **extra):
     base = parse_overrides(tiny_overrides(data, **{"train.tokens": tokens, "train.checkpoint_interval": 2, **extra}))
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    spec = {"name": "t", "base": "base.toml", "seeds": list(seeds), "baseline": "baseline",
-            "variants": variants or [{"name": "baseline", "interventions": []},
-                                     {"name": "no_dropout", "interventions": ["no_dropout"]}]}
+    spec = {
+        "name": "t",
+        "base": "base.toml",
+        "seeds": list(seeds),
+        "baseline": "baseline",
+        "variants": variants
+        or [{"name": "baseline", "interventions": []}, {"name": "no_dropout", "interventions": ["no_dropout"]}],
+    }
     p = tmp_path / "exp.toml"
     p.write_text(tomli_w.dumps(spec))
     return p
@@ -51,8 +56,16 @@ def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm
     assert run_experiment(str(spec), out=str(tmp_path / "local"), quiet=True, parallel=2) == 0
     t_local = time.time() - t0
     t0 = time.time()
-    assert run_experiment(str(spec), out=str(tmp_path / "slurm"), quiet=True, backend="slurm",
-                          backend_options=slurm_options(slurm_cluster)) == 0
+    assert (
+        run_experiment(
+            str(spec),
+            out=str(tmp_path / "slurm"),
+            quiet=True,
+            backend="slurm",
+            backend_options=slurm_options(slurm_cluster),
+        )
+        == 0
+    )
     t_slurm = time.time() - t0
     with capsys.disabled():
         print(f"\n2x2 matrix: local backend (2 at a time) {t_local:.1f}s, SLURM backend {t_slurm:.1f}s")
@@ -68,33 +81,57 @@ def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm
     assert [r["state"] for r in rows] == ["done"] * 4
     assert [r["job_id"] for r in rows] == [jobs[r["run_id"]]["job_id"] for r in rows]
     assert all("exit 0" in r["log"] for r in rows)
-    r = subprocess.run([sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(tmp_path / "slurm"),
-                        "--status"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(tmp_path / "slurm"), "--status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "4 done" in r.stdout and jobs["no_dropout-s2"]["job_id"] in r.stdout, r.stdout
     # a re-run submits nothing
     capsys.readouterr()
-    assert run_experiment(str(spec), out=str(tmp_path / "slurm"), quiet=True, backend="slurm",
-                          backend_options=slurm_options(slurm_cluster)) == 0
+    assert (
+        run_experiment(
+            str(spec),
+            out=str(tmp_path / "slurm"),
+            quiet=True,
+            backend="slurm",
+            backend_options=slurm_options(slurm_cluster),
+        )
+        == 0
+    )
     assert "0 to run" in capsys.readouterr().out and load_jobs(tmp_path / "slurm") == jobs
 
 
 def test_sbatch_refusal_is_one_line_naming_the_option(small_data, slurm_cluster, tmp_path):
     spec = write_spec(tmp_path, small_data, seeds=(1,))
     with pytest.raises(GptlabError, match=r"sbatch refused the job for baseline-s1: .*partition") as e:
-        run_experiment(str(spec), out=str(tmp_path / "x"), quiet=True, backend="slurm",
-                       backend_options=slurm_options("no-such-partition"))
+        run_experiment(
+            str(spec),
+            out=str(tmp_path / "x"),
+            quiet=True,
+            backend="slurm",
+            backend_options=slurm_options("no-such-partition"),
+        )
     assert "\n" not in str(e.value)
     with pytest.raises(GptlabError, match=r"--nodes-per-run: expected an integer >= 1, got 0"):
-        run_experiment(str(spec), out=str(tmp_path / "x"), quiet=True, backend="slurm",
-                       backend_options=slurm_options(slurm_cluster, nodes_per_run=0))
+        run_experiment(
+            str(spec),
+            out=str(tmp_path / "x"),
+            quiet=True,
+            backend="slurm",
+            backend_options=slurm_options(slurm_cluster, nodes_per_run=0),
+        )
 
 
 def test_status_of_local_runs(small_data, tmp_path):
     spec = write_spec(tmp_path, small_data, seeds=(1,))
     out = tmp_path / "exp"
     rows = experiment_status(str(spec), out=str(out))
-    assert [(r["run_id"], r["state"], r["job_id"]) for r in rows] == [("baseline-s1", "pending", None),
-                                                                     ("no_dropout-s1", "pending", None)]
+    assert [(r["run_id"], r["state"], r["job_id"]) for r in rows] == [
+        ("baseline-s1", "pending", None),
+        ("no_dropout-s1", "pending", None),
+    ]
     assert run_experiment(str(spec), out=str(out), quiet=True, only=["baseline"]) == 0
     (out / "runs/no_dropout-s1.log").write_text("Traceback ...\nRuntimeError: out of memory\n")  # started, died
     rows = experiment_status(str(spec), out=str(out))
@@ -104,8 +141,19 @@ def test_status_of_local_runs(small_data, tmp_path):
     assert "1 done, 1 failed" in text and "out of memory" in text
     # a local training process working on a run folder: running
     cfg = out / "configs/baseline-s1.toml"
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gptlab", "train", "--config",
-                          str(cfg), "--run-dir", str(out / "runs/no_dropout-s1")])
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+            "gptlab",
+            "train",
+            "--config",
+            str(cfg),
+            "--run-dir",
+            str(out / "runs/no_dropout-s1"),
+        ]
+    )
     try:
         deadline = time.time() + 20
         while experiment_status(str(spec), out=str(out))[1]["state"] != "running" and time.time() < deadline:
@@ -124,30 +172,67 @@ def test_multi_node_command_rendezvous_on_the_first_node(tmp_path):
     two = t.command(["n1", "n2"], 1, "123")
     assert "--standalone" not in two
     args = dict(zip(two[3:13:2], two[4:14:2], strict=True))
-    assert args == {"--nnodes": "2", "--node_rank": "1", "--nproc_per_node": "8", "--master_addr": "n1",
-                    "--master_port": str(20000 + 123)}
-    assert two[-8:] == ["-m", "gptlab", "train", "--config", str(job.config), "--run-dir", str(job.run_dir),
-                        "--resume", "--quiet"][-8:]
+    assert args == {
+        "--nnodes": "2",
+        "--node_rank": "1",
+        "--nproc_per_node": "8",
+        "--master_addr": "n1",
+        "--master_port": str(20000 + 123),
+    }
+    assert (
+        two[-8:]
+        == ["-m", "gptlab", "train", "--config", str(job.config), "--run-dir", str(job.run_dir), "--resume", "--quiet"][
+            -8:
+        ]
+    )
 
 
 _HAS_SIGNALS = importlib.util.find_spec("gptlab.train.signals") is not None
 
 
-@pytest.mark.skipif(not _HAS_SIGNALS, reason="needs preemptible training (gptlab.train.signals: checkpoint and exit "
-                                             "75 on SIGUSR1), not yet on this branch")
+@pytest.mark.skipif(
+    not _HAS_SIGNALS,
+    reason="needs preemptible training (gptlab.train.signals: checkpoint and exit "
+    "75 on SIGUSR1), not yet on this branch",
+)
 def test_preempted_job_is_requeued_and_resumes_bit_exactly(small_data, slurm_cluster, tmp_path):
     from safetensors.torch import load_file
 
     variants = [{"name": "baseline", "interventions": []}]
-    spec = write_spec(tmp_path, small_data, seeds=(1,), tokens=8 * 32 * 80, variants=variants,
-                      **{"train.checkpoint_interval": 1000, "train.eval_interval": 20})
+    spec = write_spec(
+        tmp_path,
+        small_data,
+        seeds=(1,),
+        tokens=8 * 32 * 80,
+        variants=variants,
+        **{"train.checkpoint_interval": 1000, "train.eval_interval": 20},
+    )
     ref = tmp_path / "ref"  # uninterrupted, one thread as in the job (parallel=2 gives each run half the 2 cores)
     assert run_experiment(str(spec), out=str(ref), quiet=True, parallel=2) == 0
     out = tmp_path / "slurm"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    runner = subprocess.Popen([sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out), "--quiet",
-                               "--backend", "slurm", "--partition", slurm_cluster or "", "--time", "10"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gptlab",
+            "experiment",
+            str(spec),
+            "--out",
+            str(out),
+            "--quiet",
+            "--backend",
+            "slurm",
+            "--partition",
+            slurm_cluster or "",
+            "--time",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     metrics = out / "runs/baseline-s1/metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -181,11 +266,27 @@ def test_the_sbatch_example_trains_on_the_local_cluster(small_data, slurm_cluste
     and the job's output lands in the submit folder (no logs/ folder needed)."""
     example = Path(__file__).parents[1] / "examples" / "slurm-2node.sbatch"
     (tmp_path / "tiny.toml").write_text(tomli_w.dumps(parse_overrides(tiny_overrides(small_data))))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", NPROC="2",
-               CONFIG=str(tmp_path / "tiny.toml"), RUN_DIR=str(tmp_path / "run"), GLOBAL_BATCH="8",
-               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    args = ["sbatch", "--parsable", "--wait", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10",
-            *(["--partition", slurm_cluster] if slurm_cluster else []), str(example)]
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        NPROC="2",
+        CONFIG=str(tmp_path / "tiny.toml"),
+        RUN_DIR=str(tmp_path / "run"),
+        GLOBAL_BATCH="8",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(sys.path),
+    )
+    args = [
+        "sbatch",
+        "--parsable",
+        "--wait",
+        "--nodes=1",
+        "--gpus-per-node=0",
+        "--cpus-per-task=2",
+        "--time=10",
+        *(["--partition", slurm_cluster] if slurm_cluster else []),
+        str(example),
+    ]
     r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     job = r.stdout.strip().split(";")[0]
     out = tmp_path / f"gptlab-gpt2-small-{job}.out"

@@ -208,8 +208,9 @@ def test_verdicts():
 
 
 @settings(max_examples=60, deadline=None)
-@given(hst.lists(hst.floats(-100, 100), min_size=2, max_size=8),
-       hst.lists(hst.floats(-100, 100), min_size=2, max_size=8))
+@given(
+    hst.lists(hst.floats(-100, 100), min_size=2, max_size=8), hst.lists(hst.floats(-100, 100), min_size=2, max_size=8)
+)
 def test_compare_is_antisymmetric_and_ci_contains_diff(a, b):
     c1, c2 = compare(a, b), compare(b, a)
     if not math.isfinite(c1["t"]):
@@ -222,6 +223,7 @@ def test_compare_is_antisymmetric_and_ci_contains_diff(a, b):
 
 
 # ---- paired design ---------------------------------------------------------------------------------------------
+
 
 def test_compare_paired_r_sleep_example():
     # R, t.test(sleep$extra[1:10], sleep$extra[11:20], paired = TRUE): t = -4.0621, df = 9, p-value = 0.002833,
@@ -273,6 +275,7 @@ def test_compare_paired_edge_cases():
 
 # ---- TOST ------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("margin", [0.5, 1.0, 2.0, 4.0])
 def test_tost_is_two_one_sided_welch_tests(margin):
     # Independent check: scipy's one-sided Welch tests of (variant + margin) > baseline and
@@ -320,6 +323,7 @@ def test_compare_equivalence_verdict():
 
 # ---- verdict rule ----------------------------------------------------------------------------------------------
 
+
 def test_verdict_rule_holm_then_suggestive_then_equivalence():
     assert verdict(-0.1, 0.001, 0.003, 4) == "better"
     assert verdict(+0.1, 0.001, 0.003, 4) == "worse"
@@ -333,6 +337,7 @@ def test_verdict_rule_holm_then_suggestive_then_equivalence():
 
 
 # ---- MDE, seeds needed ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("d, n", [(0.5, 64), (0.6, 45), (0.8, 26), (1.0, 17), (1.2, 12)])
 def test_mde_against_cohen_1988_table(d, n):
@@ -490,6 +495,7 @@ def test_design_test_and_simulated_experiments_broadcast():
             for j in range(3):
                 one = test(base[i], var[i, j])
                 assert (many["diff"][i, j], many["t"][i, j], many["p"][i, j]) == pytest.approx(
-                    (one["diff"], one["t"], one["p"]), rel=1e-12)
+                    (one["diff"], one["t"], one["p"]), rel=1e-12
+                )
     with pytest.raises(ValueError, match="as many baseline as variant values"):
         paired_test(base[:, None, :5], var)

@@ -29,8 +29,13 @@ def _spec(tmp_path, data, variants=("baseline", "no_dropout"), ladder=None) -> P
     over = {"train.tokens": 8 * 32 * STEPS, "train.checkpoint_interval": 0, "train.eval_interval": 0}
     base = parse_overrides(tiny_overrides(data, **over))  # a checkpoint only at the end and at a stop
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    spec = {"name": "t", "base": "base.toml", "seeds": [1], "baseline": "baseline",
-            "variants": [{"name": v, "interventions": [] if v == "baseline" else [v]} for v in variants]}
+    spec = {
+        "name": "t",
+        "base": "base.toml",
+        "seeds": [1],
+        "baseline": "baseline",
+        "variants": [{"name": v, "interventions": [] if v == "baseline" else [v]} for v in variants],
+    }
     if ladder:
         spec["ladder"] = ladder
     p = tmp_path / "exp.toml"
@@ -39,8 +44,12 @@ def _spec(tmp_path, data, variants=("baseline", "no_dropout"), ladder=None) -> P
 
 
 def _start(*args, verb="experiment", log=None):
-    return subprocess.Popen([sys.executable, "-m", "gptlab", verb, *map(str, args), "--quiet"],
-                            stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptlab", verb, *map(str, args), "--quiet"],
+        stdout=log or subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _trained_a_step(run_dir: Path, proc) -> None:
@@ -51,8 +60,10 @@ def _trained_a_step(run_dir: Path, proc) -> None:
         if m.exists() and any("train_loss" in r for r in m.read_text().splitlines()):
             return
         time.sleep(0.005)
-    raise AssertionError(f"{run_dir.name} logged no step while the runner ran (exit {proc.poll()}): "
-                         f"{proc.stdout.read() if proc.stdout else ''}")
+    raise AssertionError(
+        f"{run_dir.name} logged no step while the runner ran (exit {proc.poll()}): "
+        f"{proc.stdout.read() if proc.stdout else ''}"
+    )
 
 
 def _procs_on(path: Path) -> list[int]:
@@ -95,8 +106,12 @@ def test_sigterm_reaches_the_run_which_checkpoints_and_a_rerun_ends_bit_identica
     assert f"stopped (SIGTERM): checkpoint at step {marker['stopped_at']}" in printed
     assert "stopped by SIGTERM" in printed.splitlines()[-1]
     assert not (out / "runs" / "no_dropout-s1").exists()  # nothing new starts once stopped
-    r = subprocess.run([sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out), "--quiet"],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "2 to run" in r.stdout
     ref = tmp_path / "ref"
@@ -123,13 +138,23 @@ def test_second_runner_on_a_folder_is_one_line_and_status_still_reads_it(small_d
     spec, out = _spec(tmp_path, small_data, variants=("baseline",)), tmp_path / "exp"
     first = _start(spec, "--out", out)
     _trained_a_step(out / "runs" / "baseline-s1", first)
-    second = subprocess.run([sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert second.returncode == 2
-    assert second.stderr.strip() == (f"gptlab: error: {out}: experiment folder is in use by another runner "
-                                     f"(pid {first.pid}); `--status` shows its progress")
-    status = subprocess.run([sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out), "--status"],
-                            capture_output=True, text=True, timeout=300)
+    assert second.stderr.strip() == (
+        f"gptlab: error: {out}: experiment folder is in use by another runner "
+        f"(pid {first.pid}); `--status` shows its progress"
+    )
+    status = subprocess.run(
+        [sys.executable, "-m", "gptlab", "experiment", str(spec), "--out", str(out), "--status"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert status.returncode == 0 and "baseline-s1" in status.stdout, status.stderr
     assert not (out / "runs" / "baseline-s1" / "final.json").exists()  # the first runner's run untouched
     first.send_signal(signal.SIGUSR1)
@@ -166,10 +191,14 @@ def test_killed_runner_leaves_no_trainer_and_the_next_runner_waits_for_its_check
 
 
 def test_sigterm_to_a_ladder_stops_its_rung_and_starts_no_other(small_data, tmp_path):
-    ladder = {"rungs": [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 32, "n_heads": 2}],
-              "tokens": [8 * 32 * STEPS, 8 * 32 * STEPS], "target": {"config": "target.toml"}}
-    (tmp_path / "target.toml").write_text(tomli_w.dumps({"model": {"preset": "gpt2-small"},
-                                                         "train": {"tokens": 1_000_000_000}}))
+    ladder = {
+        "rungs": [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 32, "n_heads": 2}],
+        "tokens": [8 * 32 * STEPS, 8 * 32 * STEPS],
+        "target": {"config": "target.toml"},
+    }
+    (tmp_path / "target.toml").write_text(
+        tomli_w.dumps({"model": {"preset": "gpt2-small"}, "train": {"tokens": 1_000_000_000}})
+    )
     spec, out = _spec(tmp_path, small_data, variants=("baseline",), ladder=ladder), tmp_path / "lad"
     runner = _start(spec, "--out", out, verb="ladder")
     deadline = time.time() + 300
@@ -197,8 +226,10 @@ def test_sigusr1_reaches_every_worker_of_a_torchrun_run(small_data, tmp_path):
     assert runner.returncode == EXIT_PREEMPTED, printed[-3000:]
     assert _procs_on(out) == []
     marker = json.loads((out / "runs" / "baseline-s1" / MARKER).read_text())
-    assert marker["preempted"] == "SIGUSR1" and latest_checkpoint(out / "runs" / "baseline-s1").name == \
-        f"step_{marker['stopped_at']:07d}"
+    assert (
+        marker["preempted"] == "SIGUSR1"
+        and latest_checkpoint(out / "runs" / "baseline-s1").name == f"step_{marker['stopped_at']:07d}"
+    )
 
 
 def test_sigterm_to_a_slurm_runner_cancels_its_job_which_checkpoints(small_data, slurm_cluster, tmp_path):

@@ -33,7 +33,9 @@ def test_train_writes_run_dir_and_learns(small_data, tmp_path):
     for f in ["config.toml", "meta.json", "metrics.jsonl", "final.json", "vocab_map.npy"]:
         assert (run / f).exists(), f
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["environment"]["torch"] == torch.__version__ and meta["seed"] == 42 and "git_commit" in meta["environment"]
+    assert (
+        meta["environment"]["torch"] == torch.__version__ and meta["seed"] == 42 and "git_commit" in meta["environment"]
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
     assert len(losses) == 30 and sum(losses[-5:]) / 5 < losses[0] - 0.5
@@ -52,8 +54,11 @@ def test_resume_after_stop_is_exact(small_data, tmp_path):
     assert res["test_loss"] == ref["test_loss"]
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-             if "train_loss" in json.loads(x)]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+        if "train_loss" in json.loads(x)
+    ]
     assert steps == list(range(1, 13))  # no duplicated rows after resume
 
 
@@ -85,8 +90,11 @@ def test_sigkill_and_resume_matches_uninterrupted(small_data, tmp_path):
 
 def test_resume_with_other_config_is_refused(small_data, tmp_path):
     train(cfg_for(small_data), tmp_path / "r", stop_after=2)
-    with pytest.raises(GptlabError, match=r"step_0000002: checkpoint is from another config "
-                                          r"\(differs in train\.lr 0\.003 -> 0\.001\)"):
+    with pytest.raises(
+        GptlabError,
+        match=r"step_0000002: checkpoint is from another config "
+        r"\(differs in train\.lr 0\.003 -> 0\.001\)",
+    ):
         train(cfg_for(small_data, **{"train.lr": 1e-3}), tmp_path / "r", resume=True)
 
 
@@ -95,8 +103,10 @@ def test_second_process_on_same_run_dir_gets_lock_error(small_data, tmp_path):
 
     run = tmp_path / "locked"
     run.mkdir()
-    code = ("import fcntl,os,sys,time; fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT); "
-            "fcntl.flock(fd,fcntl.LOCK_EX); os.write(fd,b'4242'); print('locked',flush=True); time.sleep(30)")
+    code = (
+        "import fcntl,os,sys,time; fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT); "
+        "fcntl.flock(fd,fcntl.LOCK_EX); os.write(fd,b'4242'); print('locked',flush=True); time.sleep(30)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(run / "run.lock")], stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline().strip() == b"locked"
@@ -112,8 +122,9 @@ def test_second_process_on_same_run_dir_gets_lock_error(small_data, tmp_path):
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nan_policy(small_data, tmp_path, policy):
-    cfg = cfg_for(small_data, **{"train.lr": 1e30, "train.nan_policy": policy, "train.max_skips": 2,
-                                 "train.tokens": 8 * 32 * 40})
+    cfg = cfg_for(
+        small_data, **{"train.lr": 1e30, "train.nan_policy": policy, "train.max_skips": 2, "train.tokens": 8 * 32 * 40}
+    )
     with pytest.raises(GptlabError, match=r"non-finite (loss|gradient) at step \d+ .*stopping") as e:
         train(cfg, tmp_path / "nan")
     assert f"skips used {0 if policy == 'stop' else 2}/2" in str(e.value)
@@ -149,8 +160,10 @@ def test_cli_train_eval_generate(small_data, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     final = json.loads((run / "final.json").read_text())
     assert res["loss"] == pytest.approx(final["test_loss"], rel=1e-5)
-    assert main(["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "8", "--seed", "1",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "8", "--seed", "1", "--device", "cpu"])
+        == 0
+    )
     assert capsys.readouterr().out.startswith("ROMEO:")
     assert main(["train", "--run-dir", str(run), "--set", "train.lrr=1"]) == 2
     assert "train.lrr: unknown key (did you mean 'lr'?)" in capsys.readouterr().err
@@ -160,8 +173,20 @@ def test_ddp_torchrun_two_processes_matches_single(small_data, tmp_path):
     """Real torchrun, 2 CPU processes on gloo, same global batch: the same losses as one process."""
     over = tiny_overrides(small_data, **{"model.drop_rate": 0.0, "train.checkpoint_interval": 0})
     single = train(load_config(None, over), tmp_path / "one")
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "gptlab", "train", "--run-dir", str(tmp_path / "two"), "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "gptlab",
+        "train",
+        "--run-dir",
+        str(tmp_path / "two"),
+        "--quiet",
+    ]
     for o in over:
         args += ["--set", o]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -171,17 +196,36 @@ def test_ddp_torchrun_two_processes_matches_single(small_data, tmp_path):
     assert two["world_size"] == 2
     assert two["test_loss"] == pytest.approx(single["test_loss"], abs=2e-4)
     assert two["val_loss"] == pytest.approx(single["val_loss"], abs=2e-4)
-    l1 = [json.loads(x)["train_loss"] for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
-          if "train_loss" in x]
-    l2 = [json.loads(x)["train_loss"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-          if "train_loss" in x]
+    l1 = [
+        json.loads(x)["train_loss"]
+        for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+        if "train_loss" in x
+    ]
+    l2 = [
+        json.loads(x)["train_loss"]
+        for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+        if "train_loss" in x
+    ]
     assert len(l1) == len(l2) == 12
     assert max(abs(a - b) for a, b in zip(l1, l2, strict=True)) < 2e-4
 
 
 def _torchrun(run_dir, over, *extra, nproc=2):
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "gptlab", "train", "--run-dir", str(run_dir), "--quiet", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "gptlab",
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+        *extra,
+    ]
     for o in over:
         args += ["--set", o]
     return subprocess.run(args, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -210,8 +254,10 @@ def test_two_processes_with_gradient_accumulation_match_one(fsdp, muon, small_da
     """Micro-batch 2 of a global batch of 8: 2 accumulation micro-steps per rank on 2 gloo ranks (gradient sync
     skipped on the first: DDP no_sync / FSDP2 set_requires_gradient_sync(False)), 4 in one process: the same
     per-step losses and final test loss; with Muon, its Newton-Schulz iterations split over the ranks."""
-    over = tiny_overrides(small_data, **{"model.drop_rate": 0.0, "train.checkpoint_interval": 0,
-                                         "train.micro_batch_size": 2, "train.fsdp": fsdp})
+    over = tiny_overrides(
+        small_data,
+        **{"model.drop_rate": 0.0, "train.checkpoint_interval": 0, "train.micro_batch_size": 2, "train.fsdp": fsdp},
+    )
     over += ['interventions=["muon"]'] if muon else []
     single = train(load_config(None, over), tmp_path / "one")
     r = _torchrun(tmp_path / "two", over)
@@ -221,8 +267,14 @@ def test_two_processes_with_gradient_accumulation_match_one(fsdp, muon, small_da
     tol = 1e-3 if muon else 2e-4
     two = json.loads((tmp_path / "two" / "final.json").read_text())
     assert two["world_size"] == 2 and two["test_loss"] == pytest.approx(single["test_loss"], abs=tol)
-    losses = [[json.loads(x)["train_loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
-               if "train_loss" in x] for d in ("one", "two")]
+    losses = [
+        [
+            json.loads(x)["train_loss"]
+            for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+            if "train_loss" in x
+        ]
+        for d in ("one", "two")
+    ]
     assert len(losses[0]) == len(losses[1]) == 12
     assert max(abs(a - b) for a, b in zip(*losses, strict=True)) < tol
 
@@ -253,8 +305,10 @@ def test_data_order_follows_the_seed_unless_pinned(small_data, tmp_path):
     for seed in (1, 2):
         train(cfg_for(small_data, **kw, **{"train.seed": seed}), tmp_path / f"free{seed}")
         train(cfg_for(small_data, **kw, **{"train.seed": seed, "data.data_seed": 7}), tmp_path / f"pinned{seed}")
-    order = {d: json.loads((tmp_path / d / "meta.json").read_text())["data_order_seed"]
-             for d in ("free1", "free2", "pinned1", "pinned2")}
+    order = {
+        d: json.loads((tmp_path / d / "meta.json").read_text())["data_order_seed"]
+        for d in ("free1", "free2", "pinned1", "pinned2")
+    }
     assert order == {"free1": 1, "free2": 2, "pinned1": 7, "pinned2": 7}
     ds = TokenDataset(small_data, "train")
     first = {s: SequenceSampler(ds, 32, s).batch_at(0, 0, 0, 1, 4, 8)[0] for s in (1, 2, 7)}

@@ -21,8 +21,13 @@ from gptlab.experiments.tuning import choose, parse_grid, sweep_spec, tuned_spec
 def _spec(tmp_path, data, lr=1e-5, tuned=True, **extra):
     base = parse_overrides(tiny_overrides(data, **{"train.lr": lr, "train.tokens": 8 * 32 * 6}))
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    d = {"name": "t", "base": "base.toml", "seeds": [1, 2], "baseline": "baseline",
-         "variants": [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}]}
+    d = {
+        "name": "t",
+        "base": "base.toml",
+        "seeds": [1, 2],
+        "baseline": "baseline",
+        "variants": [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}],
+    }
     if tuned:
         d.update(tune="lr", tune_grid=[2e-3, 4e-3], tune_seeds=[1001])
     d.update(extra)
@@ -40,11 +45,13 @@ def test_log_grid_and_bad_grids():
 
 
 def test_tune_settings_are_checked_before_anything_runs(small_data, tmp_path):
-    for extra, msg in [({"tune": "train.nope"}, "train.nope is not a number setting"),
-                       ({"tune": "model.n_layers"}, "is not a number setting"),
-                       ({"tune_grid": [2e-3]}, "at least 2 distinct values"),
-                       ({"tune_grid": [2e-3, -1.0]}, r"train.lr=-1, variant baseline.*train.lr"),
-                       ({"tune_seeds": []}, "tune_seeds: expected a non-empty list")]:
+    for extra, msg in [
+        ({"tune": "train.nope"}, "train.nope is not a number setting"),
+        ({"tune": "model.n_layers"}, "is not a number setting"),
+        ({"tune_grid": [2e-3]}, "at least 2 distinct values"),
+        ({"tune_grid": [2e-3, -1.0]}, r"train.lr=-1, variant baseline.*train.lr"),
+        ({"tune_seeds": []}, "tune_seeds: expected a non-empty list"),
+    ]:
         with pytest.raises(GptlabError, match=msg):
             load_spec(_spec(tmp_path, small_data, **extra))
 
@@ -52,11 +59,22 @@ def test_tune_settings_are_checked_before_anything_runs(small_data, tmp_path):
 def test_choice_uses_validation_loss_marks_edges_and_reuses_base_runs(small_data, tmp_path):
     spec = load_spec(_spec(tmp_path, small_data, lr=2e-3, tune_grid=[1e-3, 4e-3]))
     sweep = sweep_spec(spec)
-    assert [v.name for v in sweep.variants] == ["baseline@lr=0.001", "baseline@lr=0.002", "baseline@lr=0.004",
-                                                "no_dropout@lr=0.001", "no_dropout@lr=0.002", "no_dropout@lr=0.004"]
-    val = {"baseline@lr=0.001-s1001": 5.0, "baseline@lr=0.002-s1001": 4.0, "baseline@lr=0.004-s1001": 4.5,
-           "no_dropout@lr=0.001-s1001": 5.0, "no_dropout@lr=0.002-s1001": math.nan,
-           "no_dropout@lr=0.004-s1001": 4.2}
+    assert [v.name for v in sweep.variants] == [
+        "baseline@lr=0.001",
+        "baseline@lr=0.002",
+        "baseline@lr=0.004",
+        "no_dropout@lr=0.001",
+        "no_dropout@lr=0.002",
+        "no_dropout@lr=0.004",
+    ]
+    val = {
+        "baseline@lr=0.001-s1001": 5.0,
+        "baseline@lr=0.002-s1001": 4.0,
+        "baseline@lr=0.004-s1001": 4.5,
+        "no_dropout@lr=0.001-s1001": 5.0,
+        "no_dropout@lr=0.002-s1001": math.nan,
+        "no_dropout@lr=0.004-s1001": 4.2,
+    }
     c = choose(spec, val)
     assert c["best"] == {"baseline": 0.002, "no_dropout": 0.004}
     assert c["val_loss"]["no_dropout"] == {"0.001": 5.0, "0.002": None, "0.004": 4.2}  # diverged: never chosen
@@ -64,7 +82,9 @@ def test_choice_uses_validation_loss_marks_edges_and_reuses_base_runs(small_data
     tuned = tuned_spec(spec, c["best"])
     # the baseline's chosen value is its base value: its runs at the baseline's lr are reused
     assert [(v.name, v.overrides) for v in tuned.variants] == [
-        ("baseline", {}), ("no_dropout@lr=0.004", {"train": {"lr": 0.004}})]
+        ("baseline", {}),
+        ("no_dropout@lr=0.004", {"train": {"lr": 0.004}}),
+    ]
     with pytest.raises(GptlabError, match="no_dropout at train.lr=0.004 has no finished run"):
         choose(spec, {k: v for k, v in val.items() if k != "no_dropout@lr=0.004-s1001"})
 

@@ -94,8 +94,12 @@ class ModelConfig:
     qkv_bias: bool = False
     bias: bool = True  # biases on out_proj, feed-forward and LayerNorm (False = "no bias anywhere")
     tie_weights: bool = False  # out_head shares tok_emb.weight
-    attn_impl: str = one_of("sdpa", "explicit")  # "sdpa" (F.scaled_dot_product_attention) or "explicit" (book's masked softmax)
-    init: str = one_of("torch", "gpt2")  # "torch" (PyTorch defaults, as the book) or "gpt2" (N(0, 0.02), scaled residuals)
+    attn_impl: str = one_of(
+        "sdpa", "explicit"
+    )  # "sdpa" (F.scaled_dot_product_attention) or "explicit" (book's masked softmax)
+    init: str = one_of(
+        "torch", "gpt2"
+    )  # "torch" (PyTorch defaults, as the book) or "gpt2" (N(0, 0.02), scaled residuals)
     norm: str = one_of("layernorm", "rmsnorm")  # "layernorm" or "rmsnorm"
     pos_emb: str = one_of("learned", "rope")  # "learned" or "rope"
     mlp: str = one_of("gelu", "swiglu")  # "gelu" (4x) or "swiglu" (parameter-matched)
@@ -121,7 +125,9 @@ class DataConfig:
     # order of training sequences: -1 (default) = train.seed, so a seed covers initialisation, dropout and data
     # order; >= 0 pins one order for every run (then seeds vary only initialisation and dropout)
     data_seed: int = ranged(-1, "[-1, 4294967295]", "-1 = follow train.seed")
-    vocab: str = one_of("gpt2", "corpus")  # "gpt2" (all 50,257 ids) or "corpus" (only ids that occur in the data; see vocab.py)
+    vocab: str = one_of(
+        "gpt2", "corpus"
+    )  # "gpt2" (all 50,257 ids) or "corpus" (only ids that occur in the data; see vocab.py)
 
 
 @dataclass
@@ -132,9 +138,15 @@ class TrainConfig:
     tf32: bool = False
     compile: bool = False
     micro_batch_size: int = ranged(8, "[1, 65536]")  # sequences per device per forward pass
-    global_batch_size: int = ranged(32, "[1, 16777216]")  # sequences per optimizer step (all ranks, all accumulation steps)
-    tokens: int = ranged(0, "[0, inf)", "0 = from flops or tokens_per_param")  # training token budget; 0 = from `flops` if set, else tokens_per_param * parameters
-    flops: float = ranged(0.0, "[0, inf)", "0 = off")  # training FLOP budget (0 = off): tokens = flops / FLOPs-per-token, so variants that
+    global_batch_size: int = ranged(
+        32, "[1, 16777216]"
+    )  # sequences per optimizer step (all ranks, all accumulation steps)
+    tokens: int = ranged(
+        0, "[0, inf)", "0 = from flops or tokens_per_param"
+    )  # training token budget; 0 = from `flops` if set, else tokens_per_param * parameters
+    flops: float = ranged(
+        0.0, "[0, inf)", "0 = off"
+    )  # training FLOP budget (0 = off): tokens = flops / FLOPs-per-token, so variants that
     # change the model's size (SwiGLU, tying, ...) get the same compute, not the same tokens
     tokens_per_param: float = ranged(20.0, "(0, inf)")
     optimizer: str = one_of("adamw", "muon")  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
@@ -150,8 +162,12 @@ class TrainConfig:
     warmup_frac: float = ranged(0.0, "[0, 1)")
     min_lr_frac: float = ranged(0.1, "[0, 1]")  # final lr = lr * min_lr_frac for cosine/linear
     z_loss: float = ranged(0.0, "[0, inf)", "0 = off")
-    seq_len_warmup_frac: float = ranged(0.0, "[0, 1)", "0 = off")  # 0 = off; else context grows linearly over this fraction of steps
-    eval_interval: int = ranged(50, "[0, inf)", "0 = only at the end")  # steps between val evaluations (0 = only at the end)
+    seq_len_warmup_frac: float = ranged(
+        0.0, "[0, 1)", "0 = off"
+    )  # 0 = off; else context grows linearly over this fraction of steps
+    eval_interval: int = ranged(
+        50, "[0, inf)", "0 = only at the end"
+    )  # steps between val evaluations (0 = only at the end)
     eval_batches: int = ranged(10, "[0, inf)", "0 = the whole val split")
     log_interval: int = ranged(10, "[1, inf)")
     checkpoint_interval: int = ranged(100, "[0, inf)", "0 = only at the end")  # steps; 0 = only at the end
@@ -167,8 +183,9 @@ class TrainConfig:
     # Neither this nor log_project is part of the config hash: they change how a run is watched, not the run.
     loggers: list[str] = subset_of(("jsonl", "tensorboard", "wandb", "trackio"), ("jsonl",), hashed=False)
     # W&B project of every run; Trackio project of a plain run (an experiment's runs: the experiment's name)
-    log_project: str = matching("gptlab", r"[A-Za-z0-9_.+-]+", "a project name of letters, digits, _ . + or -",
-                                hashed=False)
+    log_project: str = matching(
+        "gptlab", r"[A-Za-z0-9_.+-]+", "a project name of letters, digits, _ . + or -", hashed=False
+    )
 
 
 @dataclass
@@ -330,7 +347,9 @@ def resolve_preset(cfg: RunConfig, explicit_model_keys: set[str], where: str = "
     if not m.preset:
         return
     if m.preset not in PRESETS:
-        raise GptlabError(f"{where}: unknown preset '{m.preset}'{_suggest(m.preset, PRESETS)}; choose from {', '.join(PRESETS)}")
+        raise GptlabError(
+            f"{where}: unknown preset '{m.preset}'{_suggest(m.preset, PRESETS)}; choose from {', '.join(PRESETS)}"
+        )
     for k, v in PRESETS[m.preset].items():
         if k not in explicit_model_keys:
             setattr(m, k, v)
@@ -361,11 +380,22 @@ def validate(cfg: RunConfig, where: str = "<config>") -> None:
             raise GptlabError(f"{where}: {fld}: {msg}")
     m, t = cfg.model, cfg.train
     checks = [
-        (m.emb_dim % m.n_heads == 0, "model.emb_dim", f"must be divisible by model.n_heads ({m.emb_dim} % {m.n_heads} != 0)"),
-        (not (m.pos_emb == "rope" and (m.emb_dim // m.n_heads) % 2), "model.pos_emb", "rope needs an even head dimension"),
+        (
+            m.emb_dim % m.n_heads == 0,
+            "model.emb_dim",
+            f"must be divisible by model.n_heads ({m.emb_dim} % {m.n_heads} != 0)",
+        ),
+        (
+            not (m.pos_emb == "rope" and (m.emb_dim // m.n_heads) % 2),
+            "model.pos_emb",
+            "rope needs an even head dimension",
+        ),
         (not (t.tokens and t.flops), "train.flops", "set either train.tokens or train.flops, not both"),
-        (not (m.mup and t.optimizer == "muon"), "model.mup",
-         "muP's lr scaling here is for AdamW; train.optimizer = muon scales its own updates (use one or the other)"),
+        (
+            not (m.mup and t.optimizer == "muon"),
+            "model.mup",
+            "muP's lr scaling here is for AdamW; train.optimizer = muon scales its own updates (use one or the other)",
+        ),
     ]
     for ok, fld, msg in checks:
         if not ok:
@@ -380,8 +410,14 @@ class Resolved(NamedTuple):
     vocab: Any
 
 
-def resolve(source: str | Path | dict | None, *, where: str | None = None, extra: dict | None = None,
-            overrides: list[str] | None = None, apply_interventions: bool = True) -> Resolved:
+def resolve(
+    source: str | Path | dict | None,
+    *,
+    where: str | None = None,
+    extra: dict | None = None,
+    overrides: list[str] | None = None,
+    apply_interventions: bool = True,
+) -> Resolved:
     """The one resolution of a run's config: `source` (a config file, read with its `base` chain; a raw table, its
     chain merged, e.g. an experiment run's; None: the defaults), `extra` (a table) and `overrides` (--set) merged
     over it, typed, the preset filled in, the interventions applied (apply_interventions=False: an already resolved
@@ -405,8 +441,12 @@ def resolve(source: str | Path | dict | None, *, where: str | None = None, extra
     return Resolved(cfg, cfg.hash(), vocab)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                extra: dict | None = None, apply_interventions: bool = True) -> RunConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict | None = None,
+    apply_interventions: bool = True,
+) -> RunConfig:
     """A TOML file's (or the defaults') resolved config, with `extra` (a table) and `--set` overrides (`resolve`)."""
     return resolve(path, extra=extra, overrides=overrides, apply_interventions=apply_interventions).cfg
 
@@ -427,8 +467,12 @@ def config_changes(old: RunConfig, new: RunConfig, most: int = 4) -> str:
     first (they explain the rest), then in config order; at most `most`, then '+N more'."""
     o, n = flat(old.to_dict()), flat(new.to_dict())
     keys = sorted((k for k in {**o, **n} if o.get(k) != n.get(k)), key=lambda k: k != "interventions")
-    parts = [f"{k} {o.get(k)!r} -> {n.get(k)!r}" if isinstance(o.get(k), str) or isinstance(n.get(k), str)
-             else f"{k} {o.get(k)} -> {n.get(k)}" for k in keys[:most]]
+    parts = [
+        f"{k} {o.get(k)!r} -> {n.get(k)!r}"
+        if isinstance(o.get(k), str) or isinstance(n.get(k), str)
+        else f"{k} {o.get(k)} -> {n.get(k)}"
+        for k in keys[:most]
+    ]
     return ", ".join(parts) + (f", +{len(keys) - most} more" if len(keys) > most else "")
 
 

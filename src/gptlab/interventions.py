@@ -49,7 +49,9 @@ BOOK = "Raschka, Build a Large Language Model (from Scratch), ch. 4-5"
 # ---- the seed's interventions ------------------------------------------------------------------
 
 
-@register("grad_clip", "clip the global gradient norm before each optimizer step", SEED_BLOG + " 32b; Pascanu et al. 2013")
+@register(
+    "grad_clip", "clip the global gradient norm before each optimizer step", SEED_BLOG + " 32b; Pascanu et al. 2013"
+)
 def _grad_clip(cfg: RunConfig, max_norm: float = 1.0) -> None:
     cfg.train.grad_clip = float(max_norm)
 
@@ -64,10 +66,14 @@ def _qkv_bias(cfg: RunConfig) -> None:
     cfg.model.qkv_bias = True
 
 
-@register("lr_schedule", "linear warmup then cosine decay from a peak lr to peak*final",
-          SEED_BLOG + " 32f; Loshchilov & Hutter 2016")
-def _lr_schedule(cfg: RunConfig, peak: float = 0.0, warmup: float = 0.05, final: float = 0.1,
-                 shape: str = "cosine") -> None:
+@register(
+    "lr_schedule",
+    "linear warmup then cosine decay from a peak lr to peak*final",
+    SEED_BLOG + " 32f; Loshchilov & Hutter 2016",
+)
+def _lr_schedule(
+    cfg: RunConfig, peak: float = 0.0, warmup: float = 0.05, final: float = 0.1, shape: str = "cosine"
+) -> None:
     if peak:
         cfg.train.lr = float(peak)
     cfg.train.schedule = str(shape)
@@ -75,14 +81,21 @@ def _lr_schedule(cfg: RunConfig, peak: float = 0.0, warmup: float = 0.05, final:
     cfg.train.min_lr_frac = float(final)
 
 
-@register("weight_decay", "AdamW decay on weight matrices only (none on norms, biases, embeddings)",
-          SEED_BLOG + " 32g; Loshchilov & Hutter 2019 (AdamW)")
+@register(
+    "weight_decay",
+    "AdamW decay on weight matrices only (none on norms, biases, embeddings)",
+    SEED_BLOG + " 32g; Loshchilov & Hutter 2019 (AdamW)",
+)
 def _weight_decay(cfg: RunConfig, value: float = 0.1, matrices_only: bool = True) -> None:
     cfg.train.weight_decay = float(value)
     cfg.train.decay_matrices_only = bool(matrices_only)
 
 
-@register("weight_tying", "out_head shares the token-embedding matrix (as OpenAI's GPT-2)", SEED_BLOG + " 32h; Press & Wolf 2017")
+@register(
+    "weight_tying",
+    "out_head shares the token-embedding matrix (as OpenAI's GPT-2)",
+    SEED_BLOG + " 32h; Press & Wolf 2017",
+)
 def _weight_tying(cfg: RunConfig) -> None:
     cfg.model.tie_weights = True
 
@@ -120,15 +133,20 @@ def _batch_size(cfg: RunConfig, value: int = 32, micro: int = 0) -> None:
     cfg.train.micro_batch_size = min(cfg.train.micro_batch_size, cfg.train.global_batch_size)
 
 
-@register("batch_scaling", "scale the global batch by `factor` and the lr by a rule: sqrt (Adam) or linear (SGD); "
-          "token budget unchanged", "Malladi et al. 2022 (square-root rule for Adam); Goyal et al. 2017 (linear rule)")
+@register(
+    "batch_scaling",
+    "scale the global batch by `factor` and the lr by a rule: sqrt (Adam) or linear (SGD); token budget unchanged",
+    "Malladi et al. 2022 (square-root rule for Adam); Goyal et al. 2017 (linear rule)",
+)
 def _batch_scaling(cfg: RunConfig, factor: float = 2.0, rule: str = "sqrt") -> None:
     if rule not in ("sqrt", "linear"):
         raise ValueError(f"rule: expected 'sqrt' or 'linear', got {rule!r}")
     t = cfg.train
     new_batch = t.global_batch_size * float(factor)
     if factor <= 0 or not new_batch.is_integer() or new_batch < 1:
-        raise ValueError(f"factor: {factor} x global_batch_size {t.global_batch_size} is not a whole number of sequences")
+        raise ValueError(
+            f"factor: {factor} x global_batch_size {t.global_batch_size} is not a whole number of sequences"
+        )
     scale = float(factor) ** 0.5 if rule == "sqrt" else float(factor)
     t.global_batch_size = int(new_batch)
     t.micro_batch_size = min(t.micro_batch_size, t.global_batch_size)
@@ -139,7 +157,9 @@ def _batch_scaling(cfg: RunConfig, factor: float = 2.0, rule: str = "sqrt") -> N
 # ---- beyond the seed -----------------------------------------------------------------------
 
 
-@register("rope", "rotary position embeddings on q and k instead of learned absolute positions", "Su et al. 2021 (RoFormer)")
+@register(
+    "rope", "rotary position embeddings on q and k instead of learned absolute positions", "Su et al. 2021 (RoFormer)"
+)
 def _rope(cfg: RunConfig) -> None:
     cfg.model.pos_emb = "rope"
 
@@ -154,7 +174,9 @@ def _swiglu(cfg: RunConfig) -> None:
     cfg.model.mlp = "swiglu"
 
 
-@register("qk_norm", "RMSNorm on queries and keys per head before attention", "Dehghani et al. 2023; Wortsman et al. 2023")
+@register(
+    "qk_norm", "RMSNorm on queries and keys per head before attention", "Dehghani et al. 2023; Wortsman et al. 2023"
+)
 def _qk_norm(cfg: RunConfig) -> None:
     cfg.model.qk_norm = True
 
@@ -170,17 +192,23 @@ def _softcap(cfg: RunConfig, cap: float = 30.0) -> None:
     cfg.model.logit_softcap = float(cap)
 
 
-@register("z_loss", "auxiliary loss coef * logsumexp(logits)^2 keeps logits from drifting", "Chowdhery et al. 2022 (PaLM)")
+@register(
+    "z_loss", "auxiliary loss coef * logsumexp(logits)^2 keeps logits from drifting", "Chowdhery et al. 2022 (PaLM)"
+)
 def _z_loss(cfg: RunConfig, coef: float = 1e-4) -> None:
     cfg.train.z_loss = float(coef)
 
 
-@register("zero_init_proj", "zero-initialise attention and MLP output projections", "modded-nanogpt (Jordan et al. 2024)")
+@register(
+    "zero_init_proj", "zero-initialise attention and MLP output projections", "modded-nanogpt (Jordan et al. 2024)"
+)
 def _zero_init(cfg: RunConfig) -> None:
     cfg.model.zero_init_proj = True
 
 
-@register("gpt2_init", "GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2L)", "Radford et al. 2019; nanoGPT")
+@register(
+    "gpt2_init", "GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2L)", "Radford et al. 2019; nanoGPT"
+)
 def _gpt2_init(cfg: RunConfig) -> None:
     cfg.model.init = "gpt2"
 
@@ -196,10 +224,13 @@ def _seq_len_warmup(cfg: RunConfig, frac: float = 0.25) -> None:
     cfg.train.seq_len_warmup_frac = float(frac)
 
 
-@register("mup", "muP for AdamW: width multiplier m = emb_dim / base_width; hidden matrices init std / sqrt(m) and "
-          "lr / m, logits x 1/m, attention scores / d_head (base_width 0 = emb_dim: only the attention scale changes)",
-          "Yang et al. 2022, Tensor Programs V (arXiv 2203.03466), table 3 and the mup package (MuReadout, MuAdamW); "
-          "Dey et al. 2024, the muP practitioner's guide (Cerebras / EleutherAI nanoGPT-mup)")
+@register(
+    "mup",
+    "muP for AdamW: width multiplier m = emb_dim / base_width; hidden matrices init std / sqrt(m) and "
+    "lr / m, logits x 1/m, attention scores / d_head (base_width 0 = emb_dim: only the attention scale changes)",
+    "Yang et al. 2022, Tensor Programs V (arXiv 2203.03466), table 3 and the mup package (MuReadout, MuAdamW); "
+    "Dey et al. 2024, the muP practitioner's guide (Cerebras / EleutherAI nanoGPT-mup)",
+)
 def _mup(cfg: RunConfig, base_width: int = 0) -> None:
     if base_width < 0:
         raise ValueError(f"base_width: expected a width >= 1 (or 0 = the model's emb_dim), got {base_width}")

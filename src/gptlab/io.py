@@ -301,8 +301,9 @@ def confined(parent: str | Path, name: Any, what: str) -> Path:
     parent = Path(parent)
     path = parent / plain_name(name, what)
     if not path.resolve().is_relative_to(parent.resolve()):
-        raise GptlabError(f"{what} {name!r}: resolves outside {parent} (to {path.resolve()}); expected a name "
-                          f"inside it")
+        raise GptlabError(
+            f"{what} {name!r}: resolves outside {parent} (to {path.resolve()}); expected a name inside it"
+        )
     return path
 
 
@@ -321,9 +322,15 @@ def dir_owner(path: str | Path) -> str | None:
 _FORCE_ADVICE = "choose a new or empty folder (or --force to write into it anyway)"
 
 
-def check_dir(path: str | Path, kind: str, what: str, force: bool = False,
-              written_before: Callable[[Path], bool] | None = None, foreign: str = "files gptlab did not write",
-              advice: str = _FORCE_ADVICE) -> Path:
+def check_dir(
+    path: str | Path,
+    kind: str,
+    what: str,
+    force: bool = False,
+    written_before: Callable[[Path], bool] | None = None,
+    foreign: str = "files gptlab did not write",
+    advice: str = _FORCE_ADVICE,
+) -> Path:
     """Refuse to write into `path` what gptlab did not write there, with one line naming `what` and the path:
     a path that exists and is not a folder (always), or a folder holding files unless gptlab wrote it as `kind`
     (its OWNER_FILE says so, or `written_before(path)`: the kind's own test for a folder written before owner files
@@ -331,8 +338,10 @@ def check_dir(path: str | Path, kind: str, what: str, force: bool = False,
     Returns `path`; writes nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise GptlabError(f"{what} {path}: exists and is not a folder; gptlab writes a folder there, so choose "
-                          f"another path (or move the file)")
+        raise GptlabError(
+            f"{what} {path}: exists and is not a folder; gptlab writes a folder there, so choose "
+            f"another path (or move the file)"
+        )
     if force or not path.is_dir():
         return path
     entries = sorted(p.name for p in path.iterdir())
@@ -340,14 +349,17 @@ def check_dir(path: str | Path, kind: str, what: str, force: bool = False,
     if not entries or owner == kind or (owner is None and written_before is not None and written_before(path)):
         return path
     if owner is not None:
-        raise GptlabError(f"{what} {path}: is a gptlab {owner} folder, not {'an' if kind[0] in 'aeiou' else 'a'} "
-                          f"{kind} folder; {advice}")
+        raise GptlabError(
+            f"{what} {path}: is a gptlab {owner} folder, not {'an' if kind[0] in 'aeiou' else 'a'} "
+            f"{kind} folder; {advice}"
+        )
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     raise GptlabError(f"{what} {path}: holds {foreign} ({shown}); {advice}")
 
 
-def claim_dir(path: str | Path, kind: str, what: str, force: bool = False,
-              written_before: Callable[[Path], bool] | None = None) -> Path:
+def claim_dir(
+    path: str | Path, kind: str, what: str, force: bool = False, written_before: Callable[[Path], bool] | None = None
+) -> Path:
     """check_dir, then create the folder and record that gptlab writes it as `kind` (OWNER_FILE), so that the
     next command of the same kind (a resumed experiment, a second export) writes there again. Returns `path`."""
     path = check_dir(path, kind, what, force, written_before)

@@ -38,10 +38,26 @@ import math
 from gptlab.config import RunConfig
 from gptlab.train.flops import flops_per_token, peak_of, token_budget
 
-GPU_MEMORY_GIB = {"A100": 40, "A100-80": 80, "H100": 80, "H200": 141, "RTX3090": 24, "RTX4090": 24, "L4": 24,
-                  "A10G": 24}
-PRICE_PER_GPU_HOUR = {"A100": 1.3, "A100-80": 1.8, "H100": 2.5, "H200": 3.5, "RTX3090": 0.3, "RTX4090": 0.5,
-                      "L4": 0.6, "A10G": 1.0}  # rough on-demand cloud prices (USD), override with --price
+GPU_MEMORY_GIB = {
+    "A100": 40,
+    "A100-80": 80,
+    "H100": 80,
+    "H200": 141,
+    "RTX3090": 24,
+    "RTX4090": 24,
+    "L4": 24,
+    "A10G": 24,
+}
+PRICE_PER_GPU_HOUR = {
+    "A100": 1.3,
+    "A100-80": 1.8,
+    "H100": 2.5,
+    "H200": 3.5,
+    "RTX3090": 0.3,
+    "RTX4090": 0.5,
+    "L4": 0.6,
+    "A10G": 1.0,
+}  # rough on-demand cloud prices (USD), override with --price
 
 
 def memory_bytes(cfg: RunConfig, micro_batch: int, gpus: int = 1, fsdp: bool = False, device: str = "cuda") -> dict:
@@ -80,8 +96,14 @@ def memory_bytes(cfg: RunConfig, micro_batch: int, gpus: int = 1, fsdp: bool = F
     return {"params": n, "state": state, "casts": casts, "activations": acts, "logits": logits, "total": total}
 
 
-def plan(cfg: RunConfig, gpus: int = 1, gpu_type: str = "H100", mfu: float = 0.4, price: float | None = None,
-         fsdp: bool = False) -> dict:
+def plan(
+    cfg: RunConfig,
+    gpus: int = 1,
+    gpu_type: str = "H100",
+    mfu: float = 0.4,
+    price: float | None = None,
+    fsdp: bool = False,
+) -> dict:
     key = gpu_type.upper().replace(" ", "")
     peak = peak_of(gpu_type)
     t = cfg.train
@@ -95,12 +117,24 @@ def plan(cfg: RunConfig, gpus: int = 1, gpu_type: str = "H100", mfu: float = 0.4
     accum = t.global_batch_size / per_step_seqs
     hourly = (price if price is not None else PRICE_PER_GPU_HOUR.get(key, 0.0)) * gpus
     gib = GPU_MEMORY_GIB.get(key)
-    return {"params": n, "tokens": tokens, "flops_per_token": fpt, "total_flops": total, "gpus": gpus,
-            "gpu_type": key, "mfu": mfu, "hours": seconds / 3600, "cost": hourly * seconds / 3600,
-            "memory_gib": mem["total"] / 2**30, "memory_detail": {k: v / 2**30 for k, v in mem.items() if k != "params"},
-            "gpu_memory_gib": gib, "fits": gib is None or mem["total"] / 2**30 < 0.92 * gib,
-            "grad_accum": accum, "grad_accum_ok": accum >= 1 and float(accum).is_integer(),
-            "steps": math.ceil(tokens / (t.global_batch_size * cfg.model.context_length))}
+    return {
+        "params": n,
+        "tokens": tokens,
+        "flops_per_token": fpt,
+        "total_flops": total,
+        "gpus": gpus,
+        "gpu_type": key,
+        "mfu": mfu,
+        "hours": seconds / 3600,
+        "cost": hourly * seconds / 3600,
+        "memory_gib": mem["total"] / 2**30,
+        "memory_detail": {k: v / 2**30 for k, v in mem.items() if k != "params"},
+        "gpu_memory_gib": gib,
+        "fits": gib is None or mem["total"] / 2**30 < 0.92 * gib,
+        "grad_accum": accum,
+        "grad_accum_ok": accum >= 1 and float(accum).is_integer(),
+        "steps": math.ceil(tokens / (t.global_batch_size * cfg.model.context_length)),
+    }
 
 
 def format_plan(p: dict) -> str:
@@ -115,8 +149,13 @@ def format_plan(p: dict) -> str:
         f"{md['casts']:.1f} + activations {md['activations']:.1f} + logits {md['logits']:.1f}"
         + (f"  of {p['gpu_memory_gib']} GiB: {'fits' if p['fits'] else 'DOES NOT FIT'}" if p["gpu_memory_gib"] else ""),
         f"grad accumulation {p['grad_accum']:g} micro-steps per optimizer step"
-        + ("" if p["grad_accum_ok"] else "  (under one: more GPUs x micro_batch_size than global_batch_size; "
-           "fewer GPUs or a larger global_batch_size)" if p["grad_accum"] < 1
-           else "  (not a whole number: change micro_batch_size or the GPU count)"),
+        + (
+            ""
+            if p["grad_accum_ok"]
+            else "  (under one: more GPUs x micro_batch_size than global_batch_size; "
+            "fewer GPUs or a larger global_batch_size)"
+            if p["grad_accum"] < 1
+            else "  (not a whole number: change micro_batch_size or the GPU count)"
+        ),
     ]
     return "\n".join(lines)

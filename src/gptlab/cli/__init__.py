@@ -20,12 +20,15 @@ _parser = verb_parser  # the name the tests and older callers use
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gptlab", description="Train GPT-2-class base models from scratch and find out, with honest "
-                                "statistics, which recipe changes really help.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="start here:\n  gptlab prepare --out data/shakespeare\n"
-                                       "  gptlab train --config configs/tiny-cpu.toml\n"
-                                       "  gptlab experiment configs/experiments/seed-interventions.toml")
+    p = argparse.ArgumentParser(
+        prog="gptlab",
+        description="Train GPT-2-class base models from scratch and find out, with honest "
+        "statistics, which recipe changes really help.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="start here:\n  gptlab prepare --out data/shakespeare\n"
+        "  gptlab train --config configs/tiny-cpu.toml\n"
+        "  gptlab experiment configs/experiments/seed-interventions.toml",
+    )
     p.add_argument("--version", action="version", version=f"gptlab {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     for group in (pretrain, experiments, posttrain, interop):
@@ -89,8 +92,13 @@ def _main(argv: list[str] | None) -> int:
     except (sqlite3.DatabaseError, json.JSONDecodeError, UnicodeDecodeError) as e:
         # the last resort for a damaged file whose reader did not name it (gptlab's readers raise GptlabError
         # naming the file: io.read_json, the results database): still one line, the parser's own words
-        kind = "SQLite" if isinstance(e, sqlite3.DatabaseError) else "JSON" if isinstance(e, json.JSONDecodeError) \
+        kind = (
+            "SQLite"
+            if isinstance(e, sqlite3.DatabaseError)
+            else "JSON"
+            if isinstance(e, json.JSONDecodeError)
             else "UTF-8"
+        )
         print(f"gptlab: error: a file it read is damaged ({kind}: {e})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,9 +18,13 @@ def fmt(x, nd=4):
 
 
 def verb_parser(sub, name: str, help_: str, example: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=help_,
-                          epilog="example:\n" + textwrap.indent(example.strip(), "  "),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog="example:\n" + textwrap.indent(example.strip(), "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 class Number:
@@ -67,6 +71,8 @@ MAX_SHARD_TOKENS = 2**31  # tokens per shard: a 4 GiB file
 def upto(most: int, lo: int = 1) -> Number:
     """`type=` for an integer option >= lo and <= most (each bound with its own message)."""
     return Number(int, f"[{lo}, inf)", most=most)
+
+
 FRACTION = Number(float, "[0, 1)")
 SEED = Number(int, SEEDS)
 

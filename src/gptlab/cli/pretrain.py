@@ -35,16 +35,30 @@ def cmd_prepare(a) -> int:
     if a.hf_dataset:
         if a.sources:
             raise GptlabError("prepare: give either files/folders or --hf-dataset, not both")
-        sources = [HFDataset(a.hf_dataset, a.hf_name, a.hf_split, a.hf_revision,
-                             tuple(a.hf_data_files) if a.hf_data_files else None)]
+        sources = [
+            HFDataset(
+                a.hf_dataset, a.hf_name, a.hf_split, a.hf_revision, tuple(a.hf_data_files) if a.hf_data_files else None
+            )
+        ]
     elif a.hf_name or a.hf_revision or a.hf_data_files or a.hf_split != "train":
         raise GptlabError("prepare: --hf-name/--hf-split/--hf-revision/--hf-data-files need --hf-dataset")
-    meta = prepare(sources, a.out, text_field=a.text_field, val_frac=a.val_frac, test_frac=a.test_frac,
-                   shard_tokens=a.shard_tokens, workers=a.workers, progress=not a.quiet, max_docs=a.max_docs,
-                   force=a.force)
+    meta = prepare(
+        sources,
+        a.out,
+        text_field=a.text_field,
+        val_frac=a.val_frac,
+        test_frac=a.test_frac,
+        shard_tokens=a.shard_tokens,
+        workers=a.workers,
+        progress=not a.quiet,
+        max_docs=a.max_docs,
+        force=a.force,
+    )
     for split, info in meta["splits"].items():
-        print(f"{split:<6} {info['tokens']:>12,} tokens  {info['documents']:>8,} documents  "
-              f"{len(info['shards'])} shard(s)")
+        print(
+            f"{split:<6} {info['tokens']:>12,} tokens  {info['documents']:>8,} documents  "
+            f"{len(info['shards'])} shard(s)"
+        )
     print(f"unigram baseline (test loss of a unigram model fitted on train): {unigram_loss(a.out):.4f}")
     print(f"wrote {a.out}/meta.json")
     return 0
@@ -81,8 +95,11 @@ def cmd_train(a) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if "preempted" in final:
         if main_rank:
-            print(f"preempted ({final['preempted']}) at step {final['stopped_at']}/{final['total_steps']}: checkpoint "
-                  f"written; continue with --resume", file=sys.stderr)
+            print(
+                f"preempted ({final['preempted']}) at step {final['stopped_at']}/{final['total_steps']}: checkpoint "
+                f"written; continue with --resume",
+                file=sys.stderr,
+            )
         return EXIT_PREEMPTED
     if main_rank:
         if "stopped_at" in final:
@@ -99,8 +116,10 @@ OUTSIDE_LIMIT = 0.05  # eval refuses data with more tokens outside the run's voc
 
 
 def outside_line(n: int, total: int, split: str) -> str:
-    return (f"{n:,} of {total:,} {split} tokens ({100 * n / max(total, 1):.2f}%) are outside the run's vocabulary "
-            "(the ids of its train split) and were scored as <|endoftext|>")
+    return (
+        f"{n:,} of {total:,} {split} tokens ({100 * n / max(total, 1):.2f}%) are outside the run's vocabulary "
+        "(the ids of its train split) and were scored as <|endoftext|>"
+    )
 
 
 def cmd_verify(a) -> int:
@@ -127,9 +146,11 @@ def _unigram(data_dir: str):
 def print_result_table(rows: list[dict], unigram: float | None = None) -> None:
     print(f"{'run':<28} {'params':>11} {'tokens':>11} {'train':>7} {'val':>7} {'test':>7} {'test ppl':>9} {'tok/s':>9}")
     for r in rows:
-        print(f"{r.get('name', '?'):<28} {r['params']:>11,} {r['tokens']:>11,} {fmt(r.get('train_loss'), 3):>7} "
-              f"{fmt(r.get('val_loss'), 3):>7} {fmt(r.get('test_loss'), 3):>7} {r.get('test_perplexity', 0):>9.1f} "
-              f"{r.get('tokens_per_s') or 0:>9,.0f}")
+        print(
+            f"{r.get('name', '?'):<28} {r['params']:>11,} {r['tokens']:>11,} {fmt(r.get('train_loss'), 3):>7} "
+            f"{fmt(r.get('val_loss'), 3):>7} {fmt(r.get('test_loss'), 3):>7} {r.get('test_perplexity', 0):>9.1f} "
+            f"{r.get('tokens_per_s') or 0:>9,.0f}"
+        )
     if unigram is not None:
         from gptlab.train.evaluate import perplexity
 
@@ -149,8 +170,7 @@ def cmd_eval(a) -> int:
         if not a.data:
             raise GptlabError("--hf-dir needs --data (the prepared data folder to evaluate on)")
         split = a.split or "test"
-        loss = eval_hf(a.hf_dir, a.data, split, a.offset or 0, a.batches or 0, a.batch_size or 8, a.context,
-                       a.device)
+        loss = eval_hf(a.hf_dir, a.data, split, a.offset or 0, a.batches or 0, a.batch_size or 8, a.context, a.device)
         out = {"hf_dir": a.hf_dir, "split": split, "loss": loss, "perplexity": perplexity(loss)}
         print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {perplexity(loss):.2f}")
         return 0
@@ -183,8 +203,17 @@ def cmd_eval(a) -> int:
         if n > OUTSIDE_LIMIT * (stop - start) and not a.allow_unknown_tokens:
             raise GptlabError(f"{ds.dir}: {line}; pass --allow-unknown-tokens to evaluate anyway")
         print(line, file=sys.stderr)
-    loss = evaluate_loss(model, ds, cfg.model.context_length, bs, dev, resolve_precision("auto", dev),
-                         offset=offset, n_batches=batches, vocab_map=vmap)
+    loss = evaluate_loss(
+        model,
+        ds,
+        cfg.model.context_length,
+        bs,
+        dev,
+        resolve_precision("auto", dev),
+        offset=offset,
+        n_batches=batches,
+        vocab_map=vmap,
+    )
     out.update(loss=loss, perplexity=perplexity(loss), offset=offset, batches=batches, batch_size=bs)
     print(json.dumps(out) if a.json else f"{split} loss {loss:.4f}  perplexity {perplexity(loss):.2f}")
     return 0
@@ -192,11 +221,22 @@ def cmd_eval(a) -> int:
 
 def _eval_tasks(a) -> int:
     """`gptlab eval RUN --task NAME`: lm-evaluation-harness tasks (interop/lm_eval.py)."""
-    other = [o for o, v in (("--split", a.split), ("--data", a.data), ("--offset", a.offset),
-                            ("--batches", a.batches), ("--context", a.context)) if v is not None]
+    other = [
+        o
+        for o, v in (
+            ("--split", a.split),
+            ("--data", a.data),
+            ("--offset", a.offset),
+            ("--batches", a.batches),
+            ("--context", a.context),
+        )
+        if v is not None
+    ]
     if other or a.allow_unknown_tokens:
-        raise GptlabError(f"eval --task: {', '.join(other) or '--allow-unknown-tokens'} applies to the loss "
-                          "evaluation only (tokens outside a corpus vocabulary are counted and reported with --task)")
+        raise GptlabError(
+            f"eval --task: {', '.join(other) or '--allow-unknown-tokens'} applies to the loss "
+            "evaluation only (tokens outside a corpus vocabulary are counted and reported with --task)"
+        )
     tasks = [t.strip() for spec in a.task for t in spec.split(",") if t.strip()]
     if not tasks:
         raise GptlabError("eval --task: no task name given")
@@ -205,8 +245,10 @@ def _eval_tasks(a) -> int:
     bs = a.batch_size or 16
     if a.hf_dir:
         if a.run or a.force:
-            raise GptlabError("eval --task with --hf-dir: give either a RUN or --hf-dir (results of --hf-dir are "
-                              "not stored, so --force does not apply)")
+            raise GptlabError(
+                "eval --task with --hf-dir: give either a RUN or --hf-dir (results of --hf-dir are "
+                "not stored, so --force does not apply)"
+            )
         entries = le.evaluate_hf(a.hf_dir, tasks, a.limit, a.include_path, bs, a.device)
     elif not a.run:
         raise GptlabError("eval: give a RUN directory or --hf-dir DIR")
@@ -218,12 +260,12 @@ def _eval_tasks(a) -> int:
         return 0
     print(f"{'task':<24} {'n':>6}  {'acc':>16}  {'acc_norm':>16}  {'chance':>6}")
     for e in entries:
+
         def pm(m: str, e: dict = e) -> str:
             v, se = e.get(m), e.get(f"{m}_stderr")
             return "-" if v is None else f"{v:.4f} ± {se:.4f}" if se is not None else f"{v:.4f}"
 
-        print(f"{e['task']:<24} {e['n_docs']:>6}  {pm('acc'):>16}  {pm('acc_norm'):>16}  "
-              f"{fmt(e.get('chance'), 2):>6}")
+        print(f"{e['task']:<24} {e['n_docs']:>6}  {pm('acc'):>16}  {pm('acc_norm'):>16}  {fmt(e.get('chance'), 2):>6}")
         note = le.outside_note(e)
         if note:
             print(note, file=sys.stderr)
@@ -232,8 +274,10 @@ def _eval_tasks(a) -> int:
 
         reused = sum(bool(e.get("reused")) for e in entries)
         where = Path(a.run) / RESULT_FILE
-        print(f"results in {where}" + (f" ({reused} reused: same task, limit, data and checkpoint; --force "
-                                       "recomputes)" if reused else ""))
+        print(
+            f"results in {where}"
+            + (f" ({reused} reused: same task, limit, data and checkpoint; --force recomputes)" if reused else "")
+        )
     return 0
 
 
@@ -250,11 +294,18 @@ def cmd_generate(a) -> int:
         print(a.prompt + gen.complete(gen.encode(a.prompt), a.max_new_tokens, sampling).text)
         return 0
     prompts = read_prompts(a.prompts)
-    outs = gen.complete_batch([gen.encode(p) for p in prompts], a.max_new_tokens, sampling,
-                              batch_size=a.batch or 8)
+    outs = gen.complete_batch([gen.encode(p) for p in prompts], a.max_new_tokens, sampling, batch_size=a.batch or 8)
     for p, out in zip(prompts, outs, strict=True):
-        print(json.dumps({"prompt": p, "completion": out.text, "finish_reason": out.finish_reason,
-                          "completion_tokens": out.completion_tokens}))
+        print(
+            json.dumps(
+                {
+                    "prompt": p,
+                    "completion": out.text,
+                    "finish_reason": out.finish_reason,
+                    "completion_tokens": out.completion_tokens,
+                }
+            )
+        )
     return 0
 
 
@@ -278,8 +329,10 @@ def cmd_config(a) -> int:
     from gptlab.train.flops import flops_per_token, token_budget
 
     tokens = token_budget(cfg, n)
-    print(f"# params {n:,}  tokens {tokens:,}  FLOPs/token {flops_per_token(cfg.model):.3e}  "
-          f"total FLOPs {flops_per_token(cfg.model) * tokens:.3e}  config hash {cfg.hash()}")
+    print(
+        f"# params {n:,}  tokens {tokens:,}  FLOPs/token {flops_per_token(cfg.model):.3e}  "
+        f"total FLOPs {flops_per_token(cfg.model) * tokens:.3e}  config hash {cfg.hash()}"
+    )
     return 0
 
 
@@ -300,27 +353,55 @@ def cmd_plan(a) -> int:
 
 
 def register(sub) -> None:
-    s = verb_parser(sub, "prepare", "tokenise text into uint16 shards with a train/val/test split by document",
-                "gptlab prepare --out data/shakespeare                     # the bundled corpus\n"
-                "gptlab prepare ~/fineweb/sample/10BT --out data/fineweb    # a folder of parquet files\n"
-                "gptlab prepare notes.jsonl --text-field body --out data/notes\n"
-                "gptlab prepare --hf-dataset HuggingFaceFW/fineweb --hf-name sample-10BT --out data/fineweb10B\n"
-                "    # streams FineWeb's 10B sample from the Hub (pip install -e '.[fineweb]')")
+    s = verb_parser(
+        sub,
+        "prepare",
+        "tokenise text into uint16 shards with a train/val/test split by document",
+        "gptlab prepare --out data/shakespeare                     # the bundled corpus\n"
+        "gptlab prepare ~/fineweb/sample/10BT --out data/fineweb    # a folder of parquet files\n"
+        "gptlab prepare notes.jsonl --text-field body --out data/notes\n"
+        "gptlab prepare --hf-dataset HuggingFaceFW/fineweb --hf-name sample-10BT --out data/fineweb10B\n"
+        "    # streams FineWeb's 10B sample from the Hub (pip install -e '.[fineweb]')",
+    )
     s.add_argument("sources", nargs="*", help="files or folders (.txt, .jsonl, .parquet, .bin) or 'bundled' (default)")
-    s.add_argument("--out", required=True, help="output folder for shards + meta.json: new, empty or a prepared "
-                   "folder, which is replaced as a whole (a file, or a folder holding other files, is refused)")
-    s.add_argument("--force", action="store_true", help="replace --out even if it holds files prepare did not "
-                   "write (they are deleted with the old folder)")
+    s.add_argument(
+        "--out",
+        required=True,
+        help="output folder for shards + meta.json: new, empty or a prepared "
+        "folder, which is replaced as a whole (a file, or a folder holding other files, is refused)",
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it holds files prepare did not write (they are deleted with the old folder)",
+    )
     s.add_argument("--text-field", default="text", help="jsonl field / parquet or dataset column holding the text")
-    s.add_argument("--hf-dataset", metavar="ID", help="stream a Hugging Face dataset instead of files, e.g. "
-                   "HuggingFaceFW/fineweb (needs the 'datasets' package: pip install -e '.[fineweb]')")
+    s.add_argument(
+        "--hf-dataset",
+        metavar="ID",
+        help="stream a Hugging Face dataset instead of files, e.g. "
+        "HuggingFaceFW/fineweb (needs the 'datasets' package: pip install -e '.[fineweb]')",
+    )
     s.add_argument("--hf-name", metavar="CONFIG", help="with --hf-dataset: the dataset config, e.g. sample-10BT")
-    s.add_argument("--hf-split", default="train", metavar="SPLIT", help="with --hf-dataset: the split to read "
-                   "(default: train; gptlab makes its own train/val/test split from it)")
-    s.add_argument("--hf-revision", metavar="REV", help="with --hf-dataset: branch, tag or commit (default: main; "
-                   "the commit it resolves to is recorded in meta.json)")
-    s.add_argument("--hf-data-files", action="append", metavar="FILE", help="with --hf-dataset: data files for a "
-                   "packaged builder (e.g. --hf-dataset parquet --hf-data-files a.parquet); repeatable")
+    s.add_argument(
+        "--hf-split",
+        default="train",
+        metavar="SPLIT",
+        help="with --hf-dataset: the split to read (default: train; gptlab makes its own train/val/test split from it)",
+    )
+    s.add_argument(
+        "--hf-revision",
+        metavar="REV",
+        help="with --hf-dataset: branch, tag or commit (default: main; "
+        "the commit it resolves to is recorded in meta.json)",
+    )
+    s.add_argument(
+        "--hf-data-files",
+        action="append",
+        metavar="FILE",
+        help="with --hf-dataset: data files for a "
+        "packaged builder (e.g. --hf-dataset parquet --hf-data-files a.parquet); repeatable",
+    )
     s.add_argument("--max-docs", type=COUNT, default=0, help="stop after this many documents (0 = all)")
     s.add_argument("--val-frac", type=FRACTION, default=0.05)
     s.add_argument("--test-frac", type=FRACTION, default=0.05)
@@ -328,106 +409,179 @@ def register(sub) -> None:
     s.add_argument("--workers", type=upto(MAX_WORKERS, 0), default=0, help="tokeniser processes (0 = all cores)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_prepare)
-    s = verb_parser(sub, "train", "train a model (one process, or many under torchrun)",
-                "gptlab train --config configs/tiny-cpu.toml\n"
-                "gptlab train --config configs/tiny-cpu.toml --set train.lr=1e-3 --set model.drop_rate=0\n"
-                "gptlab train --config configs/tiny-cpu.toml --run-dir runs/tiny-cpu --resume\n"
-                "gptlab train --run-dir runs/tiny-cpu --resume --continue-with train.tokens=2000000 "
-                "--continue-with train.lr=1e-4\n"
-                "torchrun --nproc_per_node 8 -m gptlab train --config configs/gpt2-small-baseline.toml")
+    s = verb_parser(
+        sub,
+        "train",
+        "train a model (one process, or many under torchrun)",
+        "gptlab train --config configs/tiny-cpu.toml\n"
+        "gptlab train --config configs/tiny-cpu.toml --set train.lr=1e-3 --set model.drop_rate=0\n"
+        "gptlab train --config configs/tiny-cpu.toml --run-dir runs/tiny-cpu --resume\n"
+        "gptlab train --run-dir runs/tiny-cpu --resume --continue-with train.tokens=2000000 "
+        "--continue-with train.lr=1e-4\n"
+        "torchrun --nproc_per_node 8 -m gptlab train --config configs/gpt2-small-baseline.toml",
+    )
     s.add_argument("--config", help="TOML config (defaults if omitted; with --resume, the run folder's config.toml)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME from the config)")
-    s.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint (a missing or damaged one: from the newest "
-                        "intact checkpoint, said in one line; none intact: stop, nothing deleted)")
-    s.add_argument("--continue-with", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --resume: change a field from the checkpoint's step on (repeatable): "
-                        "train.tokens/flops/tokens_per_param (the length: warmups keep their steps, and a cosine or "
-                        "linear lr decays from where it was to min_lr_frac at the new end), train.lr/muon_lr (the "
-                        "base lr the schedule multiplies from that step on), "
-                        "train.eval_interval/checkpoint_interval/keep_checkpoints/log_interval. config.toml is "
-                        "rewritten and meta.json's history records {step, changes}. Without it, --resume refuses a "
-                        "config other than the one the checkpoint was trained under, listing the changed fields")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run directory's latest checkpoint (a missing or damaged one: from the newest "
+        "intact checkpoint, said in one line; none intact: stop, nothing deleted)",
+    )
+    s.add_argument(
+        "--continue-with",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --resume: change a field from the checkpoint's step on (repeatable): "
+        "train.tokens/flops/tokens_per_param (the length: warmups keep their steps, and a cosine or "
+        "linear lr decays from where it was to min_lr_frac at the new end), train.lr/muon_lr (the "
+        "base lr the schedule multiplies from that step on), "
+        "train.eval_interval/checkpoint_interval/keep_checkpoints/log_interval. config.toml is "
+        "rewritten and meta.json's history records {step, changes}. Without it, --resume refuses a "
+        "config other than the one the checkpoint was trained under, listing the changed fields",
+    )
     s.add_argument("--stop-after", type=POSITIVE, help=argparse.SUPPRESS)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
-    s = verb_parser(sub, "eval", "loss and perplexity of a run's latest checkpoint on a split, or downstream "
-                    "tasks through lm-evaluation-harness (--task)",
-                "gptlab eval runs/tiny-cpu --split test\ngptlab eval runs/tiny-cpu --split val --batches 20 --json\n"
-                "gptlab eval --hf-dir ~/models/gpt2 --data data/fineweb10B --split val --offset 50000000 "
-                "--batches 3200 --batch-size 6   # OpenAI GPT-2 small on the seed's test set\n"
-                "gptlab eval runs/tiny-cpu --task shakespeare_cloze          # offline: bundled HellaSwag-format task\n"
-                "gptlab eval runs/tiny-cpu --task hellaswag --batch-size 32  # lm-eval fetches HellaSwag from the Hub\n"
-                "gptlab eval runs/tiny-cpu --task my_task --include-path my_tasks/ --limit 100\n"
-                "gptlab eval --hf-dir export/tiny --task shakespeare_cloze   # an exported run through lm-eval's hf model")
+    s = verb_parser(
+        sub,
+        "eval",
+        "loss and perplexity of a run's latest checkpoint on a split, or downstream "
+        "tasks through lm-evaluation-harness (--task)",
+        "gptlab eval runs/tiny-cpu --split test\ngptlab eval runs/tiny-cpu --split val --batches 20 --json\n"
+        "gptlab eval --hf-dir ~/models/gpt2 --data data/fineweb10B --split val --offset 50000000 "
+        "--batches 3200 --batch-size 6   # OpenAI GPT-2 small on the seed's test set\n"
+        "gptlab eval runs/tiny-cpu --task shakespeare_cloze          # offline: bundled HellaSwag-format task\n"
+        "gptlab eval runs/tiny-cpu --task hellaswag --batch-size 32  # lm-eval fetches HellaSwag from the Hub\n"
+        "gptlab eval runs/tiny-cpu --task my_task --include-path my_tasks/ --limit 100\n"
+        "gptlab eval --hf-dir export/tiny --task shakespeare_cloze   # an exported run through lm-eval's hf model",
+    )
     s.add_argument("run", nargs="?", help="run directory")
     s.add_argument("--hf-dir", help="evaluate a local Hugging Face GPT-2 folder instead of a run")
-    s.add_argument("--context", type=upto(MAX_TOKENS), help="with --hf-dir: window length (default: the model's n_positions)")
+    s.add_argument(
+        "--context", type=upto(MAX_TOKENS), help="with --hf-dir: window length (default: the model's n_positions)"
+    )
     s.add_argument("--split", choices=["train", "val", "test"])
     s.add_argument("--data", help="prepared data folder (default: the run's data.dir)")
     s.add_argument("--offset", type=COUNT, help="first token (default: the run's eval.offset)")
     s.add_argument("--batches", type=COUNT, help="number of batches (0 = whole split)")
-    s.add_argument("--batch-size", type=upto(MAX_BATCH), help="sequences per forward pass (default: the run's "
-                   "eval.batch_size; 16 with --task)")
-    s.add_argument("--task", action="append", metavar="NAME", help="run lm-evaluation-harness task(s) NAME "
-                   "(repeatable or comma-separated; needs pip install -e '.[eval]'): acc and acc_norm with their "
-                   "stderr, kept in RUN/downstream.json and reused for the same task, limit, documents and "
-                   "checkpoint. Bundled offline: shakespeare_cloze; all of lm-eval's: `lm-eval ls tasks`")
+    s.add_argument(
+        "--batch-size",
+        type=upto(MAX_BATCH),
+        help="sequences per forward pass (default: the run's eval.batch_size; 16 with --task)",
+    )
+    s.add_argument(
+        "--task",
+        action="append",
+        metavar="NAME",
+        help="run lm-evaluation-harness task(s) NAME "
+        "(repeatable or comma-separated; needs pip install -e '.[eval]'): acc and acc_norm with their "
+        "stderr, kept in RUN/downstream.json and reused for the same task, limit, documents and "
+        "checkpoint. Bundled offline: shakespeare_cloze; all of lm-eval's: `lm-eval ls tasks`",
+    )
     s.add_argument("--limit", type=POSITIVE, metavar="N", help="with --task: only the first N documents of each task")
-    s.add_argument("--include-path", action="append", metavar="DIR", help="with --task: a folder of lm-eval task "
-                   "YAMLs (repeatable)")
-    s.add_argument("--force", action="store_true", help="with --task: recompute even if RUN/downstream.json has "
-                   "the result")
+    s.add_argument(
+        "--include-path",
+        action="append",
+        metavar="DIR",
+        help="with --task: a folder of lm-eval task YAMLs (repeatable)",
+    )
+    s.add_argument(
+        "--force", action="store_true", help="with --task: recompute even if RUN/downstream.json has the result"
+    )
     s.add_argument("--device", default="auto", type=device)
     s.add_argument("--json", action="store_true")
-    s.add_argument("--allow-unknown-tokens", action="store_true", help="with a corpus-vocabulary run: evaluate even "
-                   f"when more than {OUTSIDE_LIMIT:.0%}% of the evaluated tokens are outside the run's vocabulary (the "
-                   "ids of its train split; they are scored as <|endoftext|>). Their count is always printed (stderr)")
+    s.add_argument(
+        "--allow-unknown-tokens",
+        action="store_true",
+        help="with a corpus-vocabulary run: evaluate even "
+        f"when more than {OUTSIDE_LIMIT:.0%}% of the evaluated tokens are outside the run's vocabulary (the "
+        "ids of its train split; they are scored as <|endoftext|>). Their count is always printed (stderr)",
+    )
     s.set_defaults(fn=cmd_eval)
-    s = verb_parser(sub, "verify", "check a prepared data folder: every shard present, ids in range, sha256 as in "
-                    "meta.json (train does this too, before its first step, for shards it has not verified before)",
-                    "gptlab verify data/shakespeare")
+    s = verb_parser(
+        sub,
+        "verify",
+        "check a prepared data folder: every shard present, ids in range, sha256 as in "
+        "meta.json (train does this too, before its first step, for shards it has not verified before)",
+        "gptlab verify data/shakespeare",
+    )
     s.add_argument("dir", help="prepared data folder (holding meta.json)")
     s.set_defaults(fn=cmd_verify)
-    s = verb_parser(sub, "generate", "sample text from a run's latest checkpoint",
-                'gptlab generate runs/tiny-cpu --prompt "To be, or not" --max-new-tokens 40 --temperature 0.8 --top-k 50\n'
-                "gptlab generate runs/tiny-cpu --prompts prompts.txt --batch 16 --temperature 0")
+    s = verb_parser(
+        sub,
+        "generate",
+        "sample text from a run's latest checkpoint",
+        'gptlab generate runs/tiny-cpu --prompt "To be, or not" --max-new-tokens 40 --temperature 0.8 --top-k 50\n'
+        "gptlab generate runs/tiny-cpu --prompts prompts.txt --batch 16 --temperature 0",
+    )
     s.add_argument("run")
     s.add_argument("--prompt", help="continue this text and print prompt + continuation")
-    s.add_argument("--prompts", metavar="FILE",
-                   help='continue every prompt in FILE (one per line, or JSONL {"prompt": ...} when it ends in '
-                        ".jsonl); prints one JSON line per prompt, in order")
-    s.add_argument("--batch", type=upto(MAX_BATCH), metavar="N",
-                   help="with --prompts: decode N prompts at a time as one batch (default 8); a seeded "
-                        "batch samples as if each prompt were alone with that seed")
+    s.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help='continue every prompt in FILE (one per line, or JSONL {"prompt": ...} when it ends in '
+        ".jsonl); prints one JSON line per prompt, in order",
+    )
+    s.add_argument(
+        "--batch",
+        type=upto(MAX_BATCH),
+        metavar="N",
+        help="with --prompts: decode N prompts at a time as one batch (default 8); a seeded "
+        "batch samples as if each prompt were alone with that seed",
+    )
     s.add_argument("--max-new-tokens", type=upto(MAX_TOKENS), default=50)
     s.add_argument("--temperature", type=Number(float, "[0, inf)"), default=1.0)
     s.add_argument("--top-k", type=upto(65_536, 0), default=0, help="0 = off")
-    s.add_argument("--top-p", type=Number(float, "[0, 1]"), default=None,
-                   help="nucleus sampling: keep the most likely tokens whose probabilities add up to P (1 = off)")
+    s.add_argument(
+        "--top-p",
+        type=Number(float, "[0, 1]"),
+        default=None,
+        help="nucleus sampling: keep the most likely tokens whose probabilities add up to P (1 = off)",
+    )
     s.add_argument("--seed", type=SEED, default=None)
     s.add_argument("--device", default="auto", type=device)
     s.set_defaults(fn=cmd_generate)
-    s = verb_parser(sub, "interventions", "list the registered interventions with their parameters and sources",
-                "gptlab interventions")
+    s = verb_parser(
+        sub,
+        "interventions",
+        "list the registered interventions with their parameters and sources",
+        "gptlab interventions",
+    )
     s.set_defaults(fn=cmd_interventions)
-    s = verb_parser(sub, "config", "print the resolved config, parameter count and FLOPs",
-                "gptlab config configs/gpt2-small-baseline.toml\n"
-                "gptlab config configs/tiny-cpu.toml --set interventions=[\"qkv_bias\"]")
+    s = verb_parser(
+        sub,
+        "config",
+        "print the resolved config, parameter count and FLOPs",
+        "gptlab config configs/gpt2-small-baseline.toml\n"
+        'gptlab config configs/tiny-cpu.toml --set interventions=["qkv_bias"]',
+    )
     s.add_argument("config", nargs="?")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_config)
-    s = verb_parser(sub, "plan", "what a config costs: FLOPs, tokens, wall time, price, memory per GPU, grad accumulation",
-                "gptlab plan configs/gpt2-small-baseline.toml --gpus 8 --gpu-type A100\n"
-                "gptlab plan configs/gpt2-small-baseline.toml --gpus 1 --gpu-type RTX3090 --gpu-hours 48   # the seed's 2 days")
+    s = verb_parser(
+        sub,
+        "plan",
+        "what a config costs: FLOPs, tokens, wall time, price, memory per GPU, grad accumulation",
+        "gptlab plan configs/gpt2-small-baseline.toml --gpus 8 --gpu-type A100\n"
+        "gptlab plan configs/gpt2-small-baseline.toml --gpus 1 --gpu-type RTX3090 --gpu-hours 48   # the seed's 2 days",
+    )
     s.add_argument("config")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--gpus", type=upto(MAX_GPUS), default=1)
-    s.add_argument("--gpu-type", default="H100", help="A100, A100-80, H100, H100-PCIE, H100-NVL, H200, H800, B200, L40S, L4, A10G, RTX4090, ... "
-                   "(the keys of gptlab.train.flops.PEAK_FLOPS, or a device name)")
+    s.add_argument(
+        "--gpu-type",
+        default="H100",
+        help="A100, A100-80, H100, H100-PCIE, H100-NVL, H200, H800, B200, L40S, L4, A10G, RTX4090, ... "
+        "(the keys of gptlab.train.flops.PEAK_FLOPS, or a device name)",
+    )
     s.add_argument("--mfu", type=Number(float, "(0, 1]"), default=0.4, help="assumed model FLOPs utilisation")
     s.add_argument("--price", type=Number(float, "[0, inf)"), help="USD per GPU-hour")
     s.add_argument("--fsdp", action="store_true", help="shard weights/grads/optimizer state over the GPUs")
     s.add_argument("--flops", type=Number(float, "(0, inf)"), help="FLOP budget: set the token budget from it")
-    s.add_argument("--gpu-hours", type=Number(float, "(0, 1e12]"), help="FLOP budget as GPU-hours of --gpu-type at --mfu")
+    s.add_argument(
+        "--gpu-hours", type=Number(float, "(0, 1e12]"), help="FLOP budget as GPU-hours of --gpu-type at --mfu"
+    )
     s.set_defaults(fn=cmd_plan)

@@ -4,15 +4,24 @@ batches; tokenizer.py (GPT-2 BPE without a network), vocab.py (the corpus vocabu
 verify.py (shard sha256s against meta.json)."""
 
 from gptlab.data.loader import (
-           SequenceSampler,
-           TokenDataset,
-           eval_batch_count,
-           eval_batches,
-           read_meta,
+    SequenceSampler,
+    TokenDataset,
+    eval_batch_count,
+    eval_batches,
+    read_meta,
 )
 from gptlab.data.prepare import prepare
 from gptlab.data.sources import HFDataset, iter_documents
 from gptlab.data.unigram import unigram_loss
 
-__all__ = ["prepare", "HFDataset", "iter_documents", "unigram_loss", "TokenDataset", "SequenceSampler",
-           "eval_batches", "eval_batch_count", "read_meta"]
+__all__ = [
+    "prepare",
+    "HFDataset",
+    "iter_documents",
+    "unigram_loss",
+    "TokenDataset",
+    "SequenceSampler",
+    "eval_batches",
+    "eval_batch_count",
+    "read_meta",
+]

@@ -49,9 +49,11 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
     if _get(meta, "dtype", str(path)) != "uint16":
         raise GptlabError(f"{path}: field 'dtype' = {meta['dtype']!r}; expected 'uint16'")
     if _get(meta, "tokenizer_hash", str(path)) != tokenizer_hash():
-        raise GptlabError(f"{path}: shards were prepared with another tokenizer (tokenizer_hash "
-                          f"{meta['tokenizer_hash']!r}, this gptlab's is {tokenizer_hash()!r}); "
-                          "re-run `gptlab prepare`")
+        raise GptlabError(
+            f"{path}: shards were prepared with another tokenizer (tokenizer_hash "
+            f"{meta['tokenizer_hash']!r}, this gptlab's is {tokenizer_hash()!r}); "
+            "re-run `gptlab prepare`"
+        )
     _get(meta, "splits", str(path), dict)
     _shard_paths(Path(data_dir), meta, path)
     return meta
@@ -75,8 +77,10 @@ def _check_ids(path: Path, arr: np.ndarray, max_id, vocab_size: int) -> None:
     prepared by an older gptlab) by reading the shard, each time it is opened."""
     top = max_id if isinstance(max_id, int) and not isinstance(max_id, bool) else int(arr.max())
     if top >= vocab_size:
-        raise GptlabError(f"shard {path}: token id {top} >= {vocab_size} (meta.json's vocab_size): corrupted or not "
-                          "GPT-2 uint16 tokens; re-run `gptlab prepare`")
+        raise GptlabError(
+            f"shard {path}: token id {top} >= {vocab_size} (meta.json's vocab_size): corrupted or not "
+            "GPT-2 uint16 tokens; re-run `gptlab prepare`"
+        )
 
 
 class TokenDataset:
@@ -88,8 +92,9 @@ class TokenDataset:
         self.meta = read_meta(data_dir)
         where = str(self.dir / "meta.json")
         if split not in self.meta["splits"]:
-            raise GptlabError(f"{where}: unknown split '{split}'; expected one of "
-                              f"{', '.join(self.meta['splits']) or '(none)'}")
+            raise GptlabError(
+                f"{where}: unknown split '{split}'; expected one of {', '.join(self.meta['splits']) or '(none)'}"
+            )
         info = _get(self.meta["splits"], split, where, dict)
         self.arrays: list[np.ndarray] = []
         starts, total = [], 0
@@ -98,15 +103,19 @@ class TokenDataset:
             n = _get(sh, "tokens", f"{where} splits.{split}.shards", int)
             path = confined(self.dir, name, f"{where}: field splits.{split}.shards[{i}].file")
             if not path.is_file():
-                raise GptlabError(f"shard {path} is missing: data folder truncated or corrupted; "
-                                  "re-run `gptlab prepare`")
+                raise GptlabError(
+                    f"shard {path} is missing: data folder truncated or corrupted; re-run `gptlab prepare`"
+                )
             size = path.stat().st_size
             if size != 2 * n:
-                raise GptlabError(f"shard {path} is truncated or corrupted: {size} bytes, meta.json says "
-                                  f"{n} tokens = {2 * n} bytes; re-run `gptlab prepare`")
+                raise GptlabError(
+                    f"shard {path} is truncated or corrupted: {size} bytes, meta.json says "
+                    f"{n} tokens = {2 * n} bytes; re-run `gptlab prepare`"
+                )
             if verify and _sha256(path) != sh.get("sha256"):
-                raise GptlabError(f"shard {path} is corrupted: its sha256 differs from meta.json's; "
-                                  "re-run `gptlab prepare`")
+                raise GptlabError(
+                    f"shard {path} is corrupted: its sha256 differs from meta.json's; re-run `gptlab prepare`"
+                )
             if n:
                 arr = np.memmap(path, dtype=np.dtype("<u2"), mode="r")
                 _check_ids(path, arr, sh.get("max_id"), self.meta.get("vocab_size", VOCAB_SIZE))
@@ -133,7 +142,7 @@ class TokenDataset:
         while pos < length:
             off = start + pos - self._starts[i]
             take = min(length - pos, len(self.arrays[i]) - off)
-            out[pos:pos + take] = self.arrays[i][off:off + take]
+            out[pos : pos + take] = self.arrays[i][off : off + take]
             pos, i = pos + take, i + 1
         return out
 
@@ -154,8 +163,10 @@ class SequenceSampler:
             raise GptlabError(f"context_length = {context_length}; expected >= 1")
         self.n = (len(dataset) - 1) // self.T
         if self.n <= 0:
-            raise GptlabError(f"{dataset.dir}: {dataset.split} split too small for context_length {self.T} "
-                              f"({len(dataset)} tokens; need at least {self.T + 1})")
+            raise GptlabError(
+                f"{dataset.dir}: {dataset.split} split too small for context_length {self.T} "
+                f"({len(dataset)} tokens; need at least {self.T + 1})"
+            )
         self._perms: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -192,17 +203,22 @@ class SequenceSampler:
         and micro-step m the m-th micro_batch of the rank's slice."""
         G, mb = int(global_batch), int(micro_batch)
         if world < 1 or mb < 1 or G < 1 or G % (world * mb):
-            raise GptlabError(f"global_batch_size {G} must be a positive multiple of world_size {world} x "
-                              f"micro_batch_size {mb} = {world * mb}")
+            raise GptlabError(
+                f"global_batch_size {G} must be a positive multiple of world_size {world} x "
+                f"micro_batch_size {mb} = {world * mb}"
+            )
         accum = G // (world * mb)
         if not (0 <= rank < world and 0 <= micro < accum and step >= 0):
-            raise GptlabError(f"batch_at: step {step}, micro {micro}, rank {rank} out of range "
-                              f"(world {world}, {accum} micro-steps per step)")
+            raise GptlabError(
+                f"batch_at: step {step}, micro {micro}, rank {rank} out of range "
+                f"(world {world}, {accum} micro-steps per step)"
+            )
         start = step * G + rank * (G // world) + micro * mb
         return range(start, start + mb)
 
-    def batch_at(self, step: int, micro: int, rank: int, world: int, micro_batch: int,
-                 global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_at(
+        self, step: int, micro: int, rank: int, world: int, micro_batch: int, global_batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (micro_batch, T) inputs/targets for micro-step `micro` of optimizer step `step` on `rank`."""
         return self.batch(self.indices_at(step, micro, rank, world, micro_batch, global_batch))
 
@@ -210,11 +226,15 @@ class SequenceSampler:
 def _eval_plan(dataset: TokenDataset, T: int, batch_size: int, offset: int, n_batches: int) -> tuple[int, int]:
     """(windows used, batches) for sequential evaluation."""
     if T < 1 or batch_size < 1 or n_batches < 0 or offset < 0:
-        raise GptlabError(f"eval: context_length {T}, batch_size {batch_size}, offset {offset}, n_batches "
-                          f"{n_batches}; expected T >= 1, batch_size >= 1, offset >= 0, n_batches >= 0")
+        raise GptlabError(
+            f"eval: context_length {T}, batch_size {batch_size}, offset {offset}, n_batches "
+            f"{n_batches}; expected T >= 1, batch_size >= 1, offset >= 0, n_batches >= 0"
+        )
     if offset + T + 1 > len(dataset):
-        raise GptlabError(f"{dataset.dir}: {dataset.split} split too small to evaluate: {len(dataset)} tokens, "
-                          f"need offset {offset} + context_length {T} + 1")
+        raise GptlabError(
+            f"{dataset.dir}: {dataset.split} split too small to evaluate: {len(dataset)} tokens, "
+            f"need offset {offset} + context_length {T} + 1"
+        )
     windows = (len(dataset) - offset - 1) // T
     batches = -(-windows // batch_size)
     if n_batches:
@@ -223,22 +243,37 @@ def _eval_plan(dataset: TokenDataset, T: int, batch_size: int, offset: int, n_ba
     return windows, batches
 
 
-def eval_span(dataset: TokenDataset, context_length: int, batch_size: int, offset: int = 0,
-              n_batches: int = 0) -> tuple[int, int]:
+def eval_span(
+    dataset: TokenDataset, context_length: int, batch_size: int, offset: int = 0, n_batches: int = 0
+) -> tuple[int, int]:
     """The tokens [start, stop) that `eval_batches` with the same arguments reads (all ranks together)."""
     windows, _ = _eval_plan(dataset, int(context_length), int(batch_size), int(offset), int(n_batches))
     return int(offset), int(offset) + windows * int(context_length) + 1
 
 
-def eval_batch_count(dataset: TokenDataset, context_length: int, batch_size: int, offset: int = 0,
-                     n_batches: int = 0, rank: int = 0, world: int = 1) -> int:
+def eval_batch_count(
+    dataset: TokenDataset,
+    context_length: int,
+    batch_size: int,
+    offset: int = 0,
+    n_batches: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> int:
     """How many batches `eval_batches` with the same arguments yields (on this rank)."""
     _, batches = _eval_plan(dataset, int(context_length), int(batch_size), int(offset), int(n_batches))
     return len(range(rank, batches, world))
 
 
-def eval_batches(dataset: TokenDataset, context_length: int, batch_size: int, offset: int = 0,
-                 n_batches: int = 0, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    dataset: TokenDataset,
+    context_length: int,
+    batch_size: int,
+    offset: int = 0,
+    n_batches: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Sequential non-overlapping windows: window i covers [offset + i*T, offset + i*T + T + 1),
     batch b holds windows [b*batch_size, (b+1)*batch_size). n_batches=0 means every full window
     (the last batch may be partial), else at most n_batches batches. Yields batches b with

@@ -56,8 +56,15 @@ class Prefetcher:
     join_timeout_s: how long close() waits for a `make` call in progress to return
     """
 
-    def __init__(self, make: Callable[[int], Sequence[Batch]], start: int = 0, depth: int = 2,
-                 stop: int | None = None, device: torch.device | str | None = None, join_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        make: Callable[[int], Sequence[Batch]],
+        start: int = 0,
+        depth: int = 2,
+        stop: int | None = None,
+        device: torch.device | str | None = None,
+        join_timeout_s: float = 10.0,
+    ):
         if int(depth) < 1:
             raise ValueError(f"Prefetcher: depth = {depth}; expected >= 1")
         if int(start) < 0 or (stop is not None and int(stop) < int(start)):
@@ -112,8 +119,10 @@ class Prefetcher:
             if self._closed:
                 raise RuntimeError("Prefetcher.get: the prefetcher is closed")
             if step != self._next:
-                raise ValueError(f"Prefetcher.get: step {step} requested, but the next step is {self._next} "
-                                 "(steps are handed out in order; make a new Prefetcher to start elsewhere)")
+                raise ValueError(
+                    f"Prefetcher.get: step {step} requested, but the next step is {self._next} "
+                    "(steps are handed out in order; make a new Prefetcher to start elsewhere)"
+                )
             if self._stop is not None and step >= self._stop:
                 raise ValueError(f"Prefetcher.get: step {step} is at or past stop = {self._stop}")
             while not self._ready:

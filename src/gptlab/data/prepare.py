@@ -126,7 +126,7 @@ class _ShardWriter:
                 self._f, self._n, self._h = open(self.out_dir / f"{self._name}.tmp", "wb"), 0, hashlib.sha256()
                 self._max = 0
             take = min(len(toks) - i, self.shard_tokens - self._n)
-            chunk = toks[i:i + take]
+            chunk = toks[i : i + take]
             data = chunk.tobytes()
             self._f.write(data)
             self._max = max(self._max, int(chunk.max()))
@@ -142,8 +142,9 @@ class _ShardWriter:
         self._f.close()
         self._f = None
         os.replace(self.out_dir / f"{self._name}.tmp", self.out_dir / self._name)
-        self.shards.append({"file": self._name, "tokens": self._n, "sha256": self._h.hexdigest(),
-                            "max_id": self._max})  # lets the loader check ids < vocab_size without reading
+        self.shards.append(
+            {"file": self._name, "tokens": self._n, "sha256": self._h.hexdigest(), "max_id": self._max}
+        )  # lets the loader check ids < vocab_size without reading
 
     def finish(self) -> dict:
         self._flush()
@@ -156,7 +157,6 @@ class _ShardWriter:
             self._f.close()
             (self.out_dir / f"{self._name}.tmp").unlink(missing_ok=True)
             self._f = None
-
 
 
 def _check_args(val_frac, test_frac, shard_tokens, workers, max_docs, text_field) -> None:
@@ -172,9 +172,19 @@ def _check_args(val_frac, test_frac, shard_tokens, workers, max_docs, text_field
         raise GptlabError("prepare: text_field is empty; expected a field/column name")
 
 
-def prepare(sources: Sequence[str] | str, out_dir: str | os.PathLike, *, text_field: str = "text",
-            val_frac: float = 0.05, test_frac: float = 0.05, shard_tokens: int = 100_000_000,
-            workers: int = 0, progress: bool = True, max_docs: int = 0, force: bool = False) -> dict:
+def prepare(
+    sources: Sequence[str] | str,
+    out_dir: str | os.PathLike,
+    *,
+    text_field: str = "text",
+    val_frac: float = 0.05,
+    test_frac: float = 0.05,
+    shard_tokens: int = 100_000_000,
+    workers: int = 0,
+    progress: bool = True,
+    max_docs: int = 0,
+    force: bool = False,
+) -> dict:
     """Tokenise `sources` into train/val/test uint16 shards in `out_dir`; write meta.json last and
     return it. workers=0 uses os.cpu_count() tokeniser threads; max_docs=0 reads everything.
     A source may be an `HFDataset` (streamed; needs the optional `datasets` package).
@@ -231,8 +241,10 @@ def _refuse_sources_inside(files, out: Path) -> None:
     root = out.resolve()
     for f in files:
         if f.kind not in ("hf", "bundled") and f.path.resolve().is_relative_to(root):
-            raise GptlabError(f"{f.label}: source is inside the output folder {out}, which prepare replaces; "
-                              "move it out or choose another --out")
+            raise GptlabError(
+                f"{f.label}: source is inside the output folder {out}, which prepare replaces; "
+                "move it out or choose another --out"
+            )
 
 
 def _only_prepared_files(out: Path) -> bool:
@@ -247,9 +259,15 @@ def _only_prepared_files(out: Path) -> bool:
 def _refuse_foreign_files(out: Path, force: bool) -> None:
     """`out` is replaced as a whole, so it may only hold what prepare and the data layer write there (unless
     `force`: then its other files go too); a file at `out` is always refused."""
-    check_dir(out, "data", "data folder", force, _only_prepared_files, "files that are not part of a prepared dataset",
-              "prepare replaces the whole folder, so choose a new or empty one (`gptlab prepare --force` replaces "
-              "it anyway)")
+    check_dir(
+        out,
+        "data",
+        "data folder",
+        force,
+        _only_prepared_files,
+        "files that are not part of a prepared dataset",
+        "prepare replaces the whole folder, so choose a new or empty one (`gptlab prepare --force` replaces it anyway)",
+    )
 
 
 def _recover_swap(out: Path, old: Path) -> None:
@@ -286,16 +304,21 @@ def _os_error(e: OSError, out: Path, staging: Path, done: list[int], total: int 
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         written = sum(f.stat().st_size for f in staging.glob("*") if f.is_file()) if staging.is_dir() else 0
         src, shard = done
-        need = f"needs about {shard * total / src / 1e6:.1f} MB, estimated from the part done" if total and src \
+        need = (
+            f"needs about {shard * total / src / 1e6:.1f} MB, estimated from the part done"
+            if total and src
             else f"needs more than the {max(shard, written) / 1e6:.1f} MB tokenised so far"
+        )
         free = shutil.disk_usage(staging.parent if staging.parent.exists() else out.parent).free + written
-        return GptlabError(f"{out}: no space left on device while writing the shards ({need}; {free / 1e6:.1f} MB "
-                           "free there)")
+        return GptlabError(
+            f"{out}: no space left on device while writing the shards ({need}; {free / 1e6:.1f} MB free there)"
+        )
     return GptlabError(f"{e.filename or out}: {e.strerror or e} (while preparing {out})")
 
 
-def _write_splits(docs, out: Path, sources, val_frac: float, test_frac: float, shard_tokens: int, workers: int,
-                  advance) -> tuple[dict, list[dict]]:
+def _write_splits(
+    docs, out: Path, sources, val_frac: float, test_frac: float, shard_tokens: int, workers: int, advance
+) -> tuple[dict, list[dict]]:
     """Tokenise `docs` on worker threads, route each to its split's shard writer; return (the splits' shard
     lists and counts, the documents moved to fill an otherwise empty split)."""
     fracs = {"train": 1.0 - val_frac - test_frac, "val": val_frac, "test": test_frac}
@@ -328,13 +351,17 @@ def _fill_empty_splits(counts: dict, held: dict, fracs: dict, sources) -> list[d
     n_docs = sum(counts.values())
     if n_docs == 0:
         named = [sources] if isinstance(sources, (str, os.PathLike, HFDataset)) else sources
-        raise GptlabError(f"{', '.join(s.label if isinstance(s, HFDataset) else str(s) for s in named)}: "
-                          "no documents (the corpus is empty)")
+        raise GptlabError(
+            f"{', '.join(s.label if isinstance(s, HFDataset) else str(s) for s in named)}: "
+            "no documents (the corpus is empty)"
+        )
     needy = [s for s in ("test", "val", "train") if fracs[s] > 0 and counts[s] == 0]
     if needy and n_docs < 3:
-        raise GptlabError(f"prepare: only {n_docs} document(s), so the {'/'.join(needy)} split would be "
-                          "empty; need at least 3 documents (a .txt file is one document), or set val_frac=0 "
-                          "and test_frac=0")
+        raise GptlabError(
+            f"prepare: only {n_docs} document(s), so the {'/'.join(needy)} split would be "
+            "empty; need at least 3 documents (a .txt file is one document), or set val_frac=0 "
+            "and test_frac=0"
+        )
     moved = []
     for s in needy:  # the split with the most documents gives up its last document
         donor = max(SPLITS, key=lambda d: counts[d])
@@ -353,8 +380,12 @@ def _meta(files, text_field, max_docs, shard_tokens, val_frac, test_frac, moved,
         "eot_id": EOT_ID,
         "dtype": "uint16",
         "vocab_size": VOCAB_SIZE,
-        "sources": [_hf_meta(f) if f.kind == "hf" else
-                    {"path": f.label, "sha256": file_sha256(f.path), "bytes": f.path.stat().st_size} for f in files],
+        "sources": [
+            _hf_meta(f)
+            if f.kind == "hf"
+            else {"path": f.label, "sha256": file_sha256(f.path), "bytes": f.path.stat().st_size}
+            for f in files
+        ],
         "text_field": text_field,
         "max_docs": max_docs,
         "shard_tokens": shard_tokens,
@@ -367,7 +398,7 @@ def _meta(files, text_field, max_docs, shard_tokens, val_frac, test_frac, moved,
             "val_frac": val_frac,
             "test_frac": test_frac,
             "fixup": "with >= 3 documents, a split with a positive fraction left empty takes the last "
-                     "document of the split with the most documents (ties: train, val, test)",
+            "document of the split with the most documents (ties: train, val, test)",
             "order": "documents in input order",
             "moved": moved,
         },

@@ -82,9 +82,17 @@ def bundled_files() -> list[Source]:
 
 def _kind_of(p: Path) -> str:
     mode = p.stat().st_mode
-    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
-            else "not a regular file")
+    return (
+        "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
 
 
 def expand_sources(sources: str | os.PathLike | HFDataset | Sequence[str | os.PathLike | HFDataset]) -> list[Source]:
@@ -103,8 +111,13 @@ def expand_sources(sources: str | os.PathLike | HFDataset | Sequence[str | os.Pa
         p = Path(s)
         if p.is_dir():
             files = sorted(
-                (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in FOLDER_SUFFIXES
-                 and not any(part.startswith(".") for part in f.relative_to(p).parts)),
+                (
+                    f
+                    for f in p.rglob("*")
+                    if f.is_file()
+                    and f.suffix.lower() in FOLDER_SUFFIXES
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                ),
                 key=lambda f: f.relative_to(p).as_posix(),
             )
             if not files:
@@ -113,12 +126,16 @@ def expand_sources(sources: str | os.PathLike | HFDataset | Sequence[str | os.Pa
         elif p.is_file():
             kind = FILE_KINDS.get(p.suffix.lower())
             if kind is None:
-                raise GptlabError(f"{s}: unsupported file type '{p.suffix}'; expected a .txt, .jsonl, "
-                                  ".parquet or .bin file, a folder, or 'bundled'")
+                raise GptlabError(
+                    f"{s}: unsupported file type '{p.suffix}'; expected a .txt, .jsonl, "
+                    ".parquet or .bin file, a folder, or 'bundled'"
+                )
             out.append(Source(s, p, kind))
         elif p.exists():  # a FIFO, socket or device: there, but not a file to tokenise, hash and record
-            raise GptlabError(f"{s}: {_kind_of(p)}, not a regular file or folder; prepare reads files and folders "
-                              "(save the stream to a .txt or .jsonl file first)")
+            raise GptlabError(
+                f"{s}: {_kind_of(p)}, not a regular file or folder; prepare reads files and folders "
+                "(save the stream to a .txt or .jsonl file first)"
+            )
         else:
             raise GptlabError(f"{s}: no such file or folder")
     if not out:
@@ -126,10 +143,10 @@ def expand_sources(sources: str | os.PathLike | HFDataset | Sequence[str | os.Pa
     return out
 
 
-_PG_START = re.compile(r"^\*\*\*\s*START OF (?:THIS|THE) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT.*$",
-                       re.M | re.I)
-_PG_END = re.compile(r"^\*\*\*\s*END OF (?:THIS|THE) PROJECT GUTENBERG.*$|^End of (?:the )?Project Gutenberg.*$",
-                     re.M | re.I)
+_PG_START = re.compile(r"^\*\*\*\s*START OF (?:THIS|THE) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT.*$", re.M | re.I)
+_PG_END = re.compile(
+    r"^\*\*\*\s*END OF (?:THIS|THE) PROJECT GUTENBERG.*$|^End of (?:the )?Project Gutenberg.*$", re.M | re.I
+)
 
 
 def strip_gutenberg(text: str) -> str:
@@ -137,9 +154,9 @@ def strip_gutenberg(text: str) -> str:
     start, end = _PG_START.search(text), _PG_END.search(text)
     if not start and not end:
         return text
-    body = text[start.end() if start else 0:]
+    body = text[start.end() if start else 0 :]
     end = _PG_END.search(body)
-    return (body[:end.start()] if end else body).strip() + "\n"
+    return (body[: end.start()] if end else body).strip() + "\n"
 
 
 def _decode(raw: bytes, where: str) -> str:
@@ -185,11 +202,15 @@ def _read_jsonl(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise GptlabError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); "
-                                  f"expected an object with a string field '{field}'") from None
+                raise GptlabError(
+                    f"{where}: invalid JSON ({e.msg} at column {e.colno}); "
+                    f"expected an object with a string field '{field}'"
+                ) from None
             if not isinstance(obj, dict) or field not in obj:
-                raise GptlabError(f"{where}: no field '{field}'; expected an object with a string field "
-                                  f"'{field}' (choose the field with text_field)")
+                raise GptlabError(
+                    f"{where}: no field '{field}'; expected an object with a string field "
+                    f"'{field}' (choose the field with text_field)"
+                )
             if not isinstance(obj[field], str):
                 raise GptlabError(f"{where}: field '{field}' is {type(obj[field]).__name__}; expected a string")
             yield obj[field], len(raw)
@@ -207,8 +228,9 @@ def _open_parquet(src: Source, field: str):
         raise GptlabError(f"{src.label}: not a readable parquet file ({e})") from None
     schema = pf.schema_arrow
     if field not in schema.names:
-        raise GptlabError(f"{src.label}: no column '{field}' (columns: {', '.join(schema.names)}); "
-                          "choose the column with text_field")
+        raise GptlabError(
+            f"{src.label}: no column '{field}' (columns: {', '.join(schema.names)}); choose the column with text_field"
+        )
     typ = schema.field(field).type
     if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
         raise GptlabError(f"{src.label}: column '{field}' has type {typ}; expected string")
@@ -218,8 +240,10 @@ def _open_parquet(src: Source, field: str):
 def _row_group_bytes(pf, field: str) -> list[int]:
     """Compressed size of the text column in each row group (what the progress bar counts)."""
     md = pf.metadata
-    return [sum(rg.column(j).total_compressed_size for j in range(rg.num_columns)
-                if rg.column(j).path_in_schema == field) for rg in map(md.row_group, range(md.num_row_groups))]
+    return [
+        sum(rg.column(j).total_compressed_size for j in range(rg.num_columns) if rg.column(j).path_in_schema == field)
+        for rg in map(md.row_group, range(md.num_row_groups))
+    ]
 
 
 def _read_parquet(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
@@ -243,11 +267,13 @@ def _read_bin(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
     arr = np.memmap(src.path, dtype=DTYPE, mode="r")
     start = 0
     for c0 in range(0, len(arr), _BIN_CHUNK):
-        chunk = arr[c0:c0 + _BIN_CHUNK]
+        chunk = arr[c0 : c0 + _BIN_CHUNK]
         bad = np.flatnonzero(chunk >= VOCAB_SIZE)
         if len(bad):
-            raise GptlabError(f"{src.label}: token {int(chunk[bad[0]])} at position {c0 + int(bad[0])} is outside "
-                              f"the GPT-2 vocabulary (expected uint16 ids < {VOCAB_SIZE})")
+            raise GptlabError(
+                f"{src.label}: token {int(chunk[bad[0]])} at position {c0 + int(bad[0])} is outside "
+                f"the GPT-2 vocabulary (expected uint16 ids < {VOCAB_SIZE})"
+            )
         for e in (np.flatnonzero(chunk == EOT_ID) + c0).tolist():
             yield np.array(arr[start:e]), 2 * (e + 1 - start)
             start = e + 1
@@ -265,8 +291,9 @@ def _import_datasets(label: str):
     try:
         import datasets
     except ImportError:  # ModuleNotFoundError, or a broken install
-        raise GptlabError(f"{label}: streaming a Hugging Face dataset needs the optional package 'datasets'; "
-                          f"run `{HF_INSTALL}`") from None
+        raise GptlabError(
+            f"{label}: streaming a Hugging Face dataset needs the optional package 'datasets'; run `{HF_INSTALL}`"
+        ) from None
     return datasets
 
 
@@ -288,11 +315,15 @@ def _is_hub(ds: HFDataset) -> bool:
 
 
 def _network_hint() -> str:
-    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-               if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+    offline = [
+        v
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+    ]
     why = f"{' and '.join(offline)} {'is' if len(offline) == 1 else 'are'} set" if offline else "check the network"
-    return (f"streaming from the Hub needs the network ({why}); or download the files once and run "
-            "`gptlab prepare FOLDER`")
+    return (
+        f"streaming from the Hub needs the network ({why}); or download the files once and run `gptlab prepare FOLDER`"
+    )
 
 
 def _resolve_hf(ds: HFDataset) -> Source:
@@ -306,9 +337,13 @@ def _resolve_hf(ds: HFDataset) -> Source:
             sha = HfApi().dataset_info(ds.path, revision=ds.revision, timeout=_HF_TIMEOUT).sha
         except Exception as e:  # offline, DNS, HTTP 401/404, ...: huggingface_hub raises many types
             name = type(e).__name__
-            what = ("no such dataset (or it is gated/private: log in with `hf auth login`)" if "RepositoryNotFound" in name
-                    or "GatedRepo" in name else f"no revision {ds.revision!r}" if "RevisionNotFound" in name
-                    else _network_hint())
+            what = (
+                "no such dataset (or it is gated/private: log in with `hf auth login`)"
+                if "RepositoryNotFound" in name or "GatedRepo" in name
+                else f"no revision {ds.revision!r}"
+                if "RevisionNotFound" in name
+                else _network_hint()
+            )
             raise GptlabError(f"{ds.label}: cannot reach the dataset on the Hub ({_one_line(e)}); {what}") from None
         if sha:
             ds = HFDataset(ds.path, ds.name, ds.split, sha, ds.data_files)
@@ -322,14 +357,19 @@ def _open_hf(src: Source, field: str):
     try:
         stream = datasets.load_dataset(ds.path, ds.name, split=ds.split, revision=ds.revision, streaming=True, **kw)
     except Exception as e:  # network errors, unknown config/split, missing files
-        hint = _network_hint() if _is_hub(ds) and isinstance(e, (OSError, ConnectionError)) else \
-            "check the dataset id, --hf-name and --hf-split"
+        hint = (
+            _network_hint()
+            if _is_hub(ds) and isinstance(e, (OSError, ConnectionError))
+            else "check the dataset id, --hf-name and --hf-split"
+        )
         raise GptlabError(f"{src.label}: cannot open ({_one_line(e)}); {hint}") from None
     features = getattr(stream, "features", None)
     if features is not None:
         if field not in features:
-            raise GptlabError(f"{src.label}: no column '{field}' (columns: {', '.join(features)}); "
-                              "choose the column with text_field (--text-field)")
+            raise GptlabError(
+                f"{src.label}: no column '{field}' (columns: {', '.join(features)}); "
+                "choose the column with text_field (--text-field)"
+            )
         stream = stream.select_columns([field])
     return stream
 
@@ -341,41 +381,51 @@ def _read_hf(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
     try:
         for batch in stream.iter(batch_size=_HF_BATCH):
             if field not in batch:
-                raise GptlabError(f"{src.label}, row {n + 1}: no field '{field}' (fields: {', '.join(batch)}); "
-                                  "choose the field with text_field (--text-field)")
+                raise GptlabError(
+                    f"{src.label}, row {n + 1}: no field '{field}' (fields: {', '.join(batch)}); "
+                    "choose the field with text_field (--text-field)"
+                )
             for text in batch[field]:
                 n += 1
                 if text is None:
                     yield "", 0
                 elif not isinstance(text, str):
-                    raise GptlabError(f"{src.label}, row {n}: field '{field}' is {type(text).__name__}; "
-                                      "expected a string")
+                    raise GptlabError(
+                        f"{src.label}, row {n}: field '{field}' is {type(text).__name__}; expected a string"
+                    )
                 else:
                     yield text, len(text.encode("utf-8"))
     except GptlabError:
         raise
     except Exception as e:
-        raise GptlabError(f"{src.label}: streaming failed after {n:,} rows ({_one_line(e)}); check the network and "
-                          "re-run (prepare starts over and writes identical shards)") from None
+        raise GptlabError(
+            f"{src.label}: streaming failed after {n:,} rows ({_one_line(e)}); check the network and "
+            "re-run (prepare starts over and writes identical shards)"
+        ) from None
 
 
 def _hf_meta(src: Source) -> dict:
     ds = src.dataset
-    out = {"hf_dataset": ds.path, "config": ds.name, "split": ds.split, "revision": ds.revision,
-           "streaming": True}
+    out = {"hf_dataset": ds.path, "config": ds.name, "split": ds.split, "revision": ds.revision, "streaming": True}
     if ds.data_files is not None:
         files = []
         for f in ds.data_files:
             p = Path(f)
-            files.append({"path": f, "sha256": file_sha256(p), "bytes": p.stat().st_size} if p.is_file()
-                         else {"path": f})
+            files.append(
+                {"path": f, "sha256": file_sha256(p), "bytes": p.stat().st_size} if p.is_file() else {"path": f}
+            )
         out["data_files"] = files
     return out
 
 
 _READERS: dict[str, Callable[[Source, str], Iterator[tuple[Doc, int]]]] = {
-    "txt": _read_txt, "bundled": _read_bundled, "jsonl": _read_jsonl, "parquet": _read_parquet, "bin": _read_bin,
-    "hf": _read_hf}
+    "txt": _read_txt,
+    "bundled": _read_bundled,
+    "jsonl": _read_jsonl,
+    "parquet": _read_parquet,
+    "bin": _read_bin,
+    "hf": _read_hf,
+}
 
 
 def _documents(files: Iterable[Source], text_field: str, max_docs: int = 0) -> Iterator[tuple[Doc, int]]:

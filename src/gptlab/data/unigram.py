@@ -18,7 +18,7 @@ def token_counts(dataset, max_tokens: int | None = None, chunk: int = 1 << 24) -
     left = max_tokens if max_tokens is not None else sum(len(a) for a in dataset.arrays)
     for arr in dataset.arrays:
         for i in range(0, min(len(arr), left), chunk):
-            counts += np.bincount(arr[i:min(i + chunk, left)], minlength=VOCAB_SIZE)[:VOCAB_SIZE]
+            counts += np.bincount(arr[i : min(i + chunk, left)], minlength=VOCAB_SIZE)[:VOCAB_SIZE]
         left -= min(len(arr), left)
         if left <= 0:
             break

@@ -78,15 +78,21 @@ def shard_failures(data_dir: str | os.PathLike, force: bool = False) -> tuple[li
             hashed += 1
             sha, top = _sha256_and_max(path)
             if sha != want:
-                failures.append(f"shard {path}: sha256 differs from meta.json's (corrupted or changed after "
-                                "prepare); re-run `gptlab prepare`")
+                failures.append(
+                    f"shard {path}: sha256 differs from meta.json's (corrupted or changed after "
+                    "prepare); re-run `gptlab prepare`"
+                )
             elif top >= limit:  # the ids themselves, not meta.json's word for them
-                failures.append(f"shard {path}: token id {top} >= {limit:,} (the vocabulary of GPT-2's tokenizer"
-                                f"{' and meta.json' if limit == vocab_size else ''}): not GPT-2 tokens or corrupted; "
-                                "re-run `gptlab prepare`")
+                failures.append(
+                    f"shard {path}: token id {top} >= {limit:,} (the vocabulary of GPT-2's tokenizer"
+                    f"{' and meta.json' if limit == vocab_size else ''}): not GPT-2 tokens or corrupted; "
+                    "re-run `gptlab prepare`"
+                )
             elif isinstance(max_id, int) and top > max_id:
-                failures.append(f"shard {path}: holds token id {top} but meta.json's max_id is {max_id} (meta.json "
-                                "edited, or the shard changed with it); re-run `gptlab prepare`")
+                failures.append(
+                    f"shard {path}: holds token id {top} but meta.json's max_id is {max_id} (meta.json "
+                    "edited, or the shard changed with it); re-run `gptlab prepare`"
+                )
             else:
                 verified[sh["file"]] = stamp
     if hashed:
@@ -101,7 +107,10 @@ def verify_data(data_dir: str | os.PathLike, force: bool = False) -> int:
     """Raise a one-line GptlabError naming the first bad shard (and how many more); return how many were hashed."""
     failures, hashed = shard_failures(data_dir, force)
     if failures:
-        more = f" (and {len(failures) - 1} more shard(s); `gptlab verify {data_dir}` lists them)" \
-            if len(failures) > 1 else ""
+        more = (
+            f" (and {len(failures) - 1} more shard(s); `gptlab verify {data_dir}` lists them)"
+            if len(failures) > 1
+            else ""
+        )
         raise GptlabError(failures[0] + more)
     return hashed

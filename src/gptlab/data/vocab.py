@@ -13,6 +13,7 @@ derived from (file names and sha256s from meta.json); a cache whose key differs 
 rebuilt, never reused. In a read-only data folder the ids are computed in memory each time (one read of the train
 split) and a one-line note says the cache was not written.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -126,8 +127,10 @@ def corpus_vocab(data_dir: str | Path) -> VocabMap:
         atomic_write(cache, write)
     except (OSError, GptlabError) as e:  # a read-only data folder: the cache is optional, only slower without it
         why = str(e).rsplit(": ", 1)[-1] if isinstance(e, GptlabError) else (e.strerror or str(e))
-        print(f"note: {cache} not written ({why}): the corpus vocabulary is computed in memory, again next time",
-              file=sys.stderr)
+        print(
+            f"note: {cache} not written ({why}): the corpus vocabulary is computed in memory, again next time",
+            file=sys.stderr,
+        )
     _KNOWN[known] = VocabMap(ids)
     return _KNOWN[known]
 

@@ -16,8 +16,10 @@ def print_dry_run(spec: Spec, extra: dict) -> None:
     from gptlab.model import GPTModel, count_params
 
     print(f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})")
-    print(f"{'run':<30} {'params':>12} {'tokens':>14} {'FLOPs':>9} {'lr':>8} {'wd':>7} {'clip':>5} {'drop':>5} "
-          f"{'sched':>8} {'prec':>5} {'published':>9}  interventions")
+    print(
+        f"{'run':<30} {'params':>12} {'tokens':>14} {'FLOPs':>9} {'lr':>8} {'wd':>7} {'clip':>5} {'drop':>5} "
+        f"{'sched':>8} {'prec':>5} {'published':>9}  interventions"
+    )
     total_flops = sum(_print_run(spec, v, s, extra) for v, s in spec.matrix())
     cfg0, _, vocab0 = spec.resolve(spec.variants[0], spec.seeds[0], extra)
     if cfg0.data.vocab == "corpus" and vocab0 is None:
@@ -26,14 +28,18 @@ def print_dry_run(spec: Spec, extra: dict) -> None:
         n0 = count_params(GPTModel(cfg0.model))
     if torch.cuda.is_available() or n0 < _MEASURABLE_PARAMS:
         rate = _measure_flops(cfg0)
-        print(f"total {total_flops:.3e} FLOPs; this machine trains the base model at ~{rate:.2e} FLOP/s "
-              f"-> estimated {total_flops / rate / 60:.1f} min run one after another")
+        print(
+            f"total {total_flops:.3e} FLOPs; this machine trains the base model at ~{rate:.2e} FLOP/s "
+            f"-> estimated {total_flops / rate / 60:.1f} min run one after another"
+        )
     else:
         from gptlab.train.flops import PEAK_FLOPS
 
         node = 8 * PEAK_FLOPS["A100"] * 0.40
-        print(f"total {total_flops:.3e} FLOPs; at 40% MFU on 8x A100 (bf16 peak 312 TFLOP/s each): "
-              f"~{total_flops / node / 3600:.1f} node-hours (not measured: no GPU here)")
+        print(
+            f"total {total_flops:.3e} FLOPs; at 40% MFU on 8x A100 (bf16 peak 312 TFLOP/s each): "
+            f"~{total_flops / node / 3600:.1f} node-hours (not measured: no GPU here)"
+        )
 
 
 def _print_run(spec: Spec, v: Variant, seed: int, extra: dict) -> float:
@@ -52,9 +58,11 @@ def _print_run(spec: Spec, v: Variant, seed: int, extra: dict) -> float:
     fl = flops_per_token(cfg.model) * tokens
     ref = f"{v.reference:.3f}" if v.reference is not None else ""
     sched = t.schedule if not t.warmup_frac else f"{t.schedule}+w"
-    print(f"{spec.run_id(v.name, seed):<30} {n:>12,} {tokens:>14,} {fl:>9.2e} {t.lr:>8.2g} "
-          f"{t.weight_decay:>7.5g} {t.grad_clip or '-':>5} {cfg.model.drop_rate:>5.2g} {sched:>8} "
-          f"{t.precision:>5} {ref:>9}  {', '.join(v.interventions) or '-'}")
+    print(
+        f"{spec.run_id(v.name, seed):<30} {n:>12,} {tokens:>14,} {fl:>9.2e} {t.lr:>8.2g} "
+        f"{t.weight_decay:>7.5g} {t.grad_clip or '-':>5} {cfg.model.drop_rate:>5.2g} {sched:>8} "
+        f"{t.precision:>5} {ref:>9}  {', '.join(v.interventions) or '-'}"
+    )
     return fl
 
 

@@ -39,11 +39,22 @@ def leaderboard(paths: list[str]) -> list[dict]:
             settings = report_settings(dbp.parent)
             # a tuned experiment's sweep and tuned runs (VARIANT@lr=...) are not variants of its own, nor are
             # variants since removed from its spec
-            exp_runs = [r for r in runs if r["experiment"] == exp and TUNE_MARK not in str(r["variant"])
-                        and r["variant"] in settings.get("variants", [r["variant"]])]
+            exp_runs = [
+                r
+                for r in runs
+                if r["experiment"] == exp
+                and TUNE_MARK not in str(r["variant"])
+                and r["variant"] in settings.get("variants", [r["variant"]])
+            ]
             baseline = settings["baseline"]
-            for r in build_rows(exp_runs, baseline, judge, equivalence_margin=settings["equivalence_margin"],
-                                design=settings["design"], alpha=settings["alpha"]):
+            for r in build_rows(
+                exp_runs,
+                baseline,
+                judge,
+                equivalence_margin=settings["equivalence_margin"],
+                design=settings["design"],
+                alpha=settings["alpha"],
+            ):
                 rows.append(dict(r, experiment=exp))
     return rows
 
@@ -55,12 +66,35 @@ def format_leaderboard(rows: list[dict], style: str = "text") -> str:
     def pval(p):
         return "-" if p is None else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
 
-    headers = ["experiment", "variant", "n", "mean test loss", "95% CI", "Δ vs baseline", "p", "p (Holm)", "MDE",
-               "tokens/s", "verdict"]
-    body = [[r["experiment"], r["variant"], str(r["n"]), f(r["mean"], ".4f"),
-             "-" if r["ci_low"] is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f(r["diff"], "+.4f"),
-             pval(r["p"]), pval(r.get("p_holm")), f(r.get("mde"), ".4f"), f(r.get("tokens_per_s"), ",.0f"),
-             r["verdict"]] for r in rows]
+    headers = [
+        "experiment",
+        "variant",
+        "n",
+        "mean test loss",
+        "95% CI",
+        "Δ vs baseline",
+        "p",
+        "p (Holm)",
+        "MDE",
+        "tokens/s",
+        "verdict",
+    ]
+    body = [
+        [
+            r["experiment"],
+            r["variant"],
+            str(r["n"]),
+            f(r["mean"], ".4f"),
+            "-" if r["ci_low"] is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+            f(r["diff"], "+.4f"),
+            pval(r["p"]),
+            pval(r.get("p_holm")),
+            f(r.get("mde"), ".4f"),
+            f(r.get("tokens_per_s"), ",.0f"),
+            r["verdict"],
+        ]
+        for r in rows
+    ]
     from gptlab.experiments.report.tables import markdown_table, text_table
 
     return markdown_table(headers, body) if style == "markdown" else text_table(headers, body)

@@ -23,8 +23,23 @@ DB_NAME = "results.sqlite"
 BUSY_TIMEOUT_S = 60.0
 
 RUN_COLUMNS: tuple[str, ...] = (
-    "run_id", "experiment", "variant", "seed", "interventions", "run_dir", "config_hash", "git_commit",
-    "params", "tokens", "flops", "train_loss", "val_loss", "test_loss", "wall_time", "tokens_per_s", "finished",
+    "run_id",
+    "experiment",
+    "variant",
+    "seed",
+    "interventions",
+    "run_dir",
+    "config_hash",
+    "git_commit",
+    "params",
+    "tokens",
+    "flops",
+    "train_loss",
+    "val_loss",
+    "test_loss",
+    "wall_time",
+    "tokens_per_s",
+    "finished",
 )
 METRIC_COLUMNS: tuple[str, ...] = ("run_id", "step", "tokens", "train_loss", "val_loss", "lr")
 JUDGE_COLUMNS: tuple[str, ...] = ("run_id", "item", "instruction", "response", "score", "judge_model")
@@ -80,9 +95,11 @@ def _coerce(col: str, v: Any) -> Any:
 
 def damaged(path: str | Path, e: sqlite3.Error) -> GptlabError:
     """One line for a results database SQLite cannot use (overwritten, truncated, not SQLite at all)."""
-    return GptlabError(f"{path}: not a usable gptlab results database (SQLite said: {e}); move it aside and re-run "
-                       "`gptlab experiment`: finished runs are recorded again from their run folders' final.json "
-                       "without training")
+    return GptlabError(
+        f"{path}: not a usable gptlab results database (SQLite said: {e}); move it aside and re-run "
+        "`gptlab experiment`: finished runs are recorded again from their run folders' final.json "
+        "without training"
+    )
 
 
 def _one_line(method):
@@ -150,7 +167,8 @@ class ResultsDB:
         if version > SCHEMA_VERSION:
             raise GptlabError(
                 f"{self.path} has results schema version {version}; this gptlab understands up to "
-                f"{SCHEMA_VERSION} (upgrade gptlab)")
+                f"{SCHEMA_VERSION} (upgrade gptlab)"
+            )
         mode = c.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
             c.execute("PRAGMA journal_mode = WAL")
@@ -206,7 +224,8 @@ class ResultsDB:
         if unknown:
             raise GptlabError(
                 f"record_run: unknown field(s) {', '.join(unknown)} for run {row['run_id']} "
-                f"(valid: {', '.join(RUN_COLUMNS)})")
+                f"(valid: {', '.join(RUN_COLUMNS)})"
+            )
         full = {col: row.get(col) for col in RUN_COLUMNS}
         if full["finished"] is None:
             full["finished"] = time.time()
@@ -239,13 +258,21 @@ class ResultsDB:
         rows = []
         for i, it in enumerate(items):
             item = it.get("item", i)
-            rows.append((str(run_id), int(item), _coerce("instruction", it.get("instruction")),
-                         _coerce("response", it.get("response")), _float_or_none(it.get("score")),
-                         str(judge_model)))
+            rows.append(
+                (
+                    str(run_id),
+                    int(item),
+                    _coerce("instruction", it.get("instruction")),
+                    _coerce("response", it.get("response")),
+                    _float_or_none(it.get("score")),
+                    str(judge_model),
+                )
+            )
         with self._transaction() as c:
             c.execute("DELETE FROM judge_scores WHERE run_id = ? AND judge_model = ?", (str(run_id), str(judge_model)))
             c.executemany(
-                f"INSERT OR REPLACE INTO judge_scores({', '.join(JUDGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                f"INSERT OR REPLACE INTO judge_scores({', '.join(JUDGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
 
     # ------------------------------------------------------------------ reads
     @_one_line

@@ -71,8 +71,10 @@ class Stopped(BaseException):
         return 130 if self.signum == signal.SIGINT else EXIT_PREEMPTED
 
     def line(self) -> str:
-        return (f"stopped by {signal.Signals(self.signum).name}: finished runs are recorded, stopped ones resume "
-                f"from their checkpoints; re-run the same command to continue")
+        return (
+            f"stopped by {signal.Signals(self.signum).name}: finished runs are recorded, stopped ones resume "
+            f"from their checkpoints; re-run the same command to continue"
+        )
 
 
 class StopSignals:
@@ -124,21 +126,30 @@ class ExperimentLock:
             other = os.read(self.fd, 200).decode(errors="replace").split()
             pid = other[0] if other else "?"
             if len(other) == 2 and other[1] == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                print(f"{self.path.parent}: waiting for the runs of a stopped runner (pid {pid}) to write their "
-                      f"checkpoints and exit", file=sys.stderr, flush=True)
+                print(
+                    f"{self.path.parent}: waiting for the runs of a stopped runner (pid {pid}) to write their "
+                    f"checkpoints and exit",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
                 self.locked = True
             else:
                 os.close(self.fd)
                 self.fd = None
                 where = "" if len(other) < 2 or other[1] == socket.gethostname() else f" on {other[1]}"
-                raise GptlabError(f"{self.path.parent}: {self.what} is in use by another runner (pid {pid}{where}); "
-                                  f"`--status` shows its progress") from None
+                raise GptlabError(
+                    f"{self.path.parent}: {self.what} is in use by another runner (pid {pid}{where}); "
+                    f"`--status` shows its progress"
+                ) from None
         except OSError as e:
             if e.errno not in NO_LOCKS:
                 raise
-            print(f"gptlab: warning: {self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
-                  f"a second runner from using the {self.what}", file=sys.stderr)
+            print(
+                f"gptlab: warning: {self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
+                f"a second runner from using the {self.what}",
+                file=sys.stderr,
+            )
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         return self
@@ -167,12 +178,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False, parallel: int | None = None,
-                   overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None,
-                   procs_per_run: int | None = None, gpus_per_run: int | None = None,
-                   rerun_changed: bool = False, backend: str = "local", backend_options: dict | None = None,
-                   until_decided: bool = False, max_seeds: int | None = None,
-                   seeds_per_round: int | None = None, force: bool = False) -> int:
+def run_experiment(
+    spec_path: str,
+    out: str | None = None,
+    dry_run: bool = False,
+    parallel: int | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+    only: list[str] | None = None,
+    procs_per_run: int | None = None,
+    gpus_per_run: int | None = None,
+    rerun_changed: bool = False,
+    backend: str = "local",
+    backend_options: dict | None = None,
+    until_decided: bool = False,
+    max_seeds: int | None = None,
+    seeds_per_round: int | None = None,
+    force: bool = False,
+) -> int:
     """Run (or with dry_run, only print) the matrix of `spec_path`; the exit status for the CLI.
 
     `backend`: "local" (scheduler/local.py: `gpus_per_run` splits the visible GPUs into slots, one run per slot;
@@ -203,9 +226,11 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
             from gptlab.experiments.tuning import sweep_spec
 
             t, n = spec.tune, len(sweep_spec(spec).matrix())
-            print(f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
-                  f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(spec.matrix())} runs "
-                  f"of the variants at their chosen values")
+            print(
+                f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
+                f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(spec.matrix())} runs "
+                f"of the variants at their chosen values"
+            )
         if seq_opts:
             print(_design_line(spec, seq_opts))
         return 0
@@ -238,17 +263,31 @@ def run_experiment(spec_path: str, out: str | None = None, dry_run: bool = False
             db.close()
         lock.release()
     if failures:
-        print(f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",
-              file=sys.stderr)
+        print(
+            f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
-def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None = None,
-              seeds: list[int] | None = None, out: str | None = None, parallel: int | None = None,
-              overrides: list[str] | None = None, quiet: bool = False, only: list[str] | None = None,
-              procs_per_run: int | None = None, gpus_per_run: int | None = None, rerun_changed: bool = False,
-              backend: str = "local", backend_options: dict | None = None, force: bool = False) -> int:
+def run_sweep(
+    spec_path: str,
+    param: str | None = None,
+    grid: list[float] | None = None,
+    seeds: list[int] | None = None,
+    out: str | None = None,
+    parallel: int | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+    only: list[str] | None = None,
+    procs_per_run: int | None = None,
+    gpus_per_run: int | None = None,
+    rerun_changed: bool = False,
+    backend: str = "local",
+    backend_options: dict | None = None,
+    force: bool = False,
+) -> int:
     """`gptlab sweep`: train every variant of the spec at every value of the grid on the sweep's seeds (the
     spec's tune / tune_grid / tune_seeds, or `param`, `grid`, `seeds` instead), record the runs in the
     experiment's results.sqlite, write sweep.json with each variant's chosen value and print the table. A later
@@ -262,11 +301,16 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
         _keep_only(spec, only)
     extra = parse_overrides(overrides or [])
     if param is None and grid is None and seeds is None and spec.tune is None:
-        raise GptlabError(f"{spec_path}: no tune settings; give --param and --grid (or tune and tune_grid in the "
-                          f"spec)")
+        raise GptlabError(f"{spec_path}: no tune settings; give --param and --grid (or tune and tune_grid in the spec)")
     raw = read_toml(spec.path)
-    spec.tune = read_tune(spec, raw, "sweep", param=param or (spec.tune.param if spec.tune else None), grid=grid,
-                          seeds=seeds if seeds is not None else (spec.tune.seeds if spec.tune else None))
+    spec.tune = read_tune(
+        spec,
+        raw,
+        "sweep",
+        param=param or (spec.tune.param if spec.tune else None),
+        grid=grid,
+        seeds=seeds if seeds is not None else (spec.tune.seeds if spec.tune else None),
+    )
     sweep = tuning.sweep_spec(spec)
     exp_dir = _exp_dir(spec, out, force)
     runner_backend = _make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
@@ -285,8 +329,10 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
             db.close()
         lock.release()
     if failures:
-        print(f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",
-              file=sys.stderr)
+        print(
+            f"{len(failures)} run(s) failed: {', '.join(failures)} (logs in {exp_dir / 'runs'}); re-run to retry",
+            file=sys.stderr,
+        )
         return 1
     print(text_table(*tuning.format_sweep(chosen)))
     for note in tuning.sweep_notes(chosen):
@@ -298,12 +344,14 @@ def run_sweep(spec_path: str, param: str | None = None, grid: list[float] | None
 def _exp_dir(spec: Spec, out: str | None, force: bool) -> Path:
     """The experiment folder: experiments/NAME (the name confined to experiments/) or --out; refused when it
     holds files gptlab did not write, unless `force`. Nothing is created yet (_open claims it)."""
-    return check_experiment_dir(Path(out) if out else confined("experiments", spec.name, f"{spec.path}: name"),
-                                "--out" if out else "experiment folder", force)
+    return check_experiment_dir(
+        Path(out) if out else confined("experiments", spec.name, f"{spec.path}: name"),
+        "--out" if out else "experiment folder",
+        force,
+    )
 
 
-def _open(spec: Spec, extra: dict, exp_dir: Path, backend: Backend, lock: ExperimentLock,
-          quiet: bool) -> ResultsDB:
+def _open(spec: Spec, extra: dict, exp_dir: Path, backend: Backend, lock: ExperimentLock, quiet: bool) -> ResultsDB:
     """The experiment folder created and marked as gptlab's (_exp_dir checked it), with its runs/ and configs/,
     locked (its runs inherit the lock), the data prepared; its results database."""
     claim_experiment_dir(exp_dir, str(exp_dir), force=True)
@@ -317,8 +365,9 @@ def _open(spec: Spec, extra: dict, exp_dir: Path, backend: Backend, lock: Experi
     return ResultsDB(exp_dir / "results.sqlite")
 
 
-def _run_tuned(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, notes: list[str],
-               rerun_changed: bool) -> list[str]:
+def _run_tuned(
+    spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, notes: list[str], rerun_changed: bool
+) -> list[str]:
     """A spec with tune: the matrix at the base config's value and the sweep (one queue), each variant's value
     chosen (sweep.json), then the matrix of every variant at its chosen value. Returns the failed run ids."""
     from gptlab.experiments import tuning
@@ -331,11 +380,13 @@ def _run_tuned(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: B
         return failures
     chosen = _choose(spec, exp_dir, db)
     tuned = tuning.tuned_spec(spec, chosen["best"])
-    failures = _run_matrix(tuned, extra, exp_dir, db, backend, _check_changed(tuned, extra, exp_dir, db,
-                                                                              rerun_changed))
+    failures = _run_matrix(tuned, extra, exp_dir, db, backend, _check_changed(tuned, extra, exp_dir, db, rerun_changed))
     if not failures:
-        chosen["tuned_runs"] = {tuned.run_id(t.name, s): v.name
-                                for v, t in zip(spec.variants, tuned.variants, strict=True) for s in (t.seeds or spec.seeds)}
+        chosen["tuned_runs"] = {
+            tuned.run_id(t.name, s): v.name
+            for v, t in zip(spec.variants, tuned.variants, strict=True)
+            for s in (t.seeds or spec.seeds)
+        }
         atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
     return failures
 
@@ -356,8 +407,9 @@ class _SeqOptions:
     family: list[str]  # the variants compared with the baseline (before --only): the Bonferroni family
 
 
-def _sequential_options(spec: Spec, until_decided: bool, max_seeds: int | None,
-                        per_round: int | None) -> _SeqOptions | None:
+def _sequential_options(
+    spec: Spec, until_decided: bool, max_seeds: int | None, per_round: int | None
+) -> _SeqOptions | None:
     if not until_decided:
         if max_seeds is not None or per_round is not None:
             raise GptlabError("--max-seeds/--seeds-per-round: only with --until-decided")
@@ -366,8 +418,10 @@ def _sequential_options(spec: Spec, until_decided: bool, max_seeds: int | None,
         raise GptlabError("--until-decided: needs --max-seeds K (the most seeds any variant gets)")
     most = max(len(v.seeds or spec.seeds) for v in spec.variants)
     if max_seeds < max(2, most):
-        raise GptlabError(f"--max-seeds: {max_seeds} is below the {max(2, most)} seeds the spec already gives "
-                          f"a variant (at least 2: a t-test needs them)")
+        raise GptlabError(
+            f"--max-seeds: {max_seeds} is below the {max(2, most)} seeds the spec already gives "
+            f"a variant (at least 2: a t-test needs them)"
+        )
     per_round = per_round if per_round is not None else max(2, len(spec.seeds))
     if per_round < 1:
         raise GptlabError(f"--seeds-per-round: expected at least 1, got {per_round}")
@@ -383,14 +437,17 @@ def _design_line(spec: Spec, o: _SeqOptions) -> str:
     looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
     alpha = spec.alpha / len(o.family)
     ps = sq.nominal_p(sq.boundaries([sq.info_fraction(n, n, o.max_seeds) for n in looks], alpha))
-    return (f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; "
-            f"alpha {spec.alpha:g} / "
-            f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
-            f"{', '.join(f'{p:.2g}' for p in ps)}")
+    return (
+        f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; "
+        f"alpha {spec.alpha:g} / "
+        f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
+        f"{', '.join(f'{p:.2g}' for p in ps)}"
+    )
 
 
-def _run_rounds(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, o: _SeqOptions,
-                rerun_changed: bool) -> tuple[list[str], set[str]]:
+def _run_rounds(
+    spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, o: _SeqOptions, rerun_changed: bool
+) -> tuple[list[str], set[str]]:
     """The spec's seeds are run: look at each undecided variant (sequential.py), then add the next round's seeds
     to the undecided variants and the baseline and run them, until every variant is decided or has max_seeds.
     Every look is recomputed from results.sqlite, so an interrupted experiment replays the same rounds when
@@ -399,8 +456,9 @@ def _run_rounds(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
 
     seeds = {v.name: list(v.seeds or spec.seeds) for v in spec.variants}
     compared = [n for n in o.family if n in seeds]  # --only: the others keep their share of alpha
-    seq = Sequential(spec.baseline, compared, o.max_seeds, o.per_round, family=len(o.family), alpha=spec.alpha,
-                     design=spec.design)
+    seq = Sequential(
+        spec.baseline, compared, o.max_seeds, o.per_round, family=len(o.family), alpha=spec.alpha, design=spec.design
+    )
     ext, round_no = spec, 1
     while True:
         seq.update(_test_losses(db, spec, seeds), {g: len(s) for g, s in seeds.items()}, round_no)
@@ -418,9 +476,12 @@ def _run_rounds(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
             return failures, {ext.run_id(v.name, s) for v, s in ext.matrix()}
         round_no += 1
     verdicts = ", ".join(f"{v} {seq.decision.get(v, 'undecided')}" for v in compared)
-    print(f"{seq.to_json(len(spec.seeds))['design']} (alpha {spec.alpha:g} / {len(o.family)} per variant): "
-          f"{verdicts} "
-          f"-> {exp_dir / 'sequential.json'}", flush=True)
+    print(
+        f"{seq.to_json(len(spec.seeds))['design']} (alpha {spec.alpha:g} / {len(o.family)} per variant): "
+        f"{verdicts} "
+        f"-> {exp_dir / 'sequential.json'}",
+        flush=True,
+    )
     return [], {ext.run_id(v.name, s) for v, s in ext.matrix()}
 
 
@@ -474,8 +535,9 @@ def _check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_
     ids = [rid for rid, _ in changed]
     if not rerun_changed:
         also = f"; also {', '.join(ids[1:])}" if len(ids) > 1 else ""
-        raise GptlabError(f"{ids[0]}: {changed[0][1]}{also}; re-run with --rerun-changed to redo "
-                          f"{'them' if len(ids) > 1 else 'it'}")
+        raise GptlabError(
+            f"{ids[0]}: {changed[0][1]}{also}; re-run with --rerun-changed to redo {'them' if len(ids) > 1 else 'it'}"
+        )
     db.forget(ids)
     notes = []
     for rid in ids:
@@ -500,8 +562,9 @@ def _move_aside(runs: Path, rid: str) -> Path | None:
     return runs / f"{rid}.stale-{n}"
 
 
-def _make_backend(name: str, exp_dir: Path, parallel: int | None, procs_per_run: int | None,
-                  gpus_per_run: int | None, options: dict) -> Backend:
+def _make_backend(
+    name: str, exp_dir: Path, parallel: int | None, procs_per_run: int | None, gpus_per_run: int | None, options: dict
+) -> Backend:
     if name == "local":
         return LocalBackend(parallel, procs_per_run=procs_per_run, gpus_per_run=gpus_per_run)
     if name == "slurm":
@@ -534,6 +597,7 @@ def _prepare_data(cfg, quiet: bool) -> None:
 @dataclass
 class _Running:
     """A run in flight on the backend."""
+
     job: RunJob
     handle: object
     variant: Variant
@@ -541,15 +605,19 @@ class _Running:
     started: float
 
 
-def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend,
-                notes: list[str] | None = None) -> list[str]:
+def _run_matrix(
+    spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, notes: list[str] | None = None
+) -> list[str]:
     """Run every run not yet in `db` on `backend`, recording each success as it finishes; return the failed run
     ids. A stop signal (StopSignals) is passed on to the runs in flight; once they have ended (the finished ones
     recorded), Stopped is raised."""
     done = db.run_ids()
     todo = [(v, s) for v, s in spec.matrix() if spec.run_id(v.name, s) not in done]
-    print(f"experiment {spec.name}: {len(spec.matrix())} runs, {len(spec.matrix()) - len(todo)} already done, "
-          f"{len(todo)} to run ({backend.describe()}) -> {exp_dir}", flush=True)
+    print(
+        f"experiment {spec.name}: {len(spec.matrix())} runs, {len(spec.matrix()) - len(todo)} already done, "
+        f"{len(todo)} to run ({backend.describe()}) -> {exp_dir}",
+        flush=True,
+    )
     for note in notes or []:
         print(note, flush=True)
     queue, running, failures = list(todo), [], []
@@ -563,8 +631,11 @@ def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
         if backend.state(run.handle) == State.DONE and (run.job.run_dir / "final.json").exists():
             row = record(db, spec, run.variant, run.seed, run.job.run_dir)
             eta = (time.time() - t_start) / n_done * (len(todo) - n_done)
-            print(f"{counter} test {row['test_loss']:.4f}  val {row['val_loss']:.4f}  "
-                  f"{time.time() - run.started:6.1f}s  ETA {eta / 60:.1f} min", flush=True)
+            print(
+                f"{counter} test {row['test_loss']:.4f}  val {row['val_loss']:.4f}  "
+                f"{time.time() - run.started:6.1f}s  ETA {eta / 60:.1f} min",
+                flush=True,
+            )
         elif stopped_by is not None:
             print(f"{counter} stopped ({signal.Signals(stopped_by).name}): {_stopped_how(run, backend)}", flush=True)
         else:
@@ -582,11 +653,18 @@ def _run_matrix(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: 
                 break
             time.sleep(0.2)
             for run in [r for r in running if backend.state(r.handle) in (State.DONE, State.FAILED)]:
-                if (backend.state(run.handle) == State.FAILED and getattr(backend, "requeue_preempted", False)
-                        and backend.exit_code(run.handle) == EXIT_PREEMPTED and stops.signum is None):
+                if (
+                    backend.state(run.handle) == State.FAILED
+                    and getattr(backend, "requeue_preempted", False)
+                    and backend.exit_code(run.handle) == EXIT_PREEMPTED
+                    and stops.signum is None
+                ):
                     run.handle = backend.requeue(run.handle)  # checkpoint written: resume it in a new job
-                    print(f"{'':>{len(str(len(todo))) * 2 + 3}} {run.job.run_id:<30} preempted (exit "
-                          f"{EXIT_PREEMPTED}): requeued, resumes from its checkpoint", flush=True)
+                    print(
+                        f"{'':>{len(str(len(todo))) * 2 + 3}} {run.job.run_id:<30} preempted (exit "
+                        f"{EXIT_PREEMPTED}): requeued, resumes from its checkpoint",
+                        flush=True,
+                    )
                     continue
                 finished(run)
         if stops.signum is None:
@@ -606,8 +684,10 @@ def _stopped_how(run: _Running, backend: Backend) -> str:
         step = json.loads((run.job.run_dir / MARKER).read_text())["stopped_at"]
         return f"checkpoint at step {step}, resumes from it on re-run"
     except (OSError, ValueError, KeyError, TypeError):
-        return (f"exit {backend.exit_code(run.handle)} before a checkpoint of its own; re-run resumes from its last "
-                f"checkpoint, if any")
+        return (
+            f"exit {backend.exit_code(run.handle)} before a checkpoint of its own; re-run resumes from its last "
+            f"checkpoint, if any"
+        )
 
 
 def _write_job(spec: Spec, v: Variant, seed: int, extra: dict, exp_dir: Path) -> RunJob:
@@ -623,12 +703,23 @@ def record(db: ResultsDB, spec: Spec, v: Variant, seed: int, run_dir: Path) -> d
     final = read_json(run_dir / "final.json", "delete it and re-run to score the finished run again")
     meta = read_json(run_dir / "meta.json")
     row = {
-        "run_id": spec.run_id(v.name, seed), "experiment": spec.name, "variant": v.name, "seed": seed,
-        "interventions": json.dumps(v.interventions), "run_dir": str(run_dir), "config_hash": meta.get("config_hash"),
-        "git_commit": meta.get("environment", {}).get("git_commit"), "params": final["params"],
-        "tokens": final["tokens"], "flops": final["flops"], "train_loss": final.get("train_loss"),
-        "val_loss": final["val_loss"], "test_loss": final["test_loss"], "wall_time": final.get("wall_time"),
-        "tokens_per_s": final.get("tokens_per_s"), "finished": time.time(),
+        "run_id": spec.run_id(v.name, seed),
+        "experiment": spec.name,
+        "variant": v.name,
+        "seed": seed,
+        "interventions": json.dumps(v.interventions),
+        "run_dir": str(run_dir),
+        "config_hash": meta.get("config_hash"),
+        "git_commit": meta.get("environment", {}).get("git_commit"),
+        "params": final["params"],
+        "tokens": final["tokens"],
+        "flops": final["flops"],
+        "train_loss": final.get("train_loss"),
+        "val_loss": final["val_loss"],
+        "test_loss": final["test_loss"],
+        "wall_time": final.get("wall_time"),
+        "tokens_per_s": final.get("tokens_per_s"),
+        "finished": time.time(),
     }
     db.record_run(row, _metrics_rows(run_dir))
     return row
@@ -642,8 +733,10 @@ def _metrics_rows(run_dir: Path) -> list[dict]:
     for r in read_jsonl(run_dir / "metrics.jsonl"):
         if "step" not in r or r.get("event") == "skipped_batch":
             continue
-        row = by_step.setdefault(int(r["step"]), {"step": int(r["step"]), "tokens": r.get("tokens"),
-                                                  "train_loss": None, "val_loss": None, "lr": None})
+        row = by_step.setdefault(
+            int(r["step"]),
+            {"step": int(r["step"]), "tokens": r.get("tokens"), "train_loss": None, "val_loss": None, "lr": None},
+        )
         for k in ("train_loss", "val_loss", "lr", "tokens"):
             if r.get(k) is not None:
                 row[k] = r[k]
@@ -658,9 +751,18 @@ def _report(spec: Spec, exp_dir: Path, run_ids: set[str]) -> bool:
 
     refs = {v.name: v.reference for v in spec.variants if v.reference is not None}
     try:
-        res = write_report(exp_dir, baseline=spec.baseline, experiment=spec.name, reference=refs or None,
-                           title=spec.name, run_ids=run_ids, equivalence_margin=spec.equivalence_margin,
-                           design=spec.design, tuned=spec.tune is not None, alpha=spec.alpha)
+        res = write_report(
+            exp_dir,
+            baseline=spec.baseline,
+            experiment=spec.name,
+            reference=refs or None,
+            title=spec.name,
+            run_ids=run_ids,
+            equivalence_margin=spec.equivalence_margin,
+            design=spec.design,
+            tuned=spec.tune is not None,
+            alpha=spec.alpha,
+        )
     except GptlabError as e:
         print(f"report not written: {e}", file=sys.stderr)
         return False

@@ -55,7 +55,8 @@ TREND_RULE = (
     "distribution with the smallest per-rung degrees of freedom; when its two-sided p < alpha the trend is "
     "**grows** if the slope moves Δ away from zero at the largest rung (the fitted Δ there and the slope have the "
     "same sign) and **shrinks** otherwise; else **flat** (no detectable change with scale, which is not proof of "
-    "none; \"flat (untested)\" when no slope test was possible: fewer than 2 seeds or 2 computes).")
+    'none; "flat (untested)" when no slope test was possible: fewer than 2 seeds or 2 computes).'
+)
 
 
 # ---------------------------------------------------------------------------------------------------- curves
@@ -63,6 +64,7 @@ TREND_RULE = (
 class Curve:
     """L(C) = E + A (C / c0)^(-alpha); form "saturating", "power" (E = 0; a variant's
     offset curve: E = its δ) or "constant" (A = 0)."""
+
     form: str
     E: float
     A: float
@@ -121,9 +123,17 @@ def fit_curve(c, loss, c0: float | None = None, sigma=None) -> Curve | None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                p, _ = optimize.curve_fit(_sat, x, y, p0=p0, sigma=sd, jac=_sat_jac, bounds=([0.0, 1e-12, ALPHA_BOUNDS[0]],
-                                                                    [e_max, np.inf, ALPHA_BOUNDS[1]]),
-                                          method="trf", maxfev=5000)
+                p, _ = optimize.curve_fit(
+                    _sat,
+                    x,
+                    y,
+                    p0=p0,
+                    sigma=sd,
+                    jac=_sat_jac,
+                    bounds=([0.0, 1e-12, ALPHA_BOUNDS[0]], [e_max, np.inf, ALPHA_BOUNDS[1]]),
+                    method="trf",
+                    maxfev=5000,
+                )
             if np.all(np.isfinite(p)):
                 return Curve("saturating", float(p[0]), float(p[1]), float(p[2]), c0)
         except (RuntimeError, ValueError, optimize.OptimizeWarning):
@@ -137,6 +147,7 @@ def fit_curve(c, loss, c0: float | None = None, sigma=None) -> Curve | None:
 class Rung:
     """One rung's measurements: the baseline's and the variant's compute (training FLOPs, per run) and final
     losses (one per seed; in a paired design the i-th of each share a seed)."""
+
     c_base: np.ndarray
     base: np.ndarray
     c_var: np.ndarray
@@ -161,7 +172,7 @@ def _points(rungs: list[Rung]) -> tuple[np.ndarray, ...]:
 
 
 def noise_note(rungs: list[Rung], paired: bool = False) -> str:
-    """"" when every rung has at least 2 seeds in both groups (paired: 2 pairs); else the note that replaces
+    """ "" when every rung has at least 2 seeds in both groups (paired: 2 pairs); else the note that replaces
     seed-noise intervals, e.g. "1 seed: no noise estimate" (the smallest count of the rungs)."""
     n = min(min(r.base.size, r.var.size) for r in rungs) if rungs else 0
     if n >= 2:
@@ -176,7 +187,11 @@ def _sigmas(rungs: list[Rung]) -> tuple[np.ndarray, np.ndarray]:
     groups = [r.base for r in rungs] + [r.var for r in rungs]
     raw = [float(np.std(v, ddof=1)) if v.size >= 2 else math.nan for v in groups]
     dof = sum(v.size - 1 for v in groups if v.size >= 2)
-    pooled = math.sqrt(sum((v.size - 1) * x**2 for v, x in zip(groups, raw, strict=True) if v.size >= 2) / dof) if dof else 0.0
+    pooled = (
+        math.sqrt(sum((v.size - 1) * x**2 for v, x in zip(groups, raw, strict=True) if v.size >= 2) / dof)
+        if dof
+        else 0.0
+    )
     fill = pooled if math.isfinite(pooled) and pooled > 0 else 1.0
     fixed = [x if math.isfinite(x) and x > 0 else fill for x in raw]
     k = len(rungs)
@@ -189,6 +204,7 @@ def _sigmas(rungs: list[Rung]) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class PairFit:
     """A variant's fit against the baseline: model "separate" (two curves) or "offset" (one curve + delta)."""
+
     model: str
     base: Curve
     var: Curve
@@ -210,8 +226,11 @@ def fit_offset(rungs: list[Rung], c0: float | None = None) -> PairFit | None:
     c0 = float(c0 or min(cb.min(), cv.min()))
     distinct = np.unique(np.concatenate([cb, cv])).size
     if distinct >= 3:  # start from the grid's curve for the baseline (the joint fit refines it)
-        E0, A0, a0 = _init_grid(cb / c0, lb, float(lb.min()) * (1 - 1e-6)) if np.unique(cb).size >= 2 else \
-            (0.0, float(np.mean(lb)), ALPHA_BOUNDS[0])
+        E0, A0, a0 = (
+            _init_grid(cb / c0, lb, float(lb.min()) * (1 - 1e-6))
+            if np.unique(cb).size >= 2
+            else (0.0, float(np.mean(lb)), ALPHA_BOUNDS[0])
+        )
         base0 = Curve("saturating", E0, A0, a0, c0)
     else:
         base0 = fit_curve(cb, lb, c0, sb)
@@ -230,27 +249,41 @@ def fit_offset(rungs: list[Rung], c0: float | None = None) -> PairFit | None:
 
         def jac(xi, E, A, a, d):
             return np.column_stack([_sat_jac(xi[0], E, A, a), xi[1]])
+
         p0 = [min(base0.E, e_max * 0.999), base0.A, base0.alpha, delta0]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                p, _ = optimize.curve_fit(f, np.vstack([c_all, ind]), y, p0=p0, sigma=sd, jac=jac,
-                                          bounds=([0.0, 1e-12, ALPHA_BOUNDS[0], -np.inf],
-                                                  [max(e_max, 1e-9), np.inf, ALPHA_BOUNDS[1], np.inf]),
-                                          method="trf", maxfev=5000)
+                p, _ = optimize.curve_fit(
+                    f,
+                    np.vstack([c_all, ind]),
+                    y,
+                    p0=p0,
+                    sigma=sd,
+                    jac=jac,
+                    bounds=(
+                        [0.0, 1e-12, ALPHA_BOUNDS[0], -np.inf],
+                        [max(e_max, 1e-9), np.inf, ALPHA_BOUNDS[1], np.inf],
+                    ),
+                    method="trf",
+                    maxfev=5000,
+                )
             if np.all(np.isfinite(p)):
                 base = Curve("saturating", float(p[0]), float(p[1]), float(p[2]), c0)
-                return PairFit("offset", base, Curve("saturating", float(p[0] + p[3]), float(p[1]), float(p[2]), c0),
-                               float(p[3]))
+                return PairFit(
+                    "offset", base, Curve("saturating", float(p[0] + p[3]), float(p[1]), float(p[2]), c0), float(p[3])
+                )
         except (RuntimeError, ValueError):
             pass
     if base0.form == "constant":
         d = float(np.average(lv, weights=sv**-2) - np.average(lb, weights=sb**-2))
         return PairFit("offset", base0, Curve("constant", base0.E + d, 0.0, 0.0, c0), d)
+
     # pure power law with an offset: linear in (log A, α) for fixed δ; δ by a bounded scalar search
     def sse(d: float) -> float:
         cur = _power_only(c_all * c0, y - d * ind, c0, sd)
         return math.inf if cur is None else float(np.sum(((cur(c_all * c0) + d * ind - y) / sd) ** 2))
+
     span = max(1e-6, float(np.ptp(y)) + abs(delta0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -315,6 +348,7 @@ def trend(log_c, delta, se, df, ci_low, ci_high, alpha: float = 0.05) -> dict:
 
     def excludes0(i):
         return bool(np.isfinite(lo[i]) and np.isfinite(hi[i]) and (lo[i] > 0 or hi[i] < 0))
+
     if x.size >= 2 and excludes0(0) and excludes0(-1) and np.sign(d[0]) != np.sign(d[-1]):
         out["word"] = "flips"
     if x.size < 2 or not np.all(np.isfinite(s)) or np.any(s <= 0) or np.unique(x).size < 2:
@@ -346,12 +380,14 @@ def resample(rungs: list[Rung], rng: np.random.Generator, paired: bool = False) 
     """The rungs with their seeds resampled (see the module docstring: inflated to keep the variance)."""
     out = []
     for r in rungs:
+
         def draw(vals, idx):
             n = vals.size
             if n < 2:
                 return vals.copy()
             m = vals.mean()
             return m + math.sqrt(n / (n - 1)) * (vals[idx] - m)
+
         if paired and r.base.size == r.var.size:
             i = rng.integers(0, r.base.size, r.base.size)
             out.append(Rung(r.c_base[i], draw(r.base, i), r.c_var[i], draw(r.var, i)))
@@ -361,8 +397,9 @@ def resample(rungs: list[Rung], rng: np.random.Generator, paired: bool = False) 
     return out
 
 
-def bootstrap_pairs(rungs: list[Rung], fn: Callable[[list[Rung]], np.ndarray | float], n: int = 200,
-                    seed: int = 0, paired: bool = False) -> np.ndarray:
+def bootstrap_pairs(
+    rungs: list[Rung], fn: Callable[[list[Rung]], np.ndarray | float], n: int = 200, seed: int = 0, paired: bool = False
+) -> np.ndarray:
     """fn evaluated on `n` resampled ladders (rows; nan where fn could not fit)."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -390,6 +427,7 @@ def interval(draws: np.ndarray, level: float) -> tuple[float, float]:
 class Extrapolation:
     """A variant's Δ at the target compute: point estimate and bootstrap prediction interval; with a grid, the
     bootstrap bands of the variant's loss and of Δ over it (for the plot)."""
+
     fit: PairFit | None
     delta: float
     low: float
@@ -404,11 +442,20 @@ def _delta_fn(c_target: float, min_full: int, c0: float):
     def fn(rs: list[Rung]) -> float:
         f = fit_pair(rs, min_full, c0)
         return float("nan") if f is None else float(f.delta_at(c_target))
+
     return fn
 
 
-def extrapolate(rungs: list[Rung], c_target: float, level: float = 0.95, n_boot: int = 200, seed: int = 0,
-                paired: bool = False, min_full: int = MIN_RUNGS_FULL, grid=None) -> Extrapolation:
+def extrapolate(
+    rungs: list[Rung],
+    c_target: float,
+    level: float = 0.95,
+    n_boot: int = 200,
+    seed: int = 0,
+    paired: bool = False,
+    min_full: int = MIN_RUNGS_FULL,
+    grid=None,
+) -> Extrapolation:
     """Δ at `c_target` from the fit on all rungs, with the bootstrap percentile interval over seeds (and, with
     `grid`, the bands of the same replicates over it). No interval or bands, only the point and a note, when a
     rung has fewer than 2 seeds in a group (noise_note)."""
@@ -424,8 +471,10 @@ def extrapolate(rungs: list[Rung], c_target: float, level: float = 0.95, n_boot:
         f = fit_pair(rs, min_full, c0)
         if f is None:
             return np.full(1 + 2 * g.size, np.nan)
-        return np.concatenate([[f.delta_at(c_target)], np.asarray(f.var(g), float).reshape(-1),
-                               np.broadcast_to(f.delta_at(g), g.shape)])
+        return np.concatenate(
+            [[f.delta_at(c_target)], np.asarray(f.var(g), float).reshape(-1), np.broadcast_to(f.delta_at(g), g.shape)]
+        )
+
     rows = bootstrap_pairs(rungs, fn, n_boot, seed, paired)
     draws = rows[:, 0]
     lo, hi = interval(draws, level)
@@ -443,6 +492,7 @@ def extrapolate(rungs: list[Rung], c_target: float, level: float = 0.95, n_boot:
 @dataclass
 class Backtest:
     """The fit on every rung but the largest, predicting the largest rung's measured Δ."""
+
     predicted: float
     measured: float
     low: float  # prediction interval of the measured Δ
@@ -455,8 +505,14 @@ class Backtest:
         return self.measured - self.predicted
 
 
-def backtest(rungs: list[Rung], level: float = 0.95, n_boot: int = 200, seed: int = 0, paired: bool = False,
-             min_full: int = MIN_RUNGS_FULL) -> Backtest:
+def backtest(
+    rungs: list[Rung],
+    level: float = 0.95,
+    n_boot: int = 200,
+    seed: int = 0,
+    paired: bool = False,
+    min_full: int = MIN_RUNGS_FULL,
+) -> Backtest:
     """Fit on rungs[:-1], predict Δ at the last rung's compute. The interval is for the *measured* Δ: each
     bootstrap replicate adds the fit's variation (prediction on resampled smaller rungs) and the measurement's
     (the resampled largest rung's Δ minus the measured one). reliable = the measured Δ is inside it. With a rung
@@ -480,6 +536,7 @@ def backtest(rungs: list[Rung], level: float = 0.95, n_boot: int = 200, seed: in
     def fn(rs: list[Rung]) -> np.ndarray:
         noise = float(np.mean(rs[-1].var) - np.mean(rs[-1].base)) - measured
         return np.array([pred_fn(rs[:-1]) + noise])
+
     draws = bootstrap_pairs(rungs, fn, n_boot, seed, paired)[:, 0]
     lo, hi = interval(draws, level)
     ok = None if not (math.isfinite(lo) and math.isfinite(hi)) else bool(lo <= measured <= hi)

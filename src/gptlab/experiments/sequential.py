@@ -50,8 +50,10 @@ TESTS = {"independent": "Welch's t-test", "paired": "paired t-test on the per-se
 
 
 def method(design: str = "independent") -> str:
-    return ("Lan-DeMets O'Brien-Fleming-type alpha spending, boundaries by recursive numerical integration; "
-            f"{TESTS[design]} p-value against each look's nominal p; Bonferroni (alpha / variants) across variants")
+    return (
+        "Lan-DeMets O'Brien-Fleming-type alpha spending, boundaries by recursive numerical integration; "
+        f"{TESTS[design]} p-value against each look's nominal p; Bonferroni (alpha / variants) across variants"
+    )
 
 
 _POINTS_PER_SD = 24
@@ -97,6 +99,7 @@ def _looks(info: np.ndarray, bounds: np.ndarray | None, alpha: float, drift: flo
     for k, t in enumerate(info):
         dt, s = t - prev_t, math.sqrt(t)
         if k == 0:
+
             def tails(c):
                 return _st.norm.sf(c - drift * s), _st.norm.cdf(-c - drift * s)  # noqa: B023 - used in this look only
         else:
@@ -107,6 +110,7 @@ def _looks(info: np.ndarray, bounds: np.ndarray | None, alpha: float, drift: flo
                 hi = (c * s - u - drift * dt) / sd  # noqa: B023 - tails is used in this look only
                 lo = (-c * s - u - drift * dt) / sd  # noqa: B023 - likewise
                 return float(mass @ _st.norm.sf(hi)), float(mass @ _st.norm.cdf(lo))  # noqa: B023 - likewise
+
         if bounds is not None:
             c = float(bounds[k])
         else:
@@ -114,8 +118,13 @@ def _looks(info: np.ndarray, bounds: np.ndarray | None, alpha: float, drift: flo
             if target <= 0:
                 c = math.inf
             else:
-                c = optimize.brentq(lambda c: sum(tails(c)) - target,  # noqa: B023 - brentq calls it right here
-                                    0.0, 60.0, xtol=1e-10, rtol=1e-12)
+                c = optimize.brentq(
+                    lambda c: sum(tails(c)) - target,  # noqa: B023 - brentq calls it right here
+                    0.0,
+                    60.0,
+                    xtol=1e-10,
+                    rtol=1e-12,
+                )
             prev_spent = float(spent[k])
         out_b[k] = c
         up[k], down[k] = tails(c) if math.isfinite(c) else (0.0, 0.0)
@@ -189,8 +198,14 @@ def schedule(n_first: int, per_round: int, max_seeds: int) -> list[int]:
         n += per_round
 
 
-def simulate(baseline: np.ndarray, variants: np.ndarray, looks: Sequence[int], alpha: float,
-             adjust: bool = True, design: str = "independent") -> tuple[np.ndarray, np.ndarray]:
+def simulate(
+    baseline: np.ndarray,
+    variants: np.ndarray,
+    looks: Sequence[int],
+    alpha: float,
+    adjust: bool = True,
+    design: str = "independent",
+) -> tuple[np.ndarray, np.ndarray]:
     """Run the design on simulated experiments, vectorised. `baseline` (sims, max_seeds), `variants`
     (sims, m, max_seeds) losses; at look k every undecided variant and the baseline have their first looks[k]
     seeds (paired design: the j-th seeds of the baseline and a variant are a pair). Returns (verdict (sims, m):
@@ -234,6 +249,7 @@ class Look:
 class Sequential:
     """The state of an experiment run until decided: each variant's looks and decision. `update` takes a look
     at every undecided variant from the test losses recorded so far."""
+
     baseline: str
     variants: list[str]  # compared with the baseline (the Bonferroni family)
     max_seeds: int
@@ -252,8 +268,9 @@ class Sequential:
     def undecided(self) -> list[str]:
         return [v for v in self.variants if v not in self.decision]
 
-    def update(self, losses: dict[str, Sequence[float] | Mapping[int, float]], planned: dict[str, int],
-               round_no: int) -> None:
+    def update(
+        self, losses: dict[str, Sequence[float] | Mapping[int, float]], planned: dict[str, int], round_no: int
+    ) -> None:
         """One round's look: `losses` the finite test losses of each group, as {seed: loss} (a plain sequence
         counts as seeds 0, 1, ...), `planned` the seeds each group has in the matrix (a group at max_seeds, its
         baseline too, has its final look even if a run diverged). Paired design: only the seeds both the
@@ -281,24 +298,49 @@ class Sequential:
             p_k = float(nominal_p(c))
             diff, tt, df, p = (float(a) for a in look_test(base, x, self.design))
             crossed = p <= p_k
-            hist.append(Look(len(hist) + 1, round_no, int(x.size), int(base.size), t,
-                             float(obf_spending(t, self.alpha_per_variant)), c, p_k, diff, tt, df, p, final, crossed))
+            hist.append(
+                Look(
+                    len(hist) + 1,
+                    round_no,
+                    int(x.size),
+                    int(base.size),
+                    t,
+                    float(obf_spending(t, self.alpha_per_variant)),
+                    c,
+                    p_k,
+                    diff,
+                    tt,
+                    df,
+                    p,
+                    final,
+                    crossed,
+                )
+            )
             if crossed:
                 self.decision[v] = "better" if diff < 0 else "worse"
             elif final:
                 self.decision[v] = "within noise"
-        self.rounds.append({"round": round_no, "seeds": dict(planned), "looked": looked,
-                            "decided": [v for v in looked if v in self.decision]})
+        self.rounds.append(
+            {
+                "round": round_no,
+                "seeds": dict(planned),
+                "looked": looked,
+                "decided": [v for v in looked if v in self.decision],
+            }
+        )
 
     def round_line(self) -> str:
         """The last round: "round 2: 3 seeds each; decided: grad_clip (better, look 2), undecided: qkv_bias"."""
         r = self.rounds[-1]
         ns = sorted({r["seeds"][g] for g in [self.baseline, *r["looked"]] if g in r["seeds"]})
         each = f"{ns[0]} seeds each" if len(ns) == 1 else f"{ns[0]}-{ns[-1]} seeds"
-        decided = [f"{v} ({self.decision[v]}, look {self.looks[v][-1].look})" for v in self.variants
-                   if v in self.decision]
-        return (f"round {r['round']}: {each}; decided: {', '.join(decided) or '-'}, "
-                f"undecided: {', '.join(self.undecided()) or '-'}")
+        decided = [
+            f"{v} ({self.decision[v]}, look {self.looks[v][-1].look})" for v in self.variants if v in self.decision
+        ]
+        return (
+            f"round {r['round']}: {each}; decided: {', '.join(decided) or '-'}, "
+            f"undecided: {', '.join(self.undecided()) or '-'}"
+        )
 
     def planned_looks(self, n_first: int) -> list[int]:
         return schedule(n_first, self.seeds_per_round, self.max_seeds)
@@ -306,13 +348,26 @@ class Sequential:
     def to_json(self, n_first: int) -> dict:
         looks = self.planned_looks(n_first)
         return {
-            "design": f"{DESIGN}, {len(looks)} looks", "method": method(self.design),
-            "experiment_design": self.design, "test": TESTS[self.design], "alpha": self.alpha,
-            "alpha_per_variant": self.alpha_per_variant, "family": self.family or len(self.variants), "baseline": self.baseline, "variants_compared":
-            list(self.variants), "max_seeds": self.max_seeds, "seeds_per_round": self.seeds_per_round,
-            "planned_looks_seeds": looks, "rounds": self.rounds,
-            "variants": {v: {"decision": self.decision.get(v, "undecided"),
-                             "looks": [_finite(vars(lk)) for lk in self.looks.get(v, [])]} for v in self.variants},
+            "design": f"{DESIGN}, {len(looks)} looks",
+            "method": method(self.design),
+            "experiment_design": self.design,
+            "test": TESTS[self.design],
+            "alpha": self.alpha,
+            "alpha_per_variant": self.alpha_per_variant,
+            "family": self.family or len(self.variants),
+            "baseline": self.baseline,
+            "variants_compared": list(self.variants),
+            "max_seeds": self.max_seeds,
+            "seeds_per_round": self.seeds_per_round,
+            "planned_looks_seeds": looks,
+            "rounds": self.rounds,
+            "variants": {
+                v: {
+                    "decision": self.decision.get(v, "undecided"),
+                    "looks": [_finite(vars(lk)) for lk in self.looks.get(v, [])],
+                }
+                for v in self.variants
+            },
         }
 
 
@@ -325,8 +380,9 @@ def _finite(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def next_seeds(planned: dict[str, list[int]], undecided: list[str], baseline: str, per_round: int,
-               max_seeds: int) -> dict[str, list[int]]:
+def next_seeds(
+    planned: dict[str, list[int]], undecided: list[str], baseline: str, per_round: int, max_seeds: int
+) -> dict[str, list[int]]:
     """The next round's new seeds per group: each undecided variant gets per_round more (capped at max_seeds),
     the baseline as many as the largest undecided variant will have; the seed numbers continue after the largest
     used in the matrix, the same numbers for every group. Empty when nothing is undecided."""

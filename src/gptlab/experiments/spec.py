@@ -42,8 +42,21 @@ from gptlab.config import deep_merge, read_config_toml, read_toml
 from gptlab.io import check_dir, claim_dir, plain_name
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_SPEC_KEYS = {"name", "base", "seeds", "baseline", "variants", "overrides", "description", "equivalence_margin",
-              "design", "tune", "tune_grid", "tune_seeds", "alpha"}
+_SPEC_KEYS = {
+    "name",
+    "base",
+    "seeds",
+    "baseline",
+    "variants",
+    "overrides",
+    "description",
+    "equivalence_margin",
+    "design",
+    "tune",
+    "tune_grid",
+    "tune_seeds",
+    "alpha",
+}
 DESIGNS = ("independent", "paired")
 _VARIANT_KEYS = {"name", "interventions", "reference", "seeds"}
 
@@ -60,6 +73,7 @@ def label(x: float) -> str:
 @dataclass
 class Tune:
     """tune / tune_grid / tune_seeds: sweep one number setting and compare each variant at its best value."""
+
     param: str  # dotted config key, e.g. "train.lr"
     grid: list[float]  # the values tried besides each variant's base value
     seeds: list[int]  # the sweep's seeds
@@ -80,8 +94,9 @@ class Variant:
     def at(self, tune: Tune, x: float, seeds: list[int] | None = None) -> Variant:
         """This variant with the tuned setting at `x` (named VARIANT@SHORT=VALUE), on `seeds`."""
         section, key = tune.param.split(".", 1)
-        return Variant(f"{self.name}{TUNE_MARK}{tune.short}={label(x)}", list(self.interventions), None, seeds,
-                       {section: {key: x}})
+        return Variant(
+            f"{self.name}{TUNE_MARK}{tune.short}={label(x)}", list(self.interventions), None, seeds, {section: {key: x}}
+        )
 
 
 @dataclass
@@ -123,8 +138,13 @@ class Spec:
             raw = deep_merge(raw, extra)
         if variant.overrides:
             raw = deep_merge(raw, variant.overrides)
-        raw = deep_merge(raw, {"name": f"{self.name}/{self.run_id(variant.name, seed)}",
-                               "train": {"seed": self.run_seed(variant, seed), "progress": False}})
+        raw = deep_merge(
+            raw,
+            {
+                "name": f"{self.name}/{self.run_id(variant.name, seed)}",
+                "train": {"seed": self.run_seed(variant, seed), "progress": False},
+            },
+        )
         raw["interventions"] = list(raw.get("interventions", [])) + list(variant.interventions)
         return raw
 
@@ -174,13 +194,23 @@ def load_spec(path: str | Path, data: dict | None = None) -> Spec:
         raise GptlabError(f"{where}: equivalence_margin: expected a positive number of nats, got {margin!r}")
     design = d.get("design", "independent")
     if design not in DESIGNS:
-        raise GptlabError(f"{where}: design: expected \"independent\" or \"paired\", got {design!r}")
+        raise GptlabError(f'{where}: design: expected "independent" or "paired", got {design!r}')
     alpha = d.get("alpha", 0.05)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5:
         raise GptlabError(f"{where}: alpha: expected a number between 0 and 0.5 (e.g. 0.05), got {alpha!r}")
     name = plain_name(d.get("name", p.stem), f"{where}: name")  # experiments/NAME: a folder of experiments/
-    spec = Spec(p, name, base, seeds, baseline, variants, overrides,
-                None if margin is None else float(margin), design, float(alpha))
+    spec = Spec(
+        p,
+        name,
+        base,
+        seeds,
+        baseline,
+        variants,
+        overrides,
+        None if margin is None else float(margin),
+        design,
+        float(alpha),
+    )
     for v in variants:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
     if any(k in d for k in ("tune", "tune_grid", "tune_seeds")):
@@ -188,13 +218,19 @@ def load_spec(path: str | Path, data: dict | None = None) -> Spec:
     return spec
 
 
-def read_tune(spec: Spec, d: dict, where: str, param: str | None = None, grid: list[float] | None = None,
-              seeds: list[int] | None = None) -> Tune:
+def read_tune(
+    spec: Spec,
+    d: dict,
+    where: str,
+    param: str | None = None,
+    grid: list[float] | None = None,
+    seeds: list[int] | None = None,
+) -> Tune:
     """The spec's tune / tune_grid / tune_seeds (or `gptlab sweep`'s --param / --grid / --seeds instead),
     checked: the setting is a number of the config and every variant's config resolves at every value."""
     param = param or d.get("tune")
     if not isinstance(param, str) or not param:
-        raise GptlabError(f"{where}: tune: expected the setting to tune, e.g. \"lr\" or \"train.lr\", got {param!r}")
+        raise GptlabError(f'{where}: tune: expected the setting to tune, e.g. "lr" or "train.lr", got {param!r}')
     param = TUNE_ALIASES.get(param, param)
     section, _, key = param.partition(".")
     cfg = spec.resolved_config(spec.variants[0], spec.seeds[0])
@@ -203,8 +239,7 @@ def read_tune(spec: Spec, d: dict, where: str, param: str | None = None, grid: l
         raise GptlabError(f"{where}: tune: {param} is not a number setting of the config (e.g. train.lr)")
     if grid is None:
         grid = d.get("tune_grid")
-        if not isinstance(grid, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                 for x in grid):
+        if not isinstance(grid, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in grid):
             raise GptlabError(f"{where}: tune_grid: expected a list of numbers, got {grid!r}")
     grid = sorted({float(x) for x in grid})
     labels = [label(x) for x in grid]
@@ -220,8 +255,12 @@ def read_tune(spec: Spec, d: dict, where: str, param: str | None = None, grid: l
 
 def _variant(v, where: str) -> Variant:
     """One [[variants]] entry, checked; `where` is "SPEC: variants[i]"."""
-    if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not _NAME_RE.match(v["name"]) \
-            or v["name"] in (".", ".."):
+    if (
+        not isinstance(v, dict)
+        or not isinstance(v.get("name"), str)
+        or not _NAME_RE.match(v["name"])
+        or v["name"] in (".", "..")
+    ):
         raise GptlabError(f"{where}.name: expected a name of letters, digits, _ . + - (not . or ..)")
     extra = set(v) - _VARIANT_KEYS
     if extra:
@@ -274,11 +313,19 @@ def report_settings(exp_dir: Path) -> dict:
     as the run did."""
     p = Path(exp_dir) / "spec.toml"
     d = read_toml(p) if p.is_file() else {}
-    refs = {str(v.get("name")): v["reference"] for v in d.get("variants", []) if isinstance(v, dict)
-            and v.get("reference") is not None}
-    out = {"baseline": str(d.get("baseline", "baseline")), "equivalence_margin": d.get("equivalence_margin"),
-           "design": d.get("design", "independent"), "reference": refs or None, "tuned": "tune" in d,
-           "alpha": float(d.get("alpha", 0.05))}
+    refs = {
+        str(v.get("name")): v["reference"]
+        for v in d.get("variants", [])
+        if isinstance(v, dict) and v.get("reference") is not None
+    }
+    out = {
+        "baseline": str(d.get("baseline", "baseline")),
+        "equivalence_margin": d.get("equivalence_margin"),
+        "design": d.get("design", "independent"),
+        "reference": refs or None,
+        "tuned": "tune" in d,
+        "alpha": float(d.get("alpha", 0.05)),
+    }
     names = [str(v.get("name")) for v in d.get("variants", []) if isinstance(v, dict)]
     if names:
         out["variants"] = names

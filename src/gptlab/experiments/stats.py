@@ -134,8 +134,9 @@ def power_paired(dz: float, n: int, alpha: float = 0.05) -> float:
     return _power_t(abs(dz) * math.sqrt(n), n - 1, alpha)
 
 
-def seeds_needed(d: float, alpha: float = 0.05, power: float = POWER, cap: int = SEEDS_NEEDED_CAP,
-                 paired: bool = False) -> int | str | None:
+def seeds_needed(
+    d: float, alpha: float = 0.05, power: float = POWER, cap: int = SEEDS_NEEDED_CAP, paired: bool = False
+) -> int | str | None:
     """Smallest n per group (pairs if `paired`, dz then) with power_two_sample(d, n, alpha) >= power.
 
     None when d is 0, nan or infinite (no meaningful answer); the string ">10000" (">cap") when
@@ -163,8 +164,9 @@ def seeds_needed(d: float, alpha: float = 0.05, power: float = POWER, cap: int =
     return hi
 
 
-def mde(sd: float, n: int, n2: int | None = None, alpha: float = 0.05, power: float = POWER,
-        paired: bool = False) -> float:
+def mde(
+    sd: float, n: int, n2: int | None = None, alpha: float = 0.05, power: float = POWER, paired: bool = False
+) -> float:
     """Minimum detectable effect: the |difference| a two-sided t-test at alpha detects with `power`.
 
     Independent design: n and n2 seeds, `sd` the pooled SD of the two groups (noncentral t with n + n2 - 2
@@ -234,8 +236,9 @@ def paired_test(baseline, variant) -> dict:
     diff = 0, t = 0 (p = 1)."""
     a, b = _as_samples(baseline), _as_samples(variant)
     if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"paired test needs as many baseline as variant values (pairs), got {a.shape[-1]} and "
-                         f"{b.shape[-1]}")
+        raise ValueError(
+            f"paired test needs as many baseline as variant values (pairs), got {a.shape[-1]} and {b.shape[-1]}"
+        )
     d = b - a
     n = d.shape[-1]
     diff = np.mean(d, axis=-1)
@@ -276,13 +279,28 @@ def tost(baseline, variant, margin: float, alpha: float = 0.05, paired: bool = F
     p_upper = _st.t.cdf(t_hi, df)
     half = _st.t.ppf(1.0 - alpha, df) * se
     p = np.maximum(p_lower, p_upper)
-    return dict(diff=_scalar(diff), se=_scalar(se), df=_scalar(df), p_lower=_scalar(p_lower),
-                p_upper=_scalar(p_upper), p=_scalar(p), ci_low=_scalar(diff - half), ci_high=_scalar(diff + half),
-                equivalent=(p < alpha) if np.ndim(p) else bool(p < alpha))
+    return dict(
+        diff=_scalar(diff),
+        se=_scalar(se),
+        df=_scalar(df),
+        p_lower=_scalar(p_lower),
+        p_upper=_scalar(p_upper),
+        p=_scalar(p),
+        ci_low=_scalar(diff - half),
+        ci_high=_scalar(diff + half),
+        equivalent=(p < alpha) if np.ndim(p) else bool(p < alpha),
+    )
 
 
-def verdict(diff: float, p: float, p_adjusted: float, n: int, alpha: float = 0.05,
-            equivalent: bool = False, margin: float | None = None) -> str:
+def verdict(
+    diff: float,
+    p: float,
+    p_adjusted: float,
+    n: int,
+    alpha: float = 0.05,
+    equivalent: bool = False,
+    margin: float | None = None,
+) -> str:
     """The verdict word, by the rules in the module docstring (in this order): "better"/"worse" when the
     Holm-adjusted p < alpha; "suggestive (lower|higher)" when only the unadjusted p < alpha; "equivalent
     within ±margin" when TOST says so; else "within noise at n=N". nan p: "needs >= 2 seeds"."""
@@ -297,8 +315,7 @@ def verdict(diff: float, p: float, p_adjusted: float, n: int, alpha: float = 0.0
     return within_noise_word(n)
 
 
-def _effect_sizes(out: dict, diff: float, sd: float, df: float, alpha: float, power: float,
-                  paired: bool) -> None:
+def _effect_sizes(out: dict, diff: float, sd: float, df: float, alpha: float, power: float, paired: bool) -> None:
     """cohen_d, hedges_g (bias-corrected with df) and the conservative seeds-needed estimate into out."""
     if sd > 0:
         d = diff / sd
@@ -313,9 +330,27 @@ def _effect_sizes(out: dict, diff: float, sd: float, df: float, alpha: float, po
 
 def _empty(n1: int, n2: int, a: np.ndarray, b: np.ndarray) -> dict:
     nan = float("nan")
-    out: dict = dict(n_baseline=n1, n_variant=n2, mean_baseline=nan, mean_variant=nan, diff=nan, t=nan, df=nan,
-                     p=nan, ci_low=nan, ci_high=nan, cohen_d=nan, hedges_g=nan, seeds_needed=None, mde=nan,
-                     equivalent=None, tost_p=nan, tost_ci_low=nan, tost_ci_high=nan, verdict=NEEDS_SEEDS)
+    out: dict = dict(
+        n_baseline=n1,
+        n_variant=n2,
+        mean_baseline=nan,
+        mean_variant=nan,
+        diff=nan,
+        t=nan,
+        df=nan,
+        p=nan,
+        ci_low=nan,
+        ci_high=nan,
+        cohen_d=nan,
+        hedges_g=nan,
+        seeds_needed=None,
+        mde=nan,
+        equivalent=None,
+        tost_p=nan,
+        tost_ci_low=nan,
+        tost_ci_high=nan,
+        verdict=NEEDS_SEEDS,
+    )
     if n1:
         out["mean_baseline"] = float(np.mean(a))
     if n2:
@@ -333,8 +368,13 @@ def _finish(out: dict, a, b, alpha: float, margin: float | None, paired: bool, n
     return out
 
 
-def compare(baseline_values: Iterable[float], variant_values: Iterable[float], alpha: float = 0.05,
-            power: float = POWER, equivalence_margin: float | None = None) -> dict:
+def compare(
+    baseline_values: Iterable[float],
+    variant_values: Iterable[float],
+    alpha: float = 0.05,
+    power: float = POWER,
+    equivalence_margin: float | None = None,
+) -> dict:
     """Welch comparison of a variant against the baseline (diff = mean(variant) - mean(baseline)).
 
     Returns: n_baseline, n_variant, mean_baseline, mean_variant, diff, t (Welch), df
@@ -366,8 +406,13 @@ def compare(baseline_values: Iterable[float], variant_values: Iterable[float], a
     return _finish(out, a, b, alpha, equivalence_margin, False, min(n1, n2))
 
 
-def compare_paired(baseline_values: Iterable[float], variant_values: Iterable[float], alpha: float = 0.05,
-                   power: float = POWER, equivalence_margin: float | None = None) -> dict:
+def compare_paired(
+    baseline_values: Iterable[float],
+    variant_values: Iterable[float],
+    alpha: float = 0.05,
+    power: float = POWER,
+    equivalence_margin: float | None = None,
+) -> dict:
     """Paired comparison: baseline_values[i] and variant_values[i] share a seed (init, data order).
 
     A paired t-test on the per-seed differences: diff = their mean, t, df = n - 1, p (two-sided), ci_low /
@@ -378,8 +423,9 @@ def compare_paired(baseline_values: Iterable[float], variant_values: Iterable[fl
     a = _as_array(baseline_values)
     b = _as_array(variant_values)
     if a.size != b.size:
-        raise ValueError(f"compare_paired() needs one baseline value per variant value (pairs), got {a.size} and "
-                         f"{b.size}")
+        raise ValueError(
+            f"compare_paired() needs one baseline value per variant value (pairs), got {a.size} and {b.size}"
+        )
     n = int(a.size)
     out = _empty(n, n, a, b)
     out["n_pairs"] = n

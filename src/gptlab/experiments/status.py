@@ -58,9 +58,17 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
             state = "failed"
         else:
             state = "pending"
-        rows.append({"run_id": rid, "state": state, "job_id": job_id, "slurm_state": sstate,
-                     "log": _last_line(log), **progress(run_dir),
-                     "tensorboard": str(tensorboard_dir(exp_dir)) if _logs_to_tensorboard(exp_dir, rid) else None})
+        rows.append(
+            {
+                "run_id": rid,
+                "state": state,
+                "job_id": job_id,
+                "slurm_state": sstate,
+                "log": _last_line(log),
+                **progress(run_dir),
+                "tensorboard": str(tensorboard_dir(exp_dir)) if _logs_to_tensorboard(exp_dir, rid) else None,
+            }
+        )
     return rows
 
 
@@ -79,9 +87,12 @@ def progress(run_dir: Path) -> dict:
         total = json.loads((run_dir / "meta.json").read_text()).get("total_steps")
     except (OSError, ValueError):
         pass
-    return {"step": max(steps) if steps else None, "total_steps": total,
-            "train_loss": train[-1]["train_loss"] if train else None,
-            "val_loss": val[-1]["val_loss"] if val else None}
+    return {
+        "step": max(steps) if steps else None,
+        "total_steps": total,
+        "train_loss": train[-1]["train_loss"] if train else None,
+        "val_loss": val[-1]["val_loss"] if val else None,
+    }
 
 
 def _tail_rows(path: Path, size: int | None) -> list[dict]:
@@ -132,8 +143,7 @@ def format_status(rows: list[dict]) -> str:
     lines = [f"{'run':<{w}}  {'state':<23}  {'job':<10}  {'progress':<{pw}}  last log line"]
     for r in rows:
         job = (r["job_id"] or "-") + (f" {r['slurm_state'][:2]}" if r["slurm_state"] else "")
-        lines.append(f"{r['run_id']:<{w}}  {r['state']:<23}  {job:<10}  {_progress_text(r):<{pw}}  "
-                     f"{r['log'][:100]}")
+        lines.append(f"{r['run_id']:<{w}}  {r['state']:<23}  {job:<10}  {_progress_text(r):<{pw}}  {r['log'][:100]}")
     counts: dict[str, int] = {}
     for r in rows:
         key = r["state"].split(" ")[0]

@@ -33,7 +33,7 @@ MAX_GRID = 1_000  # values of a grid: each one is a run per variant and seed
 
 
 def parse_grid(text: str, where: str = "--grid") -> list[float]:
-    """"1e-3,2e-3,4e-3" (a list) or "1e-3:8e-3:4" (4 values spaced evenly in log from 1e-3 to 8e-3); at most
+    """ "1e-3,2e-3,4e-3" (a list) or "1e-3:8e-3:4" (4 values spaced evenly in log from 1e-3 to 8e-3); at most
     MAX_GRID values."""
     if text.count(",") >= MAX_GRID:
         raise GptlabError(f"{where}: more than {MAX_GRID} values (each one is a run per variant and seed)")
@@ -49,8 +49,9 @@ def parse_grid(text: str, where: str = "--grid") -> list[float]:
             return [float(f"{math.exp(math.log(lo_f) + i * step):.6g}") for i in range(k)]
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise GptlabError(f"{where}: expected values like 1e-3,2e-3,4e-3 or a log grid LO:HI:N "
-                          f"(0 < LO < HI, N >= 2), got {text!r}") from None
+        raise GptlabError(
+            f"{where}: expected values like 1e-3,2e-3,4e-3 or a log grid LO:HI:N (0 < LO < HI, N >= 2), got {text!r}"
+        ) from None
 
 
 def base_value(spec: Spec, tune: Tune, v: Variant) -> float:
@@ -103,8 +104,16 @@ def choose(spec: Spec, val_loss: dict[str, float | None]) -> dict:
         best[v.name], base[v.name] = chosen, base_value(spec, tune, v)
         if chosen in (cands[0], cands[-1]):
             at_edge.append(v.name)
-    return {"param": tune.param, "grid": tune.grid, "seeds": tune.seeds, "criterion": CRITERION,
-            "val_loss": table, "best": best, "base": base, "at_edge": at_edge}
+    return {
+        "param": tune.param,
+        "grid": tune.grid,
+        "seeds": tune.seeds,
+        "criterion": CRITERION,
+        "val_loss": table,
+        "best": best,
+        "base": base,
+        "at_edge": at_edge,
+    }
 
 
 def read_sweep(exp_dir: str | Path) -> dict | None:
@@ -133,9 +142,13 @@ def format_sweep(sweep: dict) -> tuple[list[str], list[list[str]]]:
 
 def sweep_notes(sweep: dict) -> list[str]:
     """What the reader must know about the choice: its criterion and values at the grid's edge."""
-    out = [f"{sweep['param']} chosen per variant by the {sweep['criterion']} ({len(sweep['seeds'])} seed(s): "
-           f"{', '.join(map(str, sweep['seeds']))}); * marks the chosen value; the test split played no part."]
+    out = [
+        f"{sweep['param']} chosen per variant by the {sweep['criterion']} ({len(sweep['seeds'])} seed(s): "
+        f"{', '.join(map(str, sweep['seeds']))}); * marks the chosen value; the test split played no part."
+    ]
     if sweep["at_edge"]:
-        out.append(f"chosen at the edge of the values tried: {', '.join(sweep['at_edge'])} (the best value may lie "
-                   f"outside the grid; widen tune_grid)")
+        out.append(
+            f"chosen at the edge of the values tried: {', '.join(sweep['at_edge'])} (the best value may lie "
+            f"outside the grid; widen tune_grid)"
+        )
     return out

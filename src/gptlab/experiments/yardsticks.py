@@ -36,8 +36,11 @@ GPT2_SMALL = 3.500
 
 YARDSTICKS: tuple[Yardstick, ...] = (
     Yardstick("seed baseline", SEED_BASELINE, "the seed's GPT-2 small (book GPTModel, 163M) on 3.26B FineWeb tokens"),
-    Yardstick("seed best stack", SEED_BEST_STACK, "the seed's best: grad clip 3.5, no dropout, lr 0.0014 cosine, "
-              "weight decay 0.01"),
+    Yardstick(
+        "seed best stack",
+        SEED_BEST_STACK,
+        "the seed's best: grad clip 3.5, no dropout, lr 0.0014 cosine, weight decay 0.01",
+    ),
     Yardstick("OpenAI GPT-2 small", GPT2_SMALL, "OpenAI's released 124M model, scored by the seed on its test set"),
 )
 
@@ -54,8 +57,7 @@ SEED_TEST_SET: dict[str, Any] = {
     "data.vocab": "gpt2",
     "data": "FineWeb",
 }
-SEED_TEST_SET_TEXT = ("split val, tokens from 50,000,000, 3,200 batches of 6 x 1,024, the full GPT-2 vocabulary, "
-                      "FineWeb")
+SEED_TEST_SET_TEXT = "split val, tokens from 50,000,000, 3,200 batches of 6 x 1,024, the full GPT-2 vocabulary, FineWeb"
 
 
 def _mentions_fineweb(data_dir: str, sources: Any) -> bool:
@@ -81,9 +83,13 @@ def run_test_set(run_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError, AttributeError):
         pass
     return {
-        "eval.split": cfg.eval.split, "eval.offset": cfg.eval.offset, "eval.batches": cfg.eval.batches,
-        "eval.batch_size": cfg.eval.batch_size, "model.context_length": cfg.model.context_length,
-        "model.vocab_size": cfg.model.vocab_size, "data.vocab": cfg.data.vocab,
+        "eval.split": cfg.eval.split,
+        "eval.offset": cfg.eval.offset,
+        "eval.batches": cfg.eval.batches,
+        "eval.batch_size": cfg.eval.batch_size,
+        "model.context_length": cfg.model.context_length,
+        "model.vocab_size": cfg.model.vocab_size,
+        "data.vocab": cfg.data.vocab,
         "data": "FineWeb" if _mentions_fineweb(cfg.data.dir, sources) else f"{cfg.data.dir} (not FineWeb)",
     }
 
@@ -111,16 +117,22 @@ def comparability(test_sets: dict[str, dict[str, Any] | None]) -> dict[str, Any]
             if m not in reasons:
                 reasons.append(m)
     if unknown:
-        reasons.append(f"test set not recorded for {len(unknown)} run(s) (no readable config.toml in the run "
-                       f"directory: {', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''})")
+        reasons.append(
+            f"test set not recorded for {len(unknown)} run(s) (no readable config.toml in the run "
+            f"directory: {', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''})"
+        )
     comparable = not reasons
     if comparable:
-        text = (f"Comparable: every run was scored on the seed's test set spec ({SEED_TEST_SET_TEXT}). gptlab's "
-                f"val split is its own hash split of FineWeb, so the tokens are an equivalent sample rather than "
-                f"the seed's exact ones; score OpenAI's GPT-2 on our tokens with `gptlab eval --hf-dir` for an "
-                f"exact yardstick.")
+        text = (
+            f"Comparable: every run was scored on the seed's test set spec ({SEED_TEST_SET_TEXT}). gptlab's "
+            f"val split is its own hash split of FineWeb, so the tokens are an equivalent sample rather than "
+            f"the seed's exact ones; score OpenAI's GPT-2 on our tokens with `gptlab eval --hf-dir` for an "
+            f"exact yardstick."
+        )
     else:
-        text = (f"Not comparable: these runs were scored on a different test set from the seed's "
-                f"({SEED_TEST_SET_TEXT}), so the yardsticks below are for orientation only. Differences: "
-                f"{'; '.join(reasons)}.")
+        text = (
+            f"Not comparable: these runs were scored on a different test set from the seed's "
+            f"({SEED_TEST_SET_TEXT}), so the yardsticks below are for orientation only. Differences: "
+            f"{'; '.join(reasons)}."
+        )
     return {"comparable": comparable, "reasons": reasons, "text": text}

@@ -28,8 +28,9 @@ def read_results(run_dir: str | Path) -> dict[str, dict]:
         if not isinstance(entries, dict):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
-        raise GptlabError(f"{p}: unreadable (expected JSON with a 'results' object); delete it to start afresh") \
-            from None
+        raise GptlabError(
+            f"{p}: unreadable (expected JSON with a 'results' object); delete it to start afresh"
+        ) from None
     return entries
 
 

@@ -33,8 +33,15 @@ from gptlab.model import GPTModel
 
 GPT2_VOCAB = 50257
 EOT = "<|endoftext|>"
-EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
-                "special_tokens_map.json", "README.md")
+EXPORT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "README.md",
+)
 
 # --------------------------------------------------------------------------------------------
 # Weight mapping
@@ -56,10 +63,11 @@ def _refusal(cfg: ModelConfig, where: str) -> str | None:
     if cfg.logit_softcap > 0:
         return f"{where}: model.logit_softcap = {cfg.logit_softcap}; GPT-2 has no logit soft-capping"
     if cfg.mup:
-        return (f"{where}: model.mup = true; GPT-2 has no muP multipliers (logits x 1/m, attention scores / d_head)")
+        return f"{where}: model.mup = true; GPT-2 has no muP multipliers (logits x 1/m, attention scores / d_head)"
     if cfg.vocab_size < GPT2_VOCAB:
-        return (f"{where}: model.vocab_size = {cfg.vocab_size}; the GPT-2 tokenizer needs at least {GPT2_VOCAB} "
-                "output ids")
+        return (
+            f"{where}: model.vocab_size = {cfg.vocab_size}; the GPT-2 tokenizer needs at least {GPT2_VOCAB} output ids"
+        )
     return None
 
 
@@ -134,8 +142,10 @@ def _check_exportable(run_dir: Path) -> RunConfig:
     from gptlab.data.vocab import RUN_FILE
 
     if (run_dir / RUN_FILE).exists() or getattr(cfg.data, "vocab", "gpt2") == "corpus":
-        raise GptlabError(f"{run_dir}: cannot export to Hugging Face GPT-2: the run uses a compact corpus "
-                          "vocabulary (data.vocab = \"corpus\"); only full GPT-2 vocabulary runs can be exported")
+        raise GptlabError(
+            f"{run_dir}: cannot export to Hugging Face GPT-2: the run uses a compact corpus "
+            'vocabulary (data.vocab = "corpus"); only full GPT-2 vocabulary runs can be exported'
+        )
     why = _refusal(cfg.model, str(run_dir / "config.toml"))
     if why:
         raise GptlabError(f"cannot export to Hugging Face GPT-2: {why}")
@@ -168,9 +178,18 @@ def _write_tokenizer(out: Path, context_length: int) -> None:
             raise GptlabError(f"{src}: cannot read the GPT-2 tokenizer file ({e.strerror})") from None
         atomic_write(out / dst, lambda tmp, data=data: Path(tmp).write_bytes(data))
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
-    atomic_write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length, "add_prefix_space": False,
-        "add_bos_token": False, "clean_up_tokenization_spaces": False, "errors": "replace", **special})
+    atomic_write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            "model_max_length": context_length,
+            "add_prefix_space": False,
+            "add_bos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "errors": "replace",
+            **special,
+        },
+    )
     atomic_write_json(out / "special_tokens_map.json", special)
 
 
@@ -192,8 +211,10 @@ def _model_card(run_dir: Path, cfg: RunConfig, ck: Path | None, n_params: int) -
     except OSError:
         config_text = cfg.to_toml()
     e = cfg.eval
-    test_spec = (f"split `{e.split}` of `{cfg.data.dir}`, offset {e.offset}, "
-                 f"{'all' if not e.batches else e.batches} batches of {e.batch_size} x {cfg.model.context_length} tokens")
+    test_spec = (
+        f"split `{e.split}` of `{cfg.data.dir}`, offset {e.offset}, "
+        f"{'all' if not e.batches else e.batches} batches of {e.batch_size} x {cfg.model.context_length} tokens"
+    )
     status = "finished" if final else f"not finished (exported checkpoint `{ck.name if ck else '?'}`)"
     m = cfg.model
     lines = [
@@ -225,8 +246,11 @@ def _model_card(run_dir: Path, cfg: RunConfig, ck: Path | None, n_params: int) -
         "The tokenizer is OpenAI's GPT-2 BPE (50,257 ids).",
     ]
     if not m.qkv_bias:
-        lines += ["", "The run had no query/key/value biases; `c_attn.bias` is exported as zeros (GPT-2 always has "
-                      "that bias), so outputs are unchanged."]
+        lines += [
+            "",
+            "The run had no query/key/value biases; `c_attn.bias` is exported as zeros (GPT-2 always has "
+            "that bias), so outputs are unchanged.",
+        ]
     lines += [
         "",
         "## Usage",
@@ -235,7 +259,7 @@ def _model_card(run_dir: Path, cfg: RunConfig, ck: Path | None, n_params: int) -
         "from transformers import GPT2LMHeadModel, GPT2TokenizerFast",
         "tok = GPT2TokenizerFast.from_pretrained(PATH_OR_REPO)",
         "model = GPT2LMHeadModel.from_pretrained(PATH_OR_REPO)",
-        "ids = tok(\"To be, or not\", return_tensors=\"pt\").input_ids",
+        'ids = tok("To be, or not", return_tensors="pt").input_ids',
         "print(tok.decode(model.generate(ids, max_new_tokens=40, do_sample=True)[0]))",
         "```",
         "",
@@ -249,8 +273,9 @@ def _model_card(run_dir: Path, cfg: RunConfig, ck: Path | None, n_params: int) -
     return "\n".join(lines)
 
 
-def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, push: str | None = None,
-               force: bool = False) -> Path:
+def export_run(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike, push: str | None = None, force: bool = False
+) -> Path:
     """Write `out_dir` so that `transformers.GPT2LMHeadModel.from_pretrained(out_dir)` and
     `GPT2TokenizerFast.from_pretrained(out_dir)` load the run's latest checkpoint offline; `push`: also upload
     it to that Hub repo with the token in $HF_TOKEN (never printed or written). Returns out_dir.
@@ -290,8 +315,10 @@ def _hub_token(repo: str) -> str:
         raise GptlabError(f"--push {repo!r}: expected a Hub repo id like 'user/model-name'")
     token = os.environ.get("HF_TOKEN", "").strip()
     if not token:
-        raise GptlabError(f"--push {repo}: HF_TOKEN is not set; export a Hugging Face write token as HF_TOKEN "
-                          "(it is read from the environment only, never printed or saved)")
+        raise GptlabError(
+            f"--push {repo}: HF_TOKEN is not set; export a Hugging Face write token as HF_TOKEN "
+            "(it is read from the environment only, never printed or saved)"
+        )
     return token
 
 
@@ -308,8 +335,13 @@ def _push(out: Path, repo: str, token: str) -> None:
     try:
         api = HfApi(token=token)
         api.create_repo(repo_id=repo, repo_type="model", exist_ok=True)
-        api.upload_folder(repo_id=repo, repo_type="model", folder_path=str(out),
-                          allow_patterns=list(EXPORT_FILES), commit_message="Upload gptlab export")
+        api.upload_folder(
+            repo_id=repo,
+            repo_type="model",
+            folder_path=str(out),
+            allow_patterns=list(EXPORT_FILES),
+            commit_message="Upload gptlab export",
+        )
     except Exception as e:  # network, auth, permission: one scrubbed line, the token never shown
         raise GptlabError(f"--push {repo}: upload failed ({type(e).__name__}: {scrub(e)})") from None
 
@@ -352,13 +384,22 @@ def hf_to_model_config(conf: dict, where: str = "config.json") -> ModelConfig:
     checks = [
         (d % h == 0, "n_embd", f"{d} is not divisible by n_head = {h}"),
         (conf.get("n_inner") in (None, 4 * d), "n_inner", f"{conf.get('n_inner')!r}; expected null or 4 x n_embd"),
-        (conf.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"), "activation_function",
-         f"{conf.get('activation_function')!r}; expected 'gelu_new' (tanh-approximate GELU)"),
-        (math.isclose(float(get("layer_norm_epsilon", 1e-5, float)), 1e-5, rel_tol=1e-6), "layer_norm_epsilon",
-         f"{conf.get('layer_norm_epsilon')!r}; expected 1e-05"),
+        (
+            conf.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
+            "activation_function",
+            f"{conf.get('activation_function')!r}; expected 'gelu_new' (tanh-approximate GELU)",
+        ),
+        (
+            math.isclose(float(get("layer_norm_epsilon", 1e-5, float)), 1e-5, rel_tol=1e-6),
+            "layer_norm_epsilon",
+            f"{conf.get('layer_norm_epsilon')!r}; expected 1e-05",
+        ),
         (conf.get("scale_attn_weights", True) is True, "scale_attn_weights", "false; expected true"),
-        (not conf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx",
-         "true; expected false"),
+        (
+            not conf.get("scale_attn_by_inverse_layer_idx", False),
+            "scale_attn_by_inverse_layer_idx",
+            "true; expected false",
+        ),
         (not conf.get("add_cross_attention", False), "add_cross_attention", "true; expected false"),
     ]
     for ok, key, msg in checks:
@@ -367,9 +408,18 @@ def hf_to_model_config(conf: dict, where: str = "config.json") -> ModelConfig:
     drop = float(get("resid_pdrop", 0.1, float))
     if not 0.0 <= drop < 1.0:
         raise GptlabError(f"{where}: resid_pdrop = {drop}; expected a value in [0, 1)")
-    return ModelConfig(vocab_size=get("vocab_size", GPT2_VOCAB), context_length=get("n_positions", 1024),
-                       emb_dim=d, n_heads=h, n_layers=get("n_layer", 12), drop_rate=drop, qkv_bias=True,
-                       bias=True, tie_weights=bool(conf.get("tie_word_embeddings", True)), init="gpt2")
+    return ModelConfig(
+        vocab_size=get("vocab_size", GPT2_VOCAB),
+        context_length=get("n_positions", 1024),
+        emb_dim=d,
+        n_heads=h,
+        n_layers=get("n_layer", 12),
+        drop_rate=drop,
+        qkv_bias=True,
+        bias=True,
+        tie_weights=bool(conf.get("tie_word_embeddings", True)),
+        init="gpt2",
+    )
 
 
 def _load_hf_tensors(hf: Path) -> dict[str, torch.Tensor]:
@@ -409,7 +459,9 @@ def _load_hf_tensors(hf: Path) -> dict[str, torch.Tensor]:
     raise GptlabError(f"{hf}: no weights found (expected model.safetensors or pytorch_model.bin)")
 
 
-def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, where: str = "weights") -> dict[str, torch.Tensor]:
+def from_hf_state_dict(
+    sd: dict[str, torch.Tensor], cfg: ModelConfig, where: str = "weights"
+) -> dict[str, torch.Tensor]:
     """Our state dict from GPT2LMHeadModel / GPT2Model tensors (with or without the `transformer.` prefix)."""
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
     d = cfg.emb_dim
@@ -422,16 +474,18 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, where: str
             raise GptlabError(f"{where}: tensor '{key}' has shape {tuple(t.shape)}; expected {shape} from config.json")
         return t.detach().to(torch.float32)
 
-    out = {"tok_emb.weight": g("wte.weight", (cfg.vocab_size, d)),
-           "pos_emb.weight": g("wpe.weight", (cfg.context_length, d))}
+    out = {
+        "tok_emb.weight": g("wte.weight", (cfg.vocab_size, d)),
+        "pos_emb.weight": g("wpe.weight", (cfg.context_length, d)),
+    }
     for i in range(cfg.n_layers):
         p, q = f"h.{i}.", f"trf_blocks.{i}."
         out[q + "norm1.weight"], out[q + "norm1.bias"] = g(p + "ln_1.weight", (d,)), g(p + "ln_1.bias", (d,))
         w = g(p + "attn.c_attn.weight", (d, 3 * d)).t()  # [3d, d]
         b = g(p + "attn.c_attn.bias", (3 * d,))
         for j, name in enumerate(("W_query", "W_key", "W_value")):
-            out[q + f"att.{name}.weight"] = w[j * d:(j + 1) * d].clone(memory_format=torch.contiguous_format)
-            out[q + f"att.{name}.bias"] = b[j * d:(j + 1) * d].clone()
+            out[q + f"att.{name}.weight"] = w[j * d : (j + 1) * d].clone(memory_format=torch.contiguous_format)
+            out[q + f"att.{name}.bias"] = b[j * d : (j + 1) * d].clone()
         out[q + "att.out_proj.weight"] = g(p + "attn.c_proj.weight", (d, d)).t().contiguous()
         out[q + "att.out_proj.bias"] = g(p + "attn.c_proj.bias", (d,))
         out[q + "norm2.weight"], out[q + "norm2.bias"] = g(p + "ln_2.weight", (d,)), g(p + "ln_2.bias", (d,))
@@ -444,8 +498,9 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, where: str
         out["out_head.weight"] = out["tok_emb.weight"]
     else:
         if "lm_head.weight" not in sd:
-            raise GptlabError(f"{where}: tensor 'lm_head.weight' is missing and config.json has "
-                              "tie_word_embeddings = false")
+            raise GptlabError(
+                f"{where}: tensor 'lm_head.weight' is missing and config.json has tie_word_embeddings = false"
+            )
         out["out_head.weight"] = g("lm_head.weight", (cfg.vocab_size, d))
     return out
 
@@ -492,14 +547,24 @@ def import_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, data_di
     atomic_write_text(ckdir / "latest", final.name + "\n")
     from gptlab.model import count_params
 
-    atomic_write_json(run / "meta.json", {"imported_from": str(Path(hf_dir).resolve()), "params": count_params(model),
-                                          "config_hash": cfg.hash()})
+    atomic_write_json(
+        run / "meta.json",
+        {"imported_from": str(Path(hf_dir).resolve()), "params": count_params(model), "config_hash": cfg.hash()},
+    )
     save_config(cfg, run / "config.toml")  # last: its presence marks a complete run directory
     return run
 
 
-def eval_hf(hf_dir: str | os.PathLike, data_dir: str | os.PathLike, split: str = "test", offset: int = 0,
-            batches: int = 0, batch_size: int = 8, context_length: int | None = None, device: str = "auto") -> float:
+def eval_hf(
+    hf_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    offset: int = 0,
+    batches: int = 0,
+    batch_size: int = 8,
+    context_length: int | None = None,
+    device: str = "auto",
+) -> float:
     """Mean test loss (nats/token) of a local HF GPT-2 folder on our prepared data, through the same
     `evaluate_loss` as our runs (windows of `context_length` tokens, default the model's n_positions)."""
     from gptlab.data.loader import TokenDataset
@@ -512,9 +577,18 @@ def eval_hf(hf_dir: str | os.PathLike, data_dir: str | os.PathLike, split: str =
     ds = TokenDataset(data_dir, split)
     dev = resolve_device(device)
     model.to(dev)
-    return evaluate_loss(model, ds, T, batch_size, dev, resolve_precision("auto", dev), offset=offset,
-                         n_batches=batches)
+    return evaluate_loss(
+        model, ds, T, batch_size, dev, resolve_precision("auto", dev), offset=offset, n_batches=batches
+    )
 
 
-__all__ = ["export_run", "import_hf", "import_to_run", "eval_hf", "to_hf_state_dict",
-           "from_hf_state_dict", "hf_config_dict", "hf_to_model_config"]
+__all__ = [
+    "export_run",
+    "import_hf",
+    "import_to_run",
+    "eval_hf",
+    "to_hf_state_dict",
+    "from_hf_state_dict",
+    "hf_config_dict",
+    "hf_to_model_config",
+]

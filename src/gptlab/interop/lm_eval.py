@@ -46,8 +46,9 @@ try:
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
 except ModuleNotFoundError:  # pragma: no cover - install problem
-    raise GptlabError("downstream evaluation needs lm-evaluation-harness: pip install -e '.[eval]' "
-                      "(or pip install 'lm-eval>=0.4')") from None
+    raise GptlabError(
+        "downstream evaluation needs lm-evaluation-harness: pip install -e '.[eval]' (or pip install 'lm-eval>=0.4')"
+    ) from None
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 METRICS = ("acc", "acc_norm")  # reported with their stderr, as llm.c reports HellaSwag
@@ -63,8 +64,15 @@ class GptlabLM(TemplateLM):
     """lm-eval's view of a gptlab model: `GptlabLM(run="runs/x")` (or model_args "run=runs/x" under the name
     "gptlab"), or `GptlabLM(model=GPTModel, vocab_map=...)` for a model already in memory."""
 
-    def __init__(self, run: str | None = None, device: str = "auto", batch_size: int | str = 16, model=None,
-                 vocab_map=None, **_ignored: Any) -> None:
+    def __init__(
+        self,
+        run: str | None = None,
+        device: str = "auto",
+        batch_size: int | str = 16,
+        model=None,
+        vocab_map=None,
+        **_ignored: Any,
+    ) -> None:
         super().__init__()
         from gptlab.train import autocast_ctx, resolve_precision
 
@@ -93,8 +101,14 @@ class GptlabLM(TemplateLM):
         self.reset_counts()
 
     def reset_counts(self) -> None:
-        self.counts = dict(requests=0, tokens_scored=0, tokens_outside_vocab=0, context_tokens=0,
-                           context_tokens_outside_vocab=0, requests_truncated=0)
+        self.counts = dict(
+            requests=0,
+            tokens_scored=0,
+            tokens_outside_vocab=0,
+            context_tokens=0,
+            context_tokens_outside_vocab=0,
+            requests_truncated=0,
+        )
 
     # -- TemplateLM's tokenizer interface ------------------------------------------------------------
     @property
@@ -126,16 +140,18 @@ class GptlabLM(TemplateLM):
         order = sorted(range(len(pairs)), key=lambda i: (-(len(pairs[i][0]) + len(pairs[i][1])), i))
         bar = tqdm(total=len(pairs), disable=disable_tqdm, desc="gptlab loglikelihood")
         for b in range(0, len(order), self.batch_size):
-            idx = order[b:b + self.batch_size]
+            idx = order[b : b + self.batch_size]
             rows, spans = [], []
             for i in idx:
                 ctx, cont = pairs[i]
                 if not cont or not ctx:
                     raise GptlabError("loglikelihood: empty context or continuation after tokenisation")
                 if len(cont) > L:
-                    raise GptlabError(f"loglikelihood: a continuation of {len(cont)} tokens is longer than the "
-                                      f"model's context length {L}")
-                full = (ctx + cont)[-(L + 1):]
+                    raise GptlabError(
+                        f"loglikelihood: a continuation of {len(cont)} tokens is longer than the "
+                        f"model's context length {L}"
+                    )
+                full = (ctx + cont)[-(L + 1) :]
                 inp = full[:-1]
                 c = self.counts
                 c["requests"] += 1
@@ -143,16 +159,16 @@ class GptlabLM(TemplateLM):
                 c["tokens_scored"] += len(cont)
                 c["tokens_outside_vocab"] += self._outside(cont)
                 c["context_tokens"] += len(inp) - len(cont) + 1
-                c["context_tokens_outside_vocab"] += self._outside(inp[:len(inp) - len(cont) + 1])
+                c["context_tokens_outside_vocab"] += self._outside(inp[: len(inp) - len(cont) + 1])
                 rows.append(inp)
                 spans.append((len(inp) - len(cont), cont))
             x = torch.full((len(rows), max(len(r) for r in rows)), EOT_ID, dtype=torch.long)
             for r, row in enumerate(rows):
-                x[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+                x[r, : len(row)] = torch.tensor(row, dtype=torch.long)
             with self._autocast():
                 logits = self.model(self._to_model(x).to(self.dev))
             for r, (start, cont) in enumerate(spans):
-                lp = F.log_softmax(logits[r, start:start + len(cont)].float(), dim=-1)
+                lp = F.log_softmax(logits[r, start : start + len(cont)].float(), dim=-1)
                 tgt = self._to_model(torch.tensor(cont, dtype=torch.long)).to(self.dev)
                 ll = lp.gather(-1, tgt[:, None]).squeeze(-1).double().sum().item()
                 out[idx[r]] = (ll, bool((lp.argmax(-1) == tgt).all().item()))
@@ -174,8 +190,12 @@ class GptlabLM(TemplateLM):
         pairs, owner = [], []
         for n, req in enumerate(requests):
             (text,) = req.args
-            for w in get_rolling_token_windows(token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                                               max_seq_len=self.max_length, context_len=1):
+            for w in get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            ):
                 pairs.append(make_disjoint_window(w))
                 owner.append(n)
         sums = [0.0] * len(requests)
@@ -186,8 +206,10 @@ class GptlabLM(TemplateLM):
         return sums
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        raise GptlabError("gptlab's lm-eval model scores log-likelihoods only: generation tasks (output_type "
-                          "generate_until) are not supported; choose a multiple-choice or perplexity task")
+        raise GptlabError(
+            "gptlab's lm-eval model scores log-likelihoods only: generation tasks (output_type "
+            "generate_until) are not supported; choose a multiple-choice or perplexity task"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -207,7 +229,7 @@ def _bundled_spec(path: Path) -> dict:
 
 
 def yaml_errors(include_path: list[str]) -> list[str]:
-    """"FILE line N: the parser's message" for each .yaml/.yml under the folders that does not parse as YAML
+    """ "FILE line N: the parser's message" for each .yaml/.yml under the folders that does not parse as YAML
     (lm-eval's tags such as `!function` are accepted: they are lm-eval's to resolve)."""
     import yaml
 
@@ -260,30 +282,36 @@ def load_tasks(names: list[str], include_path: list[str] | None = None) -> tuple
 
                 broken = yaml_errors(include_path or [])
                 if broken:  # lm-eval skips a task YAML it cannot parse with a warning: say why it is not found
-                    raise GptlabError(f"--task {n}: not found; {len(broken)} task YAML(s) under --include-path do "
-                                      f"not parse: {broken[0]}" + (f" (and {len(broken) - 1} more)"
-                                                                   if len(broken) > 1 else ""))
+                    raise GptlabError(
+                        f"--task {n}: not found; {len(broken)} task YAML(s) under --include-path do "
+                        f"not parse: {broken[0]}" + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
+                    )
                 near = difflib.get_close_matches(n, list(bundled) + tm.all_tasks, n=3)
                 raise GptlabError(
                     f"--task {n}: no such lm-eval task (not bundled with gptlab: {', '.join(bundled)}; not in "
                     f"--include-path; not among lm-eval {lm_eval.__version__}'s {len(tm.all_tasks):,} tasks"
                     + (f"; did you mean {', '.join(near)}?" if near else "")
-                    + "); list them with `lm-eval ls tasks`")
+                    + "); list them with `lm-eval ls tasks`"
+                )
         try:
             loaded = tm.load(specs)
         except OSError as e:  # (ConnectionError too) a Hub dataset (hellaswag, ...) without a network or a cache
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GptlabError(f"--task {', '.join(names)}: lm-eval could not load the task's data ({first}); "
-                              "Hub datasets such as HellaSwag need a network the first time (then they are "
-                              "cached); offline, use a local task (shakespeare_cloze or --include-path)") from None
+            raise GptlabError(
+                f"--task {', '.join(names)}: lm-eval could not load the task's data ({first}); "
+                "Hub datasets such as HellaSwag need a network the first time (then they are "
+                "cached); offline, use a local task (shakespeare_cloze or --include-path)"
+            ) from None
     finally:
         quiet.setLevel(level)
     tasks = loaded["tasks"]
     for name, task in tasks.items():
         kind = task.get_config("output_type")
         if kind == "generate_until":
-            raise GptlabError(f"--task {name}: a generation task (output_type generate_until); gptlab's lm-eval "
-                              "model scores log-likelihoods only (multiple-choice and perplexity tasks)")
+            raise GptlabError(
+                f"--task {name}: a generation task (output_type generate_until); gptlab's lm-eval "
+                "model scores log-likelihoods only (multiple-choice and perplexity tasks)"
+            )
     return tm, tasks
 
 
@@ -305,6 +333,7 @@ def task_sha256(task) -> str:
     """sha256 of how lm-eval evaluates the task: its settings (task.dump_config(): prompt template, choices,
     delimiters, few-shot, metrics; functions by their qualified name) and lm-eval's version. With the documents'
     sha256 it keys a stored result, so an edited task YAML or another lm-eval is evaluated afresh."""
+
     def name(o) -> str:
         return f"{getattr(o, '__module__', '')}.{getattr(o, '__qualname__', repr(o))}" if callable(o) else str(o)
 
@@ -321,9 +350,16 @@ def _metrics(res: dict) -> dict[str, float | None]:
     return out
 
 
-def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None,
-                 include_path: list[str] | None = None, batch_size: int = 16, device: str = "auto",
-                 force: bool = False, lm: GptlabLM | None = None) -> list[dict]:
+def evaluate_run(
+    run_dir: str | Path,
+    tasks: list[str],
+    limit: int | None = None,
+    include_path: list[str] | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    force: bool = False,
+    lm: GptlabLM | None = None,
+) -> list[dict]:
     """Run lm-eval's `simple_evaluate` on the run's latest checkpoint for each task (a group expands to its
     tasks); return one entry per task, read back from RUN/downstream.json when that exact evaluation (task,
     limit, documents' sha256, task settings' sha256, checkpoint) is there and not `force`, else computed and stored
@@ -356,19 +392,34 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], limit: int | None = None
         finally:
             quiet.setLevel(level)
         r = res["results"][name]
-        entry = dict(task=name, limit=limit, n_docs=int(res.get("n-samples", {}).get(name, {}).get("effective",
-                                                                                                   n_docs)),
-                     data_sha256=sha, task_sha256=settings, checkpoint=ck_id, **_metrics(r),
-                     chance=_chance(task), counts=dict(lm.counts), lm_eval_version=lm_eval.__version__,
-                     task_version=res.get("versions", {}).get(name), seconds=round(time.time() - t0, 2),
-                     evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        entry = dict(
+            task=name,
+            limit=limit,
+            n_docs=int(res.get("n-samples", {}).get(name, {}).get("effective", n_docs)),
+            data_sha256=sha,
+            task_sha256=settings,
+            checkpoint=ck_id,
+            **_metrics(r),
+            chance=_chance(task),
+            counts=dict(lm.counts),
+            lm_eval_version=lm_eval.__version__,
+            task_version=res.get("versions", {}).get(name),
+            seconds=round(time.time() - t0, 2),
+            evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         store_result(run_dir, key, entry)
         out.append(dict(entry, reused=False))
     return out
 
 
-def evaluate_hf(hf_dir: str | Path, tasks: list[str], limit: int | None = None,
-                include_path: list[str] | None = None, batch_size: int = 16, device: str = "auto") -> list[dict]:
+def evaluate_hf(
+    hf_dir: str | Path,
+    tasks: list[str],
+    limit: int | None = None,
+    include_path: list[str] | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> list[dict]:
     """The same evaluation of a local Hugging Face folder (e.g. `gptlab export`'s) through lm-eval's own `hf`
     model class; nothing is stored. Offline: the folder must hold the weights and tokenizer files."""
     from gptlab.train import resolve_device
@@ -380,16 +431,33 @@ def evaluate_hf(hf_dir: str | Path, tasks: list[str], limit: int | None = None,
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        res = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir), "dtype": "float32"},
-                                      tasks=list(loaded.values()), task_manager=tm, limit=limit,
-                                      batch_size=batch_size, device=str(resolve_device(device)), log_samples=False)
+        res = lm_eval.simple_evaluate(
+            model="hf",
+            model_args={"pretrained": str(hf_dir), "dtype": "float32"},
+            tasks=list(loaded.values()),
+            task_manager=tm,
+            limit=limit,
+            batch_size=batch_size,
+            device=str(resolve_device(device)),
+            log_samples=False,
+        )
     finally:
         quiet.setLevel(level)
     out = []
     for name, task in loaded.items():
         sha, n_docs = docs_sha256(task, limit)
-        out.append(dict(task=name, limit=limit, n_docs=n_docs, data_sha256=sha, hf_dir=str(hf_dir),
-                        **_metrics(res["results"][name]), chance=_chance(task), lm_eval_version=lm_eval.__version__))
+        out.append(
+            dict(
+                task=name,
+                limit=limit,
+                n_docs=n_docs,
+                data_sha256=sha,
+                hf_dir=str(hf_dir),
+                **_metrics(res["results"][name]),
+                chance=_chance(task),
+                lm_eval_version=lm_eval.__version__,
+            )
+        )
     return out
 
 
@@ -411,5 +479,7 @@ def outside_note(entry: dict) -> str | None:
     nc, totc = c.get("context_tokens_outside_vocab", 0), c.get("context_tokens", 0)
     if not (n or nc):
         return None
-    return (f"{entry['task']}: {n:,} of {total:,} scored tokens ({100 * n / max(total, 1):.2f}%) and {nc:,} of "
-            f"{totc:,} context tokens are outside the run's vocabulary and were scored as <|endoftext|>")
+    return (
+        f"{entry['task']}: {n:,} of {total:,} scored tokens ({100 * n / max(total, 1):.2f}%) and {nc:,} of "
+        f"{totc:,} context tokens are outside the run's vocabulary and were scored as <|endoftext|>"
+    )

@@ -25,8 +25,16 @@ from gptlab.model.layers import RMSNorm, Rotary, make_norm
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
-                 qkv_bias: bool = False, cfg: ModelConfig | None = None):
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        qkv_bias: bool = False,
+        cfg: ModelConfig | None = None,
+    ):
         super().__init__()
         assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
         cfg = cfg or ModelConfig()
@@ -45,8 +53,9 @@ class MultiHeadAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
         if self.attn_impl == "explicit":
-            self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
-                                 persistent=False)
+            self.register_buffer(
+                "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1), persistent=False
+            )
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         """Causal attention over `x`; with `cache`, over the cached tokens and `x` (layer `layer`'s slots)."""
@@ -66,16 +75,23 @@ class MultiHeadAttention(nn.Module):
             attn_mask = cache.mask
         if self.attn_impl == "sdpa":
             context = F.scaled_dot_product_attention(
-                queries, keys, values, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0,
-                is_causal=cache is None, scale=self.scale)
+                queries,
+                keys,
+                values,
+                attn_mask=attn_mask,
+                dropout_p=self.dropout_p if self.training else 0.0,
+                is_causal=cache is None,
+                scale=self.scale,
+            )
         else:  # the book's explicit path
             attn_scores = queries @ keys.transpose(2, 3)
             if cache is None:
                 attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
             elif attn_mask is not None:
                 attn_scores.masked_fill_(~attn_mask, -torch.inf)
-            attn_weights = torch.softmax(attn_scores / self.head_dim ** 0.5 if self.scale is None
-                                         else attn_scores * self.scale, dim=-1)
+            attn_weights = torch.softmax(
+                attn_scores / self.head_dim**0.5 if self.scale is None else attn_scores * self.scale, dim=-1
+            )
             attn_weights = self.dropout(attn_weights)
             context = attn_weights @ values
         context = context.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
@@ -90,12 +106,14 @@ class FeedForward(nn.Module):
             # hidden = 2/3 * 4d keeps the parameter count of the 4x GELU MLP (Shazeer 2020), rounded to 8
             hidden = int(8 * d / 3 + 7) // 8 * 8
             self.gate = nn.Linear(d, hidden, bias=cfg.bias)
-            self.layers = nn.Sequential(nn.Linear(d, hidden, bias=cfg.bias), nn.Identity(),
-                                        nn.Linear(hidden, d, bias=cfg.bias))
+            self.layers = nn.Sequential(
+                nn.Linear(d, hidden, bias=cfg.bias), nn.Identity(), nn.Linear(hidden, d, bias=cfg.bias)
+            )
         else:
             self.gate = None
-            self.layers = nn.Sequential(nn.Linear(d, 4 * d, bias=cfg.bias), nn.GELU(approximate="tanh"),
-                                        nn.Linear(4 * d, d, bias=cfg.bias))
+            self.layers = nn.Sequential(
+                nn.Linear(d, 4 * d, bias=cfg.bias), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d, bias=cfg.bias)
+            )
 
     @property
     def out_proj(self) -> nn.Linear:
@@ -110,8 +128,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.att = MultiHeadAttention(cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate,
-                                      cfg.n_heads, cfg.qkv_bias, cfg)
+        self.att = MultiHeadAttention(
+            cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate, cfg.n_heads, cfg.qkv_bias, cfg
+        )
         self.ff = FeedForward(cfg)
         self.norm1 = make_norm(cfg, cfg.emb_dim)
         self.norm2 = make_norm(cfg, cfg.emb_dim)
@@ -172,9 +191,9 @@ class GPTModel(nn.Module):
             return
         if self.cfg.init == "gpt2":
             for p in self.mup_hidden_params():
-                p.mul_(m ** -0.5)
+                p.mul_(m**-0.5)
         elif not self.cfg.tie_weights:
-            self.out_head.weight.mul_(m ** 0.5)
+            self.out_head.weight.mul_(m**0.5)
 
     def mup_hidden_params(self) -> list[nn.Parameter]:
         """muP's hidden ('matrix-like') weights: both dimensions grow with the width. Every 2-D weight inside the
@@ -219,8 +238,10 @@ class GPTModel(nn.Module):
         to `cache` after the tokens already there. `valid` (b, T) marks real tokens (False: left padding; default
         all real); positions count each row's real tokens only."""
         if cache.length + in_idx.shape[1] > self.cfg.context_length:
-            raise ValueError(f"sequence length {cache.length + in_idx.shape[1]} exceeds model context_length "
-                             f"{self.cfg.context_length}")
+            raise ValueError(
+                f"sequence length {cache.length + in_idx.shape[1]} exceeds model context_length "
+                f"{self.cfg.context_length}"
+            )
         pos = cache.begin(torch.ones_like(in_idx, dtype=torch.bool) if valid is None else valid)
         x = self.tok_emb(in_idx)
         if self.pos_emb is not None:

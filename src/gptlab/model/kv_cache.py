@@ -60,9 +60,9 @@ class KVCache:
             self.keys[layer] = keys.new_empty(shape)
             self.values[layer] = values.new_empty(shape)
         k, v = self.keys[layer], self.values[layer]
-        k[:, :, self.start:self.length] = keys
-        v[:, :, self.start:self.length] = values
-        return k[:, :, :self.length], v[:, :, :self.length]
+        k[:, :, self.start : self.length] = keys
+        v[:, :, self.start : self.length] = values
+        return k[:, :, : self.length], v[:, :, : self.length]
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (indices, in the order wanted), dropping the padding slots none of them uses."""
@@ -73,7 +73,7 @@ class KVCache:
             for i, buf in enumerate(store):
                 if buf is not None:
                     kept = buf.new_empty((len(rows), *buf.shape[1:]))
-                    kept[:, :, :n] = buf[rows, :, first:self.length]
+                    kept[:, :, :n] = buf[rows, :, first : self.length]
                     store[i] = kept
         self.valid = self.valid[:, first:]
         self.start = self.length = n

@@ -60,22 +60,42 @@ from gptlab.train.checkpoint import (
     resume_point,
 )
 from gptlab.train.distributed import resolve_device, resolve_precision
+from gptlab.train.evaluate import IGNORE_INDEX, loss_sum
+from gptlab.train.metrics import progress_bar
 from gptlab.train.optim import OptimSettings
 from gptlab.train.rundir import RunLock
 from gptlab.train.trainer import Trainer
-from gptlab.train.evaluate import IGNORE_INDEX, loss_sum
-from gptlab.train.metrics import progress_bar
 
 SPLIT_FILE = "split.json"
 RESULT_FILE = "finetune.json"
 # arguments that must match when a fine-tune is resumed
-_RESUME_KEYS = ("base_run", "data_sha256", "lr", "batch_size", "max_len", "val_frac", "test_frac", "seed",
-                "weight_decay", "dropout", "grad_clip")
+_RESUME_KEYS = (
+    "base_run",
+    "data_sha256",
+    "lr",
+    "batch_size",
+    "max_len",
+    "val_frac",
+    "test_frac",
+    "seed",
+    "weight_decay",
+    "dropout",
+    "grad_clip",
+)
 
 
-def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path,
-             settings: FinetuneSettings | None = None, *, overrides: list[str] | None = None, progress: bool = True,
-             resume: bool = False, stop_after: int | None = None, **values) -> dict:
+def finetune(
+    run_dir: str | Path,
+    data_file: str | Path,
+    out_dir: str | Path,
+    settings: FinetuneSettings | None = None,
+    *,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    stop_after: int | None = None,
+    **values,
+) -> dict:
     """Instruction-fine-tune the latest checkpoint of `run_dir` on `data_file`, writing run directory `out_dir`.
 
     The settings (FinetuneSettings: epochs, lr, batch_size, ...) are `settings`, else its defaults, with `values`
@@ -105,11 +125,23 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path,
         raise GptlabError(f"finetune: max_len: must be in [1, {ctx}] (the model's context), got {max_len}")
     records = load_records(data_path)
     vm = load_vocab_map(run_dir, cfg.model.vocab_size)
-    args = {"base_run": str(run_dir.resolve()), "base_checkpoint": base_ck.name, "data_file": str(data_path.resolve()),
-            "data_sha256": file_sha256(data_path), "epochs": st.epochs, "lr": st.lr, "batch_size": st.batch_size,
-            "max_len": max_len, "val_frac": st.val_frac, "test_frac": st.test_frac, "seed": st.seed,
-            "weight_decay": st.weight_decay, "dropout": cfg.model.drop_rate if st.dropout == -1 else st.dropout,
-            "patience": st.patience, "grad_clip": st.grad_clip}
+    args = {
+        "base_run": str(run_dir.resolve()),
+        "base_checkpoint": base_ck.name,
+        "data_file": str(data_path.resolve()),
+        "data_sha256": file_sha256(data_path),
+        "epochs": st.epochs,
+        "lr": st.lr,
+        "batch_size": st.batch_size,
+        "max_len": max_len,
+        "val_frac": st.val_frac,
+        "test_frac": st.test_frac,
+        "seed": st.seed,
+        "weight_decay": st.weight_decay,
+        "dropout": cfg.model.drop_rate if st.dropout == -1 else st.dropout,
+        "patience": st.patience,
+        "grad_clip": st.grad_clip,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(out_dir):
         split, finished = _open_out_dir(run_dir, out_dir, records, args, resume)
@@ -120,8 +152,9 @@ def finetune(run_dir: str | Path, data_file: str | Path, out_dir: str | Path,
         return job.run(base_ck, st.epochs, resume, progress, st.checkpoint_interval, stop_after)
 
 
-def _open_out_dir(run_dir: Path, out_dir: Path, records: list[dict], args: dict, resume: bool
-                  ) -> tuple[dict, dict | None]:
+def _open_out_dir(
+    run_dir: Path, out_dir: Path, records: list[dict], args: dict, resume: bool
+) -> tuple[dict, dict | None]:
     """(the record split, finetune.json if the fine-tune has finished). A new fine-tune: split the records and
     write the run files. An existing one (only with `resume`): check its settings match."""
     from gptlab.data.vocab import RUN_FILE
@@ -133,18 +166,18 @@ def _open_out_dir(run_dir: Path, out_dir: Path, records: list[dict], args: dict,
         if (run_dir / RUN_FILE).exists():
             atomic_write_bytes(out_dir / RUN_FILE, (run_dir / RUN_FILE).read_bytes())
         atomic_write_json(out_dir / TEST_FILE, [records[i] for i in split["test"]])
-        atomic_write_json(split_path, {"args": args, "n_records": len(records), "split": split,
-                                       "test_file": TEST_FILE})
+        atomic_write_json(split_path, {"args": args, "n_records": len(records), "split": split, "test_file": TEST_FILE})
         return split, None
     if not resume:
-        raise GptlabError(f"{out_dir}: already holds a fine-tune; pass --resume to continue it or "
-                          f"choose another --out")
+        raise GptlabError(f"{out_dir}: already holds a fine-tune; pass --resume to continue it or choose another --out")
     saved = read_json(split_path, "start the fine-tune afresh in another --out")
     old = saved.get("args", {})
     diff = [k for k in _RESUME_KEYS if old.get(k) != args[k]]
     if diff:
-        raise GptlabError(f"{split_path}: resume with different settings ({', '.join(diff)}: was "
-                          f"{', '.join(repr(old.get(k)) for k in diff)})")
+        raise GptlabError(
+            f"{split_path}: resume with different settings ({', '.join(diff)}: was "
+            f"{', '.join(repr(old.get(k)) for k in diff)})"
+        )
     done = out_dir / RESULT_FILE
     if done.exists():
         res = read_json(done)
@@ -180,8 +213,9 @@ def batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Ten
 def masked_eval_loss(model, examples, batch_size, pad_id, device, precision) -> float | None:
     """Mean cross-entropy over response targets (nats/token); None for an empty set."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    batches = (batch([examples[i] for i in order[s:s + batch_size]], pad_id)
-               for s in range(0, len(order), batch_size))
+    batches = (
+        batch([examples[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(order), batch_size)
+    )
     total, count = loss_sum(model, batches, device, precision)
     return total / count if count else None
 
@@ -191,8 +225,9 @@ class FineTuning:
     end (the best epoch's weights are `checkpoints/latest`), early stopping, resumable checkpoints
     (`checkpoints/resume`), and finetune.json after every epoch."""
 
-    def __init__(self, cfg, out_dir: Path, records: list[dict], split: dict, args: dict, vm, pad_id: int,
-                 device: torch.device):
+    def __init__(
+        self, cfg, out_dir: Path, records: list[dict], split: dict, args: dict, vm, pad_id: int, device: torch.device
+    ):
         self.cfg, self.out_dir, self.records, self.split, self.args = cfg, out_dir, records, split, args
         self.pad_id, self.device = pad_id, device
         self.precision = resolve_precision("auto", device)
@@ -202,8 +237,10 @@ class FineTuning:
         self.test_ex, drop_test = self._examples("test", vm)
         self.dropped = {"train": drop_train, "val": drop_val, "test": drop_test}
         if not self.train_ex:
-            raise GptlabError(f"{args['data_file']}: no training record fits max_len={args['max_len']} tokens with "
-                              f"at least one response token")
+            raise GptlabError(
+                f"{args['data_file']}: no training record fits max_len={args['max_len']} tokens with "
+                f"at least one response token"
+            )
         self.n_batches = math.ceil(len(self.train_ex) / args["batch_size"])
         self.extra: dict = {}
 
@@ -213,8 +250,13 @@ class FineTuning:
         return kept, len(ex) - len(kept)
 
     def _val_loss(self, examples) -> float | None:
-        return masked_eval_loss(self.trainer.model, examples, self.args["batch_size"], self.pad_id, self.device,
-                                self.precision) if examples else None
+        return (
+            masked_eval_loss(
+                self.trainer.model, examples, self.args["batch_size"], self.pad_id, self.device, self.precision
+            )
+            if examples
+            else None
+        )
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -227,25 +269,43 @@ class FineTuning:
         if resume_ck is None:
             load_model_weights(model, base_ck / "model.safetensors")
         model.to(self.device)
-        self.trainer = Trainer(model, OptimSettings(lr=args["lr"], weight_decay=args["weight_decay"]), self.device,
-                               self.precision, grad_clip=args["grad_clip"])
+        self.trainer = Trainer(
+            model,
+            OptimSettings(lr=args["lr"], weight_decay=args["weight_decay"]),
+            self.device,
+            self.precision,
+            grad_clip=args["grad_clip"],
+        )
         if resume_ck is not None:
             self.state = self.trainer.restore(resume_ck)
         else:
-            self.state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best_val": None, "best_epoch": None,
-                          "bad_epochs": 0, "loss_sum": 0.0, "loss_n": 0, "stopped_early": False, "wall_time": 0.0,
-                          "val_loss_before": self._val_loss(self.val_ex)}
+            self.state = {
+                "epoch": 1,
+                "batch": 0,
+                "step": 0,
+                "history": [],
+                "best_val": None,
+                "best_epoch": None,
+                "bad_epochs": 0,
+                "loss_sum": 0.0,
+                "loss_n": 0,
+                "stopped_early": False,
+                "wall_time": 0.0,
+                "val_loss_before": self._val_loss(self.val_ex),
+            }
         if self.state["batch"] >= self.n_batches:  # the checkpoint closed an epoch
             self.state.update(epoch=self.state["epoch"] + 1, batch=0, loss_sum=0.0, loss_n=0)
 
     # ---- the loop ------------------------------------------------------------------------------
 
-    def run(self, base_ck: Path, epochs: int, resume: bool, progress: bool, checkpoint_interval: int,
-            stop_after: int | None) -> dict:
+    def run(
+        self, base_ck: Path, epochs: int, resume: bool, progress: bool, checkpoint_interval: int, stop_after: int | None
+    ) -> dict:
         self._start(base_ck, resume)
         s, nb = self.state, self.n_batches
-        self.bar = progress_bar(epochs * nb, min(epochs * nb, (s["epoch"] - 1) * nb + s["batch"]),
-                                f"finetune {self.out_dir.name}", progress)
+        self.bar = progress_bar(
+            epochs * nb, min(epochs * nb, (s["epoch"] - 1) * nb + s["batch"]), f"finetune {self.out_dir.name}", progress
+        )
         self.t0, self.wall0, self.steps_this_call = time.time(), s["wall_time"], 0
         self.trainer.model.train()
         try:
@@ -255,8 +315,12 @@ class FineTuning:
                     return self.summary(False) | {"stopped_at": s["step"]}
                 self._end_epoch()
                 atomic_write_json(self.out_dir / RESULT_FILE, self.summary(False))
-                if stop_after is not None and self.steps_this_call >= stop_after and s["epoch"] <= epochs \
-                        and not s["stopped_early"]:
+                if (
+                    stop_after is not None
+                    and self.steps_this_call >= stop_after
+                    and s["epoch"] <= epochs
+                    and not s["stopped_early"]
+                ):
                     return self.summary(False) | {"stopped_at": s["step"]}
         finally:
             if self.bar:
@@ -271,8 +335,10 @@ class FineTuning:
         for b in range(s["batch"], self.n_batches):
             res = self.trainer.step([batch([self.train_ex[i] for i in batches[b]], self.pad_id)], accum=1)
             if not res.ok:
-                raise GptlabError(f"{self.out_dir}: non-finite loss at epoch {epoch}, batch {b + 1}; lower --lr "
-                                  f"(last good checkpoint: {self._pointer('resume') or 'none'})")
+                raise GptlabError(
+                    f"{self.out_dir}: non-finite loss at epoch {epoch}, batch {b + 1}; lower --lr "
+                    f"(last good checkpoint: {self._pointer('resume') or 'none'})"
+                )
             s["loss_sum"] += res.loss
             s["loss_n"] += 1
             s["batch"], s["step"] = b + 1, s["step"] + 1
@@ -293,8 +359,9 @@ class FineTuning:
         """Validate, keep the best weights as `latest`, count epochs without improvement."""
         s = self.state
         epoch, val = s["epoch"], self._val_loss(self.val_ex)
-        s["history"].append({"epoch": epoch, "step": s["step"], "train_loss": s["loss_sum"] / max(1, s["loss_n"]),
-                             "val_loss": val})
+        s["history"].append(
+            {"epoch": epoch, "step": s["step"], "train_loss": s["loss_sum"] / max(1, s["loss_n"]), "val_loss": val}
+        )
         better = val is None or s["best_val"] is None or val < s["best_val"]
         if better:
             s["best_val"], s["best_epoch"], s["bad_epochs"] = val, epoch, 0
@@ -310,8 +377,9 @@ class FineTuning:
     def _save(self, pointers: tuple[str, ...]) -> None:
         """Checkpoint with `pointers`; keep only the best (latest) and resume ones, the best without optimizer."""
         self.state["wall_time"] = self.wall0 + time.time() - self.t0
-        self.trainer.save(self.out_dir, self.state["step"], self.state, pointers=pointers, keep=0,
-                          protect=self.resumed_from)
+        self.trainer.save(
+            self.out_dir, self.state["step"], self.state, pointers=pointers, keep=0, protect=self.resumed_from
+        )
         best, res = pointed(self.out_dir, "latest"), pointed(self.out_dir, "resume")
         if best and best != res:
             drop_training_state(best)
@@ -333,14 +401,26 @@ class FineTuning:
     def summary(self, finished: bool) -> dict:
         s, a = self.state, self.args
         return {
-            "base_run": a["base_run"], "base_checkpoint": a["base_checkpoint"], "data_file": a["data_file"],
-            "records": len(self.records), "split": {k: len(v) for k, v in self.split.items()},
-            "dropped_too_long": self.dropped, "unknown_tokens": self.unknown["unknown_tokens"],
-            "args": a, "epochs_run": len(s["history"]), "steps": s["step"],
-            "history": s["history"], "val_loss_before": s["val_loss_before"],
-            "best_epoch": s["best_epoch"], "best_val_loss": s["best_val"],
-            "stopped_early": s["stopped_early"], "device": str(self.device), "precision": self.precision,
-            "wall_time": s["wall_time"], "finished": finished, **self.extra,
+            "base_run": a["base_run"],
+            "base_checkpoint": a["base_checkpoint"],
+            "data_file": a["data_file"],
+            "records": len(self.records),
+            "split": {k: len(v) for k, v in self.split.items()},
+            "dropped_too_long": self.dropped,
+            "unknown_tokens": self.unknown["unknown_tokens"],
+            "args": a,
+            "epochs_run": len(s["history"]),
+            "steps": s["step"],
+            "history": s["history"],
+            "val_loss_before": s["val_loss_before"],
+            "best_epoch": s["best_epoch"],
+            "best_val_loss": s["best_val"],
+            "stopped_early": s["stopped_early"],
+            "device": str(self.device),
+            "precision": self.precision,
+            "wall_time": s["wall_time"],
+            "finished": finished,
+            **self.extra,
         }
 
 

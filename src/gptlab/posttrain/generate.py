@@ -72,8 +72,9 @@ class Generator:
             return list(gpt2_ids)
         return self.vocab_map.lut[torch.tensor(gpt2_ids, dtype=torch.long)].tolist()
 
-    def token_ids(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()
-                  ) -> Iterator[int]:
+    def token_ids(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()
+    ) -> Iterator[int]:
         """Yield the model's new token ids one by one, until <|endoftext|> (not yielded) or max_new_tokens.
         An empty prompt starts from <|endoftext|>."""
         for step in self._decode([prompt_ids], max_new_tokens, [sampling], set()):
@@ -82,8 +83,13 @@ class Generator:
             yield step[0]
 
     @torch.no_grad()
-    def _decode(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
-                samplings: Sequence[Sampling], stopped: set[int]) -> Iterator[dict[int, int]]:
+    def _decode(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        samplings: Sequence[Sampling],
+        stopped: set[int],
+    ) -> Iterator[dict[int, int]]:
         """The decoding loop over GPT-2-id prompts: each step yields {row: next model token} for every running
         row. A row ends after <|endoftext|> (yielded), after its max_new_tokens (one for all rows, or one per
         row), or once the caller adds it to `stopped`."""
@@ -91,8 +97,9 @@ class Generator:
         limits = [max_new_tokens] * len(seqs) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(limits) != len(seqs):
             raise ValueError(f"{len(limits)} max_new_tokens for {len(seqs)} prompts")
-        rngs = [torch.Generator(device=self.device).manual_seed(s.seed) if s.seed is not None else None
-                for s in samplings]
+        rngs = [
+            torch.Generator(device=self.device).manual_seed(s.seed) if s.seed is not None else None for s in samplings
+        ]
         rows, cache, ctx = [r for r in range(len(seqs)) if limits[r] > 0], None, self.context_length
         made = [0] * len(seqs)
         self.model.eval()
@@ -112,8 +119,11 @@ class Generator:
                 seqs[r].append(tok)
                 made[r] += 1
             yield dict(zip(rows, toks, strict=True))
-            keep = [i for i, (r, tok) in enumerate(zip(rows, toks, strict=True))
-                    if tok != self.eos_id and r not in stopped and made[r] < limits[r]]
+            keep = [
+                i
+                for i, (r, tok) in enumerate(zip(rows, toks, strict=True))
+                if tok != self.eos_id and r not in stopped and made[r] < limits[r]
+            ]
             if not keep:
                 return
             if len(keep) < len(rows):
@@ -123,22 +133,30 @@ class Generator:
     def _tensor(self, data: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
         return torch.tensor(data, dtype=dtype, device=self.device)
 
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(),
-               stop: Sequence[str] = ()) -> TextStream:
+    def stream(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(), stop: Sequence[str] = ()
+    ) -> TextStream:
         """The continuation as text deltas; see TextStream."""
         return TextStream(self, prompt_ids, max_new_tokens, sampling, stop)
 
-    def complete(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(),
-                 stop: Sequence[str] = ()) -> TextStream:
+    def complete(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(), stop: Sequence[str] = ()
+    ) -> TextStream:
         """The whole continuation: the returned stream, already exhausted (read its `text`)."""
         out = self.stream(prompt_ids, max_new_tokens, sampling, stop)
         for _ in out:
             pass
         return out
 
-    def complete_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                       sampling: Sampling | Sequence[Sampling] = Sampling(), stop: Sequence[str] = (),
-                       batch_size: int = 8, progress: Callable[[int], object] | None = None) -> list[TextStream]:
+    def complete_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: Sampling | Sequence[Sampling] = Sampling(),
+        stop: Sequence[str] = (),
+        batch_size: int = 8,
+        progress: Callable[[int], object] | None = None,
+    ) -> list[TextStream]:
         """`complete` for many prompts (one Sampling, or one per prompt), decoded `batch_size` at a time in
         batches of similar prompt lengths (less padding); the results come back in the prompts' order.
         `progress` is called with the number of prompts each finished batch held."""
@@ -148,7 +166,7 @@ class Generator:
         outs = [TextStream(self, p, max_new_tokens, s, stop) for p, s in zip(prompts, samplings, strict=True)]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for b in range(0, len(order), batch_size):
-            chunk = order[b:b + batch_size]
+            chunk = order[b : b + batch_size]
             for _ in self.decode_together([outs[i] for i in chunk]):
                 pass
             for i in chunk:
@@ -157,17 +175,18 @@ class Generator:
                 progress(len(chunk))
         return outs
 
-
-    def decode_together(self, outs: Sequence[TextStream], cancelled: Set[int] = frozenset()
-                        ) -> Iterator[list[tuple[int, str, bool]]]:
+    def decode_together(
+        self, outs: Sequence[TextStream], cancelled: Set[int] = frozenset()
+    ) -> Iterator[list[tuple[int, str, bool]]]:
         """Decode fresh TextStreams (from `stream`, each with its own prompt, max_new_tokens, sampling and stop
         strings) as one batch. Each step yields (row, delta, ended) for every row that got a token: `delta` is
         the text that can be sent now ("" while a stop string or a UTF-8 character is incomplete); when `ended`,
         the stream is finished (delta includes its tail) and its finish_reason and completion_tokens are final.
         A row whose index the caller puts in `cancelled` leaves the batch at its next token, unfinished."""
         stopped: set[int] = set()
-        for step in self._decode([o._prompt_ids for o in outs], [o._max for o in outs],
-                                 [o._sampling for o in outs], stopped):
+        for step in self._decode(
+            [o._prompt_ids for o in outs], [o._max for o in outs], [o._sampling for o in outs], stopped
+        ):
             events = []
             for row, tok in step.items():
                 if row in cancelled:
@@ -189,10 +208,16 @@ class TextStream:
     is "stop" (<|endoftext|> or a stop string) or "length", `completion_tokens` counts the tokens generated
     and `tokens` holds them (the model's ids)."""
 
-    def __init__(self, gen: Generator, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling,
-                 stop: Sequence[str]):
-        self._gen, self._prompt_ids, self._max, self._sampling, self._stop = (gen, prompt_ids, max_new_tokens,
-                                                                              sampling, stop)
+    def __init__(
+        self, gen: Generator, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling, stop: Sequence[str]
+    ):
+        self._gen, self._prompt_ids, self._max, self._sampling, self._stop = (
+            gen,
+            prompt_ids,
+            max_new_tokens,
+            sampling,
+            stop,
+        )
         self.finish_reason, self.completion_tokens, self.text = "length", 0, ""
         self.tokens: list[int] = []
         self._emitted, self._stopped = 0, False
@@ -216,18 +241,18 @@ class TextStream:
         text = self._gen.decode(self.tokens)
         hits = [p for p in (text.find(s) for s in self._stop) if p >= 0]
         if hits:
-            self.text, self.finish_reason, self._stopped = text[:min(hits)], "stop", True
+            self.text, self.finish_reason, self._stopped = text[: min(hits)], "stop", True
             return None
         self.text = text
         safe = self._safe_end(text, self._emitted)
-        delta, self._emitted = text[self._emitted:safe], max(safe, self._emitted)
+        delta, self._emitted = text[self._emitted : safe], max(safe, self._emitted)
         return delta
 
     def finish(self) -> str:
         """End the stream (after <|endoftext|>, max_new_tokens or a stop string): the text not yet sent."""
         if not self._stopped and self.completion_tokens < self._max:
             self.finish_reason = "stop"  # <|endoftext|>
-        tail, self._emitted = self.text[self._emitted:], len(self.text)
+        tail, self._emitted = self.text[self._emitted :], len(self.text)
         return tail
 
     def _safe_end(self, text: str, emitted: int) -> int:
@@ -239,14 +264,21 @@ class TextStream:
         hold = 0
         for s in self._stop:
             for k in range(min(len(s) - 1, safe - emitted), hold, -1):
-                if text[safe - k:safe] == s[:k]:
+                if text[safe - k : safe] == s[:k]:
                     hold = k
                     break
         return safe - hold
 
 
-def generate_text(model: GPTModel, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0,
-                  top_k: int | None = None, seed: int | None = None, vocab_map: VocabMap | None = None) -> str:
+def generate_text(
+    model: GPTModel,
+    prompt: str,
+    max_new_tokens: int = 50,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    vocab_map: VocabMap | None = None,
+) -> str:
     """Continue `prompt` (the book's generate, as text): Generator(model, vocab_map).complete(...).text."""
     gen = Generator(model, vocab_map)
     return gen.complete(gen.encode(prompt), max_new_tokens, Sampling(temperature, top_k, seed)).text

@@ -19,8 +19,9 @@ import torch
 from gptlab import GptlabError
 from gptlab.data.tokenizer import EOT_ID, encode
 
-PROMPT_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
-                 "completes the request.")
+PROMPT_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
 IGNORE_INDEX = -100
 TEST_FILE = "test_data.json"  # a fine-tune's held-out records, the judge's default set
 
@@ -40,8 +41,9 @@ def format_prompt(record: dict) -> str:
 
 def _check_record(rec: Any, i: int, where: str) -> dict:
     if not isinstance(rec, dict):
-        raise GptlabError(f"{where}: record {i}: expected an object with instruction/input/output, "
-                          f"got {type(rec).__name__}")
+        raise GptlabError(
+            f"{where}: record {i}: expected an object with instruction/input/output, got {type(rec).__name__}"
+        )
     for key in ("instruction", "output"):
         if key not in rec:
             raise GptlabError(f"{where}: record {i}: missing field '{key}'")
@@ -79,11 +81,14 @@ def load_records(path: str | Path) -> list[dict]:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
-            raise GptlabError(f"{p}: not JSON ({e.msg} at line {e.lineno} column {e.colno}); expected a list of "
-                              f"{{instruction, input, output}} records (or use .jsonl)") from None
+            raise GptlabError(
+                f"{p}: not JSON ({e.msg} at line {e.lineno} column {e.colno}); expected a list of "
+                f"{{instruction, input, output}} records (or use .jsonl)"
+            ) from None
         if not isinstance(raw, list):
-            raise GptlabError(f"{p}: expected a JSON list of {{instruction, input, output}} records, "
-                              f"got {type(raw).__name__}")
+            raise GptlabError(
+                f"{p}: expected a JSON list of {{instruction, input, output}} records, got {type(raw).__name__}"
+            )
     if not raw:
         raise GptlabError(f"{p}: contains no records")
     return [_check_record(r, i, str(p)) for i, r in enumerate(raw)]
@@ -97,15 +102,20 @@ def split_indices(n: int, val_frac: float, test_frac: float, seed: int) -> dict[
     n_test = max(1, round(n * test_frac)) if test_frac > 0 else 0
     n_val = max(1, round(n * val_frac)) if val_frac > 0 else 0
     if n - n_test - n_val < 1:
-        raise GptlabError(f"split: {n} record(s) leave no training records with val_frac={val_frac}, "
-                          f"test_frac={test_frac}")
+        raise GptlabError(
+            f"split: {n} record(s) leave no training records with val_frac={val_frac}, test_frac={test_frac}"
+        )
     perm = np.random.default_rng(seed).permutation(n).tolist()
-    return {"test": sorted(perm[:n_test]), "val": sorted(perm[n_test:n_test + n_val]),
-            "train": sorted(perm[n_test + n_val:])}
+    return {
+        "test": sorted(perm[:n_test]),
+        "val": sorted(perm[n_test : n_test + n_val]),
+        "train": sorted(perm[n_test + n_val :]),
+    }
 
 
-def build_example(record: dict, max_len: int, vocab_map=None, stats: dict | None = None
-                  ) -> tuple[list[int], int] | None:
+def build_example(
+    record: dict, max_len: int, vocab_map=None, stats: dict | None = None
+) -> tuple[list[int], int] | None:
     """(token ids, number of prompt tokens) with ids = prompt + response + <|endoftext|>, in the model's id
     space, cut to max_len + 1 tokens (inputs are ids[:-1]). None if no response token fits.
     With a compact vocabulary, GPT-2 tokens outside it become <|endoftext|>; `stats["unknown_tokens"]` counts them."""
@@ -118,7 +128,7 @@ def build_example(record: dict, max_len: int, vocab_map=None, stats: dict | None
             eot = int(vocab_map.lut[EOT_ID])
             stats["unknown_tokens"] = stats.get("unknown_tokens", 0) + int(((mapped == eot) & (t != EOT_ID)).sum())
         ids = mapped.tolist()
-    ids = ids[:max_len + 1]
+    ids = ids[: max_len + 1]
     if len(prompt) > len(ids) - 1:  # not even the first response token is a target
         return None
     return ids, len(prompt)
@@ -135,7 +145,7 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int = EOT_ID) -> tupl
         t = torch.tensor(ids, dtype=torch.long)
         x[i, :n] = t[:-1]
         y[i, :n] = t[1:]
-        y[i, :max(0, n_prompt - 1)] = IGNORE_INDEX  # position j predicts token j+1: prompt while j+1 < n_prompt
+        y[i, : max(0, n_prompt - 1)] = IGNORE_INDEX  # position j predicts token j+1: prompt while j+1 < n_prompt
     return x, y
 
 
@@ -144,5 +154,5 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     order = order[np.argsort(np.asarray(lengths)[order], kind="stable")]  # by length, ties at random
-    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]

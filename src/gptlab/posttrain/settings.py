@@ -29,8 +29,17 @@ MAX_PARALLEL = 1_024  # runs, requests or judge calls at once
 MAX_EPOCHS = 10_000
 
 
-def setting(default, interval: str | None = None, help_: str = "", *, most: int | None = None,
-            special: tuple = (), pattern: str | None = None, expected: str = "", flag: bool = True):
+def setting(
+    default,
+    interval: str | None = None,
+    help_: str = "",
+    *,
+    most: int | None = None,
+    special: tuple = (),
+    pattern: str | None = None,
+    expected: str = "",
+    flag: bool = True,
+):
     """A field with its declaration: values inside `interval` (and <= `most`), or one of `special`; a string
     matching `pattern` (`expected` says what in words). `flag=False`: not a command-line option. A default of None
     means "unset" and is always accepted."""
@@ -53,8 +62,7 @@ class FinetuneSettings:
     epochs: int = setting(2, "[1, inf)", most=MAX_EPOCHS)
     lr: float = setting(5e-5, "(0, inf)")
     batch_size: int = setting(8, "[1, inf)", most=MAX_BATCH)
-    max_len: int | None = setting(None, "[1, inf)", "max tokens per example (default: model context)",
-                                  most=MAX_TOKENS)
+    max_len: int | None = setting(None, "[1, inf)", "max tokens per example (default: model context)", most=MAX_TOKENS)
     val_frac: float = setting(0.1, "[0, 1)")
     test_frac: float = setting(0.1, "[0, 1)")
     seed: int = setting(123, SEEDS)
@@ -73,16 +81,28 @@ class ServeSettings:
     host: str = setting("127.0.0.1")
     port: int = setting(8000, "[0, 65535]")
     max_tokens_limit: int = setting(512, "[1, inf)", "largest max_tokens a request may ask for", most=MAX_TOKENS)
-    model_name: str | None = setting(None, help_="the model id reported by /v1/models (default: the run folder's "
-                                                "name)")
-    read_timeout: float = setting(30.0, "(0, inf)", "the longest one read of a request body waits (a stalled "
-                                  "request gets a 408); also how long an idle keep-alive connection stays open")
-    max_batch: int = setting(8, "[1, inf)", "decode up to N waiting requests together as one batch (default 8; 1 = "
-                             "one at a time). A greedy or seeded request's answer does not depend on the batch it "
-                             "lands in", most=MAX_PARALLEL)
-    batch_wait_ms: float = setting(0.0, "[0, 10000]", "once the model is free and a request waits, wait up to MS "
-                                   "milliseconds more for others to fill the batch (default 0: take only what is "
-                                   "already waiting)")
+    model_name: str | None = setting(None, help_="the model id reported by /v1/models (default: the run folder's name)")
+    read_timeout: float = setting(
+        30.0,
+        "(0, inf)",
+        "the longest one read of a request body waits (a stalled "
+        "request gets a 408); also how long an idle keep-alive connection stays open",
+    )
+    max_batch: int = setting(
+        8,
+        "[1, inf)",
+        "decode up to N waiting requests together as one batch (default 8; 1 = "
+        "one at a time). A greedy or seeded request's answer does not depend on the batch it "
+        "lands in",
+        most=MAX_PARALLEL,
+    )
+    batch_wait_ms: float = setting(
+        0.0,
+        "[0, 10000]",
+        "once the model is free and a request waits, wait up to MS "
+        "milliseconds more for others to fill the batch (default 0: take only what is "
+        "already waiting)",
+    )
     device: str = device_setting()
     max_body_bytes: int = setting(1 << 20, "[1, inf)", flag=False)  # a larger request body gets a 413
 

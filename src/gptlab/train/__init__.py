@@ -13,15 +13,23 @@ import importlib
 
 _HOME = {  # name -> the submodule that defines it
     "train": "pretrain",
-    "Trainer": "trainer", "forward_backward": "trainer",
+    "Trainer": "trainer",
+    "forward_backward": "trainer",
     "evaluate_loss": "evaluate",
-    "load_run_model": "checkpoint", "load_checkpoint": "checkpoint", "latest_checkpoint": "checkpoint",
+    "load_run_model": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "latest_checkpoint": "checkpoint",
     "load_model_weights": "checkpoint",
     "lr_factor": "schedule",
-    "build_optimizers": "optim", "make_optimizers": "optim", "OptimSettings": "optim",
+    "build_optimizers": "optim",
+    "make_optimizers": "optim",
+    "OptimSettings": "optim",
     "RunLock": "rundir",
-    "Dist": "distributed", "resolve_device": "distributed", "resolve_precision": "distributed",
-    "autocast_ctx": "distributed", "to_device": "distributed",
+    "Dist": "distributed",
+    "resolve_device": "distributed",
+    "resolve_precision": "distributed",
+    "autocast_ctx": "distributed",
+    "to_device": "distributed",
 }
 
 __all__ = list(_HOME)

@@ -55,9 +55,19 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return pointed(run_dir, "latest")
 
 
-def save_checkpoint(run_dir: Path, step: int, model, opts, state: dict, dist_: Dist, *, fsdp: bool = False,
-                    pointers: tuple[str, ...] = ("latest",), keep: int | None = None,
-                    protect: tuple[Path, ...] = ()) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model,
+    opts,
+    state: dict,
+    dist_: Dist,
+    *,
+    fsdp: bool = False,
+    pointers: tuple[str, ...] = ("latest",),
+    keep: int | None = None,
+    protect: tuple[Path, ...] = (),
+) -> Path:
     """Write checkpoints/step_N atomically and point `pointers` at it; then keep the newest `keep` intact
     checkpoints, every pointed one and `protect` (keep=None: keep all). Every rank saves its RNG state; rank 0
     saves the rest and the manifest. Out of space or permission: the partial write is removed, GptlabError."""
@@ -105,8 +115,11 @@ def _torch_save(obj, path: Path) -> None:
 
 def write_manifest(ck: Path, without: tuple[Path, ...] = ()) -> None:
     """manifest.json: the size of every file of checkpoint folder `ck` (but `without`)."""
-    files = {p.relative_to(ck).as_posix(): p.stat().st_size for p in sorted(ck.rglob("*"))
-             if p.is_file() and p.name != MANIFEST and p not in without}
+    files = {
+        p.relative_to(ck).as_posix(): p.stat().st_size
+        for p in sorted(ck.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and p not in without
+    }
     atomic_write_json(ck / MANIFEST, {"files": files})
 
 
@@ -140,6 +153,7 @@ def _write_errors(ckdir: Path, name: str, tmp: Path | None, model, opts):
 
 def state_bytes(model, opts) -> int:
     """The size of what a checkpoint holds: weights and optimizer state."""
+
     def size(obj) -> int:
         if isinstance(obj, torch.Tensor):
             return obj.numel() * obj.element_size()
@@ -201,8 +215,9 @@ def damage(ck: Path) -> str | None:
 
 def _not_resumable(ck: Path) -> str | None:
     why = damage(ck)
-    if why is None and not ((ck / "state.json").is_file() and ((ck / "optimizer.pt").is_file()
-                                                               or (ck / "dcp").is_dir())):
+    if why is None and not (
+        (ck / "state.json").is_file() and ((ck / "optimizer.pt").is_file() or (ck / "dcp").is_dir())
+    ):
         why = f"{ck}: weights only, no training state"
     return why
 

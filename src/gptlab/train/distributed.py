@@ -25,8 +25,11 @@ class Dist:
     def from_env(cls, device: torch.device) -> Dist:
         """On CUDA the device is set before the process group exists and bound to it (`device_id`), so NCCL's
         first collective and every barrier use this rank's GPU, not GPU 0."""
-        d = cls(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
-                int(os.environ.get("LOCAL_RANK", "0")))
+        d = cls(
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
         if d.enabled and not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)

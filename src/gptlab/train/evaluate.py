@@ -21,8 +21,13 @@ def perplexity(loss: float) -> float:
 
 
 @torch.no_grad()
-def loss_sum(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, precision: str,
-             dist_: Dist | None = None) -> tuple[float, int]:
+def loss_sum(
+    model,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    precision: str,
+    dist_: Dist | None = None,
+) -> tuple[float, int]:
     """(sum of cross-entropy over counted targets, number of counted targets), over all ranks."""
     was_training = model.training
     model.eval()
@@ -40,14 +45,25 @@ def loss_sum(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device
     return total[0].item(), int(total[1].item())
 
 
-def evaluate_loss(model, dataset, context_length: int, batch_size: int, device: torch.device, precision: str,
-                  offset: int = 0, n_batches: int = 0, dist_: Dist | None = None, vocab_map=None) -> float:
+def evaluate_loss(
+    model,
+    dataset,
+    context_length: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    offset: int = 0,
+    n_batches: int = 0,
+    dist_: Dist | None = None,
+    vocab_map=None,
+) -> float:
     """Mean cross-entropy over sequential windows of a token dataset (in the model's vocabulary)."""
     from gptlab.data.loader import eval_batches
 
     rank, world = (dist_.rank, dist_.world) if dist_ else (0, 1)
-    batches = eval_batches(dataset, context_length, batch_size, offset=offset, n_batches=n_batches, rank=rank,
-                           world=world)
+    batches = eval_batches(
+        dataset, context_length, batch_size, offset=offset, n_batches=n_batches, rank=rank, world=world
+    )
     if vocab_map is not None:
         batches = ((vocab_map.to_compact(x), vocab_map.to_compact(y)) for x, y in batches)
     total, count = loss_sum(model, batches, device, precision, dist_)

@@ -42,11 +42,21 @@ PEAK_FLOPS: dict[str, float] = {
 # torch.cuda.get_device_name() -> PEAK_FLOPS key; the first pattern that matches wins, so form factors come before
 # the plain name ("NVIDIA H100 PCIe" is not an SXM part) and whole words are matched ("L40S" is not an "L4").
 _GPU_NAMES: list[tuple[str, str]] = [
-    (r"\bH100\b.*\bPCIE\b", "H100-PCIE"), (r"\bH100\b.*\bNVL\b", "H100-NVL"), (r"\bH100\b", "H100"),
-    (r"\bG?H200\b.*\bNVL\b", "H200-NVL"), (r"\bG?H200\b", "H200"),
-    (r"\bH800\b.*\bPCIE\b", "H800-PCIE"), (r"\bH800\b", "H800"), (r"\bB200\b", "B200"),
-    (r"\bA100\b", "A100"), (r"\bA10G\b", "A10G"), (r"\bL40S\b", "L40S"), (r"\bL40\b", "L40"), (r"\bL4\b", "L4"),
-    (r"\bRTX\s*4090\b", "RTX4090"), (r"\bRTX\s*3090\b", "RTX3090"),
+    (r"\bH100\b.*\bPCIE\b", "H100-PCIE"),
+    (r"\bH100\b.*\bNVL\b", "H100-NVL"),
+    (r"\bH100\b", "H100"),
+    (r"\bG?H200\b.*\bNVL\b", "H200-NVL"),
+    (r"\bG?H200\b", "H200"),
+    (r"\bH800\b.*\bPCIE\b", "H800-PCIE"),
+    (r"\bH800\b", "H800"),
+    (r"\bB200\b", "B200"),
+    (r"\bA100\b", "A100"),
+    (r"\bA10G\b", "A10G"),
+    (r"\bL40S\b", "L40S"),
+    (r"\bL40\b", "L40"),
+    (r"\bL4\b", "L4"),
+    (r"\bRTX\s*4090\b", "RTX4090"),
+    (r"\bRTX\s*3090\b", "RTX3090"),
 ]
 
 
@@ -118,7 +128,7 @@ def device_peak_flops(device) -> float | None:
 
 
 def measure_cpu_peak(n: int = 2048, dtype=None, repeats: int = 5) -> float:
-    """"CPU measured" peak FLOP/s: the best of `repeats` timed n x n @ n x n matmuls (2 n^3 FLOPs each) in `dtype`
+    """ "CPU measured" peak FLOP/s: the best of `repeats` timed n x n @ n x n matmuls (2 n^3 FLOPs each) in `dtype`
     (default torch.float32) on the CPU, after one untimed warm-up, with torch's current thread count. Takes about
     a second for n = 2048 on two cores. Not a datasheet number: what the BLAS achieves here, now."""
     import time

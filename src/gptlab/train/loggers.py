@@ -45,13 +45,16 @@ def _import(name: str):
     try:
         return importlib.import_module(PACKAGES[name])
     except ImportError:
-        raise GptlabError(f"train.loggers: {name} needs the {PACKAGES[name]} package, which is not installed: "
-                          f"pip install 'gptlab[{name}]'") from None
+        raise GptlabError(
+            f"train.loggers: {name} needs the {PACKAGES[name]} package, which is not installed: "
+            f"pip install 'gptlab[{name}]'"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
 class Place:
     """Where one run's curves go."""
+
     experiment: str | None  # the experiment's name, None for a plain run
     name: str  # the run's name in W&B and Trackio: its run id / run folder's name
     tensorboard: Path  # its TensorBoard log dir
@@ -73,8 +76,11 @@ def tensorboard_dir(exp_dir: Path) -> Path:
 def scalars(row: dict) -> dict[str, float]:
     """The numbers of a metrics.jsonl row, by key; the step and tokens (the step times the tokens per step, in
     train and val rows alike) say where, not what."""
-    return {k: float(v) for k, v in row.items()
-            if k not in ("step", "tokens") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if k not in ("step", "tokens") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def run_uid(run_dir: Path) -> str:
@@ -89,9 +95,11 @@ def open_loggers(cfg: RunConfig, run_dir: Path, start_step: int, logged_until: i
     resumes from (0: a fresh start); `logged_until`: the last step an earlier process of this run logged (-1:
     none)."""
     where = place(cfg, run_dir)
-    make = {"tensorboard": lambda: TensorBoardLogger(cfg, where, start_step),
-            "wandb": lambda: WandbLogger(cfg, where, run_dir, logged_until),
-            "trackio": lambda: TrackioLogger(cfg, where, start_step, logged_until)}
+    make = {
+        "tensorboard": lambda: TensorBoardLogger(cfg, where, start_step),
+        "wandb": lambda: WandbLogger(cfg, where, run_dir, logged_until),
+        "trackio": lambda: TrackioLogger(cfg, where, start_step, logged_until),
+    }
     out: list = []
     try:
         for name in dict.fromkeys(cfg.train.loggers):
@@ -131,8 +139,9 @@ class TensorBoardLogger:
         self.w = SummaryWriter(str(where.tensorboard), purge_step=start_step + 1 if start_step else 0, flush_secs=30)
         if not start_step:
             self.w.add_text("config", "```toml\n" + cfg.to_toml() + "```", 0)
-            for summary in hparams({k: _hparam(v) for k, v in flat(cfg.to_dict()).items()},
-                                   {"val_loss": 0.0, "train_loss": 0.0}):
+            for summary in hparams(
+                {k: _hparam(v) for k, v in flat(cfg.to_dict()).items()}, {"val_loss": 0.0, "train_loss": 0.0}
+            ):
                 self.w.file_writer.add_summary(summary)
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -148,12 +157,21 @@ class WandbLogger:
         wandb = _import("wandb")
         self.skip = logged_until
         try:
-            self.run = wandb.init(project=cfg.train.log_project, group=where.experiment, name=where.name,
-                                  id=run_uid(run_dir), resume="allow", dir=str(run_dir), config=cfg.to_dict(),
-                                  settings=wandb.Settings(console="off"))
+            self.run = wandb.init(
+                project=cfg.train.log_project,
+                group=where.experiment,
+                name=where.name,
+                id=run_uid(run_dir),
+                resume="allow",
+                dir=str(run_dir),
+                config=cfg.to_dict(),
+                settings=wandb.Settings(console="off"),
+            )
         except Exception as e:
-            raise GptlabError(f"train.loggers: wandb could not start the run ({_first_line(e)}); log in with "
-                              f"`wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`") from None
+            raise GptlabError(
+                f"train.loggers: wandb could not start the run ({_first_line(e)}); log in with "
+                f"`wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`"
+            ) from None
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if step > self.skip:
@@ -168,9 +186,15 @@ class TrackioLogger:
         trackio = _import("trackio")
         self.skip = logged_until
         try:  # local unless TRACKIO_SPACE_ID / TRACKIO_SERVER_URL say otherwise; no dashboard is launched
-            self.run = trackio.init(project=where.experiment or cfg.train.log_project, name=where.name,
-                                    config=cfg.to_dict(), resume="allow" if start_step else "never", embed=False,
-                                    auto_log_gpu=False, auto_log_cpu=False)
+            self.run = trackio.init(
+                project=where.experiment or cfg.train.log_project,
+                name=where.name,
+                config=cfg.to_dict(),
+                resume="allow" if start_step else "never",
+                embed=False,
+                auto_log_gpu=False,
+                auto_log_cpu=False,
+            )
         except Exception as e:
             raise GptlabError(f"train.loggers: trackio could not start the run ({_first_line(e)})") from None
 

@@ -28,8 +28,18 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool):
 class TrainLog:
     """metrics.jsonl and the progress bar of one run. Every rank may call it; only the main rank writes."""
 
-    def __init__(self, path: Path, main: bool, interval: int, step_tokens: int, total_steps: int, start_step: int,
-                 mfu: Callable[[float], float | None], desc: str, progress: bool):
+    def __init__(
+        self,
+        path: Path,
+        main: bool,
+        interval: int,
+        step_tokens: int,
+        total_steps: int,
+        start_step: int,
+        mfu: Callable[[float], float | None],
+        desc: str,
+        progress: bool,
+    ):
         self.path, self.main, self.interval, self.step_tokens = path, main, interval, step_tokens
         self.total_steps, self.mfu = total_steps, mfu
         self.bar = progress_bar(total_steps, start_step, desc, main and progress)
@@ -81,8 +91,14 @@ class TrainLog:
     def _row(self, done: int, loss: float, lrs: dict[str, float], grad_norm: float) -> None:
         dt = time.time() - self.t0
         tps = self.tokens / dt if dt > 0 else 0.0
-        row = {"step": done, "tokens": done * self.step_tokens, "train_loss": float(np.mean(self.window)),
-               **lrs, "grad_norm": grad_norm, "tokens_per_s": tps}
+        row = {
+            "step": done,
+            "tokens": done * self.step_tokens,
+            "train_loss": float(np.mean(self.window)),
+            **lrs,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tps,
+        }
         u = self.mfu(tps)
         if u is not None:
             row["mfu"] = u

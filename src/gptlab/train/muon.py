@@ -36,8 +36,9 @@ class ShardedNewtonSchulzMuon(torch.optim.Muon):
                 update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
                 src = owner(i, world)
                 if src == rank:
-                    out = _muon._zeropower_via_newtonschulz(update, group["ns_coefficients"], group["ns_steps"],
-                                                            group["eps"]).contiguous()
+                    out = _muon._zeropower_via_newtonschulz(
+                        update, group["ns_coefficients"], group["ns_steps"], group["eps"]
+                    ).contiguous()
                 else:
                     out = torch.empty(update.shape, dtype=torch.bfloat16, device=update.device)
                 pending.append(dist.broadcast(out, src=src, async_op=True))

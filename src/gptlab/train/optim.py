@@ -30,8 +30,14 @@ class OptimSettings:
     @classmethod
     def of(cls, cfg: RunConfig) -> OptimSettings:
         t = cfg.train
-        return cls(lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2), eps=t.eps,
-                   decay_matrices_only=t.decay_matrices_only, muon_lr=t.muon_lr if t.optimizer == "muon" else None)
+        return cls(
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            betas=(t.beta1, t.beta2),
+            eps=t.eps,
+            decay_matrices_only=t.decay_matrices_only,
+            muon_lr=t.muon_lr if t.optimizer == "muon" else None,
+        )
 
 
 def make_optimizers(model: torch.nn.Module, s: OptimSettings, device: torch.device) -> list[torch.optim.Optimizer]:
@@ -62,10 +68,12 @@ def make_optimizers(model: torch.nn.Module, s: OptimSettings, device: torch.devi
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, eps=s.eps, fused=fused)]
     if muon_params:
         if not hasattr(torch.optim, "Muon"):
-            raise GptlabError(f"train.optimizer: muon needs torch >= 2.9 (torch.optim.Muon); this is torch "
-                              f"{torch.__version__}")
-        opts.append(_muon_class()(muon_params, lr=s.muon_lr, weight_decay=s.weight_decay,
-                                  adjust_lr_fn="match_rms_adamw"))
+            raise GptlabError(
+                f"train.optimizer: muon needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}"
+            )
+        opts.append(
+            _muon_class()(muon_params, lr=s.muon_lr, weight_decay=s.weight_decay, adjust_lr_fn="match_rms_adamw")
+        )
     for opt in opts:
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]

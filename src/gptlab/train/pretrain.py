@@ -50,8 +50,13 @@ from gptlab.train.signals import MARKER, Preemption
 from gptlab.train.trainer import Trainer
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
-          continue_with: list[str] | tuple[str, ...] = ()) -> dict:
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    continue_with: list[str] | tuple[str, ...] = (),
+) -> dict:
     """Train `cfg` in `run_dir`. `stop_after`: stop (with a checkpoint) after that many optimizer steps —
     used by tests to simulate an interruption. `continue_with`: KEY=VALUE changes a resume applies from its
     checkpoint on (rundir.CONTINUABLE fields). Returns the final metrics (or progress when stopped)."""
@@ -73,6 +78,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, stop_after:
 @dataclass
 class Progress:
     """What the loop carries from step to step and across a resume (state.json)."""
+
     step: int = 0
     skips: int = 0  # batches skipped for non-finite loss/gradients (nan_policy = "skip")
     lr_scale: float = 1.0  # halved at each skip
@@ -81,8 +87,15 @@ class Progress:
 
 
 class Pretraining:
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, device: torch.device, dist_: Dist,
-                 continue_with: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        resume: bool,
+        device: torch.device,
+        dist_: Dist,
+        continue_with: tuple[str, ...] = (),
+    ):
         self.cfg, self.run_dir, self.resume, self.device, self.dist = cfg, run_dir, resume, device, dist_
         self.continue_with = continue_with
         self.plan = ResumePlan(cfg)
@@ -102,8 +115,10 @@ class Pretraining:
         cfg, t, device, dist_ = self.cfg, self.cfg.train, self.device, self.dist
         self.T = cfg.model.context_length
         if t.global_batch_size % (t.micro_batch_size * dist_.world):
-            raise GptlabError(f"train.global_batch_size: {t.global_batch_size} is not divisible by micro_batch_size "
-                              f"x world size ({t.micro_batch_size} x {dist_.world})")
+            raise GptlabError(
+                f"train.global_batch_size: {t.global_batch_size} is not divisible by micro_batch_size "
+                f"x world size ({t.micro_batch_size} x {dist_.world})"
+            )
         self.accum = t.global_batch_size // (t.micro_batch_size * dist_.world)
         self.precision = resolve_precision(t.precision, device)
         if self.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -121,8 +136,10 @@ class Pretraining:
         self.test_ds = TokenDataset(cfg.data.dir, cfg.eval.split)
         _check_eval_spec(cfg, self.test_ds, self.T)  # fail before training, not after
         if self.vmap is None and self.train_ds.meta.get("vocab_size", 50257) > cfg.model.vocab_size:
-            raise GptlabError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
-                              f"({self.train_ds.meta['vocab_size']})")
+            raise GptlabError(
+                f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
+                f"({self.train_ds.meta['vocab_size']})"
+            )
 
     def _build(self) -> None:
         t, m, rank = self.cfg.train, self.cfg.model, self.dist.rank
@@ -134,8 +151,17 @@ class Pretraining:
         self.tokens_budget = token_budget(self.cfg, self.n_params)
         self.step_tokens = t.global_batch_size * self.T
         self.total_steps = planned_steps(self.cfg, self.n_params)
-        self.trainer = Trainer(model, OptimSettings.of(self.cfg), self.device, self.precision, self.dist,
-                               grad_clip=t.grad_clip, z_loss=t.z_loss, compile=t.compile, fsdp=t.fsdp)
+        self.trainer = Trainer(
+            model,
+            OptimSettings.of(self.cfg),
+            self.device,
+            self.precision,
+            self.dist,
+            grad_clip=t.grad_clip,
+            z_loss=t.z_loss,
+            compile=t.compile,
+            fsdp=t.fsdp,
+        )
 
     def _start_or_resume(self) -> Progress:
         """Step 0, or the state of the checkpoint a resume starts from (checkpoint.resume_point: the newest intact
@@ -145,8 +171,11 @@ class Pretraining:
         if ck is None:
             if self.dist.main:
                 if self.resume and (self.run_dir / "meta.json").exists():
-                    print(f"gptlab: warning: {self.run_dir}: no checkpoint was written before the run stopped; "
-                          f"starting again from step 1", file=sys.stderr)
+                    print(
+                        f"gptlab: warning: {self.run_dir}: no checkpoint was written before the run stopped; "
+                        f"starting again from step 1",
+                        file=sys.stderr,
+                    )
                 self._write_run_files()
             return Progress()
         # the config's lr is the base of the schedule: the optimizer state saved with the checkpoint holds the
@@ -167,9 +196,13 @@ class Pretraining:
         if self.dist.main:
             remove_partial(self.run_dir)
         step = state["step"]
-        return Progress(step, state.get("skips", 0), state.get("lr_scale", 1.0),
-                        state.get("tokens", step * self.step_tokens),
-                        state.get("flops", flops_per_token(self.cfg.model, self.T) * step * self.step_tokens))
+        return Progress(
+            step,
+            state.get("skips", 0),
+            state.get("lr_scale", 1.0),
+            state.get("tokens", step * self.step_tokens),
+            state.get("flops", flops_per_token(self.cfg.model, self.T) * step * self.step_tokens),
+        )
 
     def _continue_with(self, state: dict) -> None:
         """Apply --continue-with from the checkpoint's step on: a new length keeps the warmups it had (in steps)
@@ -177,8 +210,10 @@ class Pretraining:
         history says from which step."""
         step, t, old = state["step"], self.cfg.train, self.plan.recorded
         if self.total_steps <= step:
-            raise GptlabError(f"--continue-with: the budget is {self.total_steps} steps ({self.tokens_budget:,} "
-                              f"tokens); the checkpoint has trained {step} already; ask for more")
+            raise GptlabError(
+                f"--continue-with: the budget is {self.total_steps} steps ({self.tokens_budget:,} "
+                f"tokens); the checkpoint has trained {step} already; ask for more"
+            )
         old_total = state.get("total_steps") or planned_steps(old, self.n_params)
         if old_total != self.total_steps:
             warm = self.warm_steps if self.warm_steps is not None else int(round(t.warmup_frac * old_total))
@@ -192,32 +227,53 @@ class Pretraining:
         try:
             meta = read_json(self.run_dir / "meta.json", "the history of --continue-with changes cannot be recorded")
         except OSError as e:
-            raise GptlabError(f"{self.run_dir / 'meta.json'}: unreadable ({e.strerror}); the history of "
-                              f"--continue-with changes cannot be recorded") from None
+            raise GptlabError(
+                f"{self.run_dir / 'meta.json'}: unreadable ({e.strerror}); the history of "
+                f"--continue-with changes cannot be recorded"
+            ) from None
         if not isinstance(meta, dict):
             raise GptlabError(f"{self.run_dir / 'meta.json'}: expected a JSON object")
         save_config(self.cfg, self.run_dir / "config.toml")
         if self.plan.new_entry:
-            meta["history"] = list(meta.get("history") or []) + [{
-                "step": step, "changes": self.plan.changes, "config_hash": self.cfg.hash(),
-                "from_config_hash": old.hash(), "argv": sys.argv, "time": time.time()}]
+            meta["history"] = list(meta.get("history") or []) + [
+                {
+                    "step": step,
+                    "changes": self.plan.changes,
+                    "config_hash": self.cfg.hash(),
+                    "from_config_hash": old.hash(),
+                    "argv": sys.argv,
+                    "time": time.time(),
+                }
+            ]
         meta.update(tokens=self.tokens_budget, total_steps=self.total_steps, config_hash=self.cfg.hash())
         atomic_write_json(self.run_dir / "meta.json", meta)
-        print(f"gptlab: continuing {self.run_dir} from step {step} with {describe(self.plan.changes)}",
-              file=sys.stderr)
+        print(f"gptlab: continuing {self.run_dir} from step {step} with {describe(self.plan.changes)}", file=sys.stderr)
 
     def _write_run_files(self) -> None:
         cfg, t = self.cfg, self.cfg.train
         if self.vmap is not None:
             self.vmap.save(self.run_dir)
         save_config(cfg, self.run_dir / "config.toml")
-        atomic_write_json(self.run_dir / "meta.json", {
-            "environment": environment(), "seed": t.seed, "data_order_seed": cfg.data_order_seed(),
-            "params": self.n_params, "world_size": self.dist.world,
-            "device": str(self.device), "precision": self.precision, "data_meta": self.train_ds.meta.get("sources"),
-            "data_tokenizer_hash": self.train_ds.meta.get("tokenizer_hash"), "tokens": self.tokens_budget,
-            "total_steps": self.total_steps, "config_hash": cfg.hash(), "interventions": cfg.interventions,
-            "created": time.time(), "argv": sys.argv})
+        atomic_write_json(
+            self.run_dir / "meta.json",
+            {
+                "environment": environment(),
+                "seed": t.seed,
+                "data_order_seed": cfg.data_order_seed(),
+                "params": self.n_params,
+                "world_size": self.dist.world,
+                "device": str(self.device),
+                "precision": self.precision,
+                "data_meta": self.train_ds.meta.get("sources"),
+                "data_tokenizer_hash": self.train_ds.meta.get("tokenizer_hash"),
+                "tokens": self.tokens_budget,
+                "total_steps": self.total_steps,
+                "config_hash": cfg.hash(),
+                "interventions": cfg.interventions,
+                "created": time.time(),
+                "argv": sys.argv,
+            },
+        )
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -228,8 +284,7 @@ class Pretraining:
         _ensure_data(self.cfg, self.dist)
         # resolved again now that the data is prepared (a corpus vocabulary is read from its train split); a
         # resolved config's interventions are applied already
-        self.cfg, _, self.vmap = resolve(self.cfg.to_dict(), where=f"{self.run_dir}: config",
-                                         apply_interventions=False)
+        self.cfg, _, self.vmap = resolve(self.cfg.to_dict(), where=f"{self.run_dir}: config", apply_interventions=False)
         self.plan = check_resume(self.cfg, self.run_dir, self.resume, self.continue_with, main=self.dist.main)
         self.cfg = self.plan.cfg
         if self.dist.main:
@@ -245,10 +300,17 @@ class Pretraining:
             (self.run_dir / MARKER).unlink(missing_ok=True)  # a preempted run that starts again
         t, m = self.cfg.train, self.cfg.model
         peak = device_peak_flops(self.device)
-        self.log = TrainLog(self.run_dir / "metrics.jsonl", self.dist.main, t.log_interval, self.step_tokens,
-                            self.total_steps, p.step,
-                            lambda tps: mfu(m, tps, peak * self.dist.world if peak else None, self.T),
-                            self.cfg.name, t.progress)
+        self.log = TrainLog(
+            self.run_dir / "metrics.jsonl",
+            self.dist.main,
+            t.log_interval,
+            self.step_tokens,
+            self.total_steps,
+            p.step,
+            lambda tps: mfu(m, tps, peak * self.dist.world if peak else None, self.T),
+            self.cfg.name,
+            t.progress,
+        )
         logged_until = self.log.keep_until(p.step) if p.step > 0 else -1  # -1: nothing logged yet
         if self.dist.main:
             self.log.loggers = open_loggers(self.cfg, self.run_dir, p.step, logged_until)
@@ -277,8 +339,9 @@ class Pretraining:
         """Train to the end (None), or until `stop_after` steps or a preemption signal (what was reached)."""
         start = p.step
         # the next steps' batches are read on a background thread while this one trains (data/prefetch.py)
-        with Prefetcher(lambda s: list(self._micro_batches(s)), start=start, depth=2, stop=self.total_steps,
-                        device=self.device) as self.batches:
+        with Prefetcher(
+            lambda s: list(self._micro_batches(s)), start=start, depth=2, stop=self.total_steps, device=self.device
+        ) as self.batches:
             return self._steps(p, start, stop_after, pre)
 
     def _steps(self, p: Progress, start: int, stop_after: int | None, pre: Preemption) -> dict | None:
@@ -345,35 +408,59 @@ class Pretraining:
         """A non-finite step: under fp16 the GradScaler's way (skip it, the scale is lowered, up to max_skips);
         otherwise nan_policy: stop, or skip the batch and halve the lr (up to max_skips)."""
         t = self.cfg.train
-        msg = (f"non-finite {'loss' if not math.isfinite(res.loss) else 'gradient'} at step {step + 1} "
-               f"(last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'})")
+        msg = (
+            f"non-finite {'loss' if not math.isfinite(res.loss) else 'gradient'} at step {step + 1} "
+            f"(last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'})"
+        )
         if self.trainer.scaler.is_enabled() and p.skips < t.max_skips:
             p.skips += 1
             self.log.skipped(step + 1, msg + "; fp16: step skipped, loss scale lowered", p.lr_scale)
             return
         if t.nan_policy == "stop" or p.skips >= t.max_skips:
-            raise GptlabError(f"{self.run_dir}: {msg}; stopping (train.nan_policy={t.nan_policy}, "
-                              f"skips used {p.skips}/{t.max_skips})")
+            raise GptlabError(
+                f"{self.run_dir}: {msg}; stopping (train.nan_policy={t.nan_policy}, skips used {p.skips}/{t.max_skips})"
+            )
         p.skips += 1
         p.lr_scale *= 0.5
         self.log.skipped(step + 1, msg, p.lr_scale)
 
     def _checkpoint(self, p: Progress) -> None:
         # the config trained under: a resume compares the config it is asked for with this one (rundir.check_resume)
-        state = {"skips": p.skips, "lr_scale": p.lr_scale, "tokens": p.tokens, "flops": p.flops,
-                 "config_hash": self.cfg.hash(), "config": self.cfg.to_dict(), "total_steps": self.total_steps}
+        state = {
+            "skips": p.skips,
+            "lr_scale": p.lr_scale,
+            "tokens": p.tokens,
+            "flops": p.flops,
+            "config_hash": self.cfg.hash(),
+            "config": self.cfg.to_dict(),
+            "total_steps": self.total_steps,
+        }
         if self.warm_steps is not None:
-            state["schedule"] = {"warmup_steps": self.warm_steps, "seq_len_warmup_steps": self.seq_warm_steps,
-                                 "anchor": list(self.anchor) if self.anchor else None}
-        self.trainer.save(self.run_dir, p.step, state, keep=self.cfg.train.keep_checkpoints or None,
-                          protect=self.resumed_from)
+            state["schedule"] = {
+                "warmup_steps": self.warm_steps,
+                "seq_len_warmup_steps": self.seq_warm_steps,
+                "anchor": list(self.anchor) if self.anchor else None,
+            }
+        self.trainer.save(
+            self.run_dir, p.step, state, keep=self.cfg.train.keep_checkpoints or None, protect=self.resumed_from
+        )
         self.last_checkpoint = p.step
 
     def _eval(self, ds, batch_size: int, offset: int = 0, n_batches: int = 0) -> float:
         # FSDP: every rank runs every batch (its forward needs all ranks); else batches are split over ranks
         tr = self.trainer
-        return evaluate_loss(tr.model, ds, self.T, batch_size, self.device, self.precision, offset=offset,
-                             n_batches=n_batches, dist_=None if tr.fsdp else self.dist, vocab_map=self.vmap)
+        return evaluate_loss(
+            tr.model,
+            ds,
+            self.T,
+            batch_size,
+            self.device,
+            self.precision,
+            offset=offset,
+            n_batches=n_batches,
+            dist_=None if tr.fsdp else self.dist,
+            vocab_map=self.vmap,
+        )
 
     def _finish(self, wall: float, p: Progress, tokens_here: int) -> dict:
         """Val loss (eval_batches) and the test spec's loss, into final.json."""
@@ -383,12 +470,21 @@ class Pretraining:
         rows = self.log.rows()
         train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
         final = {  # tokens and FLOPs as trained (the budget check of reports compares these), and as planned
-            "name": self.cfg.name, "steps": self.total_steps, "tokens": p.tokens, "params": self.n_params,
-            "flops": p.flops, "tokens_planned": self.total_steps * self.step_tokens,
+            "name": self.cfg.name,
+            "steps": self.total_steps,
+            "tokens": p.tokens,
+            "params": self.n_params,
+            "flops": p.flops,
+            "tokens_planned": self.total_steps * self.step_tokens,
             "train_loss": float(np.mean(train_losses[-5:])) if train_losses else None,
-            "val_loss": val_loss, "test_loss": test_loss, "test_perplexity": perplexity(test_loss),
-            "wall_time": wall, "tokens_per_s": median_tokens_per_s(rows) or (tokens_here / wall if wall > 0 else None),
-            "skipped_batches": p.skips, "precision": self.precision, "device": str(self.device),
+            "val_loss": val_loss,
+            "test_loss": test_loss,
+            "test_perplexity": perplexity(test_loss),
+            "wall_time": wall,
+            "tokens_per_s": median_tokens_per_s(rows) or (tokens_here / wall if wall > 0 else None),
+            "skipped_batches": p.skips,
+            "precision": self.precision,
+            "device": str(self.device),
             "world_size": self.dist.world,
         }
         if self.vmap is not None:  # test tokens the train split never had count as <|endoftext|>: say how many
@@ -410,8 +506,10 @@ def _check_eval_spec(cfg: RunConfig, test_ds, T: int) -> None:
     e = cfg.eval
     have = eval_batch_count(test_ds, T, e.batch_size, offset=e.offset)
     if e.batches and e.batches > have:
-        raise GptlabError(f"eval.batches: the test set spec asks for {e.batches} batches of {e.batch_size} x {T} tokens "
-                          f"from token {e.offset:,} of the {e.split} split, which has room for {have}")
+        raise GptlabError(
+            f"eval.batches: the test set spec asks for {e.batches} batches of {e.batch_size} x {T} tokens "
+            f"from token {e.offset:,} of the {e.split} split, which has room for {have}"
+        )
 
 
 def _ensure_data(cfg: RunConfig, dist_: Dist) -> None:
@@ -419,11 +517,14 @@ def _ensure_data(cfg: RunConfig, dist_: Dist) -> None:
     if meta.exists():
         return
     if not cfg.data.source:
-        raise GptlabError(f"data.dir: {cfg.data.dir} has no meta.json; run `gptlab prepare --out {cfg.data.dir}` "
-                          f"or set data.source")
+        raise GptlabError(
+            f"data.dir: {cfg.data.dir} has no meta.json; run `gptlab prepare --out {cfg.data.dir}` or set data.source"
+        )
     if dist_.enabled:  # the other ranks would wait in a barrier with a timeout while rank 0 tokenises
-        raise GptlabError(f"data.dir: {cfg.data.dir} has no meta.json; prepare it before a multi-process run: "
-                          f"gptlab prepare {cfg.data.source.replace(',', ' ')} --out {cfg.data.dir}")
+        raise GptlabError(
+            f"data.dir: {cfg.data.dir} has no meta.json; prepare it before a multi-process run: "
+            f"gptlab prepare {cfg.data.source.replace(',', ' ')} --out {cfg.data.dir}"
+        )
     if dist_.main:
         from gptlab.data.prepare import prepare
 

@@ -53,8 +53,11 @@ class RunLock:
         except OSError as e:
             if e.errno not in NO_LOCKS:
                 raise
-            print(f"gptlab: warning: {self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
-                  f"a second process from using the run directory", file=sys.stderr)
+            print(
+                f"gptlab: warning: {self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
+                f"a second process from using the run directory",
+                file=sys.stderr,
+            )
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
         return self
@@ -70,13 +73,23 @@ class RunLock:
 # the resume step on, and how often it evaluates, logs and checkpoints. Everything else (the model, the data and
 # its order, the seed, the optimizer's other settings, the batch) made the checkpoint's weights and optimizer state
 # what they are: changing it is a new run.
-CONTINUABLE = ("train.tokens", "train.flops", "train.tokens_per_param", "train.lr", "train.muon_lr",
-               "train.eval_interval", "train.checkpoint_interval", "train.keep_checkpoints", "train.log_interval")
+CONTINUABLE = (
+    "train.tokens",
+    "train.flops",
+    "train.tokens_per_param",
+    "train.lr",
+    "train.muon_lr",
+    "train.eval_interval",
+    "train.checkpoint_interval",
+    "train.keep_checkpoints",
+    "train.log_interval",
+)
 
 
 @dataclass
 class ResumePlan:
     """What a run directory says about the run `gptlab train` is asked for (check_resume)."""
+
     cfg: RunConfig  # the config to train
     checkpoint: Path | None = None  # the checkpoint a resume starts from
     recorded: RunConfig | None = None  # the config that checkpoint was trained under
@@ -91,9 +104,11 @@ def continue_config(cfg: RunConfig, items: list[str] | tuple[str, ...]) -> RunCo
         if "=" not in item:
             raise GptlabError(f"--continue-with {item}: expected section.key=value, e.g. train.lr=1e-3")
         if key not in CONTINUABLE:
-            raise GptlabError(f"--continue-with {key}: a resumed run cannot change this field (its checkpoint's "
-                              f"weights, optimizer state and data order were made under the old value; start a new "
-                              f"run instead); expected one of {', '.join(CONTINUABLE)}")
+            raise GptlabError(
+                f"--continue-with {key}: a resumed run cannot change this field (its checkpoint's "
+                f"weights, optimizer state and data order were made under the old value; start a new "
+                f"run instead); expected one of {', '.join(CONTINUABLE)}"
+            )
     out = from_dict(deep_merge(cfg.to_dict(), parse_overrides(list(items))), "--continue-with")
     validate(out, "--continue-with")
     return out
@@ -109,8 +124,10 @@ def differences(old: dict, new: dict) -> dict[str, list]:
 
 def describe(changes: dict[str, list], most: int = 8) -> str:
     """'train.lr 0.002 -> 0.5, model.norm 'layernorm' -> 'rmsnorm'': at most `most`, then '+N more'."""
-    parts = [f"{k} {o!r} -> {n!r}" if isinstance(o, str) or isinstance(n, str) else f"{k} {o} -> {n}"
-             for k, (o, n) in list(changes.items())[:most]]
+    parts = [
+        f"{k} {o!r} -> {n!r}" if isinstance(o, str) or isinstance(n, str) else f"{k} {o} -> {n}"
+        for k, (o, n) in list(changes.items())[:most]
+    ]
     return ", ".join(parts) + (f", +{len(changes) - most} more" if len(changes) > most else "")
 
 
@@ -137,13 +154,17 @@ def recorded_config(ck: Path | None, run_dir: Path, main: bool = True) -> tuple[
             cfg = from_dict(state["config"], f"{p}: config")
             return cfg, str(ck)
         if main:
-            print(f"gptlab: warning: {ck}: checkpoint records no config (written before checkpoints recorded "
-                  f"theirs); comparing the config asked for with {run_dir / 'config.toml'}", file=sys.stderr)
+            print(
+                f"gptlab: warning: {ck}: checkpoint records no config (written before checkpoints recorded "
+                f"theirs); comparing the config asked for with {run_dir / 'config.toml'}",
+                file=sys.stderr,
+            )
     return config_from_run(run_dir), str(run_dir / "config.toml")
 
 
-def check_resume(cfg: RunConfig, run_dir: Path, resume: bool, continue_with: list[str] | tuple[str, ...] = (),
-                 main: bool = True) -> ResumePlan:
+def check_resume(
+    cfg: RunConfig, run_dir: Path, resume: bool, continue_with: list[str] | tuple[str, ...] = (), main: bool = True
+) -> ResumePlan:
     """New run: refuse to overwrite. Resume: the config asked for (with `continue_with` applied) must be the one the
     checkpoint it starts from was trained under, but for the fields --continue-with names; any other difference
     stops here, in one line listing the changed fields, before anything in the run folder is touched. The fields
@@ -156,12 +177,15 @@ def check_resume(cfg: RunConfig, run_dir: Path, resume: bool, continue_with: lis
             raise GptlabError(f"--continue-with: {run_dir} has no run to continue (no config.toml)")
         return ResumePlan(cfg)
     if not resume:
-        raise GptlabError(f"{run_dir}: run directory already exists; pass --resume to continue it "
-                          f"or choose another --run-dir")
+        raise GptlabError(
+            f"{run_dir}: run directory already exists; pass --resume to continue it or choose another --run-dir"
+        )
     ck = resume_point(run_dir, main=False)
     if ck is None and continue_with:
-        raise GptlabError(f"--continue-with: {run_dir} has no checkpoint to continue from (the run starts again "
-                          f"from step 1 with the config in {saved})")
+        raise GptlabError(
+            f"--continue-with: {run_dir} has no checkpoint to continue from (the run starts again "
+            f"from step 1 with the config in {saved})"
+        )
     recorded, where = recorded_config(ck, run_dir, main)
     target = continue_config(cfg, continue_with) if continue_with else cfg
     if target.hash() == recorded.hash():
@@ -170,21 +194,30 @@ def check_resume(cfg: RunConfig, run_dir: Path, resume: bool, continue_with: lis
     # the same changes applied from this checkpoint before (then the process stopped before its next checkpoint):
     # config.toml holds them already, meta.json's history says so, and they apply again without a new entry
     again = ck is not None and any(
-        isinstance(h, dict) and h.get("step") == int(ck.name[5:]) and h.get("config_hash") == target.hash()
-        and h.get("from_config_hash") == recorded.hash() for h in history(run_dir))
+        isinstance(h, dict)
+        and h.get("step") == int(ck.name[5:])
+        and h.get("config_hash") == target.hash()
+        and h.get("from_config_hash") == recorded.hash()
+        for h in history(run_dir)
+    )
     named = set(flat(parse_overrides(list(continue_with))))
     unnamed = {} if again else {k: v for k, v in changes.items() if k not in named}
     if unnamed or not changes:
         what = describe(unnamed) if unnamed else f"config hash {recorded.hash()} -> {target.hash()}"
         hint = ""
         if unnamed and all(k in CONTINUABLE for k in unnamed):
-            hint = (", or continue with the change from this checkpoint on: " +
-                    " ".join(f"--continue-with {k}={_literal(n)}" for k, (_, n) in unnamed.items()))
-        raise GptlabError(f"{where}: checkpoint is from another config (differs in {what}); resume with the config "
-                          f"it was trained under{hint}")
+            hint = ", or continue with the change from this checkpoint on: " + " ".join(
+                f"--continue-with {k}={_literal(n)}" for k, (_, n) in unnamed.items()
+            )
+        raise GptlabError(
+            f"{where}: checkpoint is from another config (differs in {what}); resume with the config "
+            f"it was trained under{hint}"
+        )
     if (run_dir / "final.json").exists():
-        raise GptlabError(f"{run_dir / 'final.json'}: the run has finished; --continue-with continues an unfinished "
-                          f"run (start a new run to train longer)")
+        raise GptlabError(
+            f"{run_dir / 'final.json'}: the run has finished; --continue-with continues an unfinished "
+            f"run (start a new run to train longer)"
+        )
     return ResumePlan(target, ck, recorded, changes, new_entry=not again)
 
 
@@ -204,8 +237,13 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
         if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                   text=True, timeout=5, cwd=here).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=here,
+            ).stdout.strip()
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
@@ -216,9 +254,17 @@ def environment() -> dict:
     import numpy
     import tiktoken
 
-    env = {"gptlab": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": numpy.__version__, "tiktoken": tiktoken.__version__, "platform": platform.platform(),
-           "git_commit": git_commit(), "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
+    env = {
+        "gptlab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "tiktoken": tiktoken.__version__,
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env

@@ -9,8 +9,9 @@ import torch
 from gptlab.config import RunConfig
 
 
-def lr_factor(step: int, total: int, cfg: RunConfig, warmup_steps: int | None = None,
-              anchor: tuple[int, float] | None = None) -> float:
+def lr_factor(
+    step: int, total: int, cfg: RunConfig, warmup_steps: int | None = None, anchor: tuple[int, float] | None = None
+) -> float:
     """Multiplier on the base lr at optimizer step `step` (0-based) of `total`: linear warmup over
     `warmup_frac`, then constant, linear or cosine decay to `min_lr_frac`.
 

@@ -28,8 +28,16 @@ from gptlab.train.schedule import set_lr
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def forward_backward(model, x: torch.Tensor, y: torch.Tensor, precision: str, device: torch.device, accum: int = 1,
-                     z_loss: float = 0.0, scale=lambda loss: loss) -> torch.Tensor:
+def forward_backward(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str,
+    device: torch.device,
+    accum: int = 1,
+    z_loss: float = 0.0,
+    scale=lambda loss: loss,
+) -> torch.Tensor:
     """One micro-step: forward and loss under autocast (the model computes the loss, so torch.compile fuses it
     with the output layer), backward of loss / accum through `scale` (the GradScaler's, for fp16). Returns the
     detached cross-entropy. The logits die inside the model's forward: at the peak in backward autograd holds
@@ -50,22 +58,34 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, optim: OptimSettings, device: torch.device, precision: str,
-                 dist_: Dist | None = None, grad_clip: float = 0.0, z_loss: float = 0.0, compile: bool = False,
-                 fsdp: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimSettings,
+        device: torch.device,
+        precision: str,
+        dist_: Dist | None = None,
+        grad_clip: float = 0.0,
+        z_loss: float = 0.0,
+        compile: bool = False,
+        fsdp: bool = False,
+    ):
         self.dist = dist_ or Dist()
         self.device, self.precision, self.grad_clip, self.z_loss = device, precision, grad_clip, z_loss
         self.fsdp = fsdp and self.dist.enabled
         if self.fsdp and optim.muon_lr is not None:
-            raise GptlabError("train.optimizer: muon does not run under train.fsdp (Newton-Schulz orthogonalises "
-                              "whole matrices, FSDP2 gives each rank a shard); use DDP (train.fsdp = false)")
+            raise GptlabError(
+                "train.optimizer: muon does not run under train.fsdp (Newton-Schulz orthogonalises "
+                "whole matrices, FSDP2 gives each rank a shard); use DDP (train.fsdp = false)"
+            )
         if self.fsdp:  # FSDP2: parameters, gradients and optimizer state sharded over ranks, one unit per block
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
             # bf16 training all-gathers bf16 weights (half the traffic of fp32) and reduces gradients in fp32
             bf16 = precision == "bf16"
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
-                                      reduce_dtype=torch.float32 if bf16 else None)
+            mp = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32 if bf16 else None
+            )
             for blk in model.trf_blocks:
                 fully_shard(blk, mp_policy=mp)
             fully_shard(model, mp_policy=mp)
@@ -78,10 +98,14 @@ class Trainer:
 
             # no buffer to sync each forward: RoPE tables and the causal mask are constants, identical on every rank
             # (torch 2.13 names the switch forward_sync_buffers; earlier releases broadcast_buffers)
-            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                       else {"broadcast_buffers": False})
-            self.train_model = DDP(self.train_model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   **no_sync)
+            no_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False}
+            )
+            self.train_model = DDP(
+                self.train_model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
+            )
 
     # ---- one optimizer step ----------------------------------------------------------------
 
@@ -92,8 +116,10 @@ class Trainer:
     def lrs(self) -> dict[str, float]:
         """Each optimizer's current lr: "lr" (AdamW, the first), "lr_muon" (Muon, under train.optimizer = muon)."""
         muon = getattr(torch.optim, "Muon", ())
-        return {"lr" if i == 0 else "lr_muon" if isinstance(o, muon) else f"lr_{i}": o.param_groups[0]["lr"]
-                for i, o in enumerate(self.opts)}
+        return {
+            "lr" if i == 0 else "lr_muon" if isinstance(o, muon) else f"lr_{i}": o.param_groups[0]["lr"]
+            for i, o in enumerate(self.opts)
+        }
 
     def step(self, micro_batches: list[Batch] | Iterable[Batch], accum: int) -> StepResult:
         """Accumulate gradients over `accum` micro-batches (each already in the model's vocabulary), then step
@@ -102,8 +128,9 @@ class Trainer:
         for micro, (x, y) in enumerate(micro_batches):
             x, y = to_device(x, self.device), to_device(y, self.device)
             with self._grad_sync(last=micro == accum - 1):
-                loss_total += forward_backward(self.train_model, x, y, self.precision, self.device, accum,
-                                               self.z_loss, self.scaler.scale)
+                loss_total += forward_backward(
+                    self.train_model, x, y, self.precision, self.device, accum, self.z_loss, self.scaler.scale
+                )
             tokens += x.numel() * self.dist.world
         stats = torch.stack([loss_total / accum, torch.zeros((), device=self.device)])
         gnorm = self._unscale_and_clip()
@@ -131,8 +158,9 @@ class Trainer:
     def _unscale_and_clip(self) -> torch.Tensor:
         for o in self.opts:
             self.scaler.unscale_(o)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                               self.grad_clip if self.grad_clip > 0 else float("inf"), foreach=True)
+        gnorm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.grad_clip if self.grad_clip > 0 else float("inf"), foreach=True
+        )
         return gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # DTensor under FSDP
 
     # ---- evaluation and checkpoints --------------------------------------------------------
@@ -142,12 +170,29 @@ class Trainer:
         needs all ranks), otherwise the caller gives each rank its share and the sums are all-reduced."""
         return loss_sum(self.model, batches, self.device, self.precision, None if self.fsdp else self.dist)
 
-    def save(self, run_dir: Path, step: int, state: dict, pointers: tuple[str, ...] = ("latest",),
-             keep: int | None = None, protect: tuple[Path, ...] = ()) -> Path:
+    def save(
+        self,
+        run_dir: Path,
+        step: int,
+        state: dict,
+        pointers: tuple[str, ...] = ("latest",),
+        keep: int | None = None,
+        protect: tuple[Path, ...] = (),
+    ) -> Path:
         if self.scaler.is_enabled():
             state = dict(state, scaler=self.scaler.state_dict())
-        return save_checkpoint(run_dir, step, self.train_model, self.opts, state, self.dist, fsdp=self.fsdp,
-                               pointers=pointers, keep=keep, protect=protect)
+        return save_checkpoint(
+            run_dir,
+            step,
+            self.train_model,
+            self.opts,
+            state,
+            self.dist,
+            fsdp=self.fsdp,
+            pointers=pointers,
+            keep=keep,
+            protect=protect,
+        )
 
     def restore(self, ck: Path) -> dict:
         state = load_checkpoint(ck, self.train_model, self.opts, self.dist.rank)

@@ -89,14 +89,27 @@ def plot_loss_curves(metrics: dict[str, list[list[dict]]], order: list[str], col
         counts = {v: len(metrics.get(v, [])) for v in labels}
         texts = [f"{v} (n={counts[v]} seed{'' if counts[v] == 1 else 's'})" for v in labels]
         ncol = max(1, min(len(texts), 5, 150 // (max(len(t) for t in texts) + 8)))  # ~150 chars fit across
-        fig.legend([by_variant[v] for v in labels], texts, loc="outside lower center", ncol=ncol, frameon=False,
-                   fontsize=9 if len(texts) > 6 else 10)
+        fig.legend(
+            [by_variant[v] for v in labels],
+            texts,
+            loc="outside lower center",
+            ncol=ncol,
+            frameon=False,
+            fontsize=9 if len(texts) > 6 else 10,
+        )
     fig.suptitle("Loss curves per variant", fontsize=12)
     return _png(fig)
 
 
-def _draw_loss_axis(ax, metrics: dict[str, list[list[dict]]], order: list[str], colors: dict[str, Any], ykey: str,
-                    name: str, use_tokens: bool) -> None:
+def _draw_loss_axis(
+    ax,
+    metrics: dict[str, list[list[dict]]],
+    order: list[str],
+    colors: dict[str, Any],
+    ykey: str,
+    name: str,
+    use_tokens: bool,
+) -> None:
     """One panel of the loss curves: each variant's mean over seeds (train smoothed when long) with its band,
     the y-axis zoomed on the last 75% of training when the early losses would squash the rest."""
     xkey, xlabel = ("tokens", "tokens seen") if use_tokens else ("step", "step")
@@ -150,12 +163,16 @@ def _draw_loss_axis(ax, metrics: dict[str, list[list[dict]]], order: list[str], 
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
 
 
-_YARDSTICK_STYLE = {"seed baseline": ("#8d6e63", ":"), "seed best stack": ("#6a1b9a", ":"),
-                    "OpenAI GPT-2 small": ("#00838f", "-.")}
+_YARDSTICK_STYLE = {
+    "seed baseline": ("#8d6e63", ":"),
+    "seed best stack": ("#6a1b9a", ":"),
+    "OpenAI GPT-2 small": ("#00838f", "-."),
+}
 
 
-def plot_test_loss(rows: list[dict], baseline: str, colors: dict[str, Any],
-                   yardsticks: Iterable[Yardstick] = ()) -> bytes:
+def plot_test_loss(
+    rows: list[dict], baseline: str, colors: dict[str, Any], yardsticks: Iterable[Yardstick] = ()
+) -> bytes:
     """Final test loss per variant: one dot per seed, mean with 95% CI, baseline mean as a line, and the
     published yardsticks as labelled horizontal lines (pass them only when the test set is the seed's)."""
     n = len(rows)
@@ -174,16 +191,40 @@ def plot_test_loss(rows: list[dict], baseline: str, colors: dict[str, Any],
         vals = np.asarray(r["test_losses"], dtype=float)
         if vals.size:
             jitter = rng.uniform(-0.12, 0.12, vals.size) if vals.size > 1 else np.zeros(1)
-            ax.scatter(i + jitter - 0.08, vals, s=22, color=colors[r["variant"]], alpha=0.55, lw=0,
-                       label=_once("one seed"), zorder=2)
+            ax.scatter(
+                i + jitter - 0.08,
+                vals,
+                s=22,
+                color=colors[r["variant"]],
+                alpha=0.55,
+                lw=0,
+                label=_once("one seed"),
+                zorder=2,
+            )
         if r["mean"] is not None:
             if r["ci_low"] is not None:
-                ax.errorbar([i + 0.18], [r["mean"]], yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
-                            fmt="o", color=colors[r["variant"]], ms=7, capsize=5, lw=1.8, zorder=3,
-                            label=_once("mean ± 95% CI"))
+                ax.errorbar(
+                    [i + 0.18],
+                    [r["mean"]],
+                    yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
+                    fmt="o",
+                    color=colors[r["variant"]],
+                    ms=7,
+                    capsize=5,
+                    lw=1.8,
+                    zorder=3,
+                    label=_once("mean ± 95% CI"),
+                )
             else:
-                ax.plot([i + 0.18], [r["mean"]], "o", color=colors[r["variant"]], ms=7, zorder=3,
-                        label=_once("mean (one seed: no CI)"))
+                ax.plot(
+                    [i + 0.18],
+                    [r["mean"]],
+                    "o",
+                    color=colors[r["variant"]],
+                    ms=7,
+                    zorder=3,
+                    label=_once("mean (one seed: no CI)"),
+                )
     base = next(r for r in rows if r["variant"] == baseline)
     if base["mean"] is not None:
         ax.axhline(base["mean"], color="#222222", ls="--", lw=1, alpha=0.8, label=f"{baseline} mean", zorder=1)
@@ -213,8 +254,15 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
     ax = fig.subplots()
     shown = [r for r in others if r["diff"] is not None]
     if not shown:
-        ax.text(0.5, 0.5, "no variant with a test loss to compare against the baseline", ha="center", va="center",
-                transform=ax.transAxes, color="grey")
+        ax.text(
+            0.5,
+            0.5,
+            "no variant with a test loss to compare against the baseline",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="grey",
+        )
         ax.set_axis_off()
         ax.set_title(f"Difference in test loss vs {baseline}", fontsize=12)
         return _png(fig)
@@ -225,14 +273,26 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
             continue
         verdict = r["verdict"]
         kind = next((k for k in _VERDICT_COLORS if verdict.startswith(k)), None)
-        key = verdict if verdict in ("better", "worse") else kind or (
-            "too few seeds (no CI)" if verdict.startswith("needs") else "within noise")
+        key = (
+            verdict
+            if verdict in ("better", "worse")
+            else kind or ("too few seeds (no CI)" if verdict.startswith("needs") else "within noise")
+        )
         color = _VERDICT_COLORS.get(kind, "#757575")
         label = key if key not in seen else "_nolegend_"
         seen.add(key)
         if r["diff_ci_low"] is not None:
-            ax.errorbar([r["diff"]], [y], xerr=[[r["diff"] - r["diff_ci_low"]], [r["diff_ci_high"] - r["diff"]]],
-                        fmt="o", color=color, ms=7, capsize=5, lw=1.8, label=label)
+            ax.errorbar(
+                [r["diff"]],
+                [y],
+                xerr=[[r["diff"] - r["diff_ci_low"]], [r["diff_ci_high"] - r["diff"]]],
+                fmt="o",
+                color=color,
+                ms=7,
+                capsize=5,
+                lw=1.8,
+                label=label,
+            )
         else:
             ax.plot([r["diff"]], [y], "o", color=color, ms=7, label=label, mfc="white")
     ax.axvline(0, color="#222222", lw=1)
@@ -257,12 +317,15 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
     return _png(fig)
 
 
-def report_plots(metrics: dict[str, list[list[dict]]], rows: list[dict], baseline: str,
-                 yardsticks: Iterable[Yardstick] = ()) -> dict[str, bytes]:
+def report_plots(
+    metrics: dict[str, list[list[dict]]], rows: list[dict], baseline: str, yardsticks: Iterable[Yardstick] = ()
+) -> dict[str, bytes]:
     """The report's figures by file name, variants in the rows' order; `metrics` maps each variant to its
     runs' per-step metrics, `yardsticks` are drawn on the test-loss plot."""
     order = [r["variant"] for r in rows]
     colors = _colors(order, baseline)
-    return {"loss_curves.png": plot_loss_curves(metrics, order, colors),
-            "test_loss.png": plot_test_loss(rows, baseline, colors, yardsticks),
-            "delta.png": plot_delta(rows, baseline)}
+    return {
+        "loss_curves.png": plot_loss_curves(metrics, order, colors),
+        "test_loss.png": plot_test_loss(rows, baseline, colors, yardsticks),
+        "delta.png": plot_delta(rows, baseline),
+    }

@@ -37,10 +37,19 @@ from gptlab.experiments.yardsticks import YARDSTICKS, comparability, run_test_se
 from gptlab.io import atomic_write_bytes, atomic_write_text
 
 
-def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: str | None = None,
-                 reference: dict[str, float] | None = None, title: str | None = None,
-                 alpha: float = 0.05, run_ids: set[str] | None = None, equivalence_margin: float | None = None,
-                 design: str = "independent", tuned: bool = False, variants: list[str] | None = None) -> dict:
+def write_report(
+    exp_dir: str | Path,
+    baseline: str = "baseline",
+    experiment: str | None = None,
+    reference: dict[str, float] | None = None,
+    title: str | None = None,
+    alpha: float = 0.05,
+    run_ids: set[str] | None = None,
+    equivalence_margin: float | None = None,
+    design: str = "independent",
+    tuned: bool = False,
+    variants: list[str] | None = None,
+) -> dict:
     """Write report.md, report.html and plots/*.png into exp_dir; return paths, the table and the rows.
     `run_ids`: report only these runs (the runner passes its spec's matrix; other rows stay in the database);
     `variants`: only these variants' runs (`gptlab report` passes spec.toml's). A tuned experiment's sweep and
@@ -52,10 +61,18 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
     ex = _read_experiment(exp_dir, experiment, run_ids, variants)
     variants = sorted({str(r.get("variant") or "") for r in ex.runs})
     if baseline not in variants:
-        raise GptlabError(f"baseline variant {baseline!r} not found in {exp_dir}; variants present: "
-                          f"{', '.join(variants)}")
-    rows = build_rows(ex.runs, baseline, judge=ex.judge, reference=reference, alpha=alpha,
-                      equivalence_margin=equivalence_margin, design=design)
+        raise GptlabError(
+            f"baseline variant {baseline!r} not found in {exp_dir}; variants present: {', '.join(variants)}"
+        )
+    rows = build_rows(
+        ex.runs,
+        baseline,
+        judge=ex.judge,
+        reference=reference,
+        alpha=alpha,
+        equivalence_margin=equivalence_margin,
+        design=design,
+    )
     rules = verdict_rules(baseline, alpha, equivalence_margin, design, rows[0]["n_comparisons"])
     rules += _sequential_verdicts(exp_dir, rows)
     tuned_part = _tuned_part(exp_dir, experiment, baseline, alpha, equivalence_margin, design) if tuned else None
@@ -67,20 +84,41 @@ def write_report(exp_dir: str | Path, baseline: str = "baseline", experiment: st
         atomic_write_bytes(exp_dir / "plots" / name, data)
     title = title or f"Results: {experiment or ex.name or exp_dir.name}"
     md_text = render_markdown(
-        title=title, runs=ex.runs, rows=rows, baseline=baseline, alpha=alpha, db_path=ex.db_path,
-        generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), yard=yard,
-        verdicts=verdict_table(rows), one_in=round(1 / alpha), design=design,
-        rules=rules, warnings=report_warnings(ex.runs, rows, baseline), tuned=tuned_part,
-        plots=list(pngs), variants=variants_table(rows), runs_table=runs_table(ex.runs, [r["variant"] for r in rows]))
+        title=title,
+        runs=ex.runs,
+        rows=rows,
+        baseline=baseline,
+        alpha=alpha,
+        db_path=ex.db_path,
+        generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        yard=yard,
+        verdicts=verdict_table(rows),
+        one_in=round(1 / alpha),
+        design=design,
+        rules=rules,
+        warnings=report_warnings(ex.runs, rows, baseline),
+        tuned=tuned_part,
+        plots=list(pngs),
+        variants=variants_table(rows),
+        runs_table=runs_table(ex.runs, [r["variant"] for r in rows]),
+    )
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)
     atomic_write_text(html_path, render_html(md_text, title, pngs))
-    return {"markdown": str(md_path), "html": str(html_path), "plots": [str(exp_dir / "plots" / n) for n in pngs],
-            "table": markdown_table(*verdict_table(rows)), "rows": rows, "yardsticks": yard, "tuned": tuned_part}
+    return {
+        "markdown": str(md_path),
+        "html": str(html_path),
+        "plots": [str(exp_dir / "plots" / n) for n in pngs],
+        "table": markdown_table(*verdict_table(rows)),
+        "rows": rows,
+        "yardsticks": yard,
+        "tuned": tuned_part,
+    }
 
 
-def _tuned_part(exp_dir: Path, experiment: str | None, baseline: str, alpha: float,
-                equivalence_margin: float | None, design: str) -> dict | None:
+def _tuned_part(
+    exp_dir: Path, experiment: str | None, baseline: str, alpha: float, equivalence_margin: float | None, design: str
+) -> dict | None:
     """The comparison of every variant at its chosen value (sweep.json's tuned runs, relabelled with their
     variant's name), the sweep's table and notes, and the rule; None before the tuned runs have finished."""
     from gptlab.experiments.spec import label
@@ -95,17 +133,26 @@ def _tuned_part(exp_dir: Path, experiment: str | None, baseline: str, alpha: flo
     short = sweep["param"].rsplit(".", 1)[-1]
     for r in rows:
         r["variant"] = f"{r['variant']} ({short}={label(sweep['best'][r['variant']])})"
-    rule = (f"Each variant at its best {sweep['param']}: chosen per variant by the {sweep['criterion']} "
-            f"(seeds {', '.join(map(str, sweep['seeds']))}, not the experiment's), then trained on the "
-            f"experiment's seeds and judged by the rules above, Holm-adjusted within its own table "
-            f"({rows[0]['n_comparisons']} comparison(s)).")
-    return {"param": sweep["param"], "rows": rows, "verdicts": verdict_table(rows), "sweep": format_sweep(sweep),
-            "notes": sweep_notes(sweep), "rule": rule}
+    rule = (
+        f"Each variant at its best {sweep['param']}: chosen per variant by the {sweep['criterion']} "
+        f"(seeds {', '.join(map(str, sweep['seeds']))}, not the experiment's), then trained on the "
+        f"experiment's seeds and judged by the rules above, Holm-adjusted within its own table "
+        f"({rows[0]['n_comparisons']} comparison(s))."
+    )
+    return {
+        "param": sweep["param"],
+        "rows": rows,
+        "verdicts": verdict_table(rows),
+        "sweep": format_sweep(sweep),
+        "notes": sweep_notes(sweep),
+        "rule": rule,
+    }
 
 
 @dataclass
 class _Experiment:
     """What the report needs from results.sqlite and the run directories."""
+
     db_path: Path
     name: str | None  # the one experiment recorded, if it has a name
     runs: list[dict]
@@ -114,25 +161,28 @@ class _Experiment:
     metrics: dict[str, list[list[dict]]]  # variant -> per-step metrics of each of its runs
 
 
-def _read_experiment(exp_dir: Path, experiment: str | None, run_ids: set[str] | None = None,
-                     variants: list[str] | None = None) -> _Experiment:
+def _read_experiment(
+    exp_dir: Path, experiment: str | None, run_ids: set[str] | None = None, variants: list[str] | None = None
+) -> _Experiment:
     db_path = exp_dir / DB_NAME
     if not db_path.exists():
         raise GptlabError(f"no {DB_NAME} in {exp_dir}: no finished runs have been recorded there")
     with ResultsDB(db_path, create=False) as db:
         runs = [r for r in db.runs(experiment) if run_ids is None or r["run_id"] in run_ids]
         if run_ids is None:
-            runs = [r for r in runs if TUNE_MARK not in str(r["variant"])
-                    and (variants is None or r["variant"] in variants)]
+            runs = [
+                r for r in runs if TUNE_MARK not in str(r["variant"]) and (variants is None or r["variant"] in variants)
+            ]
         if not runs:
             what = f" for experiment {experiment!r}" if experiment is not None else ""
-            present = sorted({str(r.get('experiment')) for r in db.runs()})
+            present = sorted({str(r.get("experiment")) for r in db.runs()})
             extra = f" (experiments present: {', '.join(present)})" if experiment is not None and present else ""
             raise GptlabError(f"{db_path} has no finished runs{what}{extra}")
         experiments = sorted({str(r.get("experiment")) for r in runs})
         if experiment is None and len(experiments) > 1:
-            raise GptlabError(f"{db_path} holds runs of several experiments ({', '.join(experiments)}); "
-                              f"pick one with experiment=...")
+            raise GptlabError(
+                f"{db_path} holds runs of several experiments ({', '.join(experiments)}); pick one with experiment=..."
+            )
         metrics: dict[str, list[list[dict]]] = defaultdict(list)
         for r in runs:
             metrics[str(r.get("variant") or "")].append(db.metrics(r["run_id"]))
@@ -156,8 +206,13 @@ def _run_dir_of(exp_dir: Path, r: dict) -> Path | None:
     return None
 
 
-_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), undefined=jinja2.StrictUndefined,
-                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
 _TEMPLATES.globals.update(table=markdown_table, verdict_sentence=verdict_sentence)
 
 
@@ -186,10 +241,12 @@ def render_html(md_text: str, title: str, pngs: dict[str, bytes]) -> str:
     """report.html: the Markdown converted, in a page that needs no other file."""
     md = markdown.Markdown(extensions=["tables"])
     md.treeprocessors.register(_Standalone(md, pngs), "gptlab_standalone", 0)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
-            f"{md.convert(md_text)}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        f"{md.convert(md_text)}\n</body></html>\n"
+    )
 
 
 class _Standalone(Treeprocessor):
@@ -235,11 +292,13 @@ def _sequential_verdicts(exp_dir: Path, rows: list[dict]) -> list[str]:
         elif decision == "undecided":
             r["verdict"] = f"undecided at n={r['n']}"
     test = seq.get("test", "Welch's t-test")  # a sequential.json written before the design's test was recorded
-    return [f"Sequential design (`--until-decided`, sequential.json): {seq['design']}, alpha {seq['alpha']} split "
-            f"over {seq['family']} variant(s) (Bonferroni: {seq['alpha_per_variant']:.4g} each), up to "
-            f"{seq['max_seeds']} seeds, looks at {', '.join(map(str, seq['planned_looks_seeds']))} seeds. These "
-            f"verdicts replace the rules above: **better** / **worse** when the variant's p "
-            f"({test}, the design's test) at a look is at "
-            f"or below that look's O'Brien-Fleming nominal p; **within noise** when it reached the last look without "
-            f"crossing; **undecided** when the run stopped before. The p and Holm columns are fixed-design numbers "
-            f"that do not account for the looks."]
+    return [
+        f"Sequential design (`--until-decided`, sequential.json): {seq['design']}, alpha {seq['alpha']} split "
+        f"over {seq['family']} variant(s) (Bonferroni: {seq['alpha_per_variant']:.4g} each), up to "
+        f"{seq['max_seeds']} seeds, looks at {', '.join(map(str, seq['planned_looks_seeds']))} seeds. These "
+        f"verdicts replace the rules above: **better** / **worse** when the variant's p "
+        f"({test}, the design's test) at a look is at "
+        f"or below that look's O'Brien-Fleming nominal p; **within noise** when it reached the last look without "
+        f"crossing; **undecided** when the run stopped before. The p and Holm columns are fixed-design numbers "
+        f"that do not account for the looks."
+    ]

@@ -56,9 +56,15 @@ def _mean(xs: Iterable[float | None]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def build_rows(runs: list[dict], baseline: str, judge: dict[str, float] | None = None,
-               reference: dict[str, float] | None = None, alpha: float = 0.05,
-               equivalence_margin: float | None = None, design: str = "independent") -> list[dict]:
+def build_rows(
+    runs: list[dict],
+    baseline: str,
+    judge: dict[str, float] | None = None,
+    reference: dict[str, float] | None = None,
+    alpha: float = 0.05,
+    equivalence_margin: float | None = None,
+    design: str = "independent",
+) -> list[dict]:
     """Per-variant statistics vs the baseline, sorted baseline first then by mean test loss.
 
     Verdicts by stats.verdict: Holm over all the variants' comparisons with the baseline at `alpha`, TOST
@@ -73,8 +79,15 @@ def build_rows(runs: list[dict], baseline: str, judge: dict[str, float] | None =
         groups[str(r.get("variant") or "")].append(r)
     if baseline not in groups:
         raise GptlabError(f"baseline variant {baseline!r} has no runs; variants present: {', '.join(sorted(groups))}")
-    ctx = dict(baseline=baseline, judge=judge or {}, reference=reference or {}, alpha=alpha,
-               margin=equivalence_margin, design=design, base_runs=groups[baseline])
+    ctx = dict(
+        baseline=baseline,
+        judge=judge or {},
+        reference=reference or {},
+        alpha=alpha,
+        margin=equivalence_margin,
+        design=design,
+        base_runs=groups[baseline],
+    )
     rows = [_row(variant, rs, **ctx) for variant, rs in groups.items()]
     others = [r for r in rows if r["variant"] != baseline]
     for r, ph in zip(others, st.holm([r["p"] for r in others]), strict=True):
@@ -84,8 +97,9 @@ def build_rows(runs: list[dict], baseline: str, judge: dict[str, float] | None =
         r["holm_significant"] = None if r["p_holm"] is None else bool(r["p_holm"] < alpha)
         r["n_comparisons"] = m
         if r["variant"] != baseline and r["p"] is not None:
-            r["verdict"] = st.verdict(r["diff"], r["p"], r["p_holm"], r["n_compared"], alpha,
-                                      bool(r["equivalent"]), equivalence_margin)
+            r["verdict"] = st.verdict(
+                r["diff"], r["p"], r["p_holm"], r["n_compared"], alpha, bool(r["equivalent"]), equivalence_margin
+            )
 
     def key(r: dict) -> tuple:
         m = r["mean"]
@@ -113,8 +127,10 @@ def _pairs(variant: str, rs: list[dict], base_runs: list[dict]) -> tuple[list[fl
         s = r.get("seed")
         if s not in base or s is None:
             have = ", ".join(str(x) for x in sorted(k for k in base if k is not None)) or "none"
-            raise GptlabError(f"paired design: variant {variant!r} has seed {s} but the baseline has no run with that "
-                              f"seed (baseline seeds: {have})")
+            raise GptlabError(
+                f"paired design: variant {variant!r} has seed {s} but the baseline has no run with that "
+                f"seed (baseline seeds: {have})"
+            )
         if s in seen:
             raise GptlabError(f"paired design: variant {variant!r} has seed {s} more than once; pairs must be unique")
         seen.add(s)
@@ -137,8 +153,17 @@ def _downstream(rs: list[dict]) -> dict[str, float]:
     return out
 
 
-def _row(variant: str, rs: list[dict], baseline: str, base_runs: list[dict], judge: dict[str, float],
-         reference: dict[str, float], alpha: float, margin: float | None, design: str) -> dict:
+def _row(
+    variant: str,
+    rs: list[dict],
+    baseline: str,
+    base_runs: list[dict],
+    judge: dict[str, float],
+    reference: dict[str, float],
+    alpha: float,
+    margin: float | None,
+    design: str,
+) -> dict:
     """One variant's row: its runs summarized, and compared with the baseline's test losses."""
     vals = _test_losses(rs)
     s = st.summarize(vals)
@@ -157,11 +182,30 @@ def _row(variant: str, rs: list[dict], baseline: str, base_runs: list[dict], jud
         seeds=sorted(r.get("seed") for r in rs if r.get("seed") is not None),
         run_ids=[r["run_id"] for r in rs],
         test_losses=vals,
-        mean=s["mean"], std=s["std"], sem=s["sem"], ci_low=s["ci_low"], ci_high=s["ci_high"],
-        design=design, equivalence_margin=margin, diff_ci_level=1 - alpha,
-        diff=None, diff_ci_low=None, diff_ci_high=None, t=None, df=None, p=None, p_holm=None,
-        cohen_d=None, hedges_g=None, seeds_needed=None, mde=None, n_compared=None,
-        equivalent=None, tost_p=None, tost_ci_low=None, tost_ci_high=None,
+        mean=s["mean"],
+        std=s["std"],
+        sem=s["sem"],
+        ci_low=s["ci_low"],
+        ci_high=s["ci_high"],
+        design=design,
+        equivalence_margin=margin,
+        diff_ci_level=1 - alpha,
+        diff=None,
+        diff_ci_low=None,
+        diff_ci_high=None,
+        t=None,
+        df=None,
+        p=None,
+        p_holm=None,
+        cohen_d=None,
+        hedges_g=None,
+        seeds_needed=None,
+        mde=None,
+        n_compared=None,
+        equivalent=None,
+        tost_p=None,
+        tost_ci_low=None,
+        tost_ci_high=None,
         verdict=st.BASELINE if variant == baseline else st.NEEDS_SEEDS,
         tokens=_mean(r.get("tokens") for r in rs),
         tokens_per_s=_mean(r.get("tokens_per_s") for r in rs),
@@ -178,46 +222,72 @@ def _row(variant: str, rs: list[dict], baseline: str, base_runs: list[dict], jud
         else:
             c = st.compare(_test_losses(base_runs), vals, alpha=alpha, equivalence_margin=margin)
             n_compared = min(c["n_baseline"], c["n_variant"])
-        row.update(diff=c["diff"], diff_ci_low=c["ci_low"], diff_ci_high=c["ci_high"], t=c["t"], df=c["df"],
-                   p=c["p"], cohen_d=c["cohen_d"], hedges_g=c["hedges_g"], seeds_needed=c["seeds_needed"],
-                   mde=c["mde"], n_compared=n_compared, equivalent=c["equivalent"], tost_p=c["tost_p"],
-                   tost_ci_low=c["tost_ci_low"], tost_ci_high=c["tost_ci_high"], verdict=c["verdict"])
+        row.update(
+            diff=c["diff"],
+            diff_ci_low=c["ci_low"],
+            diff_ci_high=c["ci_high"],
+            t=c["t"],
+            df=c["df"],
+            p=c["p"],
+            cohen_d=c["cohen_d"],
+            hedges_g=c["hedges_g"],
+            seeds_needed=c["seeds_needed"],
+            mde=c["mde"],
+            n_compared=n_compared,
+            equivalent=c["equivalent"],
+            tost_p=c["tost_p"],
+            tost_ci_low=c["tost_ci_low"],
+            tost_ci_high=c["tost_ci_high"],
+            verdict=c["verdict"],
+        )
     return {k: _clean(v) for k, v in row.items()}
 
 
-def verdict_rules(baseline: str, alpha: float, equivalence_margin: float | None = None,
-                  design: str = "independent", n_comparisons: int | None = None) -> list[str]:
+def verdict_rules(
+    baseline: str,
+    alpha: float,
+    equivalence_margin: float | None = None,
+    design: str = "independent",
+    n_comparisons: int | None = None,
+) -> list[str]:
     """The report's "Rules" part: each rule stats.verdict and compare apply, in Markdown, written from the
     same words, parameters and constants the code uses (one string per rule, the verdict words in bold)."""
     tost_level = f"{1 - 2 * alpha:.0%}"
     m = "the" if n_comparisons is None else f"the {n_comparisons}"
     power = f"{st.POWER:.0%}"
-    test = ("a paired t-test on the per-seed differences (variant − baseline, runs matched by seed: each pair "
-            "shares its init and data seed)" if design == "paired" else
-            "Welch's t-test (two independent groups of seeds, unequal spread allowed)")
+    test = (
+        "a paired t-test on the per-seed differences (variant − baseline, runs matched by seed: each pair "
+        "shares its init and data seed)"
+        if design == "paired"
+        else "Welch's t-test (two independent groups of seeds, unequal spread allowed)"
+    )
     n_is = "the number of seed pairs" if design == "paired" else "the smaller of the two groups' seed counts"
-    sd = ("the SD of the per-seed differences" if design == "paired" else
-          "the pooled SD of the baseline and the variant")
+    sd = "the SD of the per-seed differences" if design == "paired" else "the pooled SD of the baseline and the variant"
     g_df = "n − 1" if design == "paired" else "n₁ + n₂ − 2"
     rules = [
         f"Design: **{design}**. Every variant is compared with the baseline **{baseline}** by {test}; Δ = variant "
         f"mean − baseline mean (negative = lower loss); p is two-sided.",
         f"**{st.BASELINE}**: the variant every other one is compared with.",
         f"**{st.NEEDS_SEEDS}**: the variant or the baseline has fewer than 2 seeds with a finite test loss"
-        + (" (paired: fewer than 2 seed pairs)" if design == "paired" else "") + "; no comparison is made.",
+        + (" (paired: fewer than 2 seed pairs)" if design == "paired" else "")
+        + "; no comparison is made.",
         f"**{st.BETTER}** / **{st.WORSE}**: the Holm-adjusted p < {alpha} over {m} comparisons of this experiment "
         f"(every variant against the baseline), with Δ < 0 / Δ > 0.",
         f"**{st.suggestive_word(-1.0)}** / **{st.suggestive_word(1.0)}**: the unadjusted p < {alpha} but the "
         f"Holm-adjusted p is not: a lead to rerun with more seeds, not a result.",
     ]
     if equivalence_margin is not None:
-        rules.append(f"**{st.equivalent_word(equivalence_margin)}**: not significant by the two rules above, and "
-                     f"both one-sided tests of TOST at {alpha} reject a difference of ±{equivalence_margin:g} nats "
-                     f"or more ({'paired' if design == 'paired' else 'Welch'}), i.e. the {tost_level} CI of Δ lies "
-                     f"inside ±{equivalence_margin:g}.")
+        rules.append(
+            f"**{st.equivalent_word(equivalence_margin)}**: not significant by the two rules above, and "
+            f"both one-sided tests of TOST at {alpha} reject a difference of ±{equivalence_margin:g} nats "
+            f"or more ({'paired' if design == 'paired' else 'Welch'}), i.e. the {tost_level} CI of Δ lies "
+            f"inside ±{equivalence_margin:g}."
+        )
     else:
-        rules.append("No equivalence margin was set (`equivalence_margin` in the experiment spec, in nats), so no "
-                     "variant can be called equivalent.")
+        rules.append(
+            "No equivalence margin was set (`equivalence_margin` in the experiment spec, in nats), so no "
+            "variant can be called equivalent."
+        )
     rules += [
         f"**{st.within_noise_word('N')}**: none of the above; N is {n_is}. It does not show that the variant has "
         f"no effect, only that any effect is too small to see at N seeds.",
@@ -236,45 +306,69 @@ def verdict_sentence(r: dict, baseline: str, alpha: float = 0.05) -> str:
     """One plain-words sentence per variant (Markdown: the variant's name in **bold**)."""
     v = r["variant"]
     if r["verdict"] == st.BASELINE:
-        return (f"**{v}** is the baseline: mean test loss {fmt(r['mean'], '.4f')} over {r['n']} seed(s)"
-                + (f" (95% CI {fmt_ci(r['ci_low'], r['ci_high'])})." if finite(r["ci_low"]) else "."))
+        return f"**{v}** is the baseline: mean test loss {fmt(r['mean'], '.4f')} over {r['n']} seed(s)" + (
+            f" (95% CI {fmt_ci(r['ci_low'], r['ci_high'])})." if finite(r["ci_low"]) else "."
+        )
     if r["verdict"] == st.NEEDS_SEEDS:
         unit = "seed pair(s)" if r.get("design") == "paired" else "seed(s) with a finite test loss"
         n = r["n_compared"] if r.get("design") == "paired" and r.get("n_compared") is not None else r["n"]
-        delta = (f" Δ = {fmt(r['diff'], '+.4f')} from {r['n_compared']} "
-                 f"{'seed pair' if r.get('design') == 'paired' else 'seed'}{'' if r['n_compared'] == 1 else 's'}: "
-                 f"no noise estimate, so no CI, p or verdict." if finite(r.get("diff")) and r.get("n_compared") else "")
-        return (f"**{v}**: cannot judge yet: it has {n} {unit}; a comparison needs at least 2 for both it and "
-                f"the baseline, so run more seeds.{delta}")
+        delta = (
+            f" Δ = {fmt(r['diff'], '+.4f')} from {r['n_compared']} "
+            f"{'seed pair' if r.get('design') == 'paired' else 'seed'}{'' if r['n_compared'] == 1 else 's'}: "
+            f"no noise estimate, so no CI, p or verdict."
+            if finite(r.get("diff")) and r.get("n_compared")
+            else ""
+        )
+        return (
+            f"**{v}**: cannot judge yet: it has {n} {unit}; a comparison needs at least 2 for both it and "
+            f"the baseline, so run more seeds.{delta}"
+        )
     ci = f"{1 - alpha:.0%} CI of the difference {fmt_ci(r['diff_ci_low'], r['diff_ci_high'], '+.4f')}"
-    mde_text = (f" With these seeds the design detects a difference of about {fmt(r['mde'], '.4f')} "
-                f"{st.POWER:.0%} of the time (MDE)." if finite(r.get("mde")) else "")
+    mde_text = (
+        f" With these seeds the design detects a difference of about {fmt(r['mde'], '.4f')} "
+        f"{st.POWER:.0%} of the time (MDE)."
+        if finite(r.get("mde"))
+        else ""
+    )
     margin = r.get("equivalence_margin")
-    inside = (f" Its {1 - 2 * alpha:.0%} CI {fmt_ci(r['tost_ci_low'], r['tost_ci_high'], '+.4f')} lies inside "
-              f"±{margin:g}, so the difference is smaller than the equivalence margin."
-              if r.get("equivalent") and margin is not None else "")
+    inside = (
+        f" Its {1 - 2 * alpha:.0%} CI {fmt_ci(r['tost_ci_low'], r['tost_ci_high'], '+.4f')} lies inside "
+        f"±{margin:g}, so the difference is smaller than the equivalence margin."
+        if r.get("equivalent") and margin is not None
+        else ""
+    )
     word = "lower" if finite(r["diff"]) and r["diff"] < 0 else "higher"
     if r["verdict"] in (st.BETTER, st.WORSE):
-        return (f"**{v}**: {r['verdict']}: its test loss is {abs(r['diff']):.4f} {word} than {baseline}'s "
-                f"({ci}, {p_is(r['p'])}, {p_is(r['p_holm']).replace('p ', 'Holm-adjusted p ', 1)} over "
-                f"{r['n_comparisons']} comparison(s)).{inside}")
+        return (
+            f"**{v}**: {r['verdict']}: its test loss is {abs(r['diff']):.4f} {word} than {baseline}'s "
+            f"({ci}, {p_is(r['p'])}, {p_is(r['p_holm']).replace('p ', 'Holm-adjusted p ', 1)} over "
+            f"{r['n_comparisons']} comparison(s)).{inside}"
+        )
     if r["verdict"].startswith("suggestive"):
-        return (f"**{v}**: {r['verdict']}: its test loss is {abs(r['diff']):.4f} {word} than {baseline}'s "
-                f"({ci}, {p_is(r['p'])}), but after the Holm correction for the {r['n_comparisons']} variants "
-                f"compared, {p_is(r['p_holm']).replace('p ', 'adjusted p ', 1)} (not below {alpha}): treat it as "
-                f"a lead and rerun with more seeds.{inside}")
+        return (
+            f"**{v}**: {r['verdict']}: its test loss is {abs(r['diff']):.4f} {word} than {baseline}'s "
+            f"({ci}, {p_is(r['p'])}), but after the Holm correction for the {r['n_comparisons']} variants "
+            f"compared, {p_is(r['p_holm']).replace('p ', 'adjusted p ', 1)} (not below {alpha}): treat it as "
+            f"a lead and rerun with more seeds.{inside}"
+        )
     if r["verdict"].startswith("equivalent"):
-        return (f"**{v}**: {r['verdict']}: the difference to {baseline} is {fmt(r['diff'], '+.4f')}; its "
-                f"{1 - 2 * alpha:.0%} CI {fmt_ci(r['tost_ci_low'], r['tost_ci_high'], '+.4f')} lies inside "
-                f"±{margin:g} nats (TOST {p_is(r['tost_p'])}), so any effect is smaller than the margin.")
+        return (
+            f"**{v}**: {r['verdict']}: the difference to {baseline} is {fmt(r['diff'], '+.4f')}; its "
+            f"{1 - 2 * alpha:.0%} CI {fmt_ci(r['tost_ci_low'], r['tost_ci_high'], '+.4f')} lies inside "
+            f"±{margin:g} nats (TOST {p_is(r['tost_p'])}), so any effect is smaller than the margin."
+        )
     need = r["seeds_needed"]
     need_text = f"more than {str(need)[1:]}" if isinstance(need, str) else f"about {need}"
-    s = (f"**{v}**: {r['verdict']}: the difference to {baseline} is {fmt(r['diff'], '+.4f')} "
-         f"({ci}, {p_is(r['p'])}), which is not distinguishable from seed-to-seed noise.{mde_text}")
+    s = (
+        f"**{v}**: {r['verdict']}: the difference to {baseline} is {fmt(r['diff'], '+.4f')} "
+        f"({ci}, {p_is(r['p'])}), which is not distinguishable from seed-to-seed noise.{mde_text}"
+    )
     if need is not None:
-        s += (f" If the true effect were as large as observed (Hedges' g = {abs(r['hedges_g']):.2f}), detecting it "
-              f"{st.POWER:.0%} of the time would take {need_text} seeds per variant (an estimate, with the SD at its "
-              f"upper {st.SD_UPPER_CONFIDENCE:.0%} bound).")
+        s += (
+            f" If the true effect were as large as observed (Hedges' g = {abs(r['hedges_g']):.2f}), detecting it "
+            f"{st.POWER:.0%} of the time would take {need_text} seeds per variant (an estimate, with the SD at its "
+            f"upper {st.SD_UPPER_CONFIDENCE:.0%} bound)."
+        )
     return s
 
 
@@ -284,13 +378,17 @@ def report_warnings(runs: list[dict], rows: list[dict], baseline: str) -> list[s
     out = []
     for r in rows:
         if r["n_excluded"]:
-            out.append(f"{r['variant']}: {r['n_excluded']} run(s) left out because their test loss is missing or not "
-                       f"finite (diverged?).")
+            out.append(
+                f"{r['variant']}: {r['n_excluded']} run(s) left out because their test loss is missing or not "
+                f"finite (diverged?)."
+            )
         seeds = r["seeds"]
         dup = sorted({s for s in seeds if seeds.count(s) > 1})
         if dup:
-            out.append(f"{r['variant']}: seed(s) {', '.join(map(str, dup))} recorded more than once; those runs are "
-                       f"not independent samples.")
+            out.append(
+                f"{r['variant']}: seed(s) {', '.join(map(str, dup))} recorded more than once; those runs are "
+                f"not independent samples."
+            )
     base = next(r for r in rows if r["variant"] == baseline)
     if base["n"] < 2:
         out.append(f"the baseline has {base['n']} seed(s) with a finite test loss; no comparison is possible below 2.")
@@ -298,12 +396,15 @@ def report_warnings(runs: list[dict], rows: list[dict], baseline: str) -> list[s
         if r is base or base["tokens"] is None or r["tokens"] is None or base["tokens"] == 0:
             continue
         if abs(r["tokens"] / base["tokens"] - 1) > 0.01:
-            out.append(f"{r['variant']} trained on {r['tokens']:,.0f} tokens on average vs {base['tokens']:,.0f} for "
-                       f"{baseline}: the comparison mixes the intervention with a different training budget.")
+            out.append(
+                f"{r['variant']} trained on {r['tokens']:,.0f} tokens on average vs {base['tokens']:,.0f} for "
+                f"{baseline}: the comparison mixes the intervention with a different training budget."
+            )
     commits = {r.get("git_commit") for r in runs if r.get("git_commit")}
     if len(commits) > 1:
-        out.append(f"runs come from {len(commits)} different git commits; code changes between runs can masquerade as "
-                   f"effects.")
+        out.append(
+            f"runs come from {len(commits)} different git commits; code changes between runs can masquerade as effects."
+        )
     return out
 
 
@@ -317,25 +418,37 @@ def yardstick_part(rows: list[dict], baseline: str, comp: dict) -> dict:
     if base is not None:
         ours.append((f"ours: {baseline} (baseline, n={base['n']})", base["mean"], "this experiment, mean over seeds"))
     if best is not None and best is not base:
-        ours.append((f"ours: {best['variant']} (lowest mean, n={best['n']})", best["mean"],
-                     "this experiment, mean over seeds"))
+        ours.append(
+            (f"ours: {best['variant']} (lowest mean, n={best['n']})", best["mean"], "this experiment, mean over seeds")
+        )
     body = ours + [(y.name, y.loss, y.note) for y in YARDSTICKS]
     if comp["comparable"]:
         body.sort(key=lambda x: -x[1])  # one scale: worst at the top
     gaps = ""
     if comp["comparable"] and best is not None:
-        parts = [f"{abs(best['mean'] - y.loss):.3f} {'above' if best['mean'] > y.loss else 'below'} {y.name} "
-                 f"({y.loss:.3f})" for y in YARDSTICKS]
+        parts = [
+            f"{abs(best['mean'] - y.loss):.3f} {'above' if best['mean'] > y.loss else 'below'} {y.name} ({y.loss:.3f})"
+            for y in YARDSTICKS
+        ]
         gaps = f"Our lowest mean ({best['variant']}, {best['mean']:.3f}) is " + ", ".join(parts) + "."
-    return {"comparable": comp["comparable"], "reasons": comp["reasons"], "text": comp["text"], "gaps": gaps,
-            "headers": ["model", "test loss", "what it is"],
-            "table": [[name, fmt(loss, ".3f"), note] for name, loss, note in body],
-            "lines": [{"name": y.name, "loss": y.loss} for y in YARDSTICKS] if comp["comparable"] else []}
+    return {
+        "comparable": comp["comparable"],
+        "reasons": comp["reasons"],
+        "text": comp["text"],
+        "gaps": gaps,
+        "headers": ["model", "test loss", "what it is"],
+        "table": [[name, fmt(loss, ".3f"), note] for name, loss, note in body],
+        "lines": [{"name": y.name, "loss": y.loss} for y in YARDSTICKS] if comp["comparable"] else [],
+    }
 
 
 def yardstick_summary(yard: dict) -> str:
     """Terminal lines for the Yardsticks part of a write_report result."""
     ys = ", ".join(f"{y.name} {y.loss:.3f}" for y in YARDSTICKS)
     head = "yardsticks (comparable): " if yard["comparable"] else "yardsticks (different test set, orientation only): "
-    return head + ys + ("\n" + yard["gaps"] if yard["gaps"] else "") + (
-        "" if yard["comparable"] else "\n" + "differences from the seed's test set: " + "; ".join(yard["reasons"]))
+    return (
+        head
+        + ys
+        + ("\n" + yard["gaps"] if yard["gaps"] else "")
+        + ("" if yard["comparable"] else "\n" + "differences from the seed's test set: " + "; ".join(yard["reasons"]))
+    )

@@ -58,12 +58,23 @@ def runs_table(runs: list[dict], order: list[str]) -> Table:
     extra = sorted({k for r in runs for k in r.get("downstream") or {}})  # gptlab eval RUN --task NAME
     headers[4:4] = extra
     body = []
-    for r in sorted(runs, key=lambda r: (rank.get(str(r.get("variant") or ""), 1 << 30), r.get("seed") or 0,
-                                         r["run_id"])):
+    for r in sorted(
+        runs, key=lambda r: (rank.get(str(r.get("variant") or ""), 1 << 30), r.get("seed") or 0, r["run_id"])
+    ):
         down = [fmt(((r.get("downstream") or {}).get(k) or (None,))[0], ".4f") for k in extra]
-        body.append([str(r.get("variant") or ""), DASH if r.get("seed") is None else str(r["seed"]), r["run_id"],
-                     fmt(r.get("test_loss"), ".4f"), *down, fmt(r.get("val_loss"), ".4f"), fmt(r.get("tokens"), ",.0f"),
-                     fmt(r.get("tokens_per_s"), ",.0f"), (r.get("git_commit") or DASH)[:10]])
+        body.append(
+            [
+                str(r.get("variant") or ""),
+                DASH if r.get("seed") is None else str(r["seed"]),
+                r["run_id"],
+                fmt(r.get("test_loss"), ".4f"),
+                *down,
+                fmt(r.get("val_loss"), ".4f"),
+                fmt(r.get("tokens"), ",.0f"),
+                fmt(r.get("tokens_per_s"), ",.0f"),
+                (r.get("git_commit") or DASH)[:10],
+            ]
+        )
     return headers, body
 
 

@@ -34,11 +34,9 @@ class Backend(Protocol):
     def start(self, job: RunJob) -> Any:
         """Start `job`; return a handle for state()/stop()."""
 
-    def state(self, handle: Any) -> State:
-        ...
+    def state(self, handle: Any) -> State: ...
 
-    def exit_code(self, handle: Any) -> int | None:
-        ...
+    def exit_code(self, handle: Any) -> int | None: ...
 
     def stop(self, handles: list[Any], signum: int) -> None:
         """Pass the stop signal `signum` the runner got (SIGTERM, SIGINT or SIGUSR1) on to these runs, so that they
@@ -49,10 +47,17 @@ def train_command(job: RunJob, nproc: int = 1, relay: str | None = None) -> list
     """`gptlab train --resume` on the job, under `torchrun --standalone` (a free rendezvous port of its own) when
     it runs as `nproc` processes; `relay`: the signals torchrun passes on to its workers (--signals-to-handle,
     instead of its default SIGTERM,SIGINT,SIGHUP,SIGQUIT)."""
-    train = ["-m", "gptlab", "train", "--config", str(job.config), "--run-dir", str(job.run_dir), "--resume",
-             "--quiet"]
+    train = ["-m", "gptlab", "train", "--config", str(job.config), "--run-dir", str(job.run_dir), "--resume", "--quiet"]
     if nproc <= 1:
         return [sys.executable, *train]
     opts = ["--signals-to-handle", relay] if relay else []
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *opts,
-            *train]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        *opts,
+        *train,
+    ]

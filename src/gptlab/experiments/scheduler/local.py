@@ -55,12 +55,15 @@ def plan_slots(devices: list[str], per_run: int) -> list[list[str]]:
     if per_run < 1:
         raise GptlabError(f"--gpus-per-run: expected a positive number of GPUs per run, got {per_run}")
     if not devices:
-        raise GptlabError("--gpus-per-run: no GPU is visible (CUDA_VISIBLE_DEVICES is empty or torch sees no CUDA "
-                          "device); on a CPU machine use --procs-per-run")
+        raise GptlabError(
+            "--gpus-per-run: no GPU is visible (CUDA_VISIBLE_DEVICES is empty or torch sees no CUDA "
+            "device); on a CPU machine use --procs-per-run"
+        )
     if len(devices) % per_run:
-        raise GptlabError(f"--gpus-per-run: {per_run} does not divide the {len(devices)} visible GPUs "
-                          f"({','.join(devices)})")
-    return [devices[i:i + per_run] for i in range(0, len(devices), per_run)]
+        raise GptlabError(
+            f"--gpus-per-run: {per_run} does not divide the {len(devices)} visible GPUs ({','.join(devices)})"
+        )
+    return [devices[i : i + per_run] for i in range(0, len(devices), per_run)]
 
 
 def visible_devices() -> list[str]:
@@ -88,8 +91,13 @@ class _Proc:
 
 
 class LocalBackend:
-    def __init__(self, parallel: int | None = None, procs_per_run: int | None = None,
-                 gpus_per_run: int | None = None, devices: list[str] | None = None):
+    def __init__(
+        self,
+        parallel: int | None = None,
+        procs_per_run: int | None = None,
+        gpus_per_run: int | None = None,
+        devices: list[str] | None = None,
+    ):
         """`gpus_per_run`: GPU slots over `devices` (default: the visible GPUs), at most `parallel` of them used;
         else `parallel` (default 1) CPU slots of `procs_per_run` (default 1) processes each."""
         if parallel is not None and parallel < 1:
@@ -97,9 +105,10 @@ class LocalBackend:
         if gpus_per_run is not None:
             if procs_per_run is not None:
                 raise GptlabError("--procs-per-run: not with --gpus-per-run (a GPU run has one process per GPU)")
-            self.gpus: list[list[str]] | None = plan_slots(visible_devices() if devices is None else devices,
-                                                           gpus_per_run)
-            self.gpus = self.gpus[:parallel or len(self.gpus)]
+            self.gpus: list[list[str]] | None = plan_slots(
+                visible_devices() if devices is None else devices, gpus_per_run
+            )
+            self.gpus = self.gpus[: parallel or len(self.gpus)]
             self.nproc, n_slots = gpus_per_run, len(self.gpus)
         else:
             if procs_per_run is not None and procs_per_run < 1:
@@ -107,16 +116,22 @@ class LocalBackend:
             self.gpus, self.nproc, n_slots = None, procs_per_run or 1, parallel or 1
         self.n_slots = n_slots
         self.threads = max(1, _cores() // (n_slots * self.nproc))  # runs at once share the cores
-        self.env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
-                        TORCH_DISABLE_SHARE_RDZV_TCP_STORE="0")
+        self.env = dict(
+            os.environ,
+            OMP_NUM_THREADS=str(self.threads),
+            MKL_NUM_THREADS=str(self.threads),
+            TORCH_DISABLE_SHARE_RDZV_TCP_STORE="0",
+        )
         self.running: list[_Proc] = []
         self.pass_fds: tuple[int, ...] = ()  # descriptors every run inherits (the experiment folder's lock)
 
     def describe(self) -> str:
         if self.gpus is not None:
             ids = " ".join(",".join(s) for s in self.gpus)
-            return f"{self.n_slots} slot{'s' if self.n_slots > 1 else ''} of {self.nproc} GPU" \
-                   f"{'s' if self.nproc > 1 else ''} ({ids})"
+            return (
+                f"{self.n_slots} slot{'s' if self.n_slots > 1 else ''} of {self.nproc} GPU"
+                f"{'s' if self.nproc > 1 else ''} ({ids})"
+            )
         procs = f", {self.nproc} processes each" if self.nproc > 1 else ""
         return f"{self.n_slots} at a time{procs}"
 
@@ -140,10 +155,15 @@ class LocalBackend:
             raise GptlabError(f"{job.run_id}: no free slot (the runner starts runs only when free_slots() > 0)")
         slot = free[0]
         with open(job.log, "a") as f:
-            proc = subprocess.Popen(train_command(job, self.nproc, relay=TORCHRUN_SIGNALS), stdout=f,
-                                    stderr=subprocess.STDOUT, env=self.slot_env(slot), start_new_session=True,
-                                    pass_fds=self.pass_fds,
-                                    preexec_fn=_die_with(os.getpid()) if _libc is not None else None)
+            proc = subprocess.Popen(
+                train_command(job, self.nproc, relay=TORCHRUN_SIGNALS),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=self.slot_env(slot),
+                start_new_session=True,
+                pass_fds=self.pass_fds,
+                preexec_fn=_die_with(os.getpid()) if _libc is not None else None,
+            )
         p = _Proc(job, proc, slot)
         self.running.append(p)
         return p

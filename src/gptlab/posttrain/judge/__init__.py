@@ -3,18 +3,29 @@ endpoint over HTTP), run.py (answers from `posttrain.generate`, then `judge_run`
 
 from gptlab.posttrain.judge.client import JudgeClient, chat_url
 from gptlab.posttrain.judge.prompts import (
-                                            compare_order,
-                                            compare_prompt,
-                                            parse_compare,
-                                            parse_score,
-                                            score_prompt,
+    compare_order,
+    compare_prompt,
+    parse_compare,
+    parse_score,
+    score_prompt,
 )
 from gptlab.posttrain.judge.run import (
-                                            JUDGE_FILE,
-                                            generate_answers,
-                                            judge_compare,
-                                            judge_run,
+    JUDGE_FILE,
+    generate_answers,
+    judge_compare,
+    judge_run,
 )
 
-__all__ = ["judge_run", "judge_compare", "parse_score", "parse_compare", "compare_order", "score_prompt",
-           "compare_prompt", "chat_url", "JudgeClient", "generate_answers", "JUDGE_FILE"]
+__all__ = [
+    "judge_run",
+    "judge_compare",
+    "parse_score",
+    "parse_compare",
+    "compare_order",
+    "score_prompt",
+    "compare_prompt",
+    "chat_url",
+    "JudgeClient",
+    "generate_answers",
+    "JUDGE_FILE",
+]

@@ -43,8 +43,18 @@ def public_url(url: str) -> str:
 class JudgeClient:
     """POSTs one user message to an OpenAI-compatible chat endpoint and returns the reply's text."""
 
-    def __init__(self, judge_url: str, judge_model: str, *, api_key: str | None = None, temperature: float = 0.0,
-                 max_tokens: int | None = None, timeout: float = 60, retries: int = 2, backoff: float = 1.0):
+    def __init__(
+        self,
+        judge_url: str,
+        judge_model: str,
+        *,
+        api_key: str | None = None,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        timeout: float = 60,
+        retries: int = 2,
+        backoff: float = 1.0,
+    ):
         self.url, self.model, self._key = chat_url(judge_url), judge_model, api_key
         self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
         self.retries, self.backoff = retries, backoff
@@ -59,8 +69,11 @@ class JudgeClient:
 
     def ask(self, content: str) -> str:
         """The judge's reply to one user message (retrying transport failures, HTTP 429 and 5xx)."""
-        body = {"model": self.model, "messages": [{"role": "user", "content": content}],
-                "temperature": self.temperature}
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": self.temperature,
+        }
         if self.max_tokens:
             body["max_tokens"] = self.max_tokens
         where = public_url(self.url)

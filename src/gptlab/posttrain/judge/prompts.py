@@ -24,22 +24,26 @@ MAX_LABELS = 26
 
 def score_prompt(record: dict, response: str) -> str:
     """The book's chapter 7 scoring prompt."""
-    return (f"Given the input `{format_input(record)}` "
-            f"and correct output `{record['output']}`, "
-            f"score the model response `{response}`"
-            f" on a scale from 0 to 100, where 100 is the best score. "
-            f"Respond with the integer number only.")
+    return (
+        f"Given the input `{format_input(record)}` "
+        f"and correct output `{record['output']}`, "
+        f"score the model response `{response}`"
+        f" on a scale from 0 to 100, where 100 is the best score. "
+        f"Respond with the integer number only."
+    )
 
 
 def compare_prompt(record: dict, labelled: list[tuple[str, str]]) -> str:
     """One prompt with every model's answer under a neutral label; asks for a JSON object of scores."""
     body = "\n\n".join(f"Response {label}: `{resp}`" for label, resp in labelled)
     shape = ", ".join(f'"{label}": <score>' for label, _ in labelled)
-    return (f"Given the input `{format_input(record)}` "
-            f"and correct output `{record['output']}`, "
-            f"score each of the following model responses on a scale from 0 to 100, where 100 is the best score.\n\n"
-            f"{body}\n\n"
-            f"Respond with a JSON object only, mapping each response label to its integer score: {{{shape}}}")
+    return (
+        f"Given the input `{format_input(record)}` "
+        f"and correct output `{record['output']}`, "
+        f"score each of the following model responses on a scale from 0 to 100, where 100 is the best score.\n\n"
+        f"{body}\n\n"
+        f"Respond with a JSON object only, mapping each response label to its integer score: {{{shape}}}"
+    )
 
 
 _NUM = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\w)")
@@ -111,5 +115,3 @@ def labels_for(n: int) -> list[str]:
     if n > MAX_LABELS:
         raise GptlabError(f"judge: at most {MAX_LABELS} models can be compared in one prompt, got {n}")
     return [chr(ord("A") + i) for i in range(n)]
-
-

@@ -49,8 +49,10 @@ def _records(run_dir: Path | None, data_file, n: int | None) -> tuple[list[dict]
     else:
         p = Path(run_dir) / TEST_FILE
         if not p.is_file():
-            raise GptlabError(f"{run_dir}: no held-out test split ({TEST_FILE}; only `gptlab finetune` runs have "
-                              f"one); pass --data FILE.json")
+            raise GptlabError(
+                f"{run_dir}: no held-out test split ({TEST_FILE}; only `gptlab finetune` runs have "
+                f"one); pass --data FILE.json"
+            )
         recs, src = load_records(p), f"{run_dir} test split"
     if n is not None:
         if n < 1:
@@ -63,19 +65,31 @@ def _shared_test_split(run_dirs: dict[str, str | Path], n: int | None) -> tuple[
     """The held-out test split the runs that have one agree on."""
     names = [nm for nm in run_dirs if (Path(run_dirs[nm]) / TEST_FILE).is_file()]
     if not names:
-        raise GptlabError(f"judge-compare: none of the runs has a held-out test split ({TEST_FILE}); "
-                          f"pass --data FILE.json")
+        raise GptlabError(
+            f"judge-compare: none of the runs has a held-out test split ({TEST_FILE}); pass --data FILE.json"
+        )
     first = load_records(Path(run_dirs[names[0]]) / TEST_FILE)
     for nm in names[1:]:
         if load_records(Path(run_dirs[nm]) / TEST_FILE) != first:
-            raise GptlabError(f"judge-compare: runs {names[0]} and {nm} hold out different test splits "
-                              f"(one's test items may be the other's training data); pass --data FILE.json")
+            raise GptlabError(
+                f"judge-compare: runs {names[0]} and {nm} hold out different test splits "
+                f"(one's test items may be the other's training data); pass --data FILE.json"
+            )
     return _records(Path(run_dirs[names[0]]), None, n)
 
 
-def generate_answers(run_dir: str | Path, records: list[dict], *, max_new_tokens: int = 256,
-                     temperature: float = 0.0, seed: int = 123, device: str = "auto", progress: bool = False,
-                     desc: str = "answers", batch_size: int = 8) -> list[str]:
+def generate_answers(
+    run_dir: str | Path,
+    records: list[dict],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    seed: int = 123,
+    device: str = "auto",
+    progress: bool = False,
+    desc: str = "answers",
+    batch_size: int = 8,
+) -> list[str]:
     """The run's answer to each record (the text after "### Response:" up to <|endoftext|>, stripped),
     generated `batch_size` records at a time."""
     gen = Generator.from_run(run_dir, device)
@@ -124,12 +138,28 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_file: str | Path | None = None,
-              n: int | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
-              api_key_env: str | None = "JUDGE_API_KEY", db: str | Path | None = None, run_id: str | None = None,
-              retries: int = 2, timeout: float = 60, seed: int = 123, device: str = "auto",
-              judge_temperature: float = 0.0, judge_max_tokens: int | None = None, progress: bool = True,
-              batch_size: int = 8, concurrency: int = 4) -> dict:
+def judge_run(
+    run_dir: str | Path,
+    judge_url: str,
+    judge_model: str,
+    *,
+    data_file: str | Path | None = None,
+    n: int | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    api_key_env: str | None = "JUDGE_API_KEY",
+    db: str | Path | None = None,
+    run_id: str | None = None,
+    retries: int = 2,
+    timeout: float = 60,
+    seed: int = 123,
+    device: str = "auto",
+    judge_temperature: float = 0.0,
+    judge_max_tokens: int | None = None,
+    progress: bool = True,
+    batch_size: int = 8,
+    concurrency: int = 4,
+) -> dict:
     """Score a run's answers with an LLM judge, `concurrency` requests in flight. Writes RUN/judge.json; with
     `db` also records the per-item scores in that results.sqlite (run_id: default the run folder's name). `temperature`
     is the answers' (0 = greedy; otherwise sampled with seed + item); the judge is asked at `judge_temperature` (0, as
@@ -137,19 +167,44 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
     run_dir = Path(run_dir)
     _check(retries, concurrency)
     records, source = _records(run_dir, data_file, n)
-    client = JudgeClient.from_env(judge_url, judge_model, api_key_env, temperature=judge_temperature,
-                                  max_tokens=judge_max_tokens, timeout=timeout, retries=retries)
-    answers = generate_answers(run_dir, records, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                               device=device, progress=progress, desc=f"answers {run_dir.name}",
-                               batch_size=batch_size)
+    client = JudgeClient.from_env(
+        judge_url,
+        judge_model,
+        api_key_env,
+        temperature=judge_temperature,
+        max_tokens=judge_max_tokens,
+        timeout=timeout,
+        retries=retries,
+    )
+    answers = generate_answers(
+        run_dir,
+        records,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        device=device,
+        progress=progress,
+        desc=f"answers {run_dir.name}",
+        batch_size=batch_size,
+    )
+
     def score(i: int) -> dict:
         rec, ans = records[i], answers[i]
         val, reply, attempts = _ask_until(client, score_prompt(rec, ans), parse_score, retries)
-        return {"item": i, "instruction": rec["instruction"], "input": rec["input"], "reference": rec["output"],
-                "response": ans, "score": val, "judge_reply": reply, "attempts": attempts}
+        return {
+            "item": i,
+            "instruction": rec["instruction"],
+            "input": rec["input"],
+            "reference": rec["output"],
+            "response": ans,
+            "score": val,
+            "judge_reply": reply,
+            "attempts": attempts,
+        }
 
     parsed: list[float] = []
     with _progress(progress, len(records), f"judge {judge_model}") as bar:
+
         def done(item: dict) -> None:
             parsed.extend([item["score"]] if item["score"] is not None else [])
             bar.update(1)
@@ -157,19 +212,34 @@ def judge_run(run_dir: str | Path, judge_url: str, judge_model: str, *, data_fil
 
         items = in_parallel(score, len(records), concurrency, done)
     rid = run_id or run_dir.resolve().name
-    res = {"run": str(run_dir), "run_id": rid, "judge_model": judge_model, "judge_url": public_url(client.url),
-           "data": source, "n": len(items), "n_parsed": len(parsed), "n_unparsed": len(items) - len(parsed),
-           "mean_score": _mean(parsed), "max_new_tokens": max_new_tokens, "temperature": temperature,
-           "judge_temperature": judge_temperature,
-           "retries": retries, "judge_calls": client.calls, "seed": seed, "time": time.time(), "items": items}
+    res = {
+        "run": str(run_dir),
+        "run_id": rid,
+        "judge_model": judge_model,
+        "judge_url": public_url(client.url),
+        "data": source,
+        "n": len(items),
+        "n_parsed": len(parsed),
+        "n_unparsed": len(items) - len(parsed),
+        "mean_score": _mean(parsed),
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "judge_temperature": judge_temperature,
+        "retries": retries,
+        "judge_calls": client.calls,
+        "seed": seed,
+        "time": time.time(),
+        "items": items,
+    }
     atomic_write_json(run_dir / JUDGE_FILE, res)
     if db is not None:
         record_judge_scores(db, {(rid, judge_model): items})
     return res
 
 
-def _compare_item(client: JudgeClient, i: int, rec: dict, answers: dict[str, list[str]], seed: int,
-                  retries: int) -> dict:
+def _compare_item(
+    client: JudgeClient, i: int, rec: dict, answers: dict[str, list[str]], seed: int, retries: int
+) -> dict:
     """One record's row: every model's answer under its label for this item, the judge's scores mapped back."""
     names = list(answers)
     labels = labels_for(len(names))
@@ -177,17 +247,41 @@ def _compare_item(client: JudgeClient, i: int, rec: dict, answers: dict[str, lis
     prompt = compare_prompt(rec, [(lb, answers[nm][i]) for lb, nm in label_of.items()])
     got, reply, attempts = _ask_until(client, prompt, lambda t: parse_compare(t, labels), retries)
     scores = {nm: (got[lb] if got else None) for lb, nm in label_of.items()}
-    return {"item": i, "instruction": rec["instruction"], "input": rec["input"], "reference": rec["output"],
-            "labels": label_of, "responses": {nm: answers[nm][i] for nm in names},
-            "scores": {nm: scores[nm] for nm in names}, "judge_reply": reply, "attempts": attempts}
+    return {
+        "item": i,
+        "instruction": rec["instruction"],
+        "input": rec["input"],
+        "reference": rec["output"],
+        "labels": label_of,
+        "responses": {nm: answers[nm][i] for nm in names},
+        "scores": {nm: scores[nm] for nm in names},
+        "judge_reply": reply,
+        "attempts": attempts,
+    }
 
 
-def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: str, *,
-                  data_file: str | Path | None = None, n: int | None = None, max_new_tokens: int = 256,
-                  temperature: float = 0.0, api_key_env: str | None = "JUDGE_API_KEY", db: str | Path | None = None,
-                  retries: int = 2, timeout: float = 60, seed: int = 123, device: str = "auto",
-                  judge_temperature: float = 0.0, judge_max_tokens: int | None = None, out: str | Path | None = None,
-                  progress: bool = True, batch_size: int = 8, concurrency: int = 4) -> dict:
+def judge_compare(
+    run_dirs: dict[str, str | Path],
+    judge_url: str,
+    judge_model: str,
+    *,
+    data_file: str | Path | None = None,
+    n: int | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    api_key_env: str | None = "JUDGE_API_KEY",
+    db: str | Path | None = None,
+    retries: int = 2,
+    timeout: float = 60,
+    seed: int = 123,
+    device: str = "auto",
+    judge_temperature: float = 0.0,
+    judge_max_tokens: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    batch_size: int = 8,
+    concurrency: int = 4,
+) -> dict:
     """Score several runs' answers side by side (`concurrency` requests in flight): per item ONE prompt with all answers
     under labels A, B, ... in a seeded random order (`compare_order`); the judge's JSON scores are mapped back to the
     run names. Default data: the runs' shared held-out test split. With `db`, per-model scores are recorded under
@@ -199,28 +293,72 @@ def judge_compare(run_dirs: dict[str, str | Path], judge_url: str, judge_model: 
     labels_for(len(names))  # refuses more models than there are labels
     _check(retries, concurrency)
     records, source = _shared_test_split(run_dirs, n) if data_file is None else _records(None, data_file, n)
-    client = JudgeClient.from_env(judge_url, judge_model, api_key_env, temperature=judge_temperature,
-                                  max_tokens=judge_max_tokens, timeout=timeout, retries=retries)
-    answers = {nm: generate_answers(run_dirs[nm], records, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    seed=seed, device=device, progress=progress, desc=f"answers {nm}",
-                                    batch_size=batch_size)
-               for nm in names}
+    client = JudgeClient.from_env(
+        judge_url,
+        judge_model,
+        api_key_env,
+        temperature=judge_temperature,
+        max_tokens=judge_max_tokens,
+        timeout=timeout,
+        retries=retries,
+    )
+    answers = {
+        nm: generate_answers(
+            run_dirs[nm],
+            records,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            device=device,
+            progress=progress,
+            desc=f"answers {nm}",
+            batch_size=batch_size,
+        )
+        for nm in names
+    }
     with _progress(progress, len(records), f"judge {judge_model}") as bar:
-        items = in_parallel(lambda i: _compare_item(client, i, records[i], answers, seed, retries), len(records),
-                            concurrency, lambda _: bar.update(1))
+        items = in_parallel(
+            lambda i: _compare_item(client, i, records[i], answers, seed, retries),
+            len(records),
+            concurrency,
+            lambda _: bar.update(1),
+        )
     models = {}
     for nm in names:
         vals = [it["scores"][nm] for it in items if it["scores"][nm] is not None]
         models[nm] = {"run_dir": str(run_dirs[nm]), "mean_score": _mean(vals), "n_parsed": len(vals)}
-    res = {"judge_model": judge_model, "judge_url": public_url(client.url), "data": source, "n": len(items),
-           "n_unparsed": sum(1 for it in items if all(v is None for v in it["scores"].values())),
-           "models": models, "seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature,
-           "judge_temperature": judge_temperature,
-           "retries": retries, "judge_calls": client.calls, "time": time.time(), "items": items}
+    res = {
+        "judge_model": judge_model,
+        "judge_url": public_url(client.url),
+        "data": source,
+        "n": len(items),
+        "n_unparsed": sum(1 for it in items if all(v is None for v in it["scores"].values())),
+        "models": models,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "judge_temperature": judge_temperature,
+        "retries": retries,
+        "judge_calls": client.calls,
+        "time": time.time(),
+        "items": items,
+    }
     if out is not None:
         atomic_write_json(out, res)
     if db is not None:
-        record_judge_scores(db, {(nm, f"{judge_model} [compare]"): [
-            {"item": it["item"], "instruction": it["instruction"], "response": it["responses"][nm],
-             "score": it["scores"][nm]} for it in items] for nm in names})
+        record_judge_scores(
+            db,
+            {
+                (nm, f"{judge_model} [compare]"): [
+                    {
+                        "item": it["item"],
+                        "instruction": it["instruction"],
+                        "response": it["responses"][nm],
+                        "score": it["scores"][nm],
+                    }
+                    for it in items
+                ]
+                for nm in names
+            },
+        )
     return res

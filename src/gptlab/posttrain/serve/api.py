@@ -46,19 +46,35 @@ MAX_STOP = 4
 ROLES = ("system", "developer", "user", "assistant")
 
 EXPECTED = {  # what a parameter of the wrong type should have been (patterns: [] is any list index)
-    "max_tokens": "an integer", "temperature": "a number", "top_p": "a number", "top_k": "a non-negative integer",
-    "stop": "a string or a list of strings", "seed": "an integer", "stream": "a boolean",
-    "stream_options": 'an object {"include_usage": boolean}', "n": "an integer", "model": "a string",
-    "user": "a string", "prompt": "a string or a list of GPT-2 token ids", "messages": "a list of messages",
-    "messages[]": "an object with role and content", "messages[].content": "a string or a list of text parts",
+    "max_tokens": "an integer",
+    "temperature": "a number",
+    "top_p": "a number",
+    "top_k": "a non-negative integer",
+    "stop": "a string or a list of strings",
+    "seed": "an integer",
+    "stream": "a boolean",
+    "stream_options": 'an object {"include_usage": boolean}',
+    "n": "an integer",
+    "model": "a string",
+    "user": "a string",
+    "prompt": "a string or a list of GPT-2 token ids",
+    "messages": "a list of messages",
+    "messages[]": "an object with role and content",
+    "messages[].content": "a string or a list of text parts",
 }
 
 
 class ApiError(Exception):
     """An HTTP error in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
 
@@ -81,8 +97,12 @@ def parse_body(raw: bytes) -> dict:
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8", None, "invalid_json") from None
     except json.JSONDecodeError as e:
-        raise ApiError(400, f"We could not parse the JSON body of your request ({e.msg} at line {e.lineno} "
-                            f"column {e.colno})", None, "invalid_json") from None
+        raise ApiError(
+            400,
+            f"We could not parse the JSON body of your request ({e.msg} at line {e.lineno} column {e.colno})",
+            None,
+            "invalid_json",
+        ) from None
     except RecursionError:
         body = None  # deeper than the parser goes: certainly deeper than MAX_DEPTH
     if body is None or _depth_over(body, MAX_DEPTH):
@@ -134,8 +154,9 @@ def type_check(ok: Callable[[Any], bool]):
 def _max_tokens_within_limit(value: int, info: ValidationInfo) -> int:
     limit = info.context["max_tokens_limit"]
     if value > limit:
-        raise PydanticCustomError("max_tokens_too_large",
-                                  f"max_tokens is too large: {value}; this server allows at most {limit}")
+        raise PydanticCustomError(
+            "max_tokens_too_large", f"max_tokens is too large: {value}; this server allows at most {limit}"
+        )
     return value
 
 
@@ -165,16 +186,25 @@ def _text_parts(content):
 
 
 Number = StrictInt | StrictFloat
-INT64 = f"[{-2**63}, {2**63 - 1}]"
+INT64 = f"[{-(2**63)}, {2**63 - 1}]"
 # a request's max_tokens accepts what the server's limit accepts (ServeSettings.max_tokens_limit), then the limit
-MaxTokens = Annotated[StrictInt, in_range("max_tokens", declared_range(ServeSettings, "max_tokens_limit")),
-                      AfterValidator(_max_tokens_within_limit)]
-Stop = Annotated[list[StrictStr], BeforeValidator(lambda s: [s] if isinstance(s, str) else s),
-                 check(lambda s: len(s) <= MAX_STOP, lambda s: f"stop: at most {MAX_STOP} sequences, got {len(s)}"),
-                 check(lambda s: "" not in s, "stop: sequences must not be empty")]
-StreamOptions = Annotated[dict, type_check(lambda o: set(o) <= {"include_usage"}
-                                           and isinstance(o.get("include_usage", False), bool))]
-TextPart = Annotated[Any, check(_is_text_part, '{param}: only text parts ({"type": "text", "text": ...}) are supported')]
+MaxTokens = Annotated[
+    StrictInt,
+    in_range("max_tokens", declared_range(ServeSettings, "max_tokens_limit")),
+    AfterValidator(_max_tokens_within_limit),
+]
+Stop = Annotated[
+    list[StrictStr],
+    BeforeValidator(lambda s: [s] if isinstance(s, str) else s),
+    check(lambda s: len(s) <= MAX_STOP, lambda s: f"stop: at most {MAX_STOP} sequences, got {len(s)}"),
+    check(lambda s: "" not in s, "stop: sequences must not be empty"),
+]
+StreamOptions = Annotated[
+    dict, type_check(lambda o: set(o) <= {"include_usage"} and isinstance(o.get("include_usage", False), bool))
+]
+TextPart = Annotated[
+    Any, check(_is_text_part, '{param}: only text parts ({"type": "text", "text": ...}) are supported')
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,9 +241,13 @@ class CompletionRequest(Sampled):
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Annotated[Any, check(lambda r: r in ROLES, lambda r: f"{{param}}: expected system, developer, user or "
-                                                               f"assistant, got {json.dumps(r)[:40]}")] = \
-        Field(None, validate_default=True)
+    role: Annotated[
+        Any,
+        check(
+            lambda r: r in ROLES,
+            lambda r: f"{{param}}: expected system, developer, user or assistant, got {json.dumps(r)[:40]}",
+        ),
+    ] = Field(None, validate_default=True)
     content: Annotated[list[TextPart] | None, BeforeValidator(_text_parts)]
     name: Any = None
 
@@ -230,9 +264,11 @@ class Message(BaseModel):
 
 
 class ChatRequest(Sampled):
-    messages: Annotated[list[Message],
-                        check(lambda ms: len(ms) > 0, "messages: must contain at least one message"),
-                        check(lambda ms: any(m.role == "user" for m in ms), "messages: no user message")]
+    messages: Annotated[
+        list[Message],
+        check(lambda ms: len(ms) > 0, "messages: must contain at least one message"),
+        check(lambda ms: any(m.role == "user" for m in ms), "messages: no user message"),
+    ]
 
     @model_validator(mode="before")
     @classmethod
@@ -267,7 +303,7 @@ def parse(request: type[Sampled], body: dict, max_tokens_limit: int) -> Sampled:
 
 def _first(errors: list[dict]) -> dict:
     def under(prefix: tuple) -> int:
-        return next(i for i, e in enumerate(errors) if e["loc"][:len(prefix)] == prefix)
+        return next(i for i, e in enumerate(errors) if e["loc"][: len(prefix)] == prefix)
 
     def order(item: tuple[int, dict]) -> tuple:
         i, e = item
@@ -288,17 +324,20 @@ def _param(loc: tuple) -> str:
 def _api_error(e: dict, body: dict) -> ApiError:
     kind, loc = e["type"], e["loc"]
     if kind == "extra_forbidden":
-        return ApiError(400, f"Unrecognized request argument supplied: {_param(loc)}", _param(loc),
-                        "unknown_parameter")
+        return ApiError(400, f"Unrecognized request argument supplied: {_param(loc)}", _param(loc), "unknown_parameter")
     if kind == "missing":
-        return ApiError(400, f"Missing required parameter: '{_param(loc)}'", _param(loc),
-                        "missing_required_parameter")
+        return ApiError(400, f"Missing required parameter: '{_param(loc)}'", _param(loc), "missing_required_parameter")
     if kind in ("invalid_value", "max_tokens_too_large", "missing_required_parameter"):
         return ApiError(400, e["msg"].replace("{param}", _param(loc)), _param(loc), kind)
     at = max((loc[:k] for k in range(1, len(loc) + 1) if _pattern(loc[:k]) in EXPECTED), key=len)
     value = e["input"] if at == loc else _value_at(body, at)
-    return ApiError(400, f"Invalid type for '{_param(at)}': expected {EXPECTED[_pattern(at)]}, got "
-                         f"{type(value).__name__} ({json.dumps(value)[:60]})", _param(at), "invalid_type")
+    return ApiError(
+        400,
+        f"Invalid type for '{_param(at)}': expected {EXPECTED[_pattern(at)]}, got "
+        f"{type(value).__name__} ({json.dumps(value)[:60]})",
+        _param(at),
+        "invalid_type",
+    )
 
 
 def _pattern(loc: tuple) -> str:

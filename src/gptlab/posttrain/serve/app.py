@@ -29,13 +29,13 @@ costs one log line, never a traceback; a streamed request whose client left is d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
 import socket
 import threading
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,8 +124,13 @@ class Guard:
                 receive = await self._read_body(scope, receive, send_logged)
             await self.app(scope, receive, send_logged)
         except ApiError as e:
-            await self._answer(_error(e, {"WWW-Authenticate": "Bearer"} if e.status == 401 else None),
-                               scope, receive, send_logged, close=method in ("POST", "PUT", "PATCH"))
+            await self._answer(
+                _error(e, {"WWW-Authenticate": "Bearer"} if e.status == 401 else None),
+                scope,
+                receive,
+                send_logged,
+                close=method in ("POST", "PUT", "PATCH"),
+            )
         except ClientGone as e:
             log.info("%s %s %s: %s", client, method, path, e)
         finally:
@@ -144,8 +149,9 @@ class Guard:
         auth = _header(scope, b"authorization")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not given or not hmac.compare_digest(given.encode(), key.encode()):
-            raise ApiError(401, "Missing or incorrect API key: send 'Authorization: Bearer <key>'", None,
-                           "invalid_api_key")
+            raise ApiError(
+                401, "Missing or incorrect API key: send 'Authorization: Bearer <key>'", None, "invalid_api_key"
+            )
 
     async def _read_body(self, scope, receive, send):
         """The whole body (at most max_body_bytes), each read within read_timeout; returns a receive that
@@ -163,17 +169,29 @@ class Guard:
             if n > limit:
                 if n <= DRAIN_LIMIT:  # read and drop it, so the client sees the 413 rather than a reset
                     await self._drain(receive, timeout, DRAIN_LIMIT)
-                raise ApiError(413, f"request body too large: {n} bytes; the limit is {limit}", None,
-                               "request_too_large")
+                raise ApiError(
+                    413, f"request body too large: {n} bytes; the limit is {limit}", None, "request_too_large"
+                )
         of = f" of {n}" if n is not None else ""
         chunks, got, more = [], 0, True
         while more:
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except TimeoutError:
-                await self._answer(_error(ApiError(408, f"timed out waiting for the request body ({got}{of} bytes "
-                                                        f"within {timeout:g}s)", None, "request_timeout")),
-                                   scope, receive, send, close=True)
+                await self._answer(
+                    _error(
+                        ApiError(
+                            408,
+                            f"timed out waiting for the request body ({got}{of} bytes within {timeout:g}s)",
+                            None,
+                            "request_timeout",
+                        )
+                    ),
+                    scope,
+                    receive,
+                    send,
+                    close=True,
+                )
                 raise ClientGone(f"timed out after {timeout:g}s with {got}{of} body bytes") from None
             if message["type"] == "http.disconnect":
                 raise ClientGone(f"client disconnected after {got}{of} body bytes")
@@ -245,16 +263,19 @@ def create_app(state: State) -> FastAPI:
             return _error(ApiError(404, f"Unknown path {path!r}; routes: {', '.join(ROUTES)}", None, "not_found"))
         if e.status_code == 405:
             allow = (e.headers or {}).get("Allow", "")
-            return _error(ApiError(405, f"Method {request.method} not allowed on {path}; use {allow}", None,
-                                   "method_not_allowed"), {"Allow": allow})
+            return _error(
+                ApiError(
+                    405, f"Method {request.method} not allowed on {path}; use {allow}", None, "method_not_allowed"
+                ),
+                {"Allow": allow},
+            )
         return _error(ApiError(e.status_code, str(e.detail), None, None), e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return _error(ApiError(400, f"{param or 'request'}: {first.get('msg', 'invalid')}", param,
-                               "invalid_value"))
+        return _error(ApiError(400, f"{param or 'request'}: {first.get('msg', 'invalid')}", param, "invalid_value"))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):  # answered in OpenAI's shape; uvicorn still logs the traceback
@@ -263,13 +284,23 @@ def create_app(state: State) -> FastAPI:
     @app.get("/health", summary="Liveness, and what the batcher is doing")
     async def health():
         b = state.batcher
-        return {"status": "ok", "model": state.model_name, "waiting": b.waiting, "max_batch": b.max_batch,
-                "batch_wait_ms": b.batch_wait * 1000,
-                "batches": {str(k): v for k, v in sorted(b.batch_sizes.items())}}
+        return {
+            "status": "ok",
+            "model": state.model_name,
+            "waiting": b.waiting,
+            "max_batch": b.max_batch,
+            "batch_wait_ms": b.batch_wait * 1000,
+            "batches": {str(k): v for k, v in sorted(b.batch_sizes.items())},
+        }
 
     def card() -> dict:
-        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "gptlab",
-                "context_length": state.generator.context_length}
+        return {
+            "id": state.model_name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "gptlab",
+            "context_length": state.generator.context_length,
+        }
 
     @app.get("/v1/models", summary="The one model served")
     async def models():
@@ -278,31 +309,55 @@ def create_app(state: State) -> FastAPI:
     def served(model_id: str | None) -> None:
         """A request for another model than the one served (None: left out, which means the one served)."""
         if model_id is not None and model_id != state.model_name:
-            raise ApiError(404, f"The model '{model_id}' does not exist; this server serves '{state.model_name}'",
-                           "model", "model_not_found")
+            raise ApiError(
+                404,
+                f"The model '{model_id}' does not exist; this server serves '{state.model_name}'",
+                "model",
+                "model_not_found",
+            )
 
     @app.get("/v1/models/{model_id:path}", summary="The model's card")
     async def model(model_id: str):
         served(model_id)
         return card()
 
-    @app.post("/v1/completions", summary="Continue a prompt (text or GPT-2 token ids)",
-              openapi_extra=_body_schema(CompletionRequest, defs))
+    @app.post(
+        "/v1/completions",
+        summary="Continue a prompt (text or GPT-2 token ids)",
+        openapi_extra=_body_schema(CompletionRequest, defs),
+    )
     async def completions(request: Request):
         req = parse(CompletionRequest, await _json(request), state.max_tokens_limit)
         served(req.model)
         ids = req.prompt if isinstance(req.prompt, list) else state.generator.encode(req.prompt)
-        return await _generate(state, request, req, ids, "prompt", min(16, state.max_tokens_limit),
-                               Reply(state.model_name, False, req.include_usage))
+        return await _generate(
+            state,
+            request,
+            req,
+            ids,
+            "prompt",
+            min(16, state.max_tokens_limit),
+            Reply(state.model_name, False, req.include_usage),
+        )
 
-    @app.post("/v1/chat/completions", summary="Answer the last user message with the book's prompt template",
-              openapi_extra=_body_schema(ChatRequest, defs))
+    @app.post(
+        "/v1/chat/completions",
+        summary="Answer the last user message with the book's prompt template",
+        openapi_extra=_body_schema(ChatRequest, defs),
+    )
     async def chat(request: Request):
         req = parse(ChatRequest, await _json(request), state.max_tokens_limit)
         served(req.model)
         ids = state.generator.encode(format_prompt({"instruction": req.instruction, "input": ""}))
-        return await _generate(state, request, req, ids, "messages", state.max_tokens_limit,
-                               Reply(state.model_name, True, req.include_usage))
+        return await _generate(
+            state,
+            request,
+            req,
+            ids,
+            "messages",
+            state.max_tokens_limit,
+            Reply(state.model_name, True, req.include_usage),
+        )
 
     openapi = app.openapi
 
@@ -320,20 +375,31 @@ async def _json(request: Request) -> dict:
     return parse_body(await request.body())
 
 
-async def _generate(state: State, request: Request, req: Sampled, ids: list[int], prompt_param: str,
-                    default_max: int, reply: Reply):
+async def _generate(
+    state: State, request: Request, req: Sampled, ids: list[int], prompt_param: str, default_max: int, reply: Reply
+):
     ctx = state.generator.context_length
     if len(ids) > ctx:
-        raise ApiError(400, f"This model's maximum context length is {ctx} tokens, however your prompt has "
-                            f"{len(ids)} tokens", prompt_param, "context_length_exceeded")
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {ctx} tokens, however your prompt has {len(ids)} tokens",
+            prompt_param,
+            "context_length_exceeded",
+        )
     max_tokens = req.max_tokens if req.max_tokens is not None else default_max
-    sampling = Sampling(1.0 if req.temperature is None else float(req.temperature), req.top_k, req.seed,
-                        None if req.top_p is None else float(req.top_p))
+    sampling = Sampling(
+        1.0 if req.temperature is None else float(req.temperature),
+        req.top_k,
+        req.seed,
+        None if req.top_p is None else float(req.top_p),
+    )
     job = Job(ids, max_tokens, sampling, req.stop or [], bool(req.stream))
     state.batcher.submit(job)
     if req.stream:
-        return StreamingResponse(_events(job, reply, len(ids), request),
-                                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _events(job, reply, len(ids), request),
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
     while True:
         try:
             event = await asyncio.wait_for(job.next(), 1.0)
@@ -363,8 +429,7 @@ async def _events(job: Job, reply: Reply, prompt_tokens: int, request: Request):
         while True:
             kind, *rest = await job.next()
             if kind == "error":
-                log.error("generation failed mid-stream (%s): the stream ends without [DONE]",
-                          type(rest[0]).__name__)
+                log.error("generation failed mid-stream (%s): the stream ends without [DONE]", type(rest[0]).__name__)
                 done = True
                 return
             if rest[0]:
@@ -381,8 +446,7 @@ async def _events(job: Job, reply: Reply, prompt_tokens: int, request: Request):
         if not done:
             job.cancelled = True
             client = "{}:{}".format(*(request.client or ("-", "-")))
-            log.info("%s POST %s: client disconnected mid-stream; its generation is dropped", client,
-                     request.url.path)
+            log.info("%s POST %s: client disconnected mid-stream; its generation is dropped", client, request.url.path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,9 +463,16 @@ class GptlabServer:
         self.socket, self.state = sock, state
         self.server_address = sock.getsockname()
         self.app = create_app(state)
-        self._uvicorn = uvicorn.Server(uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=state.read_timeout,
-            timeout_graceful_shutdown=5))
+        self._uvicorn = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_keep_alive=state.read_timeout,
+                timeout_graceful_shutdown=5,
+            )
+        )
         self._serving = threading.Event()
         self._stopped = threading.Event()
         state.batcher.start()
@@ -434,8 +505,14 @@ class GptlabServer:
         self.state.batcher.stop()
 
 
-def make_server(run_dir: str | Path, settings: ServeSettings | None = None, api_key: str | None = None, *,
-                overrides: list[str] | None = None, **values) -> GptlabServer:
+def make_server(
+    run_dir: str | Path,
+    settings: ServeSettings | None = None,
+    api_key: str | None = None,
+    *,
+    overrides: list[str] | None = None,
+    **values,
+) -> GptlabServer:
     """Load the run's model, start its batcher and bind (not start) the server; `server.url`,
     `server.serve_forever()`, `server.shutdown()`, `server.server_close()`. The settings (ServeSettings: host,
     port, max_tokens_limit, ...) are `settings`, else its defaults, with `values` (e.g. port=0: a free port) and
@@ -457,22 +534,42 @@ def make_server(run_dir: str | Path, settings: ServeSettings | None = None, api_
     except OSError as e:
         sock.close()
         raise GptlabError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
-    state = State(generator, Batcher(generator, st.max_batch, st.batch_wait_ms), api_key, st.max_tokens_limit, name,
-                  st.max_body_bytes, created, float(st.read_timeout))
+    state = State(
+        generator,
+        Batcher(generator, st.max_batch, st.batch_wait_ms),
+        api_key,
+        st.max_tokens_limit,
+        name,
+        st.max_body_bytes,
+        created,
+        float(st.read_timeout),
+    )
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach it can use it", host)
     return GptlabServer(sock, state)
 
 
-def serve(run_dir: str | Path, settings: ServeSettings | None = None, api_key: str | None = None, *,
-          overrides: list[str] | None = None, **values) -> None:
+def serve(
+    run_dir: str | Path,
+    settings: ServeSettings | None = None,
+    api_key: str | None = None,
+    *,
+    overrides: list[str] | None = None,
+    **values,
+) -> None:
     """make_server(...) and serve until interrupted."""
     if not log.handlers and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     srv = make_server(run_dir, settings, api_key, overrides=overrides, **values)
-    log.info("serving %s (%s, context %d, batches of up to %d) at %s/v1%s", srv.model_name, srv.generator.device,
-             srv.generator.context_length, srv.state.batcher.max_batch, srv.url,
-             " (API key required)" if api_key else "")
+    log.info(
+        "serving %s (%s, context %d, batches of up to %d) at %s/v1%s",
+        srv.model_name,
+        srv.generator.device,
+        srv.generator.context_length,
+        srv.state.batcher.max_batch,
+        srv.url,
+        " (API key required)" if api_key else "",
+    )
     try:
         srv.serve_forever()  # uvicorn handles Ctrl-C (SIGINT/SIGTERM) in the main thread: a graceful stop
     except KeyboardInterrupt:

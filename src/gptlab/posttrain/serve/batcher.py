@@ -28,8 +28,9 @@ class Job:
     request reads with `next()`: ("delta", text) zero or more times (only when `stream`), then ("done", tail,
     TextStream) or ("error", exception). Setting `cancelled` (the client left) drops the row at its next token."""
 
-    def __init__(self, prompt_ids: Sequence[int], max_tokens: int, sampling: Sampling, stop: Sequence[str],
-                 stream: bool = False):
+    def __init__(
+        self, prompt_ids: Sequence[int], max_tokens: int, sampling: Sampling, stop: Sequence[str], stream: bool = False
+    ):
         self.prompt_ids, self.max_tokens, self.sampling, self.stop = list(prompt_ids), max_tokens, sampling, stop
         self.stream = stream
         self.cancelled = False
@@ -104,8 +105,7 @@ class Batcher:
 
     def _decode(self, batch: list[Job]) -> None:
         self.batch_sizes[len(batch)] += 1
-        outs: list[TextStream] = [self.generator.stream(j.prompt_ids, j.max_tokens, j.sampling, j.stop)
-                                  for j in batch]
+        outs: list[TextStream] = [self.generator.stream(j.prompt_ids, j.max_tokens, j.sampling, j.stop) for j in batch]
         cancelled: set[int] = set()
         finished: set[int] = set()
         try:

@@ -7,8 +7,11 @@ import uuid
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 class Reply:
@@ -20,8 +23,7 @@ class Reply:
         self.model_name, self.chat, self.include_usage = model_name, chat, include_usage
 
     def _envelope(self, obj: str, choices: list[dict]) -> dict:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model_name,
-                "choices": choices}
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model_name, "choices": choices}
 
     def whole(self, text: str, finish_reason: str, usage_: dict) -> dict:
         choice: dict = {"index": 0, "finish_reason": finish_reason}
