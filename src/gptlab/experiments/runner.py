@@ -30,7 +30,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +50,7 @@ from gptlab.experiments.spec import Spec, Variant, check_experiment_dir, claim_e
 from gptlab.io import atomic_write_json, atomic_write_text, confined, read_json
 from gptlab.train.loggers import tensorboard_dir
 from gptlab.train.rundir import NO_LOCKS
-from gptlab.train.signals import EXIT_PREEMPTED, MARKER
+from gptlab.train.signals import EXIT_PREEMPTED, MARKER, SignalCatcher
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 LOCK_FILE = "runner.lock"
@@ -77,26 +76,17 @@ class Stopped(BaseException):
         )
 
 
-class StopSignals:
+class StopSignals(SignalCatcher):
     """`with StopSignals(defer) as stops:` catches SIGTERM, SIGINT and SIGUSR1 (in the main thread; elsewhere it
     catches nothing) and restores the previous handlers on exit. `defer=False`: raise Stopped at once (nothing is
     in flight to wait for); `defer=True` (the run loop): only note the first signal in `stops.signum`, for the loop
     to pass on to its runs and wait for them. Nested, the inner one decides while it is open."""
 
+    signals = STOP_SIGNALS
+
     def __init__(self, defer: bool = False):
         self.defer = defer
         self.signum: int | None = None
-        self._old: dict = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is None:

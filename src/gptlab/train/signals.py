@@ -19,23 +19,35 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 MARKER = "preempted.json"
 
 
-class Preemption:
-    """`with Preemption() as p:` catches SIGTERM/SIGUSR1 (in the main thread; elsewhere it catches nothing) and
-    restores the previous handlers on exit; `p.requested(dist_)` is True on every rank once any rank got one."""
+class SignalCatcher:
+    """`with` it: its `signals` go to `self._handle` (in the main thread; elsewhere nothing is caught) and the
+    previous handlers come back on exit. Preemption here and the experiment runner's StopSignals are its two uses."""
 
-    def __init__(self):
-        self.signal: str | None = None
-        self._old: dict = {}
+    signals: tuple[signal.Signals, ...] = ()
 
-    def __enter__(self) -> Preemption:
+    def __enter__(self):
+        self._old = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
+            for sig in self.signals:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+    def _handle(self, signum, frame) -> None:
+        raise NotImplementedError
+
+
+class Preemption(SignalCatcher):
+    """`with Preemption() as p:` catches SIGTERM/SIGUSR1 (in the main thread; elsewhere it catches nothing) and
+    restores the previous handlers on exit; `p.requested(dist_)` is True on every rank once any rank got one."""
+
+    signals = SIGNALS
+
+    def __init__(self):
+        self.signal: str | None = None
 
     def _handle(self, signum, frame) -> None:
         self.signal = signal.Signals(signum).name
