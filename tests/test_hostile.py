@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,28 @@ def test_how_many_options_have_an_upper_bound(small_data, tiny_run, tmp_path, ca
     err = capsys.readouterr().err
     assert "Traceback" not in err and option in err.splitlines()[-1], err
     assert not (tmp_path / "o").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("seeds", list(range(1001)), "seeds: 1001 seeds; at most 1000"),
+        ("variant_seeds", list(range(1001)), "seeds: 1001 seeds; at most 1000"),
+        ("tune_grid", [1e-4 * (i + 1) for i in range(1001)], "tune_grid: 1001 values; at most 1000"),
+    ],
+)
+def test_spec_lists_of_runs_have_an_upper_bound(small_data, tmp_path, capsys, field, value, said):
+    spec = _spec(tmp_path, small_data)
+    d = tomllib.loads(spec.read_text())
+    if field == "variant_seeds":
+        d["variants"][0]["seeds"] = value
+    elif field == "tune_grid":
+        d.update(tune="train.lr", tune_grid=value)
+    else:
+        d[field] = value
+    spec.write_text(tomli_w.dumps(d))
+    assert main(["experiment", str(spec), "--dry-run"]) == 2
+    assert said in one_line_error(capsys)
 
 
 def test_plan_says_when_gpus_outnumber_the_batch(small_data, tmp_path, capsys):

@@ -9,6 +9,7 @@ import re
 import textwrap
 
 from gptlab.config import DEVICE, SEEDS
+from gptlab.experiments.spec import MAX_SEEDS  # noqa: F401 - declared there, with the spec's own seed lists
 from gptlab.io import Range
 from gptlab.posttrain.settings import MAX_BATCH, MAX_EPOCHS, MAX_PARALLEL, MAX_TOKENS  # noqa: F401 - declared there
 
@@ -61,7 +62,6 @@ POSITIVE = Number(int, "[1, inf)")
 # that a typo's extra zeros is argparse's one-line error at once, not hours of work or an allocation that fails late.
 MAX_GPUS = 65_536  # GPUs (or processes, nodes) of one run or plan: beyond the largest clusters
 MAX_PER_NODE = 1_024  # GPUs or processes on one node
-MAX_SEEDS = 1_000  # seeds of a variant: each one is a training run
 MAX_WORKERS = 1_024  # tokeniser processes
 MAX_RETRIES = 100
 MAX_MINUTES = 525_600  # a SLURM time limit: one year

@@ -241,6 +241,10 @@ def read_tune(
         grid = d.get("tune_grid")
         if not isinstance(grid, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in grid):
             raise GptlabError(f"{where}: tune_grid: expected a list of numbers, got {grid!r}")
+    if len(grid) > MAX_GRID:
+        raise GptlabError(
+            f"{where}: tune_grid: {len(grid)} values; at most {MAX_GRID} (each one is a run per variant and seed)"
+        )
     grid = sorted({float(x) for x in grid})
     labels = [label(x) for x in grid]
     if len(grid) < 2 or len(set(labels)) != len(labels):
@@ -275,10 +279,16 @@ def _variant(v, where: str) -> Variant:
     return Variant(v["name"], interventions, float(ref) if ref is not None else None, seeds)
 
 
+MAX_SEEDS = 1_000  # seeds of a variant (the spec's lists and --max-seeds): each one is a training run
+MAX_GRID = 1_000  # values of a tune grid (the spec's tune_grid and --grid): each one is a run per variant and seed
+
+
 def _seed_list(seeds, where: str) -> list[int]:
     integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     if not integers or not seeds:
         raise GptlabError(f"{where}: expected a non-empty list of integers, got {seeds!r}")
+    if len(seeds) > MAX_SEEDS:
+        raise GptlabError(f"{where}: {len(seeds)} seeds; at most {MAX_SEEDS} (each one is a training run)")
     if len(set(seeds)) != len(seeds):
         raise GptlabError(f"{where}: duplicate seeds in {seeds}")
     return seeds

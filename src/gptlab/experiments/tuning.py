@@ -23,13 +23,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from gptlab import GptlabError
-from gptlab.experiments.spec import Spec, Tune, Variant, label
+from gptlab.experiments.spec import MAX_GRID, Spec, Tune, Variant, label
 
 SWEEP_FILE = "sweep.json"
 CRITERION = "lowest mean final validation loss over the sweep's seeds"
-
-
-MAX_GRID = 1_000  # values of a grid: each one is a run per variant and seed
 
 
 def parse_grid(text: str, where: str = "--grid") -> list[float]:
