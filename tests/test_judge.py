@@ -327,3 +327,11 @@ def test_cli_verbs(sft, tmp_path, capsys):
         )
         with pytest.raises(GptlabError, match="no answer after 1 attempt"):
             a.fn(a)
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"choices": ' + b"[" * 100_000])
+def test_a_deeply_nested_judge_reply_is_one_line(raw):
+    from gptlab.posttrain.judge.client import _reply_text
+
+    with pytest.raises(GptlabError, match=r"^judge http://j: the reply is not an OpenAI chat completion"):
+        _reply_text(raw, "http://j")

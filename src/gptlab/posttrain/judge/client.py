@@ -114,7 +114,7 @@ def _reply_text(raw: bytes, where: str) -> str:
         if isinstance(text, list):  # content parts
             text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
         return text or ""
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, IndexError, TypeError, AttributeError):
         raise GptlabError(f"judge {where}: the reply is not an OpenAI chat completion ({raw[:120]!r})") from None
 
 
