@@ -629,7 +629,10 @@ def _run_matrix(
         elif stopped_by is not None:
             print(f"{counter} stopped ({signal.Signals(stopped_by).name}): {_stopped_how(run, backend)}", flush=True)
         else:
-            tail = run.job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+            try:  # a SLURM job cancelled before it started wrote no log
+                tail = run.job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+            except OSError as e:
+                tail = [f"no log ({run.job.log}: {e.strerror})"]
             failures.append(run.job.run_id)
             print(f"{counter} FAILED (exit {backend.exit_code(run.handle)}): {tail[0]}", flush=True)
 
