@@ -73,9 +73,12 @@ def _stdout_to_devnull() -> None:
 
 
 def _main(argv: list[str] | None) -> int:
+    from gptlab.cli.console import console
+
     args = build_parser().parse_args(argv)
     try:
-        code = args.fn(args) or 0
+        with console():
+            code = args.fn(args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the BrokenPipeError handler, not at interpreter exit
         return code
     except GptlabError as e:
