@@ -14,8 +14,8 @@ from conftest import tiny_overrides
 
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
-from gptlab.experiments.runner import run_experiment
-from gptlab.experiments.spec import load_spec
+from gptlab.experiments.run.runner import run_experiment
+from gptlab.experiments.spec.experiment import load_spec
 
 
 def write_spec(tmp_path, data, seeds=(1, 2), tokens=8 * 32 * 6, variants=None):
@@ -63,7 +63,7 @@ def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path,
     # same seed, same data order: the seed changes the model init only
     assert r[0][3] != r[1][3]
     # the leaderboard over this experiment folder
-    from gptlab.experiments.leaderboard import format_leaderboard, leaderboard
+    from gptlab.experiments.report.leaderboard import format_leaderboard, leaderboard
 
     lb = leaderboard([str(out)])
     assert [r["variant"] for r in lb][0] == "baseline" and {r["variant"] for r in lb} == {"baseline", "no_dropout"}
@@ -206,7 +206,7 @@ def test_changed_partial_run_is_named_before_it_fails_in_training(small_data, tm
     spec = write_spec(tmp_path, small_data, seeds=(1,), variants=[{"name": "baseline", "interventions": []}])
     out = tmp_path / "exp"
     from gptlab.config import save_config
-    from gptlab.experiments.spec import claim_experiment_dir
+    from gptlab.experiments.spec.experiment import claim_experiment_dir
 
     s = load_spec(spec)
     cfg = s.resolved_config(s.variants[0], 1)  # the corpus vocabulary's size in, as training writes it
@@ -229,7 +229,7 @@ def test_paired_design_and_margin_carry_from_the_spec_to_every_report(small_data
     import tomllib
 
     from gptlab.cli import main
-    from gptlab.experiments.leaderboard import leaderboard
+    from gptlab.experiments.report.leaderboard import leaderboard
 
     spec = write_spec(tmp_path, small_data, seeds=(1, 2, 3), tokens=8 * 32 * 3)
     d = tomllib.loads(spec.read_text())
@@ -268,7 +268,7 @@ def test_independent_design_gives_every_run_its_own_seed_and_paired_shares_them(
 
 
 def test_spec_alpha_is_checked_and_kept_for_gptlab_report(small_data, tmp_path):
-    from gptlab.experiments.spec import report_settings
+    from gptlab.experiments.spec.experiment import report_settings
 
     spec = write_spec(tmp_path, small_data)
     d = tomllib.loads(spec.read_text())
@@ -286,7 +286,7 @@ def test_spec_alpha_is_checked_and_kept_for_gptlab_report(small_data, tmp_path):
 def test_moving_a_changed_run_aside_takes_its_log_and_tensorboard_folder(tmp_path):
     """--rerun-changed: runs/RID, runs/RID.log and tensorboard/RID all move to RID.stale-N with one N, the first
     free for all three (here 2: the TensorBoard folder of an earlier redo holds stale-1); nothing is deleted."""
-    from gptlab.experiments.runner import _move_aside
+    from gptlab.experiments.run.runner import _move_aside
 
     runs, tb = tmp_path / "runs", tmp_path / "tensorboard"
     for d in (runs / "b-s1", tb / "b-s1", tb / "b-s1.stale-1"):

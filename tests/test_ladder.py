@@ -11,7 +11,10 @@ from conftest import tiny_overrides
 from gptlab import GptlabError
 from gptlab.cli import main
 from gptlab.config import parse_overrides
-from gptlab.experiments.ladder import collect, load_ladder, run_ladder, write_ladder_report
+from gptlab.experiments.analysis.ladder import collect
+from gptlab.experiments.report.ladder import write_ladder_report
+from gptlab.experiments.run.ladder import run_ladder
+from gptlab.experiments.spec.ladder import load_ladder
 
 RUNGS = [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 64, "n_heads": 2}]
 

@@ -48,9 +48,12 @@ LIGHT = {  # module -> modules that importing it must not load
     "gptlab.posttrain.serve.app": PRETRAINING,
     "gptlab.posttrain.generate": PRETRAINING,
     "gptlab.posttrain.finetune": PRETRAINING,
-    "gptlab.posttrain.judge": PRETRAINING + ("gptlab.experiments.report", "gptlab.experiments.runner"),
+    "gptlab.posttrain.judge": PRETRAINING + ("gptlab.experiments.report", "gptlab.experiments.run.runner"),
     "gptlab.experiments.report": ("gptlab.interop.lm_eval", "gptlab.interop.hf", "lm_eval", "gptlab.train"),
 }
+
+# inside experiments/, lowest first: a module may import its own layer and those before it
+EXPERIMENT_LAYERS = ["spec", "results", "analysis", "report", "run"]
 
 IMPORT_CALLS = {"import_module", "__import__"}  # importlib.import_module(...), import_module(...), __import__(...)
 
@@ -187,6 +190,45 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 def test_lower_layers_never_import_higher_ones():
     wrong = upward_imports(graph())
     assert not wrong, "\n".join(wrong)
+
+
+def experiment_layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["gptlab", "experiments"] or len(parts) < 3:
+        return None
+    assert parts[2] in EXPERIMENT_LAYERS, f"{module}: not assigned to a layer of experiments/ in tests/test_layers.py"
+    return EXPERIMENT_LAYERS.index(parts[2])
+
+
+def upward_inside_experiments(g: dict[str, set[str]]) -> list[str]:
+    out = []
+    for m, deps in sorted(g.items()):
+        lm = experiment_layer(m)
+        for d in sorted(deps):
+            ld = experiment_layer(d)
+            if lm is not None and ld is not None and ld > lm:
+                out.append(f"{m} ({EXPERIMENT_LAYERS[lm]}) imports {d} ({EXPERIMENT_LAYERS[ld]})")
+    return out
+
+
+def test_experiments_layers_spec_results_analysis_report_run():
+    wrong = upward_inside_experiments(graph())
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_experiments_order_check_fails_on_a_report_that_imports_the_runner(tmp_path):
+    pkg = _fake_package(
+        tmp_path,
+        {
+            "experiments/report/render.py": "from gptlab.experiments.run.runner import run_experiment\n",
+            "experiments/run/runner.py": "from gptlab.experiments.report import render\n",
+            "experiments/analysis/stats.py": "def f():\n    from gptlab.experiments import results\n",
+            "experiments/results.py": "",
+        },
+    )
+    assert upward_inside_experiments(graph(pkg)) == [
+        "gptlab.experiments.report.render (report) imports gptlab.experiments.run.runner (run)"
+    ]
 
 
 def test_the_modules_imports_form_no_cycle():

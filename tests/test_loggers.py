@@ -18,8 +18,8 @@ from conftest import tiny_overrides
 
 from gptlab import GptlabError
 from gptlab.config import load_config, parse_overrides
-from gptlab.experiments.runner import run_experiment
-from gptlab.experiments.status import experiment_status, format_status
+from gptlab.experiments.run.runner import run_experiment
+from gptlab.experiments.run.status import experiment_status, format_status
 from gptlab.io import read_jsonl
 from gptlab.train import train
 
@@ -261,8 +261,8 @@ def test_status_shows_progress_of_a_partial_run(small_data, tmp_path):
     rows = experiment_status(str(spec), out=str(out))
     assert [(r["step"], r["tensorboard"]) for r in rows] == [(None, None)] * 2
     # baseline-s1 started by the runner's config and stopped at step 4 of 6; baseline-s2 not started
-    from gptlab.experiments.runner import _write_job
-    from gptlab.experiments.spec import load_spec
+    from gptlab.experiments.run.runner import _write_job
+    from gptlab.experiments.spec.experiment import load_spec
 
     s = load_spec(spec)
     (out / "runs").mkdir(parents=True)

@@ -262,7 +262,7 @@ def plotted_lines(monkeypatch):
 
 
 def test_yardsticks_comparable_on_the_seeds_test_set(tmp_path, plotted_lines):
-    from gptlab.experiments.yardsticks import GPT2_SMALL, SEED_BASELINE, SEED_BEST_STACK
+    from gptlab.experiments.analysis.yardsticks import GPT2_SMALL, SEED_BASELINE, SEED_BEST_STACK
 
     assert (SEED_BASELINE, SEED_BEST_STACK, GPT2_SMALL) == (3.692, 3.578, 3.500)
     exp = _experiment_with_run_dirs(tmp_path, "configs/seed/baseline.toml", [], FINEWEB_SOURCES, relative=True)
@@ -479,7 +479,7 @@ def test_holm_decides_better_and_raw_p_only_suggests(tmp_path):
 
 
 def test_mde_column(tmp_path):
-    from gptlab.experiments.stats import mde
+    from gptlab.experiments.analysis.stats import mde
 
     runs = [
         dict(run_id=f"{v}-{i}", variant=v, seed=i, test_loss=x)

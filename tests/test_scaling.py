@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from gptlab.experiments import scaling, stats
-from gptlab.experiments.scaling import Rung
+from gptlab.experiments.analysis import scaling, stats
+from gptlab.experiments.analysis.scaling import Rung
 
 C0 = 1e10
 

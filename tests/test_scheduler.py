@@ -12,9 +12,9 @@ from conftest import tiny_overrides
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
 from gptlab.experiments.results import ResultsDB
-from gptlab.experiments.runner import run_experiment
-from gptlab.experiments.scheduler import RunJob, train_command
-from gptlab.experiments.scheduler.local import (
+from gptlab.experiments.run.runner import run_experiment
+from gptlab.experiments.run.scheduler import RunJob, train_command
+from gptlab.experiments.run.scheduler.local import (
     LocalBackend,
     _cores,
     plan_slots,

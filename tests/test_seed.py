@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_overrides
 
 from gptlab.config import load_config
-from gptlab.experiments.spec import load_spec
+from gptlab.experiments.spec.experiment import load_spec
 from gptlab.train import train
 
 SEED_ROWS = {  # file: (published loss, checks on the resolved config)
@@ -139,7 +139,7 @@ BEAT_GPT2 = {
 
 def test_beat_gpt2_resolves_to_the_intended_recipe(capsys):
     from gptlab.cli import main
-    from gptlab.experiments.yardsticks import GPT2_SMALL, SEED_TEST_SET, SEED_TOKENS
+    from gptlab.experiments.analysis.yardsticks import GPT2_SMALL, SEED_TEST_SET, SEED_TOKENS
     from gptlab.interventions import REGISTRY
 
     cfg = load_config("configs/seed/beat_gpt2.toml")

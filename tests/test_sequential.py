@@ -15,8 +15,8 @@ from scipy import stats
 
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
-from gptlab.experiments import sequential as sq
-from gptlab.experiments.stats import compare, compare_paired, power_two_sample, seeds_needed
+from gptlab.experiments.analysis import sequential as sq
+from gptlab.experiments.analysis.stats import compare, compare_paired, power_two_sample, seeds_needed
 
 ALPHA = 0.05
 
@@ -308,7 +308,7 @@ def write_spec(tmp_path, data, variants):
 
 
 def test_until_decided_options_and_dry_run(small_data, tmp_path, capsys):
-    from gptlab.experiments.runner import run_experiment
+    from gptlab.experiments.run.runner import run_experiment
 
     spec = write_spec(
         tmp_path, small_data, [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}]

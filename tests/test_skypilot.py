@@ -20,7 +20,7 @@ import yaml
 from test_slurm import write_spec
 
 from gptlab import GptlabError
-from gptlab.experiments.scheduler.skypilot import SETUP, write_task
+from gptlab.experiments.run.scheduler.skypilot import SETUP, write_task
 
 TASK_KEYS = {
     "name",

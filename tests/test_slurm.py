@@ -15,10 +15,10 @@ from conftest import tiny_overrides
 
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
-from gptlab.experiments.runner import run_experiment
-from gptlab.experiments.scheduler.base import RunJob
-from gptlab.experiments.scheduler.slurm import _TrainTask, load_jobs
-from gptlab.experiments.status import experiment_status, format_status
+from gptlab.experiments.run.runner import run_experiment
+from gptlab.experiments.run.scheduler.base import RunJob
+from gptlab.experiments.run.scheduler.slurm import _TrainTask, load_jobs
+from gptlab.experiments.run.status import experiment_status, format_status
 
 pytest.importorskip("submitit")
 pytest_plugins = ["conftest_slurm"]  # the slurm_cluster fixture

@@ -1,4 +1,4 @@
-"""gptlab.experiments.stats against published textbook / reference answers (sources cited per test)."""
+"""gptlab.experiments.analysis.stats against published textbook / reference answers (sources cited per test)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 from scipy import stats as sst
 
-from gptlab.experiments.stats import (
+from gptlab.experiments.analysis.stats import (
     POWER,
     SD_UPPER_CONFIDENCE,
     compare,

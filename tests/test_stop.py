@@ -236,7 +236,7 @@ def test_sigterm_to_a_slurm_runner_cancels_its_job_which_checkpoints(small_data,
     """--backend slurm on a real one-node cluster (conftest_slurm): the runner's stop scancels its job, whose
     trainer gets SLURM's SIGTERM and checkpoints; the runner waits until SLURM has ended the job, exits 75."""
     pytest.importorskip("submitit")
-    from gptlab.experiments.scheduler.slurm import load_jobs, squeue_states
+    from gptlab.experiments.run.scheduler.slurm import load_jobs, squeue_states
 
     spec, out = _spec(tmp_path, small_data, variants=("baseline",)), tmp_path / "exp"
     runner = _start(spec, "--out", out, "--backend", "slurm", "--partition", slurm_cluster or "", "--time", 10)

@@ -13,9 +13,9 @@ from conftest import tiny_overrides
 
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
-from gptlab.experiments.runner import run_experiment, run_sweep
-from gptlab.experiments.spec import load_spec
-from gptlab.experiments.tuning import choose, parse_grid, sweep_spec, tuned_spec
+from gptlab.experiments.analysis.tuning import choose, parse_grid, sweep_spec, tuned_spec
+from gptlab.experiments.run.runner import run_experiment, run_sweep
+from gptlab.experiments.spec.experiment import load_spec
 
 
 def _spec(tmp_path, data, lr=1e-5, tuned=True, **extra):
@@ -123,7 +123,7 @@ def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_pa
     assert "Each variant at its best train.lr: chosen per variant by the lowest mean final validation loss" in md
     assert "chosen at the edge of the values tried" in md
     # the leaderboard shows the spec's variants only; `gptlab report` rebuilds the same report from the folder
-    from gptlab.experiments.leaderboard import leaderboard
+    from gptlab.experiments.report.leaderboard import leaderboard
 
     assert sorted(r["variant"] for r in leaderboard([str(out)])) == ["baseline", "no_dropout"]
     from gptlab.cli import main

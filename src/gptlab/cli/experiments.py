@@ -19,15 +19,15 @@ from gptlab.cli.common import (
 
 
 def cmd_experiment(a) -> int:
-    from gptlab.experiments.runner import run_experiment
+    from gptlab.experiments.run.runner import run_experiment
 
     if a.status:
-        from gptlab.experiments.status import experiment_status, format_status
+        from gptlab.experiments.run.status import experiment_status, format_status
 
         print(format_status(experiment_status(a.spec, out=a.out)))
         return 0
     if a.backend == "skypilot":
-        from gptlab.experiments.scheduler.skypilot import write_task
+        from gptlab.experiments.run.scheduler.skypilot import write_task
 
         path = write_task(
             a.spec,
@@ -53,8 +53,8 @@ def cmd_experiment(a) -> int:
 
 
 def cmd_sweep(a) -> int:
-    from gptlab.experiments.runner import run_sweep
-    from gptlab.experiments.tuning import parse_grid
+    from gptlab.experiments.analysis.tuning import parse_grid
+    from gptlab.experiments.run.runner import run_sweep
 
     seeds = None
     if a.seeds:
@@ -97,13 +97,13 @@ def _run_options(a) -> dict:
 
 
 def cmd_ladder(a) -> int:
-    from gptlab.experiments.ladder import run_ladder
+    from gptlab.experiments.run.ladder import run_ladder
 
     return run_ladder(a.spec, dry_run=a.dry_run, bootstrap=a.bootstrap, **_run_options(a))
 
 
 def cmd_leaderboard(a) -> int:
-    from gptlab.experiments.leaderboard import format_leaderboard, leaderboard
+    from gptlab.experiments.report.leaderboard import format_leaderboard, leaderboard
 
     print(format_leaderboard(leaderboard(a.paths or ["experiments"]), "markdown" if a.markdown else "text"))
     return 0
@@ -111,7 +111,7 @@ def cmd_leaderboard(a) -> int:
 
 def cmd_report(a) -> int:
     from gptlab.experiments.report import format_table, write_report, yardstick_summary
-    from gptlab.experiments.spec import report_settings
+    from gptlab.experiments.spec.experiment import report_settings
 
     settings = report_settings(a.exp_dir)
     res = write_report(a.exp_dir, **dict(settings, baseline=a.baseline or settings["baseline"]))

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from gptlab.experiments.analysis.yardsticks import Yardstick
 from gptlab.experiments.report.rows import finite, p_is
-from gptlab.experiments.yardsticks import Yardstick
 
 
 def _new_figure(w: float, h: float):

@@ -17,6 +17,7 @@ import markdown
 from markdown.treeprocessors import Treeprocessor
 
 from gptlab import GptlabError
+from gptlab.experiments.analysis.yardsticks import YARDSTICKS, comparability, run_test_set
 from gptlab.experiments.report.plots import report_plots
 from gptlab.experiments.report.rows import (
     build_rows,
@@ -32,8 +33,7 @@ from gptlab.experiments.report.tables import (
     verdict_table,
 )
 from gptlab.experiments.results import DB_NAME, ResultsDB
-from gptlab.experiments.spec import TUNE_MARK
-from gptlab.experiments.yardsticks import YARDSTICKS, comparability, run_test_set
+from gptlab.experiments.spec.experiment import TUNE_MARK
 from gptlab.io import atomic_write_bytes, atomic_write_text
 
 
@@ -121,8 +121,8 @@ def _tuned_part(
 ) -> dict | None:
     """The comparison of every variant at its chosen value (sweep.json's tuned runs, relabelled with their
     variant's name), the sweep's table and notes, and the rule; None before the tuned runs have finished."""
-    from gptlab.experiments.spec import label
-    from gptlab.experiments.tuning import format_sweep, read_sweep, sweep_notes
+    from gptlab.experiments.analysis.tuning import format_sweep, read_sweep, sweep_notes
+    from gptlab.experiments.spec.experiment import label
 
     sweep = read_sweep(exp_dir)
     if not sweep or "tuned_runs" not in sweep:

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from gptlab import GptlabError
-from gptlab.experiments import stats as st
-from gptlab.experiments.yardsticks import YARDSTICKS
+from gptlab.experiments.analysis import stats as st
+from gptlab.experiments.analysis.yardsticks import YARDSTICKS
 
 DASH = "—"
 

@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 
 from gptlab import GptlabError
-from gptlab.experiments.scheduler.base import RunJob, State, train_command
+from gptlab.experiments.run.scheduler.base import RunJob, State, train_command
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None

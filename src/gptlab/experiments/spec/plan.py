@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from gptlab.experiments.spec import Spec, Variant
+from gptlab.experiments.spec.experiment import Spec, Variant
+from gptlab.experiments.spec.ladder import MIN_SPAN, Ladder
 
 _MEASURABLE_PARAMS = 50_000_000  # without a GPU, time the step only for models below this size
 
@@ -98,3 +99,62 @@ def _measure_flops(cfg) -> float:
             torch.cuda.synchronize()
         times.append(time.time() - t0)
     return flops_per_token(cfg.model) * B * T / min(times[1:])
+
+
+RUN_OVERHEAD_S = 8.0  # CPU time estimates: process start, data and the test evaluation of one tiny run (2 cores)
+_MEASURABLE_STEP_FLOPS = 5e10  # without a GPU, time a rung's step only below this (a few seconds on 2 cores)
+
+
+def print_ladder_dry_run(lad: Ladder, extra: dict) -> None:
+    import torch
+
+    from gptlab.train.flops import PEAK_FLOPS, flops_per_token
+
+    spec = lad.spec
+    print(
+        f"ladder {lad.name}: {len(lad.rungs)} rungs x {len(spec.variants)} variants, "
+        f"{sum(len(r.spec.matrix()) for r in lad.rungs)} runs  (base {spec.base})"
+    )
+    print(
+        f"{'rung':<7} {'non-emb params':>14} {'params':>11} {'tokens/run':>11} {'FLOPs/run':>9} {'runs':>5} "
+        f"{'FLOPs':>9} {'est. min':>8}  model"
+    )
+    total_f, total_s, n_timed, unprepared = 0.0, 0.0, 0, None
+    for r in lad.rungs:
+        runs = len(r.spec.matrix())
+        fl = r.flops * runs
+        cfg, _, vocab = r.spec.resolve(r.spec.variants[0], r.spec.seeds[0], extra)
+        if vocab is None and cfg.data.vocab == "corpus":
+            unprepared = cfg.data.dir
+        step_flops = flops_per_token(cfg.model) * cfg.train.micro_batch_size * cfg.model.context_length
+        if torch.cuda.is_available() or (r.params < _MEASURABLE_PARAMS and step_flops < _MEASURABLE_STEP_FLOPS):
+            secs = fl / _measure_flops(cfg) + (0 if torch.cuda.is_available() else RUN_OVERHEAD_S * runs)
+            n_timed += 1
+        else:
+            secs = fl / (PEAK_FLOPS["H100"] * 0.40)
+        total_f, total_s = total_f + fl, total_s + secs
+        print(
+            f"{r.name:<7} {r.non_embedding:>14,} {r.params:>11,} {r.tokens:>11,} {r.flops:>9.2e} {runs:>5} "
+            f"{fl:>9.2e} {secs / 60:>8.1f}  {r.describe()}"
+        )
+    if unprepared:
+        print(f"(data.vocab = 'corpus' but {unprepared} is not prepared yet: sizes above use the full vocabulary)")
+    c_max = lad.rungs[-1].flops
+    print(
+        f"non-embedding span {lad.span:.1f}x{'' if lad.span >= MIN_SPAN else f' (< {MIN_SPAN:g}x)'}; "
+        f"compute span {c_max / lad.rungs[0].flops:.1f}x per run"
+    )
+    print(
+        f"target {lad.target_config.name}: {lad.target_params:,} params, {lad.target_tokens:.3g} tokens, "
+        f"{lad.target_flops:.3e} FLOPs = {lad.target_flops / c_max:.3g}x the largest rung"
+    )
+    if n_timed == len(lad.rungs):
+        how = "this machine's measured FLOP/s for each rung's model" + (
+            "" if torch.cuda.is_available() else f" + {RUN_OVERHEAD_S:g} s per run for start and test evaluation"
+        )
+    else:
+        how = (
+            f"{len(lad.rungs) - n_timed} rung(s) too big to time without a GPU at 40% MFU of 1x H100 (bf16 peak "
+            f"989 TFLOP/s), {n_timed} timed on this machine"
+        )
+    print(f"total {total_f:.3e} FLOPs; estimated {total_s / 60:.1f} min run one after another ({how})")

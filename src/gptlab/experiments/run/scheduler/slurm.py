@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab import GptlabError
-from gptlab.experiments.scheduler.base import RunJob, State, train_command
+from gptlab.experiments.run.scheduler.base import RunJob, State, train_command
 from gptlab.io import atomic_write_text
 from gptlab.train.signals import EXIT_PREEMPTED, MARKER
 

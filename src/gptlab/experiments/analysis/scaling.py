@@ -42,7 +42,7 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as _st
 
-from gptlab.experiments import stats
+from gptlab.experiments.analysis import stats
 
 MIN_RUNGS_FULL = 4  # a variant gets its own E, A, α from this many rungs on; fewer: the offset model
 ALPHA_BOUNDS = (1e-4, 5.0)

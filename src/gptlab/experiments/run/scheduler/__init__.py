@@ -8,7 +8,7 @@ through submitit, imported only when chosen). skypilot.py is not a backend: it w
 matrix on a cloud node with the local backend. A backend only starts and watches processes (and passes the runner's
 stop signals on to them, `stop`): it never reads or writes results."""
 
-from gptlab.experiments.scheduler.base import Backend, RunJob, State, train_command
-from gptlab.experiments.scheduler.local import LocalBackend, plan_slots
+from gptlab.experiments.run.scheduler.base import Backend, RunJob, State, train_command
+from gptlab.experiments.run.scheduler.local import LocalBackend, plan_slots
 
 __all__ = ["Backend", "LocalBackend", "RunJob", "State", "plan_slots", "train_command"]

@@ -45,8 +45,8 @@ from gptlab.config import (
     read_toml,
 )
 from gptlab.experiments.results import ResultsDB
-from gptlab.experiments.scheduler import Backend, LocalBackend, RunJob, State
-from gptlab.experiments.spec import Spec, Variant, check_experiment_dir, claim_experiment_dir, load_spec
+from gptlab.experiments.run.scheduler import Backend, LocalBackend, RunJob, State
+from gptlab.experiments.spec.experiment import Spec, Variant, check_experiment_dir, claim_experiment_dir, load_spec
 from gptlab.io import atomic_write_json, atomic_write_text, confined, read_json
 from gptlab.train.loggers import tensorboard_dir
 from gptlab.train.rundir import NO_LOCKS
@@ -209,11 +209,11 @@ def run_experiment(
         for v in spec.variants:
             spec.resolved_config(v, spec.seeds[0], extra, where=f"--set (variant {v.name})")
     if dry_run:
-        from gptlab.experiments.dry_run import print_dry_run
+        from gptlab.experiments.spec.plan import print_dry_run
 
         print_dry_run(spec, extra)
         if spec.tune:
-            from gptlab.experiments.tuning import sweep_spec
+            from gptlab.experiments.analysis.tuning import sweep_spec
 
             t, n = spec.tune, len(sweep_spec(spec).matrix())
             print(
@@ -282,9 +282,9 @@ def run_sweep(
     spec's tune / tune_grid / tune_seeds, or `param`, `grid`, `seeds` instead), record the runs in the
     experiment's results.sqlite, write sweep.json with each variant's chosen value and print the table. A later
     `gptlab experiment` of a spec with the same tune settings reuses these runs."""
-    from gptlab.experiments import tuning
+    from gptlab.experiments.analysis import tuning
     from gptlab.experiments.report.tables import text_table
-    from gptlab.experiments.spec import read_tune
+    from gptlab.experiments.spec.experiment import read_tune
 
     spec = load_spec(spec_path)
     if only:
@@ -360,7 +360,7 @@ def _run_tuned(
 ) -> list[str]:
     """A spec with tune: the matrix at the base config's value and the sweep (one queue), each variant's value
     chosen (sweep.json), then the matrix of every variant at its chosen value. Returns the failed run ids."""
-    from gptlab.experiments import tuning
+    from gptlab.experiments.analysis import tuning
 
     sweep = tuning.sweep_spec(spec)
     both = replace(spec, variants=spec.variants + sweep.variants)
@@ -383,7 +383,7 @@ def _run_tuned(
 
 def _choose(spec: Spec, exp_dir: Path, db: ResultsDB) -> dict:
     """Each variant's tuned value from the sweep runs recorded in `db`, written to sweep.json."""
-    from gptlab.experiments import tuning
+    from gptlab.experiments.analysis import tuning
 
     chosen = tuning.choose(spec, {r["run_id"]: r["val_loss"] for r in db.runs()})
     atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
@@ -422,7 +422,7 @@ def _sequential_options(
 
 
 def _design_line(spec: Spec, o: _SeqOptions) -> str:
-    from gptlab.experiments import sequential as sq
+    from gptlab.experiments.analysis import sequential as sq
 
     looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
     alpha = spec.alpha / len(o.family)
@@ -442,7 +442,7 @@ def _run_rounds(
     to the undecided variants and the baseline and run them, until every variant is decided or has max_seeds.
     Every look is recomputed from results.sqlite, so an interrupted experiment replays the same rounds when
     re-run. Returns (failed run ids, the run ids of every round)."""
-    from gptlab.experiments.sequential import Sequential, next_seeds
+    from gptlab.experiments.analysis.sequential import Sequential, next_seeds
 
     seeds = {v.name: list(v.seeds or spec.seeds) for v in spec.variants}
     compared = [n for n in o.family if n in seeds]  # --only: the others keep their share of alpha
@@ -558,7 +558,7 @@ def _make_backend(
     if name == "local":
         return LocalBackend(parallel, procs_per_run=procs_per_run, gpus_per_run=gpus_per_run)
     if name == "slurm":
-        from gptlab.experiments.scheduler.slurm import SlurmBackend
+        from gptlab.experiments.run.scheduler.slurm import SlurmBackend
 
         return SlurmBackend(exp_dir, **options)
     raise GptlabError(f"--backend: expected local or slurm, got '{name}'")

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from gptlab import GptlabError
 from gptlab.config import from_dict, read_toml
-from gptlab.experiments.scheduler.slurm import (
+from gptlab.experiments.run.scheduler.slurm import (
     IN_SLURM,
     QUEUED,
     load_jobs,
     squeue_states,
 )
-from gptlab.experiments.spec import load_spec
+from gptlab.experiments.spec.experiment import load_spec
 from gptlab.train.loggers import tensorboard_dir
 
 
@@ -38,7 +38,7 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
     rows = []
     matrix = spec.matrix()
     if spec.tune:  # the sweep's runs too (tuning.py)
-        from gptlab.experiments.tuning import sweep_spec
+        from gptlab.experiments.analysis.tuning import sweep_spec
 
         matrix += sweep_spec(spec).matrix()
     for v, seed in matrix:

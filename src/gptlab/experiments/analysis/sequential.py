@@ -43,7 +43,7 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as _st
 
-from gptlab.experiments import stats
+from gptlab.experiments.analysis import stats
 
 DESIGN = "group-sequential, O'Brien-Fleming spending"
 TESTS = {"independent": "Welch's t-test", "paired": "paired t-test on the per-seed differences"}

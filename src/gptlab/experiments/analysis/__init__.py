@@ -1,0 +1,1 @@
+"""Statistics over results: tests, sequential designs, tuning, scaling fits, yardsticks."""

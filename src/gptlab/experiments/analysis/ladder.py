@@ -1,0 +1,116 @@
+"""A ladder's analysis: every variant against the baseline across the rungs (per-rung Δ, trend, extrapolation,
+backtest; the rules in scaling.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from gptlab.experiments.analysis import scaling
+from gptlab.experiments.spec.ladder import Ladder
+
+
+def collect(lad: Ladder, exp_dir: Path) -> dict[str, list[list[dict]]]:
+    """variant -> per rung, its recorded runs of the rung's matrix with a finite test loss, trained with the config
+    the ladder now gives them (a run recorded before the rung's model, tokens or overrides changed, and not redone,
+    e.g. of a variant left out by --only, is left out)."""
+    from gptlab.experiments.results import DB_NAME, ResultsDB
+
+    out: dict[str, list[list[dict]]] = {v.name: [] for v in lad.spec.variants}
+    for r in lad.rungs:
+        db_path = exp_dir / r.name / DB_NAME
+        rows = {}
+        if db_path.is_file():
+            with ResultsDB(db_path, create=False) as db:
+                rows = {x["run_id"]: x for x in db.runs()}
+        for v in r.spec.variants:
+            got = [
+                rows[rid]
+                for s in (v.seeds or r.spec.seeds)
+                if (rid := r.spec.run_id(v.name, s)) in rows
+                and rows[rid]["config_hash"] == r.spec.resolve(v, s, lad.extra).hash
+            ]
+            out[v.name].append(
+                [x for x in got if x["test_loss"] is not None and math.isfinite(x["test_loss"]) and x["flops"]]
+            )
+    return out
+
+
+def _pair_rungs(base: list[list[dict]], var: list[list[dict]], paired: bool) -> tuple[list[int], list]:
+    """The rungs where both have runs, as scaling.Rung (paired: the seeds both have, in seed order)."""
+    idx, out = [], []
+    for k, (b, v) in enumerate(zip(base, var, strict=True)):
+        if paired:
+            seeds = sorted({x["seed"] for x in b} & {x["seed"] for x in v})
+            b = sorted([x for x in b if x["seed"] in seeds], key=lambda x: x["seed"])
+            v = sorted([x for x in v if x["seed"] in seeds], key=lambda x: x["seed"])
+        if b and v:
+            idx.append(k)
+            out.append(
+                scaling.Rung(
+                    [x["flops"] for x in b],
+                    [x["test_loss"] for x in b],
+                    [x["flops"] for x in v],
+                    [x["test_loss"] for x in v],
+                )
+            )
+    return idx, out
+
+
+def analyse(lad: Ladder, exp_dir: Path) -> dict:
+    """Every variant against the baseline across the rungs: per-rung Δ, trend, extrapolation, backtest."""
+    spec = lad.spec
+    level = 1 - spec.alpha
+    paired = spec.design == "paired"
+    data = collect(lad, exp_dir)
+    variants = []
+    for v in spec.variants:
+        if v.name == spec.baseline:
+            continue
+        idx, rungs = _pair_rungs(data[spec.baseline], data[v.name], paired)
+        entry: dict = {"variant": v.name, "rungs": idx, "per_rung": [], "data": rungs}
+        variants.append(entry)
+        if not rungs:
+            entry["missing"] = True
+            continue
+        for k, r in zip(idx, rungs, strict=True):
+            entry["per_rung"].append(dict(scaling.rung_delta(r, spec.design, spec.alpha), rung=k, compute=r.compute))
+        pr = entry["per_rung"]
+        entry["trend"] = scaling.trend(
+            [math.log10(x["compute"]) for x in pr],
+            [x["diff"] for x in pr],
+            [x["se"] for x in pr],
+            [x["df"] for x in pr],
+            [x["ci_low"] for x in pr],
+            [x["ci_high"] for x in pr],
+            spec.alpha,
+        )
+        cmin, cmax = min(r.c_base.min() for r in rungs), max(r.c_base.max() for r in rungs)
+        entry["grid"] = np.logspace(math.log10(cmin / 1.5), math.log10(max(lad.target_flops, cmax) * 1.5), 80)
+        ex = scaling.extrapolate(
+            rungs, lad.target_flops, level, lad.bootstrap, seed=0, paired=paired, grid=entry["grid"]
+        )
+        entry["extrapolation"] = ex
+        entry["backtest"] = (
+            scaling.backtest(rungs, level, lad.bootstrap, seed=1, paired=paired) if len(rungs) >= 2 else None
+        )
+        bt = entry["backtest"]
+        entry["reliable"] = None if bt is None else bt.reliable
+    return {"variants": variants, "level": level}
+
+
+def done_counts(lad: Ladder, exp_dir: Path, keep: set[str] | None = None) -> list[int]:
+    from gptlab.experiments.results import DB_NAME, ResultsDB
+
+    out = []
+    for r in lad.rungs:
+        db_path = exp_dir / r.name / DB_NAME
+        if not db_path.is_file():
+            out.append(0)
+            continue
+        with ResultsDB(db_path, create=False) as db:
+            ids = db.run_ids()
+        out.append(sum(r.spec.run_id(v.name, s) in ids for v, s in r.spec.matrix() if keep is None or v.name in keep))
+    return out

@@ -1,0 +1,475 @@
+"""A ladder's report: report.md, report.html, plots/ladder-VARIANT.png and ladder.json in the ladder folder."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+
+import numpy as np
+
+from gptlab import GptlabError
+from gptlab.experiments.analysis import scaling
+from gptlab.experiments.analysis.ladder import analyse, done_counts
+from gptlab.experiments.spec.ladder import MIN_SPAN, Ladder
+
+
+def _f(x, spec: str = "+.4f") -> str:
+    return "—" if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) else format(x, spec)
+
+
+def _ci(lo, hi) -> str:
+    return "—" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:+.4f}, {hi:+.4f}]"
+
+
+def _label(e: dict) -> str:
+    if e.get("reliable") is False:
+        return "**unreliable**"
+    if e.get("reliable") is True:
+        return "reliable"
+    bt = e.get("backtest")
+    return f"not tested ({bt.note})" if bt is not None and bt.note else "not tested"
+
+
+def _trend_word(t: dict) -> str:
+    return t["word"] if t.get("tested") or t["word"] == "flips" else f"{t['word']} (untested)"
+
+
+def format_summary(res: dict) -> str:
+    """The summary table as aligned text (the terminal)."""
+    from gptlab.experiments.report.tables import text_table
+
+    return text_table(*res["summary"])
+
+
+def _summary_table(lad: Ladder, an: dict) -> tuple[list[str], list[list[str]]]:
+    lv = f"{an['level']:.0%}"
+    head = [
+        "variant",
+        "Δ smallest rung",
+        "Δ largest rung",
+        "trend",
+        "slope /decade (p)",
+        "fit",
+        "Δ at target",
+        f"{lv} PI",
+        "backtest predicted",
+        "measured",
+        "error",
+        f"{lv} PI of measured",
+        "backtest",
+    ]
+    body = []
+    for e in an["variants"]:
+        if e.get("missing"):
+            body.append([e["variant"]] + ["—"] * 11 + ["no runs"])
+            continue
+        pr, t, ex, bt = e["per_rung"], e["trend"], e["extrapolation"], e["backtest"]
+        body.append(
+            [
+                e["variant"],
+                _f(pr[0]["diff"]),
+                _f(pr[-1]["diff"]),
+                _trend_word(t),
+                f"{_f(t['slope'])} ({_f(t['p'], '.3g')})",
+                ex.fit.model if ex.fit else "—",
+                _f(ex.delta),
+                _ci(ex.low, ex.high) if not ex.note else f"— ({ex.note})",
+                _f(bt.predicted) if bt else "—",
+                _f(bt.measured) if bt else "—",
+                _f(bt.error) if bt else "—",
+                _ci(bt.low, bt.high) if bt else "—",
+                _label(e),
+            ]
+        )
+    return head, body
+
+
+def _rung_table(lad: Ladder, exp_dir: Path) -> tuple[list[str], list[list[str]]]:
+    done = done_counts(lad, exp_dir)
+    head = ["rung", "model", "non-emb params", "params", "tokens/run", "FLOPs/run (baseline)", "runs done"]
+    body = [
+        [
+            r.name,
+            r.describe(),
+            f"{r.non_embedding:,}",
+            f"{r.params:,}",
+            f"{r.tokens:,}",
+            f"{r.flops:.3e}",
+            f"{n}/{len(r.spec.matrix())}",
+        ]
+        for r, n in zip(lad.rungs, done, strict=True)
+    ]
+    return head, body
+
+
+def _variant_table(e: dict, lad: Ladder) -> tuple[list[str], list[list[str]]]:
+    lv = f"{1 - lad.spec.alpha:.0%}"
+    head = [
+        "rung",
+        "FLOPs",
+        "n baseline",
+        "n variant",
+        "mean baseline",
+        "mean variant",
+        "Δ",
+        f"{lv} CI of Δ",
+        "p (paired t)" if lad.spec.design == "paired" else "p (Welch)",
+    ]
+    body = [
+        [
+            lad.rungs[x["rung"]].name,
+            f"{x['compute']:.3e}",
+            str(x["n_baseline"]),
+            str(x["n_variant"]),
+            _f(x["mean_baseline"], ".4f"),
+            _f(x["mean_variant"], ".4f"),
+            _f(x["diff"]),
+            _ci(x["ci_low"], x["ci_high"]),
+            _f(x["p"], ".3g"),
+        ]
+        for x in e["per_rung"]
+    ]
+    if any(x["note"] for x in e["per_rung"]):
+        head.append("note")
+        for row, x in zip(body, e["per_rung"], strict=True):
+            row.append(x["note"] or "—")
+    return head, body
+
+
+def _rules(lad: Ladder, an: dict) -> list[str]:
+    lv = f"{an['level']:.0%}"
+    spec = lad.spec
+    test = "paired t-test on per-seed differences" if spec.design == "paired" else "Welch's t-test"
+    return [
+        f"Δ = variant − baseline final test loss (nats/token; negative = the variant helps), at each rung by "
+        f"{test} with its {lv} CI (the experiment's design and alpha = {spec.alpha:g}).",
+        scaling.TREND_RULE.replace("alpha", f"alpha = {spec.alpha:g}"),
+        f"Fits of loss against training FLOPs C (what each run recorded): with at least {scaling.MIN_RUNGS_FULL} "
+        f"rungs the baseline and the variant each get L(C) = E + A·C^(−α) (least squares over every run, each "
+        f"weighted by 1/the seed variance of its group at its rung; a group with fewer than 2 seeds, or no "
+        f"spread, takes the pooled seed variance of the groups with 2+ seeds, "
+        f"0 ≤ E < min loss, A > 0, {scaling.ALPHA_BOUNDS[0]:g} ≤ α ≤ {scaling.ALPHA_BOUNDS[1]:g}); with fewer "
+        f"rungs, or when that fit fails, the **offset** model: the baseline's form with one shared E, A, α and "
+        f"the variant shifted by a constant δ, so its extrapolated Δ is δ at every scale (a constant-Δ "
+        f"assumption, not a finding). Column *fit* says which was used.",
+        f"Δ at target: the fit's Δ at the target's compute ({lad.target_flops:.3e} FLOPs: "
+        f"{lad.target_config.name}, {lad.target_tokens:.3g} tokens). Its {lv} prediction interval: "
+        f"{lad.bootstrap} bootstrap replicates resampling the seeds within each rung (residuals inflated by "
+        f"√(n/(n−1))), refitted, percentiles. It covers seed noise only, not the error of the functional form "
+        f"far beyond the data.",
+        f"Backtest: the same fit on every rung but the largest predicts the largest rung's Δ; its {lv} interval "
+        f"for the *measured* Δ adds the bootstrap variation of the fit and of the largest rung's own Δ. A "
+        f"variant whose measured Δ falls outside it is **unreliable**: the ladder's trend did not carry one rung "
+        f"further, so its extrapolation many orders of magnitude further should not be trusted either. "
+        f"*reliable* only says the one-rung backtest passed.",
+        f"Seed noise needs seeds: at a rung where the baseline or the variant has fewer than 2 seeds"
+        f"{' (pairs)' if spec.design == 'paired' else ''}, Δ is shown without CI or p, with the note "
+        f'"1 seed: no noise estimate"; the trend is then untested, and the {lv} PI at the target and the '
+        f"backtest's interval are not computed (the bootstrap cannot resample that rung, so they would treat its "
+        f"Δ as exact): the point values are shown and the backtest is *not tested*, neither reliable nor "
+        f"unreliable.",
+    ]
+
+
+def _warnings(lad: Ladder, an: dict) -> list[str]:
+    out = []
+    if lad.span < MIN_SPAN:
+        out.append(
+            f"The rungs span {lad.span:.1f}x in non-embedding parameters (less than {MIN_SPAN:g}x): "
+            f"trends and extrapolations rest on a narrow range."
+        )
+    if len(lad.rungs) < scaling.MIN_RUNGS_FULL:
+        out.append(
+            f"{len(lad.rungs)} rungs: every variant uses the offset model (constant Δ with scale); "
+            f"{scaling.MIN_RUNGS_FULL}+ rungs give each variant its own curve."
+        )
+    c_max = max((x["compute"] for e in an["variants"] for x in e["per_rung"]), default=lad.rungs[-1].flops)
+    out.append(
+        f"The target's compute is {lad.target_flops / c_max:.3g}x the largest rung's: the extrapolation "
+        f"assumes the fitted form holds over that range."
+    )
+    for e in an["variants"]:
+        thin = [(lad.rungs[x["rung"]].name, x["note"]) for x in e["per_rung"] if x["note"]]
+        if thin:
+            out.append(
+                f"{e['variant']}: "
+                + "; ".join(f"{name}: {note}" for name, note in thin)
+                + " (no CI or p at that rung, no interval at the target, the backtest not tested)."
+            )
+        ex = e.get("extrapolation")
+        if ex is not None and ex.failed:
+            out.append(
+                f"{e['variant']}: {ex.failed} of {lad.bootstrap} bootstrap refits failed (left out of the interval)."
+            )
+    return out
+
+
+def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
+    """Log-log loss vs FLOPs (each run, rung means, fitted curves, the extrapolation band to the target) and Δ
+    vs FLOPs (per-rung CIs, the fitted Δ, its band, the target's interval, the backtest)."""
+    from gptlab.experiments.report.plots import _new_figure, _png
+
+    rungs: list[scaling.Rung] = e["data"]
+    ex: scaling.Extrapolation = e["extrapolation"]
+    fit, grid = ex.fit, e["grid"]
+    cmax = max(r.c_base.max() for r in rungs)
+    band = ex.band
+    fig = _new_figure(12, 4.8)
+    ax, bx = fig.subplots(1, 2)
+    for name, cs, ls, color, curve in (
+        (baseline, [r.c_base for r in rungs], [r.base for r in rungs], "#222222", fit.base if fit else None),
+        (e["variant"], [r.c_var for r in rungs], [r.var for r in rungs], "#1f77b4", fit.var if fit else None),
+    ):
+        for c, y in zip(cs, ls, strict=True):
+            ax.scatter(c, y, s=12, color=color, alpha=0.45, lw=0)
+            ax.errorbar(
+                [np.mean(c)],
+                [np.mean(y)],
+                yerr=[[np.mean(y) - y.min()], [y.max() - np.mean(y)]],
+                fmt="o",
+                color=color,
+                ms=5,
+                capsize=3,
+            )
+        if curve is not None:
+            ax.plot(
+                grid,
+                curve(grid),
+                color=color,
+                lw=1.4,
+                ls="--" if name == baseline else "-",
+                label=f"{name}: {curve.form} fit",
+                zorder=3 if name == baseline else 2,
+            )
+    far = grid >= cmax
+    if band:  # none when a rung has fewer than 2 seeds (scaling.noise_note)
+        ax.fill_between(
+            grid[far],
+            band["var"][0][far],
+            band["var"][1][far],
+            color="#1f77b4",
+            alpha=0.15,
+            lw=0,
+            label=f"{e['variant']}: {level:.0%} band",
+        )
+    ax.axvline(lad.target_flops, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("final test loss (nats/token)")
+    ax.set_title("loss vs compute (points: seeds; bars: min..max)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    pr = e["per_rung"]
+    xs = [x["compute"] for x in pr]
+    ys = [x["diff"] for x in pr]
+    lo = [x["diff"] - x["ci_low"] if math.isfinite(x["ci_low"]) else 0 for x in pr]
+    hi = [x["ci_high"] - x["diff"] if math.isfinite(x["ci_high"]) else 0 for x in pr]
+    bx.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color="#1f77b4", capsize=3, label=f"Δ per rung ({level:.0%} CI)")
+    if fit is not None:
+        bx.plot(grid, np.broadcast_to(fit.delta_at(grid), grid.shape), color="#1f77b4", lw=1.2, label="fitted Δ")
+    if band:
+        bx.fill_between(grid, band["delta"][0], band["delta"][1], color="#1f77b4", alpha=0.12, lw=0)
+    if math.isfinite(ex.delta):
+        yerr = [[ex.delta - ex.low], [ex.high - ex.delta]] if math.isfinite(ex.low) else None
+        bx.errorbar(
+            [lad.target_flops],
+            [ex.delta],
+            yerr=yerr,
+            fmt="s",
+            color="#d62728",
+            capsize=4,
+            label=f"target ({level:.0%} PI)",
+        )
+    bt = e.get("backtest")
+    if bt is not None and math.isfinite(bt.predicted):
+        yerr = [[bt.predicted - bt.low], [bt.high - bt.predicted]] if math.isfinite(bt.low) else None
+        bx.errorbar(
+            [xs[-1] * 1.08],
+            [bt.predicted],
+            yerr=yerr,
+            fmt="D",
+            mfc="none",
+            color="#ff7f0e",
+            capsize=3,
+            label="backtest prediction",
+        )
+    bx.axhline(0, color="grey", lw=0.8)
+    bx.set_xscale("log")
+    bx.set_xlabel("training FLOPs")
+    bx.set_ylabel(f"Δ test loss ({e['variant']} − {baseline})")
+    bx.set_title(f"Δ with scale: {_trend_word(e['trend'])}; backtest {_label(e).strip('*')}")
+    bx.grid(True, which="both", alpha=0.25)
+    bx.legend(fontsize=8)
+    fig.suptitle(f"{e['variant']} vs {baseline}", fontsize=12)
+    return _png(fig)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
+    """report.md, report.html (plots embedded), plots/ladder-VARIANT.png and ladder.json in exp_dir, atomically."""
+    from gptlab.experiments.report.render import render_html
+    from gptlab.experiments.report.tables import markdown_table
+    from gptlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+    exp_dir = Path(exp_dir)
+    an = analyse(lad, exp_dir)
+    if all(e.get("missing") for e in an["variants"]):
+        raise GptlabError(f"{exp_dir}: no rung has finished runs of both the baseline and a variant yet")
+    spec = lad.spec
+    pngs = {}
+    for e in an["variants"]:
+        if not e.get("missing"):
+            pngs[f"ladder-{_safe(e['variant'])}.png"] = plot_variant(lad, e, spec.baseline, an["level"])
+    for name, data in pngs.items():
+        atomic_write_bytes(exp_dir / "plots" / name, data)
+    summary = _summary_table(lad, an)
+    title = f"Scale ladder: {lad.name}"
+    lines = [
+        f"# {title}",
+        "",
+        f"Generated {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} from `{lad.path}` "
+        f"({len(lad.rungs)} rungs, each an experiment in `{exp_dir}/rung-K`).",
+        "",
+        "## Verdict",
+        "",
+        markdown_table(*summary),
+        "",
+    ]
+    unreliable = [e["variant"] for e in an["variants"] if e.get("reliable") is False]
+    if unreliable:
+        lines += [
+            f"> **unreliable**: {', '.join(unreliable)} — the backtest missed its own interval; do not "
+            f"trust the extrapolated Δ.",
+            "",
+        ]
+    lines += [
+        "## Rungs",
+        "",
+        markdown_table(*_rung_table(lad, exp_dir)),
+        "",
+        f"Target: `{lad.target_config.name}`, {lad.target_params:,} params, {lad.target_tokens:.4g} tokens, "
+        f"{lad.target_flops:.3e} training FLOPs.",
+        "",
+        "## Warnings",
+        "",
+    ]
+    lines += [f"- {w}" for w in _warnings(lad, an)] + ["", "## Backtest", ""]
+    for e in an["variants"]:
+        bt = e.get("backtest")
+        if bt is None:
+            lines.append(f"- {e['variant']}: not run (needs 2 rungs with runs of both)")
+            continue
+        where = (
+            f"no interval of the measured Δ ({bt.note})"
+            if bt.note
+            else f"{an['level']:.0%} interval of the measured Δ {_ci(bt.low, bt.high)}"
+        )
+        lines.append(
+            f"- {e['variant']}: fit on {len(e['rungs']) - 1} rung(s), predicted Δ {_f(bt.predicted)} at "
+            f"{lad.rungs[e['rungs'][-1]].name}, measured {_f(bt.measured)}, error {_f(bt.error)}, "
+            f"{where}: {_label(e)}"
+        )
+    lines += ["", "## Per variant", ""]
+    for e in an["variants"]:
+        lines += [f"### {e['variant']}", ""]
+        if e.get("missing"):
+            lines += ["No rung has runs of both this variant and the baseline.", ""]
+            continue
+        ex, t = e["extrapolation"], e["trend"]
+        fit = ex.fit
+        lines += [
+            markdown_table(*_variant_table(e, lad)),
+            "",
+            f"Trend: **{_trend_word(t)}** (slope {_f(t['slope'])} per decade of compute, "
+            f"SE {_f(t['slope_se'], '.4f')}, "
+            f"p {_f(t['p'], '.3g')}, df {_f(t['df'], '.3g')}). "
+            f"Δ at target: {_f(ex.delta)}, "
+            + (f"no PI ({ex.note})" if ex.note else f"{an['level']:.0%} PI {_ci(ex.low, ex.high)}")
+            + " "
+            f"({fit.model if fit else 'no'} fit). Backtest: {_label(e)}.",
+            "",
+        ]
+        if fit is not None:
+            lines += [
+                f"Fit: baseline L = {fit.base.E:.4f} + {fit.base.A:.4g}·(C/{fit.base.c0:.3g})^(−{fit.base.alpha:.4g})"
+                f" ({fit.base.form}); variant L = {fit.var.E:.4f} + {fit.var.A:.4g}·(C/{fit.var.c0:.3g})"
+                f"^(−{fit.var.alpha:.4g}) ({fit.var.form})"
+                + (f"; δ = {fit.delta:+.4f}" if fit.delta is not None else "")
+                + (f"; {fit.note}" if fit.note else "")
+                + ".",
+                "",
+            ]
+        lines += [f"![{e['variant']}](plots/ladder-{_safe(e['variant'])}.png)", ""]
+    lines += ["## Rules", ""] + [f"- {r}" for r in _rules(lad, an)] + [""]
+    md_text = "\n".join(lines)
+    md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
+    atomic_write_text(md_path, md_text)
+    atomic_write_text(html_path, render_html(md_text, title, pngs))
+    atomic_write_json(exp_dir / "ladder.json", _to_json(lad, an))
+    return {
+        "markdown": str(md_path),
+        "html": str(html_path),
+        "plots": [str(exp_dir / "plots" / n) for n in pngs],
+        "summary": summary,
+        "analysis": an,
+    }
+
+
+def _to_json(lad: Ladder, an: dict) -> dict:
+    def num(x):
+        return None if x is None or not math.isfinite(x) else float(x)
+
+    out = {
+        "name": lad.name,
+        "target": {
+            "config": str(lad.target_config),
+            "params": lad.target_params,
+            "tokens": lad.target_tokens,
+            "flops": lad.target_flops,
+        },
+        "rungs": [
+            {
+                "name": r.name,
+                "model": r.model,
+                "non_embedding_params": r.non_embedding,
+                "params": r.params,
+                "tokens": r.tokens,
+                "flops": r.flops,
+            }
+            for r in lad.rungs
+        ],
+        "level": an["level"],
+        "variants": [],
+    }
+    for e in an["variants"]:
+        if e.get("missing"):
+            out["variants"].append({"variant": e["variant"], "missing": True})
+            continue
+        ex, bt = e["extrapolation"], e["backtest"]
+        out["variants"].append(
+            {
+                "variant": e["variant"],
+                "per_rung": [{k: (num(v) if isinstance(v, float) else v) for k, v in x.items()} for x in e["per_rung"]],
+                "trend": {k: (num(v) if isinstance(v, float) else v) for k, v in e["trend"].items()},
+                "fit": ex.fit.model if ex.fit else None,
+                "target_delta": num(ex.delta),
+                "target_interval": [num(ex.low), num(ex.high)],
+                "target_note": ex.note or None,
+                "backtest": None
+                if bt is None
+                else {
+                    "predicted": num(bt.predicted),
+                    "measured": num(bt.measured),
+                    "error": num(bt.error),
+                    "interval": [num(bt.low), num(bt.high)],
+                    "reliable": bt.reliable,
+                    "note": bt.note or None,
+                },
+            }
+        )
+    return out
