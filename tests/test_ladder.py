@@ -305,3 +305,27 @@ def test_shipped_ladders_resolve():
     # tokens_per_param = 20: 20 tokens per non-embedding parameter, rounded up to whole optimizer steps
     r = gpu.rungs[0]
     assert 20 * r.non_embedding <= r.tokens < 20 * r.non_embedding + 96 * 1024
+
+
+def test_paired_ladder_says_which_seeds_it_left_out(small_data, tmp_path):
+    """design = "paired": a rung where the variant lost a seed is compared on the seeds both have (pairing.py's
+    rule, the experiment report's too), and the report's warnings and ladder.json say which run was left out."""
+    import tomllib
+
+    spec = write_ladder(tmp_path, small_data, {"bootstrap": 50}, seeds=(1, 2, 3))
+    doc = tomllib.loads(spec.read_text())
+    spec.write_text(tomli_w.dumps(dict(doc, design="paired")))
+    lad = load_ladder(spec)
+    out = tmp_path / "out"
+    base = [[5.01, 5.00, 4.99], [4.51, 4.50, 4.49]]
+    record(lad, out, {"baseline": base, "no_dropout": shifted(base, (-0.05, -0.05))})
+    with sqlite3.connect(out / "rung-1" / "results.sqlite") as c:
+        c.execute("DELETE FROM runs WHERE variant = 'no_dropout' AND seed = 3")
+    res = write_ladder_report(lad, out)
+    (e,) = res["analysis"]["variants"]
+    assert [(x["n_baseline"], x["n_variant"]) for x in e["per_rung"]] == [(3, 3), (2, 2)]
+    note = "left out of the pairing: baseline seed 3 (no variant run with the same seed)"
+    assert f"- no_dropout: rung-1: {note}." in (out / "report.md").read_text()
+    assert json.loads((out / "ladder.json").read_text())["variants"][0]["unpaired"] == [
+        {"rung": "rung-1", "note": note}
+    ]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from gptlab.experiments.analysis import scaling
+from gptlab.experiments.analysis.pairing import pair_by_seed
 from gptlab.experiments.spec.ladder import Ladder
 
 
@@ -38,14 +39,16 @@ def collect(lad: Ladder, exp_dir: Path) -> dict[str, list[list[dict]]]:
     return out
 
 
-def _pair_rungs(base: list[list[dict]], var: list[list[dict]], paired: bool) -> tuple[list[int], list]:
-    """The rungs where both have runs, as scaling.Rung (paired: the seeds both have, in seed order)."""
-    idx, out = [], []
+def pair_rungs(base: list[list[dict]], var: list[list[dict]], paired: bool) -> tuple[list[int], list, list]:
+    """The rungs where both have runs, as scaling.Rung (paired: the runs paired by seed by pairing.pair_by_seed,
+    in seed order), and (rung index, what the pairing left out) for each rung where it left a run out."""
+    idx, out, left_out = [], [], []
     for k, (b, v) in enumerate(zip(base, var, strict=True)):
         if paired:
-            seeds = sorted({x["seed"] for x in b} & {x["seed"] for x in v})
-            b = sorted([x for x in b if x["seed"] in seeds], key=lambda x: x["seed"])
-            v = sorted([x for x in v if x["seed"] in seeds], key=lambda x: x["seed"])
+            pairing = pair_by_seed(b, v)
+            b, v = pairing.base, pairing.var
+            if pairing.left_out:
+                left_out.append((k, pairing.note()))
         if b and v:
             idx.append(k)
             out.append(
@@ -56,11 +59,12 @@ def _pair_rungs(base: list[list[dict]], var: list[list[dict]], paired: bool) -> 
                     [x["test_loss"] for x in v],
                 )
             )
-    return idx, out
+    return idx, out, left_out
 
 
 def analyse(lad: Ladder, exp_dir: Path) -> dict:
-    """Every variant against the baseline across the rungs: per-rung Δ, trend, extrapolation, backtest."""
+    """Every variant against the baseline across the rungs: per-rung Δ, trend, extrapolation, backtest, and
+    (paired design) "unpaired": [(rung index, what the pairing by seed left out)]."""
     spec = lad.spec
     level = 1 - spec.alpha
     paired = spec.design == "paired"
@@ -69,8 +73,8 @@ def analyse(lad: Ladder, exp_dir: Path) -> dict:
     for v in spec.variants:
         if v.name == spec.baseline:
             continue
-        idx, rungs = _pair_rungs(data[spec.baseline], data[v.name], paired)
-        entry: dict = {"variant": v.name, "rungs": idx, "per_rung": [], "data": rungs}
+        idx, rungs, unpaired = pair_rungs(data[spec.baseline], data[v.name], paired)
+        entry: dict = {"variant": v.name, "rungs": idx, "per_rung": [], "data": rungs, "unpaired": unpaired}
         variants.append(entry)
         if not rungs:
             entry["missing"] = True

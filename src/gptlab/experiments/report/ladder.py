@@ -11,15 +11,9 @@ import numpy as np
 from gptlab import GptlabError
 from gptlab.experiments.analysis import scaling
 from gptlab.experiments.analysis.ladder import analyse, done_counts
+from gptlab.experiments.report.format import DASH, fmt, fmt_ci
+from gptlab.experiments.report.ladder_json import ladder_json
 from gptlab.experiments.spec.ladder import MIN_SPAN, Ladder
-
-
-def _f(x, spec: str = "+.4f") -> str:
-    return "—" if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) else format(x, spec)
-
-
-def _ci(lo, hi) -> str:
-    return "—" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:+.4f}, {hi:+.4f}]"
 
 
 def _label(e: dict) -> str:
@@ -62,23 +56,23 @@ def _summary_table(lad: Ladder, an: dict) -> tuple[list[str], list[list[str]]]:
     body = []
     for e in an["variants"]:
         if e.get("missing"):
-            body.append([e["variant"]] + ["—"] * 11 + ["no runs"])
+            body.append([e["variant"]] + [DASH] * 11 + ["no runs"])
             continue
         pr, t, ex, bt = e["per_rung"], e["trend"], e["extrapolation"], e["backtest"]
         body.append(
             [
                 e["variant"],
-                _f(pr[0]["diff"]),
-                _f(pr[-1]["diff"]),
+                fmt(pr[0]["diff"], "+.4f"),
+                fmt(pr[-1]["diff"], "+.4f"),
                 _trend_word(t),
-                f"{_f(t['slope'])} ({_f(t['p'], '.3g')})",
-                ex.fit.model if ex.fit else "—",
-                _f(ex.delta),
-                _ci(ex.low, ex.high) if not ex.note else f"— ({ex.note})",
-                _f(bt.predicted) if bt else "—",
-                _f(bt.measured) if bt else "—",
-                _f(bt.error) if bt else "—",
-                _ci(bt.low, bt.high) if bt else "—",
+                f"{fmt(t['slope'], '+.4f')} ({fmt(t['p'], '.3g')})",
+                ex.fit.model if ex.fit else DASH,
+                fmt(ex.delta, "+.4f"),
+                fmt_ci(ex.low, ex.high, "+.4f") if not ex.note else f"— ({ex.note})",
+                fmt(bt.predicted, "+.4f") if bt else DASH,
+                fmt(bt.measured, "+.4f") if bt else DASH,
+                fmt(bt.error, "+.4f") if bt else DASH,
+                fmt_ci(bt.low, bt.high, "+.4f") if bt else DASH,
                 _label(e),
             ]
         )
@@ -122,18 +116,18 @@ def _variant_table(e: dict, lad: Ladder) -> tuple[list[str], list[list[str]]]:
             f"{x['compute']:.3e}",
             str(x["n_baseline"]),
             str(x["n_variant"]),
-            _f(x["mean_baseline"], ".4f"),
-            _f(x["mean_variant"], ".4f"),
-            _f(x["diff"]),
-            _ci(x["ci_low"], x["ci_high"]),
-            _f(x["p"], ".3g"),
+            fmt(x["mean_baseline"], ".4f"),
+            fmt(x["mean_variant"], ".4f"),
+            fmt(x["diff"], "+.4f"),
+            fmt_ci(x["ci_low"], x["ci_high"], "+.4f"),
+            fmt(x["p"], ".3g"),
         ]
         for x in e["per_rung"]
     ]
     if any(x["note"] for x in e["per_rung"]):
         head.append("note")
         for row, x in zip(body, e["per_rung"], strict=True):
-            row.append(x["note"] or "—")
+            row.append(x["note"] or DASH)
     return head, body
 
 
@@ -197,6 +191,8 @@ def _warnings(lad: Ladder, an: dict) -> list[str]:
                 + "; ".join(f"{name}: {note}" for name, note in thin)
                 + " (no CI or p at that rung, no interval at the target, the backtest not tested)."
             )
+        for k, note in e.get("unpaired", []):
+            out.append(f"{e['variant']}: {lad.rungs[k].name}: {note}.")
         ex = e.get("extrapolation")
         if ex is not None and ex.failed:
             out.append(
@@ -208,14 +204,14 @@ def _warnings(lad: Ladder, an: dict) -> list[str]:
 def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
     """Log-log loss vs FLOPs (each run, rung means, fitted curves, the extrapolation band to the target) and Δ
     vs FLOPs (per-rung CIs, the fitted Δ, its band, the target's interval, the backtest)."""
-    from gptlab.experiments.report.plots import _new_figure, _png
+    from gptlab.experiments.report.plots import new_figure, png
 
     rungs: list[scaling.Rung] = e["data"]
     ex: scaling.Extrapolation = e["extrapolation"]
     fit, grid = ex.fit, e["grid"]
     cmax = max(r.c_base.max() for r in rungs)
     band = ex.band
-    fig = _new_figure(12, 4.8)
+    fig = new_figure(12, 4.8)
     ax, bx = fig.subplots(1, 2)
     for name, cs, ls, color, curve in (
         (baseline, [r.c_base for r in rungs], [r.base for r in rungs], "#222222", fit.base if fit else None),
@@ -303,114 +299,48 @@ def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
     bx.grid(True, which="both", alpha=0.25)
     bx.legend(fontsize=8)
     fig.suptitle(f"{e['variant']} vs {baseline}", fontsize=12)
-    return _png(fig)
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return png(fig)
 
 
 def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
-    """report.md, report.html (plots embedded), plots/ladder-VARIANT.png and ladder.json in exp_dir, atomically."""
-    from gptlab.experiments.report.render import render_html
-    from gptlab.experiments.report.tables import markdown_table
+    """report.md (ladder.md.j2), report.html (plots embedded), plots/ladder-VARIANT.png and ladder.json in exp_dir,
+    atomically."""
+    from gptlab.experiments.report.render import render_html, render_markdown
     from gptlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
     exp_dir = Path(exp_dir)
     an = analyse(lad, exp_dir)
     if all(e.get("missing") for e in an["variants"]):
         raise GptlabError(f"{exp_dir}: no rung has finished runs of both the baseline and a variant yet")
-    spec = lad.spec
     pngs = {}
     for e in an["variants"]:
         if not e.get("missing"):
-            pngs[f"ladder-{_safe(e['variant'])}.png"] = plot_variant(lad, e, spec.baseline, an["level"])
+            pngs[_plot_name(e)] = plot_variant(lad, e, lad.spec.baseline, an["level"])
     for name, data in pngs.items():
         atomic_write_bytes(exp_dir / "plots" / name, data)
     summary = _summary_table(lad, an)
     title = f"Scale ladder: {lad.name}"
-    lines = [
-        f"# {title}",
-        "",
-        f"Generated {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} from `{lad.path}` "
-        f"({len(lad.rungs)} rungs, each an experiment in `{exp_dir}/rung-K`).",
-        "",
-        "## Verdict",
-        "",
-        markdown_table(*summary),
-        "",
-    ]
-    unreliable = [e["variant"] for e in an["variants"] if e.get("reliable") is False]
-    if unreliable:
-        lines += [
-            f"> **unreliable**: {', '.join(unreliable)} — the backtest missed its own interval; do not "
-            f"trust the extrapolated Δ.",
-            "",
-        ]
-    lines += [
-        "## Rungs",
-        "",
-        markdown_table(*_rung_table(lad, exp_dir)),
-        "",
-        f"Target: `{lad.target_config.name}`, {lad.target_params:,} params, {lad.target_tokens:.4g} tokens, "
+    md_text = render_markdown(
+        "ladder.md.j2",
+        title=title,
+        generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        source=lad.path,
+        n_rungs=len(lad.rungs),
+        exp_dir=exp_dir,
+        summary=summary,
+        unreliable=[e["variant"] for e in an["variants"] if e.get("reliable") is False],
+        rungs=_rung_table(lad, exp_dir),
+        target=f"Target: `{lad.target_config.name}`, {lad.target_params:,} params, {lad.target_tokens:.4g} tokens, "
         f"{lad.target_flops:.3e} training FLOPs.",
-        "",
-        "## Warnings",
-        "",
-    ]
-    lines += [f"- {w}" for w in _warnings(lad, an)] + ["", "## Backtest", ""]
-    for e in an["variants"]:
-        bt = e.get("backtest")
-        if bt is None:
-            lines.append(f"- {e['variant']}: not run (needs 2 rungs with runs of both)")
-            continue
-        where = (
-            f"no interval of the measured Δ ({bt.note})"
-            if bt.note
-            else f"{an['level']:.0%} interval of the measured Δ {_ci(bt.low, bt.high)}"
-        )
-        lines.append(
-            f"- {e['variant']}: fit on {len(e['rungs']) - 1} rung(s), predicted Δ {_f(bt.predicted)} at "
-            f"{lad.rungs[e['rungs'][-1]].name}, measured {_f(bt.measured)}, error {_f(bt.error)}, "
-            f"{where}: {_label(e)}"
-        )
-    lines += ["", "## Per variant", ""]
-    for e in an["variants"]:
-        lines += [f"### {e['variant']}", ""]
-        if e.get("missing"):
-            lines += ["No rung has runs of both this variant and the baseline.", ""]
-            continue
-        ex, t = e["extrapolation"], e["trend"]
-        fit = ex.fit
-        lines += [
-            markdown_table(*_variant_table(e, lad)),
-            "",
-            f"Trend: **{_trend_word(t)}** (slope {_f(t['slope'])} per decade of compute, "
-            f"SE {_f(t['slope_se'], '.4f')}, "
-            f"p {_f(t['p'], '.3g')}, df {_f(t['df'], '.3g')}). "
-            f"Δ at target: {_f(ex.delta)}, "
-            + (f"no PI ({ex.note})" if ex.note else f"{an['level']:.0%} PI {_ci(ex.low, ex.high)}")
-            + " "
-            f"({fit.model if fit else 'no'} fit). Backtest: {_label(e)}.",
-            "",
-        ]
-        if fit is not None:
-            lines += [
-                f"Fit: baseline L = {fit.base.E:.4f} + {fit.base.A:.4g}·(C/{fit.base.c0:.3g})^(−{fit.base.alpha:.4g})"
-                f" ({fit.base.form}); variant L = {fit.var.E:.4f} + {fit.var.A:.4g}·(C/{fit.var.c0:.3g})"
-                f"^(−{fit.var.alpha:.4g}) ({fit.var.form})"
-                + (f"; δ = {fit.delta:+.4f}" if fit.delta is not None else "")
-                + (f"; {fit.note}" if fit.note else "")
-                + ".",
-                "",
-            ]
-        lines += [f"![{e['variant']}](plots/ladder-{_safe(e['variant'])}.png)", ""]
-    lines += ["## Rules", ""] + [f"- {r}" for r in _rules(lad, an)] + [""]
-    md_text = "\n".join(lines)
+        warnings=_warnings(lad, an),
+        backtests=[_backtest_line(lad, an, e) for e in an["variants"]],
+        variants=[_variant_part(lad, an, e) for e in an["variants"]],
+        rules=_rules(lad, an),
+    )
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)
     atomic_write_text(html_path, render_html(md_text, title, pngs))
-    atomic_write_json(exp_dir / "ladder.json", _to_json(lad, an))
+    atomic_write_json(exp_dir / "ladder.json", ladder_json(lad, an))
     return {
         "markdown": str(md_path),
         "html": str(html_path),
@@ -420,56 +350,54 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
     }
 
 
-def _to_json(lad: Ladder, an: dict) -> dict:
-    def num(x):
-        return None if x is None or not math.isfinite(x) else float(x)
+def _plot_name(e: dict) -> str:
+    return "ladder-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in e["variant"]) + ".png"
 
-    out = {
-        "name": lad.name,
-        "target": {
-            "config": str(lad.target_config),
-            "params": lad.target_params,
-            "tokens": lad.target_tokens,
-            "flops": lad.target_flops,
-        },
-        "rungs": [
-            {
-                "name": r.name,
-                "model": r.model,
-                "non_embedding_params": r.non_embedding,
-                "params": r.params,
-                "tokens": r.tokens,
-                "flops": r.flops,
-            }
-            for r in lad.rungs
-        ],
-        "level": an["level"],
-        "variants": [],
-    }
-    for e in an["variants"]:
-        if e.get("missing"):
-            out["variants"].append({"variant": e["variant"], "missing": True})
-            continue
-        ex, bt = e["extrapolation"], e["backtest"]
-        out["variants"].append(
-            {
-                "variant": e["variant"],
-                "per_rung": [{k: (num(v) if isinstance(v, float) else v) for k, v in x.items()} for x in e["per_rung"]],
-                "trend": {k: (num(v) if isinstance(v, float) else v) for k, v in e["trend"].items()},
-                "fit": ex.fit.model if ex.fit else None,
-                "target_delta": num(ex.delta),
-                "target_interval": [num(ex.low), num(ex.high)],
-                "target_note": ex.note or None,
-                "backtest": None
-                if bt is None
-                else {
-                    "predicted": num(bt.predicted),
-                    "measured": num(bt.measured),
-                    "error": num(bt.error),
-                    "interval": [num(bt.low), num(bt.high)],
-                    "reliable": bt.reliable,
-                    "note": bt.note or None,
-                },
-            }
+
+def _backtest_line(lad: Ladder, an: dict, e: dict) -> str:
+    bt = e.get("backtest")
+    if bt is None:
+        return f"{e['variant']}: not run (needs 2 rungs with runs of both)"
+    where = (
+        f"no interval of the measured Δ ({bt.note})"
+        if bt.note
+        else f"{an['level']:.0%} interval of the measured Δ {fmt_ci(bt.low, bt.high, '+.4f')}"
+    )
+    return (
+        f"{e['variant']}: fit on {len(e['rungs']) - 1} rung(s), predicted Δ {fmt(bt.predicted, '+.4f')} at "
+        f"{lad.rungs[e['rungs'][-1]].name}, measured {fmt(bt.measured, '+.4f')}, error {fmt(bt.error, '+.4f')}, "
+        f"{where}: {_label(e)}"
+    )
+
+
+def _variant_part(lad: Ladder, an: dict, e: dict) -> dict:
+    """A variant's part of the report: its per-rung table, the trend sentence, its fit and its plot."""
+    if e.get("missing"):
+        return {"name": e["variant"], "missing": True}
+    ex, t = e["extrapolation"], e["trend"]
+    fit = ex.fit
+    trend = (
+        f"Trend: **{_trend_word(t)}** (slope {fmt(t['slope'], '+.4f')} per decade of compute, "
+        f"SE {fmt(t['slope_se'], '.4f')}, p {fmt(t['p'], '.3g')}, df {fmt(t['df'], '.3g')}). "
+        f"Δ at target: {fmt(ex.delta, '+.4f')}, "
+        + (f"no PI ({ex.note})" if ex.note else f"{an['level']:.0%} PI {fmt_ci(ex.low, ex.high, '+.4f')}")
+        + f" ({fit.model if fit else 'no'} fit). Backtest: {_label(e)}."
+    )
+    fit_line = None
+    if fit is not None:
+        fit_line = (
+            f"Fit: baseline L = {fit.base.E:.4f} + {fit.base.A:.4g}·(C/{fit.base.c0:.3g})^(−{fit.base.alpha:.4g})"
+            f" ({fit.base.form}); variant L = {fit.var.E:.4f} + {fit.var.A:.4g}·(C/{fit.var.c0:.3g})"
+            f"^(−{fit.var.alpha:.4g}) ({fit.var.form})"
+            + (f"; δ = {fit.delta:+.4f}" if fit.delta is not None else "")
+            + (f"; {fit.note}" if fit.note else "")
+            + "."
         )
-    return out
+    return {
+        "name": e["variant"],
+        "missing": False,
+        "table": _variant_table(e, lad),
+        "trend": trend,
+        "fit": fit_line,
+        "plot": _plot_name(e),
+    }

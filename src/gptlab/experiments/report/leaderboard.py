@@ -27,7 +27,7 @@ def find_databases(paths: list[str]) -> list[Path]:
 
 
 def leaderboard(paths: list[str]) -> list[dict]:
-    from gptlab.experiments.report.rows import build_rows
+    from gptlab.experiments.analysis.compare import build_rows
     from gptlab.experiments.results import ResultsDB
 
     rows = []
@@ -60,11 +60,12 @@ def leaderboard(paths: list[str]) -> list[dict]:
 
 
 def format_leaderboard(rows: list[dict], style: str = "text") -> str:
-    def f(x, spec):
-        return "-" if x is None else format(x, spec)
+    """The leaderboard as aligned text or a Markdown table (style="markdown"); a missing number is '-'."""
+    from gptlab.experiments.report.format import fmt, fmt_ci, fmt_p
+    from gptlab.experiments.report.tables import markdown_table, text_table
 
-    def pval(p):
-        return "-" if p is None else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+    def f(x, spec):
+        return fmt(x, spec, dash="-")
 
     headers = [
         "experiment",
@@ -85,16 +86,14 @@ def format_leaderboard(rows: list[dict], style: str = "text") -> str:
             r["variant"],
             str(r["n"]),
             f(r["mean"], ".4f"),
-            "-" if r["ci_low"] is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+            fmt_ci(r["ci_low"], r["ci_high"], dash="-"),
             f(r["diff"], "+.4f"),
-            pval(r["p"]),
-            pval(r.get("p_holm")),
+            fmt_p(r["p"], dash="-"),
+            fmt_p(r.get("p_holm"), dash="-"),
             f(r.get("mde"), ".4f"),
             f(r.get("tokens_per_s"), ",.0f"),
             r["verdict"],
         ]
         for r in rows
     ]
-    from gptlab.experiments.report.tables import markdown_table, text_table
-
     return markdown_table(headers, body) if style == "markdown" else text_table(headers, body)

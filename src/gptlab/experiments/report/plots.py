@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from gptlab.experiments.analysis.yardsticks import Yardstick
-from gptlab.experiments.report.rows import finite, p_is
+from gptlab.experiments.report.format import finite, p_is
 
 
-def _new_figure(w: float, h: float):
+def new_figure(w: float, h: float):
+    """A w x h inch matplotlib Figure on the Agg canvas (no display needed), constrained layout, the reports' dpi."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -24,7 +25,8 @@ def _new_figure(w: float, h: float):
     return fig
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
+    """The figure as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
@@ -76,7 +78,7 @@ def plot_loss_curves(metrics: dict[str, list[list[dict]]], order: list[str], col
     """Train and val loss vs tokens: mean over seeds with a min-max band, one colour per variant."""
     all_rows = [m for runs in metrics.values() for ms in runs for m in ms]
     use_tokens = bool(all_rows) and all(m.get("tokens") is not None for m in all_rows)
-    fig = _new_figure(12, 5.2)
+    fig = new_figure(12, 5.2)
     axes = fig.subplots(1, 2)
     for ax, ykey, name in ((axes[0], "train_loss", "train loss"), (axes[1], "val_loss", "validation loss")):
         _draw_loss_axis(ax, metrics, order, colors, ykey, name, use_tokens)
@@ -98,7 +100,7 @@ def plot_loss_curves(metrics: dict[str, list[list[dict]]], order: list[str], col
             fontsize=9 if len(texts) > 6 else 10,
         )
     fig.suptitle("Loss curves per variant", fontsize=12)
-    return _png(fig)
+    return png(fig)
 
 
 def _draw_loss_axis(
@@ -176,7 +178,7 @@ def plot_test_loss(
     """Final test loss per variant: one dot per seed, mean with 95% CI, baseline mean as a line, and the
     published yardsticks as labelled horizontal lines (pass them only when the test set is the seed's)."""
     n = len(rows)
-    fig = _new_figure(min(14.0, max(6.5, 1.1 * n + 2.5)), 5.0)
+    fig = new_figure(min(14.0, max(6.5, 1.1 * n + 2.5)), 5.0)
     ax = fig.subplots()
     rng = np.random.default_rng(0)
     labelled: set[str] = set()
@@ -240,7 +242,7 @@ def plot_test_loss(
     ax.set_title("Final test loss per variant", fontsize=12)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="best", fontsize=9, framealpha=0.9)
-    return _png(fig)
+    return png(fig)
 
 
 _VERDICT_COLORS = {"better": "#1a7f37", "worse": "#c62828", "suggestive": "#9a6700", "equivalent": "#0969da"}
@@ -250,7 +252,7 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
     """Δ test loss vs baseline with its CI per variant (the rows' level, 1 - alpha), zero line; colour = verdict."""
     others = [r for r in rows if r["variant"] != baseline]
     m = len(others)
-    fig = _new_figure(9, max(2.8, 0.55 * m + 1.8))
+    fig = new_figure(9, max(2.8, 0.55 * m + 1.8))
     ax = fig.subplots()
     shown = [r for r in others if r["diff"] is not None]
     if not shown:
@@ -265,7 +267,7 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
         )
         ax.set_axis_off()
         ax.set_title(f"Difference in test loss vs {baseline}", fontsize=12)
-        return _png(fig)
+        return png(fig)
     ys = np.arange(m)[::-1]
     seen = set()
     for y, r in zip(ys, others, strict=True):
@@ -314,7 +316,7 @@ def plot_delta(rows: list[dict], baseline: str) -> bytes:
     ax.set_title(f"Difference in final test loss vs {baseline}", fontsize=12)
     ax.grid(True, axis="x", alpha=0.3)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=9, frameon=False)
-    return _png(fig)
+    return png(fig)
 
 
 def report_plots(

@@ -1,5 +1,6 @@
 """Writing the report: the experiment's runs read from results.sqlite, the rows and plots computed, report.md
-rendered from the one template (report.md.j2), and report.html converted from that same Markdown by
+rendered from its template (report.md.j2; the ladder's report, ladder.md.j2, is rendered here too, both sharing
+parts.md.j2), and report.html converted from that same Markdown by
 python-markdown into a standalone page (CSS inline, the plots embedded as data URIs)."""
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import markdown
 from markdown.treeprocessors import Treeprocessor
 
 from gptlab import GptlabError
+from gptlab.experiments.analysis.compare import build_rows
 from gptlab.experiments.analysis.yardsticks import YARDSTICKS, comparability, run_test_set
 from gptlab.experiments.report.plots import report_plots
 from gptlab.experiments.report.rows import (
-    build_rows,
     report_warnings,
     verdict_rules,
     verdict_sentence,
@@ -55,7 +56,7 @@ def write_report(
     `variants`: only these variants' runs (`gptlab report` passes spec.toml's). A tuned experiment's sweep and
     tuned runs (VARIANT@lr=..., tuning.py) are never variants of their own.
     `alpha`, `equivalence_margin` (nats) and `design` ("independent" or "paired") decide the verdicts
-    (rows.build_rows) and are printed in the report's Rules part. `tuned`: the experiment has a tune setting; its
+    (compare.build_rows) and are printed in the report's Rules part. `tuned`: the experiment has a tune setting; its
     sweep.json's tuned runs get a second verdict table, each variant at its chosen value (tuning.py)."""
     exp_dir = Path(exp_dir)
     ex = _read_experiment(exp_dir, experiment, run_ids, variants)
@@ -216,9 +217,10 @@ _TEMPLATES = jinja2.Environment(
 _TEMPLATES.globals.update(table=markdown_table, verdict_sentence=verdict_sentence)
 
 
-def render_markdown(**context) -> str:
-    """report.md.j2 filled in; see write_report for the context it is given."""
-    return _TEMPLATES.get_template("report.md.j2").render(**context)
+def render_markdown(template: str = "report.md.j2", **context) -> str:
+    """A report template filled in: report.md.j2 (the context write_report gives it) or ladder.md.j2
+    (report/ladder.py's write_ladder_report); both import the shared parts.md.j2."""
+    return _TEMPLATES.get_template(template).render(**context)
 
 
 _CSS = """

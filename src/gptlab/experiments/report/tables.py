@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gptlab.experiments.report.rows import DASH, fmt, fmt_ci, fmt_p
+from gptlab.experiments.report.format import DASH, fmt, fmt_ci, fmt_p
 
 Table = tuple[list[str], list[list[str]]]
 
