@@ -84,3 +84,14 @@ def test_unigram_baseline_in_closed_form(tmp_path):
     assert EOT_ID not in (a, b, c)
     corpus = -(math.log(4 / 7) + math.log(2 / 7) + math.log(1 / 7)) / 3
     assert unigram_baseline(d, corpus_vocab=True) == pytest.approx(corpus, rel=1e-12)
+
+
+def test_regime_of_a_config_counts_its_steps_and_tokens():
+    from gptlab.config import load_config
+
+    over = ["model.preset=nano", "model.vocab_size=512", "model.context_length=32", "train.global_batch_size=8"]
+    cfg = load_config(None, [*over, "train.tokens=3000", "train.precision=fp32"])
+    r = regime.regime_of(cfg, n_params=10_000, train_tokens=1_000, baseline_loss=5.0, unigram=5.05)
+    assert (r.steps, r.tokens_per_step, r.context) == (12, 256, 32)  # 3,000 tokens in whole steps of 256
+    assert r.epochs == pytest.approx(12 * 256 / 1_000) and r.width == cfg.model.emb_dim
+    assert r.row()["informative"] is False  # 0.05 nats below unigram: not clearly

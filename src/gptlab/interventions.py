@@ -327,4 +327,6 @@ def describe() -> str:
         ps = ", ".join(f"{k}={v}" for k, v in iv.params().items())
         lines.append(f"{iv.name:<16} {iv.description}" + (f"  [{ps}]" if ps else ""))
         lines.append(f"{'':<16} source: {iv.source}")
+        if iv.acts_on:
+            lines.append(f"{'':<16} acts on: {', '.join(iv.acts_on)}")
     return "\n".join(lines)

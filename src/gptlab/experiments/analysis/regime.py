@@ -86,8 +86,17 @@ class Regime:
         )
 
 
-def regime_of(cfg, n_params: int, train_tokens: int, baseline_loss: float = math.nan, unigram: float = math.nan):
-    """The Regime of a resolved RunConfig with `n_params` parameters on a training split of `train_tokens`."""
+def regime_of(
+    cfg,
+    n_params: int,
+    train_tokens: int,
+    baseline_loss: float = math.nan,
+    unigram: float = math.nan,
+    precision: str | None = None,
+) -> Regime:
+    """The Regime of a resolved RunConfig with `n_params` parameters on a training split of `train_tokens`.
+    `precision`: the one the run used (train.precision "auto" is bf16 on CUDA and fp32 elsewhere, so a CPU screen
+    and a GPU target of one config differ); default the config's."""
     from gptlab.train.flops import planned_steps
 
     return Regime(
@@ -97,7 +106,7 @@ def regime_of(cfg, n_params: int, train_tokens: int, baseline_loss: float = math
         width=cfg.model.emb_dim,
         context=cfg.model.context_length,
         train_tokens=int(train_tokens),
-        precision=cfg.train.precision,
+        precision=precision or cfg.train.precision,
         baseline_loss=baseline_loss,
         unigram_loss=unigram,
     )
