@@ -179,3 +179,6 @@ def test_every_intervention_is_documented_and_listed():
     for name, iv in REGISTRY.items():
         assert iv.description and iv.source
         assert name in text
+    block = text.split("\nlr_schedule ")[1].split("\nweight_decay ")[0]  # what a screen must match to judge it
+    assert block.rstrip().endswith("acts on: horizon")
+    assert "acts on" not in text.split("\nrope ")[1].split("\nrmsnorm ")[0]

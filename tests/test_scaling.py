@@ -1,11 +1,11 @@
-"""The scale ladder's maths (experiments/scaling.py) on synthetic data with known answers, fixed RNGs."""
+"""The scale ladder's maths (analysis/curves.py, scaling.py) on synthetic data with known answers, fixed RNGs."""
 
 import math
 
 import numpy as np
 import pytest
 
-from gptlab.experiments.analysis import scaling, stats
+from gptlab.experiments.analysis import curves, scaling, stats
 from gptlab.experiments.analysis.scaling import Rung
 
 C0 = 1e10
@@ -29,44 +29,44 @@ def test_fit_recovers_a_known_exponent_offset_and_scale():
     rng = np.random.default_rng(0)
     c = np.repeat(np.logspace(10, 15, 6), 4)
     y = law(c) + rng.normal(0, 0.005, c.size)
-    f = scaling.fit_curve(c, y, C0)
+    f = curves.fit_curve(c, y, C0)
     assert f.form == "saturating"
     assert f.E == pytest.approx(2.0, rel=0.025)
     assert f.alpha == pytest.approx(0.3, rel=0.10)
     assert f.A == pytest.approx(3.0, rel=0.10)
     # and another truth, to show the fit is not anchored to these numbers
     y2 = law(c, E=3.1, A=1.5, alpha=0.55) + rng.normal(0, 0.005, c.size)
-    f2 = scaling.fit_curve(c, y2, C0)
+    f2 = curves.fit_curve(c, y2, C0)
     assert (f2.E, f2.alpha) == (pytest.approx(3.1, rel=0.025), pytest.approx(0.55, rel=0.10))
 
 
 def test_fit_falls_back_to_a_power_law_then_a_constant_with_fewer_computes():
     c = np.array([1e10, 1e10, 1e11, 1e11])
-    f = scaling.fit_curve(c, law(c), C0)
+    f = curves.fit_curve(c, law(c), C0)
     assert f.form == "power" and f(1e10) == pytest.approx(law(1e10), rel=1e-9)
-    assert scaling.fit_curve([1e10, 1e10], [4.0, 4.2]).form == "constant"
+    assert curves.fit_curve([1e10, 1e10], [4.0, 4.2]).form == "constant"
 
 
 @pytest.mark.parametrize("delta", [0.05, -0.08])
 def test_offset_model_recovers_a_known_offset(delta):
     rng = np.random.default_rng(1)
     rungs = ladder(rng, np.logspace(10, 12, 3), 4, 0.01, var=lambda c: law(c) + delta)
-    f = scaling.fit_pair(rungs)
+    f = curves.fit_pair(rungs)
     assert f.model == "offset"  # 3 rungs < MIN_RUNGS_FULL
     assert f.delta == pytest.approx(delta, abs=0.01)
     assert f.delta_at(1e18) == f.delta and f.var(1e11) - f.base(1e11) == pytest.approx(f.delta)
     # two rungs (a pure power law for the baseline): the variant's curve is still the baseline's + δ
-    two = scaling.fit_pair(rungs[:2])
+    two = curves.fit_pair(rungs[:2])
     assert two.base.form == "power" and two.var(1e11) - two.base(1e11) == pytest.approx(two.delta)
     # a single rung: the offset is the difference of the means
-    one = scaling.fit_pair(rungs[:1])
+    one = curves.fit_pair(rungs[:1])
     assert one.delta == pytest.approx(np.mean(rungs[0].var) - np.mean(rungs[0].base))
 
 
 def test_separate_fits_from_four_rungs_give_a_scale_dependent_delta():
     rng = np.random.default_rng(2)
     rungs = ladder(rng, np.logspace(10, 13, 5), 3, 0.003, var=lambda c: law(c, E=1.9, A=3.3))
-    f = scaling.fit_pair(rungs)
+    f = curves.fit_pair(rungs)
     assert f.model == "separate"
 
     def truth(c):
@@ -191,7 +191,7 @@ def test_offset_model_weights_a_noisy_rung_less():
         Rung([c] * 3, law(c) + rng.normal(0, sd, 3), [c] * 3, law(c) + off + rng.normal(0, sd, 3))
         for c, sd, off in zip(np.logspace(10, 12, 3), sds, offs, strict=True)
     ]
-    assert scaling.fit_pair(rungs).delta == pytest.approx(-0.20, abs=0.03)
+    assert curves.fit_pair(rungs).delta == pytest.approx(-0.20, abs=0.03)
 
 
 def test_one_seed_group_is_weighted_by_the_pooled_seed_variance():
@@ -204,7 +204,7 @@ def test_one_seed_group_is_weighted_by_the_pooled_seed_variance():
         Rung([1e11] * 2, 2.5 + two, [1e11] * 2, 2.4 + two),
         Rung([1e12], [2.0], [1e12], [1.9]),
     ]
-    sb, sv = scaling._sigmas(rungs)
+    sb, sv = curves._sigmas(rungs)
     pooled = math.sqrt((4 * 2 * 0.01**2 + 1 * 2 * 0.03**2) / 10)
     assert sb[:5] == pytest.approx([0.01] * 5) and sv[5:7] == pytest.approx([0.03] * 2)
     assert sb[-1] == pytest.approx(pooled) and sv[-1] == pytest.approx(pooled)

@@ -3,6 +3,13 @@
 A variant is a list of intervention specs applied in order. A spec is `name` or `name:key=value,key=value`,
 e.g. `grad_clip:max_norm=3.5` or `lr_schedule:peak=0.0014,warmup=0.05,final=0.1`. A value must have the type of
 the parameter's default (a flag takes true or false); the edited config is then validated like any other.
+
+Each intervention declares what it acts on (`acts_on`, a subset of ACTS_ON): the quantities of a run whose size
+changes what the intervention does, so that a screen far from the target in one of them cannot judge it
+(analysis/regime.py). "horizon": the training length and schedule (a warmup-plus-cosine schedule, weight decay,
+a warmup of the sequence length, the optimizer and its lr); "batch": the tokens per step; "width": the model's
+width; "data_repetition": epochs over the data (dropout helps when data repeats); "precision": the number format.
+None of these: an architectural change, judged at any horizon (its size dependence is what the ladder fits).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ class Intervention:
     fn: Callable[..., None]
     description: str
     source: str
+    acts_on: tuple[str, ...] = ()  # a subset of ACTS_ON (the module docstring)
 
     def params(self) -> dict[str, Any]:
         sig = inspect.signature(self.fn)
@@ -35,9 +43,16 @@ class Intervention:
 REGISTRY: dict[str, Intervention] = {}
 
 
-def register(name: str, description: str, source: str):
+ACTS_ON = ("horizon", "batch", "width", "data_repetition", "precision")
+
+
+def register(name: str, description: str, source: str, acts_on: tuple[str, ...] = ()):
+    unknown = sorted(set(acts_on) - set(ACTS_ON))
+    if unknown:
+        raise ValueError(f"intervention {name}: acts_on: expected some of {', '.join(ACTS_ON)}, got {unknown}")
+
     def deco(fn):
-        REGISTRY[name] = Intervention(name, fn, description, source)
+        REGISTRY[name] = Intervention(name, fn, description, source, tuple(acts_on))
         return fn
 
     return deco
@@ -56,7 +71,12 @@ def _grad_clip(cfg: RunConfig, max_norm: float = 1.0) -> None:
     cfg.train.grad_clip = float(max_norm)
 
 
-@register("no_dropout", "set every dropout rate to 0 (embeddings, attention weights, residuals)", SEED_BLOG + " 32c")
+@register(
+    "no_dropout",
+    "set every dropout rate to 0 (embeddings, attention weights, residuals)",
+    SEED_BLOG + " 32c",
+    acts_on=("data_repetition",),
+)
 def _no_dropout(cfg: RunConfig) -> None:
     cfg.model.drop_rate = 0.0
 
@@ -70,6 +90,7 @@ def _qkv_bias(cfg: RunConfig) -> None:
     "lr_schedule",
     "linear warmup then cosine decay from a peak lr to peak*final",
     SEED_BLOG + " 32f; Loshchilov & Hutter 2016",
+    acts_on=("horizon",),
 )
 def _lr_schedule(
     cfg: RunConfig, peak: float = 0.0, warmup: float = 0.05, final: float = 0.1, shape: str = "cosine"
@@ -85,6 +106,7 @@ def _lr_schedule(
     "weight_decay",
     "AdamW decay on weight matrices only (none on norms, biases, embeddings)",
     SEED_BLOG + " 32g; Loshchilov & Hutter 2019 (AdamW)",
+    acts_on=("horizon",),
 )
 def _weight_decay(cfg: RunConfig, value: float = 0.1, matrices_only: bool = True) -> None:
     cfg.train.weight_decay = float(value)
@@ -100,32 +122,37 @@ def _weight_tying(cfg: RunConfig) -> None:
     cfg.model.tie_weights = True
 
 
-@register("fp32", "train in full float32 instead of mixed precision", SEED_BLOG + " 32e")
+@register("fp32", "train in full float32 instead of mixed precision", SEED_BLOG + " 32e", acts_on=("precision",))
 def _fp32(cfg: RunConfig) -> None:
     cfg.train.precision = "fp32"
 
 
-@register("fp16", "float16 autocast with a GradScaler (the seed's cloud runs)", SEED_BLOG)
+@register("fp16", "float16 autocast with a GradScaler (the seed's cloud runs)", SEED_BLOG, acts_on=("precision",))
 def _fp16(cfg: RunConfig) -> None:
     cfg.train.precision = "fp16"
 
 
-@register("bf16", "bfloat16 autocast (no GradScaler needed)", "Kalamkar et al. 2019")
+@register("bf16", "bfloat16 autocast (no GradScaler needed)", "Kalamkar et al. 2019", acts_on=("precision",))
 def _bf16(cfg: RunConfig) -> None:
     cfg.train.precision = "bf16"
 
 
-@register("tf32", "allow TF32 matmuls on Ampere+ GPUs (the seed's runs had it on)", SEED_BLOG)
+@register("tf32", "allow TF32 matmuls on Ampere+ GPUs (the seed's runs had it on)", SEED_BLOG, acts_on=("precision",))
 def _tf32(cfg: RunConfig, enabled: bool = True) -> None:
     cfg.train.tf32 = bool(enabled)
 
 
-@register("lr", "set the (peak) learning rate", BOOK)
+@register("lr", "set the (peak) learning rate", BOOK, acts_on=("horizon", "batch", "width"))
 def _lr(cfg: RunConfig, value: float = 4e-4) -> None:
     cfg.train.lr = float(value)
 
 
-@register("batch_size", "set the global batch size in sequences (token budget unchanged: fewer, larger steps)", BOOK)
+@register(
+    "batch_size",
+    "set the global batch size in sequences (token budget unchanged: fewer, larger steps)",
+    BOOK,
+    acts_on=("batch", "horizon"),
+)
 def _batch_size(cfg: RunConfig, value: int = 32, micro: int = 0) -> None:
     cfg.train.global_batch_size = int(value)
     if micro:
@@ -137,6 +164,7 @@ def _batch_size(cfg: RunConfig, value: int = 32, micro: int = 0) -> None:
     "batch_scaling",
     "scale the global batch by `factor` and the lr by a rule: sqrt (Adam) or linear (SGD); token budget unchanged",
     "Malladi et al. 2022 (square-root rule for Adam); Goyal et al. 2017 (linear rule)",
+    acts_on=("batch", "horizon"),
 )
 def _batch_scaling(cfg: RunConfig, factor: float = 2.0, rule: str = "sqrt") -> None:
     if rule not in ("sqrt", "linear"):
@@ -213,13 +241,23 @@ def _gpt2_init(cfg: RunConfig) -> None:
     cfg.model.init = "gpt2"
 
 
-@register("muon", "Muon (orthogonalised momentum) for hidden matrices, AdamW for the rest", "Jordan et al. 2024")
+@register(
+    "muon",
+    "Muon (orthogonalised momentum) for hidden matrices, AdamW for the rest",
+    "Jordan et al. 2024",
+    acts_on=("horizon", "batch"),
+)
 def _muon(cfg: RunConfig, lr: float = 0.02) -> None:
     cfg.train.optimizer = "muon"
     cfg.train.muon_lr = float(lr)
 
 
-@register("seq_len_warmup", "train on short sequences first, growing linearly to full context", "Li et al. 2022")
+@register(
+    "seq_len_warmup",
+    "train on short sequences first, growing linearly to full context",
+    "Li et al. 2022",
+    acts_on=("horizon",),
+)
 def _seq_len_warmup(cfg: RunConfig, frac: float = 0.25) -> None:
     cfg.train.seq_len_warmup_frac = float(frac)
 
@@ -230,6 +268,7 @@ def _seq_len_warmup(cfg: RunConfig, frac: float = 0.25) -> None:
     "lr / m, logits x 1/m, attention scores / d_head (base_width 0 = emb_dim: only the attention scale changes)",
     "Yang et al. 2022, Tensor Programs V (arXiv 2203.03466), table 3 and the mup package (MuReadout, MuAdamW); "
     "Dey et al. 2024, the muP practitioner's guide (Cerebras / EleutherAI nanoGPT-mup)",
+    acts_on=("width",),
 )
 def _mup(cfg: RunConfig, base_width: int = 0) -> None:
     if base_width < 0:
@@ -288,4 +327,6 @@ def describe() -> str:
         ps = ", ".join(f"{k}={v}" for k, v in iv.params().items())
         lines.append(f"{iv.name:<16} {iv.description}" + (f"  [{ps}]" if ps else ""))
         lines.append(f"{'':<16} source: {iv.source}")
+        if iv.acts_on:
+            lines.append(f"{'':<16} acts on: {', '.join(iv.acts_on)}")
     return "\n".join(lines)

@@ -1,1 +1,2 @@
-"""Statistics over results: tests, sequential designs, tuning, scaling fits, yardsticks."""
+"""Statistics over results: tests (stats), sequential designs, tuning, scaling fits (curves, scaling), yardsticks,
+and what a screen says about its target (regime, seeds, rank)."""

@@ -1,10 +1,9 @@
 """Honest statistics for comparing final losses across seeds: pure functions, numpy + scipy only.
 
-Conventions: lower loss is better, so a *negative* difference (variant - baseline) is an
-improvement. Every function accepts any iterable of numbers; None entries are rejected.
-
-The verdict rules (`verdict`) and the constants they use live here, so the report's "Rules" part can be
-written from the same values the code applies:
+Conventions: lower loss is better, so a *negative* difference (variant - baseline) is an improvement. Every
+function accepts any iterable of numbers; None entries are rejected. Every t-test takes its p from t_p_two_sided
+and every CI its width from t_half_width. The verdict rules (`verdict`) and the constants they use live here, so
+the report's "Rules" part can be written from the same values the code applies:
 
 - two designs: "independent" (Welch's t-test, variant and baseline seeds unrelated) and "paired" (a paired
   t-test on per-seed differences; baseline and variant share the (init, data) seed of each pair);
@@ -70,6 +69,16 @@ def _scalar(x):
     return float(x) if x.ndim == 0 else x
 
 
+def t_p_two_sided(t, df):
+    """Two-sided p of a t statistic with df degrees of freedom, 2 P(T_df > |t|) (arrays broadcast)."""
+    return 2.0 * _st.t.sf(np.abs(t), df)
+
+
+def t_half_width(se, df, quantile: float):
+    """Half-width of a t interval, t_df(quantile) * se (quantile 1 - alpha/2: a two-sided 1 - alpha CI)."""
+    return _st.t.ppf(quantile, df) * se
+
+
 def summarize(values: Iterable[float], confidence: float = 0.95) -> dict:
     """n, mean, sample std (ddof=1), standard error and a Student-t confidence interval.
 
@@ -86,7 +95,7 @@ def summarize(values: Iterable[float], confidence: float = 0.95) -> dict:
         return dict(n=1, mean=mean, std=nan, sem=nan, ci_low=nan, ci_high=nan)
     std = float(np.std(x, ddof=1))
     sem = std / math.sqrt(n)
-    half = float(_st.t.ppf(0.5 + confidence / 2.0, n - 1)) * sem
+    half = float(t_half_width(sem, n - 1, 0.5 + confidence / 2.0))
     return dict(n=n, mean=mean, std=std, sem=sem, ci_low=mean - half, ci_high=mean + half)
 
 
@@ -225,7 +234,7 @@ def welch_test(baseline, variant) -> dict:
         s1, s2 = w1 / big, w2 / big
         df = np.where(big > 0, (s1 + s2) ** 2 / (s1**2 / (n1 - 1) + s2**2 / (n2 - 1)), n1 + n2 - 2.0)
         t = np.where(se > 0, diff / se, np.where(diff == 0, 0.0, np.copysign(np.inf, diff)))
-    p = 2.0 * _st.t.sf(np.abs(t), df)
+    p = t_p_two_sided(t, df)
     return dict(diff=_scalar(diff), se=_scalar(se), df=_scalar(df), t=_scalar(t), p=_scalar(p))
 
 
@@ -247,7 +256,7 @@ def paired_test(baseline, variant) -> dict:
     with np.errstate(all="ignore"):
         t = np.where(se > 0, diff / se, np.where(diff == 0, 0.0, np.copysign(np.inf, diff)))
     df = np.full(np.shape(diff), n - 1.0)
-    p = 2.0 * _st.t.sf(np.abs(t), df)
+    p = t_p_two_sided(t, df)
     return dict(diff=_scalar(diff), sd=_scalar(sd), se=_scalar(se), df=_scalar(df), t=_scalar(t), p=_scalar(p))
 
 
@@ -277,7 +286,7 @@ def tost(baseline, variant, margin: float, alpha: float = 0.05, paired: bool = F
         t_hi = np.where(se > 0, (diff - margin) / se, np.where(diff - margin < 0, -np.inf, np.inf))
     p_lower = _st.t.sf(t_lo, df)
     p_upper = _st.t.cdf(t_hi, df)
-    half = _st.t.ppf(1.0 - alpha, df) * se
+    half = t_half_width(se, df, 1.0 - alpha)
     p = np.maximum(p_lower, p_upper)
     return dict(
         diff=_scalar(diff),
@@ -377,14 +386,13 @@ def compare(
 ) -> dict:
     """Welch comparison of a variant against the baseline (diff = mean(variant) - mean(baseline)).
 
-    Returns: n_baseline, n_variant, mean_baseline, mean_variant, diff, t (Welch), df
-    (Welch–Satterthwaite), p (two-sided), ci_low/ci_high (Welch CI of diff at confidence
-    1 - alpha, i.e. 95% by default), cohen_d (pooled sd), hedges_g, seeds_needed (int, ">10000"
-    or None: the conservative estimate, see _effect_sizes), mde (the difference detectable with `power`
-    at alpha with these n and the pooled SD), equivalent / tost_p / tost_ci_low / tost_ci_high (TOST at
-    ±equivalence_margin; None/nan without a margin) and verdict for a family of this one comparison
-    (build_rows re-decides it with the Holm-adjusted p). With fewer than 2 values in either group only
-    the means and diff are filled in.
+    Returns: n_baseline, n_variant, mean_baseline, mean_variant, diff, t (Welch), df (Welch–Satterthwaite), p
+    (two-sided), ci_low/ci_high (Welch CI of diff at confidence 1 - alpha, i.e. 95% by default), cohen_d (pooled
+    sd), hedges_g, seeds_needed (int, ">10000" or None: the conservative estimate, see _effect_sizes), mde (the
+    difference detectable with `power` at alpha with these n and the pooled SD), equivalent / tost_p / tost_ci_low
+    / tost_ci_high (TOST at ±equivalence_margin; None/nan without a margin) and verdict for a family of this one
+    comparison (build_rows re-decides it with the Holm-adjusted p). With fewer than 2 values in either group
+    only the means and diff are filled in.
     """
     a = _as_array(baseline_values)
     b = _as_array(variant_values)
@@ -397,7 +405,7 @@ def compare(
 
     w = welch_test(a, b)
     diff, df = out["diff"], w["df"]
-    half = float(_st.t.ppf(1.0 - alpha / 2.0, df)) * w["se"]
+    half = float(t_half_width(w["se"], df, 1.0 - alpha / 2.0))
     out.update(t=w["t"], df=df, p=w["p"], ci_low=diff - half, ci_high=diff + half)
     v1, v2 = float(np.var(a, ddof=1)), float(np.var(b, ddof=1))
     sp = math.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
@@ -435,7 +443,7 @@ def compare_paired(
         raise ValueError("compare_paired() needs finite values (drop diverged runs first)")
     w = paired_test(a, b)
     diff = float(np.mean(b - a))
-    half = float(_st.t.ppf(1.0 - alpha / 2.0, n - 1)) * w["se"]
+    half = float(t_half_width(w["se"], n - 1, 1.0 - alpha / 2.0))
     out.update(diff=diff, t=w["t"], df=w["df"], p=w["p"], ci_low=diff - half, ci_high=diff + half)
     _effect_sizes(out, diff, w["sd"], n - 1, alpha, power, paired=True)
     out["mde"] = mde(w["sd"], n, alpha=alpha, power=power, paired=True)
