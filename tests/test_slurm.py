@@ -53,7 +53,7 @@ def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm
     spec = write_spec(tmp_path, small_data)
     t0 = time.time()
     # 2 at a time = one thread each, as in the SLURM jobs (one core each): same arithmetic, same bits
-    assert run_experiment(str(spec), out=str(tmp_path / "local"), quiet=True, parallel=2) == 0
+    assert run_experiment(str(spec), out=str(tmp_path / "local"), quiet=True, parallel=2).exit_code == 0
     t_local = time.time() - t0
     t0 = time.time()
     assert (
@@ -132,7 +132,7 @@ def test_status_of_local_runs(small_data, tmp_path):
         ("baseline-s1", "pending", None),
         ("no_dropout-s1", "pending", None),
     ]
-    assert run_experiment(str(spec), out=str(out), quiet=True, only=["baseline"]) == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True, only=["baseline"]).exit_code == 0
     (out / "runs/no_dropout-s1.log").write_text("Traceback ...\nRuntimeError: out of memory\n")  # started, died
     rows = experiment_status(str(spec), out=str(out))
     assert [r["state"] for r in rows] == ["done", "failed"]
@@ -208,7 +208,7 @@ def test_preempted_job_is_requeued_and_resumes_bit_exactly(small_data, slurm_clu
         **{"train.checkpoint_interval": 1000, "train.eval_interval": 20},
     )
     ref = tmp_path / "ref"  # uninterrupted, one thread as in the job (parallel=2 gives each run half the 2 cores)
-    assert run_experiment(str(spec), out=str(ref), quiet=True, parallel=2) == 0
+    assert run_experiment(str(spec), out=str(ref), quiet=True, parallel=2).exit_code == 0
     out = tmp_path / "slurm"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     runner = subprocess.Popen(
