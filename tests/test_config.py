@@ -132,6 +132,8 @@ def test_runner_and_its_train_child_resolve_the_same_config(tmp_path):
         (row_hash,) = c.execute("select config_hash from runs where run_id = 'baseline-s1'").fetchone()
     assert meta["config_hash"] == row_hash == expected.hash
     assert resolve(out / "configs" / "baseline-s1.toml").hash == expected.hash  # the child's table, resolved
-    assert run_experiment(str(spec_path), out=str(out), overrides=sets, quiet=True) == 0  # done, not "changed"
+    assert (
+        run_experiment(str(spec_path), out=str(out), overrides=sets, quiet=True).exit_code == 0
+    )  # done, not "changed"
     with pytest.raises(GptlabError, match=r"^baseline-s1: finished with another config \(train.lr 0.002 -> 0.003\)"):
         run_experiment(str(spec_path), out=str(out), overrides=sets[1:], quiet=True)
