@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -49,7 +50,7 @@ def slurm_options(partition, **kw):
     return {"partition": partition, "procs_per_node": 1, "time_min": 10, "poll_s": 0.5, **kw}
 
 
-def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm_cluster, tmp_path, capsys):
+def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm_cluster, tmp_path, capsys, caplog):
     spec = write_spec(tmp_path, small_data)
     t0 = time.time()
     # 2 at a time = one thread each, as in the SLURM jobs (one core each): same arithmetic, same bits
@@ -63,7 +64,7 @@ def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm
             quiet=True,
             backend="slurm",
             backend_options=slurm_options(slurm_cluster),
-        )
+        ).exit_code
         == 0
     )
     t_slurm = time.time() - t0
@@ -89,7 +90,7 @@ def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm
     )
     assert r.returncode == 0 and "4 done" in r.stdout and jobs["no_dropout-s2"]["job_id"] in r.stdout, r.stdout
     # a re-run submits nothing
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="gptlab")
     assert (
         run_experiment(
             str(spec),
@@ -97,10 +98,10 @@ def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm
             quiet=True,
             backend="slurm",
             backend_options=slurm_options(slurm_cluster),
-        )
+        ).exit_code
         == 0
     )
-    assert "0 to run" in capsys.readouterr().out and load_jobs(tmp_path / "slurm") == jobs
+    assert "0 to run" in caplog.text and load_jobs(tmp_path / "slurm") == jobs
 
 
 def test_sbatch_refusal_is_one_line_naming_the_option(small_data, slurm_cluster, tmp_path):
