@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -45,10 +46,12 @@ def rows(exp_dir):
         return []
 
 
-def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path, capsys):
+def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gptlab")
     spec = write_spec(tmp_path, small_data)
     out = tmp_path / "exp"
-    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
+    res = run_experiment(str(spec), out=str(out), quiet=True)
+    assert res.exit_code == 0 and res.failures == [] and res.report["markdown"] == str(out / "report.md")
     r = rows(out)
     assert [x[0] for x in r] == ["baseline-s1", "baseline-s2", "no_dropout-s1", "no_dropout-s2"]
     assert all(x[3] is not None and 0 < x[3] < 12 for x in r)
@@ -58,8 +61,11 @@ def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path,
     assert n_metrics >= 6 and hashes == 4
     for f in ["report.md", "report.html", "plots/loss_curves.png", "plots/test_loss.png"]:
         assert (out / f).exists(), f
-    printed = capsys.readouterr().out
-    assert "no_dropout" in printed and "baseline" in printed
+    assert "no_dropout" in res.summary and "baseline" in res.summary
+    assert res.summary.endswith(f"report: {out / 'report.md'}  {out / 'report.html'}")
+    assert caplog.messages[0].startswith("experiment t: 4 runs, 0 already done, 4 to run")
+    assert [m.split()[:2] for m in caplog.messages[1:]] == [[f"[{i}/4]", r[i - 1][0]] for i in range(1, 5)]
+    caplog.clear()
     # same seed, same data order: the seed changes the model init only
     assert r[0][3] != r[1][3]
     # the leaderboard over this experiment folder
@@ -75,8 +81,8 @@ def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path,
     with pytest.raises(GptlabError, match="no results.sqlite"):
         leaderboard([str(out / "runs")])
     # re-running does nothing new and keeps one row per run
-    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
-    assert "0 to run" in capsys.readouterr().out
+    assert run_experiment(str(spec), out=str(out), quiet=True).exit_code == 0
+    assert "0 to run" in caplog.messages[0] and len(caplog.messages) == 1
     assert len(rows(out)) == 4
 
 
@@ -101,18 +107,24 @@ def test_killed_experiment_resumes_with_each_run_once(small_data, tmp_path):
     assert {x[0]: x[3] for x in before}.items() <= {x[0]: x[3] for x in after}.items()
 
 
-def test_only_subset_keeps_baseline(small_data, tmp_path, capsys):
+def test_only_subset_keeps_baseline(small_data, tmp_path):
     spec = write_spec(tmp_path, small_data)
-    assert run_experiment(str(spec), dry_run=True, only=["no_dropout"]) == 0
-    out = capsys.readouterr().out
+    plan = run_experiment(str(spec), dry_run=True, only=["no_dropout"])
+    assert plan.exit_code == 0 and plan.folder is None
+    out = plan.summary
     assert "baseline-s1" in out and "no_dropout-s2" in out
     with pytest.raises(GptlabError, match=r"--only: unknown variant 'nope'"):
         run_experiment(str(spec), dry_run=True, only=["nope"])
 
 
 def test_dry_run_prints_matrix(small_data, tmp_path, capsys):
+    from gptlab.cli import main
+
     spec = write_spec(tmp_path, small_data)
-    assert run_experiment(str(spec), dry_run=True) == 0
+    plan = run_experiment(str(spec), dry_run=True).summary.splitlines()
+    assert plan[0].startswith("experiment t: 2 variants, 4 runs") and plan[1].startswith("run ")
+    assert [line.split()[0] for line in plan[2:6]] == ["baseline-s1", "baseline-s2", "no_dropout-s1", "no_dropout-s2"]
+    assert main(["experiment", str(spec), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 variants, 4 runs" in out and "no_dropout-s2" in out and "3.641" in out
     assert "estimated" in out and "FLOPs" in out
@@ -235,7 +247,7 @@ def test_paired_design_and_margin_carry_from_the_spec_to_every_report(small_data
     d = tomllib.loads(spec.read_text())
     spec.write_text(tomli_w.dumps(dict(d, design="paired", equivalence_margin=5.0)))
     out = tmp_path / "exp"
-    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True).exit_code == 0
     first = (out / "report.md").read_text()
     assert "p (paired t)" in first and "±5" in first.split("## Rules")[1]
     (out / "report.md").unlink()
@@ -286,17 +298,39 @@ def test_spec_alpha_is_checked_and_kept_for_gptlab_report(small_data, tmp_path):
 def test_moving_a_changed_run_aside_takes_its_log_and_tensorboard_folder(tmp_path):
     """--rerun-changed: runs/RID, runs/RID.log and tensorboard/RID all move to RID.stale-N with one N, the first
     free for all three (here 2: the TensorBoard folder of an earlier redo holds stale-1); nothing is deleted."""
-    from gptlab.experiments.run.runner import _move_aside
+    from gptlab.experiments.run.changes import move_aside
 
     runs, tb = tmp_path / "runs", tmp_path / "tensorboard"
     for d in (runs / "b-s1", tb / "b-s1", tb / "b-s1.stale-1"):
         d.mkdir(parents=True)
         (d / "x").write_text(d.name)
     (runs / "b-s1.log").write_text("log")
-    assert _move_aside(runs, "b-s1") == runs / "b-s1.stale-2"
+    assert move_aside(runs, "b-s1") == runs / "b-s1.stale-2"
     assert (runs / "b-s1.stale-2" / "x").read_text() == "b-s1" and (runs / "b-s1.stale-2.log").read_text() == "log"
     assert (tb / "b-s1.stale-2" / "x").read_text() == "b-s1" and (
         tb / "b-s1.stale-1" / "x"
     ).read_text() == "b-s1.stale-1"
     assert not (runs / "b-s1").exists() and not (tb / "b-s1").exists()
-    assert _move_aside(runs, "b-s1") is None
+    assert move_aside(runs, "b-s1") is None
+
+
+def test_a_failed_run_is_reported_by_the_verb_and_exits_1(small_data, tmp_path, capsys):
+    """The runner returns what happened (a failed run id, the report written); `gptlab experiment` prints the
+    progress lines and the table on stdout, the failure on stderr, and exits 1."""
+    from gptlab.cli import main
+
+    spec = write_spec(tmp_path, small_data, seeds=(1, 2))
+    out = tmp_path / "exp"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "no_dropout-s2").write_text("not a run folder")  # its `gptlab train` fails at once
+    res = run_experiment(str(spec), out=str(out), quiet=True, force=True)
+    assert res.failures == ["no_dropout-s2"] and res.exit_code == 1 and res.report is not None
+    assert capsys.readouterr().out == ""  # the library prints nothing
+    assert res.problems() == [f"1 run(s) failed: no_dropout-s2 (logs in {out / 'runs'}); re-run to retry"]
+    assert main(["experiment", str(spec), "--out", str(out), "--quiet"]) == 1
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert lines[0].startswith("experiment t: 4 runs, 3 already done, 1 to run")
+    assert lines[1].startswith("[1/1] no_dropout-s2") and " FAILED (exit " in lines[1]
+    assert lines[-1] == f"report: {out / 'report.md'}  {out / 'report.html'}"
+    assert printed.err == f"1 run(s) failed: no_dropout-s2 (logs in {out / 'runs'}); re-run to retry\n"

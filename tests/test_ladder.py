@@ -13,7 +13,6 @@ from gptlab.cli import main
 from gptlab.config import parse_overrides
 from gptlab.experiments.analysis.ladder import collect
 from gptlab.experiments.report.ladder import write_ladder_report
-from gptlab.experiments.run.ladder import run_ladder
 from gptlab.experiments.spec.ladder import load_ladder
 
 RUNGS = [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 64, "n_heads": 2}]
@@ -136,7 +135,7 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
     out = tmp_path / "out"
-    assert run_ladder(str(spec), out=str(out), quiet=True) == 0
+    assert main(["ladder", str(spec), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "ladder lad: 2 rungs, 8 runs, 0 already done, 8 to run" in printed
     for k in (0, 1):
@@ -169,7 +168,7 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     # a rerun trains nothing and rewrites the same verdicts
     mtimes = {p: p.stat().st_mtime for p in out.glob("rung-*/runs/*/final.json")}
     assert len(mtimes) == 8
-    assert run_ladder(str(spec), out=str(out), quiet=True) == 0
+    assert main(["ladder", str(spec), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "8 runs, 8 already done, 0 to run" in printed and printed.count(", 0 to run") == 3
     assert {p: p.stat().st_mtime for p in out.glob("rung-*/runs/*/final.json")} == mtimes

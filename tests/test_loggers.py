@@ -4,6 +4,7 @@ are one-line errors; `gptlab experiment --status` shows progress. Nothing here t
 naming the package, only when a logger package it uses is not installed; those that need none always run."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -220,13 +221,13 @@ def write_spec(tmp_path, data, loggers, seeds=(1, 2)):
     return p
 
 
-def test_experiment_groups_its_runs(small_data, tmp_path, monkeypatch, capsys):
+def test_experiment_groups_its_runs(small_data, tmp_path, monkeypatch, caplog):
     need("tensorboard", "wandb", "trackio")
     for k, v in offline_env(tmp_path).items():
         monkeypatch.setenv(k, v)
     spec = write_spec(tmp_path, small_data, ["tensorboard", "wandb", "trackio"])
     out = tmp_path / "exp"
-    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True).exit_code == 0
     ids = ["baseline-s1", "baseline-s2"]
     assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ids  # one curve per run
     for rid in ids:
@@ -249,9 +250,9 @@ def test_experiment_groups_its_runs(small_data, tmp_path, monkeypatch, capsys):
         assert r["val_loss"] == [x for x in last if "val_loss" in x][-1]["val_loss"]
     assert f"curves: tensorboard --logdir {out / 'tensorboard'}" in format_status(rows)
     # the loggers are not part of what a run is: the finished runs stand when they change
-    capsys.readouterr()
-    assert run_experiment(str(spec), out=str(out), quiet=True, overrides=["train.loggers=jsonl"]) == 0
-    assert "0 to run" in capsys.readouterr().out
+    caplog.set_level(logging.INFO, logger="gptlab")
+    assert run_experiment(str(spec), out=str(out), quiet=True, overrides=["train.loggers=jsonl"]).exit_code == 0
+    assert "0 to run" in caplog.text
 
 
 def test_status_shows_progress_of_a_partial_run(small_data, tmp_path):
@@ -261,13 +262,13 @@ def test_status_shows_progress_of_a_partial_run(small_data, tmp_path):
     rows = experiment_status(str(spec), out=str(out))
     assert [(r["step"], r["tensorboard"]) for r in rows] == [(None, None)] * 2
     # baseline-s1 started by the runner's config and stopped at step 4 of 6; baseline-s2 not started
-    from gptlab.experiments.run.runner import _write_job
+    from gptlab.experiments.run.matrix import write_job
     from gptlab.experiments.spec.experiment import load_spec
 
     s = load_spec(spec)
     (out / "runs").mkdir(parents=True)
     (out / "configs").mkdir()
-    job = _write_job(s, s.variants[0], 1, {}, out)
+    job = write_job(s, s.variants[0], 1, {}, out)
     train(load_config(job.config), job.run_dir, stop_after=3)
     with open(job.run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "tokens": 1024, "train_lo')  # a row being written

@@ -2,6 +2,7 @@
 code path run for real on CPU: runs under torchrun, several processes each, several runs at once."""
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -110,15 +111,17 @@ def _results(out):
         return {r["run_id"]: r["test_loss"] for r in db.runs()}
 
 
-def test_two_runs_at_once_of_two_processes_match_single_process(small_data, tmp_path, capsys):
+def test_two_runs_at_once_of_two_processes_match_single_process(small_data, tmp_path, caplog):
     """Real torchrun: 2 runs at once, each 2 gloo processes, give the test losses of the same matrix run as
     plain single processes one after the other."""
+    caplog.set_level(logging.INFO, logger="gptlab")
     spec = _spec(tmp_path, small_data)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert run_experiment(spec, out=str(one), quiet=True, procs_per_run=1) == 0
-    assert "(1 at a time)" in capsys.readouterr().out.splitlines()[0]
-    assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2) == 0
-    assert "(2 at a time, 2 processes each)" in capsys.readouterr().out.splitlines()[0]
+    assert run_experiment(spec, out=str(one), quiet=True, procs_per_run=1).exit_code == 0
+    assert "(1 at a time)" in caplog.messages[0]
+    caplog.clear()
+    assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2).exit_code == 0
+    assert "(2 at a time, 2 processes each)" in caplog.messages[0]
     for rid in ("baseline-s1", "qkv_bias-s1"):
         meta = json.loads((two / "runs" / rid / "meta.json").read_text())
         assert meta["world_size"] == 2
@@ -133,8 +136,9 @@ def test_two_runs_at_once_of_two_processes_match_single_process(small_data, tmp_
     for rid in single:
         assert ddp[rid] == pytest.approx(single[rid], abs=1e-4), rid
     # the runs under torchrun recorded the config hash the spec resolves to: a re-run finds nothing to do
-    assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2) == 0
-    assert "0 to run" in capsys.readouterr().out
+    caplog.clear()
+    assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2).exit_code == 0
+    assert "0 to run" in caplog.messages[0]
 
 
 def test_cli_gpus_per_run_without_gpus_is_one_line_before_anything(small_data, tmp_path, capsys, monkeypatch):

@@ -307,15 +307,16 @@ def write_spec(tmp_path, data, variants):
     return p
 
 
-def test_until_decided_options_and_dry_run(small_data, tmp_path, capsys):
+def test_until_decided_options_and_dry_run(small_data, tmp_path):
     from gptlab.experiments.run.runner import run_experiment
 
     spec = write_spec(
         tmp_path, small_data, [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}]
     )
-    assert run_experiment(str(spec), dry_run=True, until_decided=True, max_seeds=6) == 0
-    out = capsys.readouterr().out
-    assert "until decided: group-sequential, O'Brien-Fleming spending, 3 looks at 2, 4, 6 seeds" in out
+    plan = run_experiment(str(spec), dry_run=True, until_decided=True, max_seeds=6)
+    assert plan.exit_code == 0
+    out = plan.summary.splitlines()[-1]
+    assert out.startswith("until decided: group-sequential, O'Brien-Fleming spending, 3 looks at 2, 4, 6 seeds")
     with pytest.raises(GptlabError, match="needs --max-seeds"):
         run_experiment(str(spec), dry_run=True, until_decided=True)
     with pytest.raises(GptlabError, match="--max-seeds: 1 is below"):

@@ -2,6 +2,7 @@
 the experiment compares every variant at its chosen value beside the comparison at the base config's value."""
 
 import json
+import logging
 import math
 import sqlite3
 import tomllib
@@ -89,21 +90,24 @@ def test_choice_uses_validation_loss_marks_edges_and_reuses_base_runs(small_data
         choose(spec, {k: v for k, v in val.items() if k != "no_dropout@lr=0.004-s1001"})
 
 
-def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_path, capsys):
+def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gptlab")
     spec = _spec(tmp_path, small_data, alpha=0.1)  # base lr 1e-5 barely trains in 6 steps; 2e-3 and 4e-3 do
     out = tmp_path / "exp"
-    assert run_sweep(str(spec), out=str(out), quiet=True) == 0
-    printed = capsys.readouterr().out
-    assert "6 runs, 0 already done, 6 to run" in printed and "train.lr=1e-05" in printed
+    swept = run_sweep(str(spec), out=str(out), quiet=True)
+    assert swept.exit_code == 0 and swept.summary.endswith(f"sweep: {out / 'sweep.json'}")
+    assert "6 runs, 0 already done, 6 to run" in caplog.messages[0] and "train.lr=1e-05" in swept.summary
+    caplog.clear()
     sweep = json.loads((out / "sweep.json").read_text())
     assert set(sweep["best"]) == {"baseline", "no_dropout"} and all(x in (2e-3, 4e-3) for x in sweep["best"].values())
     for name, row in sweep["val_loss"].items():
         assert row[f"{sweep['best'][name]:.6g}"] == min(row.values()) < row["1e-05"]
 
-    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
-    printed = capsys.readouterr().out
-    assert "10 runs, 6 already done, 4 to run" in printed  # the sweep's runs are reused
-    assert "each variant at its best train.lr" in printed
+    tuned = run_experiment(str(spec), out=str(out), quiet=True)
+    assert tuned.exit_code == 0
+    assert "10 runs, 6 already done, 4 to run" in caplog.messages[0]  # the sweep's runs are reused
+    assert "each variant at its best train.lr" in tuned.summary
+    caplog.clear()
     with sqlite3.connect(out / "results.sqlite") as c:
         ids = {r[0]: r[1] for r in c.execute("select run_id, test_loss from runs")}
     best = sweep["best"]
@@ -130,8 +134,8 @@ def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_pa
 
     assert main(["report", str(out)]) == 0
     assert _undated((out / "report.md").read_text()) == _undated(md)
-    assert run_experiment(str(spec), out=str(out), quiet=True) == 0
-    assert "0 to run" in capsys.readouterr().out
+    assert run_experiment(str(spec), out=str(out), quiet=True).exit_code == 0
+    assert "0 to run" in caplog.text
 
 
 def _undated(md: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gptlab import GptlabError
 from gptlab.cli.common import (
@@ -42,7 +43,8 @@ def cmd_experiment(a) -> int:
         return 0
     if a.emit:
         raise GptlabError("--emit: only with --backend skypilot")
-    return run_experiment(
+    return _shown(
+        run_experiment,
         a.spec,
         dry_run=a.dry_run,
         until_decided=a.until_decided,
@@ -50,6 +52,24 @@ def cmd_experiment(a) -> int:
         seeds_per_round=a.seeds_per_round,
         **_run_options(a),
     )
+
+
+def _shown(run, *args, **kwargs) -> int:
+    """Call a runner (run_experiment, run_sweep, run_ladder; its progress lines reach the terminal through the
+    console while it runs); print its summary on stdout and its problems on stderr; its exit status: 0, 1 for
+    failed runs or a report not written, and after a stop signal 130 (SIGINT) or 75 (SIGTERM, SIGUSR1)."""
+    from gptlab.experiments.run.stops import Stopped
+
+    try:
+        outcome = run(*args, **kwargs)
+    except Stopped as s:
+        print(s.line(), file=sys.stderr)
+        return s.exit_code
+    if outcome.summary:
+        print(outcome.summary)
+    for line in outcome.problems():
+        print(line, file=sys.stderr)
+    return outcome.exit_code
 
 
 def cmd_sweep(a) -> int:
@@ -66,7 +86,8 @@ def cmd_sweep(a) -> int:
             raise GptlabError(
                 f"--seeds: {len(seeds)} seeds; at most {MAX_SEEDS} (each one is a run per variant and grid value)"
             )
-    return run_sweep(a.spec, param=a.param, grid=parse_grid(a.grid) if a.grid else None, seeds=seeds, **_run_options(a))
+    grid = parse_grid(a.grid) if a.grid else None
+    return _shown(run_sweep, a.spec, param=a.param, grid=grid, seeds=seeds, **_run_options(a))
 
 
 def _run_options(a) -> dict:
@@ -99,7 +120,7 @@ def _run_options(a) -> dict:
 def cmd_ladder(a) -> int:
     from gptlab.experiments.run.ladder import run_ladder
 
-    return run_ladder(a.spec, dry_run=a.dry_run, bootstrap=a.bootstrap, **_run_options(a))
+    return _shown(run_ladder, a.spec, dry_run=a.dry_run, bootstrap=a.bootstrap, **_run_options(a))
 
 
 def cmd_leaderboard(a) -> int:

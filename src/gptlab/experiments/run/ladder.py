@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import tomli_w
 
-from gptlab.config import (
-    parse_overrides,
-)
+from gptlab.config import parse_overrides
 from gptlab.experiments.analysis.ladder import done_counts
 from gptlab.experiments.report.ladder import format_summary, write_ladder_report
+from gptlab.experiments.run.runner import Outcome, run_experiment
+from gptlab.experiments.run.session import experiment_session
 from gptlab.experiments.spec.ladder import load_ladder
-from gptlab.experiments.spec.plan import print_ladder_dry_run
-from gptlab.io import claim_dir, confined
+from gptlab.experiments.spec.plan import ladder_dry_run_lines
+from gptlab.io import atomic_write_text, claim_dir, confined
+
+log = logging.getLogger(__name__)
 
 
 def run_ladder(
@@ -25,59 +27,49 @@ def run_ladder(
     only: list[str] | None = None,
     bootstrap: int | None = None,
     **run_options,
-) -> int:
-    """Run (or with dry_run, only print) every rung of the ladder through the experiment runner, then write the
-    ladder report. The exit status for the CLI."""
-    from gptlab.experiments.run.runner import ExperimentLock, Stopped, StopSignals, run_experiment
-    from gptlab.io import atomic_write_text
-    from gptlab.train.signals import EXIT_PREEMPTED
-
+) -> Outcome:
+    """Run (or with dry_run, only plan) every rung of the ladder through the experiment runner, then write the
+    ladder report. Each rung's summary goes to `logging` as the rung ends; the Outcome holds the rungs' outcomes
+    (`parts`) and the ladder's summary. A stop signal raises Stopped (between rungs, or from a rung's runner once
+    its runs have ended), and the ladder report is then not written."""
     extra = parse_overrides(overrides or [])
     lad = load_ladder(spec_path, extra)
     if bootstrap is not None:
         lad.bootstrap = bootstrap
     if dry_run:
-        print_ladder_dry_run(lad, extra)
-        return 0
-    exp_dir = claim_dir(
-        Path(out) if out else confined("experiments", lad.name, f"{lad.path}: name"),
-        LADDER_DIR,
-        "--out" if out else "ladder folder",
-        run_options.get("force", False),
-        _written_before,
-    )
+        return Outcome(summary="\n".join(ladder_dry_run_lines(lad, extra)))
+    exp_dir = Path(out) if out else confined("experiments", lad.name, f"{lad.path}: name")
+    what, force = ("--out" if out else "ladder folder"), run_options.get("force", False)
+
+    def claim(folder: Path) -> None:
+        claim_dir(folder, LADDER_DIR, what, force, _written_before)
+
     keep = None if not only else set(only) | {lad.spec.baseline}  # --only: these variants and the baseline
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    outcome = Outcome(exp_dir)
     # one ladder runner per folder (each rung's runner also locks its rung's folder); a stop signal between rungs
-    # ends the ladder, one during a rung is passed on to its runs by the rung's runner (runner.py)
-    try:
-        with ExperimentLock(exp_dir, "ladder folder"), StopSignals():
-            done = done_counts(lad, exp_dir, keep)
-            total = sum(sum(keep is None or v.name in keep for v, _ in r.spec.matrix()) for r in lad.rungs)
-            print(
-                f"ladder {lad.name}: {len(lad.rungs)} rungs, {total} runs, {sum(done)} already done, "
-                f"{total - sum(done)} to run -> {exp_dir}",
-                flush=True,
+    # ends the ladder, one during a rung is passed on to its runs by the rung's runner (matrix.py)
+    with experiment_session(exp_dir, claim, "ladder folder", subdirs=()) as session:
+        done = done_counts(lad, session.folder, keep)
+        total = sum(sum(keep is None or v.name in keep for v, _ in r.spec.matrix()) for r in lad.rungs)
+        log.info(
+            f"ladder {lad.name}: {len(lad.rungs)} rungs, {total} runs, {sum(done)} already done, "
+            f"{total - sum(done)} to run -> {exp_dir}"
+        )
+        for r in lad.rungs:
+            spec_file = exp_dir / "specs" / f"{r.name}.toml"
+            atomic_write_text(
+                spec_file, f"# rung {r.index} of {lad.path} (written by `gptlab ladder`)\n" + tomli_w.dumps(r.table)
             )
-            status = 0
-            for r in lad.rungs:
-                spec_file = exp_dir / "specs" / f"{r.name}.toml"
-                atomic_write_text(
-                    spec_file, f"# rung {r.index} of {lad.path} (written by `gptlab ladder`)\n" + tomli_w.dumps(r.table)
-                )
-                rc = run_experiment(
-                    str(spec_file), out=str(exp_dir / r.name), overrides=overrides, only=only, **run_options
-                )
-                if rc in (130, EXIT_PREEMPTED):  # stopped: the rung's runner said so
-                    return rc
-                status = status or rc
-            res = write_ladder_report(lad, exp_dir)
-    except Stopped as s:
-        print(s.line(), file=sys.stderr)
-        return s.exit_code
-    print(format_summary(res))
-    print(f"ladder report: {res['markdown']}  {res['html']}")
-    return status
+            rung = run_experiment(
+                str(spec_file), out=str(exp_dir / r.name), overrides=overrides, only=only, **run_options
+            )
+            if rung.summary:
+                log.info(rung.summary)
+            outcome.parts.append(rung)
+        res = write_ladder_report(lad, exp_dir)
+    outcome.report = res
+    outcome.summary = f"{format_summary(res)}\nladder report: {res['markdown']}  {res['html']}"
+    return outcome
 
 
 LADDER_DIR = "ladder"  # the kind of folder `ladder` writes (io.claim_dir)

@@ -1,5 +1,6 @@
-"""`gptlab experiment --dry-run`: the matrix with each run's size, budget and recipe, and the total cost,
-timed on this machine's own training step where that is practical, otherwise estimated for 8x A100."""
+"""The plans of `gptlab experiment --dry-run` and `gptlab ladder --dry-run`, returned as lines for the CLI to
+print: the matrix with each run's size, budget and recipe, and the total cost, timed on this machine's own
+training step where that is practical, otherwise estimated for 8x A100 (a ladder: 1x H100)."""
 
 from __future__ import annotations
 
@@ -11,25 +12,32 @@ from gptlab.experiments.spec.ladder import MIN_SPAN, Ladder
 _MEASURABLE_PARAMS = 50_000_000  # without a GPU, time the step only for models below this size
 
 
-def print_dry_run(spec: Spec, extra: dict) -> None:
+def dry_run_lines(spec: Spec, extra: dict) -> list[str]:
+    """The plan of `gptlab experiment --dry-run`: a header, one line per run, and the total cost."""
     import torch
 
     from gptlab.model import GPTModel, count_params
 
-    print(f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})")
-    print(
+    lines = [f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})"]
+    lines.append(
         f"{'run':<30} {'params':>12} {'tokens':>14} {'FLOPs':>9} {'lr':>8} {'wd':>7} {'clip':>5} {'drop':>5} "
         f"{'sched':>8} {'prec':>5} {'published':>9}  interventions"
     )
-    total_flops = sum(_print_run(spec, v, s, extra) for v, s in spec.matrix())
+    total_flops = 0.0
+    for v, s in spec.matrix():
+        line, fl = _run_line(spec, v, s, extra)
+        lines.append(line)
+        total_flops += fl
     cfg0, _, vocab0 = spec.resolve(spec.variants[0], spec.seeds[0], extra)
     if cfg0.data.vocab == "corpus" and vocab0 is None:
-        print(f"(data.vocab = 'corpus' but {cfg0.data.dir} is not prepared yet: sizes above use the full vocabulary)")
+        lines.append(
+            f"(data.vocab = 'corpus' but {cfg0.data.dir} is not prepared yet: sizes above use the full vocabulary)"
+        )
     with torch.device("meta"):
         n0 = count_params(GPTModel(cfg0.model))
     if torch.cuda.is_available() or n0 < _MEASURABLE_PARAMS:
         rate = _measure_flops(cfg0)
-        print(
+        lines.append(
             f"total {total_flops:.3e} FLOPs; this machine trains the base model at ~{rate:.2e} FLOP/s "
             f"-> estimated {total_flops / rate / 60:.1f} min run one after another"
         )
@@ -37,14 +45,15 @@ def print_dry_run(spec: Spec, extra: dict) -> None:
         from gptlab.train.flops import PEAK_FLOPS
 
         node = 8 * PEAK_FLOPS["A100"] * 0.40
-        print(
+        lines.append(
             f"total {total_flops:.3e} FLOPs; at 40% MFU on 8x A100 (bf16 peak 312 TFLOP/s each): "
             f"~{total_flops / node / 3600:.1f} node-hours (not measured: no GPU here)"
         )
+    return lines
 
 
-def _print_run(spec: Spec, v: Variant, seed: int, extra: dict) -> float:
-    """Print one run's line of the matrix; return its training FLOPs."""
+def _run_line(spec: Spec, v: Variant, seed: int, extra: dict) -> tuple[str, float]:
+    """One run's line of the matrix and its training FLOPs."""
     import torch
 
     from gptlab.model import GPTModel, count_params
@@ -59,12 +68,12 @@ def _print_run(spec: Spec, v: Variant, seed: int, extra: dict) -> float:
     fl = flops_per_token(cfg.model) * tokens
     ref = f"{v.reference:.3f}" if v.reference is not None else ""
     sched = t.schedule if not t.warmup_frac else f"{t.schedule}+w"
-    print(
+    line = (
         f"{spec.run_id(v.name, seed):<30} {n:>12,} {tokens:>14,} {fl:>9.2e} {t.lr:>8.2g} "
         f"{t.weight_decay:>7.5g} {t.grad_clip or '-':>5} {cfg.model.drop_rate:>5.2g} {sched:>8} "
         f"{t.precision:>5} {ref:>9}  {', '.join(v.interventions) or '-'}"
     )
-    return fl
+    return line, fl
 
 
 def _measure_flops(cfg) -> float:
@@ -105,17 +114,18 @@ RUN_OVERHEAD_S = 8.0  # CPU time estimates: process start, data and the test eva
 _MEASURABLE_STEP_FLOPS = 5e10  # without a GPU, time a rung's step only below this (a few seconds on 2 cores)
 
 
-def print_ladder_dry_run(lad: Ladder, extra: dict) -> None:
+def ladder_dry_run_lines(lad: Ladder, extra: dict) -> list[str]:
+    """The plan of `gptlab ladder --dry-run`: a line per rung, the spans, the target and the total cost."""
     import torch
 
     from gptlab.train.flops import PEAK_FLOPS, flops_per_token
 
     spec = lad.spec
-    print(
+    lines = [
         f"ladder {lad.name}: {len(lad.rungs)} rungs x {len(spec.variants)} variants, "
         f"{sum(len(r.spec.matrix()) for r in lad.rungs)} runs  (base {spec.base})"
-    )
-    print(
+    ]
+    lines.append(
         f"{'rung':<7} {'non-emb params':>14} {'params':>11} {'tokens/run':>11} {'FLOPs/run':>9} {'runs':>5} "
         f"{'FLOPs':>9} {'est. min':>8}  model"
     )
@@ -133,18 +143,20 @@ def print_ladder_dry_run(lad: Ladder, extra: dict) -> None:
         else:
             secs = fl / (PEAK_FLOPS["H100"] * 0.40)
         total_f, total_s = total_f + fl, total_s + secs
-        print(
+        lines.append(
             f"{r.name:<7} {r.non_embedding:>14,} {r.params:>11,} {r.tokens:>11,} {r.flops:>9.2e} {runs:>5} "
             f"{fl:>9.2e} {secs / 60:>8.1f}  {r.describe()}"
         )
     if unprepared:
-        print(f"(data.vocab = 'corpus' but {unprepared} is not prepared yet: sizes above use the full vocabulary)")
+        lines.append(
+            f"(data.vocab = 'corpus' but {unprepared} is not prepared yet: sizes above use the full vocabulary)"
+        )
     c_max = lad.rungs[-1].flops
-    print(
+    lines.append(
         f"non-embedding span {lad.span:.1f}x{'' if lad.span >= MIN_SPAN else f' (< {MIN_SPAN:g}x)'}; "
         f"compute span {c_max / lad.rungs[0].flops:.1f}x per run"
     )
-    print(
+    lines.append(
         f"target {lad.target_config.name}: {lad.target_params:,} params, {lad.target_tokens:.3g} tokens, "
         f"{lad.target_flops:.3e} FLOPs = {lad.target_flops / c_max:.3g}x the largest rung"
     )
@@ -157,4 +169,5 @@ def print_ladder_dry_run(lad: Ladder, extra: dict) -> None:
             f"{len(lad.rungs) - n_timed} rung(s) too big to time without a GPU at 40% MFU of 1x H100 (bf16 peak "
             f"989 TFLOP/s), {n_timed} timed on this machine"
         )
-    print(f"total {total_f:.3e} FLOPs; estimated {total_s / 60:.1f} min run one after another ({how})")
+    lines.append(f"total {total_f:.3e} FLOPs; estimated {total_s / 60:.1f} min run one after another ({how})")
+    return lines

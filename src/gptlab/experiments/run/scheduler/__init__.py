@@ -1,6 +1,6 @@
 """Where an experiment's runs execute.
 
-The runner (experiments/runner.py) is the only writer of results.sqlite. It hands each run to a backend as a
+The runner (run/matrix.py) is the only writer of results.sqlite. It hands each run to a backend as a
 `RunJob`; the backend starts it (`gptlab train --resume` on the run's config, alone or under torchrun) and reports
 its state; the runner then reads the result from the run folder. Backends: `local` (subprocesses on this machine,
 in slots: the GPUs split by `plan_slots`, or N CPU processes per run), `slurm` (slurm.py: one sbatch job per run

@@ -18,7 +18,7 @@ signals torchrun relays, --signals-to-handle, else it would die of it and leave 
 to its shutdown timeout (30 s, TORCH_ELASTIC_SHUTDOWN_TIMEOUT). On Linux every run also gets
 PR_SET_PDEATHSIG=SIGTERM: if the runner dies without passing a stop on (SIGKILL, the OOM killer), its runs get
 SIGTERM from the kernel and checkpoint: no trainer outlives its runner. The runs inherit `pass_fds` (the experiment
-folder's lock, runner.py)."""
+folder's lock, run/stops.py)."""
 
 from __future__ import annotations
 

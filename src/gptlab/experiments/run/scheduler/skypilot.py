@@ -8,7 +8,7 @@ imports SkyPilot: the file follows its task schema (name, workdir, num_nodes, re
 
 Stops: nothing here stops anything, by choice. On the node the task's `run` is an ordinary `gptlab experiment` with
 the local backend, so a SIGTERM, SIGINT or SIGUSR1 that reaches that process is passed on to its runs as on any
-machine (they checkpoint; runner.py); which signal SkyPilot sends when a job is cancelled or a spot node reclaimed is
+machine (they checkpoint; run/stops.py); which signal SkyPilot sends when a job is cancelled or a spot node reclaimed is
 SkyPilot's business. The checkpoints stay in the experiment folder on the node: running the task again on the same
 cluster resumes the partial runs from them."""
 

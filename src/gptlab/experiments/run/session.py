@@ -1,0 +1,110 @@
+"""One runner's hold on its folder, the setup `gptlab experiment`, `sweep` and `ladder` share
+(experiment_session): stop signals caught, the folder claimed as gptlab's and created, locked (ExperimentLock;
+the runs inherit the lock), and on the way out the results database closed and the lock released. A stop
+signal while it is open raises Stopped, which reaches the caller (the CLI exits with its exit_code)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptlab import GptlabError
+from gptlab.experiments.results import ResultsDB
+from gptlab.experiments.run.scheduler import Backend, LocalBackend
+from gptlab.experiments.run.stops import ExperimentLock, StopSignals
+from gptlab.experiments.spec.experiment import Spec, check_experiment_dir, claim_experiment_dir
+from gptlab.io import confined
+
+
+@dataclass
+class Session:
+    """An open experiment (or ladder) folder: its lock, its backend and, once opened, its results database."""
+
+    folder: Path
+    lock: ExperimentLock
+    backend: Backend | None = None
+    db: ResultsDB | None = None
+
+    def open_results(self, spec: Spec, extra: dict, quiet: bool) -> ResultsDB:
+        """The data prepared (once, before any run starts: runs in parallel must not race to prepare it) and the
+        folder's results database, closed when the session ends."""
+        prepare_data(spec.resolved_config(spec.variants[0], spec.seeds[0], extra), quiet)
+        self.db = ResultsDB(self.folder / "results.sqlite")
+        return self.db
+
+
+@contextlib.contextmanager
+def experiment_session(
+    folder: Path,
+    claim: Callable[[Path], object] | None = None,
+    what: str = "experiment folder",
+    backend: Backend | None = None,
+    subdirs: tuple[str, ...] = ("runs", "configs"),
+) -> Iterator[Session]:
+    """`with experiment_session(folder, ...) as s:` catches the stop signals (StopSignals: Stopped is raised at
+    once, the run loop defers it until its runs have ended), claims `folder` (`claim`, default: as an
+    experiment folder that experiment_dir already checked), creates it and its `subdirs`, takes its lock
+    (a second runner is refused with one line naming `what`) and hands the lock on to `backend`'s runs. On
+    the way out, whatever happened, the results database is closed and the lock released."""
+    session = Session(folder, ExperimentLock(folder, what), backend)
+    try:
+        with StopSignals():
+            (claim or _claim_experiment)(folder)
+            for d in (folder, *(folder / s for s in subdirs)):
+                d.mkdir(parents=True, exist_ok=True)
+            session.lock.acquire()
+            if backend is not None and session.lock.fd is not None and hasattr(backend, "pass_fds"):
+                backend.pass_fds = (session.lock.fd,)
+            yield session
+    finally:
+        if session.db is not None:
+            session.db.close()
+        session.lock.release()
+
+
+def _claim_experiment(folder: Path) -> None:
+    claim_experiment_dir(folder, str(folder), force=True)
+
+
+def experiment_dir(spec: Spec, out: str | None, force: bool) -> Path:
+    """The experiment folder: experiments/NAME (the name confined to experiments/) or --out; refused when it
+    holds files gptlab did not write, unless `force`. Nothing is created yet (experiment_session claims it)."""
+    return check_experiment_dir(
+        Path(out) if out else confined("experiments", spec.name, f"{spec.path}: name"),
+        "--out" if out else "experiment folder",
+        force,
+    )
+
+
+def make_backend(
+    name: str, exp_dir: Path, parallel: int | None, procs_per_run: int | None, gpus_per_run: int | None, options: dict
+) -> Backend:
+    if name == "local":
+        return LocalBackend(parallel, procs_per_run=procs_per_run, gpus_per_run=gpus_per_run)
+    if name == "slurm":
+        from gptlab.experiments.run.scheduler.slurm import SlurmBackend
+
+        return SlurmBackend(exp_dir, **options)
+    raise GptlabError(f"--backend: expected local or slurm, got '{name}'")
+
+
+def keep_only(spec: Spec, only: list[str]) -> None:
+    """--only: drop the other variants, keeping the baseline (every comparison needs it)."""
+    names = [v.name for v in spec.variants]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise GptlabError(f"--only: unknown variant '{unknown[0]}'; variants: {', '.join(names)}")
+    keep = set(only) | {spec.baseline}
+    spec.variants = [v for v in spec.variants if v.name in keep]
+
+
+def prepare_data(cfg, quiet: bool) -> None:
+    if (Path(cfg.data.dir) / "meta.json").exists():
+        return
+    if not cfg.data.source:
+        raise GptlabError(f"data.dir: {cfg.data.dir} has no meta.json; run `gptlab prepare` first")
+    from gptlab.data.prepare import prepare
+
+    prepare([s.strip() for s in cfg.data.source.split(",")], cfg.data.dir, progress=not quiet)
