@@ -123,7 +123,7 @@ def test_runner_and_its_train_child_resolve_the_same_config(tmp_path):
     assert before.vocab is None and before.cfg.model.vocab_size == 50257  # data not prepared yet
     sets = ["train.lr=0.002", "model.qkv_bias=true"]
     out = tmp_path / "exp"
-    assert run_experiment(str(spec_path), out=str(out), overrides=sets, quiet=True).exit_code == 0
+    assert run_experiment(str(spec_path), out=str(out), overrides=sets, quiet=True).ok
     expected = spec.resolve(v, 1, parse_overrides(sets))
     assert expected.vocab is not None and expected.cfg.model.vocab_size == len(expected.vocab) < 1000
     assert expected.cfg.train.lr == 0.002 and expected.cfg.model.drop_rate == 0.0
@@ -132,8 +132,6 @@ def test_runner_and_its_train_child_resolve_the_same_config(tmp_path):
         (row_hash,) = c.execute("select config_hash from runs where run_id = 'baseline-s1'").fetchone()
     assert meta["config_hash"] == row_hash == expected.hash
     assert resolve(out / "configs" / "baseline-s1.toml").hash == expected.hash  # the child's table, resolved
-    assert (
-        run_experiment(str(spec_path), out=str(out), overrides=sets, quiet=True).exit_code == 0
-    )  # done, not "changed"
+    assert run_experiment(str(spec_path), out=str(out), overrides=sets, quiet=True).ok  # done, not "changed"
     with pytest.raises(GptlabError, match=r"^baseline-s1: finished with another config \(train.lr 0.002 -> 0.003\)"):
         run_experiment(str(spec_path), out=str(out), overrides=sets[1:], quiet=True)

@@ -51,7 +51,7 @@ def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path,
     spec = write_spec(tmp_path, small_data)
     out = tmp_path / "exp"
     res = run_experiment(str(spec), out=str(out), quiet=True)
-    assert res.exit_code == 0 and res.failures == [] and res.report["markdown"] == str(out / "report.md")
+    assert res.ok and res.failures == [] and res.report["markdown"] == str(out / "report.md")
     r = rows(out)
     assert [x[0] for x in r] == ["baseline-s1", "baseline-s2", "no_dropout-s1", "no_dropout-s2"]
     assert all(x[3] is not None and 0 < x[3] < 12 for x in r)
@@ -81,7 +81,7 @@ def test_experiment_runs_matrix_records_sqlite_and_reports(small_data, tmp_path,
     with pytest.raises(GptlabError, match="no results.sqlite"):
         leaderboard([str(out / "runs")])
     # re-running does nothing new and keeps one row per run
-    assert run_experiment(str(spec), out=str(out), quiet=True).exit_code == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True).ok
     assert "0 to run" in caplog.messages[0] and len(caplog.messages) == 1
     assert len(rows(out)) == 4
 
@@ -110,7 +110,7 @@ def test_killed_experiment_resumes_with_each_run_once(small_data, tmp_path):
 def test_only_subset_keeps_baseline(small_data, tmp_path):
     spec = write_spec(tmp_path, small_data)
     plan = run_experiment(str(spec), dry_run=True, only=["no_dropout"])
-    assert plan.exit_code == 0 and plan.folder is None
+    assert plan.ok and plan.folder is None
     out = plan.summary
     assert "baseline-s1" in out and "no_dropout-s2" in out
     with pytest.raises(GptlabError, match=r"--only: unknown variant 'nope'"):
@@ -247,7 +247,7 @@ def test_paired_design_and_margin_carry_from_the_spec_to_every_report(small_data
     d = tomllib.loads(spec.read_text())
     spec.write_text(tomli_w.dumps(dict(d, design="paired", equivalence_margin=5.0)))
     out = tmp_path / "exp"
-    assert run_experiment(str(spec), out=str(out), quiet=True).exit_code == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True).ok
     first = (out / "report.md").read_text()
     assert "p (paired t)" in first and "±5" in first.split("## Rules")[1]
     (out / "report.md").unlink()
@@ -324,7 +324,7 @@ def test_a_failed_run_is_reported_by_the_verb_and_exits_1(small_data, tmp_path, 
     (out / "runs").mkdir(parents=True)
     (out / "runs" / "no_dropout-s2").write_text("not a run folder")  # its `gptlab train` fails at once
     res = run_experiment(str(spec), out=str(out), quiet=True, force=True)
-    assert res.failures == ["no_dropout-s2"] and res.exit_code == 1 and res.report is not None
+    assert res.failures == ["no_dropout-s2"] and not res.ok and res.report is not None
     assert capsys.readouterr().out == ""  # the library prints nothing
     assert res.problems() == [f"1 run(s) failed: no_dropout-s2 (logs in {out / 'runs'}); re-run to retry"]
     assert main(["experiment", str(spec), "--out", str(out), "--quiet"]) == 1

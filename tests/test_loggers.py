@@ -227,7 +227,7 @@ def test_experiment_groups_its_runs(small_data, tmp_path, monkeypatch, caplog):
         monkeypatch.setenv(k, v)
     spec = write_spec(tmp_path, small_data, ["tensorboard", "wandb", "trackio"])
     out = tmp_path / "exp"
-    assert run_experiment(str(spec), out=str(out), quiet=True).exit_code == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True).ok
     ids = ["baseline-s1", "baseline-s2"]
     assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ids  # one curve per run
     for rid in ids:
@@ -251,7 +251,7 @@ def test_experiment_groups_its_runs(small_data, tmp_path, monkeypatch, caplog):
     assert f"curves: tensorboard --logdir {out / 'tensorboard'}" in format_status(rows)
     # the loggers are not part of what a run is: the finished runs stand when they change
     caplog.set_level(logging.INFO, logger="gptlab")
-    assert run_experiment(str(spec), out=str(out), quiet=True, overrides=["train.loggers=jsonl"]).exit_code == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True, overrides=["train.loggers=jsonl"]).ok
     assert "0 to run" in caplog.text
 
 

@@ -117,10 +117,10 @@ def test_two_runs_at_once_of_two_processes_match_single_process(small_data, tmp_
     caplog.set_level(logging.INFO, logger="gptlab")
     spec = _spec(tmp_path, small_data)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert run_experiment(spec, out=str(one), quiet=True, procs_per_run=1).exit_code == 0
+    assert run_experiment(spec, out=str(one), quiet=True, procs_per_run=1).ok
     assert "(1 at a time)" in caplog.messages[0]
     caplog.clear()
-    assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2).exit_code == 0
+    assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2).ok
     assert "(2 at a time, 2 processes each)" in caplog.messages[0]
     for rid in ("baseline-s1", "qkv_bias-s1"):
         meta = json.loads((two / "runs" / rid / "meta.json").read_text())
@@ -137,7 +137,7 @@ def test_two_runs_at_once_of_two_processes_match_single_process(small_data, tmp_
         assert ddp[rid] == pytest.approx(single[rid], abs=1e-4), rid
     # the runs under torchrun recorded the config hash the spec resolves to: a re-run finds nothing to do
     caplog.clear()
-    assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2).exit_code == 0
+    assert run_experiment(spec, out=str(two), quiet=True, procs_per_run=2, parallel=2).ok
     assert "0 to run" in caplog.messages[0]
 
 

@@ -314,7 +314,7 @@ def test_until_decided_options_and_dry_run(small_data, tmp_path):
         tmp_path, small_data, [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}]
     )
     plan = run_experiment(str(spec), dry_run=True, until_decided=True, max_seeds=6)
-    assert plan.exit_code == 0
+    assert plan.ok
     out = plan.summary.splitlines()[-1]
     assert out.startswith("until decided: group-sequential, O'Brien-Fleming spending, 3 looks at 2, 4, 6 seeds")
     with pytest.raises(GptlabError, match="needs --max-seeds"):

@@ -54,19 +54,16 @@ def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm
     spec = write_spec(tmp_path, small_data)
     t0 = time.time()
     # 2 at a time = one thread each, as in the SLURM jobs (one core each): same arithmetic, same bits
-    assert run_experiment(str(spec), out=str(tmp_path / "local"), quiet=True, parallel=2).exit_code == 0
+    assert run_experiment(str(spec), out=str(tmp_path / "local"), quiet=True, parallel=2).ok
     t_local = time.time() - t0
     t0 = time.time()
-    assert (
-        run_experiment(
-            str(spec),
-            out=str(tmp_path / "slurm"),
-            quiet=True,
-            backend="slurm",
-            backend_options=slurm_options(slurm_cluster),
-        ).exit_code
-        == 0
-    )
+    assert run_experiment(
+        str(spec),
+        out=str(tmp_path / "slurm"),
+        quiet=True,
+        backend="slurm",
+        backend_options=slurm_options(slurm_cluster),
+    ).ok
     t_slurm = time.time() - t0
     with capsys.disabled():
         print(f"\n2x2 matrix: local backend (2 at a time) {t_local:.1f}s, SLURM backend {t_slurm:.1f}s")
@@ -91,16 +88,13 @@ def test_matrix_on_slurm_lands_in_sqlite_with_the_local_losses(small_data, slurm
     assert r.returncode == 0 and "4 done" in r.stdout and jobs["no_dropout-s2"]["job_id"] in r.stdout, r.stdout
     # a re-run submits nothing
     caplog.set_level(logging.INFO, logger="gptlab")
-    assert (
-        run_experiment(
-            str(spec),
-            out=str(tmp_path / "slurm"),
-            quiet=True,
-            backend="slurm",
-            backend_options=slurm_options(slurm_cluster),
-        ).exit_code
-        == 0
-    )
+    assert run_experiment(
+        str(spec),
+        out=str(tmp_path / "slurm"),
+        quiet=True,
+        backend="slurm",
+        backend_options=slurm_options(slurm_cluster),
+    ).ok
     assert "0 to run" in caplog.text and load_jobs(tmp_path / "slurm") == jobs
 
 
@@ -133,7 +127,7 @@ def test_status_of_local_runs(small_data, tmp_path):
         ("baseline-s1", "pending", None),
         ("no_dropout-s1", "pending", None),
     ]
-    assert run_experiment(str(spec), out=str(out), quiet=True, only=["baseline"]).exit_code == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True, only=["baseline"]).ok
     (out / "runs/no_dropout-s1.log").write_text("Traceback ...\nRuntimeError: out of memory\n")  # started, died
     rows = experiment_status(str(spec), out=str(out))
     assert [r["state"] for r in rows] == ["done", "failed"]
@@ -209,7 +203,7 @@ def test_preempted_job_is_requeued_and_resumes_bit_exactly(small_data, slurm_clu
         **{"train.checkpoint_interval": 1000, "train.eval_interval": 20},
     )
     ref = tmp_path / "ref"  # uninterrupted, one thread as in the job (parallel=2 gives each run half the 2 cores)
-    assert run_experiment(str(spec), out=str(ref), quiet=True, parallel=2).exit_code == 0
+    assert run_experiment(str(spec), out=str(ref), quiet=True, parallel=2).ok
     out = tmp_path / "slurm"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     runner = subprocess.Popen(

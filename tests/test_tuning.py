@@ -95,7 +95,7 @@ def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_pa
     spec = _spec(tmp_path, small_data, alpha=0.1)  # base lr 1e-5 barely trains in 6 steps; 2e-3 and 4e-3 do
     out = tmp_path / "exp"
     swept = run_sweep(str(spec), out=str(out), quiet=True)
-    assert swept.exit_code == 0 and swept.summary.endswith(f"sweep: {out / 'sweep.json'}")
+    assert swept.ok and swept.summary.endswith(f"sweep: {out / 'sweep.json'}")
     assert "6 runs, 0 already done, 6 to run" in caplog.messages[0] and "train.lr=1e-05" in swept.summary
     caplog.clear()
     sweep = json.loads((out / "sweep.json").read_text())
@@ -104,7 +104,7 @@ def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_pa
         assert row[f"{sweep['best'][name]:.6g}"] == min(row.values()) < row["1e-05"]
 
     tuned = run_experiment(str(spec), out=str(out), quiet=True)
-    assert tuned.exit_code == 0
+    assert tuned.ok
     assert "10 runs, 6 already done, 4 to run" in caplog.messages[0]  # the sweep's runs are reused
     assert "each variant at its best train.lr" in tuned.summary
     caplog.clear()
@@ -134,7 +134,7 @@ def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_pa
 
     assert main(["report", str(out)]) == 0
     assert _undated((out / "report.md").read_text()) == _undated(md)
-    assert run_experiment(str(spec), out=str(out), quiet=True).exit_code == 0
+    assert run_experiment(str(spec), out=str(out), quiet=True).ok
     assert "0 to run" in caplog.text
 
 

@@ -48,9 +48,9 @@ class Outcome:
         return lines
 
     @property
-    def exit_code(self) -> int:
-        """0, or 1 when a run failed or the report could not be written."""
-        return 1 if self.problems() else 0
+    def ok(self) -> bool:
+        """No run failed and the report was written (every rung's too)."""
+        return not self.problems()
 
 
 def run_experiment(
