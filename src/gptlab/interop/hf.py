@@ -28,7 +28,7 @@ import torch
 
 from gptlab import GptlabError
 from gptlab.config import ModelConfig, RunConfig, config_from_run, save_config
-from gptlab.io import atomic_write, atomic_write_json, atomic_write_text, check_dir, claim_dir
+from gptlab.io import atomic_write, atomic_write_json, atomic_write_text, check_dir, claim_dir, first_line
 from gptlab.model import GPTModel
 
 GPT2_VOCAB = 50257
@@ -329,7 +329,7 @@ def _push(out: Path, repo: str, token: str) -> None:
         raise GptlabError("--push: package 'huggingface_hub' is not installed (pip install huggingface_hub)") from None
 
     def scrub(e: BaseException) -> str:
-        msg = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        msg = first_line(e, 300)
         return msg.replace(token, "***") if token else msg
 
     try:
@@ -430,13 +430,13 @@ def _load_hf_tensors(hf: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise GptlabError(f"{p}: unreadable safetensors file ({str(e).splitlines()[0][:200]})") from None
+            raise GptlabError(f"{p}: unreadable safetensors file ({first_line(e, 200)})") from None
 
     def load_bin(p: Path) -> dict:
         try:
             sd = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors of many kinds; weights_only refuses code
-            raise GptlabError(f"{p}: unreadable PyTorch weights ({str(e).splitlines()[0][:200]})") from None
+            raise GptlabError(f"{p}: unreadable PyTorch weights ({first_line(e, 200)})") from None
         if not isinstance(sd, dict):
             raise GptlabError(f"{p}: expected a state dict")
         return sd

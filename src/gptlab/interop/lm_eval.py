@@ -39,6 +39,7 @@ from gptlab.interop.downstream import (
     read_results,
     store_result,
 )
+from gptlab.io import first_line
 
 try:
     import lm_eval
@@ -296,7 +297,7 @@ def load_tasks(names: list[str], include_path: list[str] | None = None) -> tuple
         try:
             loaded = tm.load(specs)
         except OSError as e:  # (ConnectionError too) a Hub dataset (hellaswag, ...) without a network or a cache
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise GptlabError(
                 f"--task {', '.join(names)}: lm-eval could not load the task's data ({first}); "
                 "Hub datasets such as HellaSwag need a network the first time (then they are "

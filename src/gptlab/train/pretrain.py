@@ -16,6 +16,7 @@ steps and decays the lr from where it was (schedule.lr_factor's anchor), recorde
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import time
@@ -48,6 +49,8 @@ from gptlab.train.rundir import ResumePlan, RunLock, check_resume, describe, env
 from gptlab.train.schedule import lr_factor
 from gptlab.train.signals import MARKER, Preemption
 from gptlab.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def train(
@@ -171,10 +174,8 @@ class Pretraining:
         if ck is None:
             if self.dist.main:
                 if self.resume and (self.run_dir / "meta.json").exists():
-                    print(
-                        f"gptlab: warning: {self.run_dir}: no checkpoint was written before the run stopped; "
-                        f"starting again from step 1",
-                        file=sys.stderr,
+                    log.warning(
+                        f"{self.run_dir}: no checkpoint was written before the run stopped; starting again from step 1"
                     )
                 self._write_run_files()
             return Progress()
@@ -247,7 +248,7 @@ class Pretraining:
             ]
         meta.update(tokens=self.tokens_budget, total_steps=self.total_steps, config_hash=self.cfg.hash())
         atomic_write_json(self.run_dir / "meta.json", meta)
-        print(f"gptlab: continuing {self.run_dir} from step {step} with {describe(self.plan.changes)}", file=sys.stderr)
+        log.warning(f"continuing {self.run_dir} from step {step} with {describe(self.plan.changes)}")
 
     def _write_run_files(self) -> None:
         cfg, t = self.cfg, self.cfg.train

@@ -7,10 +7,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import platform
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from gptlab.config import (
     parse_overrides,
     validate,
 )
+
+log = logging.getLogger(__name__)
 
 # flock() errors of filesystems without locks (some Lustre and NFS mounts): the run goes on without a lock
 NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
@@ -53,10 +55,9 @@ class RunLock:
         except OSError as e:
             if e.errno not in NO_LOCKS:
                 raise
-            print(
-                f"gptlab: warning: {self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
-                f"a second process from using the run directory",
-                file=sys.stderr,
+            log.warning(
+                f"{self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
+                f"a second process from using the run directory"
             )
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
@@ -154,10 +155,9 @@ def recorded_config(ck: Path | None, run_dir: Path, main: bool = True) -> tuple[
             cfg = from_dict(state["config"], f"{p}: config")
             return cfg, str(ck)
         if main:
-            print(
-                f"gptlab: warning: {ck}: checkpoint records no config (written before checkpoints recorded "
-                f"theirs); comparing the config asked for with {run_dir / 'config.toml'}",
-                file=sys.stderr,
+            log.warning(
+                f"{ck}: checkpoint records no config (written before checkpoints recorded "
+                f"theirs); comparing the config asked for with {run_dir / 'config.toml'}"
             )
     return config_from_run(run_dir), str(run_dir / "config.toml")
 
