@@ -131,11 +131,11 @@ def test_muon_on_a_torch_without_it_is_one_line(monkeypatch):
 
 
 def test_data_is_not_prepared_inside_a_multi_process_run(tmp_path):
-    from gptlab.train.pretrain import _ensure_data
+    from gptlab.train.rundata import ensure_data
 
     cfg = load_config(None, [f'data.dir="{tmp_path / "none"}"', 'data.source="bundled"'])
     with pytest.raises(GptlabError, match="prepare it before a multi-process run: gptlab prepare bundled --out"):
-        _ensure_data(cfg, Dist(world=2, rank=1))
+        ensure_data(cfg, Dist(world=2, rank=1))
 
 
 def test_unigram_reads_at_most_max_tokens_per_split(small_data):
