@@ -381,7 +381,7 @@ def _meta(files, text_field, max_docs, shard_tokens, val_frac, test_frac, moved,
         "dtype": "uint16",
         "vocab_size": VOCAB_SIZE,
         "sources": [
-            hf_meta(f)
+            hf_meta(f.dataset)
             if f.kind == "hf"
             else {"path": f.label, "sha256": file_sha256(f.path), "bytes": f.path.stat().st_size}
             for f in files

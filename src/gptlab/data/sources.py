@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gptlab import GptlabError
+from gptlab.data.hf_stream import HFDataset, open_hf, read_hf, resolve_hf
 from gptlab.data.tokenizer import EOT_ID, VOCAB_SIZE
 
 DTYPE = np.dtype("<u2")
@@ -31,23 +32,6 @@ FILE_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet", ".bin": "
 _BIN_CHUNK = 1 << 24  # tokens scanned at a time in a .bin source
 
 Doc = str | np.ndarray  # a text, or the tokens of a pre-tokenised document
-
-
-@dataclass(frozen=True)
-class HFDataset:
-    """A Hugging Face dataset, streamed: `datasets.load_dataset(path, name, split=split, revision=revision,
-    data_files=data_files, streaming=True)`. `path` is a Hub id ("HuggingFaceFW/fineweb", name "sample-10BT")
-    or a packaged builder ("json", "parquet", ...) with local `data_files`."""
-
-    path: str
-    name: str | None = None
-    split: str = "train"
-    revision: str | None = None  # a Hub branch, tag or commit; resolved to a commit before streaming
-    data_files: tuple[str, ...] | None = None
-
-    @property
-    def label(self) -> str:
-        return f"hf:{self.path}" + (f"/{self.name}" if self.name else "") + f"[{self.split}]"
 
 
 @dataclass(frozen=True)
@@ -96,14 +80,13 @@ def _kind_of(p: Path) -> str:
 
 def expand_sources(sources: str | os.PathLike | HFDataset | Sequence[str | os.PathLike | HFDataset]) -> list[Source]:
     """Resolve "bundled", files, folders and HF datasets into the ordered list of sources to read."""
-    from gptlab.data.hf_stream import resolve_hf
-
     if isinstance(sources, (str, os.PathLike, HFDataset)):
         sources = [sources]
     out: list[Source] = []
     for s in sources:
         if isinstance(s, HFDataset):
-            out.append(resolve_hf(s))
+            ds = resolve_hf(s)
+            out.append(Source(ds.label + (f"@{ds.revision}" if ds.revision else ""), Path(), "hf", ds))
             continue
         s = str(s)
         if s == "bundled":
@@ -288,17 +271,16 @@ _READERS: dict[str, Callable[[Source, str], Iterator[tuple[Doc, int]]]] = {
     "jsonl": _read_jsonl,
     "parquet": _read_parquet,
     "bin": _read_bin,
+    "hf": lambda src, field: read_hf(src.dataset, src.label, field),
 }
 
 
 def read_documents(files: Iterable[Source], text_field: str, max_docs: int = 0) -> Iterator[tuple[Doc, int]]:
     """(document, source bytes consumed since the previous document); empty documents skipped."""
-    from gptlab.data.hf_stream import read_hf
-
     n = pending = 0
     for src in files:
         try:
-            for doc, nbytes in (read_hf if src.kind == "hf" else _READERS[src.kind])(src, text_field):
+            for doc, nbytes in _READERS[src.kind](src, text_field):
                 pending += nbytes
                 if len(doc) == 0:
                     continue
@@ -319,12 +301,10 @@ def iter_documents(sources, *, text_field: str = "text", max_docs: int = 0) -> I
 def progress_total(files: Sequence[Source], text_field: str) -> int | None:
     """Bytes the progress bar counts to: file sizes (text-column sizes for parquet); None (unknown) when a
     source is a streamed HF dataset, whose columns are checked here instead."""
-    from gptlab.data.hf_stream import open_hf
-
     total: int | None = 0
     for f in files:
         if f.kind == "hf":
-            open_hf(f, text_field)
+            open_hf(f.dataset, f.label, text_field)
             total = None
         elif f.kind == "parquet":
             n = sum(_row_group_bytes(_open_parquet(f, text_field), text_field))
