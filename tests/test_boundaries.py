@@ -27,7 +27,7 @@ from gptlab import GptlabError
 from gptlab.cli import build_parser, main
 from gptlab.cli.common import Number
 from gptlab.config import SECTIONS, load_config
-from gptlab.io import Range
+from gptlab.io import Range, first_line
 
 CONFIG_FIELDS = [
     (f"{section}.{f.name}", typing.get_type_hints(cls)[f.name], f.metadata)
@@ -259,3 +259,9 @@ def test_property_cli_option_values(data):
         rc, stderr = _run_cli(argv)
         if rc:
             _one_line_error(rc, stderr)
+
+
+def test_first_line_of_an_exception_is_its_first_non_empty_line_or_its_type():
+    assert first_line(ValueError("\n  header too large  \nTraceback (most recent call last):")) == "header too large"
+    assert first_line(OSError()) == "OSError" and first_line(RuntimeError("  \n ")) == "RuntimeError"
+    assert first_line(RuntimeError("x" * 500 + "\ny"), 200) == "x" * 200

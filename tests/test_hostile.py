@@ -314,7 +314,7 @@ def test_read_only_data_folder_with_corpus_vocab_trains(small_data, tmp_path, mo
     mount(ro, "ro", remount=True)
     assert main(_train_argv(ro / "data", tmp_path / "run")) == 0
     err = capsys.readouterr().err
-    assert err.count(f"note: {ro / 'data' / 'corpus_vocab.npz'} not written (Read-only file system)") == 1
+    assert err.count(f"gptlab: warning: {ro / 'data' / 'corpus_vocab.npz'} not written (Read-only file system)") == 1
     assert (tmp_path / "run" / "final.json").is_file() and not (ro / "data" / "corpus_vocab.npz").exists()
 
 

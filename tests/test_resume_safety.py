@@ -4,7 +4,11 @@ permission is one line and leaves the previous checkpoint intact, a NaN-skipped 
 checkpoint, and fine-tuning never trains on tokens outside a compact vocabulary."""
 
 import json
+import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +45,10 @@ def damage(ck: Path):
     return damage(ck)
 
 
+def warnings_logged(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
 def ck_names(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
 
@@ -53,7 +61,7 @@ def reference(small_data, tmp_path_factory):
 
 
 def test_dangling_latest_falls_back_to_the_newest_intact_checkpoint_and_keeps_history(
-    small_data, reference, tmp_path, capsys
+    small_data, reference, tmp_path, caplog
 ):
     ref, ref_w, _ = reference
     cfg, run = cfg_for(small_data, **{"train.keep_checkpoints": 2}), tmp_path / "r"
@@ -61,9 +69,9 @@ def test_dangling_latest_falls_back_to_the_newest_intact_checkpoint_and_keeps_hi
     assert ck_names(run) == ["step_0000004", "step_0000006"]
     shutil.rmtree(run / "checkpoints" / "step_0000006")  # `latest` now names a missing folder
     meta = (run / "meta.json").read_bytes()
-    capsys.readouterr()
+    caplog.clear()
     res = train(cfg, run, resume=True)
-    err = capsys.readouterr().err
+    err = warnings_logged(caplog)
     assert "resuming from" in err and "step_0000004" in err and "names step_0000006, which is missing" in err
     assert len(err.strip().splitlines()) == 1
     assert res["test_loss"] == ref["test_loss"] and same(weights(latest_checkpoint(run)), ref_w)
@@ -74,7 +82,7 @@ def test_dangling_latest_falls_back_to_the_newest_intact_checkpoint_and_keeps_hi
 
 
 @pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.pt", "state.json", "rng_rank0.pt"])
-def test_damaged_newest_checkpoint_falls_back_with_a_message(damaged, small_data, reference, tmp_path, capsys):
+def test_damaged_newest_checkpoint_falls_back_with_a_message(damaged, small_data, reference, tmp_path, caplog):
     """A truncated file (a full disk, a bad copy) or a missing one (a delete cut short: without its RNG file a
     checkpoint used to load silently and continue with other dropout masks)."""
     ref, ref_w, _ = reference
@@ -85,9 +93,9 @@ def test_damaged_newest_checkpoint_falls_back_with_a_message(damaged, small_data
         f.unlink()
     else:
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    capsys.readouterr()
+    caplog.clear()
     res = train(cfg, run, resume=True)
-    err = capsys.readouterr().err
+    err = warnings_logged(caplog)
     assert f"resuming from {run / 'checkpoints' / 'step_0000004'}" in err and f"{f}: unreadable checkpoint" in err
     assert res["test_loss"] == ref["test_loss"] and same(weights(latest_checkpoint(run)), ref_w)
     assert steps_logged(run) == list(range(1, 13))
@@ -329,3 +337,24 @@ def test_checkpoint_with_fewer_optimizer_states_than_optimizers_is_refused(tmp_p
     two = [*opts, torch.optim.SGD(model.parameters(), lr=0.1)]
     with pytest.raises(GptlabError, match=r"step_0000001: unreadable checkpoint state \(zip\(\) argument 2 is shorter"):
         load_checkpoint(ck, model, two, 0)
+
+
+def test_trainer_as_a_child_process_shows_library_warnings_on_stderr(small_data, tmp_path):
+    """`gptlab train` run as a subprocess (as the experiment runner and SLURM jobs start it): a warning the training
+    library logs reaches the child's stderr with the `gptlab: warning: ` prefix, and its stdout stays clean."""
+    run = tmp_path / "r"
+    over = [x for o in tiny_overrides(small_data, **{"train.tokens": 8 * 32 * 2}) for x in ("--set", o)]
+    train(load_config(None, tiny_overrides(small_data, **{"train.tokens": 8 * 32 * 2})), run, stop_after=1)
+    shutil.rmtree(run / "checkpoints")  # the run stopped before its first checkpoint
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    r = subprocess.run(
+        [sys.executable, "-m", "gptlab", "train", "--run-dir", str(run), "--resume", "--quiet", *over],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": src},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    want = f"gptlab: warning: {run}: no checkpoint was written before the run stopped; starting again from step 1\n"
+    assert want in r.stderr and "no checkpoint" not in r.stdout
+    assert (run / "final.json").is_file()

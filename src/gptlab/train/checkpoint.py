@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pickle
 import re
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
@@ -28,9 +28,11 @@ import torch
 
 from gptlab import GptlabError
 from gptlab.config import RunConfig, config_from_run
-from gptlab.io import atomic_write_json, atomic_write_text, commit_dir, fs_reason
+from gptlab.io import atomic_write_json, atomic_write_text, commit_dir, first_line, fs_reason
 from gptlab.model import GPTModel
 from gptlab.train.distributed import Dist, resolve_device
+
+log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -238,7 +240,7 @@ def resume_point(run_dir: str | Path, pointer: str = "latest", main: bool = True
             passed.append(why)
             continue
         if passed and main:
-            print(f"gptlab: warning: resuming from {ck}, passing over {'; '.join(passed)}", file=sys.stderr)
+            log.warning(f"resuming from {ck}, passing over {'; '.join(passed)}")
             atomic_write_text(ptr, ck.name + "\n")
         return ck
     if passed:
@@ -279,10 +281,9 @@ def load_model_weights(model: GPTModel, path: Path) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, ValueError) as e:
-        raise GptlabError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
+        raise GptlabError(f"{path}: unreadable checkpoint ({first_line(e)})") from None
     except RuntimeError as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise GptlabError(f"{path}: checkpoint does not match the model config ({msg[:200]})") from None
+        raise GptlabError(f"{path}: checkpoint does not match the model config ({first_line(e, 200)})") from None
     if missing or unexpected:
         what = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
         raise GptlabError(f"{path}: checkpoint does not match the model config ({what})")
@@ -313,7 +314,7 @@ def load_checkpoint(ck: Path, model, opts, rank: int) -> dict:
                 torch.cuda.set_rng_state(rng["cuda"])
         return json.loads((ck / "state.json").read_text())
     except (OSError, RuntimeError, ValueError, KeyError, EOFError, json.JSONDecodeError, pickle.UnpicklingError) as e:
-        raise GptlabError(f"{ck}: unreadable checkpoint state ({str(e).splitlines()[0][:200]})") from None
+        raise GptlabError(f"{ck}: unreadable checkpoint state ({first_line(e, 200)})") from None
 
 
 def _load_sharded(ck: Path, model, opts) -> None:
@@ -328,7 +329,7 @@ def _load_sharded(ck: Path, model, opts) -> None:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state, checkpoint_id=str(ck / "dcp"))
     except Exception as e:  # DCP raises several types (CheckpointException, RuntimeError, ...)
-        raise GptlabError(f"{ck / 'dcp'}: unreadable sharded checkpoint ({str(e).splitlines()[0][:200]})") from None
+        raise GptlabError(f"{ck / 'dcp'}: unreadable sharded checkpoint ({first_line(e, 200)})") from None
     set_state_dict(base, opts, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 

@@ -25,11 +25,14 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import sys
+import logging
 from pathlib import Path
 
 from gptlab import GptlabError
 from gptlab.config import RunConfig, flat
+from gptlab.io import first_line
+
+log = logging.getLogger(__name__)
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}  # logger -> module (= extra)
 
@@ -116,11 +119,7 @@ def close_all(loggers: list, ok: bool) -> None:
         try:
             lg.close(ok)
         except Exception as e:  # a logger that cannot flush must not hide the run's own outcome
-            print(f"gptlab: warning: {type(lg).__name__}: {e}", file=sys.stderr)
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+            log.warning(f"{type(lg).__name__}: {e}")
 
 
 def _hparam(v):
@@ -169,7 +168,7 @@ class WandbLogger:
             )
         except Exception as e:
             raise GptlabError(
-                f"train.loggers: wandb could not start the run ({_first_line(e)}); log in with "
+                f"train.loggers: wandb could not start the run ({first_line(e)}); log in with "
                 f"`wandb login`, or set WANDB_MODE=offline and upload later with `wandb sync`"
             ) from None
 
@@ -196,7 +195,7 @@ class TrackioLogger:
                 auto_log_cpu=False,
             )
         except Exception as e:
-            raise GptlabError(f"train.loggers: trackio could not start the run ({_first_line(e)})") from None
+            raise GptlabError(f"train.loggers: trackio could not start the run ({first_line(e)})") from None
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if step > self.skip:

@@ -16,8 +16,8 @@ steps and decays the lr from where it was (schedule.lr_factor's anchor), recorde
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gptlab import GptlabError
-from gptlab.config import RunConfig, save_config
+from gptlab.config import RunConfig
 from gptlab.data.prefetch import Prefetcher
 from gptlab.io import atomic_write_json, read_json
 from gptlab.model import GPTModel, count_params
@@ -44,10 +44,13 @@ from gptlab.train.loggers import open_loggers
 from gptlab.train.loggers import require as require_loggers
 from gptlab.train.metrics import TrainLog, median_tokens_per_s
 from gptlab.train.optim import OptimSettings
-from gptlab.train.rundir import ResumePlan, RunLock, check_resume, describe, environment
+from gptlab.train.rundata import ensure_data, open_run_data
+from gptlab.train.rundir import ResumePlan, RunLock, check_resume, record_continuation, write_run_files
 from gptlab.train.schedule import lr_factor
 from gptlab.train.signals import MARKER, Preemption
 from gptlab.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def train(
@@ -110,8 +113,6 @@ class Pretraining:
     # ---- setup ---------------------------------------------------------------------------------
 
     def _open_data(self) -> None:
-        from gptlab.data.loader import SequenceSampler, TokenDataset
-
         cfg, t, device, dist_ = self.cfg, self.cfg.train, self.device, self.dist
         self.T = cfg.model.context_length
         if t.global_batch_size % (t.micro_batch_size * dist_.world):
@@ -127,19 +128,7 @@ class Pretraining:
             torch.cuda.set_device(device)
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32
-        from gptlab.data.verify import verify_data
-
-        verify_data(cfg.data.dir)  # sha256 of shards not verified before: a changed shard stops the run here
-        self.train_ds = TokenDataset(cfg.data.dir, "train")
-        self.val_ds = TokenDataset(cfg.data.dir, "val")
-        self.sampler = SequenceSampler(self.train_ds, self.T, cfg.data_order_seed())
-        self.test_ds = TokenDataset(cfg.data.dir, cfg.eval.split)
-        _check_eval_spec(cfg, self.test_ds, self.T)  # fail before training, not after
-        if self.vmap is None and self.train_ds.meta.get("vocab_size", 50257) > cfg.model.vocab_size:
-            raise GptlabError(
-                f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
-                f"({self.train_ds.meta['vocab_size']})"
-            )
+        self.train_ds, self.val_ds, self.test_ds, self.sampler = open_run_data(cfg, self.T, self.vmap)
 
     def _build(self) -> None:
         t, m, rank = self.cfg.train, self.cfg.model, self.dist.rank
@@ -171,12 +160,21 @@ class Pretraining:
         if ck is None:
             if self.dist.main:
                 if self.resume and (self.run_dir / "meta.json").exists():
-                    print(
-                        f"gptlab: warning: {self.run_dir}: no checkpoint was written before the run stopped; "
-                        f"starting again from step 1",
-                        file=sys.stderr,
+                    log.warning(
+                        f"{self.run_dir}: no checkpoint was written before the run stopped; starting again from step 1"
                     )
-                self._write_run_files()
+                write_run_files(
+                    self.run_dir,
+                    self.cfg,
+                    self.vmap,
+                    params=self.n_params,
+                    world_size=self.dist.world,
+                    device=str(self.device),
+                    precision=self.precision,
+                    data_meta=self.train_ds.meta,
+                    tokens=self.tokens_budget,
+                    total_steps=self.total_steps,
+                )
             return Progress()
         # the config's lr is the base of the schedule: the optimizer state saved with the checkpoint holds the
         # base_lr it was trained with, the same when the config is (check_resume), not after --continue-with
@@ -222,66 +220,15 @@ class Pretraining:
             if self.seq_warm_steps is None:
                 self.seq_warm_steps = int(t.seq_len_warmup_frac * old_total)
             self.anchor = (step, factor) if step >= warm else None
-        if not self.dist.main:
-            return
-        try:
-            meta = read_json(self.run_dir / "meta.json", "the history of --continue-with changes cannot be recorded")
-        except OSError as e:
-            raise GptlabError(
-                f"{self.run_dir / 'meta.json'}: unreadable ({e.strerror}); the history of "
-                f"--continue-with changes cannot be recorded"
-            ) from None
-        if not isinstance(meta, dict):
-            raise GptlabError(f"{self.run_dir / 'meta.json'}: expected a JSON object")
-        save_config(self.cfg, self.run_dir / "config.toml")
-        if self.plan.new_entry:
-            meta["history"] = list(meta.get("history") or []) + [
-                {
-                    "step": step,
-                    "changes": self.plan.changes,
-                    "config_hash": self.cfg.hash(),
-                    "from_config_hash": old.hash(),
-                    "argv": sys.argv,
-                    "time": time.time(),
-                }
-            ]
-        meta.update(tokens=self.tokens_budget, total_steps=self.total_steps, config_hash=self.cfg.hash())
-        atomic_write_json(self.run_dir / "meta.json", meta)
-        print(f"gptlab: continuing {self.run_dir} from step {step} with {describe(self.plan.changes)}", file=sys.stderr)
-
-    def _write_run_files(self) -> None:
-        cfg, t = self.cfg, self.cfg.train
-        if self.vmap is not None:
-            self.vmap.save(self.run_dir)
-        save_config(cfg, self.run_dir / "config.toml")
-        atomic_write_json(
-            self.run_dir / "meta.json",
-            {
-                "environment": environment(),
-                "seed": t.seed,
-                "data_order_seed": cfg.data_order_seed(),
-                "params": self.n_params,
-                "world_size": self.dist.world,
-                "device": str(self.device),
-                "precision": self.precision,
-                "data_meta": self.train_ds.meta.get("sources"),
-                "data_tokenizer_hash": self.train_ds.meta.get("tokenizer_hash"),
-                "tokens": self.tokens_budget,
-                "total_steps": self.total_steps,
-                "config_hash": cfg.hash(),
-                "interventions": cfg.interventions,
-                "created": time.time(),
-                "argv": sys.argv,
-            },
-        )
-        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if self.dist.main:
+            record_continuation(self.run_dir, self.cfg, self.plan, step, self.tokens_budget, self.total_steps)
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self, stop_after: int | None) -> dict:
         from gptlab.config import resolve
 
-        _ensure_data(self.cfg, self.dist)
+        ensure_data(self.cfg, self.dist)
         # resolved again now that the data is prepared (a corpus vocabulary is read from its train split); a
         # resolved config's interventions are applied already
         self.cfg, _, self.vmap = resolve(self.cfg.to_dict(), where=f"{self.run_dir}: config", apply_interventions=False)
@@ -498,35 +445,3 @@ class Pretraining:
             atomic_write_json(self.run_dir / "final.json", final)
         self.dist.barrier()
         return final
-
-
-def _check_eval_spec(cfg: RunConfig, test_ds, T: int) -> None:
-    from gptlab.data.loader import eval_batch_count
-
-    e = cfg.eval
-    have = eval_batch_count(test_ds, T, e.batch_size, offset=e.offset)
-    if e.batches and e.batches > have:
-        raise GptlabError(
-            f"eval.batches: the test set spec asks for {e.batches} batches of {e.batch_size} x {T} tokens "
-            f"from token {e.offset:,} of the {e.split} split, which has room for {have}"
-        )
-
-
-def _ensure_data(cfg: RunConfig, dist_: Dist) -> None:
-    meta = Path(cfg.data.dir) / "meta.json"
-    if meta.exists():
-        return
-    if not cfg.data.source:
-        raise GptlabError(
-            f"data.dir: {cfg.data.dir} has no meta.json; run `gptlab prepare --out {cfg.data.dir}` or set data.source"
-        )
-    if dist_.enabled:  # the other ranks would wait in a barrier with a timeout while rank 0 tokenises
-        raise GptlabError(
-            f"data.dir: {cfg.data.dir} has no meta.json; prepare it before a multi-process run: "
-            f"gptlab prepare {cfg.data.source.replace(',', ' ')} --out {cfg.data.dir}"
-        )
-    if dist_.main:
-        from gptlab.data.prepare import prepare
-
-        prepare([s.strip() for s in cfg.data.source.split(",")], cfg.data.dir, progress=cfg.train.progress)
-    dist_.barrier()

@@ -7,10 +7,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +27,12 @@ from gptlab.config import (
     from_dict,
     hashed_view,
     parse_overrides,
+    save_config,
     validate,
 )
+from gptlab.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 # flock() errors of filesystems without locks (some Lustre and NFS mounts): the run goes on without a lock
 NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
@@ -53,10 +59,9 @@ class RunLock:
         except OSError as e:
             if e.errno not in NO_LOCKS:
                 raise
-            print(
-                f"gptlab: warning: {self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
-                f"a second process from using the run directory",
-                file=sys.stderr,
+            log.warning(
+                f"{self.path}: this filesystem has no file locks ({e.strerror}); nothing stops "
+                f"a second process from using the run directory"
             )
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
@@ -154,10 +159,9 @@ def recorded_config(ck: Path | None, run_dir: Path, main: bool = True) -> tuple[
             cfg = from_dict(state["config"], f"{p}: config")
             return cfg, str(ck)
         if main:
-            print(
-                f"gptlab: warning: {ck}: checkpoint records no config (written before checkpoints recorded "
-                f"theirs); comparing the config asked for with {run_dir / 'config.toml'}",
-                file=sys.stderr,
+            log.warning(
+                f"{ck}: checkpoint records no config (written before checkpoints recorded "
+                f"theirs); comparing the config asked for with {run_dir / 'config.toml'}"
             )
     return config_from_run(run_dir), str(run_dir / "config.toml")
 
@@ -268,3 +272,77 @@ def environment() -> dict:
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
+
+
+def write_run_files(
+    run_dir: Path,
+    cfg: RunConfig,
+    vmap,
+    *,
+    params: int,
+    world_size: int,
+    device: str,
+    precision: str,
+    data_meta: dict,
+    tokens: int,
+    total_steps: int,
+) -> None:
+    """A new run's records, before step 1: the corpus vocabulary map (when the run has one), config.toml, and
+    meta.json (environment, seeds, sizes, the data's sources and tokenizer, the budget); metrics.jsonl starts
+    empty."""
+    if vmap is not None:
+        vmap.save(run_dir)
+    save_config(cfg, run_dir / "config.toml")
+    atomic_write_json(
+        run_dir / "meta.json",
+        {
+            "environment": environment(),
+            "seed": cfg.train.seed,
+            "data_order_seed": cfg.data_order_seed(),
+            "params": params,
+            "world_size": world_size,
+            "device": device,
+            "precision": precision,
+            "data_meta": data_meta.get("sources"),
+            "data_tokenizer_hash": data_meta.get("tokenizer_hash"),
+            "tokens": tokens,
+            "total_steps": total_steps,
+            "config_hash": cfg.hash(),
+            "interventions": cfg.interventions,
+            "created": time.time(),
+            "argv": sys.argv,
+        },
+    )
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def record_continuation(
+    run_dir: Path, cfg: RunConfig, plan: ResumePlan, step: int, tokens: int, total_steps: int
+) -> None:
+    """--continue-with applied from checkpoint `step`: config.toml becomes the new config, meta.json's history
+    says from which step (a new entry unless these changes were applied from this checkpoint before) and its
+    budget is the new one."""
+    try:
+        meta = read_json(run_dir / "meta.json", "the history of --continue-with changes cannot be recorded")
+    except OSError as e:
+        raise GptlabError(
+            f"{run_dir / 'meta.json'}: unreadable ({e.strerror}); the history of "
+            f"--continue-with changes cannot be recorded"
+        ) from None
+    if not isinstance(meta, dict):
+        raise GptlabError(f"{run_dir / 'meta.json'}: expected a JSON object")
+    save_config(cfg, run_dir / "config.toml")
+    if plan.new_entry:
+        meta["history"] = list(meta.get("history") or []) + [
+            {
+                "step": step,
+                "changes": plan.changes,
+                "config_hash": cfg.hash(),
+                "from_config_hash": plan.recorded.hash(),
+                "argv": sys.argv,
+                "time": time.time(),
+            }
+        ]
+    meta.update(tokens=tokens, total_steps=total_steps, config_hash=cfg.hash())
+    atomic_write_json(run_dir / "meta.json", meta)
+    log.warning(f"continuing {run_dir} from step {step} with {describe(plan.changes)}")
