@@ -31,7 +31,11 @@ SRC = Path(gptlab.__file__).parent
 # lowest first; a module may import its own layer and those before it
 LAYERS = [
     {"gptlab", "gptlab.io", "gptlab.interventions"},
-    {"gptlab.config", "gptlab.data"},  # config.resolve reads a corpus vocabulary from prepared data
+    {
+        "gptlab.config",
+        "gptlab.config_tables",
+        "gptlab.data",
+    },  # config.resolve reads a corpus vocabulary from prepared data
     {"gptlab.model"},
     {"gptlab.train"},
     {"gptlab.experiments", "gptlab.posttrain", "gptlab.interop", "gptlab.plan"},
@@ -46,6 +50,7 @@ DOORS = {  # (room, other room) -> the only (module, name) the room imports from
 PRETRAINING = ("gptlab.train.pretrain", "gptlab.train.loggers")
 LIGHT = {  # module -> modules that importing it must not load
     "gptlab.posttrain.serve.app": PRETRAINING,
+    "gptlab.posttrain.serve.server": PRETRAINING,
     "gptlab.posttrain.generate": PRETRAINING,
     "gptlab.posttrain.finetune": PRETRAINING,
     "gptlab.posttrain.judge": PRETRAINING + ("gptlab.experiments.report", "gptlab.experiments.run.runner"),
@@ -404,3 +409,106 @@ def test_the_load_check_sees_a_package_init_that_loads_everything(tmp_path):
         },
     )
     assert "gptlab.train.pretrain" in loaded_by("gptlab.posttrain.serve", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- a quiet library
+TALKERS = {"print"}  # calls that write to the terminal
+EXITS = {("sys", "exit"), ("os", "_exit")}
+
+
+def loud_calls(path: Path) -> list[str]:
+    """`print(...)`, `sys.exit(...)`, `os._exit(...)` and `raise SystemExit` in a module, as 'file:line what'."""
+    out = []
+    for node in _runtime_nodes(ast.parse(path.read_text())):
+        where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Name) and f.id in TALKERS:
+                out.append(f"{where} {f.id}()")
+            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and (f.value.id, f.attr) in EXITS:
+                out.append(f"{where} {f.value.id}.{f.attr}()")
+        elif isinstance(node, ast.Raise) and node.exc is not None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(exc, ast.Name) and exc.id == "SystemExit":
+                out.append(f"{where} raise SystemExit")
+    return out
+
+
+def library_files(src: Path = SRC) -> list[Path]:
+    """Every module below cli/ (the CLI parses, prints and maps outcomes to exit codes; `python -m gptlab` is the
+    CLI's entry point)."""
+    return [p for p in sorted(src.rglob("*.py")) if "cli" not in p.relative_to(src).parts and p.name != "__main__.py"]
+
+
+def test_nothing_below_cli_prints_or_exits():
+    loud = [f"{p.relative_to(SRC)}: {c}" for p in library_files() for c in loud_calls(p)]
+    assert not loud, "the library talks (log through logging, return or raise instead):\n" + "\n".join(loud)
+
+
+def test_the_quiet_check_sees_print_exit_and_systemexit(tmp_path):
+    pkg = _fake_package(
+        tmp_path,
+        {
+            "train/loop.py": "import sys\ndef f():\n    print('x')\n    sys.exit(1)\n",
+            "io.py": "def g():\n    raise SystemExit(2)\ns = 'print(1)'\n",  # a string that mentions print is no call
+            "cli/main.py": "print('fine here')\n",
+        },
+    )
+    found = {p.name: loud_calls(p) for p in library_files(pkg)}
+    assert found["loop.py"] == ["loop.py:3 print()", "loop.py:4 sys.exit()"]
+    assert found["io.py"] == ["io.py:2 raise SystemExit"]
+    assert "main.py" not in found
+
+
+# ------------------------------------------------------------------------------------------- private names
+def private_imports(src: Path = SRC) -> list[str]:
+    """`from gptlab.x import _name` in a module other than gptlab.x itself, and `mod._name` on a gptlab module
+    imported under a name (a private name is its module's own business)."""
+    out = []
+    for path in sorted(src.rglob("*.py")):
+        me = module_name(path, src)
+        aliases: dict[str, str] = {}
+        tree = ast.parse(path.read_text())
+        for node in _runtime_nodes(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gptlab":
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    if is_module(full, src.parent):
+                        aliases[a.asname or a.name] = full
+                    elif a.name.startswith("_") and not a.name.startswith("__") and node.module != me:
+                        out.append(f"{me} imports {node.module}.{a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] == "gptlab" and a.asname:
+                        aliases[a.asname] = a.name
+        for node in _runtime_nodes(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and aliases[node.value.id] != me
+            ):
+                out.append(f"{me} uses {aliases[node.value.id]}.{node.attr}")
+    return sorted(set(out))
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = private_imports()
+    assert not found, "\n".join(found)
+
+
+def test_the_private_name_check_sees_both_spellings(tmp_path):
+    pkg = _fake_package(
+        tmp_path,
+        {
+            "data/tokenizer.py": "def _bpe_files(): pass\ndef _own(): pass\nx = _own()\n",
+            "interop/hf.py": "from gptlab.data.tokenizer import _bpe_files\n",
+            "report/ladder.py": "from gptlab.data import tokenizer as tk\ny = tk._own()\n",
+        },
+    )
+    assert private_imports(pkg) == [
+        "gptlab.interop.hf imports gptlab.data.tokenizer._bpe_files",
+        "gptlab.report.ladder uses gptlab.data.tokenizer._own",
+    ]
