@@ -96,7 +96,7 @@ def test_runner_and_its_train_child_resolve_the_same_config(tmp_path):
 
     from gptlab.config import resolve
     from gptlab.experiments.run.runner import run_experiment
-    from gptlab.experiments.spec.experiment import load_spec
+    from gptlab.experiments.specs.experiment import load_spec
 
     data = tmp_path / "data"
     base = parse_overrides(

@@ -16,7 +16,7 @@ from conftest import tiny_overrides
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
 from gptlab.experiments.run.runner import run_experiment
-from gptlab.experiments.spec.experiment import load_spec
+from gptlab.experiments.specs.experiment import load_spec
 
 
 def write_spec(tmp_path, data, seeds=(1, 2), tokens=8 * 32 * 6, variants=None):
@@ -218,7 +218,7 @@ def test_changed_partial_run_is_named_before_it_fails_in_training(small_data, tm
     spec = write_spec(tmp_path, small_data, seeds=(1,), variants=[{"name": "baseline", "interventions": []}])
     out = tmp_path / "exp"
     from gptlab.config import save_config
-    from gptlab.experiments.spec.experiment import claim_experiment_dir
+    from gptlab.experiments.specs.experiment import claim_experiment_dir
 
     s = load_spec(spec)
     cfg = s.resolved_config(s.variants[0], 1)  # the corpus vocabulary's size in, as training writes it
@@ -280,7 +280,7 @@ def test_independent_design_gives_every_run_its_own_seed_and_paired_shares_them(
 
 
 def test_spec_alpha_is_checked_and_kept_for_gptlab_report(small_data, tmp_path):
-    from gptlab.experiments.spec.experiment import report_settings
+    from gptlab.experiments.specs.experiment import report_settings
 
     spec = write_spec(tmp_path, small_data)
     d = tomllib.loads(spec.read_text())

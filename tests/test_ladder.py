@@ -13,7 +13,7 @@ from gptlab.cli import main
 from gptlab.config import parse_overrides
 from gptlab.experiments.analysis.ladder import collect
 from gptlab.experiments.report.ladder import write_ladder_report
-from gptlab.experiments.spec.ladder import load_ladder
+from gptlab.experiments.specs.ladder import load_ladder
 
 RUNGS = [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 64, "n_heads": 2}]
 

@@ -58,7 +58,7 @@ LIGHT = {  # module -> modules that importing it must not load
 }
 
 # inside experiments/, lowest first: a module may import its own layer and those before it
-EXPERIMENT_LAYERS = ["spec", "results", "analysis", "report", "run"]
+EXPERIMENT_LAYERS = ["specs", "results", "analysis", "report", "run"]
 
 IMPORT_CALLS = {"import_module", "__import__"}  # importlib.import_module(...), import_module(...), __import__(...)
 

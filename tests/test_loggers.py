@@ -263,7 +263,7 @@ def test_status_shows_progress_of_a_partial_run(small_data, tmp_path):
     assert [(r["step"], r["tensorboard"]) for r in rows] == [(None, None)] * 2
     # baseline-s1 started by the runner's config and stopped at step 4 of 6; baseline-s2 not started
     from gptlab.experiments.run.matrix import write_job
-    from gptlab.experiments.spec.experiment import load_spec
+    from gptlab.experiments.specs.experiment import load_spec
 
     s = load_spec(spec)
     (out / "runs").mkdir(parents=True)

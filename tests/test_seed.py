@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_overrides
 
 from gptlab.config import load_config
-from gptlab.experiments.spec.experiment import load_spec
+from gptlab.experiments.specs.experiment import load_spec
 from gptlab.train import train
 
 SEED_ROWS = {  # file: (published loss, checks on the resolved config)

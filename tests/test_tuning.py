@@ -16,7 +16,7 @@ from gptlab import GptlabError
 from gptlab.config import parse_overrides
 from gptlab.experiments.analysis.tuning import choose, parse_grid, sweep_spec, tuned_spec
 from gptlab.experiments.run.runner import run_experiment, run_sweep
-from gptlab.experiments.spec.experiment import load_spec
+from gptlab.experiments.specs.experiment import load_spec
 
 
 def _spec(tmp_path, data, lr=1e-5, tuned=True, **extra):

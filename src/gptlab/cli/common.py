@@ -9,7 +9,7 @@ import re
 import textwrap
 
 from gptlab.config import DEVICE, SEEDS
-from gptlab.experiments.spec.experiment import MAX_SEEDS  # noqa: F401 - declared there, with the spec's own seed lists
+from gptlab.experiments.specs.experiment import MAX_SEEDS  # noqa: F401 - declared there, with the spec's own seed lists
 from gptlab.io import Range
 from gptlab.posttrain.settings import MAX_BATCH, MAX_EPOCHS, MAX_PARALLEL, MAX_TOKENS  # noqa: F401 - declared there
 

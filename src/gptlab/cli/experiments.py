@@ -132,7 +132,7 @@ def cmd_leaderboard(a) -> int:
 
 def cmd_report(a) -> int:
     from gptlab.experiments.report import format_table, write_report, yardstick_summary
-    from gptlab.experiments.spec.experiment import report_settings
+    from gptlab.experiments.specs.experiment import report_settings
 
     settings = report_settings(a.exp_dir)
     res = write_report(a.exp_dir, **dict(settings, baseline=a.baseline or settings["baseline"]))

@@ -1,7 +1,7 @@
 """Experiments, in layers (lowest first; a module imports only its own layer and those below, which
 tests/test_layers.py checks):
 
-- `spec/`: an experiment spec (experiment.py), a ladder spec (ladder.py), and their plan for a dry run (plan.py);
+- `specs/`: an experiment spec (experiment.py), a ladder spec (ladder.py), and their plan for a dry run (plan.py);
 - `results.py`: the results database (results.sqlite);
 - `analysis/`: statistics over results (stats, sequential designs, tuning, scaling fits, yardsticks, ladders);
 - `report/`: the Markdown/HTML reports, tables, plots and the leaderboard;

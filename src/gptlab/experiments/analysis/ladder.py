@@ -10,7 +10,7 @@ import numpy as np
 
 from gptlab.experiments.analysis import scaling
 from gptlab.experiments.analysis.pairing import pair_by_seed
-from gptlab.experiments.spec.ladder import Ladder
+from gptlab.experiments.specs.ladder import Ladder
 
 
 def collect(lad: Ladder, exp_dir: Path) -> dict[str, list[list[dict]]]:

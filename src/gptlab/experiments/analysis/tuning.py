@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gptlab import GptlabError
-from gptlab.experiments.spec.experiment import MAX_GRID, Spec, Tune, Variant, label
+from gptlab.experiments.specs.experiment import MAX_GRID, Spec, Tune, Variant, label
 
 SWEEP_FILE = "sweep.json"
 CRITERION = "lowest mean final validation loss over the sweep's seeds"

@@ -13,7 +13,7 @@ from gptlab.experiments.analysis import scaling
 from gptlab.experiments.analysis.ladder import analyse, done_counts
 from gptlab.experiments.report.format import DASH, fmt, fmt_ci
 from gptlab.experiments.report.ladder_json import ladder_json
-from gptlab.experiments.spec.ladder import MIN_SPAN, Ladder
+from gptlab.experiments.specs.ladder import MIN_SPAN, Ladder
 
 
 def _label(e: dict) -> str:

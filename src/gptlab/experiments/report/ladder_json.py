@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gptlab.experiments.spec.ladder import Ladder
+from gptlab.experiments.specs.ladder import Ladder
 
 
 def ladder_json(lad: Ladder, an: dict) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptlab import GptlabError
-from gptlab.experiments.spec.experiment import TUNE_MARK, report_settings
+from gptlab.experiments.specs.experiment import TUNE_MARK, report_settings
 
 
 def find_databases(paths: list[str]) -> list[Path]:

@@ -34,7 +34,7 @@ from gptlab.experiments.report.tables import (
     verdict_table,
 )
 from gptlab.experiments.results import DB_NAME, ResultsDB
-from gptlab.experiments.spec.experiment import TUNE_MARK
+from gptlab.experiments.specs.experiment import TUNE_MARK
 from gptlab.io import atomic_write_bytes, atomic_write_text
 
 
@@ -123,7 +123,7 @@ def _tuned_part(
     """The comparison of every variant at its chosen value (sweep.json's tuned runs, relabelled with their
     variant's name), the sweep's table and notes, and the rule; None before the tuned runs have finished."""
     from gptlab.experiments.analysis.tuning import format_sweep, read_sweep, sweep_notes
-    from gptlab.experiments.spec.experiment import label
+    from gptlab.experiments.specs.experiment import label
 
     sweep = read_sweep(exp_dir)
     if not sweep or "tuned_runs" not in sweep:

@@ -13,7 +13,7 @@ import tomli_w
 from gptlab import GptlabError
 from gptlab.config import config_changes, config_from_run, deep_merge, read_toml
 from gptlab.experiments.results import ResultsDB
-from gptlab.experiments.spec.experiment import Spec
+from gptlab.experiments.specs.experiment import Spec
 from gptlab.train.loggers import tensorboard_dir
 
 

@@ -12,8 +12,8 @@ from gptlab.experiments.analysis.ladder import done_counts
 from gptlab.experiments.report.ladder import format_summary, write_ladder_report
 from gptlab.experiments.run.runner import Outcome, run_experiment
 from gptlab.experiments.run.session import experiment_session
-from gptlab.experiments.spec.ladder import load_ladder
-from gptlab.experiments.spec.plan import ladder_dry_run_lines
+from gptlab.experiments.specs.ladder import load_ladder
+from gptlab.experiments.specs.plan import ladder_dry_run_lines
 from gptlab.io import atomic_write_text, claim_dir, confined
 
 log = logging.getLogger(__name__)

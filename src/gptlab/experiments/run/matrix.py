@@ -17,7 +17,7 @@ import tomli_w
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.run.scheduler import Backend, RunJob, State
 from gptlab.experiments.run.stops import Stopped, StopSignals
-from gptlab.experiments.spec.experiment import Spec, Variant
+from gptlab.experiments.specs.experiment import Spec, Variant
 from gptlab.io import atomic_write_text, read_json
 from gptlab.train.signals import EXIT_PREEMPTED, MARKER
 

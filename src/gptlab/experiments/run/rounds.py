@@ -14,7 +14,7 @@ from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.run.changes import check_changed
 from gptlab.experiments.run.matrix import run_matrix
 from gptlab.experiments.run.scheduler import Backend
-from gptlab.experiments.spec.experiment import Spec
+from gptlab.experiments.specs.experiment import Spec
 from gptlab.io import atomic_write_json
 
 log = logging.getLogger(__name__)

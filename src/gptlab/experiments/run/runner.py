@@ -20,7 +20,7 @@ from gptlab.experiments.run.changes import check_changed, spec_text
 from gptlab.experiments.run.matrix import run_matrix
 from gptlab.experiments.run.rounds import choose, design_line, run_rounds, run_tuned, sequential_options
 from gptlab.experiments.run.session import experiment_dir, experiment_session, keep_only, make_backend
-from gptlab.experiments.spec.experiment import Spec, load_spec
+from gptlab.experiments.specs.experiment import Spec, load_spec
 from gptlab.io import atomic_write_text
 
 
@@ -94,7 +94,7 @@ def run_experiment(
         for v in spec.variants:
             spec.resolved_config(v, spec.seeds[0], extra, where=f"--set (variant {v.name})")
     if dry_run:
-        from gptlab.experiments.spec.plan import dry_run_lines
+        from gptlab.experiments.specs.plan import dry_run_lines
 
         lines = dry_run_lines(spec, extra)
         if spec.tune:
@@ -154,7 +154,7 @@ def run_sweep(
     the table. A later `gptlab experiment` of a spec with the same tune settings reuses these runs."""
     from gptlab.experiments.analysis import tuning
     from gptlab.experiments.report.tables import text_table
-    from gptlab.experiments.spec.experiment import read_tune
+    from gptlab.experiments.specs.experiment import read_tune
 
     spec = load_spec(spec_path)
     if only:

@@ -14,7 +14,7 @@ from gptlab import GptlabError
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.run.scheduler import Backend, LocalBackend
 from gptlab.experiments.run.stops import ExperimentLock, StopSignals
-from gptlab.experiments.spec.experiment import Spec, check_experiment_dir, claim_experiment_dir
+from gptlab.experiments.specs.experiment import Spec, check_experiment_dir, claim_experiment_dir
 from gptlab.io import confined
 
 

@@ -23,7 +23,7 @@ from gptlab.experiments.run.scheduler.slurm import (
     load_jobs,
     squeue_states,
 )
-from gptlab.experiments.spec.experiment import load_spec
+from gptlab.experiments.specs.experiment import load_spec
 from gptlab.train.loggers import tensorboard_dir
 
 

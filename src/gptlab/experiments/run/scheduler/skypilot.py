@@ -40,7 +40,7 @@ def task(
     workdir: str | Path | None = None,
 ) -> dict:
     """The SkyPilot task (a dict in its YAML schema) that runs `spec_path`'s matrix on one node."""
-    from gptlab.experiments.spec.experiment import load_spec
+    from gptlab.experiments.specs.experiment import load_spec
 
     if gpus_per_node < 1:
         raise GptlabError(f"--gpus-per-node: expected an integer >= 1, got {gpus_per_node}")

@@ -38,7 +38,7 @@ from gptlab.config import (
     load_config,
     read_toml,
 )
-from gptlab.experiments.spec.experiment import Spec, load_spec
+from gptlab.experiments.specs.experiment import Spec, load_spec
 from gptlab.io import plain_name
 
 LADDER_KEYS = ("rungs", "tokens_per_param", "tokens", "flops", "seeds", "target", "bootstrap")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from gptlab.experiments.spec.experiment import Spec, Variant
-from gptlab.experiments.spec.ladder import MIN_SPAN, Ladder
+from gptlab.experiments.specs.experiment import Spec, Variant
+from gptlab.experiments.specs.ladder import MIN_SPAN, Ladder
 
 _MEASURABLE_PARAMS = 50_000_000  # without a GPU, time the step only for models below this size
 
