@@ -11,6 +11,7 @@ from gptlab.config import (
     parse_overrides,
 )
 from gptlab.experiments.analysis.ladder import done_counts
+from gptlab.experiments.report.confirm import write_confirmation_spec
 from gptlab.experiments.report.ladder import format_summary, write_ladder_report
 from gptlab.experiments.spec.ladder import load_ladder
 from gptlab.experiments.spec.plan import print_ladder_dry_run
@@ -24,10 +25,11 @@ def run_ladder(
     overrides: list[str] | None = None,
     only: list[str] | None = None,
     bootstrap: int | None = None,
+    emit_confirmation: str | None = None,
     **run_options,
 ) -> int:
     """Run (or with dry_run, only print) every rung of the ladder through the experiment runner, then write the
-    ladder report. The exit status for the CLI."""
+    ladder report (and with emit_confirmation, the confirmation spec there). The exit status for the CLI."""
     from gptlab.experiments.run.runner import ExperimentLock, Stopped, StopSignals, run_experiment
     from gptlab.io import atomic_write_text
     from gptlab.train.signals import EXIT_PREEMPTED
@@ -72,6 +74,8 @@ def run_ladder(
                     return rc
                 status = status or rc
             res = write_ladder_report(lad, exp_dir)
+            if emit_confirmation:
+                write_confirmation_spec(lad, res["analysis"], emit_confirmation, run_options.get("force", False))
     except Stopped as s:
         print(s.line(), file=sys.stderr)
         return s.exit_code
