@@ -67,9 +67,9 @@ def test_more_paired_correlation_needs_fewer_seeds():
         assert p["runs"] == 2 * p["n_fixed"] and p["cost"] == pytest.approx(p["runs"] * 2.0 * 8 * 1.3)
 
 
-def constructed(tmp_path, small_data, confirm_table=None, paired=False, target="target.toml", gain=0.2):
+def constructed(tmp_path, small_data, confirm_table=None, paired=False, target=None, gain=0.2):
     """A 2-rung ladder with recorded results: `good` gains `gain` nats at both rungs, `bad` loses 0.05."""
-    ladder = {"bootstrap": 50, "target": {"config": target}}
+    ladder = {"bootstrap": 50, "target": target or {"config": "target.toml"}}
     if confirm_table is not None:
         ladder["confirm"] = confirm_table
     variants = [
@@ -140,10 +140,10 @@ def test_paired_ladder_measures_rho_and_plans_the_paired_design(small_data, tmp_
 
 
 def test_emitted_confirmation_runs_end_to_end_on_a_cpu_target(small_data, tmp_path, capsys):
-    """The ladder's target is a tiny CPU config: `gptlab ladder --emit-confirmation` writes a spec at it (the
+    """The ladder's target is a tiny CPU config (2 steps): `gptlab ladder --emit-confirmation` writes a spec at it (the
     baseline and the lead with the planned seeds), which `gptlab experiment` dry-runs and then runs for real, every
     planned run in its results database. A file gptlab did not write is not overwritten without --force."""
-    spec, lad, out = constructed(tmp_path, small_data, target="base.toml")
+    spec, lad, out = constructed(tmp_path, small_data, target={"config": "base.toml", "tokens": 8 * 32 * 2})
     emitted = tmp_path / "confirm" / "confirm.toml"
     emitted.parent.mkdir()
     emitted.write_text("# my own notes\n")
@@ -159,6 +159,7 @@ def test_emitted_confirmation_runs_end_to_end_on_a_cpu_target(small_data, tmp_pa
     assert text.startswith("# confirmation at the target") and "--until-decided --max-seeds" in text
     d = __import__("tomllib").loads(text)
     assert d["base"] == "../base.toml" and d["design"] == plan["total"]["design"]
+    assert d["overrides"] == {"train": {"tokens": 512}}  # the ladder's target.tokens
     assert [v["name"] for v in d["variants"]] == ["baseline", "good"]
     n = plan["total"]["seeds"]
     assert d["seeds"] == list(range(1, n + 1)) and plan["total"]["runs"] == 2 * n
