@@ -15,7 +15,9 @@ from gptlab import GptlabError
 from gptlab.cli import main
 from gptlab.experiments.analysis import confirm
 from gptlab.experiments.analysis.seeds import ANCHOR_SD_124M
+from gptlab.experiments.report.confirm import write_confirmation_spec
 from gptlab.experiments.report.ladder import write_ladder_report
+from gptlab.experiments.spec.confirm import HEADER, check_target_file
 from gptlab.experiments.spec.ladder import load_ladder
 from gptlab.plan import PRICE_PER_GPU_HOUR
 
@@ -127,6 +129,34 @@ def test_bad_confirm_settings_are_one_line_errors(small_data, tmp_path, table, m
     with pytest.raises(GptlabError, match=match) as e:
         write_ladder_report(lad, out)
     assert "\n" not in str(e.value) and str(lad.path) in str(e.value)
+
+
+def test_a_ladder_without_leads_plans_and_emits_nothing(small_data, tmp_path):
+    """`good` built to lose 0.1 and `bad` 0.05 at both rungs: no lead; the report says so and the spec is not
+    written (one line); a Δ needing more seeds than a spec may list is not costed."""
+    _, lad, out = constructed(tmp_path, small_data, gain=-0.1)
+    res = write_ladder_report(lad, out)
+    assert res["analysis"]["confirmation"]["leads"] == [] and res["analysis"]["confirmation"]["total"] is None
+    assert "No variant is a lead: nothing to confirm." in (out / "report.md").read_text()
+    with pytest.raises(GptlabError, match=r"confirm\.toml: no variant of .*ladder\.toml is a lead") as e:
+        write_confirmation_spec(lad, res["analysis"], tmp_path / "confirm.toml")
+    assert "\n" not in str(e.value) and not (tmp_path / "confirm.toml").exists()
+    e = {"variant": "v", "per_rung": [{"diff": -1e-5}], "extrapolation": None}
+    tiny = confirm.lead_plan(e, {"sd": 0.002}, math.nan, 0.05, 1, {"hours": 1.0, "gpus": 8, "cost": 10.4})
+    assert tiny["n_fixed"] is None and "more than the 1000 a spec may list" in tiny["note"] and "cost" not in tiny
+
+
+def test_the_emitted_file_is_never_a_foreign_one(tmp_path):
+    own = tmp_path / "own.toml"
+    own.write_text(HEADER + "\nname = 'x'\n")
+    assert check_target_file(own) == own
+    foreign = tmp_path / "notes.toml"
+    foreign.write_text("name = 'mine'\n")
+    with pytest.raises(GptlabError, match=r"notes\.toml: exists and was not written by .*--force"):
+        check_target_file(foreign)
+    assert check_target_file(foreign, force=True) == foreign
+    with pytest.raises(GptlabError, match=r"is a folder; expected a file"):
+        check_target_file(tmp_path, force=True)
 
 
 def test_paired_ladder_measures_rho_and_plans_the_paired_design(small_data, tmp_path):

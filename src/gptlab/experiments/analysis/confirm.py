@@ -140,8 +140,9 @@ def lead_plan(e: dict, sd: dict, rho: float, alpha: float, family: int, per_run:
         alpha=a,
         n_fixed=n if isinstance(n, int) else None,
     )
-    if not isinstance(n, int):  # more than stats.SEEDS_NEEDED_CAP seeds: no plan worth costing
-        out["note"] = f"needs {n} seeds per arm: not a plannable confirmation"
+    if not isinstance(n, int) or n > MAX_SEEDS:  # more seeds than a spec may list: no plan worth costing
+        out["n_fixed"] = None
+        out["note"] = f"needs {n} seeds per arm, more than the {MAX_SEEDS} a spec may list"
         return out
     sd_diff = seeds.paired_sd(sd["sd"], sd["sd"], rho) if design == "paired" else sd["sd"]
     seq = sequential_design(delta, sd_diff, n, a, design == "paired")
