@@ -46,6 +46,7 @@ ROOMS = ("gptlab.experiments", "gptlab.posttrain", "gptlab.interop", "gptlab.pla
 DOORS = {  # (room, other room) -> the only (module, name) the room imports from the other
     ("gptlab.posttrain", "gptlab.experiments"): {("gptlab.experiments.results", "record_judge_scores")},
     ("gptlab.experiments", "gptlab.interop"): {("gptlab.interop.downstream", "report_columns")},
+    ("gptlab.experiments", "gptlab.plan"): {("gptlab.plan", "plan"), ("gptlab.plan", "PRICE_PER_GPU_HOUR")},
 }
 PRETRAINING = ("gptlab.train.pretrain", "gptlab.train.loggers")
 LIGHT = {  # module -> modules that importing it must not load

@@ -119,8 +119,18 @@ def _run_options(a) -> dict:
 
 def cmd_ladder(a) -> int:
     from gptlab.experiments.run.ladder import run_ladder
+    from gptlab.experiments.specs.confirm import check_target_file
 
-    return _shown(run_ladder, a.spec, dry_run=a.dry_run, bootstrap=a.bootstrap, **_run_options(a))
+    if a.emit_confirmation:  # before the runs, not after them
+        check_target_file(a.emit_confirmation, a.force)
+    return _shown(
+        run_ladder,
+        a.spec,
+        dry_run=a.dry_run,
+        bootstrap=a.bootstrap,
+        emit_confirmation=a.emit_confirmation,
+        **_run_options(a),
+    )
 
 
 def cmd_leaderboard(a) -> int:
@@ -234,6 +244,12 @@ def register(sub) -> None:
         type=Number(int, "[20, 100000]"),
         metavar="N",
         help="bootstrap replicates of the intervals (default: the spec's ladder.bootstrap, else 200)",
+    )
+    s.add_argument(
+        "--emit-confirmation",
+        metavar="PATH",
+        help="after the report, write the experiment spec that confirms the leads at the target (the report's "
+        "confirmation plan; GPUs from [ladder.confirm]); refuses a file it did not write unless --force",
     )
     _add_run_arguments(s, backends=["local", "slurm"])
     s.set_defaults(fn=cmd_ladder)

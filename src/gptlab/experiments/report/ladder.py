@@ -11,6 +11,7 @@ import numpy as np
 from gptlab import GptlabError
 from gptlab.experiments.analysis import scaling
 from gptlab.experiments.analysis.ladder import analyse, done_counts
+from gptlab.experiments.report.confirm import confirm_section
 from gptlab.experiments.report.format import DASH, fmt, fmt_ci
 from gptlab.experiments.report.ladder_json import ladder_json
 from gptlab.experiments.specs.ladder import MIN_SPAN, Ladder
@@ -336,6 +337,7 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         backtests=[_backtest_line(lad, an, e) for e in an["variants"]],
         variants=[_variant_part(lad, an, e) for e in an["variants"]],
         rules=_rules(lad, an),
+        confirm=confirm_section(lad, exp_dir, an),  # also sets an["confirmation"] (ladder.json, --emit-confirmation)
     )
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)

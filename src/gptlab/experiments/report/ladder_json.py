@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from gptlab.experiments.report.confirm import confirmation_json
 from gptlab.experiments.specs.ladder import Ladder
 
 
@@ -35,6 +36,7 @@ def ladder_json(lad: Ladder, an: dict) -> dict:
         ],
         "level": an["level"],
         "variants": [],
+        "confirmation": confirmation_json(an.get("confirmation")),
     }
     for e in an["variants"]:
         if e.get("missing"):

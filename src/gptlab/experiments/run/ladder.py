@@ -9,6 +9,7 @@ import tomli_w
 
 from gptlab.config import parse_overrides
 from gptlab.experiments.analysis.ladder import done_counts
+from gptlab.experiments.report.confirm import write_confirmation_spec
 from gptlab.experiments.report.ladder import format_summary, write_ladder_report
 from gptlab.experiments.run.runner import Outcome, run_experiment
 from gptlab.experiments.run.session import experiment_session
@@ -26,10 +27,11 @@ def run_ladder(
     overrides: list[str] | None = None,
     only: list[str] | None = None,
     bootstrap: int | None = None,
+    emit_confirmation: str | None = None,
     **run_options,
 ) -> Outcome:
     """Run (or with dry_run, only plan) every rung of the ladder through the experiment runner, then write the
-    ladder report. Each rung's summary goes to `logging` as the rung ends; the Outcome holds the rungs' outcomes
+    ladder report (and with emit_confirmation, the confirmation spec). Each rung's summary goes to `logging` as the rung ends; the Outcome holds the rungs' outcomes
     (`parts`) and the ladder's summary. A stop signal raises Stopped (between rungs, or from a rung's runner once
     its runs have ended), and the ladder report is then not written."""
     extra = parse_overrides(overrides or [])
@@ -67,8 +69,11 @@ def run_ladder(
                 log.info(rung.summary)
             outcome.parts.append(rung)
         res = write_ladder_report(lad, exp_dir)
+        emitted = write_confirmation_spec(lad, res["analysis"], emit_confirmation, force) if emit_confirmation else None
     outcome.report = res
     outcome.summary = f"{format_summary(res)}\nladder report: {res['markdown']}  {res['html']}"
+    if emitted is not None:
+        outcome.summary += f"\nconfirmation spec: {emitted}"
     return outcome
 
 

@@ -41,7 +41,7 @@ from gptlab.config import (
 from gptlab.experiments.specs.experiment import Spec, load_spec
 from gptlab.io import plain_name
 
-LADDER_KEYS = ("rungs", "tokens_per_param", "tokens", "flops", "seeds", "target", "bootstrap")
+LADDER_KEYS = ("rungs", "tokens_per_param", "tokens", "flops", "seeds", "target", "bootstrap", "confirm")
 TARGET_KEYS = ("config", "tokens")
 TOKEN_RULES = ("tokens_per_param", "tokens", "flops")
 MIN_SPAN = 10.0  # a ladder narrower than this in non-embedding parameters is flagged in the report
