@@ -31,9 +31,10 @@ def run_ladder(
     **run_options,
 ) -> Outcome:
     """Run (or with dry_run, only plan) every rung of the ladder through the experiment runner, then write the
-    ladder report (and with emit_confirmation, the confirmation spec). Each rung's summary goes to `logging` as the rung ends; the Outcome holds the rungs' outcomes
-    (`parts`) and the ladder's summary. A stop signal raises Stopped (between rungs, or from a rung's runner once
-    its runs have ended), and the ladder report is then not written."""
+    ladder report (and with emit_confirmation, the confirmation spec at the target). Each rung's summary goes to
+    `logging` as the rung ends; the Outcome holds the rungs' outcomes (`parts`) and the ladder's summary. A stop
+    signal raises Stopped (between rungs, or from a rung's runner once its runs have ended), and the ladder report
+    is then not written."""
     extra = parse_overrides(overrides or [])
     lad = load_ladder(spec_path, extra)
     if bootstrap is not None:
