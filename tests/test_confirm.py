@@ -131,6 +131,16 @@ def test_bad_confirm_settings_are_one_line_errors(small_data, tmp_path, table, m
     assert "\n" not in str(e.value) and str(lad.path) in str(e.value)
 
 
+def test_a_mistyped_confirm_table_stops_the_ladder_before_any_run(small_data, tmp_path, capsys):
+    """Checked when the ladder is loaded (a dry run too), not only when the report is written after the runs."""
+    _, lad, out = constructed(tmp_path, small_data, {"gpu": "Z80"})
+    fresh = tmp_path / "fresh"
+    assert main(["ladder", str(lad.path), "--dry-run"]) == 2
+    assert "ladder.confirm.gpu: unknown GPU type 'Z80'" in capsys.readouterr().err
+    assert main(["ladder", str(lad.path), "--out", str(fresh)]) == 2
+    assert "ladder.confirm.gpu: unknown GPU type 'Z80'" in capsys.readouterr().err and not fresh.exists()
+
+
 def test_a_ladder_without_leads_plans_and_emits_nothing(small_data, tmp_path):
     """`good` built to lose 0.1 and `bad` 0.05 at both rungs: no lead; the report says so and the spec is not
     written (one line); a Δ needing more seeds than a spec may list is not costed."""

@@ -13,6 +13,7 @@ from gptlab.experiments.report.confirm import write_confirmation_spec
 from gptlab.experiments.report.ladder import format_summary, write_ladder_report
 from gptlab.experiments.run.runner import Outcome, run_experiment
 from gptlab.experiments.run.session import experiment_session
+from gptlab.experiments.specs.confirm import confirm_settings
 from gptlab.experiments.specs.ladder import load_ladder
 from gptlab.experiments.specs.plan import ladder_dry_run_lines
 from gptlab.io import atomic_write_text, claim_dir, confined
@@ -37,6 +38,7 @@ def run_ladder(
     is then not written."""
     extra = parse_overrides(overrides or [])
     lad = load_ladder(spec_path, extra)
+    confirm_settings(lad)  # a mistyped [ladder.confirm] stops the ladder here, not after its runs
     if bootstrap is not None:
         lad.bootstrap = bootstrap
     if dry_run:
