@@ -159,3 +159,30 @@ def not_judged_reason(interventions, screen: Regime, target: Regime | None) -> s
         return None
     why = not_judged(acts_on(interventions), screen, target)
     return f"not judged by this screen: {why}" if why else None
+
+
+def experiment_regime(run_dirs: dict[str, Path], losses: dict[str, list[float]], baseline: str, target: Target):
+    """The experiment report's regime part: its baseline config (the first baseline run directory in `run_dirs`,
+    variant -> run directory) beside `target`, and a line per variant the screen cannot judge. None when no
+    baseline run directory holds its config (results recorded without their runs)."""
+    from gptlab.config import config_from_run
+
+    if baseline not in run_dirs:
+        return None
+    base_cfg = config_from_run(run_dirs[baseline])
+    losses_b = [x for x in losses.get(baseline, []) if x is not None and math.isfinite(x)]
+    screen = config_regime(base_cfg, sum(losses_b) / len(losses_b) if losses_b else math.nan)
+    lines = [target.note]
+    if screen.row()["informative"] is False:
+        lines.append(
+            f"The baseline is not {INFORMATIVE_MARGIN:g} nats below the unigram model: the screen has not learned "
+            "context beyond word frequencies, and its Δs say little about the target."
+        )
+    for name, rd in sorted(run_dirs.items()):
+        if name == baseline:
+            continue
+        extra = [s for s in config_from_run(rd).interventions if s not in base_cfg.interventions]
+        why = not_judged_reason(extra, screen, target.regime)
+        if why:
+            lines.append(f"{name}: {why}.")
+    return {"table": regime_table([("screen (baseline)", screen)], target.regime), "lines": lines}
