@@ -225,7 +225,7 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         raise GptlabError(f"{exp_dir}: no rung has finished runs of both the baseline and a variant yet")
     pngs = {}
     for e in an["variants"]:
-        if not e.get("missing"):
+        if not e.get("missing") and not e.get("unfitted"):  # unfitted: no informative rung, nothing to plot
             title = f"Δ with scale: {_trend_word(e['trend'])}; " if "trend" in e else ""
             pngs[_plot_name(e)] = plot_variant(lad, e, lad.spec.baseline, an["level"], title + _label(e).strip("*"))
     for name, data in pngs.items():
