@@ -3,6 +3,7 @@
 import json
 import math
 import sqlite3
+import tomllib
 
 import pytest
 import tomli_w
@@ -121,11 +122,12 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     at both rungs while the baseline learns, a little in rung 0's 4 steps, much more in rung 1's 12 steps
     (measured here: Δ +0.08 then +1.75, per-rung SEs 0.03 and 0.08). So Δ grows with scale (slope t ~19, p ~0.01)
     and the backtest, which can only carry rung 0's Δ forward (offset model), misses rung 1's by far more than
-    its interval (error ~1.7, interval half-width ~0.2): unreliable."""
+    its interval (error ~1.7, interval half-width ~0.2): unreliable. Rungs this short are above the unigram
+    model (uninformative): keep_uninformative keeps them in the fits this test is about."""
     spec = write_ladder(
         tmp_path,
         small_data,
-        {"bootstrap": 50, "tokens": [8 * 32 * 4, 8 * 32 * 12]},
+        {"bootstrap": 50, "tokens": [8 * 32 * 4, 8 * 32 * 12], "keep_uninformative": True},
         variants=[{"name": "baseline"}, FROZEN],
     )
     assert main(["ladder", str(spec), "--dry-run"]) == 0
@@ -134,6 +136,11 @@ def test_tiny_ladder_end_to_end_report_and_rerun(small_data, tmp_path, capsys):
     assert "estimated" in printed and "target target.toml: 163,009,536 params" in printed
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
+    # frozen sets the lr (acts on the horizon, the batch and the width): a target of the largest rung's shape
+    # is one this screen judges, so the backtest below is reported
+    base = tomllib.loads((tmp_path / "base.toml").read_text())
+    base["model"].update(RUNGS[1])
+    (tmp_path / "target.toml").write_text(tomli_w.dumps(base))
     out = tmp_path / "out"
     assert main(["ladder", str(spec), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -328,3 +335,112 @@ def test_paired_ladder_says_which_seeds_it_left_out(small_data, tmp_path):
     assert json.loads((out / "ladder.json").read_text())["variants"][0]["unpaired"] == [
         {"rung": "rung-1", "note": note}
     ]
+
+
+def unigram_of(lad):
+    from gptlab.experiments.analysis.regime import unigram_baseline
+
+    cfg = lad.rungs[0].spec.resolved_config(lad.spec.variants[0], lad.spec.seeds[0])
+    return unigram_baseline(cfg.data.dir, corpus_vocab=cfg.data.vocab == "corpus")
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_uninformative_rung_is_marked_and_left_out_of_the_fits(small_data, tmp_path, keep):
+    """Three rungs, the smallest's baseline 0.05 nats above the unigram model: it is marked uninformative in the
+    regime table and ladder.json, and the fits (trend, backtest) use the two others, unless keep_uninformative."""
+    rungs = RUNGS + [{"n_layers": 2, "emb_dim": 64, "n_heads": 2}]
+    spec = write_ladder(
+        tmp_path,
+        small_data,
+        {"bootstrap": 50, "rungs": rungs, "tokens": [256, 256, 256], "keep_uninformative": keep},
+        seeds=(1, 2, 3),
+    )
+    lad = load_ladder(spec)
+    u = unigram_of(lad)
+    base = [[u + 0.05 + e for e in (0.01, 0.0, -0.01)], [u - 0.5, u - 0.51, u - 0.49], [u - 1.0, u - 1.01, u - 0.99]]
+    out = tmp_path / "out"
+    record(lad, out, {"baseline": base, "no_dropout": shifted(base, (0.3, -0.05, -0.05))})
+    res = write_ladder_report(lad, out)
+    an = res["analysis"]
+    assert an["uninformative"] == [0]
+    (e,) = an["variants"]
+    assert [x["rung"] for x in e["per_rung"]] == [0, 1, 2]  # every rung's Δ is still shown
+    assert e["fit_rungs"] == ([0, 1, 2] if keep else [1, 2])
+    assert e["backtest"].measured == pytest.approx(-0.05, abs=1e-6)
+    # left out, the backtest from rung 1 predicts rung 2's Δ; kept, the Δ of +0.3 at rung 0 pulls it off
+    assert (e["backtest"].predicted == pytest.approx(-0.05, abs=1e-6)) is not keep
+    md = (out / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| baseline test loss"))
+    assert "uninformative: rung-0" in row
+    left_out = "Uninformative rungs left out of the trend, extrapolation, backtest and rank agreement: rung-0"
+    assert (left_out in md) is not keep
+    js = json.loads((out / "ladder.json").read_text())
+    assert [r["regime"]["informative"] for r in js["rungs"]] == [False, True, True]
+    assert js["fitted"] == (["rung-0", "rung-1", "rung-2"] if keep else ["rung-1", "rung-2"])
+
+
+def test_keep_uninformative_must_be_a_boolean(small_data, tmp_path):
+    spec = write_ladder(tmp_path, small_data, {"keep_uninformative": "yes"})
+    with pytest.raises(GptlabError, match=r"ladder\.keep_uninformative: expected true or false, got 'yes'"):
+        load_ladder(spec)
+
+
+def test_horizon_variant_far_from_the_target_is_not_judged(small_data, tmp_path):
+    """The target trains ~10^5 x the rungs' steps: lr_schedule (acts on the training horizon) gets its measured Δ
+    and "not judged by this screen", no Δ at the target and no backtest word, in the verdict table, the text and
+    ladder.json; rope (acts on nothing) is judged as before."""
+    variants = [
+        {"name": "baseline"},
+        {"name": "lr_schedule", "interventions": ["lr_schedule"]},
+        {"name": "rope", "interventions": ["rope"]},
+    ]
+    spec = write_ladder(tmp_path, small_data, {"bootstrap": 50}, seeds=(1, 2, 3), variants=variants)
+    lad = load_ladder(spec)
+    base = [[5.01, 5.00, 4.99], [4.51, 4.50, 4.49]]
+    out = tmp_path / "out"
+    same = shifted(base, (-0.1, -0.1))
+    record(lad, out, {"baseline": base, "lr_schedule": same, "rope": same})
+    res = write_ladder_report(lad, out)
+    head, body = res["summary"]
+    cells = {row[0]: dict(zip(head, row, strict=True)) for row in body}
+    steps = lad.rungs[-1].tokens // (8 * 32)
+    why = f"not judged by this screen: acts on the training horizon (screen {steps} steps, target 30,518)"
+    assert cells["lr_schedule"]["backtest"] == why
+    assert cells["lr_schedule"]["Δ largest rung"] == "-0.1000"
+    assert cells["lr_schedule"]["Δ at target"] == cells["lr_schedule"]["95% PI"] == "—"
+    assert cells["rope"]["backtest"] == "reliable" and cells["rope"]["Δ at target"] == "-0.1000"
+    md = (out / "report.md").read_text()
+    assert f"**{why}**: no Δ at the target." in md
+    js = {v["variant"]: v for v in json.loads((out / "ladder.json").read_text())["variants"]}
+    assert js["lr_schedule"]["not_judged"] == why[len("not judged by this screen: ") :]
+    assert js["lr_schedule"]["target_delta"] is None and js["lr_schedule"]["backtest"] is None
+    assert js["rope"]["not_judged"] is None and js["rope"]["backtest"]["reliable"] is True
+
+
+@pytest.mark.parametrize(
+    "deltas, tau, rule",
+    [
+        ({"a": (-0.30, -0.30), "b": (-0.10, -0.10), "c": (0.10, 0.10)}, 1.0, "the largest rung's ranking"),
+        ({"a": (-0.30, 0.10), "b": (-0.10, -0.10), "c": (0.10, -0.30)}, -1.0, "the largest rung's ranking"),
+    ],
+)
+def test_rank_agreement_between_rungs(small_data, tmp_path, deltas, tau, rule):
+    """Three variants whose order by Δ holds between the rungs (τ = 1, interval above 0: decide by the largest
+    rung) or reverses (τ = -1; every backtest misses: still the largest rung, a provisional ranking)."""
+    variants = [{"name": "baseline"}] + [{"name": n} for n in deltas]
+    spec = write_ladder(tmp_path, small_data, {"bootstrap": 50}, seeds=(1, 2, 3), variants=variants)
+    lad = load_ladder(spec)
+    base = [[5.01, 5.00, 4.99], [4.51, 4.50, 4.49]]
+    out = tmp_path / "out"
+    record(lad, out, {"baseline": base, **{n: shifted(base, d) for n, d in deltas.items()}})
+    res = write_ladder_report(lad, out)
+    (a,) = res["analysis"]["rank"]["agreements"]
+    assert a.tau == pytest.approx(tau)
+    assert (a.low > 0) is (tau > 0)
+    js = json.loads((out / "ladder.json").read_text())
+    assert js["rank_agreement"][0]["tau"] == pytest.approx(tau)
+    assert js["decision_rule"]["rule"] == rule
+    md = (out / "report.md").read_text()
+    assert f"rung-0 → rung-1: Kendall's τ = {tau:+.2f}" in md
+    assert f"Decide by **{rule}**" in md
+    assert ("the ranking holds" in md) is (tau > 0)

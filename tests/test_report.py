@@ -597,3 +597,70 @@ def test_interval_levels_follow_alpha(tmp_path):
     assert "Difference to the baseline with 90% CI" in Path(narrow["markdown"]).read_text()
     w, n = wide["rows"][1], narrow["rows"][1]
     assert n["diff_ci_high"] - n["diff_ci_low"] < w["diff_ci_high"] - w["diff_ci_low"]
+
+
+def _screen_experiment(exp: Path, data: Path) -> Path:
+    """A tiny experiment's runs as `gptlab experiment` leaves them: baseline, lr_schedule (acts on the training
+    horizon) and rope (acts on nothing), each a run directory with its resolved config.toml."""
+    from conftest import tiny_overrides
+
+    from gptlab.config import load_config, save_config
+
+    with ResultsDB(exp / "results.sqlite") as db:
+        for variant, ivs in {"baseline": [], "lr_schedule": ["lr_schedule"], "rope": ["rope"]}.items():
+            cfg = load_config(REPO / "configs/tiny-cpu.toml", tiny_overrides(data) + [f"interventions={ivs!r}"])
+            for seed in (1, 2):
+                rid = f"{variant}-s{seed}"
+                (exp / "runs" / rid).mkdir(parents=True)
+                save_config(cfg, exp / "runs" / rid / "config.toml")
+                db.record_run(
+                    dict(
+                        run_id=rid,
+                        experiment="screen",
+                        variant=variant,
+                        seed=seed,
+                        tokens=1000,
+                        test_loss=4.0 + seed / 100,
+                    ),
+                )
+    return exp
+
+
+def test_regime_table_sets_the_screen_beside_the_seeds_gpt2_small(tmp_path, small_data):
+    """No target given: the seed's GPT-2 small (its published loss, 33,165 steps); lr_schedule is not judged
+    (its horizon is ×1000s apart), rope is."""
+    res = write_report(_screen_experiment(tmp_path, small_data))
+    head, body = res["regime"]["table"]
+    assert head == ["quantity", "screen (baseline)", "target", "what follows"]
+    rows = {r[0]: r for r in body}
+    assert rows["baseline test loss"][1:3] == ["4.0150", "3.6920"]
+    assert rows["optimizer steps"][2] == "33,165"
+    lines = res["regime"]["lines"]
+    steps = rows["optimizer steps"][1]
+    why = f"lr_schedule: not judged by this screen: acts on the training horizon (screen {steps} steps, target 33,165)."
+    assert why in lines
+    assert not any(x.startswith("rope:") for x in lines)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Regime: screen beside target" in md and why in md
+
+
+def test_regime_table_with_the_screen_as_its_own_target_or_none(tmp_path, small_data):
+    """A target equal to the screen judges every variant; a target config that is not there leaves the screen
+    column only, with one line saying so."""
+    exp = _screen_experiment(tmp_path, small_data)
+    same = write_report(exp, target=(exp / "runs" / "baseline-s1" / "config.toml", None))["regime"]
+    assert not any("not judged" in x for x in same["lines"])
+    gone = write_report(exp, target=(tmp_path / "nope.toml", None))["regime"]
+    assert gone["table"][0] == ["quantity", "screen (baseline)", "what follows"]
+    assert gone["lines"][0] == f"The target's config {tmp_path / 'nope.toml'} was not found: the screen column only."
+
+
+def test_spec_target_is_checked_like_the_ladders(tmp_path):
+    from gptlab.experiments.specs.experiment import load_spec
+
+    (tmp_path / "s.toml").write_text(
+        f'base = "{REPO / "configs/tiny-cpu.toml"}"\ntarget = {{ config = "missing.toml" }}\n'
+        '[[variants]]\nname = "baseline"\n'
+    )
+    with pytest.raises(GptlabError, match=r"s\.toml: target\.config: missing\.toml not found"):
+        load_spec(tmp_path / "s.toml")

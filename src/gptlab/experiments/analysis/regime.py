@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -145,6 +146,8 @@ def _ratio(a: float, b: float) -> float:
 
 
 def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "unknown"
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
@@ -175,3 +178,46 @@ def _apart(what: str, screen: Regime, target: Regime, factor: float) -> str | No
         if (s > 1) != (t > 1) or (s > 1 and t > 1 and _ratio(s, t) > factor):
             return f"screen {_fmt(s)} epochs, target {_fmt(t)}"
     return None
+
+
+def prepared_train_tokens(data_dir: str | os.PathLike) -> int:
+    """Tokens in the training split of a prepared corpus; 0 when it is not prepared here (epochs unknown)."""
+    if not (Path(data_dir) / "meta.json").is_file():
+        return 0
+    return len(TokenDataset(data_dir, "train"))
+
+
+def run_precision(cfg) -> str:
+    """The precision a config trains in: train.precision, with "auto" as the trainer resolves it (bf16 on CUDA,
+    fp32 elsewhere) for the device this machine gives it."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    import torch
+
+    on_cuda = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
+    return "bf16" if on_cuda else "fp32"
+
+
+def config_regime(cfg, baseline_loss: float = math.nan, with_unigram: bool = True) -> Regime:
+    """The Regime of a resolved RunConfig: its parameters counted on the meta device, its training split and (with
+    `with_unigram`) the unigram model's test loss read from its prepared data (nan when not prepared here)."""
+    import torch
+
+    from gptlab.model import GPTModel, count_params
+
+    with torch.device("meta"):
+        n_params = count_params(GPTModel(cfg.model))
+    train = prepared_train_tokens(cfg.data.dir)
+    uni = math.nan
+    if with_unigram and train:
+        uni = unigram_baseline(cfg.data.dir, corpus_vocab=cfg.data.vocab == "corpus")
+    return regime_of(cfg, n_params, train, baseline_loss, uni, run_precision(cfg))
+
+
+def acts_on(interventions) -> tuple[str, ...]:
+    """What a variant's interventions (strings as a spec names them, "name:key=value") act on together, in
+    ACTS_ON's order."""
+    from gptlab.interventions import ACTS_ON, parse_spec
+
+    got = {q for s in interventions for q in parse_spec(s)[0].acts_on}
+    return tuple(q for q in ACTS_ON if q in got)

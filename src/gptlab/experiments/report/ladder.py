@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from pathlib import Path
-
-import numpy as np
 
 from gptlab import GptlabError
 from gptlab.experiments.analysis import scaling
 from gptlab.experiments.analysis.ladder import analyse, done_counts
+from gptlab.experiments.analysis.regime import INFORMATIVE_MARGIN
 from gptlab.experiments.report.confirm import confirm_section
 from gptlab.experiments.report.format import DASH, fmt, fmt_ci
 from gptlab.experiments.report.ladder_json import ladder_json
+from gptlab.experiments.report.ladder_plot import plot_variant
+from gptlab.experiments.report.regime import load_target, regime_table
 from gptlab.experiments.specs.ladder import MIN_SPAN, Ladder
 
 
 def _label(e: dict) -> str:
+    if e.get("not_judged"):
+        return f"not judged by this screen: {e['not_judged']}"
+    if e.get("unfitted"):
+        return "no informative rung to fit"
     if e.get("reliable") is False:
         return "**unreliable**"
     if e.get("reliable") is True:
@@ -59,7 +63,14 @@ def _summary_table(lad: Ladder, an: dict) -> tuple[list[str], list[list[str]]]:
         if e.get("missing"):
             body.append([e["variant"]] + [DASH] * 11 + ["no runs"])
             continue
-        pr, t, ex, bt = e["per_rung"], e["trend"], e["extrapolation"], e["backtest"]
+        pr = e["per_rung"]
+        if e.get("unfitted"):
+            measured = [fmt(pr[0]["diff"], "+.4f"), fmt(pr[-1]["diff"], "+.4f")]
+            body.append([e["variant"], *measured] + [DASH] * 9 + [_label(e)])
+            continue
+        t, ex, bt = e["trend"], e["extrapolation"], e["backtest"]
+        if e["not_judged"]:  # the measured Δ and its trend; nothing at the target, no backtest word
+            ex, bt = None, None
         body.append(
             [
                 e["variant"],
@@ -67,9 +78,9 @@ def _summary_table(lad: Ladder, an: dict) -> tuple[list[str], list[list[str]]]:
                 fmt(pr[-1]["diff"], "+.4f"),
                 _trend_word(t),
                 f"{fmt(t['slope'], '+.4f')} ({fmt(t['p'], '.3g')})",
-                ex.fit.model if ex.fit else DASH,
-                fmt(ex.delta, "+.4f"),
-                fmt_ci(ex.low, ex.high, "+.4f") if not ex.note else f"— ({ex.note})",
+                ex.fit.model if ex and ex.fit else DASH,
+                fmt(ex.delta, "+.4f") if ex else DASH,
+                DASH if not ex else fmt_ci(ex.low, ex.high, "+.4f") if not ex.note else f"— ({ex.note})",
                 fmt(bt.predicted, "+.4f") if bt else DASH,
                 fmt(bt.measured, "+.4f") if bt else DASH,
                 fmt(bt.error, "+.4f") if bt else DASH,
@@ -202,107 +213,6 @@ def _warnings(lad: Ladder, an: dict) -> list[str]:
     return out
 
 
-def plot_variant(lad: Ladder, e: dict, baseline: str, level: float) -> bytes:
-    """Log-log loss vs FLOPs (each run, rung means, fitted curves, the extrapolation band to the target) and Δ
-    vs FLOPs (per-rung CIs, the fitted Δ, its band, the target's interval, the backtest)."""
-    from gptlab.experiments.report.plots import new_figure, png
-
-    rungs: list[scaling.Rung] = e["data"]
-    ex: scaling.Extrapolation = e["extrapolation"]
-    fit, grid = ex.fit, e["grid"]
-    cmax = max(r.c_base.max() for r in rungs)
-    band = ex.band
-    fig = new_figure(12, 4.8)
-    ax, bx = fig.subplots(1, 2)
-    for name, cs, ls, color, curve in (
-        (baseline, [r.c_base for r in rungs], [r.base for r in rungs], "#222222", fit.base if fit else None),
-        (e["variant"], [r.c_var for r in rungs], [r.var for r in rungs], "#1f77b4", fit.var if fit else None),
-    ):
-        for c, y in zip(cs, ls, strict=True):
-            ax.scatter(c, y, s=12, color=color, alpha=0.45, lw=0)
-            ax.errorbar(
-                [np.mean(c)],
-                [np.mean(y)],
-                yerr=[[np.mean(y) - y.min()], [y.max() - np.mean(y)]],
-                fmt="o",
-                color=color,
-                ms=5,
-                capsize=3,
-            )
-        if curve is not None:
-            ax.plot(
-                grid,
-                curve(grid),
-                color=color,
-                lw=1.4,
-                ls="--" if name == baseline else "-",
-                label=f"{name}: {curve.form} fit",
-                zorder=3 if name == baseline else 2,
-            )
-    far = grid >= cmax
-    if band:  # none when a rung has fewer than 2 seeds (scaling.noise_note)
-        ax.fill_between(
-            grid[far],
-            band["var"][0][far],
-            band["var"][1][far],
-            color="#1f77b4",
-            alpha=0.15,
-            lw=0,
-            label=f"{e['variant']}: {level:.0%} band",
-        )
-    ax.axvline(lad.target_flops, color="grey", ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("final test loss (nats/token)")
-    ax.set_title("loss vs compute (points: seeds; bars: min..max)")
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
-    pr = e["per_rung"]
-    xs = [x["compute"] for x in pr]
-    ys = [x["diff"] for x in pr]
-    lo = [x["diff"] - x["ci_low"] if math.isfinite(x["ci_low"]) else 0 for x in pr]
-    hi = [x["ci_high"] - x["diff"] if math.isfinite(x["ci_high"]) else 0 for x in pr]
-    bx.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color="#1f77b4", capsize=3, label=f"Δ per rung ({level:.0%} CI)")
-    if fit is not None:
-        bx.plot(grid, np.broadcast_to(fit.delta_at(grid), grid.shape), color="#1f77b4", lw=1.2, label="fitted Δ")
-    if band:
-        bx.fill_between(grid, band["delta"][0], band["delta"][1], color="#1f77b4", alpha=0.12, lw=0)
-    if math.isfinite(ex.delta):
-        yerr = [[ex.delta - ex.low], [ex.high - ex.delta]] if math.isfinite(ex.low) else None
-        bx.errorbar(
-            [lad.target_flops],
-            [ex.delta],
-            yerr=yerr,
-            fmt="s",
-            color="#d62728",
-            capsize=4,
-            label=f"target ({level:.0%} PI)",
-        )
-    bt = e.get("backtest")
-    if bt is not None and math.isfinite(bt.predicted):
-        yerr = [[bt.predicted - bt.low], [bt.high - bt.predicted]] if math.isfinite(bt.low) else None
-        bx.errorbar(
-            [xs[-1] * 1.08],
-            [bt.predicted],
-            yerr=yerr,
-            fmt="D",
-            mfc="none",
-            color="#ff7f0e",
-            capsize=3,
-            label="backtest prediction",
-        )
-    bx.axhline(0, color="grey", lw=0.8)
-    bx.set_xscale("log")
-    bx.set_xlabel("training FLOPs")
-    bx.set_ylabel(f"Δ test loss ({e['variant']} − {baseline})")
-    bx.set_title(f"Δ with scale: {_trend_word(e['trend'])}; backtest {_label(e).strip('*')}")
-    bx.grid(True, which="both", alpha=0.25)
-    bx.legend(fontsize=8)
-    fig.suptitle(f"{e['variant']} vs {baseline}", fontsize=12)
-    return png(fig)
-
-
 def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
     """report.md (ladder.md.j2), report.html (plots embedded), plots/ladder-VARIANT.png and ladder.json in exp_dir,
     atomically."""
@@ -310,13 +220,15 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
     from gptlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
     exp_dir = Path(exp_dir)
-    an = analyse(lad, exp_dir)
+    target = load_target(lad.target_config, lad.target_tokens)
+    an = analyse(lad, exp_dir, target.regime)
     if all(e.get("missing") for e in an["variants"]):
         raise GptlabError(f"{exp_dir}: no rung has finished runs of both the baseline and a variant yet")
     pngs = {}
     for e in an["variants"]:
-        if not e.get("missing"):
-            pngs[_plot_name(e)] = plot_variant(lad, e, lad.spec.baseline, an["level"])
+        if not e.get("missing") and not e.get("unfitted"):  # unfitted: no informative rung, nothing to plot
+            title = f"Δ with scale: {_trend_word(e['trend'])}; " if "trend" in e else ""
+            pngs[_plot_name(e)] = plot_variant(lad, e, lad.spec.baseline, an["level"], title + _label(e).strip("*"))
     for name, data in pngs.items():
         atomic_write_bytes(exp_dir / "plots" / name, data)
     summary = _summary_table(lad, an)
@@ -334,6 +246,9 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         target=f"Target: `{lad.target_config.name}`, {lad.target_params:,} params, {lad.target_tokens:.4g} tokens, "
         f"{lad.target_flops:.3e} training FLOPs.",
         warnings=_warnings(lad, an),
+        regime=regime_table([(r.name, g) for r, g in zip(lad.rungs, an["regimes"], strict=True)], target.regime),
+        regime_lines=[target.note, *_fit_lines(lad, an)],
+        rank=_rank_lines(lad, an),
         backtests=[_backtest_line(lad, an, e) for e in an["variants"]],
         variants=[_variant_part(lad, an, e) for e in an["variants"]],
         rules=_rules(lad, an),
@@ -342,7 +257,7 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)
     atomic_write_text(html_path, render_html(md_text, title, pngs))
-    atomic_write_json(exp_dir / "ladder.json", ladder_json(lad, an))
+    atomic_write_json(exp_dir / "ladder.json", ladder_json(lad, an, target))
     return {
         "markdown": str(md_path),
         "html": str(html_path),
@@ -356,8 +271,34 @@ def _plot_name(e: dict) -> str:
     return "ladder-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in e["variant"]) + ".png"
 
 
+def _fit_lines(lad: Ladder, an: dict) -> list[str]:
+    """The line saying which rungs are uninformative and whether the fits leave them out."""
+    if not an["uninformative"]:
+        return []
+    names = ", ".join(lad.rungs[k].name for k in an["uninformative"])
+    if lad.keep_uninformative:
+        return [f"Uninformative rungs kept in the fits (keep_uninformative = true): {names}."]
+    return [
+        f"Uninformative rungs left out of the trend, extrapolation, backtest and rank agreement: {names} "
+        f"(baseline not {INFORMATIVE_MARGIN:g} nats below the unigram model; keep_uninformative = true keeps them)."
+    ]
+
+
+def _rank_lines(lad: Ladder, an: dict) -> list[str]:
+    """τ between consecutive fitted rungs, then the decision rule the report recommends with its reason."""
+    out = [
+        f"{lad.rungs[a.lower].name} → {lad.rungs[a.lower + 1].name}: Kendall's τ = {fmt(a.tau, '+.2f')}, "
+        f"{an['level']:.0%} bootstrap interval {fmt_ci(a.low, a.high, '+.2f')} ({len(a.variants)} variants)"
+        for a in an["rank"]["agreements"]
+    ]
+    rule, reason = an["rank"]["rule"]
+    return out + [f"Decide by **{rule}**: {reason}."]
+
+
 def _backtest_line(lad: Ladder, an: dict, e: dict) -> str:
     bt = e.get("backtest")
+    if e.get("not_judged"):
+        return f"{e['variant']}: {_label(e)}"
     if bt is None:
         return f"{e['variant']}: not run (needs 2 rungs with runs of both)"
     where = (
@@ -366,8 +307,8 @@ def _backtest_line(lad: Ladder, an: dict, e: dict) -> str:
         else f"{an['level']:.0%} interval of the measured Δ {fmt_ci(bt.low, bt.high, '+.4f')}"
     )
     return (
-        f"{e['variant']}: fit on {len(e['rungs']) - 1} rung(s), predicted Δ {fmt(bt.predicted, '+.4f')} at "
-        f"{lad.rungs[e['rungs'][-1]].name}, measured {fmt(bt.measured, '+.4f')}, error {fmt(bt.error, '+.4f')}, "
+        f"{e['variant']}: fit on {len(e['fit_rungs']) - 1} rung(s), predicted Δ {fmt(bt.predicted, '+.4f')} at "
+        f"{lad.rungs[e['fit_rungs'][-1]].name}, measured {fmt(bt.measured, '+.4f')}, error {fmt(bt.error, '+.4f')}, "
         f"{where}: {_label(e)}"
     )
 
@@ -376,15 +317,29 @@ def _variant_part(lad: Ladder, an: dict, e: dict) -> dict:
     """A variant's part of the report: its per-rung table, the trend sentence, its fit and its plot."""
     if e.get("missing"):
         return {"name": e["variant"], "missing": True}
+    if e.get("unfitted"):
+        return {
+            "name": e["variant"],
+            "missing": False,
+            "table": _variant_table(e, lad),
+            "trend": _label(e) + ".",
+            "fit": None,
+            "plot": None,
+        }
     ex, t = e["extrapolation"], e["trend"]
     fit = ex.fit
     trend = (
         f"Trend: **{_trend_word(t)}** (slope {fmt(t['slope'], '+.4f')} per decade of compute, "
-        f"SE {fmt(t['slope_se'], '.4f')}, p {fmt(t['p'], '.3g')}, df {fmt(t['df'], '.3g')}). "
-        f"Δ at target: {fmt(ex.delta, '+.4f')}, "
-        + (f"no PI ({ex.note})" if ex.note else f"{an['level']:.0%} PI {fmt_ci(ex.low, ex.high, '+.4f')}")
-        + f" ({fit.model if fit else 'no'} fit). Backtest: {_label(e)}."
+        f"SE {fmt(t['slope_se'], '.4f')}, p {fmt(t['p'], '.3g')}, df {fmt(t['df'], '.3g')})."
     )
+    if e["not_judged"]:
+        trend += f" **{_label(e)}**: no Δ at the target."
+    else:
+        trend += (
+            f" Δ at target: {fmt(ex.delta, '+.4f')}, "
+            + (f"no PI ({ex.note})" if ex.note else f"{an['level']:.0%} PI {fmt_ci(ex.low, ex.high, '+.4f')}")
+            + f" ({fit.model if fit else 'no'} fit). Backtest: {_label(e)}."
+        )
     fit_line = None
     if fit is not None:
         fit_line = (

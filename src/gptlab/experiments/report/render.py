@@ -21,6 +21,7 @@ from gptlab import GptlabError
 from gptlab.experiments.analysis.compare import build_rows
 from gptlab.experiments.analysis.yardsticks import YARDSTICKS, comparability, run_test_set
 from gptlab.experiments.report.plots import report_plots
+from gptlab.experiments.report.regime import experiment_regime, load_target
 from gptlab.experiments.report.rows import (
     report_warnings,
     verdict_rules,
@@ -50,6 +51,7 @@ def write_report(
     design: str = "independent",
     tuned: bool = False,
     variants: list[str] | None = None,
+    target: tuple[str | Path, float | None] | None = None,
 ) -> dict:
     """Write report.md, report.html and plots/*.png into exp_dir; return paths, the table and the rows.
     `run_ids`: report only these runs (the runner passes its spec's matrix; other rows stay in the database);
@@ -84,6 +86,15 @@ def write_report(
     for name, data in pngs.items():
         atomic_write_bytes(exp_dir / "plots" / name, data)
     title = title or f"Results: {experiment or ex.name or exp_dir.name}"
+    run_dirs = {}
+    for r in ex.runs:
+        rd = _run_dir_of(exp_dir, r)
+        if rd is not None:
+            run_dirs.setdefault(str(r.get("variant") or ""), rd)
+    losses = defaultdict(list)
+    for r in ex.runs:
+        losses[str(r.get("variant") or "")].append(r.get("test_loss"))
+    regime = experiment_regime(run_dirs, losses, baseline, load_target(*(target or (None, None))))
     md_text = render_markdown(
         title=title,
         runs=ex.runs,
@@ -93,6 +104,7 @@ def write_report(
         db_path=ex.db_path,
         generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         yard=yard,
+        regime=regime,
         verdicts=verdict_table(rows),
         one_in=round(1 / alpha),
         design=design,
@@ -114,6 +126,7 @@ def write_report(
         "rows": rows,
         "yardsticks": yard,
         "tuned": tuned_part,
+        "regime": regime,
     }
 
 

@@ -17,6 +17,8 @@ Spec (TOML):
     tune = "lr"                        # optional: also compare every variant at its own best train.lr
     tune_grid = [1e-3, 2e-3, 4e-3]     # with tune: the values the sweep tries (besides the base value)
     tune_seeds = [1001]                # with tune: the sweep's seeds (default [1001]; apart from `seeds`)
+    target = { config = "../gpt2-small-baseline.toml", tokens = 3.26e9 }   # optional: what the report's regime
+                                       # table sets the screen beside (default: the seed's GPT-2 small)
     [overrides.train]                  # optional: applied to every run (same budget for all)
     tokens = 1_000_000
     [[variants]]
@@ -56,6 +58,7 @@ _SPEC_KEYS = {
     "tune_grid",
     "tune_seeds",
     "alpha",
+    "target",
 }
 DESIGNS = ("independent", "paired")
 _VARIANT_KEYS = {"name", "interventions", "reference", "seeds"}
@@ -112,6 +115,7 @@ class Spec:
     design: str = "independent"  # the report's test: Welch's (independent) or paired by seed
     alpha: float = 0.05  # the verdicts' family-wise error rate (Holm; sequential: Bonferroni over variants)
     tune: Tune | None = None  # sweep a setting and compare each variant at its best value too (tuning.py)
+    target: tuple[Path, float | None] | None = None  # (config, tokens or None): the regime table's target
 
     def run_id(self, variant: str, seed: int) -> str:
         """The run's name, also its folder's under runs/ (a plain name: never a path out of it)."""
@@ -211,11 +215,33 @@ def load_spec(path: str | Path, data: dict | None = None) -> Spec:
         design,
         float(alpha),
     )
+    if "target" in d:
+        spec.target = read_target(d["target"], p, f"{where}: target")
     for v in variants:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
     if any(k in d for k in ("tune", "tune_grid", "tune_seeds")):
         spec.tune = read_tune(spec, d, where)
     return spec
+
+
+def read_target(target, p: Path, where: str) -> tuple[Path, float | None]:
+    """A target table { config = "CONFIG.toml", tokens = N }, checked as a ladder's [ladder] target is: the config
+    relative to the spec file `p` and present, tokens (optional) a positive number."""
+    if not isinstance(target, dict) or "config" not in target:
+        raise GptlabError(f'{where}: expected a table {{ config = "CONFIG.toml", tokens = N }}, got {target!r}')
+    bad = sorted(set(target) - {"config", "tokens"})
+    if bad:
+        raise GptlabError(f"{where}.{bad[0]}: unknown key (config, tokens)")
+    if not isinstance(target["config"], str):
+        raise GptlabError(f"{where}.config: expected a path to a config TOML, got {target['config']!r}")
+    path = (p.parent / target["config"]).resolve()
+    if not path.is_file():
+        raise GptlabError(f"{where}.config: {target['config']} not found (looked for {path})")
+    tokens = target.get("tokens")
+    ok = isinstance(tokens, (int, float)) and not isinstance(tokens, bool) and 0 < tokens < float("inf")
+    if tokens is not None and not ok:
+        raise GptlabError(f"{where}.tokens: expected a positive number of tokens, got {tokens!r}")
+    return path, None if tokens is None else float(tokens)
 
 
 def read_tune(

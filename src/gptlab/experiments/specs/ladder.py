@@ -14,6 +14,7 @@ A ladder spec is an experiment spec (spec.py) with a [ladder] table:
     seeds = [1, 2, 3]                           # optional: the seeds of every rung, or one list per rung
     bootstrap = 200                             # optional: bootstrap replicates of the intervals
     target = { config = "../gpt2-small-baseline.toml", tokens = 3.26e9 }   # where Δ is extrapolated
+    keep_uninformative = false                  # optional: keep rungs not clearly below the unigram model in fits
 
 Non-embedding parameters: every parameter but the token and position embeddings and an untied output head
 (model.non_embedding_params). Each rung K is an experiment of its own, run by the experiment runner in EXP/rung-K
@@ -41,7 +42,17 @@ from gptlab.config import (
 from gptlab.experiments.specs.experiment import Spec, load_spec
 from gptlab.io import plain_name
 
-LADDER_KEYS = ("rungs", "tokens_per_param", "tokens", "flops", "seeds", "target", "bootstrap", "confirm")
+LADDER_KEYS = (
+    "rungs",
+    "tokens_per_param",
+    "tokens",
+    "flops",
+    "seeds",
+    "target",
+    "bootstrap",
+    "keep_uninformative",
+    "confirm",
+)
 TARGET_KEYS = ("config", "tokens")
 TOKEN_RULES = ("tokens_per_param", "tokens", "flops")
 MIN_SPAN = 10.0  # a ladder narrower than this in non-embedding parameters is flagged in the report
@@ -78,6 +89,7 @@ class Ladder:
     target_flops: float
     bootstrap: int
     extra: dict | None = None  # the --set overrides the rungs were resolved with (what their runs must match)
+    keep_uninformative: bool = False  # fit rungs whose baseline is not clearly below the unigram model too
 
     @property
     def spec(self) -> Spec:
@@ -146,6 +158,9 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
     n_boot = lad.get("bootstrap", 200)
     if not (isinstance(n_boot, int) and not isinstance(n_boot, bool) and 20 <= n_boot <= 100_000):
         raise GptlabError(f"{where}.bootstrap: expected an integer from 20 to 100000, got {n_boot!r}")
+    keep = lad.get("keep_uninformative", False)
+    if not isinstance(keep, bool):
+        raise GptlabError(f"{where}.keep_uninformative: expected true or false, got {keep!r}")
     target = lad.get("target")
     if not isinstance(target, dict) or "config" not in target:
         raise GptlabError(
@@ -186,7 +201,8 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
     with _meta():
         t_params = count_params(GPTModel(tcfg.model))
     t_tokens = float(target.get("tokens") or token_budget(tcfg, t_params))
-    return Ladder(p, name, plans, tcfg_path, t_params, t_tokens, flops_per_token(tcfg.model) * t_tokens, n_boot, extra)
+    t_flops = flops_per_token(tcfg.model) * t_tokens
+    return Ladder(p, name, plans, tcfg_path, t_params, t_tokens, t_flops, n_boot, extra, keep)
 
 
 def _meta():
