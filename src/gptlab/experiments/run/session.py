@@ -27,10 +27,11 @@ class Session:
     backend: Backend | None = None
     db: ResultsDB | None = None
 
-    def open_results(self, spec: Spec, extra: dict, quiet: bool) -> ResultsDB:
-        """The data prepared (once, before any run starts: runs in parallel must not race to prepare it) and the
-        folder's results database, closed when the session ends."""
-        prepare_data(spec.resolved_config(spec.variants[0], spec.seeds[0], extra), quiet)
+    def open_results(self, cfg, quiet: bool) -> ResultsDB:
+        """The data of `cfg` (the matrix's first planned run's config) prepared (once, before any run starts: runs
+        in parallel must not race to prepare it) and the folder's results database, closed when the session
+        ends."""
+        prepare_data(cfg, quiet)
         self.db = ResultsDB(self.folder / "results.sqlite")
         return self.db
 
@@ -88,16 +89,6 @@ def make_backend(
 
         return SlurmBackend(exp_dir, **options)
     raise GptlabError(f"--backend: expected local or slurm, got '{name}'")
-
-
-def keep_only(spec: Spec, only: list[str]) -> None:
-    """--only: drop the other variants, keeping the baseline (every comparison needs it)."""
-    names = [v.name for v in spec.variants]
-    unknown = [n for n in only if n not in names]
-    if unknown:
-        raise GptlabError(f"--only: unknown variant '{unknown[0]}'; variants: {', '.join(names)}")
-    keep = set(only) | {spec.baseline}
-    spec.variants = [v for v in spec.variants if v.name in keep]
 
 
 def prepare_data(cfg, quiet: bool) -> None:

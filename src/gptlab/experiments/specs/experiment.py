@@ -160,9 +160,12 @@ class Spec:
         return self.resolve(variant, seed, extra, where).cfg
 
 
-def load_spec(path: str | Path, data: dict | None = None) -> Spec:
-    """Read and check a spec; every variant's config is resolved once here. `data`: the spec's table instead of
-    the file's (a derived spec, e.g. a ladder's rung; `path` still names it and anchors `base`)."""
+def load_spec(path: str | Path, data: dict | None = None, check_configs: bool = True) -> Spec:
+    """Read and check a spec; every variant's config is resolved once here (at its first seed), unless not
+    `check_configs`: then the caller resolves them (the runner's specs/matrix.py plan_matrix resolves every run
+    of the matrix once; a spec with tune settings is still checked here, as read_tune resolves its grid).
+    `data`: the spec's table instead of the file's (a derived spec, e.g. a ladder's rung; `path` still names it
+    and anchors `base`)."""
     p = Path(path)
     d = read_toml(p) if data is None else data
     where = str(p)
@@ -211,9 +214,10 @@ def load_spec(path: str | Path, data: dict | None = None) -> Spec:
         design,
         float(alpha),
     )
-    for v in variants:
+    tuned = any(k in d for k in ("tune", "tune_grid", "tune_seeds"))
+    for v in variants if check_configs or tuned else []:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
-    if any(k in d for k in ("tune", "tune_grid", "tune_seeds")):
+    if tuned:
         spec.tune = read_tune(spec, d, where)
     return spec
 
