@@ -218,7 +218,7 @@ def test_changed_partial_run_is_named_before_it_fails_in_training(small_data, tm
     spec = write_spec(tmp_path, small_data, seeds=(1,), variants=[{"name": "baseline", "interventions": []}])
     out = tmp_path / "exp"
     from gptlab.config import save_config
-    from gptlab.experiments.specs.experiment import claim_experiment_dir
+    from gptlab.experiments.run.session import claim_experiment_dir
 
     s = load_spec(spec)
     cfg = s.resolved_config(s.variants[0], 1)  # the corpus vocabulary's size in, as training writes it

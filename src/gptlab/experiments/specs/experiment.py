@@ -39,7 +39,7 @@ from pathlib import Path
 
 from gptlab import GptlabError
 from gptlab.config import deep_merge, read_config_toml, read_toml
-from gptlab.io import check_dir, claim_dir, plain_name
+from gptlab.io import plain_name
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _SPEC_KEYS = {
@@ -296,27 +296,6 @@ def _seed_list(seeds, where: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise GptlabError(f"{where}: duplicate seeds in {seeds}")
     return seeds
-
-
-EXPERIMENT_DIR = "experiment"  # the kind of folder `experiment` and `sweep` write (io.claim_dir)
-
-
-def _experiment_written_before(p: Path) -> bool:
-    """A folder of an earlier gptlab (no owner file) counts as an experiment folder when it holds results.sqlite,
-    runs/ and configs/."""
-    return (p / "results.sqlite").is_file() and (p / "runs").is_dir() and (p / "configs").is_dir()
-
-
-def check_experiment_dir(path: Path, what: str, force: bool = False) -> Path:
-    """claim_experiment_dir's refusal alone: nothing is created (so a later refusal leaves no folder behind)."""
-    return check_dir(path, EXPERIMENT_DIR, what, force, _experiment_written_before)
-
-
-def claim_experiment_dir(path: Path, what: str, force: bool = False) -> Path:
-    """The experiment folder `path`, created and marked as gptlab's; refused (one line naming `what`) when it is
-    a file, or a folder holding files gptlab did not write, unless `force` (_experiment_written_before: a folder
-    of an earlier gptlab)."""
-    return claim_dir(path, EXPERIMENT_DIR, what, force, _experiment_written_before)
 
 
 def report_settings(exp_dir: Path) -> dict:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from gptlab import GptlabError
-from gptlab import config
+from gptlab import GptlabError, config
 from gptlab.experiments.specs.experiment import Spec, Variant
 
 
