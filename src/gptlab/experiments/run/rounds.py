@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from gptlab import GptlabError
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.run.changes import check_changed
 from gptlab.experiments.run.matrix import run_matrix
 from gptlab.experiments.run.scheduler import Backend
 from gptlab.experiments.specs.experiment import Spec
-from gptlab.experiments.specs.matrix import PlannedRun, plan_runs
+from gptlab.experiments.specs.matrix import PlannedRun, SeqOptions, plan_runs
 from gptlab.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -64,51 +63,6 @@ def choose(spec: Spec, exp_dir: Path, db: ResultsDB) -> dict:
     chosen = tuning.choose(spec, {r["run_id"]: r["val_loss"] for r in db.runs()})
     atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
     return chosen
-
-
-@dataclass
-class SeqOptions:
-    max_seeds: int
-    per_round: int
-    family: list[str]  # the variants compared with the baseline (before --only): the Bonferroni family
-
-
-def sequential_options(
-    spec: Spec, until_decided: bool, max_seeds: int | None, per_round: int | None
-) -> SeqOptions | None:
-    if not until_decided:
-        if max_seeds is not None or per_round is not None:
-            raise GptlabError("--max-seeds/--seeds-per-round: only with --until-decided")
-        return None
-    if max_seeds is None:
-        raise GptlabError("--until-decided: needs --max-seeds K (the most seeds any variant gets)")
-    most = max(len(v.seeds or spec.seeds) for v in spec.variants)
-    if max_seeds < max(2, most):
-        raise GptlabError(
-            f"--max-seeds: {max_seeds} is below the {max(2, most)} seeds the spec already gives "
-            f"a variant (at least 2: a t-test needs them)"
-        )
-    per_round = per_round if per_round is not None else max(2, len(spec.seeds))
-    if per_round < 1:
-        raise GptlabError(f"--seeds-per-round: expected at least 1, got {per_round}")
-    family = [v.name for v in spec.variants if v.name != spec.baseline]
-    if not family:
-        raise GptlabError("--until-decided: the spec has no variant besides the baseline to decide")
-    return SeqOptions(max_seeds, per_round, family)
-
-
-def design_line(spec: Spec, o: SeqOptions) -> str:
-    from gptlab.experiments.analysis import sequential as sq
-
-    looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
-    alpha = spec.alpha / len(o.family)
-    ps = sq.nominal_p(sq.boundaries([sq.info_fraction(n, n, o.max_seeds) for n in looks], alpha))
-    return (
-        f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; "
-        f"alpha {spec.alpha:g} / "
-        f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
-        f"{', '.join(f'{p:.2g}' for p in ps)}"
-    )
 
 
 def run_rounds(

@@ -1,8 +1,10 @@
-"""Running an experiment: `gptlab experiment` (run_experiment) and `gptlab sweep` (run_sweep), each a matrix of
-runs (matrix.py) in an experiment folder held by one runner (session.py), checked against the spec first
-(changes.py), tuned or in sequential rounds where the spec or the options say so (rounds.py), and the report
-written at the end. Both return an Outcome, which the CLI prints and turns into an exit status; a stop signal
-raises Stopped (stops.py) once the runs in flight have ended.
+"""Running an experiment: `gptlab experiment` (run_experiment) and `gptlab sweep` (run_sweep). Top-down: the
+spec is read (specs/experiment.py) and its matrix planned, every run's config resolved once (specs/matrix.py;
+a dry run prints the plan, specs/plan.py); the experiment folder is held by one runner (session.py), the
+planned runs checked against the ones recorded (changes.py) and run (matrix.py), tuned or in sequential rounds
+where the spec or the options say so (rounds.py), and the report written at the end. Both return an Outcome,
+which the CLI prints and turns into an exit status; a stop signal raises Stopped (stops.py) once the runs in
+flight have ended.
 
 An experiment folder holds spec.toml (the spec as run, --set overrides merged in; written once the recorded runs
 are known to match it), configs/RUN_ID.toml (what each run was started with), runs/RUN_ID/ (its run directory),
@@ -18,10 +20,10 @@ from gptlab import GptlabError
 from gptlab.config import parse_overrides, read_toml
 from gptlab.experiments.run.changes import check_changed, spec_text
 from gptlab.experiments.run.matrix import run_matrix
-from gptlab.experiments.run.rounds import choose, design_line, run_rounds, run_tuned, sequential_options
+from gptlab.experiments.run.rounds import choose, run_rounds, run_tuned
 from gptlab.experiments.run.session import experiment_dir, experiment_session, make_backend
 from gptlab.experiments.specs.experiment import Spec, load_spec
-from gptlab.experiments.specs.matrix import keep_only, plan_matrix, plan_runs, with_corpus_vocab
+from gptlab.experiments.specs.matrix import keep_only, plan_matrix, plan_runs, sequential_options, with_corpus_vocab
 from gptlab.io import atomic_write_text
 
 
@@ -93,19 +95,7 @@ def run_experiment(
     if dry_run:
         from gptlab.experiments.specs.plan import dry_run_lines
 
-        lines = dry_run_lines(spec, planned)
-        if spec.tune:
-            from gptlab.experiments.analysis.tuning import sweep_spec
-
-            t, n = spec.tune, len(sweep_spec(spec).matrix())
-            lines.append(
-                f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
-                f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(spec.matrix())} runs "
-                f"of the variants at their chosen values"
-            )
-        if seq_opts:
-            lines.append(design_line(spec, seq_opts))
-        return Outcome(summary="\n".join(lines))
+        return Outcome(summary="\n".join(dry_run_lines(spec, planned, seq_opts)))
     if spec.tune and seq_opts:
         raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
     exp_dir = experiment_dir(spec, out, force)

@@ -77,3 +77,39 @@ def keep_only(spec: Spec, only: list[str]) -> None:
         raise GptlabError(f"--only: unknown variant '{unknown[0]}'; variants: {', '.join(names)}")
     keep = set(only) | {spec.baseline}
     spec.variants = [v for v in spec.variants if v.name in keep]
+
+
+@dataclass
+class SeqOptions:
+    """--until-decided's options, checked against the spec before anything runs (sequential_options): how far
+    the sequential rounds (run/rounds.py) may grow the matrix."""
+
+    max_seeds: int
+    per_round: int
+    family: list[str]  # the variants compared with the baseline (before --only): the Bonferroni family
+
+
+def sequential_options(
+    spec: Spec, until_decided: bool, max_seeds: int | None, per_round: int | None
+) -> SeqOptions | None:
+    """--until-decided / --max-seeds / --seeds-per-round checked against the spec (before --only drops
+    variants: the family is every variant besides the baseline); None without --until-decided."""
+    if not until_decided:
+        if max_seeds is not None or per_round is not None:
+            raise GptlabError("--max-seeds/--seeds-per-round: only with --until-decided")
+        return None
+    if max_seeds is None:
+        raise GptlabError("--until-decided: needs --max-seeds K (the most seeds any variant gets)")
+    most = max(len(v.seeds or spec.seeds) for v in spec.variants)
+    if max_seeds < max(2, most):
+        raise GptlabError(
+            f"--max-seeds: {max_seeds} is below the {max(2, most)} seeds the spec already gives "
+            f"a variant (at least 2: a t-test needs them)"
+        )
+    per_round = per_round if per_round is not None else max(2, len(spec.seeds))
+    if per_round < 1:
+        raise GptlabError(f"--seeds-per-round: expected at least 1, got {per_round}")
+    family = [v.name for v in spec.variants if v.name != spec.baseline]
+    if not family:
+        raise GptlabError("--until-decided: the spec has no variant besides the baseline to decide")
+    return SeqOptions(max_seeds, per_round, family)
