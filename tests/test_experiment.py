@@ -361,3 +361,22 @@ def test_the_matrix_is_resolved_once_per_run(small_data, tmp_path, monkeypatch):
     for only in (None, ["no_dropout"]):  # a variant --only drops is checked all the same
         with pytest.raises(GptlabError, match=rf"^{spec}: variant x: .*unknown intervention 'grad_clipp'"):
             run_experiment(str(spec), dry_run=True, only=only)
+
+
+def test_runs_planned_before_their_data_is_prepared_get_the_corpus_vocabulary_once_it_is(small_data, tmp_path):
+    """A run of data.vocab = "corpus" planned before its data exists resolves with the full vocabulary; once the
+    data is prepared, with_corpus_vocab gives it the config (and hash) its `gptlab train` will record."""
+    import shutil
+
+    from gptlab.experiments.specs.matrix import plan_matrix, with_corpus_vocab
+
+    later = tmp_path / "later"
+    spec = load_spec(write_spec(tmp_path, str(later)), check_configs=False)
+    planned = plan_matrix(spec, {})
+    assert all(p.resolved.vocab is None for p in planned)
+    shutil.copytree(small_data, later)  # the runner prepares it here (Session.open_results)
+    ready = with_corpus_vocab(spec, planned)
+    for p, q in zip(planned, ready, strict=True):
+        fresh = spec.resolve(p.variant, p.seed)
+        assert q.resolved.vocab is not None and q.resolved.hash == fresh.hash != p.resolved.hash
+        assert q.cfg.model.vocab_size == fresh.cfg.model.vocab_size < p.cfg.model.vocab_size
