@@ -53,8 +53,10 @@ def plan_matrix(spec: Spec, extra: dict, only: list[str] | None = None) -> list[
     dropped = [v for v in variants if v not in spec.variants]
     for v in variants if extra else dropped:  # the spec alone resolves: its errors name the file
         plan_run(spec, v, spec.seeds[0], {}, f"{spec.path}: variant {v.name}")
-    where = "--set (variant {})" if extra else f"{spec.path}: variant {{}}"
-    return [plan_run(spec, v, s, extra, where.format(v.name)) for v, s in spec.matrix()]
+    return [
+        plan_run(spec, v, s, extra, f"--set (variant {v.name})" if extra else f"{spec.path}: variant {v.name}")
+        for v, s in spec.matrix()
+    ]
 
 
 def with_corpus_vocab(spec: Spec, planned: list[PlannedRun]) -> list[PlannedRun]:
