@@ -65,6 +65,21 @@ def choose(spec: Spec, exp_dir: Path, db: ResultsDB) -> dict:
     return chosen
 
 
+def design_line(spec: Spec, o: SeqOptions) -> str:
+    """--until-decided's line of the dry run: the looks and each look's p threshold."""
+    from gptlab.experiments.analysis import sequential as sq
+
+    looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
+    alpha = spec.alpha / len(o.family)
+    ps = sq.nominal_p(sq.boundaries([sq.info_fraction(n, n, o.max_seeds) for n in looks], alpha))
+    return (
+        f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; "
+        f"alpha {spec.alpha:g} / "
+        f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
+        f"{', '.join(f'{p:.2g}' for p in ps)}"
+    )
+
+
 def run_rounds(
     spec: Spec,
     planned: list[PlannedRun],

@@ -20,7 +20,7 @@ from gptlab import GptlabError
 from gptlab.config import parse_overrides, read_toml
 from gptlab.experiments.run.changes import check_changed, spec_text
 from gptlab.experiments.run.matrix import run_matrix
-from gptlab.experiments.run.rounds import choose, run_rounds, run_tuned
+from gptlab.experiments.run.rounds import choose, design_line, run_rounds, run_tuned
 from gptlab.experiments.run.session import experiment_dir, experiment_session, make_backend
 from gptlab.experiments.specs.experiment import Spec, load_spec
 from gptlab.experiments.specs.matrix import keep_only, plan_matrix, plan_runs, sequential_options, with_corpus_vocab
@@ -95,7 +95,19 @@ def run_experiment(
     if dry_run:
         from gptlab.experiments.specs.plan import dry_run_lines
 
-        return Outcome(summary="\n".join(dry_run_lines(spec, planned, seq_opts)))
+        lines = dry_run_lines(spec, planned)
+        if spec.tune:
+            from gptlab.experiments.analysis.tuning import sweep_spec
+
+            t, n = spec.tune, len(sweep_spec(spec).matrix())
+            lines.append(
+                f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
+                f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(planned)} runs "
+                f"of the variants at their chosen values"
+            )
+        if seq_opts:
+            lines.append(design_line(spec, seq_opts))
+        return Outcome(summary="\n".join(lines))
     if spec.tune and seq_opts:
         raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
     exp_dir = experiment_dir(spec, out, force)

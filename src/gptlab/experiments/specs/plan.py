@@ -8,14 +8,14 @@ import time
 
 from gptlab.experiments.specs.experiment import Spec
 from gptlab.experiments.specs.ladder import MIN_SPAN, Ladder
-from gptlab.experiments.specs.matrix import PlannedRun, SeqOptions
+from gptlab.experiments.specs.matrix import PlannedRun
 
 _MEASURABLE_PARAMS = 50_000_000  # without a GPU, time the step only for models below this size
 
 
-def dry_run_lines(spec: Spec, planned: list[PlannedRun], seq_opts: SeqOptions | None = None) -> list[str]:
+def dry_run_lines(spec: Spec, planned: list[PlannedRun]) -> list[str]:
     """The plan of `gptlab experiment --dry-run` of the planned matrix (matrix.py): a header, one line per run,
-    the total cost, and with tune settings the sweep's runs, with `seq_opts` the sequential design."""
+    and the total cost."""
     import torch
 
     from gptlab.model import GPTModel, count_params
@@ -51,33 +51,7 @@ def dry_run_lines(spec: Spec, planned: list[PlannedRun], seq_opts: SeqOptions | 
             f"total {total_flops:.3e} FLOPs; at 40% MFU on 8x A100 (bf16 peak 312 TFLOP/s each): "
             f"~{total_flops / node / 3600:.1f} node-hours (not measured: no GPU here)"
         )
-    if spec.tune:
-        from gptlab.experiments.analysis.tuning import sweep_spec
-
-        t, n = spec.tune, len(sweep_spec(spec).matrix())
-        lines.append(
-            f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
-            f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(planned)} runs "
-            f"of the variants at their chosen values"
-        )
-    if seq_opts:
-        lines.append(design_line(spec, seq_opts))
     return lines
-
-
-def design_line(spec: Spec, o: SeqOptions) -> str:
-    """--until-decided's line of the dry run: the looks and each look's p threshold."""
-    from gptlab.experiments.analysis import sequential as sq
-
-    looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
-    alpha = spec.alpha / len(o.family)
-    ps = sq.nominal_p(sq.boundaries([sq.info_fraction(n, n, o.max_seeds) for n in looks], alpha))
-    return (
-        f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; "
-        f"alpha {spec.alpha:g} / "
-        f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
-        f"{', '.join(f'{p:.2g}' for p in ps)}"
-    )
 
 
 def _run_line(p: PlannedRun) -> tuple[str, float]:
