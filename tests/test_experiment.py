@@ -218,7 +218,7 @@ def test_changed_partial_run_is_named_before_it_fails_in_training(small_data, tm
     spec = write_spec(tmp_path, small_data, seeds=(1,), variants=[{"name": "baseline", "interventions": []}])
     out = tmp_path / "exp"
     from gptlab.config import save_config
-    from gptlab.experiments.specs.experiment import claim_experiment_dir
+    from gptlab.experiments.run.session import claim_experiment_dir
 
     s = load_spec(spec)
     cfg = s.resolved_config(s.variants[0], 1)  # the corpus vocabulary's size in, as training writes it
@@ -334,3 +334,49 @@ def test_a_failed_run_is_reported_by_the_verb_and_exits_1(small_data, tmp_path, 
     assert lines[1].startswith("[1/1] no_dropout-s2") and " FAILED (exit " in lines[1]
     assert lines[-1] == f"report: {out / 'report.md'}  {out / 'report.html'}"
     assert printed.err == f"1 run(s) failed: no_dropout-s2 (logs in {out / 'runs'}); re-run to retry\n"
+
+
+def test_the_matrix_is_resolved_once_per_run(small_data, tmp_path, monkeypatch):
+    """The runner plans the matrix once (specs/matrix.py): a dry run of 3 variants x 2 seeds resolves 6 configs,
+    and its errors still name the spec file and the variant, or --set and the variant."""
+    import gptlab.config
+
+    real, wheres = gptlab.config.resolve, []
+
+    def counting(source, **kw):
+        wheres.append(kw.get("where"))
+        return real(source, **kw)
+
+    monkeypatch.setattr(gptlab.config, "resolve", counting)
+    three = [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}, {"name": "qkv_bias"}]
+    spec = write_spec(tmp_path, small_data, variants=three)
+    plan = run_experiment(str(spec), dry_run=True).summary.splitlines()
+    runs = [f"{v}-s{s}" for v in ("baseline", "no_dropout", "qkv_bias") for s in (1, 2)]
+    assert [line.split()[0] for line in plan[2:8]] == runs
+    assert len(wheres) == 6, wheres
+    with pytest.raises(GptlabError, match=r"^--set \(variant baseline\): .*train\.lr"):
+        run_experiment(str(spec), dry_run=True, overrides=["train.lr=-1"])
+    bad = [*three, {"name": "x", "interventions": ["grad_clipp"]}]
+    spec = write_spec(tmp_path, small_data, variants=bad)
+    for only in (None, ["no_dropout"]):  # a variant --only drops is checked all the same
+        with pytest.raises(GptlabError, match=rf"^{spec}: variant x: .*unknown intervention 'grad_clipp'"):
+            run_experiment(str(spec), dry_run=True, only=only)
+
+
+def test_runs_planned_before_their_data_is_prepared_get_the_corpus_vocabulary_once_it_is(small_data, tmp_path):
+    """A run of data.vocab = "corpus" planned before its data exists resolves with the full vocabulary; once the
+    data is prepared, with_corpus_vocab gives it the config (and hash) its `gptlab train` will record."""
+    import shutil
+
+    from gptlab.experiments.specs.matrix import plan_matrix, with_corpus_vocab
+
+    later = tmp_path / "later"
+    spec = load_spec(write_spec(tmp_path, str(later)), check_configs=False)
+    planned = plan_matrix(spec, {})
+    assert all(p.resolved.vocab is None for p in planned)
+    shutil.copytree(small_data, later)  # the runner prepares it here (Session.open_results)
+    ready = with_corpus_vocab(spec, planned)
+    for p, q in zip(planned, ready, strict=True):
+        fresh = spec.resolve(p.variant, p.seed)
+        assert q.resolved.vocab is not None and q.resolved.hash == fresh.hash != p.resolved.hash
+        assert q.cfg.model.vocab_size == fresh.cfg.model.vocab_size < p.cfg.model.vocab_size

@@ -19,7 +19,7 @@ from conftest_ft import Running, make_tiny_run, write_records
 from gptlab.cli import main
 from gptlab.config import parse_overrides
 from gptlab.experiments.results import ResultsDB
-from gptlab.experiments.specs.experiment import claim_experiment_dir
+from gptlab.experiments.run.session import claim_experiment_dir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -264,11 +264,12 @@ def test_status_shows_progress_of_a_partial_run(small_data, tmp_path):
     # baseline-s1 started by the runner's config and stopped at step 4 of 6; baseline-s2 not started
     from gptlab.experiments.run.matrix import write_job
     from gptlab.experiments.specs.experiment import load_spec
+    from gptlab.experiments.specs.matrix import plan_matrix
 
     s = load_spec(spec)
     (out / "runs").mkdir(parents=True)
     (out / "configs").mkdir()
-    job = write_job(s, s.variants[0], 1, {}, out)
+    job = write_job(plan_matrix(s, {})[0], out)
     train(load_config(job.config), job.run_dir, stop_after=3)
     with open(job.run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "tokens": 1024, "train_lo')  # a row being written

@@ -14,6 +14,7 @@ from gptlab import GptlabError
 from gptlab.config import config_changes, config_from_run, deep_merge, read_toml
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.specs.experiment import Spec
+from gptlab.experiments.specs.matrix import PlannedRun
 from gptlab.train.loggers import tensorboard_dir
 
 
@@ -26,21 +27,22 @@ def spec_text(spec: Spec, extra: dict) -> str:
     return "# written by `gptlab experiment` with --set merged into [overrides]\n" + tomli_w.dumps(d)
 
 
-def check_changed(spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, rerun_changed: bool) -> list[str]:
-    """Stop (one line) if a recorded or started run of the matrix has another config than the spec now gives it;
+def check_changed(planned: list[PlannedRun], exp_dir: Path, db: ResultsDB, rerun_changed: bool) -> list[str]:
+    """Stop (one line) if a recorded or started run of the planned matrix has another config than the spec now
+    gives it (its planned config: with_corpus_vocab's, once the data is prepared);
     with `rerun_changed`, forget those runs' rows and move their folders aside so that they are redone (one
     line each returned, for after the runner's first line)."""
     recorded = {r["run_id"]: r for r in db.runs()}
     changed: list[tuple[str, str]] = []  # (run id, "finished/started with another config (what changed)")
-    for v, seed in spec.matrix():
-        rid = spec.run_id(v.name, seed)
+    for p in planned:
+        rid = p.run_id
         run_dir, row = exp_dir / "runs" / rid, recorded.get(rid)
         saved = run_dir / "config.toml"
         if row is None and not saved.is_file():
             continue
         # resolved as the run's `gptlab train` resolves configs/RUN_ID.toml (the same raw table, the same
         # config.resolve; data is prepared by now, so the corpus vocabulary's size is in): the hash it records
-        new = spec.resolved_config(v, seed, extra)
+        new = p.cfg
         old = config_from_run(run_dir) if saved.is_file() else None
         old_hashes = {h for h in ((row or {}).get("config_hash"), old.hash() if old else None) if h}
         if not old_hashes - {new.hash()}:

@@ -17,7 +17,8 @@ import tomli_w
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.run.scheduler import Backend, RunJob, State
 from gptlab.experiments.run.stops import Stopped, StopSignals
-from gptlab.experiments.specs.experiment import Spec, Variant
+from gptlab.experiments.specs.experiment import Spec
+from gptlab.experiments.specs.matrix import PlannedRun
 from gptlab.io import atomic_write_text, read_json
 from gptlab.train.signals import EXIT_PREEMPTED, MARKER
 
@@ -30,21 +31,25 @@ class _Running:
 
     job: RunJob
     handle: object
-    variant: Variant
-    seed: int
+    planned: PlannedRun
     started: float
 
 
 def run_matrix(
-    spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, notes: list[str] | None = None
+    spec: Spec,
+    planned: list[PlannedRun],
+    exp_dir: Path,
+    db: ResultsDB,
+    backend: Backend,
+    notes: list[str] | None = None,
 ) -> list[str]:
-    """Run every run not yet in `db` on `backend`, recording each success as it finishes; return the failed run
-    ids. A stop signal (StopSignals) is passed on to the runs in flight; once they have ended (the finished ones
-    recorded), Stopped is raised."""
+    """Run every run of `spec`'s planned matrix (specs/matrix.py) not yet in `db` on `backend`, recording each
+    success as it finishes; return the failed run ids. A stop signal (StopSignals) is passed on to the runs in
+    flight; once they have ended (the finished ones recorded), Stopped is raised."""
     done = db.run_ids()
-    todo = [(v, s) for v, s in spec.matrix() if spec.run_id(v.name, s) not in done]
+    todo = [p for p in planned if p.run_id not in done]
     log.info(
-        f"experiment {spec.name}: {len(spec.matrix())} runs, {len(spec.matrix()) - len(todo)} already done, "
+        f"experiment {spec.name}: {len(planned)} runs, {len(planned) - len(todo)} already done, "
         f"{len(todo)} to run ({backend.describe()}) -> {exp_dir}"
     )
     for note in notes or []:
@@ -58,7 +63,7 @@ def run_matrix(
         n_done += 1
         counter = f"[{n_done}/{len(todo)}] {run.job.run_id:<30}"
         if backend.state(run.handle) == State.DONE and (run.job.run_dir / "final.json").exists():
-            row = record(db, spec, run.variant, run.seed, run.job.run_dir)
+            row = record(db, spec, run.planned, run.job.run_dir)
             eta = (time.time() - t_start) / n_done * (len(todo) - n_done)
             log.info(
                 f"{counter} test {row['test_loss']:.4f}  val {row['val_loss']:.4f}  "
@@ -77,9 +82,9 @@ def run_matrix(
     with StopSignals(defer=True) as stops:
         while queue or running:
             while queue and backend.free_slots() > 0 and stops.signum is None:
-                v, seed = queue.pop(0)
-                job = write_job(spec, v, seed, extra, exp_dir)
-                running.append(_Running(job, backend.start(job), v, seed, time.time()))
+                p = queue.pop(0)
+                job = write_job(p, exp_dir)
+                running.append(_Running(job, backend.start(job), p, time.time()))
             if stops.signum is not None:
                 break
             time.sleep(0.2)
@@ -120,24 +125,25 @@ def _stopped_how(run: _Running, backend: Backend) -> str:
         )
 
 
-def write_job(spec: Spec, v: Variant, seed: int, extra: dict, exp_dir: Path) -> RunJob:
-    """Write the run's config; the job that trains it (`gptlab train --resume`, output appended to its log)."""
-    rid = spec.run_id(v.name, seed)
+def write_job(p: PlannedRun, exp_dir: Path) -> RunJob:
+    """Write the planned run's config (its raw table); the job that trains it (`gptlab train --resume`, output
+    appended to its log)."""
+    rid = p.run_id
     cfg_path = exp_dir / "configs" / f"{rid}.toml"
-    atomic_write_text(cfg_path, tomli_w.dumps(spec.raw_config(v, seed, extra)))
+    atomic_write_text(cfg_path, tomli_w.dumps(p.raw))
     return RunJob(rid, cfg_path, exp_dir / "runs" / rid, exp_dir / "runs" / f"{rid}.log")
 
 
-def record(db: ResultsDB, spec: Spec, v: Variant, seed: int, run_dir: Path) -> dict:
-    """Record a finished run (final.json, meta.json and its per-step metrics) in `db`; return the row."""
+def record(db: ResultsDB, spec: Spec, p: PlannedRun, run_dir: Path) -> dict:
+    """Record a finished run of `spec` (final.json, meta.json and its per-step metrics) in `db`; return the row."""
     final = read_json(run_dir / "final.json", "delete it and re-run to score the finished run again")
     meta = read_json(run_dir / "meta.json")
     row = {
-        "run_id": spec.run_id(v.name, seed),
+        "run_id": p.run_id,
         "experiment": spec.name,
-        "variant": v.name,
-        "seed": seed,
-        "interventions": json.dumps(v.interventions),
+        "variant": p.variant.name,
+        "seed": p.seed,
+        "interventions": json.dumps(p.variant.interventions),
         "run_dir": str(run_dir),
         "config_hash": meta.get("config_hash"),
         "git_commit": meta.get("environment", {}).get("git_commit"),

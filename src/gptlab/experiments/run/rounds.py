@@ -6,36 +6,46 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from gptlab import GptlabError
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.run.changes import check_changed
 from gptlab.experiments.run.matrix import run_matrix
 from gptlab.experiments.run.scheduler import Backend
 from gptlab.experiments.specs.experiment import Spec
+from gptlab.experiments.specs.matrix import PlannedRun, SeqOptions, plan_runs
 from gptlab.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
 def run_tuned(
-    spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, notes: list[str], rerun_changed: bool
+    spec: Spec,
+    planned: list[PlannedRun],
+    extra: dict,
+    exp_dir: Path,
+    db: ResultsDB,
+    backend: Backend,
+    notes: list[str],
+    rerun_changed: bool,
 ) -> list[str]:
-    """A spec with tune: the matrix at the base config's value and the sweep (one queue), each variant's value
-    chosen (sweep.json), then the matrix of every variant at its chosen value. Returns the failed run ids."""
+    """A spec with tune: the planned matrix at the base config's value and the sweep (one queue), each variant's
+    value chosen (sweep.json), then the matrix of every variant at its chosen value (the sweep and the tuned
+    matrix planned as they are added). Returns the failed run ids."""
     from gptlab.experiments.analysis import tuning
 
     sweep = tuning.sweep_spec(spec)
     both = replace(spec, variants=spec.variants + sweep.variants)
-    notes = notes + check_changed(sweep, extra, exp_dir, db, rerun_changed)
-    failures = run_matrix(both, extra, exp_dir, db, backend, notes)
+    swept = plan_runs(sweep, extra)
+    notes = notes + check_changed(swept, exp_dir, db, rerun_changed)
+    failures = run_matrix(both, planned + swept, exp_dir, db, backend, notes)
     if failures:
         return failures
     chosen = choose(spec, exp_dir, db)
     tuned = tuning.tuned_spec(spec, chosen["best"])
-    failures = run_matrix(tuned, extra, exp_dir, db, backend, check_changed(tuned, extra, exp_dir, db, rerun_changed))
+    at_best = plan_runs(tuned, extra, planned + swept)
+    failures = run_matrix(tuned, at_best, exp_dir, db, backend, check_changed(at_best, exp_dir, db, rerun_changed))
     if not failures:
         chosen["tuned_runs"] = {
             tuned.run_id(t.name, s): v.name
@@ -55,38 +65,8 @@ def choose(spec: Spec, exp_dir: Path, db: ResultsDB) -> dict:
     return chosen
 
 
-@dataclass
-class SeqOptions:
-    max_seeds: int
-    per_round: int
-    family: list[str]  # the variants compared with the baseline (before --only): the Bonferroni family
-
-
-def sequential_options(
-    spec: Spec, until_decided: bool, max_seeds: int | None, per_round: int | None
-) -> SeqOptions | None:
-    if not until_decided:
-        if max_seeds is not None or per_round is not None:
-            raise GptlabError("--max-seeds/--seeds-per-round: only with --until-decided")
-        return None
-    if max_seeds is None:
-        raise GptlabError("--until-decided: needs --max-seeds K (the most seeds any variant gets)")
-    most = max(len(v.seeds or spec.seeds) for v in spec.variants)
-    if max_seeds < max(2, most):
-        raise GptlabError(
-            f"--max-seeds: {max_seeds} is below the {max(2, most)} seeds the spec already gives "
-            f"a variant (at least 2: a t-test needs them)"
-        )
-    per_round = per_round if per_round is not None else max(2, len(spec.seeds))
-    if per_round < 1:
-        raise GptlabError(f"--seeds-per-round: expected at least 1, got {per_round}")
-    family = [v.name for v in spec.variants if v.name != spec.baseline]
-    if not family:
-        raise GptlabError("--until-decided: the spec has no variant besides the baseline to decide")
-    return SeqOptions(max_seeds, per_round, family)
-
-
 def design_line(spec: Spec, o: SeqOptions) -> str:
+    """--until-decided's line of the dry run: the looks and each look's p threshold."""
     from gptlab.experiments.analysis import sequential as sq
 
     looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
@@ -101,10 +81,18 @@ def design_line(spec: Spec, o: SeqOptions) -> str:
 
 
 def run_rounds(
-    spec: Spec, extra: dict, exp_dir: Path, db: ResultsDB, backend: Backend, o: SeqOptions, rerun_changed: bool
+    spec: Spec,
+    planned: list[PlannedRun],
+    extra: dict,
+    exp_dir: Path,
+    db: ResultsDB,
+    backend: Backend,
+    o: SeqOptions,
+    rerun_changed: bool,
 ) -> tuple[list[str], set[str]]:
-    """The spec's seeds are run: look at each undecided variant (sequential.py), then add the next round's seeds
-    to the undecided variants and the baseline and run them, until every variant is decided or has max_seeds.
+    """The spec's planned seeds are run: look at each undecided variant (sequential.py), then add the next
+    round's seeds to the undecided variants and the baseline, plan them (specs/matrix.py) and run them, until
+    every variant is decided or has max_seeds.
     Every look is recomputed from results.sqlite, so an interrupted experiment replays the same rounds when
     re-run. Returns (failed run ids, the run ids of every round)."""
     from gptlab.experiments.analysis.sequential import Sequential, next_seeds
@@ -125,8 +113,9 @@ def run_rounds(
         for g, more in new.items():
             seeds[g] = seeds[g] + more
         ext = replace(spec, variants=[replace(v, seeds=seeds[v.name]) for v in spec.variants])
-        notes = check_changed(ext, extra, exp_dir, db, rerun_changed)
-        failures = run_matrix(ext, extra, exp_dir, db, backend, notes)
+        planned = plan_runs(ext, extra, planned)
+        notes = check_changed(planned, exp_dir, db, rerun_changed)
+        failures = run_matrix(ext, planned, exp_dir, db, backend, notes)
         if failures:
             return failures, {ext.run_id(v.name, s) for v, s in ext.matrix()}
         round_no += 1

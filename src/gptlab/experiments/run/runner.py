@@ -1,8 +1,10 @@
-"""Running an experiment: `gptlab experiment` (run_experiment) and `gptlab sweep` (run_sweep), each a matrix of
-runs (matrix.py) in an experiment folder held by one runner (session.py), checked against the spec first
-(changes.py), tuned or in sequential rounds where the spec or the options say so (rounds.py), and the report
-written at the end. Both return an Outcome, which the CLI prints and turns into an exit status; a stop signal
-raises Stopped (stops.py) once the runs in flight have ended.
+"""Running an experiment: `gptlab experiment` (run_experiment) and `gptlab sweep` (run_sweep). Top-down: the
+spec is read (specs/experiment.py) and its matrix planned, every run's config resolved once (specs/matrix.py;
+a dry run prints the plan, specs/plan.py); the experiment folder is held by one runner (session.py), the
+planned runs checked against the ones recorded (changes.py) and run (matrix.py), tuned or in sequential rounds
+where the spec or the options say so (rounds.py), and the report written at the end. Both return an Outcome,
+which the CLI prints and turns into an exit status; a stop signal raises Stopped (stops.py) once the runs in
+flight have ended.
 
 An experiment folder holds spec.toml (the spec as run, --set overrides merged in; written once the recorded runs
 are known to match it), configs/RUN_ID.toml (what each run was started with), runs/RUN_ID/ (its run directory),
@@ -18,9 +20,10 @@ from gptlab import GptlabError
 from gptlab.config import parse_overrides, read_toml
 from gptlab.experiments.run.changes import check_changed, spec_text
 from gptlab.experiments.run.matrix import run_matrix
-from gptlab.experiments.run.rounds import choose, design_line, run_rounds, run_tuned, sequential_options
-from gptlab.experiments.run.session import experiment_dir, experiment_session, keep_only, make_backend
+from gptlab.experiments.run.rounds import choose, design_line, run_rounds, run_tuned
+from gptlab.experiments.run.session import experiment_dir, experiment_session, make_backend
 from gptlab.experiments.specs.experiment import Spec, load_spec
+from gptlab.experiments.specs.matrix import keep_only, plan_matrix, plan_runs, sequential_options, with_corpus_vocab
 from gptlab.io import atomic_write_text
 
 
@@ -84,26 +87,22 @@ def run_experiment(
 
     `force`: write into an experiment folder holding files gptlab did not write (io.claim_dir); without it such
     a folder is refused."""
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, check_configs=False)  # plan_matrix resolves every run's config, once
     spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}  # what the report shows (--only included)
     seq_opts = sequential_options(spec, until_decided, max_seeds, seeds_per_round)
-    if only:
-        keep_only(spec, only)
     extra = parse_overrides(overrides or [])
-    if extra:
-        for v in spec.variants:
-            spec.resolved_config(v, spec.seeds[0], extra, where=f"--set (variant {v.name})")
+    planned = plan_matrix(spec, extra, only)
     if dry_run:
         from gptlab.experiments.specs.plan import dry_run_lines
 
-        lines = dry_run_lines(spec, extra)
+        lines = dry_run_lines(spec, planned)
         if spec.tune:
             from gptlab.experiments.analysis.tuning import sweep_spec
 
             t, n = spec.tune, len(sweep_spec(spec).matrix())
             lines.append(
                 f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
-                f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(spec.matrix())} runs "
+                f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(planned)} runs "
                 f"of the variants at their chosen values"
             )
         if seq_opts:
@@ -115,16 +114,19 @@ def run_experiment(
     runner_backend = make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
     outcome = Outcome(exp_dir)
     with experiment_session(exp_dir, backend=runner_backend) as session:
-        db = session.open_results(spec, extra, quiet)
-        redone = check_changed(spec, extra, exp_dir, db, rerun_changed)
+        db = session.open_results(planned[0].cfg, quiet)
+        planned = with_corpus_vocab(spec, planned)
+        redone = check_changed(planned, exp_dir, db, rerun_changed)
         # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
         atomic_write_text(exp_dir / "spec.toml", spec_text(spec, extra))
         if spec.tune:
-            outcome.failures = run_tuned(spec, extra, exp_dir, db, runner_backend, redone, rerun_changed)
+            outcome.failures = run_tuned(spec, planned, extra, exp_dir, db, runner_backend, redone, rerun_changed)
         else:
-            outcome.failures = run_matrix(spec, extra, exp_dir, db, runner_backend, redone)
+            outcome.failures = run_matrix(spec, planned, exp_dir, db, runner_backend, redone)
         if seq_opts and not outcome.failures:
-            outcome.failures, seq_runs = run_rounds(spec, extra, exp_dir, db, runner_backend, seq_opts, rerun_changed)
+            outcome.failures, seq_runs = run_rounds(
+                spec, planned, extra, exp_dir, db, runner_backend, seq_opts, rerun_changed
+            )
             spec_runs |= seq_runs
         db.close()
         _report(spec, exp_dir, spec_runs, outcome)
@@ -172,13 +174,15 @@ def run_sweep(
         seeds=seeds if seeds is not None else (spec.tune.seeds if spec.tune else None),
     )
     sweep = tuning.sweep_spec(spec)
+    planned = plan_runs(sweep, extra)
     exp_dir = experiment_dir(spec, out, force)
     runner_backend = make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
     outcome = Outcome(exp_dir)
     with experiment_session(exp_dir, backend=runner_backend) as session:
-        db = session.open_results(spec, extra, quiet)
-        notes = check_changed(sweep, extra, exp_dir, db, rerun_changed)
-        outcome.failures = run_matrix(sweep, extra, exp_dir, db, runner_backend, notes)
+        db = session.open_results(planned[0].cfg, quiet)
+        planned = with_corpus_vocab(sweep, planned)
+        notes = check_changed(planned, exp_dir, db, rerun_changed)
+        outcome.failures = run_matrix(sweep, planned, exp_dir, db, runner_backend, notes)
         chosen = None if outcome.failures else choose(spec, exp_dir, db)
     if chosen is not None:
         lines = [text_table(*tuning.format_sweep(chosen)), *tuning.sweep_notes(chosen)]

@@ -1,7 +1,10 @@
-"""One runner's hold on its folder, the setup `gptlab experiment`, `sweep` and `ladder` share
-(experiment_session): stop signals caught, the folder claimed as gptlab's and created, locked (ExperimentLock;
-the runs inherit the lock), and on the way out the results database closed and the lock released. A stop
-signal while it is open raises Stopped, which reaches the caller (the CLI exits with its exit_code)."""
+"""The experiment folder and one runner's hold on it: which folder (experiment_dir; one holding files gptlab
+did not write is refused: check_experiment_dir, claim_experiment_dir), the backend that runs its runs
+(make_backend), and the setup `gptlab experiment`, `sweep` and `ladder` share (experiment_session): stop
+signals caught, the folder claimed as gptlab's and created, locked (ExperimentLock; the runs inherit the
+lock), the data prepared and the results database opened (Session.open_results), and on the way out the
+database closed and the lock released. A stop signal while it is open raises Stopped, which reaches the
+caller (the CLI exits with its exit_code)."""
 
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from gptlab import GptlabError
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.run.scheduler import Backend, LocalBackend
 from gptlab.experiments.run.stops import ExperimentLock, StopSignals
-from gptlab.experiments.specs.experiment import Spec, check_experiment_dir, claim_experiment_dir
-from gptlab.io import confined
+from gptlab.experiments.specs.experiment import Spec
+from gptlab.io import check_dir, claim_dir, confined
 
 
 @dataclass
@@ -27,10 +30,11 @@ class Session:
     backend: Backend | None = None
     db: ResultsDB | None = None
 
-    def open_results(self, spec: Spec, extra: dict, quiet: bool) -> ResultsDB:
-        """The data prepared (once, before any run starts: runs in parallel must not race to prepare it) and the
-        folder's results database, closed when the session ends."""
-        prepare_data(spec.resolved_config(spec.variants[0], spec.seeds[0], extra), quiet)
+    def open_results(self, cfg, quiet: bool) -> ResultsDB:
+        """The data of `cfg` (the matrix's first planned run's config) prepared (once, before any run starts: runs
+        in parallel must not race to prepare it) and the folder's results database, closed when the session
+        ends."""
+        prepare_data(cfg, quiet)
         self.db = ResultsDB(self.folder / "results.sqlite")
         return self.db
 
@@ -90,16 +94,6 @@ def make_backend(
     raise GptlabError(f"--backend: expected local or slurm, got '{name}'")
 
 
-def keep_only(spec: Spec, only: list[str]) -> None:
-    """--only: drop the other variants, keeping the baseline (every comparison needs it)."""
-    names = [v.name for v in spec.variants]
-    unknown = [n for n in only if n not in names]
-    if unknown:
-        raise GptlabError(f"--only: unknown variant '{unknown[0]}'; variants: {', '.join(names)}")
-    keep = set(only) | {spec.baseline}
-    spec.variants = [v for v in spec.variants if v.name in keep]
-
-
 def prepare_data(cfg, quiet: bool) -> None:
     if (Path(cfg.data.dir) / "meta.json").exists():
         return
@@ -108,3 +102,24 @@ def prepare_data(cfg, quiet: bool) -> None:
     from gptlab.data.prepare import prepare
 
     prepare([s.strip() for s in cfg.data.source.split(",")], cfg.data.dir, progress=not quiet)
+
+
+EXPERIMENT_DIR = "experiment"  # the kind of folder `experiment` and `sweep` write (io.claim_dir)
+
+
+def _experiment_written_before(p: Path) -> bool:
+    """A folder of an earlier gptlab (no owner file) counts as an experiment folder when it holds results.sqlite,
+    runs/ and configs/."""
+    return (p / "results.sqlite").is_file() and (p / "runs").is_dir() and (p / "configs").is_dir()
+
+
+def check_experiment_dir(path: Path, what: str, force: bool = False) -> Path:
+    """claim_experiment_dir's refusal alone: nothing is created (so a later refusal leaves no folder behind)."""
+    return check_dir(path, EXPERIMENT_DIR, what, force, _experiment_written_before)
+
+
+def claim_experiment_dir(path: Path, what: str, force: bool = False) -> Path:
+    """The experiment folder `path`, created and marked as gptlab's; refused (one line naming `what`) when it is
+    a file, or a folder holding files gptlab did not write, unless `force` (_experiment_written_before: a folder
+    of an earlier gptlab)."""
+    return claim_dir(path, EXPERIMENT_DIR, what, force, _experiment_written_before)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from gptlab import GptlabError
 from gptlab.config import deep_merge, read_config_toml, read_toml
-from gptlab.io import check_dir, claim_dir, plain_name
+from gptlab.io import plain_name
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _SPEC_KEYS = {
@@ -164,9 +164,12 @@ class Spec:
         return self.resolve(variant, seed, extra, where).cfg
 
 
-def load_spec(path: str | Path, data: dict | None = None) -> Spec:
-    """Read and check a spec; every variant's config is resolved once here. `data`: the spec's table instead of
-    the file's (a derived spec, e.g. a ladder's rung; `path` still names it and anchors `base`)."""
+def load_spec(path: str | Path, data: dict | None = None, check_configs: bool = True) -> Spec:
+    """Read and check a spec; every variant's config is resolved once here (at its first seed), unless not
+    `check_configs`: then the caller resolves them (the runner's specs/matrix.py plan_matrix resolves every run
+    of the matrix once; a spec with tune settings is still checked here, as read_tune resolves its grid).
+    `data`: the spec's table instead of the file's (a derived spec, e.g. a ladder's rung; `path` still names it
+    and anchors `base`)."""
     p = Path(path)
     d = read_toml(p) if data is None else data
     where = str(p)
@@ -217,9 +220,10 @@ def load_spec(path: str | Path, data: dict | None = None) -> Spec:
     )
     if "target" in d:
         spec.target = read_target(d["target"], p, f"{where}: target")
-    for v in variants:
+    tuned = any(k in d for k in ("tune", "tune_grid", "tune_seeds"))
+    for v in variants if check_configs or tuned else []:
         spec.resolved_config(v, seeds[0], where=f"{where}: variant {v.name}")
-    if any(k in d for k in ("tune", "tune_grid", "tune_seeds")):
+    if tuned:
         spec.tune = read_tune(spec, d, where)
     return spec
 
@@ -318,27 +322,6 @@ def _seed_list(seeds, where: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise GptlabError(f"{where}: duplicate seeds in {seeds}")
     return seeds
-
-
-EXPERIMENT_DIR = "experiment"  # the kind of folder `experiment` and `sweep` write (io.claim_dir)
-
-
-def _experiment_written_before(p: Path) -> bool:
-    """A folder of an earlier gptlab (no owner file) counts as an experiment folder when it holds results.sqlite,
-    runs/ and configs/."""
-    return (p / "results.sqlite").is_file() and (p / "runs").is_dir() and (p / "configs").is_dir()
-
-
-def check_experiment_dir(path: Path, what: str, force: bool = False) -> Path:
-    """claim_experiment_dir's refusal alone: nothing is created (so a later refusal leaves no folder behind)."""
-    return check_dir(path, EXPERIMENT_DIR, what, force, _experiment_written_before)
-
-
-def claim_experiment_dir(path: Path, what: str, force: bool = False) -> Path:
-    """The experiment folder `path`, created and marked as gptlab's; refused (one line naming `what`) when it is
-    a file, or a folder holding files gptlab did not write, unless `force` (_experiment_written_before: a folder
-    of an earlier gptlab)."""
-    return claim_dir(path, EXPERIMENT_DIR, what, force, _experiment_written_before)
 
 
 def report_settings(exp_dir: Path) -> dict:

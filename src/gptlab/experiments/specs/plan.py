@@ -6,29 +6,31 @@ from __future__ import annotations
 
 import time
 
-from gptlab.experiments.specs.experiment import Spec, Variant
+from gptlab.experiments.specs.experiment import Spec
 from gptlab.experiments.specs.ladder import MIN_SPAN, Ladder
+from gptlab.experiments.specs.matrix import PlannedRun
 
 _MEASURABLE_PARAMS = 50_000_000  # without a GPU, time the step only for models below this size
 
 
-def dry_run_lines(spec: Spec, extra: dict) -> list[str]:
-    """The plan of `gptlab experiment --dry-run`: a header, one line per run, and the total cost."""
+def dry_run_lines(spec: Spec, planned: list[PlannedRun]) -> list[str]:
+    """The plan of `gptlab experiment --dry-run` of the planned matrix (matrix.py): a header, one line per run,
+    and the total cost."""
     import torch
 
     from gptlab.model import GPTModel, count_params
 
-    lines = [f"experiment {spec.name}: {len(spec.variants)} variants, {len(spec.matrix())} runs  (base {spec.base})"]
+    lines = [f"experiment {spec.name}: {len(spec.variants)} variants, {len(planned)} runs  (base {spec.base})"]
     lines.append(
         f"{'run':<30} {'params':>12} {'tokens':>14} {'FLOPs':>9} {'lr':>8} {'wd':>7} {'clip':>5} {'drop':>5} "
         f"{'sched':>8} {'prec':>5} {'published':>9}  interventions"
     )
     total_flops = 0.0
-    for v, s in spec.matrix():
-        line, fl = _run_line(spec, v, s, extra)
+    for p in planned:
+        line, fl = _run_line(p)
         lines.append(line)
         total_flops += fl
-    cfg0, _, vocab0 = spec.resolve(spec.variants[0], spec.seeds[0], extra)
+    cfg0, _, vocab0 = planned[0].resolved
     if cfg0.data.vocab == "corpus" and vocab0 is None:
         lines.append(
             f"(data.vocab = 'corpus' but {cfg0.data.dir} is not prepared yet: sizes above use the full vocabulary)"
@@ -52,14 +54,14 @@ def dry_run_lines(spec: Spec, extra: dict) -> list[str]:
     return lines
 
 
-def _run_line(spec: Spec, v: Variant, seed: int, extra: dict) -> tuple[str, float]:
+def _run_line(p: PlannedRun) -> tuple[str, float]:
     """One run's line of the matrix and its training FLOPs."""
     import torch
 
     from gptlab.model import GPTModel, count_params
     from gptlab.train.flops import flops_per_token, planned_steps
 
-    cfg = spec.resolved_config(v, seed, extra)
+    cfg, v = p.cfg, p.variant
     with torch.device("meta"):
         n = count_params(GPTModel(cfg.model))
     t = cfg.train
@@ -69,7 +71,7 @@ def _run_line(spec: Spec, v: Variant, seed: int, extra: dict) -> tuple[str, floa
     ref = f"{v.reference:.3f}" if v.reference is not None else ""
     sched = t.schedule if not t.warmup_frac else f"{t.schedule}+w"
     line = (
-        f"{spec.run_id(v.name, seed):<30} {n:>12,} {tokens:>14,} {fl:>9.2e} {t.lr:>8.2g} "
+        f"{p.run_id:<30} {n:>12,} {tokens:>14,} {fl:>9.2e} {t.lr:>8.2g} "
         f"{t.weight_decay:>7.5g} {t.grad_clip or '-':>5} {cfg.model.drop_rate:>5.2g} {sched:>8} "
         f"{t.precision:>5} {ref:>9}  {', '.join(v.interventions) or '-'}"
     )
