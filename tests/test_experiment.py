@@ -14,6 +14,7 @@ import tomli_w
 from conftest import tiny_overrides
 
 from gptlab import GptlabError
+from gptlab.cli import main
 from gptlab.config import parse_overrides
 from gptlab.experiments.run.runner import run_experiment
 from gptlab.experiments.specs.experiment import load_spec
@@ -380,3 +381,19 @@ def test_runs_planned_before_their_data_is_prepared_get_the_corpus_vocabulary_on
         fresh = spec.resolve(p.variant, p.seed)
         assert q.resolved.vocab is not None and q.resolved.hash == fresh.hash != p.resolved.hash
         assert q.cfg.model.vocab_size == fresh.cfg.model.vocab_size < p.cfg.model.vocab_size
+
+
+def test_a_specs_target_reaches_the_runners_report_and_gptlab_report(small_data, tmp_path, capsys):
+    """`target = { config = ... }` in the spec (relative to it) is the regime table's target both when the runner
+    writes the report and when `gptlab report` rewrites it from the folder's spec.toml (which holds it absolute)."""
+    spec = write_spec(tmp_path, small_data, seeds=(1,), variants=[{"name": "baseline", "interventions": []}])
+    (tmp_path / "target.toml").write_text((tmp_path / "base.toml").read_text())
+    spec.write_text(spec.read_text() + '\n[target]\nconfig = "target.toml"\ntokens = 1e6\n')
+    out = tmp_path / "exp"
+    res = run_experiment(str(spec), out=str(out), quiet=True)
+    line = f"Target: `{tmp_path / 'target.toml'}`, "
+    assert res.ok and any(x.startswith(line) for x in res.report["regime"]["lines"])
+    assert str(tmp_path / "target.toml") in (out / "spec.toml").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert line in (out / "report.md").read_text() and "gpt2-small-baseline" not in (out / "report.md").read_text()

@@ -19,12 +19,19 @@ from gptlab.train.loggers import tensorboard_dir
 
 
 def spec_text(spec: Spec, extra: dict) -> str:
-    """The spec as run: its file's text, or with --set, its table with the overrides merged into [overrides]."""
-    if not extra:
+    """The spec as run: its file's text, or its table with --set merged into [overrides] and a `target.config`
+    made absolute (spec.toml lives in the experiment folder, where a path relative to the spec would not hold)."""
+    if not extra and spec.target is None:
         return spec.path.read_text()
     d = read_toml(spec.path)
-    d["overrides"] = deep_merge(d.get("overrides", {}), extra)
-    return "# written by `gptlab experiment` with --set merged into [overrides]\n" + tomli_w.dumps(d)
+    how = []
+    if extra:
+        d["overrides"] = deep_merge(d.get("overrides", {}), extra)
+        how.append("--set merged into [overrides]")
+    if spec.target is not None:
+        d["target"]["config"] = str(spec.target[0])
+        how.append("target.config made absolute")
+    return f"# written by `gptlab experiment` with {' and '.join(how)}\n" + tomli_w.dumps(d)
 
 
 def check_changed(planned: list[PlannedRun], exp_dir: Path, db: ResultsDB, rerun_changed: bool) -> list[str]:

@@ -209,6 +209,7 @@ def _report(spec: Spec, exp_dir: Path, run_ids: set[str], outcome: Outcome) -> N
             design=spec.design,
             tuned=spec.tune is not None,
             alpha=spec.alpha,
+            target=spec.target,
         )
     except GptlabError as e:
         outcome.report_error = str(e)

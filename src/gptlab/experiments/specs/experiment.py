@@ -327,9 +327,8 @@ def _seed_list(seeds, where: str) -> list[int]:
 def report_settings(exp_dir: Path) -> dict:
     """What the runner judged an experiment by, from the spec.toml its folder holds (the defaults without one):
     baseline, alpha, equivalence_margin, design, the variants' published references, whether it was tuned (`tune`), the
-    variants (runs of variants since removed from the spec stay out) and the title, as keyword arguments of
-    write_report. `gptlab report` and the leaderboard use them, so they judge
-    as the run did."""
+    regime table's target, the variants (runs of variants since removed from the spec stay out) and the title, as
+    keyword arguments of write_report. `gptlab report` and the leaderboard use them, so they judge as the run did."""
     p = Path(exp_dir) / "spec.toml"
     d = read_toml(p) if p.is_file() else {}
     refs = {
@@ -348,6 +347,13 @@ def report_settings(exp_dir: Path) -> dict:
     names = [str(v.get("name")) for v in d.get("variants", []) if isinstance(v, dict)]
     if names:
         out["variants"] = names
+    t = d.get("target")
+    if isinstance(t, dict) and isinstance(t.get("config"), str):  # absolute in a spec.toml the runner wrote
+        tokens = t.get("tokens")
+        out["target"] = (
+            (p.parent / t["config"]).resolve(),
+            float(tokens) if isinstance(tokens, (int, float)) else None,
+        )
     if "name" in d:
         out["title"] = str(d["name"])
     return out
