@@ -39,7 +39,7 @@ from gptlab.config import (
     load_config,
     read_toml,
 )
-from gptlab.experiments.specs.experiment import Spec, load_spec
+from gptlab.experiments.specs.experiment import Spec, load_spec, read_target
 from gptlab.io import plain_name
 
 LADDER_KEYS = (
@@ -53,7 +53,6 @@ LADDER_KEYS = (
     "keep_uninformative",
     "confirm",
 )
-TARGET_KEYS = ("config", "tokens")
 TOKEN_RULES = ("tokens_per_param", "tokens", "flops")
 MIN_SPAN = 10.0  # a ladder narrower than this in non-embedding parameters is flagged in the report
 _MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -162,21 +161,7 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
     if not isinstance(keep, bool):
         raise GptlabError(f"{where}.keep_uninformative: expected true or false, got {keep!r}")
     target = lad.get("target")
-    if not isinstance(target, dict) or "config" not in target:
-        raise GptlabError(
-            f'{where}.target: expected a table {{ config = "CONFIG.toml", tokens = N }} (the model '
-            f"Δ is extrapolated to, relative to this file), got {target!r}"
-        )
-    bad = sorted(set(target) - set(TARGET_KEYS))
-    if bad:
-        raise GptlabError(f"{where}.target.{bad[0]}: unknown key (config, tokens)")
-    if not isinstance(target["config"], str):
-        raise GptlabError(f"{where}.target.config: expected a path to a config TOML, got {target['config']!r}")
-    tcfg_path = (p.parent / target["config"]).resolve()
-    if not tcfg_path.is_file():
-        raise GptlabError(f"{where}.target.config: {target['config']} not found (looked for {tcfg_path})")
-    if "tokens" in target and not (_number(target["tokens"]) and target["tokens"] > 0):
-        raise GptlabError(f"{where}.target.tokens: expected a positive number of tokens, got {target['tokens']!r}")
+    tcfg_path, t_tokens_set = read_target(target, p, f"{where}.target")  # checked as an experiment spec's target
     if "base" not in d:
         raise GptlabError(f"{p}: base: missing (the base config TOML, relative to this file)")
     base = (p.parent / d["base"]).resolve()
@@ -200,7 +185,7 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
 
     with _meta():
         t_params = count_params(GPTModel(tcfg.model))
-    t_tokens = float(target.get("tokens") or token_budget(tcfg, t_params))
+    t_tokens = float(t_tokens_set or token_budget(tcfg, t_params))
     t_flops = flops_per_token(tcfg.model) * t_tokens
     return Ladder(p, name, plans, tcfg_path, t_params, t_tokens, t_flops, n_boot, extra, keep)
 
