@@ -129,6 +129,9 @@ def test_horizon_ladder_keeps_the_model_and_grows_the_tokens(small_data, tmp_pat
             r"rung 0's [\d.e+]+ \(each rung must add compute",
         ):
             load_ladder(spec)
+    shipped = load_ladder("configs/experiments/ladder-horizon.toml")
+    assert len({r.non_embedding for r in shipped.rungs}) == 1 and len(shipped.rungs) == 4
+    assert [r.tokens // shipped.rungs[0].tokens for r in shipped.rungs] == [1, 2, 4, 8]
 
 
 FROZEN = {"name": "frozen", "interventions": ["lr:value=1e-7"]}  # a known strong effect: it barely trains
