@@ -85,7 +85,7 @@ def write_ladder(tmp_path, data, ladder=None, seeds=(1, 2), variants=None, drop=
         (
             {"rungs": list(reversed(RUNGS))},
             (),
-            r"ladder\.rungs\[1\]: 3,\d+ non-embedding parameters, not more than "
+            r"ladder\.rungs\[1\]: 3,\d+ non-embedding parameters, fewer than "
             r"rung 0's 49,\d+ \(list the rungs smallest first\)",
         ),
         ({"rungs": [RUNGS[0], {"n_layers": 1, "emb_dim": 64, "n_heads": 3}]}, (), r"ladder\.rungs\[1\]: .*n_heads"),
@@ -112,6 +112,26 @@ def test_token_rules_and_seeds_per_rung(small_data, tmp_path):
     lad = load_ladder(write_ladder(tmp_path, small_data, {"flops": [1e9, 4e9]}, drop=("tokens",)))
     cfg = lad.rungs[1].spec.resolved_config(lad.rungs[1].spec.variants[1], 1)
     assert (cfg.train.flops, cfg.train.tokens) == (4e9, 0)
+
+
+def test_horizon_ladder_keeps_the_model_and_grows_the_tokens(small_data, tmp_path):
+    same = [RUNGS[0]] * 4
+    lad = load_ladder(write_ladder(tmp_path, small_data, {"rungs": same, "tokens": [1024, 2048, 4096, 8192]}))
+    assert len({r.non_embedding for r in lad.rungs}) == 1 and lad.span == 1
+    assert [r.tokens for r in lad.rungs] == [1024, 2048, 4096, 8192]
+    assert [r.flops / lad.rungs[0].flops for r in lad.rungs] == pytest.approx([1, 2, 4, 8])
+    # equal models need a growing token budget: equal or shrinking compute is refused, naming the rung
+    for tokens in ([2048, 2048], [2048, 1024]):
+        spec = write_ladder(tmp_path, small_data, {"rungs": same[:2], "tokens": tokens})
+        with pytest.raises(
+            GptlabError,
+            match=r"ladder\.rungs\[1\]: [\d.e+]+ training FLOPs per run, not more than "
+            r"rung 0's [\d.e+]+ \(each rung must add compute",
+        ):
+            load_ladder(spec)
+    shipped = load_ladder("configs/experiments/ladder-horizon.toml")
+    assert len({r.non_embedding for r in shipped.rungs}) == 1 and len(shipped.rungs) == 4
+    assert [r.tokens // shipped.rungs[0].tokens for r in shipped.rungs] == [1, 2, 4, 8]
 
 
 FROZEN = {"name": "frozen", "interventions": ["lr:value=1e-7"]}  # a known strong effect: it barely trains

@@ -3,7 +3,7 @@
 A ladder spec is an experiment spec (spec.py) with a [ladder] table:
 
     [ladder]
-    rungs = [                                   # model overrides, smallest first (non-embedding params must grow)
+    rungs = [                                   # model overrides, smallest first (see below)
       { n_layers = 1, emb_dim = 32, n_heads = 2 },
       { n_layers = 2, emb_dim = 64, n_heads = 4 },
       { n_layers = 3, emb_dim = 96, n_heads = 4 },
@@ -15,6 +15,11 @@ A ladder spec is an experiment spec (spec.py) with a [ladder] table:
     bootstrap = 200                             # optional: bootstrap replicates of the intervals
     target = { config = "../gpt2-small-baseline.toml", tokens = 3.26e9 }   # where Δ is extrapolated
     keep_uninformative = false                  # optional: keep rungs not clearly below the unigram model in fits
+
+Rungs go smallest first: a rung's non-embedding parameters are at least the previous rung's, and its training
+FLOPs per run (the baseline's) are more. So a ladder grows the model (a scale ladder), or keeps one model and
+grows its token budget (a horizon ladder: equal rungs with tokens = [N, 2N, 4N, 8N], which measures how a
+variant's Δ moves with training length).
 
 Non-embedding parameters: every parameter but the token and position embeddings and an untied output head
 (model.non_embedding_params). Each rung K is an experiment of its own, run by the experiment runner in EXP/rung-K
@@ -174,10 +179,16 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
             )
         )
     for a, b in zip(plans, plans[1:], strict=False):
-        if b.non_embedding <= a.non_embedding:
+        if b.non_embedding < a.non_embedding:
             raise GptlabError(
-                f"{where}.rungs[{b.index}]: {b.non_embedding:,} non-embedding parameters, not more "
-                f"than rung {a.index}'s {a.non_embedding:,} (list the rungs smallest first)"
+                f"{where}.rungs[{b.index}]: {b.non_embedding:,} non-embedding parameters, fewer than "
+                f"rung {a.index}'s {a.non_embedding:,} (list the rungs smallest first)"
+            )
+        if b.flops <= a.flops:
+            raise GptlabError(
+                f"{where}.rungs[{b.index}]: {b.flops:.4g} training FLOPs per run, not more than rung "
+                f"{a.index}'s {a.flops:.4g} (each rung must add compute: a larger model, or the same model "
+                f"with a larger token budget)"
             )
     tcfg = load_config(tcfg_path)
     from gptlab.model import GPTModel, count_params
