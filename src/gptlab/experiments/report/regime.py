@@ -124,8 +124,9 @@ def regime_table(screens: list[tuple[str, Regime]], target: Regime | None) -> tu
             [fmt(r.tokens_per_param, ".3g") for r in cols],
             follows(
                 lambda: (
-                    f"the screen is at ×{_ratio(s.tokens_per_param, t.tokens_per_param):.3g} the target's point "
-                    "of training (tokens per parameter)"
+                    f"×{_ratio(s.tokens_per_param, t.tokens_per_param):.3g} apart: the screen's models are "
+                    f"{'less' if s.tokens_per_param < t.tokens_per_param else 'more'} trained for their size than "
+                    "the target"
                 )
             ),
         ),
