@@ -43,6 +43,15 @@ def test_an_sd_that_halves_per_rung_is_predicted_at_the_target_within_its_interv
     assert thin["sd"] == ANCHOR_SD_124M[1] and "anchor band" in thin["note"]
 
 
+def test_an_sd_trend_too_uncertain_at_the_target_is_not_planned_with():
+    """3 seeds per rung, SDs that rise and fall, extrapolated 6 decades: the trend's interval at the target spans
+    more than two orders of magnitude, so the plan uses the anchor band's upper end and says why."""
+    rows = confirm.rung_sds([runs_with_sd(sd, 3, 10.0 ** (11 + k)) for k, sd in enumerate((0.01, 0.03, 0.015))])
+    sd = confirm.predict_sd(rows, 1e18)
+    assert sd["source"] == "anchor" and sd["sd"] == ANCHOR_SD_124M[1]
+    assert sd["trend_high"] / sd["trend_low"] > confirm.MAX_SD_SPREAD and "too uncertain" in sd["note"]
+
+
 def test_pooled_correlation_centres_each_rung():
     """The rungs' means move together (5.0 -> 4.0 for both), but within each rung the variant's loss falls where
     the baseline's rises: the pooled ρ is -1, not the +1 the rung means alone would give."""
@@ -172,8 +181,9 @@ def test_the_emitted_file_is_never_a_foreign_one(tmp_path):
 def test_paired_ladder_measures_rho_and_plans_the_paired_design(small_data, tmp_path):
     """A paired ladder whose seed-to-seed deviations are (+1, 0, -1) and (0, +1, -1) hundredths at both rungs
     (baseline, variant): ρ = 0.5 over the 6 pairs. The differences' SD is then the arms' own, so for a gain of
-    one SD the paired test's pairs are fewer than Welch's seeds per arm: the paired design."""
-    _, lad, out = constructed(tmp_path, small_data, paired=True, gain=0.01)
+    one SD (2 rungs of 3 seeds fit no trend usable at the target: the anchor band's 0.002) the paired test's pairs
+    are fewer than Welch's seeds per arm: the paired design."""
+    _, lad, out = constructed(tmp_path, small_data, paired=True, gain=0.002)
     (lead,) = write_ladder_report(lad, out)["analysis"]["confirmation"]["leads"]
     assert lead["pairs"] == 6 and lead["rho"] == pytest.approx(0.5) and lead["design"] == "paired"
     assert lead["seeds"]["paired"] < lead["seeds"]["independent"] and lead["n_fixed"] == lead["seeds"]["paired"]

@@ -47,19 +47,29 @@ def rung_sds(base_runs: list[list[dict]]) -> list[tuple[float, float, int]]:
     return out
 
 
+# A trend of the seed SD is planned with only while its interval at the target spans at most this ratio (two
+# orders of magnitude): a few rungs of 3 seeds, extrapolated six decades of compute, can give an interval from
+# 1e-7 to 1e12, and a point estimate inside it says nothing a budget can rest on.
+MAX_SD_SPREAD = 100.0
+
+
 def predict_sd(rows: list[tuple[float, float, int]], target_flops: float, level: float = 0.95) -> dict:
-    """The seed SD at the target: from the rungs' trend with its `level` interval, else the anchor band."""
+    """The seed SD at the target: from the rungs' trend with its `level` interval, else (no trend, or one too
+    uncertain at the target to plan with: MAX_SD_SPREAD) the anchor band's upper end."""
     trend = seeds.sd_trend(*zip(*rows, strict=True)) if rows else None
+    lo_a, hi_a = seeds.ANCHOR_SD_124M
+    anchor = dict(source="anchor", sd=hi_a, low=lo_a, high=hi_a)
     if trend is None:
-        lo, hi = seeds.ANCHOR_SD_124M
-        return dict(
-            source="anchor",
-            sd=hi,
-            low=lo,
-            high=hi,
-            note="no SD trend (fewer than 2 rungs with 2+ baseline seeds): the 124M anchor band, its upper end",
-        )
+        note = "no SD trend (fewer than 2 rungs with 2+ baseline seeds): the 124M anchor band, its upper end"
+        return dict(anchor, note=note)
     sd, lo, hi = trend.predict(target_flops, level)
+    if not (math.isfinite(sd) and 0 < lo and math.isfinite(hi) and hi / lo <= MAX_SD_SPREAD):
+        note = (
+            f"the rungs' SD trend ({trend.rungs} rungs) is too uncertain at the target to plan with "
+            f"({sd:.3g}, {level:.0%} interval [{lo:.3g}, {hi:.3g}], more than {MAX_SD_SPREAD:g}x wide): the 124M "
+            f"anchor band, its upper end"
+        )
+        return dict(anchor, note=note, trend_sd=sd, trend_low=lo, trend_high=hi)
     note = f"trend of {trend.rungs} rungs"
     return dict(source="trend", sd=sd, low=lo, high=hi, slope=trend.slope, rungs=trend.rungs, note=note)
 
