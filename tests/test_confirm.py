@@ -43,6 +43,19 @@ def test_an_sd_that_halves_per_rung_is_predicted_at_the_target_within_its_interv
     assert thin["sd"] == ANCHOR_SD_124M[1] and "anchor band" in thin["note"]
 
 
+def test_a_screens_large_delta_is_sized_down_to_the_smallest_effect_worth_confirming():
+    """A tiny model's Δ of -0.5 nats says little about the target's: the plan is sized for min_effect (0.014 by
+    default, the seed's gradient clipping), which needs more seeds than -0.5 would; a Δ already smaller is kept."""
+    e = {"variant": "v", "per_rung": [{"diff": -0.5}], "extrapolation": None}
+    per = {"hours": 1.0, "gpus": 8, "cost": 10.0}
+    capped = confirm.lead_plan(e, {"sd": 0.01}, math.nan, 0.05, 1, per)
+    assert capped["delta"] == -0.014 and capped["delta_source"].startswith("min_effect (measured at the largest rung")
+    loose = confirm.lead_plan(e, {"sd": 0.01}, math.nan, 0.05, 1, per, min_effect=1.0)
+    assert loose["delta"] == -0.5 and capped["n_fixed"] > loose["n_fixed"]
+    small = {"variant": "v", "per_rung": [{"diff": -0.005}], "extrapolation": None}
+    assert confirm.lead_plan(small, {"sd": 0.002}, math.nan, 0.05, 1, per)["delta"] == -0.005
+
+
 def test_an_sd_trend_too_uncertain_at_the_target_is_not_planned_with():
     """3 seeds per rung, SDs that rise and fall, extrapolated 6 decades: the trend's interval at the target spans
     more than two orders of magnitude, so the plan uses the anchor band's upper end and says why."""
@@ -131,6 +144,7 @@ def test_the_cost_is_runs_times_gpu_hours_times_the_price(small_data, tmp_path):
         ({"price": -1}, r"ladder\.confirm\.price: expected a positive price in USD per GPU-hour, got -1"),
         ({"gpu": "B200"}, r"ladder\.confirm\.gpu: no price known for 'B200' .*give price"),
         ({"prices": 1.0}, r"ladder\.confirm\.prices: unknown key \(did you mean 'price'\?\)"),
+        ({"min_effect": 0}, r"ladder\.confirm\.min_effect: expected a gain in nats, above 0 and below 10, got 0"),
     ],
 )
 def test_bad_confirm_settings_are_one_line_errors(small_data, tmp_path, table, match):

@@ -11,6 +11,9 @@
   measures it: in the independent design no two runs share initialisation or data order (Spec.run_seed).
 - **Δ to plan for**: the extrapolated Δ at the target when the variant is judged (no `not_judged` reason), its
   extrapolation gives a finite Δ < 0 and its backtest is not unreliable; else the largest rung's Δ.
+- **Δ sized for**: the smaller gain of that Δ and `min_effect` (the smallest gain worth confirming at the target;
+  default 0.014 nats, the seed's gradient clipping: 3.692 → 3.678): a screen's Δ on a tiny model (often tenths of
+  a nat) is no estimate of the target's, so a confirmation sized for it alone would be far too small.
 - **Seeds per arm** (fixed design): seeds.seeds_per_arm for that Δ and SD, power 0.8, at alpha / leads
   (Bonferroni, as --until-decided spends it); the design is the one needing fewer seeds.
 - **Sequential design** (`--until-decided`): max seeds M = the fewest seeds, from the fixed design's up, at which the
@@ -27,6 +30,7 @@ import math
 import numpy as np
 
 from gptlab.experiments.analysis import seeds, sequential
+from gptlab.experiments.specs.confirm import MIN_EFFECT
 from gptlab.experiments.specs.experiment import MAX_SEEDS
 
 PLAN_POWER = 0.8
@@ -132,10 +136,15 @@ def sequential_design(delta: float, sd_diff: float, n_fixed: int, alpha: float, 
     return d
 
 
-def lead_plan(e: dict, sd: dict, rho: float, alpha: float, family: int, per_run: dict) -> dict:
+def lead_plan(
+    e: dict, sd: dict, rho: float, alpha: float, family: int, per_run: dict, min_effect: float = MIN_EFFECT
+) -> dict:
     """One lead's confirmation plan: `sd` from predict_sd, `rho` its correlation of paired runs (nan: not
-    measured), `family` the leads sharing alpha, `per_run` the cost model's hours/GPUs/cost of one run."""
+    measured), `family` the leads sharing alpha, `per_run` the cost model's hours/GPUs/cost of one run; sized
+    for the smaller gain of the planned Δ and `min_effect`."""
     delta, source = planned_delta(e)
+    if -delta > min_effect:
+        delta, source = -min_effect, f"min_effect ({source}: {delta:+.4f})"
     a = alpha / max(1, family)
     arm = seeds.seeds_per_arm(delta, sd["sd"], rho, alpha=a, power=PLAN_POWER)
     design = arm["design"]
@@ -177,7 +186,15 @@ def run_cost(cfg, gpu: str, gpus: int, mfu: float, price: float | None) -> dict:
     return plan(cfg, gpus=gpus, gpu_type=gpu, mfu=mfu, price=price)
 
 
-def confirm_plan(an: dict, base_runs: list[list[dict]], target_flops: float, alpha: float, paired: bool, per_run):
+def confirm_plan(
+    an: dict,
+    base_runs: list[list[dict]],
+    target_flops: float,
+    alpha: float,
+    paired: bool,
+    per_run,
+    min_effect: float = MIN_EFFECT,
+):
     """Every lead's plan (analysis/ladder.analyse's `an`, the baseline's runs per rung from collect), and the
     emitted spec's totals: the baseline runs as many seeds as the lead needing most."""
     sd = predict_sd(rung_sds(base_runs), target_flops, an["level"])
@@ -187,7 +204,7 @@ def confirm_plan(an: dict, base_runs: list[list[dict]], target_flops: float, alp
         rho, n_pairs = math.nan, 0
         if paired:
             rho, n_pairs = pooled_correlation([(r.base, r.var) for r in e["data"]])
-        p = lead_plan(e, sd, rho, alpha, len(leads), per_run)
+        p = lead_plan(e, sd, rho, alpha, len(leads), per_run, min_effect)
         p["pairs"] = n_pairs
         plans.append(p)
     ok = [p for p in plans if p.get("n_fixed")]

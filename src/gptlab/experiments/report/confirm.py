@@ -24,7 +24,8 @@ def ladder_confirmation(lad: Ladder, exp_dir: Path, an: dict) -> dict:
     cfg.train.flops = 0.0
     per_run = run_cost(cfg, s.gpu, s.gpus, s.mfu, s.price)
     base_runs = collect(lad, exp_dir)[lad.spec.baseline]
-    plan = confirm_plan(an, base_runs, lad.target_flops, lad.spec.alpha, lad.spec.design == "paired", per_run)
+    paired = lad.spec.design == "paired"
+    plan = confirm_plan(an, base_runs, lad.target_flops, lad.spec.alpha, paired, per_run, s.min_effect)
     an["confirmation"] = plan
     return plan
 

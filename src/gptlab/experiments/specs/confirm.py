@@ -27,8 +27,11 @@ from gptlab import GptlabError
 from gptlab.config import read_toml
 from gptlab.experiments.specs.ladder import Ladder
 
-CONFIRM_KEYS = ("gpu", "gpus", "mfu", "price")
+CONFIRM_KEYS = ("gpu", "gpus", "mfu", "price", "min_effect")
 MAX_GPUS = 65_536
+# The smallest gain worth confirming at the target, nats: the seed's gradient clipping at GPT-2 small (3.692 ->
+# 3.678), the size of gain it set out to find. A confirmation is sized for the smaller of this and the screen's Δ.
+MIN_EFFECT = 0.014
 log = logging.getLogger(__name__)
 HEADER = "# confirmation at the target, written by `gptlab ladder --emit-confirmation`"
 
@@ -39,6 +42,7 @@ class ConfirmSettings:
     gpus: int = 8
     mfu: float = 0.4
     price: float | None = None
+    min_effect: float = MIN_EFFECT
 
 
 def _positive(x) -> bool:
@@ -53,7 +57,7 @@ def confirm_settings(lad: Ladder) -> ConfirmSettings:
     where = f"{lad.path}: ladder.confirm"
     t = read_toml(lad.path).get("ladder", {}).get("confirm", {})
     if not isinstance(t, dict):
-        raise GptlabError(f"{where}: expected a table (gpu, gpus, mfu, price), got {t!r}")
+        raise GptlabError(f"{where}: expected a table (gpu, gpus, mfu, price, min_effect), got {t!r}")
     for k in t:
         if k not in CONFIRM_KEYS:
             close = difflib.get_close_matches(k, CONFIRM_KEYS, n=1)
@@ -72,6 +76,8 @@ def confirm_settings(lad: Ladder) -> ConfirmSettings:
         raise GptlabError(f"{where}.gpus: expected a whole number of GPUs per run from 1 to {MAX_GPUS}, got {s.gpus!r}")
     if not (_positive(s.mfu) and s.mfu <= 1):
         raise GptlabError(f"{where}.mfu: expected a fraction in (0, 1], got {s.mfu!r}")
+    if not (_positive(s.min_effect) and s.min_effect < 10):
+        raise GptlabError(f"{where}.min_effect: expected a gain in nats, above 0 and below 10, got {s.min_effect!r}")
     if s.price is not None and not _positive(s.price):
         raise GptlabError(f"{where}.price: expected a positive price in USD per GPU-hour, got {s.price!r}")
     if s.price is None and s.gpu.upper().replace(" ", "") not in PRICE_PER_GPU_HOUR:
