@@ -92,6 +92,9 @@ def confirm_section(lad: Ladder, exp_dir: Path, an: dict) -> dict:
         f"({per['hours'] * per['gpus']:,.1f} GPU-hours, ${per['cost']:,.0f}), `gptlab plan`'s cost model for "
         f"{lad.target_config.name} at {lad.target_tokens:.4g} tokens; cost = runs × GPU-hours per run × price "
         f"per GPU-hour ([ladder.confirm] gpu, gpus, mfu, price).",
+        "Δ planned for: the smaller gain of the screen's Δ (extrapolated when the variant is judged, else measured "
+        f"at the largest rung) and [ladder.confirm] min_effect ({confirm_settings(lad).min_effect:g} nats; by default "
+        "the seed's gradient clipping, 3.692 → 3.678): a tiny model's Δ is no estimate of the target's.",
         "Seeds per arm: power 0.8 at the ladder's alpha split over the leads (Bonferroni, as `--until-decided` "
         "does), for the seed SD above; the design is the one needing fewer seeds (paired needs ρ, which only a "
         "paired ladder measures: pooled over the rungs, each rung's losses centred on their mean). A lead's runs "
