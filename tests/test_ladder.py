@@ -22,9 +22,10 @@ RUNGS = [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim"
 def write_ladder(tmp_path, data, ladder=None, seeds=(1, 2), variants=None, drop=()):
     base = parse_overrides(tiny_overrides(data, **{"train.checkpoint_interval": 100, "train.eval_interval": 100}))
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    (tmp_path / "target.toml").write_text(
-        tomli_w.dumps({"model": {"preset": "gpt2-small"}, "train": {"tokens": 1_000_000_000}})
-    )
+    # the target's data is not prepared (a folder that does not exist), wherever the tests run: a checkout where
+    # the main job prepared data/shakespeare (the config default) would otherwise give the target known epochs
+    target = {"model": {"preset": "gpt2-small"}, "data": {"dir": str(tmp_path / "target-data")}}
+    (tmp_path / "target.toml").write_text(tomli_w.dumps({**target, "train": {"tokens": 1_000_000_000}}))
     lad = {"rungs": RUNGS, "tokens": [8 * 32 * 4, 8 * 32 * 6], "target": {"config": "target.toml"}}
     lad.update(ladder or {})
     for k in drop:
