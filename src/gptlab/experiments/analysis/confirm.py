@@ -223,4 +223,12 @@ def confirm_plan(
             design=design,
             **cost(runs, per_run),
         )
-    return dict(sd=sd, anchor=seeds.ANCHOR_SD_124M, leads=plans, total=total, per_run=per_run, rule=LEAD_RULE)
+    return dict(
+        sd=sd,
+        anchor=seeds.ANCHOR_SD_124M,
+        leads=plans,
+        total=total,
+        per_run=per_run,
+        rule=LEAD_RULE,
+        min_effect=min_effect,
+    )

@@ -151,6 +151,7 @@ def analyse(lad: Ladder, exp_dir: Path, target: Regime | None = None) -> dict:
     return {
         "variants": variants,
         "level": level,
+        "baseline_runs": data[spec.baseline],  # per rung, as collect gave them (the confirmation plan's SD trend)
         "regimes": regimes,
         "uninformative": uninformative,
         "fitted": fitted,

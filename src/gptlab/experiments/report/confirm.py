@@ -7,14 +7,13 @@ import math
 from pathlib import Path
 
 from gptlab.experiments.analysis.confirm import confirm_plan, run_cost
-from gptlab.experiments.analysis.ladder import collect
 from gptlab.experiments.report.format import DASH, fmt, fmt_ci
 from gptlab.experiments.specs.confirm import confirm_settings, write_confirmation
 from gptlab.experiments.specs.ladder import Ladder
 
 
-def ladder_confirmation(lad: Ladder, exp_dir: Path, an: dict) -> dict:
-    """The plan (analysis/confirm.confirm_plan) for the ladder's results in exp_dir on [ladder.confirm]'s GPUs;
+def ladder_confirmation(lad: Ladder, an: dict) -> dict:
+    """The plan (analysis/confirm.confirm_plan) for the ladder's analysis `an` on [ladder.confirm]'s GPUs;
     also kept in an["confirmation"] for ladder.json and --emit-confirmation."""
     from gptlab.config import load_config
 
@@ -23,16 +22,15 @@ def ladder_confirmation(lad: Ladder, exp_dir: Path, an: dict) -> dict:
     cfg.train.tokens = int(lad.target_tokens)
     cfg.train.flops = 0.0
     per_run = run_cost(cfg, s.gpu, s.gpus, s.mfu, s.price)
-    base_runs = collect(lad, exp_dir)[lad.spec.baseline]
     paired = lad.spec.design == "paired"
-    plan = confirm_plan(an, base_runs, lad.target_flops, lad.spec.alpha, paired, per_run, s.min_effect)
+    plan = confirm_plan(an, an["baseline_runs"], lad.target_flops, lad.spec.alpha, paired, per_run, s.min_effect)
     an["confirmation"] = plan
     return plan
 
 
-def confirm_section(lad: Ladder, exp_dir: Path, an: dict) -> dict:
+def confirm_section(lad: Ladder, an: dict) -> dict:
     """The template's context: the table, the SD line, the lines under the table."""
-    plan = ladder_confirmation(lad, exp_dir, an)
+    plan = ladder_confirmation(lad, an)
     sd, per = plan["sd"], plan["per_run"]
     lv = f"{an['level']:.0%}"
     anchor = fmt_ci(*plan["anchor"], ".4f")
@@ -93,7 +91,7 @@ def confirm_section(lad: Ladder, exp_dir: Path, an: dict) -> dict:
         f"{lad.target_config.name} at {lad.target_tokens:.4g} tokens; cost = runs × GPU-hours per run × price "
         f"per GPU-hour ([ladder.confirm] gpu, gpus, mfu, price).",
         "Δ planned for: the smaller gain of the screen's Δ (extrapolated when the variant is judged, else measured "
-        f"at the largest rung) and [ladder.confirm] min_effect ({confirm_settings(lad).min_effect:g} nats; by default "
+        f"at the largest rung) and [ladder.confirm] min_effect ({plan['min_effect']:g} nats; by default "
         "the seed's gradient clipping, 3.692 → 3.678): a tiny model's Δ is no estimate of the target's.",
         "Seeds per arm: power 0.8 at the ladder's alpha split over the leads (Bonferroni, as `--until-decided` "
         "does), for the seed SD above; the design is the one needing fewer seeds (paired needs ρ, which only a "

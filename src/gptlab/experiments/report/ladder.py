@@ -252,7 +252,7 @@ def write_ladder_report(lad: Ladder, exp_dir: str | Path) -> dict:
         backtests=[_backtest_line(lad, an, e) for e in an["variants"]],
         variants=[_variant_part(lad, an, e) for e in an["variants"]],
         rules=_rules(lad, an),
-        confirm=confirm_section(lad, exp_dir, an),  # also sets an["confirmation"] (ladder.json, --emit-confirmation)
+        confirm=confirm_section(lad, an),  # also sets an["confirmation"] (ladder.json, --emit-confirmation)
     )
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     atomic_write_text(md_path, md_text)
