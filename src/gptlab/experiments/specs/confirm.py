@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import tomli_w
 
 from gptlab import GptlabError
 from gptlab.config import read_toml
+from gptlab.experiments.specs.experiment import positive_number
 from gptlab.experiments.specs.ladder import Ladder
 
 CONFIRM_KEYS = ("gpu", "gpus", "mfu", "price", "min_effect")
@@ -43,10 +43,6 @@ class ConfirmSettings:
     mfu: float = 0.4
     price: float | None = None
     min_effect: float = MIN_EFFECT
-
-
-def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
 def confirm_settings(lad: Ladder) -> ConfirmSettings:
@@ -74,11 +70,11 @@ def confirm_settings(lad: Ladder) -> ConfirmSettings:
         ) from None
     if not (isinstance(s.gpus, int) and not isinstance(s.gpus, bool) and 1 <= s.gpus <= MAX_GPUS):
         raise GptlabError(f"{where}.gpus: expected a whole number of GPUs per run from 1 to {MAX_GPUS}, got {s.gpus!r}")
-    if not (_positive(s.mfu) and s.mfu <= 1):
+    if not (positive_number(s.mfu) and s.mfu <= 1):
         raise GptlabError(f"{where}.mfu: expected a fraction in (0, 1], got {s.mfu!r}")
-    if not (_positive(s.min_effect) and s.min_effect < 10):
+    if not (positive_number(s.min_effect) and s.min_effect < 10):
         raise GptlabError(f"{where}.min_effect: expected a gain in nats, above 0 and below 10, got {s.min_effect!r}")
-    if s.price is not None and not _positive(s.price):
+    if s.price is not None and not positive_number(s.price):
         raise GptlabError(f"{where}.price: expected a positive price in USD per GPU-hour, got {s.price!r}")
     if s.price is None and s.gpu.upper().replace(" ", "") not in PRICE_PER_GPU_HOUR:
         raise GptlabError(

@@ -34,6 +34,7 @@ Spec (TOML):
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -228,6 +229,11 @@ def load_spec(path: str | Path, data: dict | None = None, check_configs: bool = 
     return spec
 
 
+def positive_number(x) -> bool:
+    """A finite number above 0 as TOML gives it (int or float; `true` is not a number)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
 def read_target(target, p: Path, where: str) -> tuple[Path, float | None]:
     """A target table { config = "CONFIG.toml", tokens = N }, checked as a ladder's [ladder] target is: the config
     relative to the spec file `p` and present, tokens (optional) a positive number."""
@@ -242,8 +248,7 @@ def read_target(target, p: Path, where: str) -> tuple[Path, float | None]:
     if not path.is_file():
         raise GptlabError(f"{where}.config: {target['config']} not found (looked for {path})")
     tokens = target.get("tokens")
-    ok = isinstance(tokens, (int, float)) and not isinstance(tokens, bool) and 0 < tokens < float("inf")
-    if tokens is not None and not ok:
+    if tokens is not None and not positive_number(tokens):
         raise GptlabError(f"{where}.tokens: expected a positive number of tokens, got {tokens!r}")
     return path, None if tokens is None else float(tokens)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from gptlab.config import (
     load_config,
     read_toml,
 )
-from gptlab.experiments.specs.experiment import Spec, load_spec, read_target
+from gptlab.experiments.specs.experiment import Spec, load_spec, positive_number, read_target
 from gptlab.io import plain_name
 
 LADDER_KEYS = (
@@ -105,10 +104,6 @@ class Ladder:
         return self.rungs[-1].non_embedding / self.rungs[0].non_embedding
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
     """Read and check a ladder spec; every rung's experiment spec is resolved (its configs checked) here."""
     p = Path(path)
@@ -146,9 +141,9 @@ def load_ladder(path: str | Path, extra: dict | None = None) -> Ladder:
         )
     rule, value = rules[0], lad[rules[0]]
     if rule == "tokens_per_param":
-        if not _number(value) or value <= 0:
+        if not positive_number(value):
             raise GptlabError(f"{where}.tokens_per_param: expected a positive number (e.g. 20), got {value!r}")
-    elif not (isinstance(value, list) and len(value) == len(rungs) and all(_number(x) and x > 0 for x in value)):
+    elif not (isinstance(value, list) and len(value) == len(rungs) and all(positive_number(x) for x in value)):
         raise GptlabError(
             f"{where}.{rule}: expected a list of {len(rungs)} positive numbers (one per rung), got {value!r}"
         )
