@@ -366,21 +366,24 @@ def test_the_matrix_is_resolved_once_per_run(small_data, tmp_path, monkeypatch):
 
 def test_runs_planned_before_their_data_is_prepared_get_the_corpus_vocabulary_once_it_is(small_data, tmp_path):
     """A run of data.vocab = "corpus" planned before its data exists resolves with the full vocabulary; once the
-    data is prepared, with_corpus_vocab gives it the config (and hash) its `gptlab train` will record."""
+    data is prepared, planning it again (plan_runs with it known, as every phase of the pipeline does) gives it the
+    config (and hash) its `gptlab train` will record; a run already planned with the corpus vocabulary is kept."""
     import shutil
 
-    from gptlab.experiments.specs.matrix import plan_matrix, with_corpus_vocab
+    from gptlab.experiments.specs.matrix import plan_matrix, plan_runs
 
     later = tmp_path / "later"
     spec = load_spec(write_spec(tmp_path, str(later)), check_configs=False)
     planned = plan_matrix(spec, {})
     assert all(p.resolved.vocab is None for p in planned)
     shutil.copytree(small_data, later)  # the runner prepares it here (Session.open_results)
-    ready = with_corpus_vocab(spec, planned)
+    ready = plan_runs(spec, {}, planned)
     for p, q in zip(planned, ready, strict=True):
         fresh = spec.resolve(p.variant, p.seed)
         assert q.resolved.vocab is not None and q.resolved.hash == fresh.hash != p.resolved.hash
         assert q.cfg.model.vocab_size == fresh.cfg.model.vocab_size < p.cfg.model.vocab_size
+    again = plan_runs(spec, {}, ready)
+    assert all(a is r for a, r in zip(again, ready, strict=True))  # planned once the data was there: kept
 
 
 def test_a_specs_target_reaches_the_runners_report_and_gptlab_report(small_data, tmp_path, capsys):

@@ -14,9 +14,10 @@ from conftest import tiny_overrides
 
 from gptlab import GptlabError
 from gptlab.config import parse_overrides
-from gptlab.experiments.analysis.tuning import choose, parse_grid, sweep_spec, tuned_spec
+from gptlab.experiments.analysis.tuning import base_values, choose, parse_grid, sweep_spec, tuned_spec
 from gptlab.experiments.run.runner import run_experiment, run_sweep
 from gptlab.experiments.specs.experiment import load_spec
+from gptlab.experiments.specs.matrix import plan_matrix
 
 
 def _spec(tmp_path, data, lr=1e-5, tuned=True, **extra):
@@ -59,7 +60,9 @@ def test_tune_settings_are_checked_before_anything_runs(small_data, tmp_path):
 
 def test_choice_uses_validation_loss_marks_edges_and_reuses_base_runs(small_data, tmp_path):
     spec = load_spec(_spec(tmp_path, small_data, lr=2e-3, tune_grid=[1e-3, 4e-3]))
-    sweep = sweep_spec(spec)
+    base = base_values(spec, plan_matrix(spec, {}))
+    assert base == {"baseline": 2e-3, "no_dropout": 2e-3}
+    sweep = sweep_spec(spec, base)
     assert [v.name for v in sweep.variants] == [
         "baseline@lr=0.001",
         "baseline@lr=0.002",
@@ -76,18 +79,33 @@ def test_choice_uses_validation_loss_marks_edges_and_reuses_base_runs(small_data
         "no_dropout@lr=0.002-s1001": math.nan,
         "no_dropout@lr=0.004-s1001": 4.2,
     }
-    c = choose(spec, val)
+    c = choose(spec, val, base)
     assert c["best"] == {"baseline": 0.002, "no_dropout": 0.004}
     assert c["val_loss"]["no_dropout"] == {"0.001": 5.0, "0.002": None, "0.004": 4.2}  # diverged: never chosen
     assert c["at_edge"] == ["no_dropout"]
-    tuned = tuned_spec(spec, c["best"])
+    tuned = tuned_spec(spec, c["best"], base)
     # the baseline's chosen value is its base value: its runs at the baseline's lr are reused
     assert [(v.name, v.overrides) for v in tuned.variants] == [
         ("baseline", {}),
         ("no_dropout@lr=0.004", {"train": {"lr": 0.004}}),
     ]
     with pytest.raises(GptlabError, match="no_dropout at train.lr=0.004 has no finished run"):
-        choose(spec, {k: v for k, v in val.items() if k != "no_dropout@lr=0.004-s1001"})
+        choose(spec, {k: v for k, v in val.items() if k != "no_dropout@lr=0.004-s1001"}, base)
+
+
+def test_base_value_is_what_the_untuned_runs_train_with_set_included(small_data, tmp_path):
+    """--set train.lr=3e-3 trains the plain variants at 3e-3: that is their base value in the sweep (a candidate
+    beside the grid) and, when chosen, their plain runs are the tuned ones. It was read from the spec alone
+    (2e-3), so the sweep tried 2e-3 and a variant choosing it was then trained at the --set value."""
+    spec = load_spec(_spec(tmp_path, small_data, lr=2e-3, tune_grid=[1e-3, 4e-3]))
+    base = base_values(spec, plan_matrix(spec, parse_overrides(["train.lr=3e-3"])))
+    assert base == {"baseline": 3e-3, "no_dropout": 3e-3}
+    names = [v.name for v in sweep_spec(spec, base).variants]
+    assert "baseline@lr=0.003" in names and "baseline@lr=0.002" not in names
+    val = {f"{n}-s1001": (4.0 if "0.003" in n else 5.0) for n in names}
+    c = choose(spec, val, base)
+    assert c["best"] == c["base"] == {"baseline": 3e-3, "no_dropout": 3e-3}
+    assert [v.name for v in tuned_spec(spec, c["best"], base).variants] == ["baseline", "no_dropout"]
 
 
 def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_path, caplog):

@@ -44,6 +44,8 @@ from scipy import optimize
 from scipy import stats as _st
 
 from gptlab.experiments.analysis import stats
+from gptlab.experiments.specs.experiment import Spec
+from gptlab.experiments.specs.matrix import SeqOptions
 
 DESIGN = "group-sequential, O'Brien-Fleming spending"
 TESTS = {"independent": "Welch's t-test", "paired": "paired t-test on the per-seed differences"}
@@ -394,3 +396,16 @@ def next_seeds(
     top = max(s for seeds in planned.values() for s in seeds)
     fresh = list(range(top + 1, top + 1 + max(need.values())))
     return {g: fresh[:k] for g, k in need.items() if k}
+
+
+def design_line(spec: Spec, o: SeqOptions) -> str:
+    """--until-decided's line of the dry run: the looks and each look's p threshold."""
+    looks = schedule(len(spec.seeds), o.per_round, o.max_seeds)
+    alpha = spec.alpha / len(o.family)
+    ps = nominal_p(boundaries([info_fraction(n, n, o.max_seeds) for n in looks], alpha))
+    return (
+        f"until decided: {DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; "
+        f"alpha {spec.alpha:g} / "
+        f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
+        f"{', '.join(f'{p:.2g}' for p in ps)}"
+    )

@@ -23,7 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from gptlab import GptlabError
-from gptlab.experiments.specs.experiment import MAX_GRID, Spec, Tune, Variant, label
+from gptlab.experiments.specs.experiment import MAX_GRID, Spec, Tune, label
+from gptlab.experiments.specs.matrix import PlannedRun
 
 SWEEP_FILE = "sweep.json"
 CRITERION = "lowest mean final validation loss over the sweep's seeds"
@@ -51,42 +52,51 @@ def parse_grid(text: str, where: str = "--grid") -> list[float]:
         ) from None
 
 
-def base_value(spec: Spec, tune: Tune, v: Variant) -> float:
-    """The variant's value of the tuned setting without tuning (its interventions may set it)."""
-    section, key = tune.param.split(".", 1)
-    return float(getattr(getattr(spec.resolved_config(v, spec.seeds[0]), section), key))
+def base_values(spec: Spec, planned: list[PlannedRun]) -> dict[str, float]:
+    """Each variant's value of the tuned setting without tuning, read from its planned runs (specs/matrix.py):
+    what its untuned runs train with, the spec's overrides, --set and its interventions included."""
+    section, key = spec.tune.param.split(".", 1)
+    out: dict[str, float] = {}
+    for p in planned:
+        out.setdefault(p.variant.name, float(getattr(getattr(p.cfg, section), key)))
+    missing = [v.name for v in spec.variants if v.name not in out]
+    if missing:
+        raise GptlabError(f"tune: no planned run of {', '.join(missing)} to read its {spec.tune.param} from")
+    return out
 
 
-def values(spec: Spec, tune: Tune, v: Variant) -> list[float]:
-    """The candidates for `v`: the grid and the variant's base value."""
-    return sorted(set(tune.grid) | {base_value(spec, tune, v)})
+def values(tune: Tune, base: float) -> list[float]:
+    """A variant's candidates: the grid and its base value."""
+    return sorted(set(tune.grid) | {base})
 
 
-def sweep_spec(spec: Spec) -> Spec:
-    """Every variant at every candidate value, on the sweep's seeds."""
+def sweep_spec(spec: Spec, base: dict[str, float]) -> Spec:
+    """Every variant at every candidate value (the grid and its value in `base`: base_values), on the sweep's
+    seeds."""
     tune = spec.tune
-    return replace(spec, variants=[v.at(tune, x, tune.seeds) for v in spec.variants for x in values(spec, tune, v)])
+    return replace(
+        spec, variants=[v.at(tune, x, tune.seeds) for v in spec.variants for x in values(tune, base[v.name])]
+    )
 
 
-def tuned_spec(spec: Spec, best: dict[str, float]) -> Spec:
+def tuned_spec(spec: Spec, best: dict[str, float], base: dict[str, float]) -> Spec:
     """Every variant at its chosen value on the experiment's seeds: the plain variant where that is its base value."""
-    out = []
-    for v in spec.variants:
-        x = best[v.name]
-        out.append(v if x == base_value(spec, spec.tune, v) else v.at(spec.tune, x, v.seeds))
-    return replace(spec, variants=out)
+    return replace(
+        spec,
+        variants=[v if best[v.name] == base[v.name] else v.at(spec.tune, best[v.name], v.seeds) for v in spec.variants],
+    )
 
 
-def choose(spec: Spec, val_loss: dict[str, float | None]) -> dict:
-    """Each variant's chosen value from the sweep runs' final validation losses (run id -> loss; a diverged run
-    counts as infinitely bad). Returns sweep.json's content without the tuned runs."""
+def choose(spec: Spec, val_loss: dict[str, float | None], base: dict[str, float]) -> dict:
+    """Each variant's chosen value among its candidates (the grid and its value in `base`) from the sweep runs'
+    final validation losses (run id -> loss; a diverged run counts as infinitely bad). Returns sweep.json's
+    content without the tuned runs."""
     tune = spec.tune
     table: dict[str, dict[str, float | None]] = {}
     best: dict[str, float] = {}
-    base: dict[str, float] = {}
     at_edge = []
     for v in spec.variants:
-        cands = values(spec, tune, v)
+        cands = values(tune, base[v.name])
         means = {}
         for x in cands:
             losses = [val_loss.get(spec.run_id(v.at(tune, x).name, s)) for s in tune.seeds]
@@ -98,7 +108,7 @@ def choose(spec: Spec, val_loss: dict[str, float | None]) -> dict:
         if not math.isfinite(means[chosen]):
             raise GptlabError(f"sweep: {v.name} diverged at every {tune.param} value tried")
         table[v.name] = {label(x): (means[x] if math.isfinite(means[x]) else None) for x in cands}
-        best[v.name], base[v.name] = chosen, base_value(spec, tune, v)
+        best[v.name] = chosen
         if chosen in (cands[0], cands[-1]):
             at_edge.append(v.name)
     return {
@@ -108,7 +118,7 @@ def choose(spec: Spec, val_loss: dict[str, float | None]) -> dict:
         "criterion": CRITERION,
         "val_loss": table,
         "best": best,
-        "base": base,
+        "base": {v.name: base[v.name] for v in spec.variants},
         "at_edge": at_edge,
     }
 

@@ -36,7 +36,7 @@ def spec_text(spec: Spec, extra: dict) -> str:
 
 def check_changed(planned: list[PlannedRun], exp_dir: Path, db: ResultsDB, rerun_changed: bool) -> list[str]:
     """Stop (one line) if a recorded or started run of the planned matrix has another config than the spec now
-    gives it (its planned config: with_corpus_vocab's, once the data is prepared);
+    gives it (its planned config: once the data is prepared, with the corpus vocabulary's size: plan_runs);
     with `rerun_changed`, forget those runs' rows and move their folders aside so that they are redone (one
     line each returned, for after the runner's first line)."""
     recorded = {r["run_id"]: r for r in db.runs()}

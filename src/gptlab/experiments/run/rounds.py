@@ -1,98 +1,60 @@
 """Runs beyond one fixed matrix: a tuned experiment (the sweep, each variant's chosen value, then the matrix at
 the chosen values) and the sequential rounds of --until-decided (seeds added to the undecided variants until
-each is decided or has --max-seeds). Progress lines go to `logging`."""
+each is decided or has --max-seeds). Each phase is a spec handed to the pipeline (pipeline.py), which plans,
+checks and runs it. Progress lines go to `logging`."""
 
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import replace
-from pathlib import Path
 
 from gptlab.experiments.results import ResultsDB
-from gptlab.experiments.run.changes import check_changed
-from gptlab.experiments.run.matrix import run_matrix
-from gptlab.experiments.run.scheduler import Backend
+from gptlab.experiments.run.pipeline import Pipeline
 from gptlab.experiments.specs.experiment import Spec
-from gptlab.experiments.specs.matrix import PlannedRun, SeqOptions, plan_runs
+from gptlab.experiments.specs.matrix import SeqOptions
 from gptlab.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
-def run_tuned(
-    spec: Spec,
-    planned: list[PlannedRun],
-    extra: dict,
-    exp_dir: Path,
-    db: ResultsDB,
-    backend: Backend,
-    notes: list[str],
-    rerun_changed: bool,
-) -> list[str]:
-    """A spec with tune: the planned matrix at the base config's value and the sweep (one queue), each variant's
-    value chosen (sweep.json), then the matrix of every variant at its chosen value (the sweep and the tuned
-    matrix planned as they are added). Returns the failed run ids."""
+def run_tuned(spec: Spec, pipe: Pipeline, notes: list[str]) -> list[str]:
+    """A spec with tune: the matrix at the base config's value and the sweep (one queue), each variant's value
+    chosen (sweep.json), then the matrix of every variant at its chosen value. Returns the failed run ids."""
     from gptlab.experiments.analysis import tuning
 
-    sweep = tuning.sweep_spec(spec)
-    both = replace(spec, variants=spec.variants + sweep.variants)
-    swept = plan_runs(sweep, extra)
-    notes = notes + check_changed(swept, exp_dir, db, rerun_changed)
-    failures = run_matrix(both, planned + swept, exp_dir, db, backend, notes)
+    base = tuning.base_values(spec, list(pipe.planned.values()))  # the spec's runs, as planned
+    sweep = tuning.sweep_spec(spec, base)
+    failures = pipe.run(replace(spec, variants=spec.variants + sweep.variants), notes)
     if failures:
         return failures
-    chosen = choose(spec, exp_dir, db)
-    tuned = tuning.tuned_spec(spec, chosen["best"])
-    at_best = plan_runs(tuned, extra, planned + swept)
-    failures = run_matrix(tuned, at_best, exp_dir, db, backend, check_changed(at_best, exp_dir, db, rerun_changed))
+    chosen = choose(spec, pipe, base)
+    tuned = tuning.tuned_spec(spec, chosen["best"], base)
+    failures = pipe.run(tuned)
     if not failures:
         chosen["tuned_runs"] = {
             tuned.run_id(t.name, s): v.name
             for v, t in zip(spec.variants, tuned.variants, strict=True)
             for s in (t.seeds or spec.seeds)
         }
-        atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
+        atomic_write_json(pipe.folder / tuning.SWEEP_FILE, chosen)
     return failures
 
 
-def choose(spec: Spec, exp_dir: Path, db: ResultsDB) -> dict:
-    """Each variant's tuned value from the sweep runs recorded in `db`, written to sweep.json."""
+def choose(spec: Spec, pipe: Pipeline, base: dict[str, float]) -> dict:
+    """Each variant's tuned value (among the grid and its value in `base`) from the sweep runs recorded in the
+    pipeline's database, written to sweep.json."""
     from gptlab.experiments.analysis import tuning
 
-    chosen = tuning.choose(spec, {r["run_id"]: r["val_loss"] for r in db.runs()})
-    atomic_write_json(exp_dir / tuning.SWEEP_FILE, chosen)
+    chosen = tuning.choose(spec, {r["run_id"]: r["val_loss"] for r in pipe.db.runs()}, base)
+    atomic_write_json(pipe.folder / tuning.SWEEP_FILE, chosen)
     return chosen
 
 
-def design_line(spec: Spec, o: SeqOptions) -> str:
-    """--until-decided's line of the dry run: the looks and each look's p threshold."""
-    from gptlab.experiments.analysis import sequential as sq
-
-    looks = sq.schedule(len(spec.seeds), o.per_round, o.max_seeds)
-    alpha = spec.alpha / len(o.family)
-    ps = sq.nominal_p(sq.boundaries([sq.info_fraction(n, n, o.max_seeds) for n in looks], alpha))
-    return (
-        f"until decided: {sq.DESIGN}, {len(looks)} looks at {', '.join(map(str, looks))} seeds; "
-        f"alpha {spec.alpha:g} / "
-        f"{len(o.family)} variant(s); a variant is decided at a look when its p <= "
-        f"{', '.join(f'{p:.2g}' for p in ps)}"
-    )
-
-
-def run_rounds(
-    spec: Spec,
-    planned: list[PlannedRun],
-    extra: dict,
-    exp_dir: Path,
-    db: ResultsDB,
-    backend: Backend,
-    o: SeqOptions,
-    rerun_changed: bool,
-) -> tuple[list[str], set[str]]:
-    """The spec's planned seeds are run: look at each undecided variant (sequential.py), then add the next
-    round's seeds to the undecided variants and the baseline, plan them (specs/matrix.py) and run them, until
-    every variant is decided or has max_seeds.
+def run_rounds(spec: Spec, pipe: Pipeline, o: SeqOptions) -> tuple[list[str], set[str]]:
+    """The spec's seeds are run: look at each undecided variant (sequential.py), then add the next round's seeds
+    to the undecided variants and the baseline and run them through the pipeline, until every variant is decided
+    or has max_seeds.
     Every look is recomputed from results.sqlite, so an interrupted experiment replays the same rounds when
     re-run. Returns (failed run ids, the run ids of every round)."""
     from gptlab.experiments.analysis.sequential import Sequential, next_seeds
@@ -104,18 +66,17 @@ def run_rounds(
     )
     ext, round_no = spec, 1
     while True:
-        seq.update(_test_losses(db, spec, seeds), {g: len(s) for g, s in seeds.items()}, round_no)
+        losses = _test_losses(pipe.db, spec, seeds)
+        seq.update(losses, {g: len(s) for g, s in seeds.items()}, round_no)
         log.info(seq.round_line())
-        atomic_write_json(exp_dir / "sequential.json", seq.to_json(len(spec.seeds)))
+        atomic_write_json(pipe.folder / "sequential.json", seq.to_json(len(spec.seeds)))
         new = next_seeds(seeds, seq.undecided(), spec.baseline, o.per_round, o.max_seeds)
         if not new:
             break
         for g, more in new.items():
             seeds[g] = seeds[g] + more
         ext = replace(spec, variants=[replace(v, seeds=seeds[v.name]) for v in spec.variants])
-        planned = plan_runs(ext, extra, planned)
-        notes = check_changed(planned, exp_dir, db, rerun_changed)
-        failures = run_matrix(ext, planned, exp_dir, db, backend, notes)
+        failures = pipe.run(ext)
         if failures:
             return failures, {ext.run_id(v.name, s) for v, s in ext.matrix()}
         round_no += 1
@@ -123,7 +84,7 @@ def run_rounds(
     log.info(
         f"{seq.to_json(len(spec.seeds))['design']} (alpha {spec.alpha:g} / {len(o.family)} per variant): "
         f"{verdicts} "
-        f"-> {exp_dir / 'sequential.json'}"
+        f"-> {pipe.folder / 'sequential.json'}"
     )
     return [], {ext.run_id(v.name, s) for v, s in ext.matrix()}
 

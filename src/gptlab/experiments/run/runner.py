@@ -1,8 +1,9 @@
 """Running an experiment: `gptlab experiment` (run_experiment) and `gptlab sweep` (run_sweep). Top-down: the
 spec is read (specs/experiment.py) and its matrix planned, every run's config resolved once (specs/matrix.py;
-a dry run prints the plan, specs/plan.py); the experiment folder is held by one runner (session.py), the
-planned runs checked against the ones recorded (changes.py) and run (matrix.py), tuned or in sequential rounds
-where the spec or the options say so (rounds.py), and the report written at the end. Both return an Outcome,
+a dry run prints the plan, specs/plan.py); the experiment folder is opened as one pipeline (pipeline.py: held
+by one runner, session.py), through which every phase's runs are planned, checked against the ones recorded
+(changes.py) and run (matrix.py): the spec's matrix, or a tuned experiment's sweep and tuned matrix, then the
+sequential rounds where the options say so (rounds.py); the report is written at the end. Both return an Outcome,
 which the CLI prints and turns into an exit status; a stop signal raises Stopped (stops.py) once the runs in
 flight have ended.
 
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptlab import GptlabError
-from gptlab.config import parse_overrides, read_toml
-from gptlab.experiments.run.changes import check_changed, spec_text
-from gptlab.experiments.run.matrix import run_matrix
-from gptlab.experiments.run.rounds import choose, design_line, run_rounds, run_tuned
-from gptlab.experiments.run.session import experiment_dir, experiment_session, make_backend
+from gptlab.config import read_toml
+from gptlab.experiments.run.changes import spec_text
+from gptlab.experiments.run.pipeline import open_pipeline
+from gptlab.experiments.run.rounds import choose, run_rounds, run_tuned
+from gptlab.experiments.run.session import RunOptions
 from gptlab.experiments.specs.experiment import Spec, load_spec
-from gptlab.experiments.specs.matrix import keep_only, plan_matrix, plan_runs, sequential_options, with_corpus_vocab
+from gptlab.experiments.specs.matrix import keep_only, plan_matrix, plan_runs, sequential_options
 from gptlab.io import atomic_write_text
 
 
@@ -58,23 +59,14 @@ class Outcome:
 
 def run_experiment(
     spec_path: str,
-    out: str | None = None,
     dry_run: bool = False,
-    parallel: int | None = None,
-    overrides: list[str] | None = None,
-    quiet: bool = False,
-    only: list[str] | None = None,
-    procs_per_run: int | None = None,
-    gpus_per_run: int | None = None,
-    rerun_changed: bool = False,
-    backend: str = "local",
-    backend_options: dict | None = None,
     until_decided: bool = False,
     max_seeds: int | None = None,
     seeds_per_round: int | None = None,
-    force: bool = False,
+    **options,
 ) -> Outcome:
     """Run (or with dry_run, only plan) the matrix of `spec_path`; what it ended with. Progress goes to `logging`.
+    `options`: RunOptions' fields (session.py).
 
     `backend`: "local" (scheduler/local.py: `gpus_per_run` splits the visible GPUs into slots, one run per slot;
     otherwise `parallel` runs at a time of `procs_per_run` processes each) or "slurm" (`backend_options`:
@@ -87,49 +79,44 @@ def run_experiment(
 
     `force`: write into an experiment folder holding files gptlab did not write (io.claim_dir); without it such
     a folder is refused."""
+    opts = RunOptions(**options)
     spec = load_spec(spec_path, check_configs=False)  # plan_matrix resolves every run's config, once
     spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}  # what the report shows (--only included)
     seq_opts = sequential_options(spec, until_decided, max_seeds, seeds_per_round)
-    extra = parse_overrides(overrides or [])
-    planned = plan_matrix(spec, extra, only)
+    extra = opts.extra
+    planned = plan_matrix(spec, extra, opts.only)
     if dry_run:
         from gptlab.experiments.specs.plan import dry_run_lines
 
         lines = dry_run_lines(spec, planned)
         if spec.tune:
-            from gptlab.experiments.analysis.tuning import sweep_spec
+            from gptlab.experiments.analysis.tuning import base_values, sweep_spec
 
-            t, n = spec.tune, len(sweep_spec(spec).matrix())
+            t, n = spec.tune, len(sweep_spec(spec, base_values(spec, planned)).matrix())
             lines.append(
                 f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
                 f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(planned)} runs "
                 f"of the variants at their chosen values"
             )
         if seq_opts:
+            from gptlab.experiments.analysis.sequential import design_line
+
             lines.append(design_line(spec, seq_opts))
         return Outcome(summary="\n".join(lines))
     if spec.tune and seq_opts:
         raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
-    exp_dir = experiment_dir(spec, out, force)
-    runner_backend = make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
-    outcome = Outcome(exp_dir)
-    with experiment_session(exp_dir, backend=runner_backend) as session:
-        db = session.open_results(planned[0].cfg, quiet)
-        planned = with_corpus_vocab(spec, planned)
-        redone = check_changed(planned, exp_dir, db, rerun_changed)
+    outcome = Outcome()
+    with open_pipeline(spec, planned, opts) as pipe:
+        outcome.folder = pipe.folder
+        notes = pipe.check(spec)
         # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
-        atomic_write_text(exp_dir / "spec.toml", spec_text(spec, extra))
-        if spec.tune:
-            outcome.failures = run_tuned(spec, planned, extra, exp_dir, db, runner_backend, redone, rerun_changed)
-        else:
-            outcome.failures = run_matrix(spec, planned, exp_dir, db, runner_backend, redone)
+        atomic_write_text(outcome.folder / "spec.toml", spec_text(spec, extra))
+        outcome.failures = run_tuned(spec, pipe, notes) if spec.tune else pipe.run(spec, notes)
         if seq_opts and not outcome.failures:
-            outcome.failures, seq_runs = run_rounds(
-                spec, planned, extra, exp_dir, db, runner_backend, seq_opts, rerun_changed
-            )
+            outcome.failures, seq_runs = run_rounds(spec, pipe, seq_opts)
             spec_runs |= seq_runs
-        db.close()
-        _report(spec, exp_dir, spec_runs, outcome)
+        pipe.db.close()
+        _report(spec, outcome.folder, spec_runs, outcome)
     return outcome
 
 
@@ -138,55 +125,42 @@ def run_sweep(
     param: str | None = None,
     grid: list[float] | None = None,
     seeds: list[int] | None = None,
-    out: str | None = None,
-    parallel: int | None = None,
-    overrides: list[str] | None = None,
-    quiet: bool = False,
-    only: list[str] | None = None,
-    procs_per_run: int | None = None,
-    gpus_per_run: int | None = None,
-    rerun_changed: bool = False,
-    backend: str = "local",
-    backend_options: dict | None = None,
-    force: bool = False,
+    **options,
 ) -> Outcome:
     """`gptlab sweep`: train every variant of the spec at every value of the grid on the sweep's seeds (the
     spec's tune / tune_grid / tune_seeds, or `param`, `grid`, `seeds` instead), record the runs in the
     experiment's results.sqlite and write sweep.json with each variant's chosen value; the Outcome's summary is
-    the table. A later `gptlab experiment` of a spec with the same tune settings reuses these runs."""
+    the table. `options`: RunOptions' fields (session.py). A later `gptlab experiment` of a spec with the same
+    tune settings reuses these runs."""
     from gptlab.experiments.analysis import tuning
     from gptlab.experiments.report.tables import text_table
     from gptlab.experiments.specs.experiment import read_tune
 
+    opts = RunOptions(**options)
     spec = load_spec(spec_path)
-    if only:
-        keep_only(spec, only)
-    extra = parse_overrides(overrides or [])
+    if opts.only:
+        keep_only(spec, opts.only)
     if param is None and grid is None and seeds is None and spec.tune is None:
         raise GptlabError(f"{spec_path}: no tune settings; give --param and --grid (or tune and tune_grid in the spec)")
-    raw = read_toml(spec.path)
     spec.tune = read_tune(
         spec,
-        raw,
+        read_toml(spec.path),
         "sweep",
         param=param or (spec.tune.param if spec.tune else None),
         grid=grid,
         seeds=seeds if seeds is not None else (spec.tune.seeds if spec.tune else None),
     )
-    sweep = tuning.sweep_spec(spec)
-    planned = plan_runs(sweep, extra)
-    exp_dir = experiment_dir(spec, out, force)
-    runner_backend = make_backend(backend, exp_dir, parallel, procs_per_run, gpus_per_run, backend_options or {})
-    outcome = Outcome(exp_dir)
-    with experiment_session(exp_dir, backend=runner_backend) as session:
-        db = session.open_results(planned[0].cfg, quiet)
-        planned = with_corpus_vocab(sweep, planned)
-        notes = check_changed(planned, exp_dir, db, rerun_changed)
-        outcome.failures = run_matrix(sweep, planned, exp_dir, db, runner_backend, notes)
-        chosen = None if outcome.failures else choose(spec, exp_dir, db)
+    base = tuning.base_values(spec, plan_matrix(spec, opts.extra))  # each variant's untuned value
+    sweep = tuning.sweep_spec(spec, base)
+    planned = plan_runs(sweep, opts.extra)
+    outcome = Outcome()
+    with open_pipeline(spec, planned, opts) as pipe:
+        outcome.folder = pipe.folder
+        outcome.failures = pipe.run(sweep)
+        chosen = None if outcome.failures else choose(spec, pipe, base)
     if chosen is not None:
         lines = [text_table(*tuning.format_sweep(chosen)), *tuning.sweep_notes(chosen)]
-        outcome.summary = "\n".join([*lines, f"sweep: {exp_dir / tuning.SWEEP_FILE}"])
+        outcome.summary = "\n".join([*lines, f"sweep: {outcome.folder / tuning.SWEEP_FILE}"])
     return outcome
 
 

@@ -14,11 +14,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptlab import GptlabError
+from gptlab.config import parse_overrides
 from gptlab.experiments.results import ResultsDB
 from gptlab.experiments.run.scheduler import Backend, LocalBackend
 from gptlab.experiments.run.stops import ExperimentLock, StopSignals
 from gptlab.experiments.specs.experiment import Spec
 from gptlab.io import check_dir, claim_dir, confined
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where an experiment's runs go and how they are scheduled: the options `gptlab experiment`, `sweep` and
+    `ladder` share (cli/experiments.py builds them from the command line)."""
+
+    out: str | None = None  # the experiment folder (default: experiments/NAME)
+    parallel: int | None = None  # local backend: runs at a time
+    overrides: list[str] | None = None  # --set KEY=VALUE, merged into every run's config
+    quiet: bool = False  # no progress bar while the data is prepared
+    only: list[str] | None = None  # these variants (and the baseline) only
+    procs_per_run: int | None = None  # local backend: processes per run (torchrun)
+    gpus_per_run: int | None = None  # local backend: the visible GPUs split into slots of this many
+    rerun_changed: bool = False  # redo a recorded run whose config the spec now changes, instead of stopping
+    backend: str = "local"  # local or slurm
+    backend_options: dict | None = None  # slurm: SlurmBackend's keyword arguments
+    force: bool = False  # write into a folder holding files gptlab did not write
+
+    @property
+    def extra(self) -> dict:
+        """--set as a table (config.parse_overrides)."""
+        return parse_overrides(self.overrides or [])
 
 
 @dataclass

@@ -38,9 +38,10 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
     rows = []
     matrix = spec.matrix()
     if spec.tune:  # the sweep's runs too (tuning.py)
-        from gptlab.experiments.analysis.tuning import sweep_spec
+        from gptlab.experiments.analysis.tuning import base_values, sweep_spec
+        from gptlab.experiments.specs.matrix import plan_matrix
 
-        matrix += sweep_spec(spec).matrix()
+        matrix += sweep_spec(spec, base_values(spec, plan_matrix(spec, {}))).matrix()
     for v, seed in matrix:
         rid = spec.run_id(v.name, seed)
         run_dir, log = exp_dir / "runs" / rid, exp_dir / "runs" / f"{rid}.log"

@@ -37,9 +37,19 @@ def plan_run(spec: Spec, v: Variant, seed: int, extra: dict, where: str = "") ->
 
 def plan_runs(spec: Spec, extra: dict, known: list[PlannedRun] = ()) -> list[PlannedRun]:
     """Every run of `spec`'s matrix in its order: a run of `known` (same id) as it was planned, the others
-    resolved now (a sequential round's new seeds, a tuned experiment's sweep and tuned runs)."""
+    resolved now (a sequential round's new seeds, a tuned experiment's sweep and tuned runs). A known run of
+    data.vocab = "corpus" planned before its data was prepared (its model.vocab_size the full vocabulary's) is
+    resolved again, as its `gptlab train` will resolve it: the corpus vocabulary's size in, the hash it records."""
     by_id = {p.run_id: p for p in known}
-    return [by_id.get(spec.run_id(v.name, s)) or plan_run(spec, v, s, extra) for v, s in spec.matrix()]
+    return [
+        _replanned(spec, by_id.get(spec.run_id(v.name, s))) or plan_run(spec, v, s, extra) for v, s in spec.matrix()
+    ]
+
+
+def _replanned(spec: Spec, p: PlannedRun | None) -> PlannedRun | None:
+    if p is None or p.resolved.vocab is not None or p.cfg.data.vocab != "corpus":
+        return p
+    return replace(p, resolved=config.resolve(p.raw, where=str(spec.path)))
 
 
 def plan_matrix(spec: Spec, extra: dict, only: list[str] | None = None) -> list[PlannedRun]:
@@ -56,18 +66,6 @@ def plan_matrix(spec: Spec, extra: dict, only: list[str] | None = None) -> list[
     return [
         plan_run(spec, v, s, extra, f"--set (variant {v.name})" if extra else f"{spec.path}: variant {v.name}")
         for v, s in spec.matrix()
-    ]
-
-
-def with_corpus_vocab(spec: Spec, planned: list[PlannedRun]) -> list[PlannedRun]:
-    """The planned runs once their data is prepared: a run of data.vocab = "corpus" planned before its data
-    existed (its model.vocab_size the full vocabulary's) resolved again, as its `gptlab train` will resolve it
-    (the corpus vocabulary's size in, the hash it records); the others as they were."""
-    return [
-        replace(p, resolved=config.resolve(p.raw, where=str(spec.path)))
-        if p.resolved.vocab is None and p.cfg.data.vocab == "corpus"
-        else p
-        for p in planned
     ]
 
 
