@@ -110,6 +110,26 @@ def test_plain_resume_uses_the_run_folders_config_and_continues_bit_for_bit(smal
     assert "history" not in json.loads((run / "meta.json").read_text())
 
 
+def test_quiet_is_not_part_of_the_run_a_resume_checks(small_data, reference, tmp_path, capsys):
+    """--quiet silences this process's progress bars only: a run started without it resumes with it and the other
+    way round, and ends as if never stopped. It used to set train.progress in the config, so the resume was refused:
+    "checkpoint is from another config (differs in train.progress True -> False)"."""
+    ref, ref_w, _ = reference
+    for first, then in ((["--stop-after", "5"], ["--quiet"]), (["--stop-after", "5", "--quiet"], [])):
+        run = tmp_path / f"r{len(then)}"
+        sets = [x for o in [*tiny_overrides(small_data), "train.progress=true"] for x in ("--set", o)]
+        assert main(["train", "--run-dir", str(run), *sets, *first]) == 0
+        assert ("step/s" in capsys.readouterr().err) == ("--quiet" not in first)  # a bar, or none with --quiet
+        rc = main(["train", "--run-dir", str(run), "--resume", *then])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert ("step/s" in err) == (then == [])  # the resumed process's own bar, or none with --quiet
+        assert config_from_run(run).train.progress is True
+        assert json.loads((run / "final.json").read_text())["test_loss"] == ref["test_loss"]
+        w = weights(run)
+        assert all(torch.equal(w[k], ref_w[k]) for k in ref_w)
+
+
 def test_continue_with_lr_is_the_lr_from_the_resume_step_and_is_recorded(small_data, tmp_path, capsys):
     run = tmp_path / "r"
     train(cfg_for(small_data), run, stop_after=4)

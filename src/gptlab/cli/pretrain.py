@@ -86,12 +86,10 @@ def cmd_train(a) -> int:
     if a.resume and a.config is None and saved.is_file():
         # resuming without --config: the run folder's config (resolved: its interventions are applied already)
         cfg = load_config(saved, a.set, apply_interventions=False)
-    if a.quiet:
-        cfg.train.progress = False
     run_dir = Path(a.run_dir or _named_run_dir(cfg))
     from gptlab.train.signals import EXIT_PREEMPTED
 
-    final = train(cfg, run_dir, resume=a.resume, stop_after=a.stop_after, continue_with=a.continue_with)
+    final = train(cfg, run_dir, resume=a.resume, stop_after=a.stop_after, continue_with=a.continue_with, quiet=a.quiet)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if "preempted" in final:
         if main_rank:

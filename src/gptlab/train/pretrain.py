@@ -59,10 +59,13 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     continue_with: list[str] | tuple[str, ...] = (),
+    quiet: bool = False,
 ) -> dict:
     """Train `cfg` in `run_dir`. `stop_after`: stop (with a checkpoint) after that many optimizer steps —
     used by tests to simulate an interruption. `continue_with`: KEY=VALUE changes a resume applies from its
-    checkpoint on (rundir.CONTINUABLE fields). Returns the final metrics (or progress when stopped)."""
+    checkpoint on (rundir.CONTINUABLE fields). `quiet`: no progress bars for this process, whatever
+    train.progress says (the config, and so its hash and a resume's check, are untouched). Returns the final
+    metrics (or progress when stopped)."""
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
     dist_ = Dist.from_env(device)
@@ -71,7 +74,7 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
         dist_.barrier()
         with RunLock(run_dir) if dist_.main else contextlib.nullcontext():
-            out = Pretraining(cfg, run_dir, resume, device, dist_, tuple(continue_with)).run(stop_after)
+            out = Pretraining(cfg, run_dir, resume, device, dist_, tuple(continue_with), quiet).run(stop_after)
         dist_.barrier()  # every rank past its last collective before the group is torn down (not after an error)
         return out
     finally:
@@ -98,9 +101,11 @@ class Pretraining:
         device: torch.device,
         dist_: Dist,
         continue_with: tuple[str, ...] = (),
+        quiet: bool = False,
     ):
         self.cfg, self.run_dir, self.resume, self.device, self.dist = cfg, run_dir, resume, device, dist_
         self.continue_with = continue_with
+        self.quiet = quiet  # no progress bars, whatever train.progress says
         self.plan = ResumePlan(cfg)
         # the schedule of a run continued with another length (None: the plan's own, from warmup_frac and
         # seq_len_warmup_frac x total steps): warmups pinned in steps, and (step, factor) the decay starts from
@@ -228,7 +233,7 @@ class Pretraining:
     def run(self, stop_after: int | None) -> dict:
         from gptlab.config import resolve
 
-        ensure_data(self.cfg, self.dist)
+        ensure_data(self.cfg, self.dist, self.cfg.train.progress and not self.quiet)
         # resolved again now that the data is prepared (a corpus vocabulary is read from its train split); a
         # resolved config's interventions are applied already
         self.cfg, _, self.vmap = resolve(self.cfg.to_dict(), where=f"{self.run_dir}: config", apply_interventions=False)
@@ -256,7 +261,7 @@ class Pretraining:
             p.step,
             lambda tps: mfu(m, tps, peak * self.dist.world if peak else None, self.T),
             self.cfg.name,
-            t.progress,
+            t.progress and not self.quiet,
         )
         logged_until = self.log.keep_until(p.step) if p.step > 0 else -1  # -1: nothing logged yet
         if self.dist.main:

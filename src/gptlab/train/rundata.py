@@ -43,8 +43,9 @@ def check_eval_spec(cfg: RunConfig, test_ds, T: int) -> None:
         )
 
 
-def ensure_data(cfg: RunConfig, dist_: Dist) -> None:
-    """Prepare data.dir from data.source (on the main rank, the others wait) when it has no meta.json yet."""
+def ensure_data(cfg: RunConfig, dist_: Dist, progress: bool = True) -> None:
+    """Prepare data.dir from data.source (on the main rank, the others wait) when it has no meta.json yet; with
+    `progress`, behind a progress bar."""
     meta = Path(cfg.data.dir) / "meta.json"
     if meta.exists():
         return
@@ -60,5 +61,5 @@ def ensure_data(cfg: RunConfig, dist_: Dist) -> None:
     if dist_.main:
         from gptlab.data.prepare import prepare
 
-        prepare([s.strip() for s in cfg.data.source.split(",")], cfg.data.dir, progress=cfg.train.progress)
+        prepare([s.strip() for s in cfg.data.source.split(",")], cfg.data.dir, progress=progress)
     dist_.barrier()
