@@ -424,15 +424,6 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, cfg.to_toml())
 
 
-def with_watching(cfg: RunConfig, new: RunConfig) -> RunConfig:
-    """`cfg` with the fields declared hashed=False (loggers, ...) taken from `new`."""
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("hashed") is False:
-                setattr(getattr(cfg, section), f.name, getattr(getattr(new, section), f.name))
-    return cfg
-
-
 def config_from_run(run_dir: str | Path) -> RunConfig:
     """The resolved config saved in a run directory (interventions already applied)."""
     p = Path(run_dir) / "config.toml"
