@@ -190,6 +190,44 @@ def test_killed_runner_leaves_no_trainer_and_the_next_runner_waits_for_its_check
     assert (run_dir / "final.json").exists() and _procs_on(out) == []
 
 
+def _pending(pid: int, sig: int) -> bool:
+    """`sig` is pending for process `pid` (sent to it or to its process group, not yet handled: a stopped process)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(m & (1 << (sig - 1)) for m in masks)
+
+
+def test_a_second_stop_signal_kills_a_run_that_does_not_end(small_data, tmp_path):
+    """A trainer that does not end on the runner's stop (here held with SIGSTOP, as a hung one would be): the runner
+    waits for it; a second SIGTERM kills it (SIGKILL to its process group), and the runner exits 75 with nothing
+    left running. Without the second signal's kill the runner waited for ever."""
+    spec, out = _spec(tmp_path, small_data, variants=("baseline",)), tmp_path / "exp"
+    run_dir = out / "runs" / "baseline-s1"
+    runner = _start(spec, "--out", out)
+    try:
+        _trained_a_step(run_dir, runner)
+        (child,) = _children(runner.pid)
+        os.kill(child, signal.SIGSTOP)
+        runner.send_signal(signal.SIGTERM)
+        deadline = time.time() + 120
+        while not _pending(child, signal.SIGTERM):  # the runner has passed the stop on; the trainer cannot act on it
+            assert time.time() < deadline and runner.poll() is None, "the runner did not pass SIGTERM on"
+            time.sleep(0.01)
+        time.sleep(0.5)
+        assert runner.poll() is None and child in _procs_on(out)  # it waits for the run
+        runner.send_signal(signal.SIGTERM)
+        printed = runner.communicate(timeout=120)[0]
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        for pid in _procs_on(out):
+            os.kill(pid, signal.SIGKILL)
+    assert runner.returncode == EXIT_PREEMPTED, printed[-3000:]
+    assert "second stop signal: killing the 1 run(s) in flight (SIGKILL)" in printed
+    assert "stopped (SIGTERM): exit -9 before a checkpoint of its own" in printed
+    assert _procs_on(out) == [] and not (run_dir / MARKER).exists()
+
+
 def test_sigterm_to_a_ladder_stops_its_rung_and_starts_no_other(small_data, tmp_path):
     ladder = {
         "rungs": [{"n_layers": 1, "emb_dim": 16, "n_heads": 2}, {"n_layers": 1, "emb_dim": 32, "n_heads": 2}],

@@ -104,10 +104,15 @@ def run_matrix(
                 finished(run)
         if stops.signum is None:
             return failures
-        # stopped: pass it on, start nothing more, wait for every run in flight to end (checkpoint first)
+        # stopped: pass it on, start nothing more, wait for every run in flight to end (checkpoint first); a second
+        # stop signal meanwhile kills them (a run that does not end: hung, stopped, slow to checkpoint)
         backend.stop([r.handle for r in running], stops.signum)
+        killed = False
         while running:
             time.sleep(0.2)
+            if stops.count > 1 and not killed:
+                killed = True
+                log.info(f"second stop signal: {backend.kill([r.handle for r in running])}")
             for run in [r for r in running if backend.state(r.handle) in (State.DONE, State.FAILED)]:
                 finished(run, stops.signum)
         raise Stopped(stops.signum)

@@ -2,7 +2,10 @@
 and `docker stop` end a job) is passed on to every run in flight (Backend.stop), no new run starts, and the runner
 waits until they have ended (a trainer writes its checkpoint and preempted.json first); then Stopped is raised,
 whose exit_code the CLI exits with: 75 (EXIT_PREEMPTED) after SIGTERM or SIGUSR1, 130 after SIGINT. Re-running
-the same command resumes the partial runs from those checkpoints.
+the same command resumes the partial runs from those checkpoints. A second stop signal while the runner waits
+(a run that does not end: hung in a collective, stopped, or slow to write its checkpoint) kills the local runs in
+flight (Backend.kill: SIGKILL to each run's process group); they resume from their last periodic checkpoint
+instead. SLURM jobs were cancelled at the first signal and SLURM kills them itself after its KillWait.
 
 One runner at a time per folder: an flock on EXP/runner.lock (ExperimentLock) stops a second one with one line
 naming the folder and the other runner's pid; `--status` and `gptlab report` only read and take no lock."""
@@ -50,15 +53,18 @@ class StopSignals(SignalCatcher):
     """`with StopSignals(defer) as stops:` catches SIGTERM, SIGINT and SIGUSR1 (in the main thread; elsewhere it
     catches nothing) and restores the previous handlers on exit. `defer=False`: raise Stopped at once (nothing is
     in flight to wait for); `defer=True` (the run loop): only note the first signal in `stops.signum`, for the loop
-    to pass on to its runs and wait for them. Nested, the inner one decides while it is open."""
+    to pass on to its runs and wait for them, and count every signal in `stops.count` (a second one: kill them).
+    Nested, the inner one decides while it is open."""
 
     signals = STOP_SIGNALS
 
     def __init__(self, defer: bool = False):
         self.defer = defer
         self.signum: int | None = None
+        self.count = 0  # stop signals caught
 
     def _handle(self, signum, frame) -> None:
+        self.count += 1
         if self.signum is None:
             self.signum = signum
         if not self.defer:

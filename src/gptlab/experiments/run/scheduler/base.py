@@ -42,6 +42,10 @@ class Backend(Protocol):
         """Pass the stop signal `signum` the runner got (SIGTERM, SIGINT or SIGUSR1) on to these runs, so that they
         write their checkpoints and end; returns at once, state() says when each has ended."""
 
+    def kill(self, handles: list[Any]) -> str:
+        """End these runs now, without their checkpoints (a second stop signal while the runner waits for them);
+        returns at once with a line saying what it did; state() says when each has ended."""
+
 
 def train_command(job: RunJob, nproc: int = 1, relay: str | None = None) -> list[str]:
     """`gptlab train --resume` on the job, under `torchrun --standalone` (a free rendezvous port of its own) when

@@ -180,10 +180,21 @@ class LocalBackend:
     def stop(self, handles: list[_Proc], signum: int = signal.SIGTERM) -> None:
         """Pass the runner's stop signal on to each run's process group (SIGINT as SIGTERM); they end on their own
         (state() says when), after their checkpoints."""
-        sig = signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM
-        for h in handles:
-            if h.proc.poll() is None:  # not reaped: its pid is still its process group's id
-                try:
-                    os.killpg(h.proc.pid, sig)
-                except ProcessLookupError:
-                    pass
+        _signal_groups(handles, signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM)
+
+    def kill(self, handles: list[_Proc]) -> str:
+        """SIGKILL to each run's process group (torchrun and its workers too): they end now, without checkpoints."""
+        _signal_groups(handles, signal.SIGKILL)
+        return (
+            f"killing the {len(handles)} run(s) in flight (SIGKILL); each resumes from its last periodic "
+            f"checkpoint, if any"
+        )
+
+
+def _signal_groups(handles: list[_Proc], sig: int) -> None:
+    for h in handles:
+        if h.proc.poll() is None:  # not reaped: its pid is still its process group's id
+            try:
+                os.killpg(h.proc.pid, sig)
+            except ProcessLookupError:
+                pass

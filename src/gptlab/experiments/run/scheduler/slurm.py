@@ -272,6 +272,12 @@ class SlurmBackend:
         if handles:
             subprocess.run(["scancel", *[h.job_id for h in handles]], capture_output=True, timeout=60)
 
+    def kill(self, handles: list[SlurmJob]) -> str:
+        """Nothing more to send: stop() has cancelled the jobs, and SLURM escalates a cancel itself (SIGCONT and
+        SIGTERM now, SIGKILL after the cluster's KillWait); `scancel --signal=KILL` is a cancel too. The runner
+        waits at most KillWait for a job that does not end."""
+        return f"the {len(handles)} cancelled job(s) in flight end by SLURM's SIGKILL after its KillWait at the latest"
+
 
 def squeue_states(user: str | None = None) -> dict[str, str]:
     """job id -> state (long form) for the jobs squeue still knows (ended ones for MinJobAge, 5 min by default)."""
