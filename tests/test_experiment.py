@@ -16,7 +16,7 @@ from conftest import tiny_overrides
 from gptlab import GptlabError
 from gptlab.cli import main
 from gptlab.config import parse_overrides
-from gptlab.experiments.run.runner import run_experiment
+from gptlab.experiments.run.runner import plan_experiment, run_experiment
 from gptlab.experiments.specs.experiment import load_spec
 
 
@@ -110,19 +110,19 @@ def test_killed_experiment_resumes_with_each_run_once(small_data, tmp_path):
 
 def test_only_subset_keeps_baseline(small_data, tmp_path):
     spec = write_spec(tmp_path, small_data)
-    plan = run_experiment(str(spec), dry_run=True, only=["no_dropout"])
+    plan = plan_experiment(str(spec), only=["no_dropout"])
     assert plan.ok and plan.folder is None
     out = plan.summary
     assert "baseline-s1" in out and "no_dropout-s2" in out
     with pytest.raises(GptlabError, match=r"--only: unknown variant 'nope'"):
-        run_experiment(str(spec), dry_run=True, only=["nope"])
+        plan_experiment(str(spec), only=["nope"])
 
 
 def test_dry_run_prints_matrix(small_data, tmp_path, capsys):
     from gptlab.cli import main
 
     spec = write_spec(tmp_path, small_data)
-    plan = run_experiment(str(spec), dry_run=True).summary.splitlines()
+    plan = plan_experiment(str(spec)).summary.splitlines()
     assert plan[0].startswith("experiment t: 2 variants, 4 runs") and plan[1].startswith("run ")
     assert [line.split()[0] for line in plan[2:6]] == ["baseline-s1", "baseline-s2", "no_dropout-s1", "no_dropout-s2"]
     assert main(["experiment", str(spec), "--dry-run"]) == 0
@@ -351,17 +351,17 @@ def test_the_matrix_is_resolved_once_per_run(small_data, tmp_path, monkeypatch):
     monkeypatch.setattr(gptlab.config, "resolve", counting)
     three = [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}, {"name": "qkv_bias"}]
     spec = write_spec(tmp_path, small_data, variants=three)
-    plan = run_experiment(str(spec), dry_run=True).summary.splitlines()
+    plan = plan_experiment(str(spec)).summary.splitlines()
     runs = [f"{v}-s{s}" for v in ("baseline", "no_dropout", "qkv_bias") for s in (1, 2)]
     assert [line.split()[0] for line in plan[2:8]] == runs
     assert len(wheres) == 6, wheres
     with pytest.raises(GptlabError, match=r"^--set \(variant baseline\): .*train\.lr"):
-        run_experiment(str(spec), dry_run=True, overrides=["train.lr=-1"])
+        plan_experiment(str(spec), overrides=["train.lr=-1"])
     bad = [*three, {"name": "x", "interventions": ["grad_clipp"]}]
     spec = write_spec(tmp_path, small_data, variants=bad)
     for only in (None, ["no_dropout"]):  # a variant --only drops is checked all the same
         with pytest.raises(GptlabError, match=rf"^{spec}: variant x: .*unknown intervention 'grad_clipp'"):
-            run_experiment(str(spec), dry_run=True, only=only)
+            plan_experiment(str(spec), only=only)
 
 
 def test_runs_planned_before_their_data_is_prepared_get_the_corpus_vocabulary_once_it_is(small_data, tmp_path):

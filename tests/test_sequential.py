@@ -308,21 +308,21 @@ def write_spec(tmp_path, data, variants):
 
 
 def test_until_decided_options_and_dry_run(small_data, tmp_path):
-    from gptlab.experiments.run.runner import run_experiment
+    from gptlab.experiments.run.runner import plan_experiment
 
     spec = write_spec(
         tmp_path, small_data, [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}]
     )
-    plan = run_experiment(str(spec), dry_run=True, until_decided=True, max_seeds=6)
+    plan = plan_experiment(str(spec), until_decided=True, max_seeds=6)
     assert plan.ok
     out = plan.summary.splitlines()[-1]
     assert out.startswith("until decided: group-sequential, O'Brien-Fleming spending, 3 looks at 2, 4, 6 seeds")
     with pytest.raises(GptlabError, match="needs --max-seeds"):
-        run_experiment(str(spec), dry_run=True, until_decided=True)
+        plan_experiment(str(spec), until_decided=True)
     with pytest.raises(GptlabError, match="--max-seeds: 1 is below"):
-        run_experiment(str(spec), dry_run=True, until_decided=True, max_seeds=1)
+        plan_experiment(str(spec), until_decided=True, max_seeds=1)
     with pytest.raises(GptlabError, match="only with --until-decided"):
-        run_experiment(str(spec), dry_run=True, max_seeds=4)
+        plan_experiment(str(spec), max_seeds=4)
 
 
 def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tmp_path, capsys):

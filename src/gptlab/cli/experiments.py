@@ -20,7 +20,7 @@ from gptlab.cli.common import (
 
 
 def cmd_experiment(a) -> int:
-    from gptlab.experiments.run.runner import run_experiment
+    from gptlab.experiments.run.runner import plan_experiment, run_experiment
 
     if a.status:
         from gptlab.experiments.run.status import experiment_status, format_status
@@ -44,9 +44,8 @@ def cmd_experiment(a) -> int:
     if a.emit:
         raise GptlabError("--emit: only with --backend skypilot")
     return _shown(
-        run_experiment,
+        plan_experiment if a.dry_run else run_experiment,
         a.spec,
-        dry_run=a.dry_run,
         until_decided=a.until_decided,
         max_seeds=a.max_seeds,
         seeds_per_round=a.seeds_per_round,
@@ -55,9 +54,10 @@ def cmd_experiment(a) -> int:
 
 
 def _shown(run, *args, **kwargs) -> int:
-    """Call a runner (run_experiment, run_sweep, run_ladder; its progress lines reach the terminal through the
-    console while it runs); print its summary on stdout and its problems on stderr; its exit status: 0, 1 for
-    failed runs or a report not written, and after a stop signal 130 (SIGINT) or 75 (SIGTERM, SIGUSR1)."""
+    """Call a runner (run_experiment or plan_experiment, run_sweep, run_ladder; its progress lines reach the
+    terminal through the console while it runs); print its summary on stdout and its problems on stderr; its exit
+    status: 0, 1 for failed runs or a report not written, and after a stop signal 130 (SIGINT) or 75 (SIGTERM,
+    SIGUSR1)."""
     from gptlab.experiments.run.stops import Stopped
 
     try:

@@ -24,7 +24,14 @@ from gptlab.experiments.run.pipeline import open_pipeline
 from gptlab.experiments.run.rounds import choose, run_rounds, run_tuned
 from gptlab.experiments.run.session import RunOptions
 from gptlab.experiments.specs.experiment import Spec, load_spec
-from gptlab.experiments.specs.matrix import keep_only, plan_matrix, plan_runs, sequential_options
+from gptlab.experiments.specs.matrix import (
+    PlannedRun,
+    SeqOptions,
+    keep_only,
+    plan_matrix,
+    plan_runs,
+    sequential_options,
+)
 from gptlab.io import atomic_write_text
 
 
@@ -57,16 +64,46 @@ class Outcome:
         return not self.problems()
 
 
-def run_experiment(
+def plan_experiment(
     spec_path: str,
-    dry_run: bool = False,
     until_decided: bool = False,
     max_seeds: int | None = None,
     seeds_per_round: int | None = None,
     **options,
 ) -> Outcome:
-    """Run (or with dry_run, only plan) the matrix of `spec_path`; what it ended with. Progress goes to `logging`.
-    `options`: RunOptions' fields (session.py).
+    """`gptlab experiment --dry-run`: the plan of `spec_path`'s matrix (specs/plan.py: every run, its steps, FLOPs
+    and time), a tuned experiment's sweep and the sequential design's looks, as the Outcome's summary. Nothing is
+    written. `options`: RunOptions' fields (only `overrides` and `only` matter here)."""
+    from gptlab.experiments.specs.plan import dry_run_lines
+
+    opts = RunOptions(**options)
+    spec, seq_opts, planned = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round)
+    lines = dry_run_lines(spec, planned)
+    if spec.tune:
+        from gptlab.experiments.analysis.tuning import base_values, sweep_spec
+
+        t, n = spec.tune, len(sweep_spec(spec, base_values(spec, planned)).matrix())
+        lines.append(
+            f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
+            f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(planned)} runs "
+            f"of the variants at their chosen values"
+        )
+    if seq_opts:
+        from gptlab.experiments.analysis.sequential import design_line
+
+        lines.append(design_line(spec, seq_opts))
+    return Outcome(summary="\n".join(lines))
+
+
+def run_experiment(
+    spec_path: str,
+    until_decided: bool = False,
+    max_seeds: int | None = None,
+    seeds_per_round: int | None = None,
+    **options,
+) -> Outcome:
+    """Run the matrix of `spec_path` (plan_experiment only plans it); what it ended with. Progress goes to
+    `logging`. `options`: RunOptions' fields (session.py).
 
     `backend`: "local" (scheduler/local.py: `gpus_per_run` splits the visible GPUs into slots, one run per slot;
     otherwise `parallel` runs at a time of `procs_per_run` processes each) or "slurm" (`backend_options`:
@@ -80,29 +117,8 @@ def run_experiment(
     `force`: write into an experiment folder holding files gptlab did not write (io.claim_dir); without it such
     a folder is refused."""
     opts = RunOptions(**options)
-    spec = load_spec(spec_path, check_configs=False)  # plan_matrix resolves every run's config, once
+    spec, seq_opts, planned = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round)
     spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}  # what the report shows (--only included)
-    seq_opts = sequential_options(spec, until_decided, max_seeds, seeds_per_round)
-    extra = opts.extra
-    planned = plan_matrix(spec, extra, opts.only)
-    if dry_run:
-        from gptlab.experiments.specs.plan import dry_run_lines
-
-        lines = dry_run_lines(spec, planned)
-        if spec.tune:
-            from gptlab.experiments.analysis.tuning import base_values, sweep_spec
-
-            t, n = spec.tune, len(sweep_spec(spec, base_values(spec, planned)).matrix())
-            lines.append(
-                f"tune {t.param}: a sweep of {n} more runs (every variant at {', '.join(map(str, t.grid))} and "
-                f"its base value, seeds {', '.join(map(str, t.seeds))}), then up to {len(planned)} runs "
-                f"of the variants at their chosen values"
-            )
-        if seq_opts:
-            from gptlab.experiments.analysis.sequential import design_line
-
-            lines.append(design_line(spec, seq_opts))
-        return Outcome(summary="\n".join(lines))
     if spec.tune and seq_opts:
         raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
     outcome = Outcome()
@@ -110,7 +126,7 @@ def run_experiment(
         outcome.folder = pipe.folder
         notes = pipe.check(spec)
         # only now: spec.toml describes every recorded run of the spec (the --set overrides included)
-        atomic_write_text(outcome.folder / "spec.toml", spec_text(spec, extra))
+        atomic_write_text(outcome.folder / "spec.toml", spec_text(spec, opts.extra))
         outcome.failures = run_tuned(spec, pipe, notes) if spec.tune else pipe.run(spec, notes)
         if seq_opts and not outcome.failures:
             outcome.failures, seq_runs = run_rounds(spec, pipe, seq_opts)
@@ -118,6 +134,16 @@ def run_experiment(
         pipe.db.close()
         _report(spec, outcome.folder, spec_runs, outcome)
     return outcome
+
+
+def _planned(
+    spec_path: str, opts: RunOptions, until_decided: bool, max_seeds: int | None, seeds_per_round: int | None
+) -> tuple[Spec, SeqOptions | None, list[PlannedRun]]:
+    """The spec read, --until-decided's options checked against it (before --only drops variants) and its matrix
+    planned (--only, --set), every run's config resolved once (specs/matrix.py)."""
+    spec = load_spec(spec_path, check_configs=False)  # plan_matrix resolves every run's config, once
+    seq_opts = sequential_options(spec, until_decided, max_seeds, seeds_per_round)
+    return spec, seq_opts, plan_matrix(spec, opts.extra, opts.only)
 
 
 def run_sweep(
