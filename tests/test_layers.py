@@ -237,6 +237,55 @@ def test_the_experiments_order_check_fails_on_a_report_that_imports_the_runner(t
     ]
 
 
+# Every phase of an experiment (the matrix, a tuned experiment's sweep and tuned matrix, each sequential round, a
+# sweep) goes through one pipeline (experiments/run/pipeline.py): it alone checks planned runs against the recorded
+# ones and runs them, so no phase can skip the stale-run check or run a matrix its own way.
+PIPELINE_ONLY = {
+    ("gptlab.experiments.run.changes", "check_changed"): "gptlab.experiments.run.pipeline",
+    ("gptlab.experiments.run.matrix", "run_matrix"): "gptlab.experiments.run.pipeline",
+}
+
+
+def _reaches(mod: str, name: str | None, module: str, func: str) -> bool:
+    """An import (module, name) that reaches module.func: `from module import func`, `import module` or
+    `from parent import module`."""
+    parent, leaf = module.rsplit(".", 1)
+    return (mod == module and name in (func, None)) or (mod, name) == (parent, leaf)
+
+
+def pipeline_bypassed(src: Path = SRC) -> list[str]:
+    wrong = []
+    for p in sorted(src.rglob("*.py")):
+        here = module_name(p, src)
+        for mod, name in sorted(imported_names(p), key=str):
+            for (m, f), owner in PIPELINE_ONLY.items():
+                if here != owner and _reaches(mod, name, m, f):
+                    wrong.append(f"{here} imports {m}.{f} (only {owner} may)")
+    return wrong
+
+
+def test_every_phase_plans_checks_and_runs_through_the_pipeline():
+    wrong = pipeline_bypassed()
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_pipeline_check_sees_a_phase_that_runs_its_own_matrix(tmp_path):
+    pkg = _fake_package(
+        tmp_path,
+        {
+            "experiments/run/rounds.py": "def f():\n    from gptlab.experiments.run.matrix import run_matrix\n",
+            "experiments/run/runner.py": "from gptlab.experiments.run import changes\n",
+            "experiments/run/pipeline.py": "from gptlab.experiments.run.changes import check_changed\n",
+        },
+    )
+    assert pipeline_bypassed(pkg) == [
+        "gptlab.experiments.run.rounds imports gptlab.experiments.run.matrix.run_matrix (only "
+        "gptlab.experiments.run.pipeline may)",
+        "gptlab.experiments.run.runner imports gptlab.experiments.run.changes.check_changed (only "
+        "gptlab.experiments.run.pipeline may)",
+    ]
+
+
 def test_the_modules_imports_form_no_cycle():
     found = cycles(graph())
     assert not found, "\n".join(" -> ".join(c) for c in found)
