@@ -118,6 +118,21 @@ def test_only_subset_keeps_baseline(small_data, tmp_path):
         plan_experiment(str(spec), only=["nope"])
 
 
+def test_a_run_with_only_reports_every_variant_recorded(small_data, tmp_path):
+    """--only runs a subset; the report still covers every variant of the spec that has runs recorded (a variant
+    added to a finished experiment is run alone, and the report compares it with the others)."""
+    three = [
+        {"name": "baseline", "interventions": []},
+        {"name": "no_dropout", "interventions": ["no_dropout"]},
+        {"name": "qkv_bias", "interventions": ["qkv_bias"]},
+    ]
+    spec, out = write_spec(tmp_path, small_data, seeds=(1, 2), variants=three), tmp_path / "exp"
+    assert run_experiment(str(spec), out=str(out), quiet=True, only=["no_dropout"]).ok
+    res = run_experiment(str(spec), out=str(out), quiet=True, only=["qkv_bias"])
+    assert res.ok and len(rows(out)) == 6
+    assert {r["variant"] for r in res.report["rows"]} == {"baseline", "no_dropout", "qkv_bias"}
+
+
 def test_dry_run_prints_matrix(small_data, tmp_path, capsys):
     from gptlab.cli import main
 

@@ -77,7 +77,7 @@ def plan_experiment(
     from gptlab.experiments.specs.plan import dry_run_lines
 
     opts = RunOptions(**options)
-    spec, seq_opts, planned = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round)
+    spec, seq_opts, planned, _ = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round)
     lines = dry_run_lines(spec, planned)
     if spec.tune:
         from gptlab.experiments.analysis.tuning import base_values, sweep_spec
@@ -117,8 +117,7 @@ def run_experiment(
     `force`: write into an experiment folder holding files gptlab did not write (io.claim_dir); without it such
     a folder is refused."""
     opts = RunOptions(**options)
-    spec, seq_opts, planned = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round)
-    spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}  # what the report shows (--only included)
+    spec, seq_opts, planned, spec_runs = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round)
     if spec.tune and seq_opts:
         raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
     outcome = Outcome()
@@ -138,12 +137,14 @@ def run_experiment(
 
 def _planned(
     spec_path: str, opts: RunOptions, until_decided: bool, max_seeds: int | None, seeds_per_round: int | None
-) -> tuple[Spec, SeqOptions | None, list[PlannedRun]]:
-    """The spec read, --until-decided's options checked against it (before --only drops variants) and its matrix
-    planned (--only, --set), every run's config resolved once (specs/matrix.py)."""
+) -> tuple[Spec, SeqOptions | None, list[PlannedRun], set[str]]:
+    """The spec read, --until-decided's options checked against it and its matrix planned (--only, --set), every
+    run's config resolved once (specs/matrix.py); and the run ids of the spec's whole matrix, which the report
+    covers. The options and the run ids are taken before --only drops variants."""
     spec = load_spec(spec_path, check_configs=False)  # plan_matrix resolves every run's config, once
+    spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}
     seq_opts = sequential_options(spec, until_decided, max_seeds, seeds_per_round)
-    return spec, seq_opts, plan_matrix(spec, opts.extra, opts.only)
+    return spec, seq_opts, plan_matrix(spec, opts.extra, opts.only), spec_runs
 
 
 def run_sweep(
