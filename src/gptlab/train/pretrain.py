@@ -115,6 +115,11 @@ class Pretraining:
         self.last_checkpoint = -1  # the step of the newest checkpoint this process wrote
         self.resumed_from: tuple[Path, ...] = ()  # the checkpoint this process resumed from: never pruned
 
+    @property
+    def progress(self) -> bool:
+        """Progress bars (data preparation, training): train.progress, unless this process is quiet."""
+        return self.cfg.train.progress and not self.quiet
+
     # ---- setup ---------------------------------------------------------------------------------
 
     def _open_data(self) -> None:
@@ -233,7 +238,7 @@ class Pretraining:
     def run(self, stop_after: int | None) -> dict:
         from gptlab.config import resolve
 
-        ensure_data(self.cfg, self.dist, self.cfg.train.progress and not self.quiet)
+        ensure_data(self.cfg, self.dist, self.progress)
         # resolved again now that the data is prepared (a corpus vocabulary is read from its train split); a
         # resolved config's interventions are applied already
         self.cfg, _, self.vmap = resolve(self.cfg.to_dict(), where=f"{self.run_dir}: config", apply_interventions=False)
@@ -261,7 +266,7 @@ class Pretraining:
             p.step,
             lambda tps: mfu(m, tps, peak * self.dist.world if peak else None, self.T),
             self.cfg.name,
-            t.progress and not self.quiet,
+            self.progress,
         )
         logged_until = self.log.keep_until(p.step) if p.step > 0 else -1  # -1: nothing logged yet
         if self.dist.main:
