@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,12 @@ CACHE = "corpus_vocab.npz"  # ids and the key of the train shards they came from
 RUN_FILE = "vocab_map.npy"
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from gptlab.io import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-
-    atomic_write(path, write)
+def _array_bytes(save, *args, **kwargs) -> bytes:
+    """What np.save or np.savez writes, in memory: the vocabulary's files hold at most 50,257 ids (400 KB), so
+    they are written whole with atomic_write_bytes, with no writer handed down to io to call back."""
+    buf = BytesIO()
+    save(buf, *args, **kwargs)
+    return buf.getvalue()
 
 
 class VocabMap:
@@ -77,7 +76,9 @@ class VocabMap:
         return n
 
     def save(self, run_dir: str | Path) -> None:
-        _save_npy(Path(run_dir) / RUN_FILE, self.ids)
+        from gptlab.io import atomic_write_bytes
+
+        atomic_write_bytes(Path(run_dir) / RUN_FILE, _array_bytes(np.save, self.ids))
 
 
 def _train_key(meta: dict) -> str:
@@ -106,7 +107,7 @@ def corpus_vocab(data_dir: str | Path) -> VocabMap:
     train shards' sha256s, and in this process)."""
     from gptlab.data.loader import TokenDataset, read_meta
     from gptlab.data.unigram import token_counts
-    from gptlab.io import atomic_write
+    from gptlab.io import atomic_write_bytes
 
     data_dir = Path(data_dir)
     cache = data_dir / CACHE
@@ -120,13 +121,8 @@ def corpus_vocab(data_dir: str | Path) -> VocabMap:
     seen = token_counts(TokenDataset(data_dir, "train")) > 0
     seen[EOT_ID] = True
     ids = np.flatnonzero(seen)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=ids, key=np.array(key))
-
     try:
-        atomic_write(cache, write)
+        atomic_write_bytes(cache, _array_bytes(np.savez, ids=ids, key=np.array(key)))
     except (OSError, GptlabError) as e:  # a read-only data folder: the cache is optional, only slower without it
         why = str(e).rsplit(": ", 1)[-1] if isinstance(e, GptlabError) else (e.strerror or str(e))
         log.warning(f"{cache} not written ({why}): the corpus vocabulary is computed in memory, again next time")
