@@ -373,6 +373,12 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
         next(x for x in report.splitlines() if x.startswith("| same ")).split("|").count(" within noise at n=4 ") == 1
     )
     assert "Sequential design (`--until-decided`, sequential.json): group-sequential" in report.split("## Rules")[1]
+    # --status lists the rounds' runs too (it listed the spec's seeds 1 and 2 alone: 4 of the 8 runs)
+    from gptlab.experiments.run.status import experiment_status
+
+    listed = [(r["run_id"], r["state"]) for r in experiment_status(str(spec), out=str(out))]
+    spec_seeds = [(f"{v}-s{s}", "done") for v in ("baseline", "same") for s in (1, 2)]
+    assert listed == spec_seeds + [(f"{v}-s{s}", "done") for v in ("baseline", "same") for s in (3, 4)]
     # re-running replays the rounds from results.sqlite and runs nothing new
     assert (
         main(

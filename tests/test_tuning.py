@@ -13,6 +13,7 @@ import tomli_w
 from conftest import tiny_overrides
 
 from gptlab import GptlabError
+from gptlab.cli import main
 from gptlab.config import parse_overrides
 from gptlab.experiments.analysis.tuning import base_values, choose, parse_grid, sweep_spec, tuned_spec
 from gptlab.experiments.run.runner import run_experiment, run_sweep
@@ -108,6 +109,17 @@ def test_base_value_is_what_the_untuned_runs_train_with_set_included(small_data,
     assert [v.name for v in tuned_spec(spec, c["best"], base).variants] == ["baseline", "no_dropout"]
 
 
+def test_status_lists_the_sweep_at_the_base_value_set_gives(small_data, tmp_path, capsys):
+    """`--status --set train.lr=3e-3` lists the sweep runs the experiment run with that --set makes (its base
+    value 0.003 beside the grid); it read the base value without --set, listing runs that never exist."""
+    spec = _spec(tmp_path, small_data, lr=2e-3, tune_grid=[1e-3, 4e-3])
+    cli = ["experiment", str(spec), "--out", str(tmp_path / "exp"), "--status", "--set", "train.lr=3e-3"]
+    assert main(cli) == 0
+    ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]]
+    sweep = [f"{v}@lr={x}-s1001" for v in ("baseline", "no_dropout") for x in ("0.001", "0.003", "0.004")]
+    assert ids == ["baseline-s1", "baseline-s2", "no_dropout-s1", "no_dropout-s2", *sweep]
+
+
 def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="gptlab")
     spec = _spec(tmp_path, small_data, alpha=0.1)  # base lr 1e-5 barely trains in 6 steps; 2e-3 and 4e-3 do
@@ -131,6 +143,10 @@ def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_pa
     best = sweep["best"]
     tuned_ids = [f"{v}@lr={best[v]:.6g}-s{s}" for v in ("baseline", "no_dropout") for s in (1, 2)]
     assert set(tuned_ids) <= set(ids) and len(ids) == 14
+    from gptlab.experiments.run.status import experiment_status  # matrix, sweep, then the tuned matrix: all 14
+
+    listed = [r["run_id"] for r in experiment_status(str(spec), out=str(out)) if r["state"] == "done"]
+    assert len(listed) == 14 and listed[-4:] == tuned_ids
     cfg = tomllib.loads((out / "runs" / tuned_ids[0] / "config.toml").read_text())
     name = tuned_ids[0].rsplit("-s", 1)[0]  # the independent design: the tuned run's own seed
     assert cfg["train"]["lr"] == best["baseline"]
@@ -148,8 +164,6 @@ def test_sweep_then_tuned_experiment_reports_both_comparisons(small_data, tmp_pa
     from gptlab.experiments.report.leaderboard import leaderboard
 
     assert sorted(r["variant"] for r in leaderboard([str(out)])) == ["baseline", "no_dropout"]
-    from gptlab.cli import main
-
     assert main(["report", str(out)]) == 0
     assert _undated((out / "report.md").read_text()) == _undated(md)
     assert run_experiment(str(spec), out=str(out), quiet=True).ok

@@ -25,7 +25,7 @@ def cmd_experiment(a) -> int:
     if a.status:
         from gptlab.experiments.run.status import experiment_status, format_status
 
-        print(format_status(experiment_status(a.spec, out=a.out)))
+        print(format_status(experiment_status(a.spec, out=a.out, overrides=a.set)))
         return 0
     if a.backend == "skypilot":
         from gptlab.experiments.run.scheduler.skypilot import write_task
@@ -194,8 +194,9 @@ def register(sub) -> None:
     s.add_argument(
         "--status",
         action="store_true",
-        help="list every run: pending/running/done/failed, its SLURM job id, its progress (latest step "
-        "of the total, latest train and val loss) and the last line of its log; with "
+        help="list every run (the spec's matrix and sweep, at the base values --set gives, then every other run the "
+        "folder holds: later rounds of --until-decided, the tuned matrix): pending/running/done/failed, its SLURM "
+        "job id, its progress (latest step of the total, latest train and val loss) and the last line of its log; with "
         "train.loggers including tensorboard, the `tensorboard --logdir` command for the curves",
     )
     s.add_argument("--accelerator", default="A100", help="skypilot: GPU type (with --gpus-per-node: A100:8)")

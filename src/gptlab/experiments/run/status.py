@@ -27,8 +27,11 @@ from gptlab.experiments.specs.experiment import load_spec
 from gptlab.train.loggers import tensorboard_dir
 
 
-def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
-    """One row per run of the matrix: run_id, state, job_id (or None), slurm_state (or None), last log line."""
+def experiment_status(spec_path: str, out: str | None = None, overrides: list[str] | None = None) -> list[dict]:
+    """One row per run: run_id, state, job_id (or None), slurm_state (or None), last log line. The runs are the
+    spec's matrix (a tuned spec's sweep too, at the base values that `overrides`, the run's --set, give), then
+    every other run the folder knows of (recorded, submitted, or with a run folder or log): the later rounds of a
+    run `--until-decided`, a tuned matrix, runs of an earlier spec."""
     spec = load_spec(spec_path)
     exp_dir = Path(out or Path("experiments") / spec.name)
     recorded = _recorded(exp_dir / "results.sqlite")
@@ -38,12 +41,14 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
     rows = []
     matrix = spec.matrix()
     if spec.tune:  # the sweep's runs too (tuning.py)
+        from gptlab.config import parse_overrides
         from gptlab.experiments.analysis.tuning import base_values, sweep_spec
         from gptlab.experiments.specs.matrix import plan_matrix
 
-        matrix += sweep_spec(spec, base_values(spec, plan_matrix(spec, {}))).matrix()
-    for v, seed in matrix:
-        rid = spec.run_id(v.name, seed)
+        planned = plan_matrix(spec, parse_overrides(overrides or []))
+        matrix += sweep_spec(spec, base_values(spec, planned)).matrix()
+    planned_ids = [spec.run_id(v.name, seed) for v, seed in matrix]
+    for rid in planned_ids + _others(exp_dir, set(planned_ids) | recorded | set(jobs), planned_ids):
         run_dir, log = exp_dir / "runs" / rid, exp_dir / "runs" / f"{rid}.log"
         job_id = jobs.get(rid, {}).get("job_id")
         sstate = queue.get(job_id) if job_id else None
@@ -71,6 +76,22 @@ def experiment_status(spec_path: str, out: str | None = None) -> list[dict]:
             }
         )
     return rows
+
+
+def _others(exp_dir: Path, known: set[str], planned: list[str]) -> list[str]:
+    """The run ids in `known` or with a folder or log in EXP/runs that are not `planned`, in name order with seeds
+    in numeric order (a changed run moved aside, RID.stale-N, is no run)."""
+    runs = exp_dir / "runs"
+    found = set(known)
+    if runs.is_dir():
+        found |= {p.name.removesuffix(".log") for p in runs.iterdir() if p.is_dir() or p.suffix == ".log"}
+    others = {r for r in found - set(planned) if ".stale-" not in r}
+
+    def order(rid: str) -> tuple[str, int, str]:
+        name, _, seed = rid.rpartition("-s")
+        return (name, int(seed), "") if seed.isdigit() else (rid, 0, rid)
+
+    return sorted(others, key=order)
 
 
 def progress(run_dir: Path) -> dict:
