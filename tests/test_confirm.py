@@ -4,6 +4,7 @@ on a tiny CPU target."""
 
 import json
 import math
+import re
 import sqlite3
 
 import numpy as np
@@ -15,6 +16,7 @@ from gptlab import GptlabError
 from gptlab.cli import main
 from gptlab.experiments.analysis import confirm
 from gptlab.experiments.analysis.seeds import ANCHOR_SD_124M
+from gptlab.experiments.analysis.sequential import schedule
 from gptlab.experiments.report.confirm import write_confirmation_spec
 from gptlab.experiments.report.ladder import write_ladder_report
 from gptlab.experiments.specs.confirm import HEADER, check_target_file
@@ -220,7 +222,7 @@ def test_emitted_confirmation_runs_end_to_end_on_a_cpu_target(small_data, tmp_pa
     assert f"confirmation spec: {emitted}" in printed
     plan = json.loads((out / "ladder.json").read_text())["confirmation"]
     text = emitted.read_text()
-    assert text.startswith("# confirmation at the target") and "--until-decided --max-seeds" in text
+    assert text.startswith("# confirmation at the target") and "--until-decided --first-look" in text
     d = __import__("tomllib").loads(text)
     assert d["base"] == "../base.toml" and d["design"] == plan["total"]["design"]
     assert d["overrides"] == {"train": {"tokens": 512}}  # the ladder's target.tokens
@@ -233,6 +235,18 @@ def test_emitted_confirmation_runs_end_to_end_on_a_cpu_target(small_data, tmp_pa
 
     assert main(["experiment", str(emitted), "--dry-run"]) == 0
     assert f"{2 * n} runs" in capsys.readouterr().out.replace("\n", " ")
+    # the header's sequential alternative runs the file unedited: first look at the plan's first r seeds per arm
+    seq = next(line for line in text.splitlines() if "--until-decided" in line).lstrip("#").split()
+    assert seq[:3] == ["gptlab", "experiment", str(emitted)]
+    args = seq[2:]
+    del args[args.index("--gpus-per-run") : args.index("--gpus-per-run") + 2]  # no GPU here
+    assert main(["experiment", *args, "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    r, m = plan["total"]["seeds_per_round"], plan["total"]["max_seeds"]
+    assert r < n  # else the fixed seeds would be the first look anyway
+    first = [f"{v}-s{s}" for v in ("baseline", "good") for s in range(1, r + 1)]
+    assert re.findall(r"^(\S+-s\d+) ", dry, re.M) == first
+    assert f"looks at {', '.join(map(str, schedule(r, r, m)))} seeds" in dry
     exp = tmp_path / "confirm-exp"
     assert main(["experiment", str(emitted), "--out", str(exp), "--quiet"]) == 0
     with sqlite3.connect(exp / "results.sqlite") as c:

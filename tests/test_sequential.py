@@ -323,6 +323,17 @@ def test_until_decided_options_and_dry_run(small_data, tmp_path):
         plan_experiment(str(spec), until_decided=True, max_seeds=1)
     with pytest.raises(GptlabError, match="only with --until-decided"):
         plan_experiment(str(spec), max_seeds=4)
+    # --first-look: the first N of every arm's seeds, here 3 of a variant's own 5, then rounds of 2 up to 7
+    three = write_spec(tmp_path, small_data, [{"name": "baseline"}, {"name": "same", "seeds": [11, 12, 13, 14]}])
+    three.write_text(three.read_text().replace("seeds = [\n    1,\n    2,\n]", "seeds = [1, 2, 3, 4, 5]"))
+    plan = plan_experiment(str(three), until_decided=True, first_look=3, max_seeds=7, seeds_per_round=2).summary
+    assert "until decided: group-sequential, O'Brien-Fleming spending, 3 looks at 3, 5, 7 seeds" in plan
+    first = ["baseline-s1", "baseline-s2", "baseline-s3", "same-s11", "same-s12", "same-s13"]
+    assert [x.split()[0] for x in plan.splitlines()[2:8]] == first
+    with pytest.raises(GptlabError, match=r"--first-look: expected 2 to --max-seeds \(4\) seeds .* got 5"):
+        plan_experiment(str(three), until_decided=True, first_look=5, max_seeds=4)
+    with pytest.raises(GptlabError, match="only with --until-decided"):
+        plan_experiment(str(three), first_look=2)
 
 
 def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tmp_path, capsys):
@@ -404,31 +415,17 @@ def test_until_decided_runs_rounds_and_records_a_consistent_state(small_data, tm
 
 def test_until_decided_in_the_paired_design_looks_with_the_paired_test(small_data, tmp_path, capsys):
     """design = "paired" with --until-decided: every look's p is the paired t-test's on the seed-matched losses
-    recorded in results.sqlite (the report's test), not Welch's, and the report's rule names that test."""
+    recorded in results.sqlite (the report's test), not Welch's, and the report's rule names that test. The spec
+    gives 4 seeds and --first-look 2 makes the first look at 2 of them."""
     from gptlab.cli import main
 
     spec = write_spec(tmp_path, small_data, [{"name": "baseline"}, {"name": "qkv_bias", "interventions": ["qkv_bias"]}])
     d = tomllib.loads(spec.read_text())
-    d["design"] = "paired"
+    d["design"], d["seeds"] = "paired", [1, 2, 3, 4]  # a fixed design's 4 seeds, run sequentially from 2 of them
     spec.write_text(tomli_w.dumps(d))
     out = tmp_path / "exp"
-    assert (
-        main(
-            [
-                "experiment",
-                str(spec),
-                "--out",
-                str(out),
-                "--quiet",
-                "--until-decided",
-                "--max-seeds",
-                "4",
-                "--seeds-per-round",
-                "2",
-            ]
-        )
-        == 0
-    )
+    seq = ["--until-decided", "--first-look", "2", "--max-seeds", "4", "--seeds-per-round", "2"]
+    assert main(["experiment", str(spec), "--out", str(out), "--quiet", *seq]) == 0
     capsys.readouterr()
     with sqlite3.connect(out / "results.sqlite") as c:
         rows = c.execute("select variant, seed, test_loss from runs").fetchall()
@@ -436,7 +433,7 @@ def test_until_decided_in_the_paired_design_looks_with_the_paired_test(small_dat
     state = json.loads((out / "sequential.json").read_text())
     assert state["experiment_design"] == "paired" and state["test"] == "paired t-test on the per-seed differences"
     looks = state["variants"]["qkv_bias"]["looks"]
-    assert looks and [lk["n_variant"] for lk in looks] == [2, 4][: len(looks)]
+    assert looks and [lk["n_variant"] for lk in looks] == [2, 4][: len(looks)]  # without --first-look: [4]
     for lk in looks:
         seeds = sorted(s for v, s in loss if v == "qkv_bias")[: lk["n_variant"]]
         b, v = [loss["baseline", s] for s in seeds], [loss["qkv_bias", s] for s in seeds]

@@ -49,6 +49,7 @@ def cmd_experiment(a) -> int:
         until_decided=a.until_decided,
         max_seeds=a.max_seeds,
         seeds_per_round=a.seeds_per_round,
+        first_look=a.first_look,
         **_run_options(a),
     )
 
@@ -190,6 +191,13 @@ def register(sub) -> None:
         type=upto(MAX_SEEDS),
         metavar="R",
         help="with --until-decided: seeds added per round (default: the spec's seed count, at least 2)",
+    )
+    s.add_argument(
+        "--first-look",
+        type=upto(MAX_SEEDS),
+        metavar="N",
+        help="with --until-decided: look first at the first N of the spec's and each variant's seeds (default: "
+        "all of them), so a fixed-design spec such as --emit-confirmation's runs sequentially unedited",
     )
     s.add_argument(
         "--status",

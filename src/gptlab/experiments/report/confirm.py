@@ -105,7 +105,8 @@ def confirm_section(lad: Ladder, an: dict) -> dict:
         notes.append(
             f"All leads in one experiment ({t['design']} design, the baseline with the most seeds): {t['runs']} "
             f"runs, {t['gpu_hours']:,.1f} GPU-hours, ${t['cost']:,.0f}; sequentially at most {t['runs_max']} runs "
-            f"(`--until-decided --max-seeds {t['max_seeds']} --seeds-per-round {t['seeds_per_round']}`). "
+            f"(`--until-decided --first-look {t['seeds_per_round']} --max-seeds {t['max_seeds']} "
+            f"--seeds-per-round {t['seeds_per_round']}`). "
             f"`gptlab ladder SPEC --emit-confirmation PATH` writes its spec."
         )
     return {"sd_line": sd_line, "table": (head, body) if body else None, "notes": notes}

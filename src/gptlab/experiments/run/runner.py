@@ -27,6 +27,7 @@ from gptlab.experiments.specs.experiment import Spec, load_spec
 from gptlab.experiments.specs.matrix import (
     PlannedRun,
     SeqOptions,
+    first_seeds,
     keep_only,
     plan_matrix,
     plan_runs,
@@ -69,6 +70,7 @@ def plan_experiment(
     until_decided: bool = False,
     max_seeds: int | None = None,
     seeds_per_round: int | None = None,
+    first_look: int | None = None,
     **options,
 ) -> Outcome:
     """`gptlab experiment --dry-run`: the plan of `spec_path`'s matrix (specs/plan.py: every run, its steps, FLOPs
@@ -77,7 +79,7 @@ def plan_experiment(
     from gptlab.experiments.specs.plan import dry_run_lines
 
     opts = RunOptions(**options)
-    spec, seq_opts, planned, _ = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round)
+    spec, seq_opts, planned, _ = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round, first_look)
     lines = dry_run_lines(spec, planned)
     if spec.tune:
         from gptlab.experiments.analysis.tuning import base_values, sweep_spec
@@ -100,6 +102,7 @@ def run_experiment(
     until_decided: bool = False,
     max_seeds: int | None = None,
     seeds_per_round: int | None = None,
+    first_look: int | None = None,
     **options,
 ) -> Outcome:
     """Run the matrix of `spec_path` (plan_experiment only plans it); what it ended with. Progress goes to
@@ -112,12 +115,15 @@ def run_experiment(
     forgotten, its run folder moved aside to runs/RUN_ID.stale-N).
 
     `until_decided`: after the spec's seeds, add `seeds_per_round` seeds at a time to the variants not yet decided
-    (and the baseline) until each is decided or has `max_seeds` (sequential.py; state in sequential.json).
+    (and the baseline) until each is decided or has `max_seeds` (sequential.py; state in sequential.json);
+    `first_look`: the first look at the first `first_look` of the spec's (and each variant's) seeds.
 
     `force`: write into an experiment folder holding files gptlab did not write (io.claim_dir); without it such
     a folder is refused."""
     opts = RunOptions(**options)
-    spec, seq_opts, planned, spec_runs = _planned(spec_path, opts, until_decided, max_seeds, seeds_per_round)
+    spec, seq_opts, planned, spec_runs = _planned(
+        spec_path, opts, until_decided, max_seeds, seeds_per_round, first_look
+    )
     if spec.tune and seq_opts:
         raise GptlabError("--until-decided: not with tune (a tuned experiment runs its fixed seeds)")
     outcome = Outcome()
@@ -136,14 +142,22 @@ def run_experiment(
 
 
 def _planned(
-    spec_path: str, opts: RunOptions, until_decided: bool, max_seeds: int | None, seeds_per_round: int | None
+    spec_path: str,
+    opts: RunOptions,
+    until_decided: bool,
+    max_seeds: int | None,
+    seeds_per_round: int | None,
+    first_look: int | None,
 ) -> tuple[Spec, SeqOptions | None, list[PlannedRun], set[str]]:
-    """The spec read, --until-decided's options checked against it and its matrix planned (--only, --set), every
-    run's config resolved once (specs/matrix.py); and the run ids of the spec's whole matrix, which the report
-    covers. The options and the run ids are taken before --only drops variants."""
+    """The spec read, --until-decided's options checked against it (with --first-look, the spec cut to its first
+    seeds) and its matrix planned (--only, --set), every run's config resolved once (specs/matrix.py); and the run
+    ids of the spec's whole matrix, which the report covers. The options and the run ids are taken before --only
+    drops variants."""
     spec = load_spec(spec_path, check_configs=False)  # plan_matrix resolves every run's config, once
+    seq_opts = sequential_options(spec, until_decided, max_seeds, seeds_per_round, first_look)
+    if first_look is not None:
+        spec = first_seeds(spec, first_look)
     spec_runs = {spec.run_id(v.name, s) for v, s in spec.matrix()}
-    seq_opts = sequential_options(spec, until_decided, max_seeds, seeds_per_round)
     return spec, seq_opts, plan_matrix(spec, opts.extra, opts.only), spec_runs
 
 

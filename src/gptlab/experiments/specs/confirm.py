@@ -163,10 +163,9 @@ def write_confirmation(lad: Ladder, plan: dict, path: str | Path, force: bool = 
         f"# fixed design: {tot['runs']} runs, {tot['gpu_hours']:,.0f} GPU-hours, ${tot['cost']:,.0f} on "
         f"{gpus}x {per['gpu_type']} (`gptlab plan`'s model at {per['mfu']:.0%} MFU)",
         f"#   gptlab experiment {p} --gpus-per-run {gpus}          (or --backend slurm --gpus-per-node {gpus})",
-        f"# sequential alternative (stops a variant once decided, at most {tot['max_seeds']} seeds each): set",
-        f"# seeds = [1, ..., {tot['seeds_per_round']}], drop the variants' own seeds, and run",
-        f"#   gptlab experiment {p} --gpus-per-run {gpus} --until-decided --max-seeds {tot['max_seeds']} "
-        f"--seeds-per-round {tot['seeds_per_round']}",
+        f"# sequential alternative (stops a variant once decided, at most {tot['max_seeds']} seeds each):",
+        f"#   gptlab experiment {p} --gpus-per-run {gpus} --until-decided --first-look {tot['seeds_per_round']} "
+        f"--max-seeds {tot['max_seeds']} --seeds-per-round {tot['seeds_per_round']}",
     ]
     atomic_write_text(p, "\n".join(head) + "\n" + tomli_w.dumps(table))
     log.info(f"confirmation spec: {p} ({tot['runs']} runs, ${tot['cost']:,.0f}): gptlab experiment {p}")

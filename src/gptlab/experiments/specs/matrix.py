@@ -90,26 +90,38 @@ class SeqOptions:
 
 
 def sequential_options(
-    spec: Spec, until_decided: bool, max_seeds: int | None, per_round: int | None
+    spec: Spec, until_decided: bool, max_seeds: int | None, per_round: int | None, first_look: int | None = None
 ) -> SeqOptions | None:
-    """--until-decided / --max-seeds / --seeds-per-round checked against the spec (before --only drops
-    variants: the family is every variant besides the baseline); None without --until-decided."""
+    """--until-decided / --max-seeds / --seeds-per-round / --first-look checked against the spec (before --only
+    drops variants: the family is every variant besides the baseline); None without --until-decided."""
     if not until_decided:
-        if max_seeds is not None or per_round is not None:
-            raise GptlabError("--max-seeds/--seeds-per-round: only with --until-decided")
+        if max_seeds is not None or per_round is not None or first_look is not None:
+            raise GptlabError("--max-seeds/--seeds-per-round/--first-look: only with --until-decided")
         return None
     if max_seeds is None:
         raise GptlabError("--until-decided: needs --max-seeds K (the most seeds any variant gets)")
-    most = max(len(v.seeds or spec.seeds) for v in spec.variants)
+    if first_look is not None and not 2 <= first_look <= max_seeds:
+        raise GptlabError(
+            f"--first-look: expected 2 to --max-seeds ({max_seeds}) seeds (a t-test needs 2), got {first_look}"
+        )
+    most = max(len((v.seeds or spec.seeds)[:first_look]) for v in spec.variants)
     if max_seeds < max(2, most):
         raise GptlabError(
             f"--max-seeds: {max_seeds} is below the {max(2, most)} seeds the spec already gives "
             f"a variant (at least 2: a t-test needs them)"
         )
-    per_round = per_round if per_round is not None else max(2, len(spec.seeds))
+    per_round = per_round if per_round is not None else max(2, len(spec.seeds[:first_look]))
     if per_round < 1:
         raise GptlabError(f"--seeds-per-round: expected at least 1, got {per_round}")
     family = [v.name for v in spec.variants if v.name != spec.baseline]
     if not family:
         raise GptlabError("--until-decided: the spec has no variant besides the baseline to decide")
     return SeqOptions(max_seeds, per_round, family)
+
+
+def first_seeds(spec: Spec, n: int) -> Spec:
+    """--first-look N: the spec with the first N of its seeds and of each variant's own seeds, for the first look
+    of --until-decided (the rounds add seeds after them). A fixed-design spec, such as `gptlab ladder
+    --emit-confirmation`'s, then runs sequentially as it is."""
+    variants = [replace(v, seeds=v.seeds[:n] if v.seeds else v.seeds) for v in spec.variants]
+    return replace(spec, seeds=spec.seeds[:n], variants=variants)
