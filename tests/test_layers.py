@@ -562,3 +562,21 @@ def test_the_private_name_check_sees_both_spellings(tmp_path):
         "gptlab.interop.hf imports gptlab.data.tokenizer._bpe_files",
         "gptlab.report.ladder uses gptlab.data.tokenizer._own",
     ]
+
+
+MAX_LINES = 450  # a module a reader can hold in mind; a longer one is split along its jobs
+
+
+def long_modules(src: Path = SRC) -> list[str]:
+    return [
+        f"{p.relative_to(src)}: {n} lines"
+        for p in sorted(src.rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    ]
+
+
+def test_no_module_is_longer_than_450_lines(tmp_path):
+    long = long_modules()
+    assert not long, f"over {MAX_LINES} lines (split it along its jobs):\n" + "\n".join(long)
+    pkg = _fake_package(tmp_path, {"a.py": "x = 1\n" * MAX_LINES, "b.py": "x = 1\n" * (MAX_LINES + 1)})
+    assert long_modules(pkg) == ["b.py: 451 lines"]

@@ -30,18 +30,11 @@ from gptlab.config import RunConfig
 from gptlab.data.prefetch import Prefetcher
 from gptlab.io import atomic_write_json, read_json
 from gptlab.model import GPTModel, count_params
+from gptlab.train import loggers
 from gptlab.train.checkpoint import latest_checkpoint, remove_partial, resume_point
 from gptlab.train.distributed import Dist, resolve_device, resolve_precision
 from gptlab.train.evaluate import evaluate_loss, perplexity
-from gptlab.train.flops import (
-    device_peak_flops,
-    flops_per_token,
-    mfu,
-    planned_steps,
-    token_budget,
-)
-from gptlab.train.loggers import open_loggers
-from gptlab.train.loggers import require as require_loggers
+from gptlab.train.flops import device_peak_flops, flops_per_token, mfu, planned_steps, token_budget
 from gptlab.train.metrics import TrainLog, median_tokens_per_s
 from gptlab.train.optim import OptimSettings
 from gptlab.train.rundata import ensure_data, open_run_data
@@ -245,7 +238,7 @@ class Pretraining:
         self.plan = check_resume(self.cfg, self.run_dir, self.resume, self.continue_with, main=self.dist.main)
         self.cfg = self.plan.cfg
         if self.dist.main:
-            require_loggers(self.cfg.train.loggers)  # a missing package stops the run before it starts
+            loggers.require(self.cfg.train.loggers)  # a missing package stops the run before it starts
         self.dist.barrier()  # every rank has checked the run folder before rank 0 writes config.toml into it
         final_file = self.run_dir / "final.json"
         if final_file.exists():
@@ -270,7 +263,7 @@ class Pretraining:
         )
         logged_until = self.log.keep_until(p.step) if p.step > 0 else -1  # -1: nothing logged yet
         if self.dist.main:
-            self.log.loggers = open_loggers(self.cfg, self.run_dir, p.step, logged_until)
+            self.log.loggers = loggers.open_loggers(self.cfg, self.run_dir, p.step, logged_until)
         ok = False
         try:
             out = self._train(p, stop_after)
