@@ -330,6 +330,10 @@ def test_until_decided_options_and_dry_run(small_data, tmp_path):
     assert "until decided: group-sequential, O'Brien-Fleming spending, 3 looks at 3, 5, 7 seeds" in plan
     first = ["baseline-s1", "baseline-s2", "baseline-s3", "same-s11", "same-s12", "same-s13"]
     assert [x.split()[0] for x in plan.splitlines()[2:8]] == first
+    from gptlab.experiments.run.status import experiment_status  # --status with the run's --first-look: the same
+
+    rows = experiment_status(str(three), out=str(tmp_path / "nothing yet"), first_look=3)
+    assert [(r["run_id"], r["state"]) for r in rows] == [(x, "pending") for x in first]
     with pytest.raises(GptlabError, match=r"--first-look: expected 2 to --max-seeds \(4\) seeds .* got 5"):
         plan_experiment(str(three), until_decided=True, first_look=5, max_seeds=4)
     with pytest.raises(GptlabError, match="only with --until-decided"):

@@ -25,7 +25,7 @@ def cmd_experiment(a) -> int:
     if a.status:
         from gptlab.experiments.run.status import experiment_status, format_status
 
-        print(format_status(experiment_status(a.spec, out=a.out, overrides=a.set)))
+        print(format_status(experiment_status(a.spec, out=a.out, overrides=a.set, first_look=a.first_look)))
         return 0
     if a.backend == "skypilot":
         from gptlab.experiments.run.scheduler.skypilot import write_task
@@ -202,7 +202,8 @@ def register(sub) -> None:
     s.add_argument(
         "--status",
         action="store_true",
-        help="list every run (the spec's matrix and sweep, at the base values --set gives, then every other run the "
+        help="list every run (the spec's matrix and sweep, at the base values --set gives and the first seeds "
+        "--first-look gives, then every other run the "
         "folder holds: later rounds of --until-decided, the tuned matrix): pending/running/done/failed, its SLURM "
         "job id, its progress (latest step of the total, latest train and val loss) and the last line of its log; with "
         "train.loggers including tensorboard, the `tensorboard --logdir` command for the curves",

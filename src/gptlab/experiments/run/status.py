@@ -24,15 +24,21 @@ from gptlab.experiments.run.scheduler.slurm import (
     squeue_states,
 )
 from gptlab.experiments.specs.experiment import load_spec
+from gptlab.experiments.specs.matrix import first_seeds
 from gptlab.train.loggers import tensorboard_dir
 
 
-def experiment_status(spec_path: str, out: str | None = None, overrides: list[str] | None = None) -> list[dict]:
+def experiment_status(
+    spec_path: str, out: str | None = None, overrides: list[str] | None = None, first_look: int | None = None
+) -> list[dict]:
     """One row per run: run_id, state, job_id (or None), slurm_state (or None), last log line. The runs are the
-    spec's matrix (a tuned spec's sweep too, at the base values that `overrides`, the run's --set, give), then
-    every other run the folder knows of (recorded, submitted, or with a run folder or log): the later rounds of a
-    run `--until-decided`, a tuned matrix, runs of an earlier spec."""
+    spec's matrix (a tuned spec's sweep too, at the base values that `overrides`, the run's --set, give; with
+    `first_look`, the run's --first-look, the first seeds only), then every other run the folder knows of
+    (recorded, submitted, or with a run folder or log): the later rounds of a run `--until-decided`, a tuned
+    matrix, runs of an earlier spec."""
     spec = load_spec(spec_path)
+    if first_look is not None:
+        spec = first_seeds(spec, first_look)
     exp_dir = Path(out or Path("experiments") / spec.name)
     recorded = _recorded(exp_dir / "results.sqlite")
     jobs = load_jobs(exp_dir)
