@@ -27,13 +27,11 @@ import sys
 import threading
 from pathlib import Path
 
-import tomli_w
-from conftest import tiny_overrides
 from test_layers import experiment_layer, layer_of
+from test_tuning import _spec
 
 import gptlab
 from gptlab.cli import main
-from gptlab.config import parse_overrides
 
 SRC = str(Path(gptlab.__file__).parent) + "/"
 LOGGING = logging.__file__
@@ -145,24 +143,8 @@ def test_the_profiler_follows_a_real_call_and_starts_a_chain_at_a_handler():
     assert all(len(stays(c)) == 1 for c in chains), chains
 
 
-def _spec(tmp_path, data, **extra) -> Path:
-    base = parse_overrides(tiny_overrides(data, **{"train.tokens": 8 * 32 * 6, "train.checkpoint_interval": 2}))
-    (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    spec = {
-        "name": "t",
-        "base": "base.toml",
-        "seeds": [1, 2],
-        "baseline": "baseline",
-        "variants": [{"name": "baseline"}, {"name": "no_dropout", "interventions": ["no_dropout"]}],
-        **extra,
-    }
-    p = tmp_path / "exp.toml"
-    p.write_text(tomli_w.dumps(spec))
-    return p
-
-
 def _followed(tmp_path, data, spec_extra: dict, args: list[str], phase: tuple[str, str]) -> set[Chain]:
-    spec = _spec(tmp_path, data, **spec_extra)
+    spec = _spec(tmp_path, data, lr=3e-3, tuned=False, **spec_extra)  # the lr trains in a few steps
     cli = ["experiment", str(spec), "--out", str(tmp_path / "runs"), "--quiet", "--parallel", "2", *args]
     rc, chains = follow(lambda: main(cli))
     assert rc == 0

@@ -253,15 +253,20 @@ def _reaches(mod: str, name: str | None, module: str, func: str) -> bool:
     return (mod == module and name in (func, None)) or (mod, name) == (parent, leaf)
 
 
-def pipeline_bypassed(src: Path = SRC) -> list[str]:
-    wrong = []
+def module_imports(src: Path = SRC):
+    """(module, imported module, name) for every module under `src` and each of its imported_names, in order."""
     for p in sorted(src.rglob("*.py")):
-        here = module_name(p, src)
         for mod, name in sorted(imported_names(p), key=str):
-            for (m, f), owner in PIPELINE_ONLY.items():
-                if here != owner and _reaches(mod, name, m, f):
-                    wrong.append(f"{here} imports {m}.{f} (only {owner} may)")
-    return wrong
+            yield module_name(p, src), mod, name
+
+
+def pipeline_bypassed(src: Path = SRC) -> list[str]:
+    return [
+        f"{here} imports {m}.{f} (only {owner} may)"
+        for here, mod, name in module_imports(src)
+        for (m, f), owner in PIPELINE_ONLY.items()
+        if here != owner and _reaches(mod, name, m, f)
+    ]
 
 
 def test_every_phase_plans_checks_and_runs_through_the_pipeline():
@@ -396,12 +401,10 @@ def imported_names(path: Path) -> set[tuple[str, str | None]]:
 
 def doors_broken(src: Path = SRC) -> list[str]:
     wrong = []
-    for p in sorted(src.rglob("*.py")):
-        here = room_of(module_name(p, src))
-        for mod, name in sorted(imported_names(p), key=str):
-            there = room_of(mod if name is None else f"{mod}.{name}")
-            if here and there and there != here and (mod, name) not in DOORS.get((here, there), set()):
-                wrong.append(f"{module_name(p, src)} imports {mod}{'' if name is None else f'.{name}'}")
+    for me, mod, name in module_imports(src):
+        here, there = room_of(me), room_of(mod if name is None else f"{mod}.{name}")
+        if here and there and there != here and (mod, name) not in DOORS.get((here, there), set()):
+            wrong.append(f"{me} imports {mod}{'' if name is None else f'.{name}'}")
     return wrong
 
 
