@@ -24,7 +24,7 @@ from gptlab.experiments.run.scheduler.slurm import (
     squeue_states,
 )
 from gptlab.experiments.specs.experiment import load_spec
-from gptlab.experiments.specs.matrix import first_seeds
+from gptlab.experiments.specs.matrix import first_seeds, plan_matrix
 from gptlab.train.loggers import tensorboard_dir
 
 
@@ -49,12 +49,11 @@ def experiment_status(
     if spec.tune:  # the sweep's runs too (tuning.py)
         from gptlab.config import parse_overrides
         from gptlab.experiments.analysis.tuning import base_values, sweep_spec
-        from gptlab.experiments.specs.matrix import plan_matrix
 
         planned = plan_matrix(spec, parse_overrides(overrides or []))
         matrix += sweep_spec(spec, base_values(spec, planned)).matrix()
     planned_ids = [spec.run_id(v.name, seed) for v, seed in matrix]
-    for rid in planned_ids + _others(exp_dir, set(planned_ids) | recorded | set(jobs), planned_ids):
+    for rid in planned_ids + _others(exp_dir, recorded | set(jobs), planned_ids):
         run_dir, log = exp_dir / "runs" / rid, exp_dir / "runs" / f"{rid}.log"
         job_id = jobs.get(rid, {}).get("job_id")
         sstate = queue.get(job_id) if job_id else None
